@@ -1,0 +1,9 @@
+"""The one exception type that means "the user's input is wrong".
+
+The CLI turns it into a single line on stderr and exit status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+
+class EdgemtlError(Exception):
+    """Bad input: the message says what is wrong and how to fix it, in one line."""

@@ -1,0 +1,172 @@
+"""The multi-task model contract as data: what each task outputs, how it is trained and judged.
+
+A spec travels inside every checkpoint and every bundle, so it holds only plain values (it must survive
+`torch.load(weights_only=True)` and JSON).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgemtl.errors import EdgemtlError
+
+TaskKind = Literal["classification", "segmentation", "depth", "normals", "edges", "regression"]
+
+# The loss and the primary metric each kind gets when a spec does not name them.
+DEFAULT_LOSS: dict[str, str] = {
+    "classification": "cross_entropy",
+    "segmentation": "cross_entropy",
+    "depth": "l1",
+    "normals": "cosine",
+    "edges": "bce_edges",
+    "regression": "mse",
+}
+DEFAULT_METRIC: dict[str, str] = {
+    "classification": "accuracy",
+    "segmentation": "miou",
+    "depth": "rmse",
+    "normals": "angular_error",
+    "edges": "edge_f1",
+    "regression": "mae",
+}
+# Direction of every metric edgemtl computes: True when higher is better.
+METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True,
+    "miou": True,
+    "pixel_accuracy": True,
+    "rmse": False,
+    "abs_rel": False,
+    "angular_error": False,
+    "edge_f1": True,
+    "mae": False,
+}
+LOSSES = ("cross_entropy", "l1", "mse", "cosine", "bce_edges")
+DENSE_KINDS = ("segmentation", "depth", "normals", "edges")
+
+
+class TaskSpec(BaseModel):
+    """One task head: its output per sample (no batch dim) and how it is trained and scored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kind: TaskKind
+    output_shape: list[int] = Field(min_length=1)
+    loss: str = ""
+    metric: str = ""
+    higher_is_better: bool | None = None
+    loss_weight: float = 1.0
+    class_names: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> "TaskSpec":
+        if not self.loss:
+            self.loss = DEFAULT_LOSS[self.kind]
+        if not self.metric:
+            self.metric = DEFAULT_METRIC[self.kind]
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r} (known: {', '.join(LOSSES)})")
+        if self.metric not in METRIC_HIGHER_IS_BETTER:
+            raise ValueError(f"unknown metric {self.metric!r} (known: {', '.join(METRIC_HIGHER_IS_BETTER)})")
+        if self.higher_is_better is None:
+            self.higher_is_better = METRIC_HIGHER_IS_BETTER[self.metric]
+        expected_rank = {"classification": 1, "regression": 1}.get(self.kind, 3)
+        if len(self.output_shape) != expected_rank:
+            raise ValueError(f"a {self.kind} task outputs rank-{expected_rank} samples, got shape {self.output_shape}")
+        channels = {"depth": 1, "edges": 1, "normals": 3}.get(self.kind)
+        if channels is not None and self.output_shape[0] != channels:
+            raise ValueError(f"a {self.kind} task outputs {channels} channel(s), got {self.output_shape[0]}")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a classification / segmentation task (its output's first dimension)."""
+        return self.output_shape[0]
+
+
+class InputSpec(BaseModel):
+    """The image a model takes: shape per sample and the normalisation applied before `forward`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shape: list[int] = Field(min_length=3, max_length=3)  # C, H, W
+    mean: list[float] = Field(default_factory=list)
+    std: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_norm(self) -> "InputSpec":
+        channels = self.shape[0]
+        self.mean = self.mean or [0.0] * channels
+        self.std = self.std or [1.0] * channels
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean/std need {channels} values (one per input channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to rebuild, feed and judge a multi-task model, except its weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: InputSpec
+    tasks: list[TaskSpec] = Field(min_length=1)
+    arch: str = "custom"
+    config: dict[str, Any] = Field(default_factory=dict)
+    data: str | None = None  # the built-in data set it was trained on, if any
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_names(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return tasks
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        """The task called `name`; a clear error listing the valid names otherwise."""
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise EdgemtlError(f"unknown task {name!r}: this model has {', '.join(self.task_names)}")
+
+    def select(self, names: list[str] | None) -> list[TaskSpec]:
+        """The tasks to work on: all of them, or the named ones in the order given."""
+        return list(self.tasks) if not names else [self.task(n) for n in names]
+
+
+def parse_model_spec(raw: dict[str, Any], source: str) -> ModelSpec:
+    """Validate a spec dict, turning pydantic's multi-line report into one line naming `source`."""
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise EdgemtlError(f"invalid model spec in {source}: {where}: {first['msg']}") from None
+
+
+def read_spec_file(path: Path) -> ModelSpec:
+    """Read a user's spec file (YAML or TOML): `input: {shape, mean, std}` and `tasks: [...]`."""
+    import tomllib
+
+    import yaml
+
+    if not path.is_file():
+        raise EdgemtlError(f"spec file {path} does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        detail = str(exc).splitlines()[0]
+        raise EdgemtlError(f"spec file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {detail}") from None
+    if not isinstance(raw, dict):
+        raise EdgemtlError(f"spec file {path} must hold a mapping with 'input' and 'tasks'")
+    return parse_model_spec(raw, str(path))
