@@ -1,0 +1,49 @@
+"""The built-in architectures, by name: each builds an `nn.Module` from a spec and a config dict."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.spec import InputSpec, ModelSpec, TaskSpec
+from edgemtl.model.zoo import m3vit, mtl_cnn
+
+_BUILDERS: dict[str, tuple[Callable[[ModelSpec, dict[str, Any]], nn.Module], dict[str, Any]]] = {
+    "mtl-cnn": (mtl_cnn.build, mtl_cnn.DEFAULT_CONFIG),
+    "m3vit": (m3vit.build, m3vit.DEFAULT_CONFIG),
+}
+ARCHS = tuple(_BUILDERS)
+
+
+def full_config(arch: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The architecture's default config with `overrides` applied; unknown keys are an error."""
+    defaults = _defaults(arch)
+    unknown = sorted(set(overrides or {}) - set(defaults))
+    if unknown:
+        raise EdgemtlError(f"unknown {arch} config key(s) {', '.join(unknown)}; valid: {', '.join(defaults)}")
+    return {**defaults, **(overrides or {})}
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Instantiate `spec.arch` with `spec.config` (weights random until a state_dict is loaded)."""
+    builder, _ = _BUILDERS.get(spec.arch, (None, None))
+    if builder is None:
+        raise EdgemtlError(f"unknown architecture {spec.arch!r}; the zoo has {', '.join(ARCHS)}")
+    try:
+        return builder(spec, full_config(spec.arch, spec.config))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgemtlError(f"cannot build {spec.arch} from its config {spec.config}: {exc}") from None
+
+
+def _defaults(arch: str) -> dict[str, Any]:
+    if arch not in _BUILDERS:
+        raise EdgemtlError(f"unknown architecture {arch!r}; the zoo has {', '.join(ARCHS)}")
+    return dict(_BUILDERS[arch][1])
+
+
+def zoo_spec(arch: str, input_spec: InputSpec, tasks: list[TaskSpec], overrides: dict[str, Any] | None = None,
+             data: str | None = None) -> ModelSpec:
+    """The spec of a zoo architecture for the given input and tasks (e.g. a built-in data set's)."""
+    return ModelSpec(input=input_spec, tasks=tasks, arch=arch, config=full_config(arch, overrides), data=data)

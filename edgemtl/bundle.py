@@ -1,0 +1,71 @@
+"""Atomic bundle folders: everything is written to a hidden sibling folder and moved into place at the end.
+
+A failed or interrupted compile leaves nothing at the destination (and an existing bundle there stays as
+it was). An existing folder that is not an edgemtl bundle is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgemtl.errors import EdgemtlError
+
+MANIFEST = "manifest.json"
+
+
+def check_destination(dest: Path) -> None:
+    """Refuse to replace a file, or a non-empty folder that is not an edgemtl bundle."""
+    if dest.exists() and not dest.is_dir():
+        raise EdgemtlError(f"output path {dest} is a file; choose a folder name with -o")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+        raise EdgemtlError(f"output folder {dest} exists and is not an edgemtl bundle; choose another -o or empty it")
+
+
+@contextmanager
+def staged_bundle(dest: Path) -> Iterator[Path]:
+    """Yield a staging folder; on success it replaces `dest` in one rename, on failure it is deleted."""
+    dest = dest.resolve()
+    check_destination(dest)
+    created_parent = not dest.parent.exists()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_parent:
+            _remove_empty_parents(dest.parent)
+        raise
+    previous = dest.parent / f".{dest.name}.previous-{uuid.uuid4().hex[:8]}"
+    if dest.exists():
+        os.replace(dest, previous)
+    os.replace(staging, dest)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _remove_empty_parents(folder: Path) -> None:
+    while folder != folder.parent and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n", encoding="utf-8")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

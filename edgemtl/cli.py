@@ -1,0 +1,210 @@
+"""The `edgemtl` command line: parse arguments, call the library, print. No logic of its own.
+
+Bad input anywhere surfaces as `EdgemtlError`: one line on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgemtl.errors import EdgemtlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile trained multi-task PyTorch models for edge hardware.")
+out = Console()
+err = Console(stderr=True)
+
+ModelPath = Annotated[Path, typer.Argument(help="edgemtl checkpoint (.pt), or a state_dict with --model-factory")]
+FactoryOpt = Annotated[Optional[str], typer.Option("--model-factory", help="package.module:function returning the nn.Module")]
+SpecOpt = Annotated[Optional[Path], typer.Option("--spec", help="YAML/TOML spec (input shape, tasks) for non-zoo models")]
+TrustOpt = Annotated[bool, typer.Option("--trust", help="allow unpickling a fully pickled module (runs code from the file)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+def _load(path: Path, factory: str | None, spec: Path | None, trust: bool):
+    from edgemtl.model.checkpoint import load
+
+    return load(path, factory=factory, spec_path=spec, trust=trust)
+
+
+def _split_tasks(tasks: str | None) -> list[str] | None:
+    return [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values parsed as JSON when they can be (numbers, lists, null)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EdgemtlError(f"--config takes key=value, got {item!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def _fmt(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:g}"
+
+
+def _metrics_table(title: str, metrics: dict[str, dict[str, float]], spec) -> Table:
+    table = Table(title=title)
+    for column in ("task", "kind", "metric", "value", "better", "other metrics"):
+        table.add_column(column)
+    for name, values in metrics.items():
+        task = spec.task(name)
+        others = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != task.metric)
+        table.add_row(name, task.kind, task.metric, f"{values[task.metric]:.4f}",
+                      "higher" if task.higher_is_better else "lower", others)
+    return table
+
+
+@app.command()
+def train(
+    arch: Annotated[str, typer.Option(help="zoo architecture: mtl-cnn | m3vit")] = "mtl-cnn",
+    data: Annotated[str, typer.Option(help="built-in data set: scenes | digits")] = "scenes",
+    steps: Annotated[int, typer.Option(min=1)] = 600,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option(min=0)] = 3e-3,
+    seed: int = 0,
+    train_samples: Annotated[Optional[int], typer.Option(min=1, help="training set size (scenes)")] = None,
+    config: Annotated[list[str], typer.Option("--config", help="architecture option key=value (repeatable)")] = [],
+    output: Annotated[Path, typer.Option("-o", "--output", help="checkpoint to write")] = Path("model.pt"),
+) -> None:
+    """Train a zoo model on a built-in data set and save an edgemtl checkpoint."""
+    import torch
+
+    from edgemtl.data import data_spec, load_data
+    from edgemtl.evaluate import evaluate, torch_predictor
+    from edgemtl.model.checkpoint import save
+    from edgemtl.model.zoo import build_model, zoo_spec
+    from edgemtl.training import TrainConfig, train as run_training
+
+    input_spec, tasks = data_spec(data)
+    spec = zoo_spec(arch, input_spec, tasks, _parse_overrides(config), data=data)
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    train_set = load_data(data, "train", n=train_samples, seed=seed)
+    result = run_training(model, spec, train_set, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+    metrics = evaluate(torch_predictor(model), spec.tasks, load_data(data, "val"))
+    save(model, spec, output, meta={"train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                                              "seconds": round(result.seconds, 1)}, "val_metrics": metrics})
+    out.print(_metrics_table(f"{arch} on {data} (val split), {steps} steps in {result.seconds:.0f} s", metrics, spec))
+    out.print(f"checkpoint: {output}")
+
+
+@app.command(name="eval")
+def eval_command(
+    model: ModelPath,
+    data: Annotated[Optional[str], typer.Option(help="built-in data set (default: the one the model was trained on)")] = None,
+    split: str = "val",
+    samples: Annotated[Optional[int], typer.Option("--n", min=1, help="number of samples")] = None,
+    as_json: JsonOpt = False,
+    model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
+) -> None:
+    """Per-task metrics of a model on a built-in data set."""
+    from edgemtl.data import load_data
+    from edgemtl.evaluate import evaluate, torch_predictor
+
+    loaded = _load(model, model_factory, spec, trust)
+    name = data or loaded.spec.data
+    if name is None:
+        raise EdgemtlError("this model does not say which data it was trained on: pass --data scenes|digits")
+    dataset = load_data(name, split, n=samples)
+    missing = [t for t in loaded.spec.task_names if t not in dataset.targets]
+    if missing:
+        raise EdgemtlError(f"data set {name!r} has no labels for task(s) {', '.join(missing)}")
+    metrics = evaluate(torch_predictor(loaded.model), loaded.spec.tasks, dataset)
+    if as_json:
+        out.print_json(json.dumps({"data": f"{name}/{split}", "samples": len(dataset), "metrics": metrics}))
+    else:
+        out.print(_metrics_table(f"{model} on {name}/{split} ({len(dataset)} samples)", metrics, loaded.spec))
+
+
+@app.command()
+def inspect(
+    model: ModelPath,
+    tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
+    as_json: JsonOpt = False,
+    model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
+) -> None:
+    """Per task: parameters, MACs, peak activation memory of its path, and the shared fraction."""
+    from edgemtl.analysis.cost import model_cost
+
+    loaded = _load(model, model_factory, spec, trust)
+    cost = model_cost(loaded.model, loaded.spec, [t.name for t in loaded.spec.select(_split_tasks(tasks))]).to_dict()
+    if as_json:
+        out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost}))
+        return
+    table = Table(title=f"{model} ({loaded.spec.arch}), batch 1, MACs of conv/linear/matmul/attention")
+    for column in ("task", "params", "MACs", "peak activation", "shared params"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+    for name, entry in cost["tasks"].items():
+        table.add_row(name, _fmt(entry["params"]), _fmt(entry["macs"]), f"{entry['peak_activation_bytes'] / 1024:.1f} KiB",
+                      f"{entry['shared_fraction']:.0%}")
+    total = cost["all_tasks"]
+    table.add_row("[b]all tasks[/b]", _fmt(total["params"]), _fmt(total["macs"]),
+                  f"{total['peak_activation_bytes'] / 1024:.1f} KiB", "")
+    out.print(table)
+
+
+@app.command()
+def targets() -> None:
+    """The targets found in targets/*.toml (and EDGEMTL_TARGETS_PATH) with their key facts."""
+    from edgemtl.targets import available_targets, read_target
+
+    table = Table(title="edgemtl targets")
+    for column in ("name", "description", "facts", "file"):
+        table.add_column(column)
+    for name, path in sorted(available_targets().items()):
+        target = read_target(path)
+        table.add_row(name, target.description, target.summary(), str(path))
+    out.print(table)
+
+
+@app.command(name="compile")
+def compile_command(
+    model: ModelPath,
+    target: Annotated[str, typer.Option(help="target name (see `edgemtl targets`)")] = "host",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="bundle folder (default build/<model>-<target>)")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
+    data: Annotated[Optional[str], typer.Option(help="built-in data for verification and metrics (default: the model's)")] = None,
+    threads: Annotated[int, typer.Option(min=0, help="CPU threads for timing (0 = all cores)")] = 0,
+    runs: Annotated[int, typer.Option(min=5, help="timed runs per latency measurement")] = 100,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="measure latency")] = True,
+    model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
+) -> None:
+    """Validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
+    from edgemtl.compile import compile_model
+    from edgemtl.flow import CompileOptions
+    from edgemtl.targets import load_target
+
+    load_target(target)  # an unknown target fails before any work
+    loaded = _load(model, model_factory, spec, trust)
+    destination = output or Path("build") / f"{model.stem}-{target}"
+    options = CompileOptions(tasks=_split_tasks(tasks), data=data, threads=threads, latency_runs=runs,
+                             measure_latency=latency)
+    bundle = compile_model(loaded, target, destination, options, console=err)
+    out.print(f"bundle: {bundle}")
+    out.print(f"report: {bundle / 'report.html'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: typer handles usage errors (exit 2); bad input becomes one line on stderr and exit 2."""
+    try:
+        app(args=argv, prog_name="edgemtl")
+    except EdgemtlError as exc:
+        print(f"edgemtl: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,61 @@
+"""`edgemtl compile`: run a target's flow on a loaded model and write the bundle atomically."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime
+import torch
+from rich.console import Console
+
+from edgemtl import __version__
+from edgemtl.bundle import MANIFEST, staged_bundle, write_json
+from edgemtl.flow import CompileOptions, FlowContext, run_steps
+from edgemtl.flows import flow_steps
+from edgemtl.model.checkpoint import LoadedModel
+from edgemtl.profile.timing import host_cpu_name
+from edgemtl.report import write_report
+from edgemtl.targets import Target, load_target
+
+
+def _host() -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpu": host_cpu_name(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def _base_manifest(loaded: LoadedModel, target: Target, tasks: list[str]) -> dict[str, Any]:
+    spec = loaded.spec
+    return {
+        "edgemtl_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "flow": target.flow, "description": target.description, "file": target.source},
+        "model": {"path": str(loaded.path), "sha256": loaded.sha256, "arch": spec.arch, "config": spec.config,
+                  "source": loaded.source, "data": spec.data, "input": spec.input.model_dump(),
+                  "tasks": spec.task_names},
+        "host": _host(),
+        "steps": [],
+        "tasks": {name: {"kind": spec.task(name).kind, "output_shape": spec.task(name).output_shape} for name in tasks},
+        "all_tasks": {"tasks": tasks},
+    }
+
+
+def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options: CompileOptions = CompileOptions(),
+                  console: Console | None = None) -> Path:
+    """Compile for `target_name` into `out_dir`; on any failure nothing is left at `out_dir`."""
+    console = console or Console(stderr=True)
+    target = load_target(target_name)
+    tasks = [t.name for t in loaded.spec.select(options.tasks)]
+    steps = flow_steps(target.flow)
+    manifest = _base_manifest(loaded, target, tasks)
+    with staged_bundle(out_dir) as staging:
+        context = FlowContext(loaded, target, options, staging, manifest, state={"tasks": tasks})
+        run_steps(steps, context, console)
+        write_json(staging / MANIFEST, manifest)
+        write_report(manifest, staging)
+    return out_dir.resolve()

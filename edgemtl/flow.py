@@ -1,0 +1,64 @@
+"""Flows: an ordered list of named steps for a target, run with timings recorded in the manifest.
+
+As in FINN's builder, each step is a plain function of a shared context; the runner times it, records
+`{"name", "seconds", "status"}` in `manifest["steps"]`, and stops at the first failure (the bundle is
+then discarded by `staged_bundle`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from edgemtl.model.checkpoint import LoadedModel
+from edgemtl.targets import Target
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What the user asked of a compile, beyond the model and the target."""
+
+    tasks: list[str] | None = None        # None = all tasks in the spec
+    data: str | None = None               # built-in data set for verification and metrics (default: the spec's)
+    verify_samples: int = 16
+    metric_samples: int = 256
+    tolerance: float = 1e-3               # max |ORT - PyTorch| allowed, relative to max(1, max |PyTorch|)
+    latency_runs: int = 100
+    latency_max_seconds: float = 10.0     # per measurement
+    threads: int = 0                      # 0 = all cores of this machine
+    measure_latency: bool = True
+
+
+@dataclass
+class FlowContext:
+    loaded: LoadedModel
+    target: Target
+    options: CompileOptions
+    bundle: Path                          # the staging folder; artifacts are written here
+    manifest: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)  # hand-over between steps (not written)
+
+
+Step = tuple[str, Callable[[FlowContext], None]]
+
+
+def run_steps(steps: list[Step], context: FlowContext, console: Console) -> None:
+    """Run every step in order; record it (also when it fails) and re-raise the failure."""
+    records = context.manifest.setdefault("steps", [])
+    for index, (name, step) in enumerate(steps, 1):
+        start = time.perf_counter()
+        record: dict[str, Any] = {"name": name, "seconds": 0.0, "status": "running"}
+        records.append(record)
+        try:
+            with console.status(f"[{index}/{len(steps)}] {name} ..."):
+                step(context)
+        except BaseException:
+            record.update(seconds=round(time.perf_counter() - start, 3), status="failed")
+            console.print(f"[red]x[/red] {name} failed after {record['seconds']:.1f} s")
+            raise
+        record.update(seconds=round(time.perf_counter() - start, 3), status="ok")
+        console.print(f"[green]ok[/green] {name} ({record['seconds']:.1f} s)")

@@ -1,0 +1,167 @@
+"""The host flow: ONNX graphs per task path and for all tasks, verified and timed in ONNX Runtime.
+
+Steps: analyse -> export_onnx -> verify_onnxruntime -> evaluate_metrics -> measure_latency.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from edgemtl.analysis.cost import model_cost
+from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.backends.onnx_export import export_all_tasks, export_task
+from edgemtl.data import TaskData, load_data
+from edgemtl.errors import EdgemtlError
+from edgemtl.evaluate import evaluate, torch_predictor
+from edgemtl.flow import FlowContext, Step
+from edgemtl.model.contract import run_task
+from edgemtl.profile.timing import measure
+
+ALL_TASKS = "all_tasks"
+
+
+def _tasks(ctx: FlowContext) -> list[str]:
+    return ctx.state["tasks"]
+
+
+def _threads(ctx: FlowContext) -> int:
+    return ctx.options.threads or os.cpu_count() or 1
+
+
+def analyse(ctx: FlowContext) -> None:
+    """Per-task params, MACs, peak activation memory and the shared fraction of the backbone."""
+    cost = model_cost(ctx.loaded.model, ctx.loaded.spec, _tasks(ctx)).to_dict()
+    for name in _tasks(ctx):
+        ctx.manifest["tasks"][name].update(cost["tasks"][name])
+    ctx.manifest[ALL_TASKS].update(cost[ALL_TASKS])
+    ctx.manifest["model"]["total_params"] = cost["total_params"]
+
+
+def export_onnx(ctx: FlowContext) -> None:
+    model, spec = ctx.loaded.model, ctx.loaded.spec
+    for name in _tasks(ctx):
+        relative = f"tasks/{name}/model.onnx"
+        export_task(model, spec, name, ctx.bundle / relative)
+        ctx.manifest["tasks"][name]["artifacts"] = {"onnx": relative}
+    relative = f"{ALL_TASKS}/model.onnx"
+    export_all_tasks(model, spec, _tasks(ctx), ctx.bundle / relative)
+    ctx.manifest[ALL_TASKS]["artifacts"] = {"onnx": relative}
+
+
+def _verification_inputs(ctx: FlowContext) -> tuple[np.ndarray, str]:
+    """Real normalised samples from the built-in data when it fits the model, else seeded noise (said so)."""
+    data = ctx.state.get("data")
+    if data is not None:
+        count = min(ctx.options.verify_samples, len(data))
+        return data.normalise(data.images[:count]).astype(np.float32), f"{data.name}/{data.split}"
+    generator = np.random.default_rng(0)
+    shape = (ctx.options.verify_samples, *ctx.loaded.spec.input.shape)
+    return generator.standard_normal(shape).astype(np.float32), "random normal inputs (no data set given)"
+
+
+def verify_onnxruntime(ctx: FlowContext) -> None:
+    """Every exported graph against PyTorch on the same inputs; a mismatch beyond tolerance fails the compile."""
+    images, source = _verification_inputs(ctx)
+    model = ctx.loaded.model
+    with torch.no_grad():
+        reference = {name: run_task(model, torch.from_numpy(images), name).numpy() for name in _tasks(ctx)}
+    failures = []
+    graphs = [(name, ctx.manifest["tasks"][name], [name]) for name in _tasks(ctx)]
+    graphs.append((ALL_TASKS, ctx.manifest[ALL_TASKS], _tasks(ctx)))
+    for graph, entry, outputs in graphs:
+        session = ort_backend.make_session(ctx.bundle / entry["artifacts"]["onnx"], _threads(ctx))
+        got = ort_backend.run(session, images)
+        errors = {t: float(np.abs(got[t] - reference[t]).max()) for t in outputs}
+        allowed = {t: ctx.options.tolerance * max(1.0, float(np.abs(reference[t]).max())) for t in outputs}
+        passed = all(errors[t] <= allowed[t] for t in outputs)
+        entry["verification"] = {"max_abs_error": errors if graph == ALL_TASKS else errors[graph],
+                                 "samples": len(images), "tolerance": allowed if graph == ALL_TASKS else allowed[graph],
+                                 "data": source, "runtime": "onnxruntime", "passed": passed}
+        entry["max_abs_error"] = max(errors.values())
+        if not passed:
+            failures.append(f"{graph} (max abs error {max(errors.values()):.3g})")
+    if failures:
+        raise EdgemtlError(f"ONNX Runtime disagrees with PyTorch beyond tolerance for {', '.join(failures)}")
+
+
+def evaluate_metrics(ctx: FlowContext) -> None:
+    """Task metrics of the deployed all-task graph and of PyTorch on held-out data (skipped without data)."""
+    data: TaskData | None = ctx.state.get("data")
+    tasks = [ctx.loaded.spec.task(t) for t in ctx.state.get("labelled_tasks", [])]
+    if data is None or not tasks:
+        return
+    session = ort_backend.make_session(ctx.bundle / ctx.manifest[ALL_TASKS]["artifacts"]["onnx"], _threads(ctx))
+
+    def ort_predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in ort_backend.run(session, images.numpy()).items()}
+
+    deployed = evaluate(ort_predict, tasks, data)
+    eager = evaluate(torch_predictor(ctx.loaded.model), tasks, data)
+    for task in tasks:
+        ctx.manifest["tasks"][task.name].update(
+            metrics=deployed[task.name], metrics_pytorch=eager[task.name], primary_metric=task.metric,
+            higher_is_better=task.higher_is_better, metrics_data=f"{data.name}/{data.split} ({len(data)} samples)",
+        )
+
+
+def measure_latency(ctx: FlowContext) -> None:
+    """Batch-1 latency per graph: ONNX Runtime vs PyTorch eager, same thread count, same run."""
+    if not ctx.options.measure_latency:
+        return
+    threads, opts = _threads(ctx), ctx.options
+    image = _verification_inputs(ctx)[0][:1]
+    model = ctx.loaded.model
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for graph in [*_tasks(ctx), ALL_TASKS]:
+            entry = ctx.manifest[ALL_TASKS] if graph == ALL_TASKS else ctx.manifest["tasks"][graph]
+            session = ort_backend.make_session(ctx.bundle / entry["artifacts"]["onnx"], threads)
+            onnx_latency = ort_backend.time_session(session, image, threads, opts.latency_runs, opts.latency_max_seconds)
+            x = torch.from_numpy(image)
+
+            def eager(graph: str = graph) -> None:
+                with torch.no_grad():
+                    model(x) if graph == ALL_TASKS else run_task(model, x, graph)
+
+            eager_latency = measure(eager, runtime=f"pytorch-eager {torch.__version__}", threads=threads,
+                                    runs=opts.latency_runs, max_seconds=opts.latency_max_seconds)
+            entry["latency_ms"] = onnx_latency.to_dict()
+            entry["latency_ms_pytorch"] = eager_latency.to_dict()
+            entry["speedup_vs_pytorch"] = eager_latency.median / onnx_latency.median
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def load_verification_data(ctx: FlowContext) -> None:
+    """The data set named by the user or the spec (held-out split) if its images fit the model.
+
+    Its images feed verification; its labels feed metrics for the tasks whose kind and shape match.
+    """
+    name = ctx.options.data or ctx.loaded.spec.data
+    if name is None:
+        return
+    data = load_data(name, "val", n=ctx.options.metric_samples)
+    if list(data.images.shape[1:]) != ctx.loaded.spec.input.shape:
+        raise EdgemtlError(
+            f"data set {name!r} has images of shape {list(data.images.shape[1:])} but the model takes "
+            f"{ctx.loaded.spec.input.shape}; pick another --data"
+        )
+    labels = {t.name: t for t in data.tasks}
+    labelled = [t for t in _tasks(ctx) if t in labels
+                and (labels[t].kind, labels[t].output_shape) == (ctx.loaded.spec.task(t).kind, ctx.loaded.spec.task(t).output_shape)]
+    ctx.state["data"], ctx.state["labelled_tasks"] = data, labelled
+    ctx.manifest["model"]["verification_data"] = f"{name}/val"
+
+
+STEPS: list[Step] = [
+    ("load_data", load_verification_data),
+    ("analyse", analyse),
+    ("export_onnx", export_onnx),
+    ("verify_onnxruntime", verify_onnxruntime),
+    ("evaluate_metrics", evaluate_metrics),
+    ("measure_latency", measure_latency),
+]

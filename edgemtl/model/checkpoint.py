@@ -1,0 +1,186 @@
+"""Checkpoints: save and load multi-task models without running code from the file.
+
+An edgemtl checkpoint is a `.pt` file holding one dict of plain values and tensors, so
+`torch.load(weights_only=True)` reads it without unpickling any code:
+
+    {"format": "edgemtl-checkpoint", "format_version": 1, "spec": ModelSpec as a dict,
+     "arch": str, "config": dict, "state_dict": {name: tensor}, "meta": dict}
+
+Models outside the zoo come as a plain state_dict plus a spec file plus `--model-factory
+package.module:function` (the user's own code, imported on purpose). A fully pickled `nn.Module` is
+loaded only with `trust=True`, because unpickling it runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.contract import validate_model
+from edgemtl.model.spec import ModelSpec, parse_model_spec, read_spec_file
+from edgemtl.model.zoo import build_model
+
+FORMAT = "edgemtl-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the pipeline: the module (eval mode), its spec and where it came from."""
+
+    model: nn.Module
+    spec: ModelSpec
+    path: Path
+    sha256: str
+    source: str  # "checkpoint" | "factory" | "pickled-module"
+
+
+def save(model: nn.Module, spec: ModelSpec, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write an edgemtl checkpoint atomically (a crash never leaves a truncated file at `path`)."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "spec": spec.model_dump(mode="json"),
+        "arch": spec.arch,
+        "config": dict(spec.config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load(path: str | Path, *, factory: str | None = None, spec_path: str | Path | None = None,
+         trust: bool = False) -> LoadedModel:
+    """Load any model edgemtl accepts; every bad input raises `EdgemtlError` with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgemtlError(f"model file {path} does not exist")
+    if factory is not None:
+        if spec_path is None:
+            raise EdgemtlError("--model-factory needs --spec FILE (YAML or TOML: input shape and tasks)")
+        return _load_with_factory(path, factory, Path(spec_path))
+    obj = _read_weights_only(path, trust)
+    if isinstance(obj, nn.Module):
+        if spec_path is None:
+            raise EdgemtlError(f"{path} holds a pickled module: pass --spec FILE to describe its tasks")
+        return _finish(obj, read_spec_file(Path(spec_path)), path, "pickled-module")
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return _load_checkpoint(obj, path)
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EdgemtlError(
+            f"{path} is a plain state_dict, not an edgemtl checkpoint: pass --model-factory "
+            "package.module:function and --spec FILE"
+        )
+    raise EdgemtlError(f"{path} is not an edgemtl checkpoint (expected a dict with format={FORMAT!r})")
+
+
+def _read_weights_only(path: Path, trust: bool) -> Any:
+    """torch.load without code execution; a pickled module is read only when the user trusts it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise EdgemtlError(f"{path} is corrupt or not a PyTorch file: {_first_line(exc)}") from None
+        if not trust:
+            raise EdgemtlError(
+                f"{path} contains pickled Python objects; loading it would run code from the file. "
+                "Pass --trust if you trust its source, or save a state_dict with a spec instead"
+            ) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as exc:
+        raise EdgemtlError(f"{path} is corrupt, truncated or not a PyTorch file: {_first_line(exc)}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # trusted unpickling can fail in any way the file's code chooses
+        raise EdgemtlError(f"could not unpickle {path} (with --trust): {_first_line(exc)}") from None
+
+
+def _load_checkpoint(payload: dict[str, Any], path: Path) -> LoadedModel:
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise EdgemtlError(
+            f"{path} has checkpoint format version {payload.get('format_version')}; this edgemtl reads {FORMAT_VERSION}"
+        )
+    for key in ("spec", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise EdgemtlError(f"{path} is an edgemtl checkpoint without a valid {key!r} entry")
+    spec = parse_model_spec(payload["spec"], str(path))
+    model = build_model(spec)
+    _load_state(model, payload["state_dict"], path)
+    return _finish(model, spec, path, "checkpoint")
+
+
+def _load_with_factory(path: Path, factory: str, spec_path: Path) -> LoadedModel:
+    spec = read_spec_file(spec_path)
+    module_name, _, function_name = factory.partition(":")
+    if not module_name or not function_name:
+        raise EdgemtlError(f"--model-factory must look like package.module:function, got {factory!r}")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise EdgemtlError(f"cannot import the model factory {factory!r}: {_first_line(exc)}") from None
+    model = function()
+    if not isinstance(model, nn.Module):
+        raise EdgemtlError(f"the model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
+    state = _read_weights_only(path, trust=False)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise EdgemtlError(f"{path} must hold a state_dict (name -> tensor) for --model-factory")
+    _load_state(model, state, path)
+    spec = spec.model_copy(update={"arch": spec.arch if spec.arch != "custom" else f"factory:{factory}"})
+    return _finish(model, spec, path, "factory")
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        missing, unexpected = _key_mismatch(model, state)
+        detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "")
+        raise EdgemtlError(
+            f"the weights in {path} do not fit the model: {detail.strip() or _first_line(exc)}"
+        ) from None
+
+
+def _key_mismatch(model: nn.Module, state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    return sorted(expected - set(state)), sorted(set(state) - expected)
+
+
+def _finish(model: nn.Module, spec: ModelSpec, path: Path, source: str) -> LoadedModel:
+    model.eval()
+    validate_model(model, spec)
+    return LoadedModel(model=model, spec=spec, path=path, sha256=file_sha256(path), source=source)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,34 @@
+"""Training losses by name (the `loss` field of a TaskSpec)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgemtl.model.spec import TaskSpec
+
+
+def _cosine(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (1 - F.cosine_similarity(pred, target, dim=1, eps=1e-6)).mean()
+
+
+def _bce_edges(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Edges are sparse: weight positives by the batch's negative/positive ratio (capped at 20)."""
+    positive = target.mean().clamp(min=1e-4)
+    pos_weight = ((1 - positive) / positive).clamp(max=20.0).detach()
+    return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pos_weight)
+
+
+def task_loss(task: TaskSpec, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The spec's loss of one task's raw output against its target."""
+    if task.loss == "cross_entropy":
+        return F.cross_entropy(pred, target.long())
+    if task.loss == "l1":
+        return F.l1_loss(pred, target)
+    if task.loss == "mse":
+        return F.mse_loss(pred, target)
+    if task.loss == "cosine":
+        return _cosine(pred, target)
+    if task.loss == "bce_edges":
+        return _bce_edges(pred, target)
+    raise ValueError(f"unknown loss {task.loss!r}")  # TaskSpec validation makes this unreachable

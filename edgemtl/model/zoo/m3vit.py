@@ -1,0 +1,232 @@
+"""`m3vit`: an M3ViT-style mixture-of-experts ViT whose router is conditioned on the task.
+
+Every other transformer block replaces its MLP with `MoELayer`: E experts, top-k routing per token, the
+router reading the token concatenated with a learned task embedding (as in M3ViT). Running one task means
+running the backbone with that task's routing plus its head; `forward(x)` does this for every task.
+
+Dispatch is expert-major with a fixed capacity (V-MoE style, the router's ancestor): each expert takes
+the C tokens with the largest gate weight for it (TopK), gathers them, runs one batched matmul and
+scatter-adds the weighted result back. Static shapes make it export to ONNX as TopK / GatherElements /
+MatMul / ScatterElements; `capacity_factor=None` (C = T) never drops a token and equals the token-major
+reference (`MoELayer.forward_reference`) exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgemtl.model.spec import DENSE_KINDS, ModelSpec, TaskSpec
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "patch": 8,
+    "dim": 64,
+    "depth": 4,
+    "heads": 4,
+    "mlp_ratio": 2.0,
+    "num_experts": 8,
+    "top_k": 2,
+    "task_dim": 16,
+    "capacity_factor": 2.0,
+    "head_width": 16,
+    "aux_loss_weight": 0.01,
+}
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class MoELayer(nn.Module):
+    """Task-conditioned top-k mixture of expert MLPs with capacity-based expert-major dispatch."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, task_dim: int,
+                 capacity_factor: float | None) -> None:
+        super().__init__()
+        self.num_experts, self.top_k, self.capacity_factor = num_experts, top_k, capacity_factor
+        self.router = nn.Linear(dim + task_dim, num_experts)
+        scale1, scale2 = 1 / math.sqrt(dim), 1 / math.sqrt(hidden)
+        self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden).uniform_(-scale1, scale1))
+        self.b1 = nn.Parameter(torch.zeros(num_experts, 1, hidden))
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim).uniform_(-scale2, scale2))
+        self.b2 = nn.Parameter(torch.zeros(num_experts, 1, dim))
+        self.aux_loss = torch.zeros(())
+        self.tokens_routed = 0
+        self.tokens_dropped = 0
+
+    def capacity(self, tokens: int) -> int:
+        """Tokens each expert takes per image: C = ceil(k*T/E * capacity_factor), at most T."""
+        if self.capacity_factor is None:
+            return tokens
+        return min(tokens, math.ceil(self.top_k * tokens / self.num_experts * self.capacity_factor))
+
+    def gates(self, x: torch.Tensor, task_vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router probabilities (B,T,E) and the dense combine weights (B,T,E): softmax over each token's top-k."""
+        b, t, _ = x.shape
+        logits = self.router(torch.cat([x, task_vector.expand(b, t, -1)], dim=-1))
+        top_logits, top_index = logits.topk(self.top_k, dim=-1)
+        combine = torch.zeros_like(logits).scatter(-1, top_index, top_logits.softmax(dim=-1))
+        return logits.softmax(dim=-1), combine
+
+    def expert(self, e: int, tokens: torch.Tensor) -> torch.Tensor:
+        return F.gelu(tokens @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
+
+    def forward(self, x: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        probs, combine = self.gates(x, task_vector)
+        capacity = self.capacity(t)
+        weight, index = combine.transpose(1, 2).topk(capacity, dim=-1)  # (B,E,C): each expert's tokens
+        gathered = x.unsqueeze(1).expand(b, self.num_experts, t, d).gather(
+            2, index.unsqueeze(-1).expand(b, self.num_experts, capacity, d))
+        hidden = F.gelu(gathered @ self.w1 + self.b1)
+        expert_out = (hidden @ self.w2 + self.b2) * weight.unsqueeze(-1)
+        out = torch.zeros_like(x).scatter_add(
+            1, index.reshape(b, -1, 1).expand(b, self.num_experts * capacity, d),
+            expert_out.reshape(b, self.num_experts * capacity, d))
+        if not _tracing():
+            self._record(probs, combine, capacity)
+        return out
+
+    def _record(self, probs: torch.Tensor, combine: torch.Tensor, capacity: int) -> None:
+        """Load-balancing loss (Switch Transformer) and the tokens lost to expert overflow."""
+        routed = combine > 0
+        per_expert = routed.sum(dim=1)  # (B,E)
+        self.tokens_routed += int(routed.sum())
+        self.tokens_dropped += int((per_expert - capacity).clamp(min=0).sum())
+        if self.training:
+            top1 = F.one_hot(probs.argmax(-1), self.num_experts).float().mean(dim=(0, 1))
+            self.aux_loss = self.aux_loss + self.num_experts * (top1 * probs.mean(dim=(0, 1))).sum()
+
+    def forward_reference(self, x: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
+        """Token-major reference: every token through each of its top-k experts (no capacity limit)."""
+        _, combine = self.gates(x, task_vector)
+        out = torch.zeros_like(x)
+        for e in range(self.num_experts):
+            out = out + self.expert(e, x) * combine[..., e : e + 1]
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp: nn.Module) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim), mlp
+
+    def forward(self, x: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x), task_vector)
+
+
+class PatchDecoder(nn.Module):
+    """Token grid -> 1x1 projection -> upsample x4 -> 3x3 refine -> prediction at the output size."""
+
+    def __init__(self, dim: int, width: int, out_channels: int, out_size: list[int]) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, width, 1)
+        self.refine = nn.Conv2d(width, width, 3, padding=1)
+        self.predict = nn.Conv2d(width, out_channels, 1)
+        self.out_size = tuple(out_size)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(F.gelu(self.proj(grid)), scale_factor=4, mode="bilinear", align_corners=False)
+        x = self.predict(F.gelu(self.refine(x)))
+        return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False)
+
+
+class PooledHead(nn.Module):
+    def __init__(self, dim: int, out_features: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, out_features)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.fc(grid.mean(dim=(2, 3)))
+
+
+class M3ViT(nn.Module):
+    """Patch embedding, transformer blocks with MoE every other MLP, task-conditioned routing, per-task heads."""
+
+    def __init__(self, spec: ModelSpec, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        channels, height, width = spec.input.shape
+        patch, dim = int(cfg["patch"]), int(cfg["dim"])
+        if height % patch or width % patch:
+            raise ValueError(f"input {height}x{width} is not divisible by the patch size {patch}")
+        self.grid = (height // patch, width // patch)
+        self.task_index = {t.name: i for i, t in enumerate(spec.tasks)}
+        self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
+        self.task_embed = nn.Parameter(torch.randn(len(spec.tasks), int(cfg["task_dim"])) * 0.02)
+        hidden = int(dim * float(cfg["mlp_ratio"]))
+        blocks = []
+        for i in range(int(cfg["depth"])):
+            mlp: nn.Module = (
+                MoELayer(dim, hidden, int(cfg["num_experts"]), int(cfg["top_k"]), int(cfg["task_dim"]),
+                         cfg["capacity_factor"])
+                if i % 2 == 1 else MLP(dim, hidden)
+            )
+            blocks.append(Block(dim, int(cfg["heads"]), mlp))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(dim)
+        self.heads = nn.ModuleDict({t.name: self._head(t, dim, int(cfg["head_width"])) for t in spec.tasks})
+        self.aux_loss_weight = float(cfg["aux_loss_weight"])
+
+    @staticmethod
+    def _head(task: TaskSpec, dim: int, width: int) -> nn.Module:
+        if task.kind in DENSE_KINDS:
+            return PatchDecoder(dim, width, task.output_shape[0], task.output_shape[1:])
+        return PooledHead(dim, task.output_shape[0])
+
+    def moe_layers(self) -> list[MoELayer]:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoELayer)]
+
+    def backbone(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        """Token features (B, D, h, w) under `task`'s routing."""
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        task_vector = self.task_embed[self.task_index[task]]
+        for block in self.blocks:
+            tokens = block(tokens, task_vector)
+        tokens = self.norm(tokens)
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
+
+    def forward(self, x: torch.Tensor, task: str | None = None) -> dict[str, torch.Tensor]:
+        names = list(self.heads) if task is None else [task]
+        return {name: self.heads[name](self.backbone(x, name)) for name in names}
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """Load-balancing loss accumulated since the last call (all MoE layers, all tasks), weighted; resets it."""
+        total = torch.zeros(())
+        for layer in self.moe_layers():
+            total, layer.aux_loss = total + layer.aux_loss, torch.zeros(())
+        return self.aux_loss_weight * total
+
+
+def build(spec: ModelSpec, config: dict[str, Any]) -> M3ViT:
+    return M3ViT(spec, config)

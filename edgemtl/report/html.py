@@ -1,0 +1,466 @@
+"""The bundle's human report: one self-contained HTML page and a compact JSON summary.
+
+Embedded and hardware engineers open report.html from a bundle copied off a build machine, often offline,
+so the page carries its figures as data URIs and loads nothing external (a CSP forbids it). report.json
+holds the same headline numbers for scripts and dashboards that should not parse the whole manifest.
+Every string from the manifest is escaped: model and task names are user input. Every latency number
+carries its provenance, because a simulated or estimated figure read as a measurement misleads a
+hardware decision.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Mapping
+from html import escape
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+from edgemtl.report.plots import (
+    ALL_TASKS_LABEL,
+    RUNTIME_LABELS,
+    all_tasks_entry,
+    cost_plot,
+    latency_plot,
+    memory_plot,
+    number,
+    task_entries,
+)
+
+REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
+
+PLOTS: tuple[tuple[str, Callable[[Mapping[str, Any]], bytes | None]], ...] = (
+    ("Compute and parameters per task", cost_plot),
+    ("Latency per task", latency_plot),
+    ("Peak activation memory per task", memory_plot),
+)
+_LATENCY_KEYS = ("median", "p90", "provenance", "runtime", "device", "threads", "runs", "batch")
+_PROVENANCE_CLASSES = ("measured", "simulated", "estimated")
+_DASH = "—"
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;color:#1d1d1f;max-width:1200px;margin:2em auto;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px}th,td{padding:.3em .6em;border-bottom:1px solid #e5e5e5;text-align:left;vertical-align:top}
+th{background:#f5f5f7}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.ref td{background:#fafafa;font-style:italic}
+dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.5em 0}dt{color:#666}dd{margin:0}
+code{font-size:12px;background:#f5f5f7;padding:0 .25em;border-radius:3px}
+.dim{color:#777}.ok{color:#1a7f37}.fail{color:#c62828;font-weight:bold}
+.prov{font-size:11px;padding:0 .3em;border-radius:3px;background:#eee;white-space:nowrap}
+.prov-measured{background:#dff3e4}.prov-simulated{background:#fff1c2}.prov-estimated{background:#fde0dc}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#666;font-size:12px}
+"""
+
+
+def write_report(manifest: dict, bundle_dir: Path) -> list[Path]:
+    """Write report.html and report.json into the bundle and return their paths."""
+    bundle_dir = Path(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    html_path, json_path = bundle_dir / REPORT_HTML, bundle_dir / REPORT_JSON
+    # The summary goes first so the page's artifact list finds it in the bundle.
+    json_path.write_text(json.dumps(summarize(manifest), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    html_path.write_text(render_html(manifest, bundle_dir), encoding="utf-8")
+    return [html_path, json_path]
+
+
+def summarize(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's numbers as plain JSON: what a dashboard or a regression check needs, nothing more."""
+    summary: dict[str, Any] = {
+        "edgemtl_version": manifest.get("edgemtl_version"),
+        "created": manifest.get("created"),
+        "target": _pick(_section(manifest, "target"), ("name", "flow")),
+        "model": _pick(_section(manifest, "model"), ("path", "sha256", "arch")),
+        "tasks": {name: _task_summary(entry) for name, entry in task_entries(manifest).items()},
+    }
+    reference = all_tasks_entry(manifest)
+    if reference is not None:
+        summary["all_tasks"] = _task_summary(reference)
+    summary["steps"] = [_pick(step, ("name", "seconds", "status")) for step in _steps(manifest)]
+    return _jsonable({key: value for key, value in summary.items() if value is not None})
+
+
+def render_html(manifest: Mapping[str, Any], bundle_dir: Path | None = None) -> str:
+    """The report page; `bundle_dir` lets the artifact list flag files the bundle lacks."""
+    notes = _ProvenanceNotes()
+    model = _section(manifest, "model")
+    title = f"edgemtl report: {model.get('path') or model.get('arch') or 'model'}"
+    body = "\n".join(
+        (
+            _header(manifest, title),
+            _steps_section(manifest),
+            _tasks_section(manifest, notes),
+            _plots_section(manifest),
+            _artifacts_section(manifest, bundle_dir),
+            _provenance_section(notes),
+        )
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+        "<meta http-equiv=\"Content-Security-Policy\" "
+        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def human_count(value: float) -> str:
+    """1234567 -> '1.23 M': counts of MACs and parameters at a glance."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale * 0.9995:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
+
+
+def human_bytes(value: float) -> str:
+    """35328 -> '34.5 KiB': binary units, as memory maps and linker scripts use."""
+    for unit, scale in (("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0)):
+        if abs(value) >= scale * 0.9995:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
+
+
+def human_ms(value: float) -> str:
+    """0.41 -> '0.41 ms', sub-0.1 ms in µs and seconds past 1000 ms, three significant digits."""
+    if abs(value) >= 1000:
+        return f"{value / 1000:.3g} s"
+    if 0 < abs(value) < 0.1:
+        return f"{value * 1000:.3g} µs"
+    return f"{value:.3g} ms"
+
+
+def human_seconds(value: float) -> str:
+    """Step durations: '0.12 s', '3.1 s', '2 min 5 s'."""
+    if value >= 60:
+        minutes, seconds = divmod(round(value), 60)
+        return f"{minutes} min {seconds} s"
+    return f"{value:.2g} s" if value < 10 else f"{value:.0f} s"
+
+
+def human_error(value: float) -> str:
+    """2.1e-06 -> '2.1e-6': an error's magnitude is what matters."""
+    if value == 0:
+        return "0"
+    mantissa, _, exponent = f"{value:.2g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+class _ProvenanceNotes:
+    """Numbered notes, one per distinct latency context, that every latency cell points to."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[tuple[str, str], ...]] = []
+
+    def cite(self, latency: Mapping[str, Any]) -> int:
+        record = tuple((key, _plain_text(latency.get(key))) for key in _LATENCY_KEYS[2:])
+        if record not in self.records:
+            self.records.append(record)
+        return self.records.index(record) + 1
+
+    def describe(self, number_: int) -> str:
+        fields = dict(self.records[number_ - 1])
+        parts = [
+            fields["provenance"] or "unlabelled",
+            fields["runtime"] or "unnamed runtime",
+            fields["device"] or "unnamed device",
+        ]
+        for key, unit in (("threads", "threads"), ("runs", "runs"), ("batch", "batch")):
+            if fields[key]:
+                parts.append(f"{unit} {fields[key]}" if key == "batch" else f"{fields[key]} {unit}")
+        return " · ".join(parts)
+
+
+def _header(manifest: Mapping[str, Any], title: str) -> str:
+    model, target, host = (_section(manifest, key) for key in ("model", "target", "host"))
+    sha = _plain_text(model.get("sha256"))
+    model_items = [
+        ("Model", f"<code>{_e(model.get('path') or _DASH)}</code>"
+                  + (f" <span class=\"dim\" title=\"{_e(sha)}\">sha256 {_e(sha[:12])}</span>" if sha else "")),
+        ("Architecture", _e(model.get("arch") or _DASH)),
+        ("Config", f"<code>{_e(_compact(model['config']))}</code>" if model.get("config") else None),
+        ("Data", _e(model["data"]) if model.get("data") else None),
+        ("Input", _e(_shape(_section(model, "input").get("shape")))),
+        ("Target", _e(" · ".join(str(target[k]) for k in ("name", "flow") if target.get(k)) or _DASH)
+                   + (f"<br><span class=\"dim\">{_e(target['description'])}</span>"
+                      if target.get("description") else "")),
+        ("edgemtl", _e(manifest.get("edgemtl_version") or _DASH)),
+        ("Created", _e(manifest.get("created") or _DASH)),
+    ]
+    host_items = [(str(key), _e(_compact(value))) for key, value in host.items()]
+    return (
+        f"<header><h1>{_e(title)}</h1>\n{_definitions(model_items)}\n"
+        + (f"<h2>Host</h2>\n{_definitions(host_items)}" if host_items else "")
+        + "</header>"
+    )
+
+
+def _steps_section(manifest: Mapping[str, Any]) -> str:
+    steps = _steps(manifest)
+    if not steps:
+        return "<h2>Steps</h2>\n<p class=\"dim\">No steps recorded.</p>"
+    rows = []
+    for step in steps:
+        seconds = number(step.get("seconds"))
+        status = _plain_text(step.get("status")) or _DASH
+        css = "ok" if status == "ok" else "fail" if status in ("failed", "error") else "dim"
+        rows.append(
+            f"<tr><td>{_e(step.get('name') or _DASH)}</td>"
+            f"<td class=\"n\">{human_seconds(seconds) if seconds is not None else _DASH}</td>"
+            f"<td class=\"{css}\">{_e(status)}</td></tr>"
+        )
+    total = sum(value for step in steps if (value := number(step.get("seconds"))) is not None)
+    rows.append(f"<tr><th>total</th><th class=\"n\">{human_seconds(total)}</th><th></th></tr>")
+    return _table("Steps", ("Step", "Time", "Status"), rows)
+
+
+def _tasks_section(manifest: Mapping[str, Any], notes: _ProvenanceNotes) -> str:
+    entries = [(name, entry, False) for name, entry in task_entries(manifest).items()]
+    reference = all_tasks_entry(manifest)
+    if reference is not None:
+        entries.append((f"{ALL_TASKS_LABEL} (one graph)", reference, True))
+    if not entries:
+        return "<h2>Tasks</h2>\n<p class=\"dim\">The manifest lists no tasks.</p>"
+    headers = ("Task", "Kind", "Params", "MACs", "Shared", "Peak activation", "Max abs error vs PyTorch",
+               f"{RUNTIME_LABELS['latency_ms']} latency", f"{RUNTIME_LABELS['latency_ms_pytorch']} latency",
+               "Speed-up", "Metrics")
+    rows = []
+    for name, entry, is_reference in entries:
+        cells = (
+            f"<td>{_e(name)}</td>",
+            f"<td>{_e(entry.get('kind') or _DASH)}</td>",
+            _number_cell(entry.get("params"), human_count),
+            _number_cell(entry.get("macs"), human_count),
+            _number_cell(_shared_fraction(entry), lambda v: f"{v:.0%}"),
+            _number_cell(entry.get("peak_activation_bytes"), human_bytes),
+            _error_cell(entry),
+            _latency_cell(entry.get("latency_ms"), notes),
+            _latency_cell(entry.get("latency_ms_pytorch"), notes),
+            _number_cell(_speedup(entry), lambda v: f"{v:.2g}×" if v < 10 else f"{v:.0f}×"),
+            f"<td>{_metrics(entry)}</td>",
+        )
+        row_class = ' class="ref"' if is_reference else ""
+        rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    return _table("Tasks", headers, rows)
+
+
+def _plots_section(manifest: Mapping[str, Any]) -> str:
+    figures = []
+    for caption, plot in PLOTS:
+        png = plot(manifest)
+        if png is not None:
+            data = base64.b64encode(png).decode("ascii")
+            figures.append(
+                f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
+                f"<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+    return "<h2>Plots</h2>\n" + ("\n".join(figures) or "<p class=\"dim\">The manifest has no data to plot.</p>")
+
+
+def _artifacts_section(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
+    items = [("bundle", "manifest", "manifest.json"), ("bundle", "summary", REPORT_JSON)]
+    owners = [(name, entry) for name, entry in task_entries(manifest).items()]
+    if (reference := all_tasks_entry(manifest)) is not None:
+        owners.append((ALL_TASKS_LABEL, reference))
+    owners.append(("bundle", manifest))
+    for owner, entry in owners:
+        artifacts = entry.get("artifacts")
+        if isinstance(artifacts, Mapping):
+            items += [(owner, str(kind), str(path)) for kind, path in artifacts.items() if isinstance(path, str)]
+    rows = [
+        f"<tr><td>{_e(owner)}</td><td>{_e(kind)}</td><td>{_artifact_link(path, bundle_dir)}</td></tr>"
+        for owner, kind, path in items
+    ]
+    return _table("Artifacts", ("Owner", "Kind", "Path"), rows)
+
+
+def _provenance_section(notes: _ProvenanceNotes) -> str:
+    intro = (
+        "<p>Every latency number is labelled with its provenance: <strong>measured</strong> (timed on the "
+        "device named), <strong>simulated</strong> (from a cycle or instruction simulator) or "
+        "<strong>estimated</strong> (from an analytic model, not run at all), with the runtime, device, "
+        "threads and number of runs behind it. Medians and p90 are over those runs.</p>"
+    )
+    if not notes.records:
+        return f"<h2>Provenance</h2>\n{intro}\n<p class=\"dim\">This manifest has no latency numbers.</p>"
+    items = "".join(f"<li>{_e(notes.describe(index))}</li>" for index in range(1, len(notes.records) + 1))
+    return f"<h2>Provenance</h2>\n{intro}\n<ol>{items}</ol>"
+
+
+def _latency_cell(latency: Any, notes: _ProvenanceNotes) -> str:
+    median = number(latency.get("median")) if isinstance(latency, Mapping) else None
+    if median is None:
+        return f"<td class=\"n\">{_DASH}</td>"
+    p90 = number(latency.get("p90"))
+    note = notes.cite(latency)
+    provenance = _plain_text(latency.get("provenance")) or "unlabelled"
+    css = provenance if provenance in _PROVENANCE_CLASSES else "other"
+    spread = f" <span class=\"dim\">p90 {human_ms(p90)}</span>" if p90 is not None else ""
+    return (
+        f"<td class=\"n\">{human_ms(median)}{spread} <span class=\"prov prov-{css}\" "
+        f"title=\"{_e(notes.describe(note))}\">{_e(provenance)} [{note}]</span></td>"
+    )
+
+
+def _error_cell(entry: Mapping[str, Any]) -> str:
+    verification = _section(entry, "verification")
+    error = number(entry.get("max_abs_error"))
+    if error is None:
+        error = number(verification.get("max_abs_error"))
+    if error is None:
+        return f"<td class=\"n\">{_DASH}</td>"
+    passed = verification.get("passed")
+    mark = ""
+    if isinstance(passed, bool):
+        detail = ", ".join(
+            f"{label} {_plain_text(verification[key])}"
+            for key, label in (("tolerance", "tolerance"), ("samples", "samples"), ("data", "data"))
+            if verification.get(key) is not None
+        )
+        mark = (f" <span class=\"{'ok' if passed else 'fail'}\" title=\"{_e(detail)}\">"
+                f"{'✓' if passed else '✗ over tolerance'}</span>")
+    return f"<td class=\"n\">{human_error(error)}{mark}</td>"
+
+
+def _metrics(entry: Mapping[str, Any]) -> str:
+    metrics = entry.get("metrics")
+    if not isinstance(metrics, Mapping) or not metrics:
+        return _DASH
+    primary = entry.get("primary_metric")
+    higher = entry.get("higher_is_better")
+    parts = []
+    for name, value in metrics.items():
+        shown = f"{_e(name)} {_e(f'{v:.3g}' if (v := number(value)) is not None else _plain_text(value))}"
+        if name == primary:
+            arrow = " ↑" if higher is True else " ↓" if higher is False else ""
+            shown = f"<strong title=\"primary metric\">{shown}{arrow}</strong>"
+        parts.append(shown)
+    return "<br>".join(parts)
+
+
+def _artifact_link(path: str, bundle_dir: Path | None) -> str:
+    """A link relative to the report, percent-quoted so no manifest path can become a `javascript:` URL."""
+    posix = PurePosixPath(path.replace("\\", "/"))
+    relative: PurePosixPath | None = posix
+    if posix.is_absolute():
+        relative = None
+        if bundle_dir is not None:
+            try:
+                relative = PurePosixPath(Path(path).resolve().relative_to(Path(bundle_dir).resolve()).as_posix())
+            except ValueError:
+                relative = None
+    if relative is None:
+        return f"<code>{_e(path)}</code> <span class=\"dim\">(outside the bundle)</span>"
+    missing = bundle_dir is not None and not (Path(bundle_dir) / relative).exists()
+    flag = " <span class=\"fail\">(missing)</span>" if missing else ""
+    return f"<a href=\"{_e(quote(str(relative), safe='/'))}\"><code>{_e(relative)}</code></a>{flag}"
+
+
+def _task_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+    error = number(entry.get("max_abs_error"))
+    if error is None:
+        error = number(_section(entry, "verification").get("max_abs_error"))
+    summary = {
+        "kind": entry.get("kind"),
+        "params": entry.get("params"),
+        "macs": entry.get("macs"),
+        "shared_fraction": _shared_fraction(entry),
+        "peak_activation_bytes": entry.get("peak_activation_bytes"),
+        "max_abs_error": error,
+        "latency_ms": _pick(entry.get("latency_ms"), _LATENCY_KEYS),
+        "latency_ms_pytorch": _pick(entry.get("latency_ms_pytorch"), _LATENCY_KEYS),
+        "speedup_vs_pytorch": _speedup(entry),
+        "metrics": entry.get("metrics") if isinstance(entry.get("metrics"), Mapping) else None,
+        "primary_metric": entry.get("primary_metric"),
+        "higher_is_better": entry.get("higher_is_better"),
+    }
+    return {key: value for key, value in summary.items() if value not in (None, {})}
+
+
+def _shared_fraction(entry: Mapping[str, Any]) -> float | None:
+    fraction = number(entry.get("shared_fraction"))
+    if fraction is not None:
+        return fraction
+    shared, params = number(entry.get("shared_params")), number(entry.get("params"))
+    return shared / params if shared is not None and params else None
+
+
+def _speedup(entry: Mapping[str, Any]) -> float | None:
+    """The manifest's speed-up, else the ratio of medians when both share a provenance (never across kinds)."""
+    given = number(entry.get("speedup_vs_pytorch"))
+    if given is not None:
+        return given
+    ort, torch = entry.get("latency_ms"), entry.get("latency_ms_pytorch")
+    if not (isinstance(ort, Mapping) and isinstance(torch, Mapping)):
+        return None
+    if ort.get("provenance") != torch.get("provenance"):
+        return None
+    fast, slow = number(ort.get("median")), number(torch.get("median"))
+    return slow / fast if fast and slow is not None else None
+
+
+def _steps(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    steps = manifest.get("steps")
+    return [step for step in steps if isinstance(step, Mapping)] if isinstance(steps, list) else []
+
+
+def _section(container: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = container.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _pick(section: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    if not isinstance(section, Mapping):
+        return None
+    picked = {key: section[key] for key in keys if section.get(key) is not None}
+    return picked or None
+
+
+def _jsonable(value: Any) -> Any:
+    """Strict JSON: non-finite floats become null and unknown types their text, so report.json always parses."""
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _table(title: str, headers: tuple[str, ...], rows: list[str]) -> str:
+    head = "".join(f"<th>{_e(header)}</th>" for header in headers)
+    body = "\n".join(rows)
+    return f"<h2>{_e(title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+
+
+def _definitions(items: list[tuple[str, str | None]]) -> str:
+    pairs = "".join(f"<dt>{_e(label)}</dt><dd>{value}</dd>" for label, value in items if value is not None)
+    return f"<dl>{pairs}</dl>"
+
+
+def _number_cell(value: Any, fmt: Callable[[float], str]) -> str:
+    parsed = number(value)
+    return f"<td class=\"n\">{_e(fmt(parsed)) if parsed is not None else _DASH}</td>"
+
+
+def _shape(shape: Any) -> str:
+    return "×".join(str(dim) for dim in shape) if isinstance(shape, list) and shape else _DASH
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, (Mapping, list)):
+        return json.dumps(_jsonable(value), sort_keys=True, separators=(", ", ": "))
+    return _plain_text(value) or _DASH
+
+
+def _plain_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
