@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from rich.console import Console
 
+from edgemtl.errors import EdgemtlError
 from edgemtl.model.checkpoint import LoadedModel
 from edgemtl.targets import Target
 
@@ -56,9 +57,10 @@ def run_steps(steps: list[Step], context: FlowContext, console: Console) -> None
         try:
             with console.status(f"[{index}/{len(steps)}] {name} ..."):
                 step(context)
-        except BaseException:
+        except BaseException as exc:
             record.update(seconds=round(time.perf_counter() - start, 3), status="failed")
-            console.print(f"[red]x[/red] {name} failed after {record['seconds']:.1f} s")
+            if not isinstance(exc, EdgemtlError):  # bad input already says what failed, in one line
+                console.print(f"[red]x[/red] {name} failed after {record['seconds']:.1f} s")
             raise
         record.update(seconds=round(time.perf_counter() - start, 3), status="ok")
         console.print(f"[green]ok[/green] {name} ({record['seconds']:.1f} s)")

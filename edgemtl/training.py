@@ -79,7 +79,7 @@ def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig
             schedule.step()
             if step >= config.steps - tail:
                 for name, value in losses.items():
-                    sums[name] += float(value)
-            progress.update(bar, advance=1, loss=float(total))
+                    sums[name] += value.item()
+            progress.update(bar, advance=1, loss=total.item())
     model.eval()
     return TrainResult(config.steps, time.perf_counter() - start, {k: v / tail for k, v in sums.items()})

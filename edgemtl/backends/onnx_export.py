@@ -1,6 +1,9 @@
-"""Export task paths and the all-task model to ONNX with torch's dynamo exporter.
+"""Export task paths and the all-task model to ONNX.
 
-The batch dimension stays dynamic (traced at batch 2: torch.export specialises a size-1 dimension),
+We use torch's TorchScript exporter (`dynamo=False`): on this machine it gives the same graphs as the
+dynamo exporter to 1e-7 in ONNX Runtime for both zoo models but runs 15x faster (0.6 s against 9 s for one
+m3vit task), and brevitas' QCDQ export needs it anyway. The MoE layer's static-capacity dispatch means
+nothing data-dependent gets frozen by tracing. The batch dimension stays dynamic (traced at batch 2),
 input is named `input`, outputs are named after their tasks, weights are embedded in the file.
 """
 
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import warnings
 from pathlib import Path
 
@@ -27,17 +29,15 @@ INPUT_NAME = "input"
 def export_module(module: nn.Module, spec: ModelSpec, output_names: list[str], path: Path) -> Path:
     """Export one single-input module; raise a one-line error naming what could not be exported."""
     module.eval()
-    batch = torch.export.Dim("batch", min=1, max=4096)
     path.parent.mkdir(parents=True, exist_ok=True)
     quiet = io.StringIO()
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module, (example_input(spec, batch=2),), str(path), input_names=[INPUT_NAME],
-                output_names=output_names, dynamo=True, dynamic_shapes=({0: batch},), opset_version=OPSET,
-                external_data=False, verbose=False,
+                output_names=output_names, dynamo=False, opset_version=OPSET,
+                dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]},
             )
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -227,6 +227,21 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class Einsums(nn.Module):
+    """Two-operand, ellipsis, full-contraction and three-operand einsums (torch contracts left to right)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.einsum("bij,jk->bik", x, self.w)
+        b = torch.einsum("...ij,...kj->...ik", x, x)
+        c = torch.einsum("bij,bij", x, x)
+        d = torch.einsum("bij,bkj,bkl->bil", x, x, x)
+        return a.sum() + b.sum() + c + d.sum()
+
+
 def _flops(module: nn.Module, x: torch.Tensor) -> int:
     # The math SDPA backend runs as matmuls FlopCounterMode can see (it has no formula for the CPU kernel).
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
@@ -240,8 +255,9 @@ def _flops(module: nn.Module, x: torch.Tensor) -> int:
         (SmallCNN(), torch.randn(1, 3, 16, 16)),
         (Block(fused=True), torch.randn(1, 10, 16)),
         (Block(fused=False), torch.randn(1, 10, 16)),
+        (Einsums(), torch.randn(2, 5, 4)),
     ],
-    ids=["cnn", "block-sdpa", "block-matmul"],
+    ids=["cnn", "block-sdpa", "block-matmul", "einsum"],
 )
 def test_macs_match_flop_counter(module: nn.Module, x: torch.Tensor) -> None:
     assert 2 * path_cost(module, x).macs == _flops(module, x)

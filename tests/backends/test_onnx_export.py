@@ -1,0 +1,47 @@
+"""Every task path and the all-task graph export to ONNX and agree with PyTorch in ONNX Runtime."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import tiny_model
+from custom_models import unet_two_heads
+from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.backends.onnx_export import export_all_tasks, export_task
+from edgemtl.model.contract import run_task
+from edgemtl.model.spec import ModelSpec
+
+
+def _check_graph(path, model, x, tasks):
+    got = ort_backend.run(ort_backend.make_session(path, threads=1), x.numpy())
+    assert list(got) == tasks
+    with torch.no_grad():
+        for task in tasks:
+            np.testing.assert_allclose(got[task], run_task(model, x, task).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["mtl-cnn", "m3vit"])
+def test_task_paths_and_all_tasks_match_pytorch(tmp_path, arch):
+    model, spec = tiny_model(arch)
+    x = torch.randn(3, *spec.input.shape)  # a batch size other than the traced one
+    sizes = {}
+    for task in spec.task_names:
+        path = export_task(model, spec, task, tmp_path / f"{task}.onnx")
+        _check_graph(path, model, x, [task])
+        sizes[task] = sum(np.prod(t.dims) for t in onnx.load(path).graph.initializer)
+    path = export_all_tasks(model, spec, spec.task_names, tmp_path / "all.onnx")
+    _check_graph(path, model, x, spec.task_names)
+    everything = sum(np.prod(t.dims) for t in onnx.load(path).graph.initializer)
+    assert max(sizes.values()) < everything  # a task graph carries only its own head
+
+
+def test_model_without_task_keyword_exports_only_that_head(tmp_path):
+    model = unet_two_heads().eval()
+    spec = ModelSpec.model_validate({"input": {"shape": [3, 32, 32]}, "tasks": [
+        {"name": "seg", "kind": "segmentation", "output_shape": [3, 32, 32]},
+        {"name": "depth", "kind": "depth", "output_shape": [1, 32, 32]}]})
+    path = export_task(model, spec, "depth", tmp_path / "depth.onnx")
+    _check_graph(path, model, torch.randn(2, 3, 32, 32), ["depth"])
+    names = {t.name for t in onnx.load(path).graph.initializer}
+    assert not any("seg" in n for n in names)

@@ -1,0 +1,48 @@
+"""Models the zoo does not have, importable as `--model-factory custom_models:<function>` in tests."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SPEC_YAML = """\
+input: {shape: [3, 32, 32], mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+tasks:
+  - {name: seg, kind: segmentation, output_shape: [3, 32, 32]}
+  - {name: depth, kind: depth, output_shape: [1, 32, 32]}
+"""
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class TwoHeadUNet(nn.Module):
+    """U-Net-like encoder-decoder with skip concatenations and two heads; no `task=` keyword."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.enc1, self.enc2 = _block(3, width), _block(width, 2 * width)
+        self.bottleneck = _block(2 * width, 2 * width)
+        self.dec2 = _block(4 * width, width)
+        self.dec1 = _block(2 * width, width)
+        self.seg = nn.Conv2d(width, 3, 1)
+        self.depth = nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        b = self.bottleneck(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([F.interpolate(b, scale_factor=2.0), e2], dim=1))
+        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], dim=1))
+        return {"seg": self.seg(d1), "depth": F.softplus(self.depth(d1))}
+
+
+def unet_two_heads() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoHeadUNet()
+
+
+def not_a_module() -> str:
+    return "oops"
