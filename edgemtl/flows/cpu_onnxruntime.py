@@ -119,16 +119,19 @@ def measure_latency(ctx: FlowContext) -> None:
     try:
         for graph in [*_tasks(ctx), ALL_TASKS]:
             entry = ctx.manifest[ALL_TASKS] if graph == ALL_TASKS else ctx.manifest["tasks"][graph]
-            session = ort_backend.make_session(ctx.bundle / entry["artifacts"]["onnx"], threads)
-            onnx_latency = ort_backend.time_session(session, image, threads, opts.latency_runs, opts.latency_max_seconds)
             x = torch.from_numpy(image)
 
             def eager(graph: str = graph) -> None:
                 with torch.no_grad():
                     model(x) if graph == ALL_TASKS else run_task(model, x, graph)
 
+            # PyTorch first, and each ONNX Runtime session freed after use: ORT's idle worker threads
+            # spin for a while and would steal the cores from whatever is timed next.
             eager_latency = measure(eager, runtime=f"pytorch-eager {torch.__version__}", threads=threads,
                                     runs=opts.latency_runs, max_seconds=opts.latency_max_seconds)
+            session = ort_backend.make_session(ctx.bundle / entry["artifacts"]["onnx"], threads)
+            onnx_latency = ort_backend.time_session(session, image, threads, opts.latency_runs, opts.latency_max_seconds)
+            del session
             entry["latency_ms"] = onnx_latency.to_dict()
             entry["latency_ms_pytorch"] = eager_latency.to_dict()
             entry["speedup_vs_pytorch"] = eager_latency.median / onnx_latency.median
