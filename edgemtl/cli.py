@@ -52,6 +52,20 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     return parsed
 
 
+def _parse_max_drop(items: list[str]) -> dict[str, float]:
+    """`task=value` pairs for --max-drop."""
+    budgets = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        try:
+            budgets[task] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not task:
+            raise EdgemtlError(f"--max-drop takes task=value (a relative loss increase such as 0.5), got {item!r}")
+    return budgets
+
+
 def _fmt(value: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
@@ -160,6 +174,58 @@ def inspect(
     out.print(table)
 
 
+MaxDropOpt = Annotated[list[str], typer.Option(
+    "--max-drop", help="task=budget: relative loss increase the task may take per pruning round (repeatable)")]
+
+
+@app.command()
+def prune(
+    model: ModelPath,
+    flops_target: Annotated[float, typer.Option(help="fraction of the original MACs to keep, in (0, 1)")] = 0.35,
+    data: Annotated[Optional[str], typer.Option(help="built-in data for the loss oracle and fine-tuning")] = None,
+    max_drop: MaxDropOpt = [],
+    finetune_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps after each round")] = 100,
+    final_finetune_steps: Annotated[int, typer.Option(min=0)] = 300,
+    oracle_samples: Annotated[int, typer.Option(min=1, help="held-out samples of the loss oracle")] = 64,
+    output: Annotated[Path, typer.Option("-o", "--output", help="pruned checkpoint to write")] = Path("pruned.pt"),
+    model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
+) -> None:
+    """PAGCP: performance-aware global channel pruning guarding every task's loss."""
+    from edgemtl.data import load_data
+    from edgemtl.model.checkpoint import save
+    from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
+
+    config = PAGCPConfig(flops_target=flops_target, max_drop=_parse_max_drop(max_drop), finetune_steps=finetune_steps,
+                         final_finetune_steps=final_finetune_steps, oracle_samples=oracle_samples)
+    loaded = _load(model, model_factory, spec, trust)
+    config.check_tasks(loaded.spec)
+    name = data or loaded.spec.data
+    if name is None:
+        raise EdgemtlError("pruning needs labelled data for its loss oracle and fine-tuning: pass --data scenes|digits")
+    pruned, pruned_spec, record = prune_pagcp(loaded.model, loaded.spec, load_data(name, "train"), load_data(name, "val"), config)
+    save(pruned, pruned_spec, output, meta={"pagcp": record.to_dict(), "pruned_from": str(model)})
+    layers = Table(title=f"kept channels per layer (PAGCP, {record.rounds} rounds, {record.seconds:.0f} s)")
+    for column in ("layer", "channels", "kept"):
+        layers.add_column(column)
+    widths = pruned_spec.config["widths"]
+    for name_, ratio in record.kept_ratios.items():
+        if ratio < 1:
+            layers.add_row(name_, str(widths[name_]), f"{ratio:.0%}")
+    out.print(layers)
+    table = Table(title=f"per-task metric before -> after (MACs {_fmt(record.macs_before)} -> {_fmt(record.macs_after)}, "
+                        f"params {_fmt(record.params_before)} -> {_fmt(record.params_after)})")
+    for column in ("task", "metric", "before", "after", "better"):
+        table.add_column(column)
+    for task in loaded.spec.tasks:
+        table.add_row(task.name, task.metric, f"{record.metrics_before[task.name][task.metric]:.4f}",
+                      f"{record.metrics_after[task.name][task.metric]:.4f}", "higher" if task.higher_is_better else "lower")
+    out.print(table)
+    if not record.target_reached:
+        err.print(f"note: the FLOPs target {flops_target} was not reached within every task's budget "
+                  f"(kept {record.macs_after / record.macs_before:.0%} of the MACs); raise --max-drop to go further")
+    out.print(f"pruned checkpoint: {output}")
+
+
 @app.command()
 def targets() -> None:
     """The targets found in targets/*.toml (and EDGEMTL_TARGETS_PATH) with their key facts."""
@@ -184,9 +250,11 @@ def compile_command(
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for timing (0 = all cores)")] = 0,
     runs: Annotated[int, typer.Option(min=5, help="timed runs per latency measurement")] = 100,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="measure latency")] = True,
+    prune_flops: Annotated[Optional[float], typer.Option(help="run PAGCP first, keeping this fraction of the MACs")] = None,
+    max_drop: MaxDropOpt = [],
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
-    """Validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
+    """(Optionally prune,) validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
     from edgemtl.compile import compile_model
     from edgemtl.flow import CompileOptions
     from edgemtl.targets import load_target
@@ -195,7 +263,7 @@ def compile_command(
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, threads=threads, latency_runs=runs,
-                             measure_latency=latency)
+                             measure_latency=latency, prune_flops=prune_flops, prune_max_drop=_parse_max_drop(max_drop))
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")

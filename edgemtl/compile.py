@@ -52,6 +52,11 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
     target = load_target(target_name)
     tasks = [t.name for t in loaded.spec.select(options.tasks)]
     steps = flow_steps(target.flow)
+    if options.prune_flops is not None:
+        from edgemtl.flows.passes import check_prune_request, prune_step
+
+        check_prune_request(options, loaded.spec)  # bad settings fail before any work
+        steps = [("prune_pagcp", prune_step), *steps]
     manifest = _base_manifest(loaded, target, tasks)
     with staged_bundle(out_dir) as staging:
         context = FlowContext(loaded, target, options, staging, manifest, state={"tasks": tasks})

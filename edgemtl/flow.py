@@ -32,6 +32,8 @@ class CompileOptions:
     latency_max_seconds: float = 10.0     # per measurement
     threads: int = 0                      # 0 = all cores of this machine
     measure_latency: bool = True
+    prune_flops: float | None = None      # run PAGCP first, keeping this fraction of the MACs
+    prune_max_drop: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

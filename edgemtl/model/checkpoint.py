@@ -27,6 +27,7 @@ from torch import nn
 
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.contract import validate_model
+from edgemtl.model.resize import fit_to_state_dict
 from edgemtl.model.spec import ModelSpec, parse_model_spec, read_spec_file
 from edgemtl.model.zoo import build_model
 
@@ -160,6 +161,7 @@ def _load_with_factory(path: Path, factory: str, spec_path: Path) -> LoadedModel
 
 def _load_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
     try:
+        fit_to_state_dict(model, state)  # a pruned model's layers take their stored widths
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         missing, unexpected = _key_mismatch(model, state)

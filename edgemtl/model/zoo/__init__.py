@@ -15,12 +15,14 @@ _BUILDERS: dict[str, tuple[Callable[[ModelSpec, dict[str, Any]], nn.Module], dic
     "m3vit": (m3vit.build, m3vit.DEFAULT_CONFIG),
 }
 ARCHS = tuple(_BUILDERS)
+# Config keys any architecture accepts: records of passes (e.g. the widths a pruned model was saved at).
+RECORD_KEYS = ("widths",)
 
 
 def full_config(arch: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The architecture's default config with `overrides` applied; unknown keys are an error."""
     defaults = _defaults(arch)
-    unknown = sorted(set(overrides or {}) - set(defaults))
+    unknown = sorted(set(overrides or {}) - set(defaults) - set(RECORD_KEYS))
     if unknown:
         raise EdgemtlError(f"unknown {arch} config key(s) {', '.join(unknown)}; valid: {', '.join(defaults)}")
     return {**defaults, **(overrides or {})}

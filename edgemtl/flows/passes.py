@@ -1,0 +1,40 @@
+"""Model passes as flow steps, shared by every target's flow (prepended when the user asks for them)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from edgemtl.data import load_data
+from edgemtl.errors import EdgemtlError
+from edgemtl.flow import CompileOptions, FlowContext
+from edgemtl.model.checkpoint import save
+from edgemtl.model.spec import ModelSpec
+from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
+
+PRUNED_CHECKPOINT = "model/pruned.pt"
+
+
+def check_prune_request(options: CompileOptions, spec: ModelSpec) -> tuple[PAGCPConfig, str]:
+    """The pass's config and data set, or a one-line error before any work is done."""
+    name = options.data or spec.data
+    if name is None:
+        raise EdgemtlError("pruning needs labelled data for its loss oracle and fine-tuning: pass --data scenes|digits")
+    config = PAGCPConfig(flops_target=options.prune_flops, max_drop=dict(options.prune_max_drop))
+    config.check_tasks(spec)
+    return config, name
+
+
+def prune_step(ctx: FlowContext) -> None:
+    """PAGCP on the loaded model; later steps see the pruned model; the pruned checkpoint joins the bundle."""
+    config, name = check_prune_request(ctx.options, ctx.loaded.spec)
+    model, spec, record = prune_pagcp(ctx.loaded.model, ctx.loaded.spec, load_data(name, "train"),
+                                      load_data(name, "val"), config, show_progress=False)
+    save(model, spec, ctx.bundle / PRUNED_CHECKPOINT, meta={"pagcp": record.to_dict()})
+    ctx.loaded = replace(ctx.loaded, model=model, spec=spec)
+    summary = record.to_dict()
+    summary.pop("decisions")
+    ctx.manifest.setdefault("passes", {})["prune_pagcp"] = {
+        **summary, "data": f"{name}/train (fine-tuning), {name}/val (oracle, metrics)",
+        "macs_provenance": "counted (edgemtl analysis, batch 1)", "artifacts": {"checkpoint": PRUNED_CHECKPOINT},
+        "layers": [{k: v for k, v in d.items() if k != "removed"} for d in record.to_dict()["decisions"]],
+    }

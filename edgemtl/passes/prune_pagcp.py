@@ -1,0 +1,338 @@
+"""PAGCP: performance-aware global channel pruning for multi-task CNNs (Ye et al., T-PAMI 2023).
+
+Written from the paper's description. One round:
+
+1. Every prunable channel group (torch-pruning's DependencyGraph couples the channels of residual adds,
+   BatchNorms, concatenations and head inputs) is scored by the MACs a trial removal ratio saves, and the
+   groups are visited largest saving first.
+2. Sequential greedy: for each group, on the model pruned so far, removal ratios grow in steps; the first
+   ratio at which ANY task's held-out loss exceeds (1 + threshold) times its loss before this group stops
+   the search, and the previous ratio is kept. Channels are removed lowest saliency first; the saliency is
+   the L2 norm of each channel's weights summed over every layer of its coupled group (torch-pruning's
+   GroupMagnitudeImportance), the paper's first-order approximation of the joint effect across layers.
+3. Thresholds grow along the visiting order, t_i = t0 * lambda**i, with lambda solved so that
+   prod(1 + t_i) = 1 + budget: the budget is the loss increase a task may take in one round.
+4. Filter: only the `keep_fraction` of pruned groups with the smallest loss increase per MAC removed are
+   kept; those removals are applied to the round's starting model, which is then fine-tuned on all tasks.
+
+Rounds repeat until the MACs fall to `flops_target` times the original. MACs inside the search come from
+torch-pruning's fast hook counter; the before/after figures reported come from edgemtl's own analysis.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch_pruning as tp
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from edgemtl.data import TaskData
+from edgemtl.errors import EdgemtlError
+from edgemtl.evaluate import evaluate, torch_predictor
+from edgemtl.model.contract import example_input
+from edgemtl.model.losses import task_loss
+from edgemtl.model.resize import layer_widths
+from edgemtl.model.spec import ModelSpec
+from edgemtl.training import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class PAGCPConfig:
+    """How hard to prune and how carefully. Defaults suit the zoo's mtl-cnn on `scenes`."""
+
+    flops_target: float = 0.35            # keep this fraction of the original MACs (0.35 = remove 65%)
+    max_drop: dict[str, float] = field(default_factory=dict)  # per-task loss-increase budget per round
+    default_max_drop: float = 0.10        # budget for tasks not named in max_drop (relative, 0.10 = +10%)
+    initial_threshold: float = 0.0        # t0 of the schedule; 0 = budget / (2 * groups)
+    ratio_step: float = 0.05
+    max_ratio: float = 0.95
+    trial_ratio: float = 0.3              # removal ratio used to order groups by MACs saved
+    keep_fraction: float = 0.5            # filter: share of pruned groups kept per round
+    oracle_samples: int = 64              # held-out samples the loss oracle uses
+    finetune_steps: int = 100             # per round, all tasks' losses
+    final_finetune_steps: int = 300
+    finetune_lr: float = 1e-3
+    batch_size: int = 32
+    max_rounds: int = 12
+    min_channels: int = 2                 # never prune a group below this many channels
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.flops_target < 1:
+            raise EdgemtlError(f"the FLOPs target must lie strictly between 0 and 1, got {self.flops_target}")
+        if any(v <= 0 for v in self.max_drop.values()) or self.default_max_drop <= 0:
+            raise EdgemtlError("--max-drop budgets must be positive (relative loss increase, e.g. 0.1)")
+        if not 0 < self.keep_fraction <= 1:
+            raise EdgemtlError(f"keep_fraction must lie in (0, 1], got {self.keep_fraction}")
+
+    def check_tasks(self, spec: ModelSpec) -> None:
+        unknown = sorted(set(self.max_drop) - set(spec.task_names))
+        if unknown:
+            raise EdgemtlError(
+                f"--max-drop names unknown task(s) {', '.join(unknown)}; this model has {', '.join(spec.task_names)}")
+
+
+@dataclass
+class LayerDecision:
+    round: int
+    group: str                 # root layer of the coupled channel group
+    channels_before: int
+    channels_removed: int
+    ratio: float
+    loss_ratios: dict[str, float]   # each task's loss after / before this group, on the oracle batch
+    macs_removed: float
+    removed: list[int] = field(default_factory=list)  # channel indices in the round's starting model
+    kept_by_filter: bool = False
+
+
+@dataclass
+class PruneRecord:
+    """What the pass did and what it cost, per task: written to the manifest and the checkpoint meta."""
+
+    flops_target: float
+    target_reached: bool
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    metrics_before: dict[str, dict[str, float]]
+    metrics_after: dict[str, dict[str, float]]
+    kept_ratios: dict[str, float]          # conv/linear layer -> output channels kept / original
+    decisions: list[LayerDecision]
+    rounds: int
+    seconds: float
+    oracle_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def threshold_schedule(budget: float, count: int, initial: float = 0.0) -> list[float]:
+    """Per-layer thresholds t_i = t0 * lambda**i whose (1 + t_i) multiply to exactly 1 + budget."""
+    if count <= 1:
+        return [budget] * count
+    t0 = initial or budget / (2 * count)
+    target = math.log1p(budget)
+
+    def total(lam: float) -> float:
+        return sum(math.log1p(t0 * lam**i) for i in range(count))
+
+    if total(1.0) >= target:  # t0 is already generous: a flat schedule that still compounds to the budget
+        return [math.expm1(target / count)] * count
+    low, high = 1.0, 2.0
+    while total(high) < target:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if total(mid) < target else (low, mid)
+    return [t0 * high**i for i in range(count)]
+
+
+class LossOracle:
+    """Every task's loss on a fixed held-out batch: the performance oracle of the greedy search."""
+
+    def __init__(self, spec: ModelSpec, data: TaskData, samples: int) -> None:
+        self.spec = spec
+        count = min(samples, len(data))
+        self.images = torch.from_numpy(data.normalise(data.images[:count]))
+        self.targets = {name: torch.from_numpy(t[:count]) for name, t in data.targets.items()}
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        model.eval()
+        with torch.no_grad():
+            outputs = model(self.images)
+        return {t.name: float(task_loss(t, outputs[t.name], self.targets[t.name])) for t in self.spec.tasks}
+
+
+def _macs(model: nn.Module, example: torch.Tensor) -> float:
+    macs, _ = tp.utils.count_ops_and_params(model, example)
+    return float(macs)
+
+
+def _pruner(module: nn.Module) -> Callable:
+    return tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+
+
+def _out_channels(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+class Surgeon:
+    """Removes channels with torch-pruning on copies of a model, keeping coupled channels consistent."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.example = example_input(spec, batch=1)
+        self.importance = tp.importance.GroupMagnitudeImportance(p=2)
+
+    def graph(self, model: nn.Module) -> tp.DependencyGraph:
+        model.eval()
+        with torch.enable_grad():  # torch-pruning traces through autograd
+            return tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+
+    def prunable_groups(self, model: nn.Module) -> list[str]:
+        """Root layers of the channel groups whose removal leaves every task's output shape intact."""
+        graph = self.graph(model)
+        names = {module: name for name, module in model.named_modules()}
+        roots = []
+        for group in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
+            root = group[0].dep.target.module
+            if root not in names or _out_channels(root) < 2:
+                continue
+            trial = self.remove(model, names[root], 1)
+            if trial is not None and self._shapes_intact(trial):
+                roots.append(names[root])
+        return roots
+
+    def _shapes_intact(self, model: nn.Module) -> bool:
+        with torch.no_grad():
+            outputs = model(self.example)
+        return all(list(outputs[t.name].shape[1:]) == t.output_shape for t in self.spec.tasks)
+
+    def saliency_order(self, model: nn.Module, root_name: str) -> list[int]:
+        """The group's channels from least to most salient (group L2 norm over all coupled layers)."""
+        graph = self.graph(model)
+        root = model.get_submodule(root_name)
+        group = graph.get_pruning_group(root, _pruner(root), idxs=list(range(_out_channels(root))))
+        return torch.argsort(self.importance(group)).tolist()
+
+    def remove(self, model: nn.Module, root_name: str, count: int, idxs: list[int] | None = None) -> nn.Module | None:
+        """A copy of `model` without the channels `idxs` (default: the `count` least salient) of a group."""
+        idxs = sorted(idxs if idxs is not None else self.saliency_order(model, root_name)[:count])
+        trial = copy.deepcopy(model)
+        graph = self.graph(trial)
+        root = trial.get_submodule(root_name)
+        group = graph.get_pruning_group(root, _pruner(root), idxs=idxs)
+        if not graph.check_pruning_group(group):
+            return None
+        group.prune()
+        return trial
+
+
+def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_data: TaskData,
+                config: PAGCPConfig = PAGCPConfig(), show_progress: bool = True) -> tuple[nn.Module, ModelSpec, PruneRecord]:
+    """Prune a copy of `model` to `config.flops_target` of its MACs; the input model is left untouched."""
+    from edgemtl.analysis.cost import model_cost
+
+    config.check_tasks(spec)
+    start_time = time.perf_counter()
+    original = copy.deepcopy(model).eval()
+    surgeon = Surgeon(spec)
+    oracle = LossOracle(spec, val_data, config.oracle_samples)
+    macs_original = _macs(original, surgeon.example)
+    target_macs = config.flops_target * macs_original
+    cost_before = model_cost(original, spec)
+    metrics_before = evaluate(torch_predictor(original), spec.tasks, val_data)
+    budgets = {t: config.max_drop.get(t, config.default_max_drop) for t in spec.task_names}
+
+    current, decisions, rounds = original, [], 0
+    columns = (TextColumn("PAGCP round {task.fields[round]}"), BarColumn(), TextColumn("{task.completed}/{task.total} groups"),
+               TextColumn("MACs {task.fields[macs]:.1%}"), TimeElapsedColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        bar = progress.add_task("prune", total=1, round=0, macs=1.0)
+        while _macs(current, surgeon.example) > target_macs and rounds < config.max_rounds:
+            rounds += 1
+            round_decisions = _greedy_round(current, surgeon, oracle, budgets, config, target_macs, rounds,
+                                            lambda done, total, macs: progress.update(
+                                                bar, completed=done, total=total, round=rounds, macs=macs / macs_original))
+            if not round_decisions:
+                break  # nothing can go without breaking a task's budget: more fine-tuning will not change that
+            current = _apply(current, surgeon, _filter(round_decisions, config.keep_fraction))
+            decisions += round_decisions
+            train(current, spec, train_data, TrainConfig(steps=config.finetune_steps, batch_size=config.batch_size,
+                                                        lr=config.finetune_lr, warmup_steps=5, seed=config.seed + rounds),
+                  show_progress=False)
+            progress.update(bar, macs=_macs(current, surgeon.example) / macs_original)
+    if config.final_finetune_steps:
+        train(current, spec, train_data, TrainConfig(steps=config.final_finetune_steps, batch_size=config.batch_size,
+                                                    lr=config.finetune_lr, warmup_steps=5, seed=config.seed),
+              show_progress=show_progress)
+    current.eval()
+    cost_after = model_cost(current, spec)
+    widths_before, widths_after = layer_widths(original), layer_widths(current)
+    record = PruneRecord(
+        flops_target=config.flops_target,
+        target_reached=_macs(current, surgeon.example) <= target_macs * 1.0001,
+        macs_before=cost_before.all_tasks.macs, macs_after=cost_after.all_tasks.macs,
+        params_before=cost_before.total_params, params_after=cost_after.total_params,
+        metrics_before=metrics_before, metrics_after=evaluate(torch_predictor(current), spec.tasks, val_data),
+        kept_ratios={name: widths_after[name] / widths_before[name] for name in widths_before},
+        decisions=decisions, rounds=rounds, seconds=time.perf_counter() - start_time,
+        oracle_samples=len(oracle.images),
+    )
+    pruned_spec = spec.model_copy(update={"config": {**spec.config, "widths": widths_after}})
+    return current, pruned_spec, record
+
+
+def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budgets: dict[str, float],
+                  config: PAGCPConfig, target_macs: float, round_no: int,
+                  report: Callable[[int, int, float], None]) -> list[LayerDecision]:
+    """One sequential greedy pass over the groups, largest MAC saving first; returns what it removed."""
+    macs_now = _macs(start, surgeon.example)
+    savings = {}
+    for root in surgeon.prunable_groups(start):
+        width = _out_channels(start.get_submodule(root))
+        trial = surgeon.remove(start, root, max(1, int(config.trial_ratio * width)))
+        if trial is not None:
+            savings[root] = macs_now - _macs(trial, surgeon.example)
+    order = sorted(savings, key=lambda r: -savings[r])
+    thresholds = {t: threshold_schedule(b, len(order), config.initial_threshold) for t, b in budgets.items()}
+    steps = [round(config.ratio_step * i, 6) for i in range(1, int(config.max_ratio / config.ratio_step + 1e-9) + 1)]
+    model, previous, decisions = start, oracle(start), []
+    for index, root in enumerate(order):
+        width = _out_channels(model.get_submodule(root))
+        ranking = surgeon.saliency_order(model, root)
+        accepted, removed = None, 0
+        for ratio in steps:
+            count = min(int(ratio * width), width - config.min_channels)
+            if count <= removed:
+                continue
+            trial = surgeon.remove(model, root, count, idxs=ranking[:count])
+            if trial is None:
+                break
+            losses = oracle(trial)
+            loss_ratios = {t: losses[t] / max(previous[t], 1e-12) for t in losses}
+            if any(loss_ratios[t] > 1 + thresholds[t][index] for t in losses):
+                break  # the first ratio that breaks any task's threshold ends this group: keep the previous one
+            accepted, removed = (trial, losses, loss_ratios), count
+            if _macs(trial, surgeon.example) <= target_macs:
+                break
+        if accepted is not None:
+            trial, losses, loss_ratios = accepted
+            macs_after = _macs(trial, surgeon.example)
+            decisions.append(LayerDecision(round_no, root, width, removed, removed / width, loss_ratios,
+                                           macs_now - macs_after, sorted(ranking[:removed])))
+            model, previous, macs_now = trial, losses, macs_after
+        report(index + 1, len(order), macs_now)
+        if macs_now <= target_macs:
+            break
+    return decisions
+
+
+def _filter(decisions: list[LayerDecision], keep_fraction: float) -> list[LayerDecision]:
+    """Keep the share of removals with the smallest worst-task loss increase per MAC removed."""
+    def cost(d: LayerDecision) -> float:
+        return max(max(d.loss_ratios.values()) - 1, 0.0) / max(d.macs_removed, 1.0)
+
+    keep = max(1, math.ceil(keep_fraction * len(decisions)))
+    chosen = {id(d) for d in sorted(decisions, key=cost)[:keep]}
+    for decision in decisions:
+        decision.kept_by_filter = id(decision) in chosen
+    return [d for d in decisions if d.kept_by_filter]
+
+
+def _apply(start: nn.Module, surgeon: Surgeon, decisions: list[LayerDecision]) -> nn.Module:
+    """Replay the kept removals, in greedy order, on the round's starting model."""
+    model = start
+    for decision in decisions:
+        pruned = surgeon.remove(model, decision.group, len(decision.removed), idxs=decision.removed)
+        if pruned is None:
+            raise RuntimeError(f"torch-pruning refused to replay the removal in {decision.group}")
+        model = pruned
+    return model

@@ -1,0 +1,155 @@
+"""PAGCP: surgery correctness, the greedy stopping rule, the threshold schedule, the pass on a non-zoo model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edgemtl
+from conftest import tiny_model
+from custom_models import TwoHeadUNet
+from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.backends.onnx_export import export_all_tasks
+from edgemtl.data import TaskData, load_data
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.spec import ModelSpec
+from edgemtl.passes.prune_pagcp import PAGCPConfig, Surgeon, prune_pagcp, threshold_schedule
+
+QUICK = dict(finetune_steps=2, final_finetune_steps=0, batch_size=8, oracle_samples=16, max_rounds=2)
+
+
+@pytest.mark.parametrize("budget, count", [(0.1, 14), (1.0, 5), (0.02, 2)])
+def test_thresholds_grow_and_compound_to_the_budget(budget, count):
+    thresholds = threshold_schedule(budget, count)
+    assert math.prod(1 + t for t in thresholds) == pytest.approx(1 + budget, rel=1e-9)
+    assert all(b > a for a, b in zip(thresholds, thresholds[1:]))
+    assert thresholds[0] == pytest.approx(budget / (2 * count))
+    assert threshold_schedule(budget, 1) == [budget]
+
+
+def test_generous_initial_threshold_gives_a_flat_schedule():
+    thresholds = threshold_schedule(0.1, 4, initial=0.5)
+    assert thresholds == pytest.approx([math.expm1(math.log1p(0.1) / 4)] * 4)
+
+
+def test_surgery_keeps_coupled_channels_consistent_and_exports(tmp_path):
+    model, spec = tiny_model("mtl-cnn")
+    surgeon = Surgeon(spec)
+    x = torch.randn(2, *spec.input.shape)
+    with torch.no_grad():
+        reference = model(x)
+        unchanged = surgeon.remove(model, "encoder.stem.0", 0, idxs=[])(x)  # ratio 0: identical outputs
+    assert all(torch.equal(reference[k], unchanged[k]) for k in reference)
+    groups = surgeon.prunable_groups(model)
+    assert "encoder.stem.0" in groups and not any(g.endswith("predict") or g.endswith("fc") for g in groups)
+    pruned = model
+    for group in groups:  # the residual stem/stage-1 group, the concatenated skips, every head input
+        pruned = surgeon.remove(pruned, group, 1)
+    assert pruned.encoder.stem[0].out_channels == model.encoder.stem[0].out_channels - 1
+    assert pruned.heads["depth"].fuse[0].in_channels == pruned.heads["depth"].reduce[0].out_channels + pruned.encoder.stem[0].out_channels
+    path = export_all_tasks(pruned, spec, spec.task_names, tmp_path / "pruned.onnx")
+    got = ort_backend.run(ort_backend.make_session(path, 1), x.numpy())
+    with torch.no_grad():
+        expected = pruned(x)
+    for task in spec.task_names:
+        assert got[task].shape == (2, *spec.task(task).output_shape)
+        np.testing.assert_allclose(got[task], expected[task].numpy(), rtol=1e-4, atol=1e-5)
+
+
+class SensitiveChannels(nn.Module):
+    """Trunk of 8 channels: 4-5 unused and weakest, 0-3 read by task `a` only, 6-7 strong but unused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Conv2d(1, 8, 1, bias=False)
+        self.a, self.b = nn.Linear(8, 1), nn.Linear(8, 1)
+        with torch.no_grad():
+            self.trunk.weight.copy_(torch.tensor([0.05] * 4 + [0.01] * 2 + [1.0] * 2).view(8, 1, 1, 1))
+            self.a.weight.copy_(torch.tensor([[0.05] * 4 + [0.0] * 4]))
+            self.b.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.trunk(x).mean(dim=(2, 3))
+        return {"a": self.a(pooled), "b": self.b(pooled)}
+
+
+def _regression_data(model: nn.Module, spec: ModelSpec, count: int = 32) -> TaskData:
+    generator = np.random.default_rng(0)
+    images = generator.uniform(0, 1, (count, *spec.input.shape)).astype(np.float32)
+    with torch.no_grad():
+        outputs = model(torch.from_numpy(images))
+    targets = {"a": (outputs["a"].numpy() + 1e-4 * generator.standard_normal((count, 1))).astype(np.float32),
+               "b": generator.standard_normal((count, 1)).astype(np.float32)}
+    return TaskData("synthetic", "val", images, targets, spec.input, spec.tasks)
+
+
+def test_greedy_stops_before_the_channels_one_task_needs():
+    model = SensitiveChannels()
+    spec = ModelSpec.model_validate({"input": {"shape": [1, 4, 4]}, "tasks": [
+        {"name": "a", "kind": "regression", "output_shape": [1]},
+        {"name": "b", "kind": "regression", "output_shape": [1]}]})
+    data = _regression_data(model, spec)
+    config = PAGCPConfig(flops_target=0.1, default_max_drop=0.05, keep_fraction=1.0, max_rounds=1,
+                         finetune_steps=0, final_finetune_steps=0, oracle_samples=32, min_channels=1)
+    pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
+    kept = pruned.trunk.weight.view(-1)
+    assert pruned.trunk.out_channels == 6  # the two weakest (unused) channels went ...
+    assert torch.equal(kept[:4], torch.full((4,), 0.05))  # ... and every channel task `a` reads survived
+    assert record.decisions[0].removed == [4, 5] and not record.target_reached
+
+
+def _unet_data(spec: ModelSpec) -> TaskData:
+    scenes = load_data("scenes", "val", n=48, image_size=32)
+    targets = {"seg": scenes.targets["segmentation"] % 3, "depth": scenes.targets["depth"]}
+    return TaskData("scenes32", "val", scenes.images, targets, spec.input, spec.tasks)
+
+
+def test_pass_on_a_non_zoo_unet_with_skip_concatenations(tmp_path):
+    torch.manual_seed(0)
+    model = TwoHeadUNet().eval()
+    spec = ModelSpec.model_validate({"input": {"shape": [3, 32, 32]}, "tasks": [
+        {"name": "seg", "kind": "segmentation", "output_shape": [3, 32, 32]},
+        {"name": "depth", "kind": "depth", "output_shape": [1, 32, 32]}], "arch": "factory:custom_models:unet_two_heads"})
+    data = _unet_data(spec)
+    config = PAGCPConfig(flops_target=0.8, default_max_drop=5.0, **QUICK)
+    pruned, pruned_spec, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
+    assert record.macs_after < record.macs_before and record.params_after < record.params_before
+    assert set(record.metrics_after) == {"seg", "depth"} and min(record.kept_ratios.values()) < 1
+    assert pruned_spec.config["widths"]["dec2.0"] == pruned.dec2[0].out_channels
+    assert all(p.requires_grad for p in model.parameters()) and model.enc1[0].out_channels == 8  # input untouched
+    weights = tmp_path / "pruned_state.pt"
+    torch.save(pruned.state_dict(), weights)  # a factory model's pruned weights load back at their widths
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(pruned_spec.model_dump_json())
+    loaded = edgemtl.load(weights, factory="custom_models:unet_two_heads", spec_path=spec_file)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x)["depth"], pruned.eval()(x)["depth"])
+
+
+def test_pruned_zoo_checkpoint_round_trip(tmp_path):
+    model, spec = tiny_model("mtl-cnn")
+    data = load_data("scenes", "val", n=32)
+    pruned, pruned_spec, _ = prune_pagcp(model, spec, data, data, PAGCPConfig(flops_target=0.9, default_max_drop=5.0, **QUICK),
+                                         show_progress=False)
+    path = edgemtl.save(pruned, pruned_spec, tmp_path / "pruned.pt")
+    loaded = edgemtl.load(path)
+    x = torch.randn(1, *spec.input.shape)
+    with torch.no_grad():
+        a, b = pruned.eval()(x), loaded.model(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.spec.config["widths"] == pruned_spec.config["widths"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"flops_target": 1.2}, "strictly between 0 and 1"),
+    ({"flops_target": 0.0}, "strictly between 0 and 1"),
+    ({"max_drop": {"depth": -1}}, "must be positive"),
+])
+def test_bad_configs(kwargs, message):
+    with pytest.raises(EdgemtlError, match=message):
+        PAGCPConfig(**kwargs)
