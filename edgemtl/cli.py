@@ -259,11 +259,14 @@ def compile_command(
     from edgemtl.flow import CompileOptions
     from edgemtl.targets import load_target
 
+    from edgemtl.passes.prune_pagcp import PAGCPConfig
+
     load_target(target)  # an unknown target fails before any work
+    pagcp = None if prune_flops is None else PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, threads=threads, latency_runs=runs,
-                             measure_latency=latency, prune_flops=prune_flops, prune_max_drop=_parse_max_drop(max_drop))
+                             measure_latency=latency, prune=pagcp)
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")

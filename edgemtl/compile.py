@@ -52,7 +52,7 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
     target = load_target(target_name)
     tasks = [t.name for t in loaded.spec.select(options.tasks)]
     steps = flow_steps(target.flow)
-    if options.prune_flops is not None:
+    if options.prune is not None:
         from edgemtl.flows.passes import check_prune_request, prune_step
 
         check_prune_request(options, loaded.spec)  # bad settings fail before any work

@@ -10,13 +10,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.checkpoint import LoadedModel
 from edgemtl.targets import Target
+
+if TYPE_CHECKING:
+    from edgemtl.passes.prune_pagcp import PAGCPConfig
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,7 @@ class CompileOptions:
     latency_max_seconds: float = 10.0     # per measurement
     threads: int = 0                      # 0 = all cores of this machine
     measure_latency: bool = True
-    prune_flops: float | None = None      # run PAGCP first, keeping this fraction of the MACs
-    prune_max_drop: dict[str, float] = field(default_factory=dict)
+    prune: "PAGCPConfig | None" = None    # run PAGCP first (edgemtl.passes.prune_pagcp.PAGCPConfig)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from custom_models import SPEC_YAML, unet_two_heads
+import edgemtl
 from edgemtl.cli import main
 
 
@@ -135,3 +136,56 @@ def test_failing_verification_leaves_no_bundle_and_keeps_the_old_one(capsys, tmp
 def test_usage_errors_exit_2(capsys):
     code, _, _ = run_cli(capsys, "compile")
     assert code == 2
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--flops-target", "1.5"], "strictly between 0 and 1"),
+    (["--flops-target", "0"], "strictly between 0 and 1"),
+    (["--max-drop", "colour=0.2"], "unknown task(s) colour"),
+    (["--max-drop", "depth"], "--max-drop takes task=value"),
+])
+def test_prune_bad_input(capsys, tmp_path, checkpoints, args, pattern):
+    code, _, err = run_cli(capsys, "prune", checkpoints["mtl-cnn"], *args, "-o", tmp_path / "p.pt")
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "p.pt").exists()
+
+
+def test_prune_without_data_is_an_error(capsys, tmp_path):
+    weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
+    torch.save(unet_two_heads().state_dict(), weights)
+    spec.write_text(SPEC_YAML)
+    code, _, err = run_cli(capsys, "prune", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
+                           "-o", tmp_path / "p.pt")
+    assert_one_line_error(code, err, "pruning needs labelled data")
+    code, _, err = run_cli(capsys, "compile", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
+                           "--prune-flops", "0.5", "-o", tmp_path / "bundle")
+    assert_one_line_error(code, err, "pruning needs labelled data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml", "weights.pt"]
+
+
+def test_prune_cli_writes_a_pruned_checkpoint(capsys, tmp_path, checkpoints):
+    pruned = tmp_path / "pruned.pt"
+    budgets = [arg for task in ("segmentation", "depth", "normals", "edges", "scene") for arg in ("--max-drop", f"{task}=5")]
+    code, out, err = run_cli(capsys, "prune", checkpoints["mtl-cnn"], "--flops-target", "0.9", *budgets,
+                             "--finetune-steps", "1", "--final-finetune-steps", "0", "--oracle-samples", "8", "-o", pruned)
+    assert code == 0, err
+    assert "per-task metric before -> after" in out and "kept channels per layer" in out
+    assert torch.load(pruned, weights_only=True)["meta"]["pagcp"]["macs_after"] > 0
+
+
+def test_compile_runs_the_pruning_pass_first(tmp_path, checkpoints):
+    from edgemtl.compile import compile_model
+    from edgemtl.flow import CompileOptions
+    from edgemtl.passes.prune_pagcp import PAGCPConfig
+
+    quick = PAGCPConfig(flops_target=0.9, default_max_drop=5.0, finetune_steps=1, final_finetune_steps=0,
+                        oracle_samples=8, max_rounds=2)
+    bundle = compile_model(edgemtl.load(checkpoints["mtl-cnn"]), "host", tmp_path / "bundle",
+                           CompileOptions(prune=quick, measure_latency=False))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    record = manifest["passes"]["prune_pagcp"]
+    assert manifest["steps"][0]["name"] == "prune_pagcp" and record["seconds"] > 0
+    assert record["macs_after"] < record["macs_before"] and record["params_after"] < record["params_before"]
+    assert set(record["metrics_before"]) == set(record["metrics_after"]) == set(manifest["tasks"])
+    assert (bundle / record["artifacts"]["checkpoint"]).is_file() and record["kept_ratios"]
+    assert manifest["all_tasks"]["macs"] == record["macs_after"]  # later steps compiled the pruned model

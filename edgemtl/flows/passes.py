@@ -19,9 +19,9 @@ def check_prune_request(options: CompileOptions, spec: ModelSpec) -> tuple[PAGCP
     name = options.data or spec.data
     if name is None:
         raise EdgemtlError("pruning needs labelled data for its loss oracle and fine-tuning: pass --data scenes|digits")
-    config = PAGCPConfig(flops_target=options.prune_flops, max_drop=dict(options.prune_max_drop))
-    config.check_tasks(spec)
-    return config, name
+    assert options.prune is not None
+    options.prune.check_tasks(spec)
+    return options.prune, name
 
 
 def prune_step(ctx: FlowContext) -> None:
