@@ -1,0 +1,218 @@
+"""PAGCP against two baselines on mtl-cnn / scenes, at the same final MACs and fine-tuning budget.
+
+1. uniform L1: the same removal ratio in every prunable channel group, lowest group-L1 channels first;
+2. single-task: global Taylor pruning (torch-pruning MetaPruner, global ranking) whose importance comes
+   from the classification (`scene`) loss only, the "single-task backbone pruning" PAGCP argues against;
+3. PAGCP (edgemtl.passes.prune_pagcp).
+Both baselines are tuned (bisection on their ratio) to PAGCP's final MACs and fine-tuned on all tasks for
+as many steps as PAGCP used in total. Also measures how the loss oracle's sample count changes the greedy
+decisions (agreement with a 128-sample oracle) and what it costs. ONNX Runtime latencies of the all-task
+graphs are measured in the same run, on this CPU, and quoted as ratios to the unpruned model.
+
+    .venv/bin/python benchmarks/pagcp.py [--train-steps 600] [--flops-target 0.35] [--threads 1]
+
+Prints a table and writes benchmarks/results/pagcp.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from rich.console import Console
+from rich.table import Table
+
+from edgemtl.analysis.cost import model_cost
+from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.backends.onnx_export import export_all_tasks
+from edgemtl.data import data_spec, load_data
+from edgemtl.evaluate import evaluate, torch_predictor
+from edgemtl.model.losses import task_loss
+from edgemtl.model.spec import ModelSpec
+from edgemtl.model.zoo import build_model, zoo_spec
+from edgemtl.passes.prune_pagcp import (LossOracle, PAGCPConfig, Surgeon, _greedy_round, _macs, _out_channels,
+                                        prune_pagcp)
+from edgemtl.training import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results" / "pagcp.json"
+console = Console(width=200)
+
+
+def bisect_ratio(prune_at, target_macs: float, example: torch.Tensor, iterations: int = 10):
+    """The removal ratio whose pruned model has MACs closest to (at most ~1% above) the target."""
+    low, high, best = 0.0, 0.95, None
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        model = prune_at(mid)
+        macs = _macs(model, example)
+        if macs > target_macs:
+            low = mid
+        else:
+            high, best = mid, (mid, model)
+    return best if best is not None else (high, prune_at(high))
+
+
+def uniform_l1(model: torch.nn.Module, spec: ModelSpec, ratio: float) -> torch.nn.Module:
+    surgeon = Surgeon(spec)
+    surgeon.importance = tp.importance.GroupMagnitudeImportance(p=1)
+    pruned = model
+    for root in surgeon.prunable_groups(model):
+        width = _out_channels(pruned.get_submodule(root))
+        count = min(int(ratio * width), width - 2)
+        if count > 0:
+            pruned = surgeon.remove(pruned, root, count)
+    return pruned
+
+
+def single_task_taylor(model: torch.nn.Module, spec: ModelSpec, data, ratio: float) -> torch.nn.Module:
+    surgeon = Surgeon(spec)
+    prunable = set(surgeon.prunable_groups(model))
+    pruned = copy.deepcopy(model).eval()
+    names = {module: name for name, module in pruned.named_modules()}
+    roots = [g[0].dep.target.module for g in surgeon.graph(pruned).get_all_groups(root_module_types=[torch.nn.Conv2d, torch.nn.Linear])]
+    outputs = [m for m in roots if names[m] not in prunable]  # the heads' output layers
+    pruner = tp.pruner.MetaPruner(pruned, surgeon.example, importance=tp.importance.GroupTaylorImportance(),
+                                  global_pruning=True, pruning_ratio=ratio, ignored_layers=outputs)
+    task = spec.task("scene")
+    images, targets = next(data.batches(64, shuffle=False))
+    pruned.zero_grad()
+    task_loss(task, pruned(images)["scene"], targets["scene"]).backward()
+    for parameter in pruned.parameters():  # other tasks' heads get no signal from the classification loss
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    pruner.step()
+    pruned.zero_grad()
+    return pruned.eval()
+
+
+def latency_ms(model, spec, threads: int, runs: int, scratch: Path, name: str) -> dict:
+    path = export_all_tasks(model.eval(), spec, spec.task_names, scratch / f"{name}.onnx")
+    session = ort_backend.make_session(path, threads)
+    image = torch.randn(1, *spec.input.shape).numpy()
+    return ort_backend.time_session(session, image, threads, runs, max_seconds=30.0).to_dict()
+
+
+def degradation(spec: ModelSpec, before: dict, after: dict) -> dict[str, float]:
+    """Per task: relative loss of the primary metric (accuracy: absolute points), positive = worse."""
+    result = {}
+    for task in spec.tasks:
+        b, a = before[task.name][task.metric], after[task.name][task.metric]
+        worse = (b - a) if task.higher_is_better else (a - b)
+        result[task.name] = worse if task.kind == "classification" else worse / abs(b)
+    return result
+
+
+def oracle_tradeoff(model, spec, val, config: PAGCPConfig, sizes=(16, 32, 128)) -> list[dict]:
+    """Round-1 greedy decisions and time per oracle size; agreement with the largest oracle."""
+    surgeon, budgets = Surgeon(spec), {t: config.default_max_drop for t in spec.task_names}
+    runs = []
+    for size in sizes:
+        start = time.perf_counter()
+        decisions = _greedy_round(model, surgeon, LossOracle(spec, val, size), budgets, config, 0.0, 1,
+                                  lambda *_: None)
+        runs.append({"oracle_samples": size, "seconds": time.perf_counter() - start,
+                     "removed": {d.group: d.channels_removed for d in decisions}})
+    reference = runs[-1]["removed"]
+    groups = set().union(*(r["removed"] for r in runs))
+    for run in runs:
+        same = sum(run["removed"].get(g, 0) == reference.get(g, 0) for g in groups)
+        run["agreement_with_largest"] = same / max(1, len(groups))
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--flops-target", type=float, default=0.35)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--config", default="{}", help="mtl-cnn config overrides as JSON")
+    parser.add_argument("--budget", type=float, default=1.0, help="PAGCP per-round loss-increase budget of every task")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    input_spec, tasks = data_spec("scenes")
+    spec = zoo_spec("mtl-cnn", input_spec, tasks, json.loads(args.config), data="scenes")
+    train_data, val_data = load_data("scenes", "train"), load_data("scenes", "val")
+    base = build_model(spec)
+    console.print(f"training mtl-cnn ({args.train_steps} steps, seed 0) ...")
+    train(base, spec, train_data, TrainConfig(steps=args.train_steps, seed=0))
+    config = PAGCPConfig(flops_target=args.flops_target, default_max_drop=args.budget)
+    console.print("oracle size trade-off (round 1 decisions) ...")
+    tradeoff = oracle_tradeoff(base, spec, val_data, config)
+    console.print("PAGCP ...")
+    pagcp, _, record = prune_pagcp(base, spec, train_data, val_data, config)
+    finetune_budget = record.rounds * config.finetune_steps + config.final_finetune_steps
+    example = Surgeon(spec).example
+    target = _macs(pagcp, example)
+    console.print(f"baselines at {target / _macs(base, example):.1%} of the MACs, {finetune_budget} fine-tuning steps each ...")
+    uniform_ratio, uniform = bisect_ratio(lambda r: uniform_l1(base, spec, r), target, example)
+    single_ratio, single = bisect_ratio(lambda r: single_task_taylor(base, spec, train_data, r), target, example)
+    for model in (uniform, single):
+        train(model, spec, train_data, TrainConfig(steps=finetune_budget, lr=config.finetune_lr, warmup_steps=5, seed=0))
+    models = {"unpruned": base, "uniform-l1": uniform, "single-task-taylor": single, "pagcp": pagcp}
+    rows = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, model in models.items():
+            model.eval()
+            cost = model_cost(model, spec)
+            rows[name] = {"macs": cost.all_tasks.macs, "params": cost.total_params,
+                          "metrics": evaluate(torch_predictor(model), spec.tasks, val_data),
+                          "latency_ms": latency_ms(model, spec, args.threads, args.runs, Path(scratch), name)}
+    reference = rows["unpruned"]
+    for name, row in rows.items():
+        row["macs_ratio"] = row["macs"] / reference["macs"]
+        row["params_ratio"] = row["params"] / reference["params"]
+        row["latency_ratio"] = row["latency_ms"]["median"] / reference["latency_ms"]["median"]
+        row["degradation"] = degradation(spec, reference["metrics"], row["metrics"])
+        row["worst_task"] = max(row["degradation"], key=row["degradation"].get)
+    rows["uniform-l1"]["ratio"], rows["single-task-taylor"]["ratio"] = uniform_ratio, single_ratio
+    pagcp_row = rows["pagcp"]
+    within = {t.name: pagcp_row["degradation"][t.name] <= (0.01 if t.kind == "classification" else 0.02) for t in spec.tasks}
+    targets = {
+        "macs_reduced_60pct": pagcp_row["macs_ratio"] <= 0.40,
+        "params_reduced_50pct": pagcp_row["params_ratio"] <= 0.50,
+        "every_task_within_tolerance": all(within.values()),
+        "pagcp_worst_task_beats_both_baselines": all(
+            max(pagcp_row["degradation"].values()) < max(rows[b]["degradation"].values()) for b in ("uniform-l1", "single-task-taylor")),
+        "latency_at_most_0.6x": pagcp_row["latency_ratio"] <= 0.6,
+    }
+    _print(spec, rows, tradeoff, targets, record, finetune_budget, args.threads)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "setup": {"model": "mtl-cnn", "config": spec.config, "data": "scenes (train 2000 / val 256)", "train_steps": args.train_steps,
+                  "flops_target": args.flops_target, "pagcp_config": record.to_dict() | {"decisions": len(record.decisions)},
+                  "finetune_steps_each": finetune_budget, "latency": f"ONNX Runtime, measured on this CPU, {args.threads} thread(s), batch 1",
+                  "seconds_total": time.perf_counter() - started},
+        "models": rows, "within_tolerance": within, "targets": targets, "oracle_tradeoff": tradeoff,
+        "pagcp_layers": [d.__dict__ | {"removed": len(d.removed)} for d in record.decisions],
+    }, indent=2, default=float))
+    console.print(f"wrote {RESULTS} ({time.perf_counter() - started:.0f} s)")
+
+
+def _print(spec, rows, tradeoff, targets, record, budget, threads) -> None:
+    table = Table(title=f"mtl-cnn / scenes val, equal MACs, {budget} fine-tuning steps each; latency ratio measured (ORT, {threads} thread)")
+    for column in ["model", "MACs", "params", "latency", *[f"{t.name} {t.metric}" for t in spec.tasks], "worst task"]:
+        table.add_column(column)
+    for name, row in rows.items():
+        table.add_row(name, f"{row['macs'] / 1e6:.1f} M ({row['macs_ratio']:.0%})", f"{row['params'] / 1e3:.0f} k ({row['params_ratio']:.0%})",
+                      f"{row['latency_ratio']:.2f}x", *[f"{row['metrics'][t.name][t.metric]:.4f}" for t in spec.tasks],
+                      f"{row['worst_task']} {row['degradation'][row['worst_task']]:+.3f}")
+    console.print(table)
+    oracle = Table(title="loss oracle size vs round-1 greedy decisions")
+    for column in ("samples", "seconds", "agreement with 128"):
+        oracle.add_column(column)
+    for run in tradeoff:
+        oracle.add_row(str(run["oracle_samples"]), f"{run['seconds']:.1f}", f"{run['agreement_with_largest']:.0%}")
+    console.print(oracle)
+    console.print({k: ("met" if v else "NOT met") for k, v in targets.items()}, f"PAGCP rounds: {record.rounds}")
+
+
+if __name__ == "__main__":
+    main()
