@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--config", default="{}", help="mtl-cnn config overrides as JSON")
     parser.add_argument("--budget", type=float, default=1.0, help="PAGCP per-round loss-increase budget of every task")
+    parser.add_argument("--keep-fraction", type=float, default=0.5, help="PAGCP filter: share of pruned groups kept per round")
+    parser.add_argument("--max-rounds", type=int, default=12)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
     started = time.perf_counter()
@@ -143,7 +146,8 @@ def main() -> None:
     base = build_model(spec)
     console.print(f"training mtl-cnn ({args.train_steps} steps, seed 0) ...")
     train(base, spec, train_data, TrainConfig(steps=args.train_steps, seed=0))
-    config = PAGCPConfig(flops_target=args.flops_target, default_max_drop=args.budget)
+    config = PAGCPConfig(flops_target=args.flops_target, default_max_drop=args.budget, keep_fraction=args.keep_fraction,
+                         max_rounds=args.max_rounds)
     console.print("oracle size trade-off (round 1 decisions) ...")
     tradeoff = oracle_tradeoff(base, spec, val_data, config)
     console.print("PAGCP ...")
@@ -184,8 +188,8 @@ def main() -> None:
         "latency_at_most_0.6x": pagcp_row["latency_ratio"] <= 0.6,
     }
     _print(spec, rows, tradeoff, targets, record, finetune_budget, args.threads)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
         "setup": {"model": "mtl-cnn", "config": spec.config, "data": "scenes (train 2000 / val 256)", "train_steps": args.train_steps,
                   "flops_target": args.flops_target, "pagcp_config": record.to_dict() | {"decisions": len(record.decisions)},
                   "finetune_steps_each": finetune_budget, "latency": f"ONNX Runtime, measured on this CPU, {args.threads} thread(s), batch 1",
@@ -193,7 +197,7 @@ def main() -> None:
         "models": rows, "within_tolerance": within, "targets": targets, "oracle_tradeoff": tradeoff,
         "pagcp_layers": [d.__dict__ | {"removed": len(d.removed)} for d in record.decisions],
     }, indent=2, default=float))
-    console.print(f"wrote {RESULTS} ({time.perf_counter() - started:.0f} s)")
+    console.print(f"wrote {args.output} ({time.perf_counter() - started:.0f} s)")
 
 
 def _print(spec, rows, tradeoff, targets, record, budget, threads) -> None:

@@ -6,8 +6,9 @@ Written from the paper's description. One round:
    BatchNorms, concatenations and head inputs) is scored by the MACs a trial removal ratio saves, and the
    groups are visited largest saving first.
 2. Sequential greedy: for each group, on the model pruned so far, removal ratios grow in steps; the first
-   ratio at which ANY task's held-out loss exceeds (1 + threshold) times its loss before this group stops
-   the search, and the previous ratio is kept. Channels are removed lowest saliency first; the saliency is
+   ratio at which ANY task's held-out loss exceeds its allowance stops the search, and the previous ratio
+   is kept. The allowance at the i-th group is the round-start loss times prod_{j<=i}(1 + t_j): the
+   thresholds compound along the order, so budget a group leaves unused carries over to later groups. Channels are removed lowest saliency first; the saliency is
    the L2 norm of each channel's weights summed over every layer of its coupled group (torch-pruning's
    GroupMagnitudeImportance), the paper's first-order approximation of the joint effect across layers.
 3. Thresholds grow along the visiting order, t_i = t0 * lambda**i, with lambda solved so that
@@ -22,7 +23,9 @@ torch-pruning's fast hook counter; the before/after figures reported come from e
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import operator
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -283,8 +286,10 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
             savings[root] = macs_now - _macs(trial, surgeon.example)
     order = sorted(savings, key=lambda r: -savings[r])
     thresholds = {t: threshold_schedule(b, len(order), config.initial_threshold) for t, b in budgets.items()}
+    allowance = {t: list(itertools.accumulate((1 + x for x in ts), operator.mul)) for t, ts in thresholds.items()}
     steps = [round(config.ratio_step * i, 6) for i in range(1, int(config.max_ratio / config.ratio_step + 1e-9) + 1)]
-    model, previous, decisions = start, oracle(start), []
+    model, decisions = start, []
+    previous = round_start = oracle(start)
     for index, root in enumerate(order):
         width = _out_channels(model.get_submodule(root))
         ranking = surgeon.saliency_order(model, root)
@@ -298,8 +303,8 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
                 break
             losses = oracle(trial)
             loss_ratios = {t: losses[t] / max(previous[t], 1e-12) for t in losses}
-            if any(loss_ratios[t] > 1 + thresholds[t][index] for t in losses):
-                break  # the first ratio that breaks any task's threshold ends this group: keep the previous one
+            if any(losses[t] > allowance[t][index] * round_start[t] for t in losses):
+                break  # the first ratio that breaks any task's allowance ends this group: keep the previous one
             accepted, removed = (trial, losses, loss_ratios), count
             if _macs(trial, surgeon.example) <= target_macs:
                 break
