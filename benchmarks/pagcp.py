@@ -37,7 +37,7 @@ from edgemtl.model.losses import task_loss
 from edgemtl.model.spec import ModelSpec
 from edgemtl.model.zoo import build_model, zoo_spec
 from edgemtl.passes.prune_pagcp import (LossOracle, PAGCPConfig, Surgeon, _greedy_round, _macs, _out_channels,
-                                        prune_pagcp)
+                                        prune_pagcp, removable)
 from edgemtl.training import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results" / "pagcp.json"
@@ -63,8 +63,7 @@ def uniform_l1(model: torch.nn.Module, spec: ModelSpec, ratio: float) -> torch.n
     surgeon.importance = tp.importance.GroupMagnitudeImportance(p=1)
     pruned = model
     for root in surgeon.prunable_groups(model):
-        width = _out_channels(pruned.get_submodule(root))
-        count = min(int(ratio * width), width - 2)
+        count = removable(_out_channels(pruned.get_submodule(root)), ratio, PAGCPConfig())  # same width rounding as PAGCP
         if count > 0:
             pruned = surgeon.remove(pruned, root, count)
     return pruned
@@ -78,7 +77,8 @@ def single_task_taylor(model: torch.nn.Module, spec: ModelSpec, data, ratio: flo
     roots = [g[0].dep.target.module for g in surgeon.graph(pruned).get_all_groups(root_module_types=[torch.nn.Conv2d, torch.nn.Linear])]
     outputs = [m for m in roots if names[m] not in prunable]  # the heads' output layers
     pruner = tp.pruner.MetaPruner(pruned, surgeon.example, importance=tp.importance.GroupTaylorImportance(),
-                                  global_pruning=True, pruning_ratio=ratio, ignored_layers=outputs)
+                                  global_pruning=True, pruning_ratio=ratio, ignored_layers=outputs,
+                                  round_to=PAGCPConfig().channel_multiple)
     task = spec.task("scene")
     images, targets = next(data.batches(64, shuffle=False))
     pruned.zero_grad()
@@ -91,11 +91,22 @@ def single_task_taylor(model: torch.nn.Module, spec: ModelSpec, data, ratio: flo
     return pruned.eval()
 
 
-def latency_ms(model, spec, threads: int, runs: int, scratch: Path, name: str) -> dict:
-    path = export_all_tasks(model.eval(), spec, spec.task_names, scratch / f"{name}.onnx")
-    session = ort_backend.make_session(path, threads)
+def latencies_ms(models: dict, spec, threads: int, runs: int, scratch: Path, repeats: int = 3) -> dict[str, dict]:
+    """ONNX Runtime latency of every model's all-task graph, measured interleaved (model after model,
+    `repeats` times) so that machine load hits all alike; the median of the repeats' medians is kept."""
     image = torch.randn(1, *spec.input.shape).numpy()
-    return ort_backend.time_session(session, image, threads, runs, max_seconds=30.0).to_dict()
+    sessions = {name: ort_backend.make_session(export_all_tasks(model.eval(), spec, spec.task_names, scratch / f"{name}.onnx"), threads)
+                for name, model in models.items()}
+    samples: dict[str, list[dict]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            samples[name].append(ort_backend.time_session(session, image, threads, runs, max_seconds=30.0).to_dict())
+    result = {}
+    for name, measured in samples.items():
+        middle = sorted(measured, key=lambda m: m["median"])[len(measured) // 2]
+        result[name] = middle | {"runs": sum(m["runs"] for m in measured), "repeats": repeats,
+                                 "medians": [m["median"] for m in measured]}
+    return result
 
 
 def degradation(spec: ModelSpec, before: dict, after: dict) -> dict[str, float]:
@@ -162,13 +173,14 @@ def main() -> None:
         train(model, spec, train_data, TrainConfig(steps=finetune_budget, lr=config.finetune_lr, warmup_steps=5, seed=0))
     models = {"unpruned": base, "uniform-l1": uniform, "single-task-taylor": single, "pagcp": pagcp}
     rows = {}
+    for name, model in models.items():
+        model.eval()
+        cost = model_cost(model, spec)
+        rows[name] = {"macs": cost.all_tasks.macs, "params": cost.total_params,
+                      "metrics": evaluate(torch_predictor(model), spec.tasks, val_data)}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, model in models.items():
-            model.eval()
-            cost = model_cost(model, spec)
-            rows[name] = {"macs": cost.all_tasks.macs, "params": cost.total_params,
-                          "metrics": evaluate(torch_predictor(model), spec.tasks, val_data),
-                          "latency_ms": latency_ms(model, spec, args.threads, args.runs, Path(scratch), name)}
+        for name, latency in latencies_ms(models, spec, args.threads, args.runs, Path(scratch)).items():
+            rows[name]["latency_ms"] = latency
     reference = rows["unpruned"]
     for name, row in rows.items():
         row["macs_ratio"] = row["macs"] / reference["macs"]

@@ -64,6 +64,8 @@ class PAGCPConfig:
     batch_size: int = 32
     max_rounds: int = 12
     min_channels: int = 2                 # never prune a group below this many channels
+    channel_multiple: int = 8             # kept widths are multiples of this (or the original width), because
+                                          # odd widths fall off the vectorised kernels (ORT's NCHWc blocks are 8/16)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -295,7 +297,7 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
         ranking = surgeon.saliency_order(model, root)
         accepted, removed = None, 0
         for ratio in steps:
-            count = min(int(ratio * width), width - config.min_channels)
+            count = removable(width, ratio, config)
             if count <= removed:
                 continue
             trial = surgeon.remove(model, root, count, idxs=ranking[:count])
@@ -318,6 +320,14 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
         if macs_now <= target_macs:
             break
     return decisions
+
+
+def removable(width: int, ratio: float, config: PAGCPConfig) -> int:
+    """Channels to remove at `ratio`: rounded so that the kept width is a multiple of `channel_multiple`."""
+    multiple = config.channel_multiple if width >= 2 * config.channel_multiple else 1
+    keep = max(width - int(ratio * width), config.min_channels)
+    keep = math.ceil(keep / multiple) * multiple
+    return max(0, width - keep)
 
 
 def _filter(decisions: list[LayerDecision], keep_fraction: float) -> list[LayerDecision]:
