@@ -208,9 +208,9 @@ def prune(
     for column in ("layer", "channels", "kept"):
         layers.add_column(column)
     widths = pruned_spec.config["widths"]
-    for name_, ratio in record.kept_ratios.items():
+    for layer, ratio in record.kept_ratios.items():
         if ratio < 1:
-            layers.add_row(name_, str(widths[name_]), f"{ratio:.0%}")
+            layers.add_row(layer, str(widths[layer]), f"{ratio:.0%}")
     out.print(layers)
     table = Table(title=f"per-task metric before -> after (MACs {_fmt(record.macs_before)} -> {_fmt(record.macs_after)}, "
                         f"params {_fmt(record.params_before)} -> {_fmt(record.params_after)})")

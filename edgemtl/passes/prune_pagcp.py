@@ -35,6 +35,7 @@ import torch_pruning as tp
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from edgemtl.analysis.cost import model_cost
 from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate, torch_predictor
@@ -223,8 +224,6 @@ class Surgeon:
 def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_data: TaskData,
                 config: PAGCPConfig = PAGCPConfig(), show_progress: bool = True) -> tuple[nn.Module, ModelSpec, PruneRecord]:
     """Prune a copy of `model` to `config.flops_target` of its MACs; the input model is left untouched."""
-    from edgemtl.analysis.cost import model_cost
-
     config.check_tasks(spec)
     start_time = time.perf_counter()
     original = copy.deepcopy(model).eval()
