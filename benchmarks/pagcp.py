@@ -4,7 +4,7 @@
 2. single-task: global Taylor pruning (torch-pruning MetaPruner, global ranking) whose importance comes
    from the classification (`scene`) loss only, the "single-task backbone pruning" PAGCP argues against;
 3. PAGCP (edgemtl.passes.prune_pagcp).
-Both baselines are tuned (bisection on their ratio) to PAGCP's final MACs and fine-tuned on all tasks for
+Both baselines are tuned (a grid over their ratio) to PAGCP's final MACs and fine-tuned on all tasks for
 as many steps as PAGCP used in total. Also measures how the loss oracle's sample count changes the greedy
 decisions (agreement with a 128-sample oracle) and what it costs. ONNX Runtime latencies of the all-task
 graphs are measured in the same run, on this CPU, and quoted as ratios to the unpruned model.
@@ -44,18 +44,17 @@ RESULTS = Path(__file__).parent / "results" / "pagcp.json"
 console = Console(width=200)
 
 
-def bisect_ratio(prune_at, target_macs: float, example: torch.Tensor, iterations: int = 10):
-    """The removal ratio whose pruned model has MACs closest to (at most ~1% above) the target."""
-    low, high, best = 0.0, 0.95, None
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        model = prune_at(mid)
-        macs = _macs(model, example)
-        if macs > target_macs:
-            low = mid
-        else:
-            high, best = mid, (mid, model)
-    return best if best is not None else (high, prune_at(high))
+def match_macs(prune_at, target_macs: float, example: torch.Tensor, step: float = 0.025):
+    """The removal ratio (on a grid) whose pruned model's MACs are closest to the target. A grid, not a
+    bisection: with widths rounded to multiples of 8 the MACs are a step function of the ratio."""
+    best = None
+    for index in range(int(0.95 / step) + 1):
+        ratio = index * step
+        model = prune_at(ratio)
+        gap = abs(_macs(model, example) - target_macs)
+        if best is None or gap < best[0]:
+            best = (gap, ratio, model)
+    return best[1], best[2]
 
 
 def uniform_l1(model: torch.nn.Module, spec: ModelSpec, ratio: float) -> torch.nn.Module:
@@ -70,24 +69,33 @@ def uniform_l1(model: torch.nn.Module, spec: ModelSpec, ratio: float) -> torch.n
 
 
 def single_task_taylor(model: torch.nn.Module, spec: ModelSpec, data, ratio: float) -> torch.nn.Module:
+    """Global pruning ranked by Taylor importance of the classification loss alone: the channels with the
+    lowest |w * dL_scene/dw| across all groups go first (scores normalised by their group's mean, as
+    torch-pruning's global pruning does); kept widths rounded like PAGCP's."""
     surgeon = Surgeon(spec)
-    prunable = set(surgeon.prunable_groups(model))
-    pruned = copy.deepcopy(model).eval()
-    names = {module: name for name, module in pruned.named_modules()}
-    roots = [g[0].dep.target.module for g in surgeon.graph(pruned).get_all_groups(root_module_types=[torch.nn.Conv2d, torch.nn.Linear])]
-    outputs = [m for m in roots if names[m] not in prunable]  # the heads' output layers
-    pruner = tp.pruner.MetaPruner(pruned, surgeon.example, importance=tp.importance.GroupTaylorImportance(),
-                                  global_pruning=True, pruning_ratio=ratio, ignored_layers=outputs,
-                                  round_to=PAGCPConfig().channel_multiple)
-    task = spec.task("scene")
+    scored = copy.deepcopy(model).eval()
     images, targets = next(data.batches(64, shuffle=False))
-    pruned.zero_grad()
-    task_loss(task, pruned(images)["scene"], targets["scene"]).backward()
-    for parameter in pruned.parameters():  # other tasks' heads get no signal from the classification loss
+    task_loss(spec.task("scene"), scored(images)["scene"], targets["scene"]).backward()
+    for parameter in scored.parameters():  # other tasks' heads get no signal from the classification loss
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-    pruner.step()
-    pruned.zero_grad()
+    graph, importance = surgeon.graph(scored), tp.importance.GroupTaylorImportance()
+    scores = {}
+    for root_name in surgeon.prunable_groups(model):
+        root = scored.get_submodule(root_name)
+        group = graph.get_pruning_group(root, tp.prune_conv_out_channels if isinstance(root, torch.nn.Conv2d)
+                                        else tp.prune_linear_out_channels, idxs=list(range(_out_channels(root))))
+        taylor, magnitude = importance(group), tp.importance.GroupMagnitudeImportance(p=2)(group)
+        # channels the classification loss ignores (other tasks' heads) tie at 0: break ties by magnitude
+        scores[root_name] = taylor / taylor.mean().clamp(min=1e-12) + 1e-6 * magnitude / magnitude.mean().clamp(min=1e-12)
+    threshold = torch.quantile(torch.cat(list(scores.values())), ratio) if ratio > 0 else -1.0
+    config, pruned = PAGCPConfig(), model
+    for root_name, values in scores.items():
+        width = len(values)
+        below = int((values <= threshold).sum())
+        count = removable(width, below / width, config) if below else 0
+        if count > 0:
+            pruned = surgeon.remove(pruned, root_name, count, idxs=torch.argsort(values)[:count].tolist())
     return pruned.eval()
 
 
@@ -167,8 +175,8 @@ def main() -> None:
     example = Surgeon(spec).example
     target = _macs(pagcp, example)
     console.print(f"baselines at {target / _macs(base, example):.1%} of the MACs, {finetune_budget} fine-tuning steps each ...")
-    uniform_ratio, uniform = bisect_ratio(lambda r: uniform_l1(base, spec, r), target, example)
-    single_ratio, single = bisect_ratio(lambda r: single_task_taylor(base, spec, train_data, r), target, example)
+    uniform_ratio, uniform = match_macs(lambda r: uniform_l1(base, spec, r), target, example)
+    single_ratio, single = match_macs(lambda r: single_task_taylor(base, spec, train_data, r), target, example)
     for model in (uniform, single):
         train(model, spec, train_data, TrainConfig(steps=finetune_budget, lr=config.finetune_lr, warmup_steps=5, seed=0))
     models = {"unpruned": base, "uniform-l1": uniform, "single-task-taylor": single, "pagcp": pagcp}
