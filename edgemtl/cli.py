@@ -129,7 +129,7 @@ def eval_command(
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """Per-task metrics of a model on a built-in data set."""
-    from edgemtl.data import load_data
+    from edgemtl.data import check_images_fit, load_data
     from edgemtl.evaluate import evaluate, torch_predictor
 
     loaded = _load(model, model_factory, spec, trust)
@@ -137,6 +137,7 @@ def eval_command(
     if name is None:
         raise EdgemtlError("this model does not say which data it was trained on: pass --data scenes|digits")
     dataset = load_data(name, split, n=samples)
+    check_images_fit(dataset, loaded.spec.input.shape)
     missing = [t for t in loaded.spec.task_names if t not in dataset.targets]
     if missing:
         raise EdgemtlError(f"data set {name!r} has no labels for task(s) {', '.join(missing)}")

@@ -189,3 +189,12 @@ def test_compile_runs_the_pruning_pass_first(tmp_path, checkpoints):
     assert set(record["metrics_before"]) == set(record["metrics_after"]) == set(manifest["tasks"])
     assert (bundle / record["artifacts"]["checkpoint"]).is_file() and record["kept_ratios"]
     assert manifest["all_tasks"]["macs"] == record["macs_after"]  # later steps compiled the pruned model
+
+
+def test_eval_with_data_of_another_shape(capsys, tmp_path):
+    weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
+    torch.save(unet_two_heads().state_dict(), weights)
+    spec.write_text(SPEC_YAML)
+    code, _, err = run_cli(capsys, "eval", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
+                           "--data", "digits")
+    assert_one_line_error(code, err, "has images of shape [1, 32, 32] but the model takes [3, 32, 32]")

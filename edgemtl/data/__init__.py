@@ -124,3 +124,12 @@ def load_data(
             images = images[:n]
             targets = {k: v[:n] for k, v in targets.items()}
     return TaskData(name=name, split=split, images=images, targets=targets, input=input_spec, tasks=tasks)
+
+
+def check_images_fit(data: TaskData, input_shape: list[int]) -> None:
+    """One clear error when a data set's images are not the shape a model takes."""
+    if list(data.images.shape[1:]) != list(input_shape):
+        raise EdgemtlError(
+            f"data set {data.name!r} has images of shape {list(data.images.shape[1:])} but the model takes "
+            f"{list(input_shape)}; pick another --data"
+        )

@@ -13,7 +13,7 @@ import torch
 from edgemtl.analysis.cost import model_cost
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import export_all_tasks, export_task
-from edgemtl.data import TaskData, load_data
+from edgemtl.data import TaskData, check_images_fit, load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.flow import FlowContext, Step
@@ -148,11 +148,7 @@ def load_verification_data(ctx: FlowContext) -> None:
     if name is None:
         return
     data = load_data(name, "val", n=ctx.options.metric_samples)
-    if list(data.images.shape[1:]) != ctx.loaded.spec.input.shape:
-        raise EdgemtlError(
-            f"data set {name!r} has images of shape {list(data.images.shape[1:])} but the model takes "
-            f"{ctx.loaded.spec.input.shape}; pick another --data"
-        )
+    check_images_fit(data, ctx.loaded.spec.input.shape)
     labels = {t.name: t for t in data.tasks}
     labelled = [t for t in _tasks(ctx) if t in labels
                 and (labels[t].kind, labels[t].output_shape) == (ctx.loaded.spec.task(t).kind, ctx.loaded.spec.task(t).output_shape)]
