@@ -168,9 +168,22 @@ def _quiet_export_logs() -> Iterator[None]:
             logger.setLevel(level)
 
 
+@contextmanager
+def _static_dispatch(module: nn.Module) -> Iterator[None]:
+    """Mixture-of-experts layers with a data-dependent dispatch trace with static shapes instead."""
+    layers = [m for m in module.modules() if hasattr(m, "static_dispatch")]
+    for layer in layers:
+        layer.static_dispatch = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.static_dispatch = False
+
+
 def _trace_cost(module: nn.Module, example: torch.Tensor, what: str) -> PathCost:
     try:
-        with _quiet_export_logs():
+        with _quiet_export_logs(), _static_dispatch(module):
             exported = torch.export.export(module.eval(), (example,))
     except EdgemtlError:
         raise

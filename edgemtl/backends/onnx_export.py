@@ -3,7 +3,8 @@
 We use torch's TorchScript exporter (`dynamo=False`): on this machine it gives the same graphs as the
 dynamo exporter to 1e-7 in ONNX Runtime for both zoo models but runs 15x faster (0.6 s against 9 s for one
 m3vit task), and brevitas' QCDQ export needs it anyway. The MoE layer's static-capacity dispatch means
-nothing data-dependent gets frozen by tracing. The batch dimension stays dynamic (traced at batch 2),
+nothing data-dependent gets frozen by tracing (the dropless inference dispatch exports as NonZero / Gather /
+ScatterElements, whose sizes stay dynamic). The batch dimension stays dynamic (traced at batch 2),
 input is named `input`, outputs are named after their tasks, weights are embedded in the file.
 """
 

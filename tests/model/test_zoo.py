@@ -22,7 +22,15 @@ def test_outputs_match_spec_and_task_paths_match_full_forward(arch):
 
 def test_moe_without_capacity_limit_equals_token_major_reference():
     torch.manual_seed(0)
-    layer = MoELayer(dim=16, hidden=32, num_experts=4, top_k=2, task_dim=4, capacity_factor=None).eval()
+    layer = MoELayer(dim=16, hidden=32, num_experts=4, top_k=2, task_dim=4, capacity_factor=None)
+    x, task_vector = torch.randn(3, 10, 16), torch.randn(4)
+    torch.testing.assert_close(layer(x, task_vector), layer.forward_reference(x, task_vector), rtol=1e-5, atol=1e-6)
+    assert layer.tokens_dropped == 0 and layer.tokens_routed == 3 * 10 * 2
+
+
+def test_inference_dispatch_is_dropless_expert_major_and_equals_token_major_reference():
+    torch.manual_seed(0)
+    layer = MoELayer(dim=16, hidden=32, num_experts=8, top_k=2, task_dim=4, capacity_factor=0.5).eval()
     x, task_vector = torch.randn(3, 10, 16), torch.randn(4)
     torch.testing.assert_close(layer(x, task_vector), layer.forward_reference(x, task_vector), rtol=1e-5, atol=1e-6)
     assert layer.tokens_dropped == 0 and layer.tokens_routed == 3 * 10 * 2
@@ -30,7 +38,7 @@ def test_moe_without_capacity_limit_equals_token_major_reference():
 
 def test_moe_capacity_drops_overflow_tokens_and_counts_them():
     torch.manual_seed(0)
-    layer = MoELayer(dim=8, hidden=8, num_experts=2, top_k=1, task_dim=2, capacity_factor=0.5).eval()
+    layer = MoELayer(dim=8, hidden=8, num_experts=2, top_k=1, task_dim=2, capacity_factor=0.5).train()
     with torch.no_grad():  # route every token to expert 0 so half of them overflow its capacity
         layer.router.weight.zero_()
         layer.router.bias.copy_(torch.tensor([5.0, -5.0]))

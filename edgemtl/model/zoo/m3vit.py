@@ -4,11 +4,14 @@ Every other transformer block replaces its MLP with `MoELayer`: E experts, top-k
 router reading the token concatenated with a learned task embedding (as in M3ViT). Running one task means
 running the backbone with that task's routing plus its head; `forward(x)` does this for every task.
 
-Dispatch is expert-major with a fixed capacity (V-MoE style, the router's ancestor): each expert takes
-the C tokens with the largest gate weight for it (TopK), gathers them, runs one batched matmul and
-scatter-adds the weighted result back. Static shapes make it export to ONNX as TopK / GatherElements /
-MatMul / ScatterElements; `capacity_factor=None` (C = T) never drops a token and equals the token-major
-reference (`MoELayer.forward_reference`) exactly.
+Two expert-major dispatches, both gathering each expert's tokens, running one matmul per expert and
+scatter-adding the weighted results back (the M3ViT reordering: each expert's weights are needed once):
+- training (`forward_capacity`): a fixed capacity per expert (V-MoE style): each expert takes the C tokens
+  with the largest gate weight for it (TopK), static shapes, one batched matmul over all experts; tokens
+  beyond an expert's capacity are dropped (counted in `tokens_dropped`);
+- inference and export (`forward_expert_major`): dropless, each expert takes exactly the tokens routed to
+  it (NonZero / Gather / MatMul / ScatterElements in ONNX), so it computes only top-k experts per token
+  and equals the token-major reference (`forward_reference`) to float tolerance.
 """
 
 from __future__ import annotations
@@ -65,6 +68,21 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
+def expert_major(x: torch.Tensor, combine: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                 b2: torch.Tensor) -> torch.Tensor:
+    """Expert-major MoE: for each expert, gather its routed tokens (combine weight > 0), run the expert MLP
+    on them in one matmul, scatter-add the weighted results back. `combine` is (B,T,E); weights (E,...)."""
+    b, t, d = x.shape
+    tokens, weights = x.reshape(b * t, d), combine.reshape(b * t, -1)
+    out = torch.zeros_like(tokens)
+    for e in range(w1.shape[0]):
+        rows = torch.nonzero(weights[:, e] > 0).squeeze(1)
+        picked = tokens.index_select(0, rows)
+        result = (F.gelu(picked @ w1[e] + b1[e]) @ w2[e] + b2[e]) * weights.index_select(0, rows)[:, e : e + 1]
+        out = out.scatter_add(0, rows.unsqueeze(1).expand(-1, d), result)
+    return out.reshape(b, t, d)
+
+
 class MoELayer(nn.Module):
     """Task-conditioned top-k mixture of expert MLPs with capacity-based expert-major dispatch."""
 
@@ -81,6 +99,12 @@ class MoELayer(nn.Module):
         self.aux_loss = torch.zeros(())
         self.tokens_routed = 0
         self.tokens_dropped = 0
+        # static shapes for torch.export-based cost analysis: ceil(k*T/E) tokens per expert, i.e. exactly
+        # the k*T routed tokens of the dropless dispatch whenever E divides k*T (set by analysis/cost.py)
+        self.static_dispatch = False
+
+    def balanced_capacity(self, tokens: int) -> int:
+        return min(tokens, math.ceil(self.top_k * tokens / self.num_experts))
 
     def capacity(self, tokens: int) -> int:
         """Tokens each expert takes per image: C = ceil(k*T/E * capacity_factor), at most T."""
@@ -100,9 +124,24 @@ class MoELayer(nn.Module):
         return F.gelu(tokens @ self.w1[e] + self.b1[e]) @ self.w2[e] + self.b2[e]
 
     def forward(self, x: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.forward_capacity(x, task_vector)
+        if self.static_dispatch:
+            return self.forward_capacity(x, task_vector, self.balanced_capacity(x.shape[1]))
+        return self.forward_expert_major(x, task_vector)
+
+    def forward_expert_major(self, x: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
+        """Dropless expert-by-expert execution: only the tokens routed to an expert pass through it."""
+        _, combine = self.gates(x, task_vector)
+        if not _tracing():
+            self.tokens_routed += int((combine > 0).sum())
+        return expert_major(x, combine, self.w1, self.b1, self.w2, self.b2)
+
+    def forward_capacity(self, x: torch.Tensor, task_vector: torch.Tensor, capacity: int | None = None) -> torch.Tensor:
+        """Training dispatch with a fixed per-expert capacity: static shapes, one batched matmul."""
         b, t, d = x.shape
         probs, combine = self.gates(x, task_vector)
-        capacity = self.capacity(t)
+        capacity = self.capacity(t) if capacity is None else capacity
         weight, index = combine.transpose(1, 2).topk(capacity, dim=-1)  # (B,E,C): each expert's tokens
         gathered = x.unsqueeze(1).expand(b, self.num_experts, t, d).gather(
             2, index.unsqueeze(-1).expand(b, self.num_experts, capacity, d))
