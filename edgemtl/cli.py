@@ -158,10 +158,15 @@ def inspect(
     """Per task: parameters, MACs, peak activation memory of its path, and the shared fraction."""
     from edgemtl.analysis.cost import model_cost
 
+    from edgemtl.analysis.moe_cost import moe_macs
+    from edgemtl.passes.partition_experts import has_experts
+
     loaded = _load(model, model_factory, spec, trust)
-    cost = model_cost(loaded.model, loaded.spec, [t.name for t in loaded.spec.select(_split_tasks(tasks))]).to_dict()
+    names = [t.name for t in loaded.spec.select(_split_tasks(tasks))]
+    cost = model_cost(loaded.model, loaded.spec, names).to_dict()
+    moe = moe_macs(loaded.model, loaded.spec, names) if has_experts(loaded.model) else None
     if as_json:
-        out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost}))
+        out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost, **({"moe": moe} if moe else {})}))
         return
     table = Table(title=f"{model} ({loaded.spec.arch}), batch 1, MACs of conv/linear/matmul/attention")
     for column in ("task", "params", "MACs", "peak activation", "shared params"):
@@ -173,6 +178,21 @@ def inspect(
     table.add_row("[b]all tasks[/b]", _fmt(total["params"]), _fmt(total["macs"]),
                   f"{total['peak_activation_bytes'] / 1024:.1f} KiB", "")
     out.print(table)
+    if moe:
+        out.print(_moe_table(moe))
+
+
+def _moe_table(moe: dict) -> Table:
+    """Single-task MACs (top-k experts per token + router) beside all tasks and a dense ViT."""
+    table = Table(title="mixture of experts, batch 1: a task runs its own routing (top-k experts per token + router)")
+    for column in ("task", "MACs", "share of all tasks (same model)", "dense ViT, this task", "dense ViT, all tasks (shared encoder)"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+    for name, entry in moe["tasks"].items():
+        table.add_row(name, _fmt(entry["macs"]), f"{entry['share_of_all_tasks']:.1%}", _fmt(entry["dense_vit_single_task_macs"]),
+                      _fmt(moe["dense_vit_all_tasks_macs"]))
+    table.caption = (f"all tasks with this model: {_fmt(moe['all_tasks_same_model_macs'])} MACs (the backbone runs once per task); "
+                     f"router {_fmt(moe['router_macs'])}, experts {_fmt(moe['expert_macs'])} per task; dense ViT figures derived")
+    return table
 
 
 MaxDropOpt = Annotated[list[str], typer.Option(
@@ -253,6 +273,8 @@ def compile_command(
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="measure latency")] = True,
     prune_flops: Annotated[Optional[float], typer.Option(help="run PAGCP first, keeping this fraction of the MACs")] = None,
     max_drop: MaxDropOpt = [],
+    expert_coverage: Annotated[float, typer.Option(
+        help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1]")] = 1.0,
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """(Optionally prune,) validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
@@ -260,14 +282,17 @@ def compile_command(
     from edgemtl.flow import CompileOptions
     from edgemtl.targets import load_target
 
+    from edgemtl.passes.partition_experts import PartitionConfig
     from edgemtl.passes.prune_pagcp import PAGCPConfig
 
     load_target(target)  # an unknown target fails before any work
+    experts = PartitionConfig(coverage=expert_coverage)
+    experts.check()
     pagcp = None if prune_flops is None else PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, threads=threads, latency_runs=runs,
-                             measure_latency=latency, prune=pagcp)
+                             measure_latency=latency, prune=pagcp, experts=experts)
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")

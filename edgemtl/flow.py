@@ -19,6 +19,7 @@ from edgemtl.model.checkpoint import LoadedModel
 from edgemtl.targets import Target
 
 if TYPE_CHECKING:
+    from edgemtl.passes.partition_experts import PartitionConfig
     from edgemtl.passes.prune_pagcp import PAGCPConfig
 
 
@@ -36,6 +37,7 @@ class CompileOptions:
     threads: int = 0                      # 0 = all cores of this machine
     measure_latency: bool = True
     prune: "PAGCPConfig | None" = None    # run PAGCP first (edgemtl.passes.prune_pagcp.PAGCPConfig)
+    experts: "PartitionConfig | None" = None  # expert-path policy for MoE models (default: coverage 1.0)
 
 
 @dataclass

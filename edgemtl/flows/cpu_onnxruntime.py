@@ -1,11 +1,11 @@
 """The host flow: ONNX graphs per task path and for all tasks, verified and timed in ONNX Runtime.
 
-Steps: analyse -> export_onnx -> verify_onnxruntime -> evaluate_metrics -> measure_latency.
+Steps: load_data -> analyse -> partition_experts (MoE models) -> export_onnx -> verify_onnxruntime ->
+evaluate_metrics -> measure_latency -> task_switching (MoE models). A task's graph is its expert path
+when the model has experts; the all-task graph is always the whole model.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -17,24 +17,18 @@ from edgemtl.data import TaskData, check_images_fit, load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.flow import FlowContext, Step
+from edgemtl.flows.common import task_list, task_model, threads_of, verification_inputs
+from edgemtl.flows.experts import partition_step, switching_step
 from edgemtl.model.contract import run_task
 from edgemtl.profile.timing import measure
 
 ALL_TASKS = "all_tasks"
 
 
-def _tasks(ctx: FlowContext) -> list[str]:
-    return ctx.state["tasks"]
-
-
-def _threads(ctx: FlowContext) -> int:
-    return ctx.options.threads or os.cpu_count() or 1
-
-
 def analyse(ctx: FlowContext) -> None:
     """Per-task params, MACs, peak activation memory and the shared fraction of the backbone."""
-    cost = model_cost(ctx.loaded.model, ctx.loaded.spec, _tasks(ctx)).to_dict()
-    for name in _tasks(ctx):
+    cost = model_cost(ctx.loaded.model, ctx.loaded.spec, task_list(ctx)).to_dict()
+    for name in task_list(ctx):
         ctx.manifest["tasks"][name].update(cost["tasks"][name])
     ctx.manifest[ALL_TASKS].update(cost[ALL_TASKS])
     ctx.manifest["model"]["total_params"] = cost["total_params"]
@@ -42,37 +36,27 @@ def analyse(ctx: FlowContext) -> None:
 
 def export_onnx(ctx: FlowContext) -> None:
     model, spec = ctx.loaded.model, ctx.loaded.spec
-    for name in _tasks(ctx):
+    for name in task_list(ctx):
         relative = f"tasks/{name}/model.onnx"
-        export_task(model, spec, name, ctx.bundle / relative)
+        export_task(task_model(ctx, name), spec, name, ctx.bundle / relative)
         ctx.manifest["tasks"][name]["artifacts"] = {"onnx": relative}
     relative = f"{ALL_TASKS}/model.onnx"
-    export_all_tasks(model, spec, _tasks(ctx), ctx.bundle / relative)
+    export_all_tasks(model, spec, task_list(ctx), ctx.bundle / relative)
     ctx.manifest[ALL_TASKS]["artifacts"] = {"onnx": relative}
-
-
-def _verification_inputs(ctx: FlowContext) -> tuple[np.ndarray, str]:
-    """Real normalised samples from the built-in data when it fits the model, else seeded noise (said so)."""
-    data = ctx.state.get("data")
-    if data is not None:
-        count = min(ctx.options.verify_samples, len(data))
-        return data.normalise(data.images[:count]).astype(np.float32), f"{data.name}/{data.split}"
-    generator = np.random.default_rng(0)
-    shape = (ctx.options.verify_samples, *ctx.loaded.spec.input.shape)
-    return generator.standard_normal(shape).astype(np.float32), "random normal inputs (no data set given)"
 
 
 def verify_onnxruntime(ctx: FlowContext) -> None:
     """Every exported graph against PyTorch on the same inputs; a mismatch beyond tolerance fails the compile."""
-    images, source = _verification_inputs(ctx)
-    model = ctx.loaded.model
-    with torch.no_grad():
-        reference = {name: run_task(model, torch.from_numpy(images), name).numpy() for name in _tasks(ctx)}
+    images, source = verification_inputs(ctx)
+    x, paths = torch.from_numpy(images), ctx.state.get("task_models", {})
+    with torch.no_grad():  # the all-task graph is the whole model; a task's graph may be its expert path
+        whole = {name: run_task(ctx.loaded.model, x, name).numpy() for name in task_list(ctx)}
+        own = {name: run_task(paths[name], x, name).numpy() if name in paths else whole[name] for name in task_list(ctx)}
     failures = []
-    graphs = [(name, ctx.manifest["tasks"][name], [name]) for name in _tasks(ctx)]
-    graphs.append((ALL_TASKS, ctx.manifest[ALL_TASKS], _tasks(ctx)))
-    for graph, entry, outputs in graphs:
-        session = ort_backend.make_session(ctx.bundle / entry["artifacts"]["onnx"], _threads(ctx))
+    graphs = [(name, ctx.manifest["tasks"][name], [name], own) for name in task_list(ctx)]
+    graphs.append((ALL_TASKS, ctx.manifest[ALL_TASKS], task_list(ctx), whole))
+    for graph, entry, outputs, reference in graphs:
+        session = ort_backend.make_session(ctx.bundle / entry["artifacts"]["onnx"], threads_of(ctx))
         got = ort_backend.run(session, images)
         errors = {t: float(np.abs(got[t] - reference[t]).max()) for t in outputs}
         allowed = {t: ctx.options.tolerance * max(1.0, float(np.abs(reference[t]).max())) for t in outputs}
@@ -93,7 +77,7 @@ def evaluate_metrics(ctx: FlowContext) -> None:
     tasks = [ctx.loaded.spec.task(t) for t in ctx.state.get("labelled_tasks", [])]
     if data is None or not tasks:
         return
-    session = ort_backend.make_session(ctx.bundle / ctx.manifest[ALL_TASKS]["artifacts"]["onnx"], _threads(ctx))
+    session = ort_backend.make_session(ctx.bundle / ctx.manifest[ALL_TASKS]["artifacts"]["onnx"], threads_of(ctx))
 
     def ort_predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in ort_backend.run(session, images.numpy()).items()}
@@ -111,19 +95,18 @@ def measure_latency(ctx: FlowContext) -> None:
     """Batch-1 latency per graph: ONNX Runtime vs PyTorch eager, same thread count, same run."""
     if not ctx.options.measure_latency:
         return
-    threads, opts = _threads(ctx), ctx.options
-    image = _verification_inputs(ctx)[0][:1]
-    model = ctx.loaded.model
+    threads, opts = threads_of(ctx), ctx.options
+    image = verification_inputs(ctx)[0][:1]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for graph in [*_tasks(ctx), ALL_TASKS]:
+        for graph in [*task_list(ctx), ALL_TASKS]:
             entry = ctx.manifest[ALL_TASKS] if graph == ALL_TASKS else ctx.manifest["tasks"][graph]
             x = torch.from_numpy(image)
 
             def eager(graph: str = graph) -> None:
                 with torch.no_grad():
-                    model(x) if graph == ALL_TASKS else run_task(model, x, graph)
+                    ctx.loaded.model(x) if graph == ALL_TASKS else run_task(task_model(ctx, graph), x, graph)
 
             # PyTorch first, and each ONNX Runtime session freed after use: ORT's idle worker threads
             # spin for a while and would steal the cores from whatever is timed next.
@@ -150,7 +133,7 @@ def load_verification_data(ctx: FlowContext) -> None:
     data = load_data(name, "val", n=ctx.options.metric_samples)
     check_images_fit(data, ctx.loaded.spec.input.shape)
     labels = {t.name: t for t in data.tasks}
-    labelled = [t for t in _tasks(ctx) if t in labels
+    labelled = [t for t in task_list(ctx) if t in labels
                 and (labels[t].kind, labels[t].output_shape) == (ctx.loaded.spec.task(t).kind, ctx.loaded.spec.task(t).output_shape)]
     ctx.state["data"], ctx.state["labelled_tasks"] = data, labelled
     ctx.manifest["model"]["verification_data"] = f"{name}/val"
@@ -159,8 +142,10 @@ def load_verification_data(ctx: FlowContext) -> None:
 STEPS: list[Step] = [
     ("load_data", load_verification_data),
     ("analyse", analyse),
+    ("partition_experts", partition_step),
     ("export_onnx", export_onnx),
     ("verify_onnxruntime", verify_onnxruntime),
     ("evaluate_metrics", evaluate_metrics),
     ("measure_latency", measure_latency),
+    ("task_switching", switching_step),
 ]

@@ -1,0 +1,34 @@
+"""What every flow's steps share: the chosen tasks, the thread count, the model of each task, inputs."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from torch import nn
+
+from edgemtl.flow import FlowContext
+
+
+def task_list(ctx: FlowContext) -> list[str]:
+    return ctx.state["tasks"]
+
+
+def threads_of(ctx: FlowContext) -> int:
+    return ctx.options.threads or os.cpu_count() or 1
+
+
+def task_model(ctx: FlowContext, task: str) -> nn.Module:
+    """The model deployed for one task: its expert path when one was built, else the whole model."""
+    return ctx.state.get("task_models", {}).get(task, ctx.loaded.model)
+
+
+def verification_inputs(ctx: FlowContext) -> tuple[np.ndarray, str]:
+    """Real normalised samples from the built-in data when it fits the model, else seeded noise (said so)."""
+    data = ctx.state.get("data")
+    if data is not None:
+        count = min(ctx.options.verify_samples, len(data))
+        return data.normalise(data.images[:count]).astype(np.float32), f"{data.name}/{data.split}"
+    generator = np.random.default_rng(0)
+    shape = (ctx.options.verify_samples, *ctx.loaded.spec.input.shape)
+    return generator.standard_normal(shape).astype(np.float32), "random normal inputs (no data set given)"

@@ -1,0 +1,109 @@
+"""Flow steps for task-conditioned mixture-of-experts models (M3ViT): expert paths and task switching.
+
+`partition_experts` profiles each task's routing, builds the per-task expert paths that later steps
+export as the per-task artifacts, and records the MoE MAC accounting and the memory plan of both
+execution orders. `task_switching` exports the one artifact that serves every task by a task id, checks
+it against PyTorch and measures what switching costs. On a model without experts both steps record
+why they did nothing and the compile goes on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from edgemtl.analysis.expert_usage import ExpertUsage
+from edgemtl.analysis.memory_plan import on_chip_bytes_of, plan_moe_model, precision_bytes
+from edgemtl.analysis.moe_cost import moe_macs
+from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.backends.onnx_export import INPUT_NAME
+from edgemtl.backends.switchable import TASK_ID_NAME, export_switchable
+from edgemtl.data import load_data
+from edgemtl.errors import EdgemtlError
+from edgemtl.flow import FlowContext
+from edgemtl.flows.common import task_list, threads_of, verification_inputs
+from edgemtl.passes.partition_experts import PartitionConfig, check_partition_request, has_experts, partition_experts
+from edgemtl.profile.switching import resident_memory, switch_latency
+
+SWITCHABLE = "switchable/model.onnx"
+
+
+def _skip(ctx: FlowContext, reason: str) -> None:
+    ctx.manifest.setdefault("passes", {})["partition_experts"] = {"skipped": reason}
+
+
+def partition_step(ctx: FlowContext) -> None:
+    """Expert usage, per-task expert paths, MoE MACs and the memory plan (skipped without experts)."""
+    model, spec, tasks = ctx.loaded.model, ctx.loaded.spec, task_list(ctx)
+    config = ctx.options.experts or PartitionConfig()
+    if not has_experts(model):
+        _skip(ctx, f"the {spec.arch or 'given'} model has no task-conditioned mixture-of-experts layer: nothing to partition")
+        return
+    check_partition_request(model, spec, tasks, config)
+    name = ctx.options.data or spec.data
+    if name is None:
+        _skip(ctx, "expert paths need calibration images: pass --data scenes|digits")
+        return
+    calibration = load_data(name, "train", n=config.calibration_samples)
+    paths, record, usage = partition_experts(model, spec, calibration, ctx.state.get("data"), tasks, config)
+    ctx.state["task_models"] = paths
+    ctx.manifest.setdefault("passes", {})["partition_experts"] = record.to_dict()
+    ctx.manifest["moe"] = {
+        "expert_usage": usage.to_dict(),
+        "macs": moe_macs(model, spec, tasks),
+        "memory_plan": _memory_plans(ctx, paths, usage),
+    }
+    for task, entry in record.tasks.items():
+        ctx.manifest["tasks"][task]["expert_path"] = {
+            "experts_kept": entry.experts_kept, "params": entry.params_after, "macs": entry.macs_after,
+            "metric": entry.metric, "metric_before": entry.metric_before, "metric_after": entry.metric_after}
+
+
+def _memory_plans(ctx: FlowContext, paths: dict, usage: ExpertUsage) -> dict:
+    """Token-major vs expert-major plan of each task's path, at the target's memory and first precision."""
+    precision = ctx.target.precisions[0]
+    weight_bytes, activation_bytes = precision_bytes(precision)
+    on_chip = on_chip_bytes_of(ctx.target)
+    plans = {}
+    for task, path in paths.items():
+        tokens = path.grid[0] * path.grid[1]
+        per_image = [[math.ceil(layer.selected[e] / usage.samples) for e in kept]
+                     for layer, kept in zip(usage.tasks[task], (m.kept_experts for m in path.moe_layers()))]
+        plan = plan_moe_model(path, tokens, on_chip, weight_bytes, activation_bytes, tokens_per_expert=per_image)
+        plans[task] = plan.to_dict() | {"precision": precision, "target": ctx.target.name}
+    return plans
+
+
+def switching_step(ctx: FlowContext) -> None:
+    """One artifact for every task, chosen by `task_id`: verified, then its memory and switch cost measured."""
+    model, spec, tasks = ctx.loaded.model, ctx.loaded.spec, task_list(ctx)
+    if not has_experts(model):
+        return
+    path = export_switchable(model, spec, tasks, ctx.bundle / SWITCHABLE)
+    images, source = verification_inputs(ctx)
+    session = ort_backend.make_session(path, threads_of(ctx))
+    errors = {}
+    with torch.no_grad():
+        for index, task in enumerate(tasks):
+            expected = model(torch.from_numpy(images), task=task)[task].numpy()
+            flat = session.run(None, {INPUT_NAME: images, TASK_ID_NAME: np.array([index], dtype=np.int64)})[0]
+            got = flat.reshape(expected.shape)  # one flat (B, elements) output serves every task's shape
+            errors[task] = float(np.abs(got - expected).max())
+            allowed = ctx.options.tolerance * max(1.0, float(np.abs(expected).max()))
+            if errors[task] > allowed:
+                raise EdgemtlError(f"the switchable artifact disagrees with PyTorch for task {task!r} "
+                                   f"(max abs error {errors[task]:.3g} > {allowed:.3g})")
+    del session
+    entry = {"artifact": SWITCHABLE, "task_ids": {t: i for i, t in enumerate(tasks)},
+             "output": "one (batch, elements) output; reshape to (batch, *the task's output_shape)",
+             "verification": {"max_abs_error": errors, "samples": len(images), "data": source, "passed": True}}
+    if ctx.options.measure_latency:
+        per_task = [ctx.bundle / ctx.manifest["tasks"][t]["artifacts"]["onnx"] for t in tasks]
+        switchable_rss, separate_rss = resident_memory([path]), resident_memory(per_task)
+        entry["resident_memory"] = {"switchable_bytes": switchable_rss, "per_task_artifacts_bytes": separate_rss,
+                                    "ratio": switchable_rss / separate_rss if separate_rss else None,
+                                    "provenance": "measured (RSS added by loading the ONNX Runtime sessions)"}
+        entry["switch_latency"] = switch_latency(path, spec, tasks, threads=threads_of(ctx))
+    ctx.manifest.setdefault("moe", {})["switching"] = entry
