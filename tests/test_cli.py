@@ -45,6 +45,18 @@ def test_inspect_json(capsys, checkpoints):
     assert 0 < result["tasks"]["depth"]["shared_fraction"] < 1
 
 
+def test_inspect_counts_top_k_experts_for_moe_models(capsys, checkpoints):
+    code, out, _ = run_cli(capsys, "inspect", checkpoints["m3vit"], "--json")
+    moe = json.loads(out)["moe"]
+    assert code == 0 and moe["tokens_per_image"] == 64
+    for entry in moe["tasks"].values():  # one task runs one backbone pass: a fraction of all tasks' MACs
+        assert entry["macs"] < moe["all_tasks_same_model_macs"] and entry["share_of_all_tasks"] == pytest.approx(
+            entry["macs"] / moe["all_tasks_same_model_macs"])
+        assert entry["dense_vit_single_task_macs"] == entry["macs"] - moe["router_macs"]
+    code, out, _ = run_cli(capsys, "inspect", checkpoints["m3vit"])
+    assert code == 0 and "mixture of experts" in out and "router" in out
+
+
 def test_targets_lists_host(capsys):
     code, out, _ = run_cli(capsys, "targets")
     assert code == 0 and "host" in out and "cpu-onnxruntime" in out
@@ -71,6 +83,20 @@ def test_compile_writes_the_bundle(capsys, tmp_path, checkpoints, arch):
     assert (bundle / manifest["all_tasks"]["artifacts"]["onnx"]).is_file()
     assert (bundle / "report.html").is_file() and (bundle / "report.json").is_file()
     assert not list(tmp_path.glob(".bundle*"))  # no staging left behind
+    report = (bundle / "report.html").read_text()
+    if arch == "mtl-cnn":  # no experts: the partition step says why it did nothing, the compile goes on
+        assert "nothing to partition" in manifest["passes"]["partition_experts"]["skipped"] and "moe" not in manifest
+        return
+    moe, partition = manifest["moe"], manifest["passes"]["partition_experts"]
+    for name, entry in partition["tasks"].items():
+        assert entry["experts_kept"] == manifest["tasks"][name]["expert_path"]["experts_kept"]
+        assert entry["params_after"] <= entry["params_before"] and entry["metric_after"] is not None
+        assert moe["memory_plan"][name]["totals"]["expert_major"]["peak_on_chip_bytes"] > 0
+        assert 0 < moe["macs"]["tasks"][name]["share_of_all_tasks"] < 1
+    switching = moe["switching"]
+    assert (bundle / switching["artifact"]).is_file() and switching["verification"]["passed"]
+    assert switching["resident_memory"]["switchable_bytes"] > 0 and switching["switch_latency"]["provenance"] == "measured"
+    assert "Expert paths" in report and report.count("data:image/png") >= 5  # heat map and memory plot included
 
 
 def test_compile_selected_tasks_factory_model(capsys, tmp_path):

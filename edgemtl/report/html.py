@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from edgemtl.report.expert_plots import expert_usage_heatmap
+from edgemtl.report.memory_plots import moe_memory_plot
 from edgemtl.report.plots import (
     ALL_TASKS_LABEL,
     RUNTIME_LABELS,
@@ -37,6 +39,8 @@ PLOTS: tuple[tuple[str, Callable[[Mapping[str, Any]], bytes | None]], ...] = (
     ("Compute and parameters per task", cost_plot),
     ("Latency per task", latency_plot),
     ("Peak activation memory per task", memory_plot),
+    ("Expert usage per task: share of each MoE layer's routing mass per expert (calibration samples)", expert_usage_heatmap),
+    ("MoE layers: peak on-chip memory and weight traffic per inference, token-major vs expert-major order", moe_memory_plot),
 )
 _LATENCY_KEYS = ("median", "p90", "provenance", "runtime", "device", "threads", "runs", "batch")
 _PROVENANCE_CLASSES = ("measured", "simulated", "estimated")
@@ -94,6 +98,7 @@ def render_html(manifest: Mapping[str, Any], bundle_dir: Path | None = None) -> 
             _header(manifest, title),
             _steps_section(manifest),
             _tasks_section(manifest, notes),
+            _experts_section(manifest),
             _plots_section(manifest),
             _artifacts_section(manifest, bundle_dir),
             _provenance_section(notes),
@@ -245,6 +250,51 @@ def _tasks_section(manifest: Mapping[str, Any], notes: _ProvenanceNotes) -> str:
         row_class = ' class="ref"' if is_reference else ""
         rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
     return _table("Tasks", headers, rows)
+
+
+def _experts_section(manifest: Mapping[str, Any]) -> str:
+    """Per task: experts kept, MACs against all tasks, metric before/after partition, memory of both orders."""
+    moe = _section(manifest, "moe")
+    partition = _section(_section(manifest, "passes"), "partition_experts")
+    if not moe and not partition:
+        return ""
+    if partition.get("skipped"):
+        return f"<h2>Expert paths</h2>\n<p class=\"dim\">{_e(partition['skipped'])}</p>"
+    macs, plans = _section(moe, "macs"), _section(moe, "memory_plan")
+    rows = []
+    for name, entry in _section(partition, "tasks").items():
+        if not isinstance(entry, Mapping):
+            continue
+        kept = entry.get("experts_kept_count")
+        share = _section(_section(macs, "tasks"), name).get("share_of_all_tasks")
+        totals = _section(_section(plans, name), "totals")
+        rows.append("<tr>" + "".join((
+            f"<td>{_e(name)}</td>",
+            f"<td>{_e(' / '.join(str(k) for k in kept)) if isinstance(kept, list) else _DASH}</td>",
+            _number_cell(entry.get("params_after"), human_count),
+            _number_cell(entry.get("macs_after"), human_count),
+            _number_cell(share, lambda v: f"{v:.1%}"),
+            f"<td>{_e(entry.get('metric') or _DASH)}</td>",
+            _number_cell(entry.get("metric_before"), lambda v: f"{v:.4g}"),
+            _number_cell(entry.get("metric_after"), lambda v: f"{v:.4g}"),
+            _number_cell(_section(totals, "token_major").get("peak_on_chip_bytes"), human_bytes),
+            _number_cell(_section(totals, "expert_major").get("peak_on_chip_bytes"), human_bytes),
+        )) + "</tr>")
+    coverage = number(partition.get("coverage"))
+    title = "Expert paths" + (f" (coverage {coverage:.0%} of each task's routing mass)" if coverage is not None else "")
+    table = _table(title, ("Task", "Experts kept per MoE layer", "Params", "MACs", "Share of all tasks' MACs",
+                           "Metric", "Before", "After", "Peak on-chip, token-major", "Peak on-chip, expert-major"), rows)
+    switching = _section(moe, "switching")
+    memory, latency = _section(switching, "resident_memory"), _section(switching, "switch_latency")
+    items = [("switchable artifact", _e(switching.get("artifact")) if switching.get("artifact") else None),
+             ("resident memory (one artifact / per-task artifacts)",
+              f"{human_bytes(memory['switchable_bytes'])} / {human_bytes(memory['per_task_artifacts_bytes'])}"
+              if number(memory.get("switchable_bytes")) is not None and number(memory.get("per_task_artifacts_bytes")) is not None else None),
+             ("first inference after a task switch / steady state",
+              f"{human_ms(latency['first_after_switch_ms'])} / {human_ms(latency['steady_ms'])} "
+              f"<span class=\"prov prov-measured\">{_e(latency.get('provenance', 'measured'))}</span>"
+              if number(latency.get("first_after_switch_ms")) is not None and number(latency.get("steady_ms")) is not None else None)]
+    return table + ("\n" + _definitions(items) if any(v for _, v in items) else "")
 
 
 def _plots_section(manifest: Mapping[str, Any]) -> str:
