@@ -163,8 +163,9 @@ def inspect(
 
     loaded = _load(model, model_factory, spec, trust)
     names = [t.name for t in loaded.spec.select(_split_tasks(tasks))]
-    cost = model_cost(loaded.model, loaded.spec, names).to_dict()
-    moe = moe_macs(loaded.model, loaded.spec, names) if has_experts(loaded.model) else None
+    analysed = model_cost(loaded.model, loaded.spec, names)
+    cost = analysed.to_dict()
+    moe = moe_macs(loaded.model, loaded.spec, names, analysed) if has_experts(loaded.model) else None
     if as_json:
         out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost, **({"moe": moe} if moe else {})}))
         return

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgemtl.analysis.cost import model_cost, path_cost
+from edgemtl.analysis.cost import ModelCost, model_cost, path_cost
 from edgemtl.model.contract import example_input
 from edgemtl.model.spec import ModelSpec
 
@@ -30,9 +30,10 @@ class _Backbone(nn.Module):
         return self.model.backbone(x, self.task)
 
 
-def moe_macs(model: nn.Module, spec: ModelSpec, tasks: list[str]) -> dict[str, Any]:
-    """Per task: single-task MACs and their share of running all tasks; the dense-ViT comparison."""
-    cost = model_cost(model, spec, tasks)
+def moe_macs(model: nn.Module, spec: ModelSpec, tasks: list[str], cost: ModelCost | None = None) -> dict[str, Any]:
+    """Per task: single-task MACs and their share of running all tasks; the dense-ViT comparison.
+    `cost` is `model_cost(model, spec, tasks)` when the caller has it already (tracing is the slow part)."""
+    cost = cost or model_cost(model, spec, tasks)
     x = example_input(spec)
     backbone = path_cost(_Backbone(model, tasks[0]), x).macs
     tokens = model.grid[0] * model.grid[1]

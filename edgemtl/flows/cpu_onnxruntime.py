@@ -27,7 +27,9 @@ ALL_TASKS = "all_tasks"
 
 def analyse(ctx: FlowContext) -> None:
     """Per-task params, MACs, peak activation memory and the shared fraction of the backbone."""
-    cost = model_cost(ctx.loaded.model, ctx.loaded.spec, task_list(ctx)).to_dict()
+    analysed = model_cost(ctx.loaded.model, ctx.loaded.spec, task_list(ctx))
+    ctx.state["cost"] = analysed
+    cost = analysed.to_dict()
     for name in task_list(ctx):
         ctx.manifest["tasks"][name].update(cost["tasks"][name])
     ctx.manifest[ALL_TASKS].update(cost[ALL_TASKS])

@@ -47,12 +47,13 @@ def partition_step(ctx: FlowContext) -> None:
         _skip(ctx, "expert paths need calibration images: pass --data scenes|digits")
         return
     calibration = load_data(name, "train", n=config.calibration_samples)
-    paths, record, usage = partition_experts(model, spec, calibration, ctx.state.get("data"), tasks, config)
+    paths, record, usage = partition_experts(model, spec, calibration, ctx.state.get("data"), tasks, config,
+                                             cost=ctx.state.get("cost"))
     ctx.state["task_models"] = paths
     ctx.manifest.setdefault("passes", {})["partition_experts"] = record.to_dict()
     ctx.manifest["moe"] = {
         "expert_usage": usage.to_dict(),
-        "macs": moe_macs(model, spec, tasks),
+        "macs": moe_macs(model, spec, tasks, ctx.state.get("cost")),
         "memory_plan": _memory_plans(ctx, paths, usage),
     }
     for task, entry in record.tasks.items():

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgemtl.analysis.cost import model_cost
+from edgemtl.analysis.cost import ModelCost, model_cost
 from edgemtl.analysis.expert_usage import ExpertUsage, profile_expert_usage
 from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
@@ -140,10 +140,12 @@ class PartitionRecord:
 
 def partition_experts(model: nn.Module, spec: ModelSpec, calibration: TaskData, held_out: TaskData | None,
                       tasks: list[str], config: PartitionConfig = PartitionConfig(),
-                      usage: ExpertUsage | None = None) -> tuple[dict[str, TaskExpertPath], PartitionRecord, ExpertUsage]:
+                      usage: ExpertUsage | None = None, cost: ModelCost | None = None,
+                      ) -> tuple[dict[str, TaskExpertPath], PartitionRecord, ExpertUsage]:
     """Per-task expert paths at the configured coverage, with their cost and held-out metric before/after.
 
-    `usage` (a profile on the calibration images) may be passed in to avoid profiling twice."""
+    `usage` (a profile on the calibration images) and `cost` (`model_cost(model, spec, tasks)`) may be
+    passed in when the caller has them, to avoid computing them twice."""
     check_partition_request(model, spec, tasks, config)
     model.eval()
     if usage is None:
@@ -153,7 +155,7 @@ def partition_experts(model: nn.Module, spec: ModelSpec, calibration: TaskData, 
     labelled = {t.name for t in held_out.tasks} if held_out is not None else set()
     record = PartitionRecord(config.coverage, f"{calibration.name}/{calibration.split} ({min(len(calibration), config.calibration_samples)} samples)",
                              f"{held_out.name}/{held_out.split} ({len(held_out)} samples)" if held_out is not None else "none")
-    full_cost = model_cost(model, spec, tasks)
+    full_cost = cost or model_cost(model, spec, tasks)
     held_usage = None
     if held_out is not None:
         held_usage = profile_expert_usage(model, torch.from_numpy(held_out.normalise(held_out.images)), tasks)
