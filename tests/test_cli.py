@@ -57,6 +57,12 @@ def test_inspect_counts_top_k_experts_for_moe_models(capsys, checkpoints):
     assert code == 0 and "mixture of experts" in out and "router" in out
 
 
+def test_compile_refuses_an_expert_coverage_outside_zero_one(capsys, tmp_path, checkpoints):
+    code, _, err = run_cli(capsys, "compile", checkpoints["m3vit"], "-o", tmp_path / "b", "--expert-coverage", "1.5")
+    assert code == 2 and "coverage must lie in (0, 1]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
 def test_targets_lists_host(capsys):
     code, out, _ = run_cli(capsys, "targets")
     assert code == 0 and "host" in out and "cpu-onnxruntime" in out

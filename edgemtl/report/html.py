@@ -266,14 +266,15 @@ def _experts_section(manifest: Mapping[str, Any]) -> str:
         if not isinstance(entry, Mapping):
             continue
         kept = entry.get("experts_kept_count")
-        share = _section(_section(macs, "tasks"), name).get("share_of_all_tasks")
+        task_macs = _section(_section(macs, "tasks"), name)
         totals = _section(_section(plans, name), "totals")
         rows.append("<tr>" + "".join((
             f"<td>{_e(name)}</td>",
             f"<td>{_e(' / '.join(str(k) for k in kept)) if isinstance(kept, list) else _DASH}</td>",
             _number_cell(entry.get("params_after"), human_count),
             _number_cell(entry.get("macs_after"), human_count),
-            _number_cell(share, lambda v: f"{v:.1%}"),
+            _number_cell(task_macs.get("share_of_all_tasks"), lambda v: f"{v:.1%}"),
+            _number_cell(task_macs.get("dense_vit_single_task_macs"), human_count),
             f"<td>{_e(entry.get('metric') or _DASH)}</td>",
             _number_cell(entry.get("metric_before"), lambda v: f"{v:.4g}"),
             _number_cell(entry.get("metric_after"), lambda v: f"{v:.4g}"),
@@ -283,10 +284,14 @@ def _experts_section(manifest: Mapping[str, Any]) -> str:
     coverage = number(partition.get("coverage"))
     title = "Expert paths" + (f" (coverage {coverage:.0%} of each task's routing mass)" if coverage is not None else "")
     table = _table(title, ("Task", "Experts kept per MoE layer", "Params", "MACs", "Share of all tasks' MACs",
-                           "Metric", "Before", "After", "Peak on-chip, token-major", "Peak on-chip, expert-major"), rows)
+                           "Dense ViT MACs (derived)", "Metric", "Before", "After", "Peak on-chip, token-major",
+                           "Peak on-chip, expert-major"), rows)
     switching = _section(moe, "switching")
     memory, latency = _section(switching, "resident_memory"), _section(switching, "switch_latency")
-    items = [("switchable artifact", _e(switching.get("artifact")) if switching.get("artifact") else None),
+    all_same, all_dense = number(macs.get("all_tasks_same_model_macs")), number(macs.get("dense_vit_all_tasks_macs"))
+    items = [("MACs of all tasks: this model / dense ViT with one shared encoder",
+              f"{human_count(all_same)} / {human_count(all_dense)}" if all_same is not None and all_dense is not None else None),
+             ("switchable artifact", _e(switching.get("artifact")) if switching.get("artifact") else None),
              ("resident memory (one artifact / per-task artifacts)",
               f"{human_bytes(memory['switchable_bytes'])} / {human_bytes(memory['per_task_artifacts_bytes'])}"
               if number(memory.get("switchable_bytes")) is not None and number(memory.get("per_task_artifacts_bytes")) is not None else None),
