@@ -20,17 +20,11 @@ def test_outputs_match_spec_and_task_paths_match_full_forward(arch):
             torch.testing.assert_close(alone, everything[task.name], rtol=0, atol=0)
 
 
-def test_moe_without_capacity_limit_equals_token_major_reference():
+@pytest.mark.parametrize("capacity_factor, training", [(None, True), (0.5, False)], ids=["training-no-capacity-limit", "inference-dropless"])
+def test_expert_major_dispatch_equals_token_major_reference(capacity_factor, training):
+    """Training without a capacity limit, and inference whatever the capacity, drop no token."""
     torch.manual_seed(0)
-    layer = MoELayer(dim=16, hidden=32, num_experts=4, top_k=2, task_dim=4, capacity_factor=None)
-    x, task_vector = torch.randn(3, 10, 16), torch.randn(4)
-    torch.testing.assert_close(layer(x, task_vector), layer.forward_reference(x, task_vector), rtol=1e-5, atol=1e-6)
-    assert layer.tokens_dropped == 0 and layer.tokens_routed == 3 * 10 * 2
-
-
-def test_inference_dispatch_is_dropless_expert_major_and_equals_token_major_reference():
-    torch.manual_seed(0)
-    layer = MoELayer(dim=16, hidden=32, num_experts=8, top_k=2, task_dim=4, capacity_factor=0.5).eval()
+    layer = MoELayer(dim=16, hidden=32, num_experts=8, top_k=2, task_dim=4, capacity_factor=capacity_factor).train(training)
     x, task_vector = torch.randn(3, 10, 16), torch.randn(4)
     torch.testing.assert_close(layer(x, task_vector), layer.forward_reference(x, task_vector), rtol=1e-5, atol=1e-6)
     assert layer.tokens_dropped == 0 and layer.tokens_routed == 3 * 10 * 2
