@@ -45,3 +45,24 @@ def test_model_without_task_keyword_exports_only_that_head(tmp_path):
     _check_graph(path, model, torch.randn(2, 3, 32, 32), ["depth"])
     names = {t.name for t in onnx.load(path).graph.initializer}
     assert not any("seg" in n for n in names)
+
+
+
+def test_moe_routing_stays_dynamic_in_the_exported_graph(tmp_path):
+    """Tracing must not freeze the trace inputs' routing: the graph routes by NonZero at run time, so
+    inputs whose tokens pick other experts than the trace's still match PyTorch."""
+    model, spec = tiny_model("m3vit")
+    path = export_task(model, spec, "depth", tmp_path / "depth.onnx")
+    assert "NonZero" in {node.op_type for node in onnx.load(path).graph.node}
+    layer, x = model.moe_layers()[0], torch.randn(2, *spec.input.shape) * 3
+    routed = []
+
+    def record(module, args):  # returns None: the forward's arguments stay as they are
+        routed.append(module.gates(*args)[1] > 0)
+
+    layer.register_forward_pre_hook(record)
+    with torch.no_grad():
+        run_task(model, x, "depth")
+        run_task(model, torch.randn(2, *spec.input.shape), "depth")
+    assert not torch.equal(routed[0], routed[1])  # the two inputs really route differently
+    _check_graph(path, model, x, ["depth"])
