@@ -1,0 +1,179 @@
+"""FINN estimates through the finn-plus venv: the subprocess protocol against a fake venv (fast, everywhere),
+and the real estimate-only build of small brevitas CNNs (slow; skipped without `.venv-finn`)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from edgemtl.backends.finn import DEFAULT_FINN_VENV, PROVENANCE, finn_estimates, finn_python
+from edgemtl.errors import EdgemtlError
+
+PART = "xczu7ev-ffvc1156-2-e"
+
+
+def test_absent_venv_says_how_to_create_it(tmp_path):
+    out = finn_estimates(tmp_path / "model.onnx", "scene", PART, 200, [1000], tmp_path / "w", venv=tmp_path / "nope")
+    assert out["available"] is False and out["how_to_create"] == "make finn-venv"
+    assert finn_python(tmp_path / "nope") is None
+
+
+# ---- the protocol, with a fake venv whose "python" plays the worker ------------------------------------
+
+FAKE_PYTHON = """#!/bin/bash
+# called as: python -P finn_worker.py REQUEST RESULT
+case "$FAKE_FINN_MODE" in
+  ok) cp "$FAKE_FINN_RESULT" "$4" ;;
+  crash) echo "Traceback (most recent call last):"; echo "ImportError: boom in finn"; exit 3 ;;
+  slow) sleep 20 ;;
+esac
+"""
+
+RAW = {"target_fps": 1000.0, "lut": 2300.0, "bram18": 4.0, "uram": 0.0, "dsp": 2.0,
+       "estimated_fps": 2712.7, "estimated_latency_ms": 0.77, "max_cycles": 73728, "bottleneck_layer": "MVAU_hls_1",
+       "critical_path_cycles": 153603, "cycles_per_layer": {"MVAU_hls_1": 73728}, "resources_per_layer": {},
+       "layers_without_lut_estimate": [], "folding": {}}
+
+
+@pytest.fixture()
+def fake_venv(tmp_path, monkeypatch):
+    venv = tmp_path / "venv"
+    (venv / "lib/python3.11/site-packages/finn/builder").mkdir(parents=True)
+    (venv / "lib/python3.11/site-packages/finn/builder/build_dataflow.py").write_text("")
+    python = venv / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(FAKE_PYTHON)
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not read by the fake")
+    monkeypatch.setenv("FAKE_FINN_MODE", "ok")
+    return venv, model
+
+
+def test_protocol_ok(fake_venv, tmp_path, monkeypatch):
+    venv, model = fake_venv
+    result = tmp_path / "canned.json"
+    result.write_text(json.dumps({"version": 1, "ok": True, "finn_version": "1.6.1", "nodes_unmapped": ["Transpose_0"],
+                                  "by_fps": {"1000": RAW}}))
+    monkeypatch.setenv("FAKE_FINN_RESULT", str(result))
+    out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "work", venv=venv)
+    assert out["available"] and out["ok"] and out["provenance"] == PROVENANCE == "estimated (FINN analytical model)"
+    entry = out["by_target_fps"]["1000"]
+    assert entry["provenance"] == PROVENANCE and entry["lut"] == 2300 and entry["latency_ms"] == 0.77
+    assert entry["utilisation"]["lut"] == pytest.approx(2300 / 230_400) and entry["utilisation"]["dsp"] == 2 / 1728
+    request = json.loads((tmp_path / "work" / "finn_request.json").read_text())
+    assert request == {"version": 1, "qonnx_path": str(model.resolve()), "task": "scene", "part": PART,
+                       "clock_mhz": 200.0, "target_fps": [1000.0], "work_dir": str((tmp_path / "work").resolve())}
+
+
+def test_protocol_refusal_crash_and_timeout(fake_venv, tmp_path, monkeypatch):
+    venv, model = fake_venv
+    refusal = tmp_path / "refusal.json"
+    refusal.write_text(json.dumps({"version": 1, "ok": False, "step": "step_convert_to_hw",
+                                   "reason": "step_convert_to_hw: no FINN hardware layer for Gather"}))
+    monkeypatch.setenv("FAKE_FINN_RESULT", str(refusal))
+    out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "w1", venv=venv)
+    assert out["available"] and not out["ok"] and "no FINN hardware layer for Gather" in out["reason"]
+
+    monkeypatch.setenv("FAKE_FINN_MODE", "crash")
+    out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "w2", venv=venv)
+    assert not out["ok"] and "status 3" in out["reason"] and "ImportError: boom in finn" in out["reason"]
+
+    monkeypatch.setenv("FAKE_FINN_MODE", "slow")
+    start = time.perf_counter()
+    out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "w3", venv=venv, timeout_s=1)
+    assert not out["ok"] and "within 1 s" in out["reason"] and time.perf_counter() - start < 15
+
+
+def test_bad_requests_raise_one_line(fake_venv, tmp_path):
+    venv, model = fake_venv
+    with pytest.raises(EdgemtlError, match="does not exist"):
+        finn_estimates(tmp_path / "missing.onnx", "scene", PART, 200, [1000], tmp_path / "w", venv=venv)
+    with pytest.raises(EdgemtlError, match="target_fps"):
+        finn_estimates(model, "scene", PART, 200, [], tmp_path / "w", venv=venv)
+
+
+# ---- the real thing ---------------------------------------------------------------------------------------
+
+needs_finn = pytest.mark.skipif(finn_python(DEFAULT_FINN_VENV) is None,
+                                reason=f"no finn-plus venv at {DEFAULT_FINN_VENV} (make finn-venv)")
+
+
+def small_cnn(heads: int, path: Path) -> Path:
+    """A 4-bit brevitas CNN (8-bit fixed-point input), one or two linear heads, exported to QONNX."""
+    import torch
+    from torch import nn
+
+    import brevitas.nn as qnn
+    from brevitas.export import export_qonnx
+    from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w4 = dict(weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=4, bias=False)
+            self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)
+            self.conv1 = qnn.QuantConv2d(3, 8, 3, padding=1, **w4)
+            self.relu1 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
+            self.conv2 = qnn.QuantConv2d(8, 16, 3, padding=1, **w4)
+            self.relu2 = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
+            self.pool = nn.MaxPool2d(2)
+            self.heads = nn.ModuleList(qnn.QuantLinear(16 * 4 * 4, n, **w4) for n in (10, 5)[:heads])
+
+        def forward(self, x):
+            x = self.pool(self.relu1(self.conv1(self.inp(x))))
+            x = self.pool(self.relu2(self.conv2(x))).flatten(1)
+            outs = tuple(head(x) for head in self.heads)
+            return outs[0] if heads == 1 else outs
+
+    torch.manual_seed(0)
+    export_qonnx(Net().eval(), torch.randn(1, 3, 16, 16), export_path=str(path))
+    return path
+
+
+@pytest.mark.slow
+@needs_finn
+def test_real_estimate_of_a_small_cnn(tmp_path):
+    model = small_cnn(1, tmp_path / "cnn.onnx")
+    start = time.perf_counter()
+    out = finn_estimates(model, "cnn", PART, 200, [1000, 10000], tmp_path / "finn")
+    seconds = time.perf_counter() - start
+    assert out["available"] and out["ok"], out.get("reason")
+    slow, fast = out["by_target_fps"]["1000"], out["by_target_fps"]["10000"]
+    for entry in (slow, fast):
+        assert entry["provenance"] == PROVENANCE
+        assert entry["lut"] > 0 and entry["bram18"] >= 0 and entry["dsp"] >= 0 and entry["cycles_per_layer"]
+        assert entry["estimated_fps"] == pytest.approx(200e6 / entry["max_cycles"])
+        assert entry["latency_ms"] == pytest.approx(entry["critical_path_cycles"] / 200e3)
+        assert any(name.startswith("MVAU") for name in entry["cycles_per_layer"])
+    # folding for 10k fps reaches it (SetFolding raises SIMD/PE until the slowest layer fits the budget)
+    assert fast["estimated_fps"] >= 10_000 > slow["estimated_fps"] >= 1000
+    assert fast["max_cycles"] < slow["max_cycles"]
+    print(f"FINN estimate: {seconds:.1f} s; 10k fps target -> {fast['estimated_fps']:.0f} fps, "
+          f"{fast['lut']:.0f} LUT, {fast['bram18']:.0f} BRAM18, {fast['dsp']:.0f} DSP")
+
+
+@pytest.mark.slow
+@needs_finn
+def test_real_estimate_of_two_heads_and_a_refusal(tmp_path):
+    import torch
+
+    two = small_cnn(2, tmp_path / "two.onnx")
+    out = finn_estimates(two, "all", PART, 200, [10000], tmp_path / "two")
+    assert out["ok"], out.get("reason")
+    layers = out["by_target_fps"]["10000"]["cycles_per_layer"]
+    # the branch point became a DuplicateStreams layer feeding both heads' matrix units
+    assert any(name.startswith("DuplicateStreams") for name in layers)
+    assert sum(name.startswith("MVAU") for name in layers) == 4
+
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 14 * 14, 5))
+    path = tmp_path / "float.onnx"
+    torch.onnx.export(plain, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False)
+    out = finn_estimates(path, "x", PART, 200, [1000], tmp_path / "float")
+    assert out["available"] and out["ok"] is False
+    assert "no FINN hardware layer" in out["reason"] and "\n" not in out["reason"]

@@ -1,0 +1,124 @@
+"""brevitas QAT of one task path: power-of-two scales everywhere, BatchNorm folded, bit widths as asked."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_model
+from edgemtl.data import load_data
+from edgemtl.errors import EdgemtlError
+from edgemtl.passes.quantize_brevitas import (QuantConfig, grid_align, layer_bit_widths, output_lsb, quantize_task,
+                                              quantizer_scales)
+
+QUICK = dict(qat_steps=3, batch_size=8, calibration_samples=16)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data("scenes", "train", n=32), load_data("scenes", "val", n=16)
+
+
+def _is_power_of_two(value: float) -> bool:
+    return value > 0 and float(math.log2(value)).is_integer()
+
+
+def _on_grid_hooks(qmodel: nn.Module) -> tuple[list, list]:
+    """Record every activation quantizer's output value / scale (a live quantizer's values are integers)."""
+    seen, handles = [], []
+
+    def hook(module, inputs, output):
+        if hasattr(output, "scale") and output.scale is not None:
+            seen.append((output.value / output.scale).detach())
+
+    for module in qmodel.modules():
+        if hasattr(module, "act_quant"):
+            handles.append(module.register_forward_hook(hook))
+    return seen, handles
+
+
+@pytest.mark.parametrize("task", ["depth", "scene"])  # dense head (resize + concat skip) and pooled linear head
+def test_task_path_has_power_of_two_scales_and_folded_batchnorm(data, task):
+    train, val = data
+    model, spec = tiny_model("mtl-cnn")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel, record = quantize_task(model, spec, task, train, val, QuantConfig(**QUICK))
+
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the float model is untouched
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in qmodel.modules())
+
+    scales = quantizer_scales(qmodel)
+    weights = [k for k in scales if k.endswith(".weight")]
+    assert len(weights) == len(record.layers) >= 10 and len(scales) > len(weights)
+    assert all(_is_power_of_two(s) for s in scales.values()), {k: s for k, s in scales.items() if not _is_power_of_two(s)}
+    assert _is_power_of_two(output_lsb(qmodel)) and record.output_lsb == output_lsb(qmodel)
+
+    # w4a4: every compute layer has 4-bit weights; the head's last layer feeds the 8-bit output quantizer
+    last = "heads.depth.predict" if task == "depth" else "heads.scene.fc"
+    assert record.layers == layer_bit_widths(qmodel)
+    assert {v["weight_bits"] for v in record.layers.values()} == {4}
+    assert record.layers[last]["act_bits"] == 8
+    assert {v["act_bits"] for k, v in record.layers.items() if k != last} == {4}
+
+    out = record.to_dict()
+    assert out["precision"] == "w4a4" and out["qat_steps"] == 3 and out["seconds"] > 0
+    assert set(out["metric_float"]) == set(out["metric_quant"]) and all(math.isfinite(v) for v in out["metric_quant"].values())
+
+    # after calibration every quantizer actually rounds (values are integer multiples of their scale)
+    seen, handles = _on_grid_hooks(qmodel)
+    x = torch.from_numpy(val.normalise(val.images[:2]))
+    with torch.no_grad():
+        y = qmodel(x)
+    for handle in handles:
+        handle.remove()
+    assert seen and all(torch.equal(v, v.round()) for v in seen)
+    assert y.shape == (2, *spec.task(task).output_shape)
+    assert torch.equal(y / output_lsb(qmodel), (y / output_lsb(qmodel)).round())
+
+
+def test_grid_align_snaps_inputs_onto_the_input_grid(data):
+    train, val = data
+    model, spec = tiny_model("mtl-cnn")
+    qmodel, _ = quantize_task(model, spec, "scene", train, val, QuantConfig(qat_steps=0, calibration_samples=16))
+    x = torch.from_numpy(val.normalise(val.images[:4]))
+    aligned = grid_align(qmodel, x)
+    scale = float(qmodel.input_quant.act_quant.scale().detach())
+    assert _is_power_of_two(scale)
+    assert torch.equal(aligned / scale, (aligned / scale).round()) and not torch.equal(aligned, x)
+    assert torch.equal(grid_align(qmodel, aligned), aligned)
+    with torch.no_grad():
+        assert torch.equal(qmodel(aligned), qmodel(x))
+
+
+def test_overrides_and_w8a8(data):
+    train, val = data
+    model, spec = tiny_model("mtl-cnn")
+    overrides = {"encoder.stem.0": (6, 5), "encoder.stages.1.0.conv2": (3, 3), "heads.segmentation.predict": (8, 8)}
+    config = QuantConfig(precision="w8a8", overrides=overrides, input_bits=6, output_bits=10, **QUICK)
+    qmodel, record = quantize_task(model, spec, "depth", train, val, config)  # names of other heads are fine
+    layers = record.layers
+    assert layers["encoder.stem.0"] == {"weight_bits": 6, "act_bits": 5}
+    assert layers["encoder.stages.1.0.conv2"] == {"weight_bits": 3, "act_bits": 3}
+    # the stem's ReLU and the first block's conv2 meet in a residual add: one scale, so one bit width
+    assert layers["encoder.stages.0.0.conv2"]["act_bits"] == 5
+    assert layers["encoder.stages.1.0.shortcut.0"]["act_bits"] == 3
+    assert layers["encoder.stages.2.0.conv1"] == {"weight_bits": 8, "act_bits": 8}
+    assert layers["heads.depth.predict"]["act_bits"] == 10
+    assert int(qmodel.input_quant.act_quant.bit_width()) == 6 and int(qmodel.output_quant.act_quant.bit_width()) == 10
+    assert all(_is_power_of_two(s) for s in quantizer_scales(qmodel).values())
+
+
+def test_bad_configs_are_one_line_errors(data):
+    with pytest.raises(EdgemtlError, match="unknown precision 'w3a3': valid precisions are w4a4, w8a8"):
+        QuantConfig(precision="w3a3")
+    with pytest.raises(EdgemtlError, match="override of layer"):
+        QuantConfig(overrides={"encoder.stem.0": (1, 4)})
+    train, val = data
+    model, spec = tiny_model("mtl-cnn")
+    with pytest.raises(EdgemtlError, match="unknown layer.*encoder.nope"):
+        quantize_task(model, spec, "depth", train, val, QuantConfig(overrides={"encoder.nope": (4, 4)}))
+    with pytest.raises(EdgemtlError, match="unknown task 'nope'"):
+        quantize_task(model, spec, "nope", train, val, QuantConfig())
