@@ -276,6 +276,8 @@ def compile_command(
     max_drop: MaxDropOpt = [],
     expert_coverage: Annotated[float, typer.Option(
         help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1]")] = 1.0,
+    precision: Annotated[Optional[str], typer.Option(help="quantized targets: w4a4 | w8a8 (default: the target's first)")] = None,
+    qat_steps: Annotated[int, typer.Option(min=0, help="quantized targets: QAT steps per task")] = 300,
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """(Optionally prune,) validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
@@ -286,14 +288,17 @@ def compile_command(
     from edgemtl.passes.partition_experts import PartitionConfig
     from edgemtl.passes.prune_pagcp import PAGCPConfig
 
-    load_target(target)  # an unknown target fails before any work
+    chosen = load_target(target)  # an unknown target fails before any work
+    if precision is not None and precision not in chosen.precisions:
+        raise EdgemtlError(f"target {target} supports precisions {', '.join(chosen.precisions)}, not {precision!r}")
     experts = PartitionConfig(coverage=expert_coverage)
     experts.check()
     pagcp = None if prune_flops is None else PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, threads=threads, latency_runs=runs,
-                             measure_latency=latency, prune=pagcp, experts=experts)
+                             measure_latency=latency, prune=pagcp, experts=experts, precision=precision,
+                             qat_steps=qat_steps)
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")

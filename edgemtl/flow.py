@@ -38,6 +38,9 @@ class CompileOptions:
     measure_latency: bool = True
     prune: "PAGCPConfig | None" = None    # run PAGCP first (edgemtl.passes.prune_pagcp.PAGCPConfig)
     experts: "PartitionConfig | None" = None  # expert-path policy for MoE models (default: coverage 1.0)
+    precision: str | None = None          # quantized targets: e.g. w4a4, w8a8 (default: the target's first)
+    qat_steps: int = 300                  # quantization-aware fine-tuning steps per task
+    csim_samples: int = 4                 # samples run through the HLS C simulation per task
 
 
 @dataclass

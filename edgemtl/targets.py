@@ -55,6 +55,7 @@ class Target(BaseModel):
     compute: list[ComputeUnit] = Field(min_length=1)
     memory: list[MemoryLevel] = Field(default_factory=list)
     part: str = ""  # FPGA part number or SoC name
+    target_fps: list[float] = Field(default_factory=list)  # throughputs estimates are asked for (FPGA folding)
     source: str = ""  # the file it was read from (filled on load)
 
     def summary(self) -> str:

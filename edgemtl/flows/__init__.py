@@ -1,15 +1,17 @@
-"""Flows by name (a target file's `flow` field picks one)."""
+"""Flows by name (a target file's `flow` field picks one). Imported on use: the FPGA flow pulls in
+brevitas, qonnx and hls4ml, which a host compile never needs."""
 
 from __future__ import annotations
 
+import importlib
+
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import Step
-from edgemtl.flows import cpu_onnxruntime
 
-FLOWS: dict[str, list[Step]] = {"cpu-onnxruntime": cpu_onnxruntime.STEPS}
+FLOWS: dict[str, str] = {"cpu-onnxruntime": "edgemtl.flows.cpu_onnxruntime", "fpga-hls4ml": "edgemtl.flows.fpga_hls4ml"}
 
 
 def flow_steps(name: str) -> list[Step]:
     if name not in FLOWS:
         raise EdgemtlError(f"no flow called {name!r} in this edgemtl; available: {', '.join(FLOWS)}")
-    return list(FLOWS[name])
+    return list(importlib.import_module(FLOWS[name]).STEPS)

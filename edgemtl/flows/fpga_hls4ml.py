@@ -1,0 +1,164 @@
+"""The FPGA flow (zcu104): power-of-two QAT per task, QONNX, hls4ml C simulation, FINN and roofline estimates.
+
+Steps: load_data -> analyse -> partition_experts -> quantize_brevitas -> export_qonnx -> hls4ml_csim ->
+estimates -> board_kit. Everything up to synthesis runs here; synthesis, the bitstream and the board need
+Vitis/Vivado and a ZCU104 (the bundle's hw/README.md gives the exact commands). A task hls4ml cannot map
+is recorded with the op that stopped it and the other tasks go on; a C simulation that disagrees with
+the quantized model fails the compile. A mixture-of-experts model (data-dependent expert dispatch) gets
+float ONNX graphs and the roofline estimate, and the manifest says which step needs another toolchain.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from edgemtl.analysis.fpga_cost import estimate_model
+from edgemtl.backends.finn import finn_estimates
+from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check
+from edgemtl.backends.onnx_export import export_task
+from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
+from edgemtl.data import load_data
+from edgemtl.errors import EdgemtlError
+from edgemtl.flow import FlowContext, Step
+from edgemtl.flows.common import task_list, task_model
+from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
+from edgemtl.flows.experts import partition_step
+from edgemtl.passes.partition_experts import has_experts
+from edgemtl.passes.quantize_brevitas import QuantConfig, grid_align, output_lsb, quantize_task
+
+BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "zcu104"
+MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / ScatterElements) has no hls4ml or "
+            "FINN layer: quantization and HLS need a custom expert-major kernel (e.g. Vitis HLS by hand); "
+            "this bundle holds float ONNX per task and the roofline estimate")
+
+
+def _precision(ctx: FlowContext) -> str:
+    return ctx.options.precision or ctx.target.precisions[0]
+
+
+def _fabric_clock_mhz(ctx: FlowContext) -> float:
+    return next(c.clock_mhz for c in ctx.target.compute if c.kind == "fpga-fabric")
+
+
+def quantize_step(ctx: FlowContext) -> None:
+    """brevitas QAT of every task path at the target precision (skipped for MoE models, said why)."""
+    spec, name = ctx.loaded.spec, ctx.options.data or ctx.loaded.spec.data
+    if has_experts(ctx.loaded.model):
+        ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"skipped": MOE_NOTE}
+        return
+    if name is None:
+        raise EdgemtlError("the zcu104 flow needs labelled data for calibration and QAT: pass --data scenes|digits")
+    train_data, val_data = load_data(name, "train"), load_data(name, "val", n=ctx.options.metric_samples)
+    config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps)
+    ctx.state["quantized"] = {}
+    records = {}
+    for task in task_list(ctx):
+        qmodel, record = quantize_task(ctx.loaded.model, spec, task, train_data, val_data, config)
+        ctx.state["quantized"][task] = qmodel
+        records[task] = record.to_dict()
+        ctx.manifest["tasks"][task]["quantization"] = records[task]
+    ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"precision": config.precision, "qat_steps": config.qat_steps,
+                                                                  "data": f"{name}/train (calibration, QAT), {name}/val (metrics)"}
+
+
+def _grid_samples(ctx: FlowContext, qmodel: torch.nn.Module, count: int) -> torch.Tensor:
+    data = ctx.state.get("data")
+    if data is None:
+        raise EdgemtlError("the zcu104 flow checks its graphs on real samples: pass --data scenes|digits")
+    return grid_align(qmodel, torch.from_numpy(data.normalise(data.images[:count])))
+
+
+def export_step(ctx: FlowContext) -> None:
+    """QONNX + QCDQ per task, both checked against brevitas; qonnx's inference cost (MoE: float ONNX)."""
+    for task in task_list(ctx):
+        entry = ctx.manifest["tasks"][task]
+        if task not in ctx.state.get("quantized", {}):
+            relative = f"tasks/{task}/model.onnx"
+            export_task(task_model(ctx, task), ctx.loaded.spec, task, ctx.bundle / relative)
+            entry["artifacts"] = {"onnx": relative}
+            continue
+        qmodel = ctx.state["quantized"][task]
+        qonnx, qcdq = f"tasks/{task}/model.qonnx.onnx", f"tasks/{task}/model.qcdq.onnx"
+        export_qonnx(qmodel, ctx.loaded.spec, ctx.bundle / qonnx)
+        export_qcdq(qmodel, ctx.loaded.spec, ctx.bundle / qcdq)
+        entry["artifacts"] = {"qonnx": qonnx, "qcdq": qcdq}
+        entry["export_check"] = check_exports(qmodel, ctx.bundle / qonnx, ctx.bundle / qcdq,
+                                              _grid_samples(ctx, qmodel, ctx.options.verify_samples))
+        entry["inference_cost"] = inference_cost(ctx.bundle / qonnx)
+
+
+def hls4ml_step(ctx: FlowContext) -> None:
+    """hls4ml project per task, C-simulated against the quantized model; unmappable tasks recorded, not fatal."""
+    clock_ns = 1000.0 / _fabric_clock_mhz(ctx)
+    failed = []
+    for task, qmodel in ctx.state.get("quantized", {}).items():
+        entry = ctx.manifest["tasks"][task]
+        relative = f"tasks/{task}/hls4ml"
+        try:
+            project = build_hls_project(ctx.bundle / entry["artifacts"]["qonnx"], ctx.bundle / relative, task,
+                                        ctx.target.part, clock_ns)
+        except EdgemtlError as exc:  # an op hls4ml cannot map: this task stops here, the others go on
+            entry["hls4ml"] = {"ok": False, "error": str(exc)}
+            failed.append(task)
+            shutil.rmtree(ctx.bundle / relative, ignore_errors=True)
+            continue
+        images = _grid_samples(ctx, qmodel, ctx.options.csim_samples)
+        with torch.no_grad():
+            reference = qmodel(images).numpy()
+        csim = csim_check(project, images.numpy(), reference, output_lsb(qmodel), task)  # a mismatch is fatal
+        entry["hls4ml"] = {"ok": True, "project": relative, "csim": csim, "testbench": build_testbench(project),
+                           "precision": project.precision, "seconds": project.seconds}
+        entry["artifacts"]["hls4ml"] = relative
+        (ctx.bundle / relative / "io.json").write_text(json.dumps(_io_description(project, ctx.loaded.spec, task), indent=2))
+    if failed and len(failed) == len(ctx.state.get("quantized", {})):
+        raise EdgemtlError(f"hls4ml could map none of the tasks; first: {ctx.manifest['tasks'][failed[0]]['hls4ml']['error']}")
+
+
+def _io_description(project, spec, task: str) -> dict:
+    """The streams of the HLS top function, as hw/zcu104/driver.py reads them (ports, shapes, fixed types)."""
+    model = project.hls_model
+
+    def stream(variable, name: str, shape: list[int], channels_last: bool) -> dict:
+        return {"name": name, "port": variable.name, "shape": shape, "channels_last": channels_last,
+                "precision": variable.type.precision.definition_cpp()}
+
+    inputs = [stream(v, "input", spec.input.shape, project.input_channels_last) for v in model.get_input_variables()]
+    outputs = [stream(v, task, spec.task(task).output_shape, True) for v in model.get_output_variables()]
+    return {"task": task, "inputs": inputs, "outputs": outputs}
+
+
+def estimates_step(ctx: FlowContext) -> None:
+    """FINN's estimates (its own venv, when present) and edgemtl's roofline, per task, side by side."""
+    precision = _precision(ctx)
+    for task in task_list(ctx):
+        entry = ctx.manifest["tasks"][task]
+        entry["roofline"] = estimate_model(task_model(ctx, task), ctx.loaded.spec, ctx.target, task, precision)
+        if "qonnx" in entry.get("artifacts", {}):
+            entry["finn"] = finn_estimates(ctx.bundle / entry["artifacts"]["qonnx"], task, ctx.target.part,
+                                           _fabric_clock_mhz(ctx), ctx.target.target_fps, ctx.bundle / "work" / "finn" / task)
+    shutil.rmtree(ctx.bundle / "work", ignore_errors=True)
+    if has_experts(ctx.loaded.model):
+        ctx.manifest.setdefault("needs_other_toolchain", []).append({"step": "quantize + HLS", "why": MOE_NOTE})
+
+
+def board_kit_step(ctx: FlowContext) -> None:
+    """The block design, PYNQ driver and README for the user with Vivado and a board (io.json: per project)."""
+    shutil.copytree(BOARD_KIT, ctx.bundle / "hw", dirs_exist_ok=True)
+    ctx.manifest["board_kit"] = {"folder": "hw", "readme": "hw/README.md",
+                                 "next": "vitis_hls -f build_prj.tcl in each tasks/<task>/hls4ml, then hw/README.md"}
+
+
+STEPS: list[Step] = [
+    ("load_data", load_verification_data),
+    ("analyse", analyse),
+    ("partition_experts", partition_step),
+    ("quantize_brevitas", quantize_step),
+    ("export_qonnx", export_step),
+    ("hls4ml_csim", hls4ml_step),
+    ("estimates", estimates_step),
+    ("board_kit", board_kit_step),
+]

@@ -1,0 +1,262 @@
+"""hls4ml backend: tiny brevitas models -> QONNX -> hls4ml (Vitis, io_stream) C simulation vs brevitas.
+
+One g++ compile of the emulation library takes ~12 s; the fast tests share one compiled two-head project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hls4ml")
+brevitas_nn = pytest.importorskip("brevitas.nn")
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from edgemtl.backends.hls4ml_backend import (  # noqa: E402
+    CSIM_PROVENANCE, build_hls_project, build_testbench, csim_check, hls_predict)
+from edgemtl.errors import EdgemtlError  # noqa: E402
+from edgemtl.targets import load_target  # noqa: E402
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from brevitas.export import export_qonnx  # noqa: E402
+    from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint,  # noqa: E402
+                                Uint8ActPerTensorFixedPoint, Uint8ActPerTensorFloat)
+
+pytestmark = pytest.mark.needs_hls4ml
+
+TARGET = load_target("zcu104")
+PART = TARGET.part
+CLOCK_NS = 1000.0 / next(c.clock_mhz for c in TARGET.compute if c.kind == "fpga-fabric")
+
+
+def qconv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
+    return brevitas_nn.QuantConv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False,
+                                   weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=4)
+
+
+def act(quant=Int8ActPerTensorFixedPoint, **kwargs) -> nn.Module:
+    return brevitas_nn.QuantIdentity(act_quant=quant, **kwargs)
+
+
+def relu(quant=Uint8ActPerTensorFixedPoint, **kwargs) -> nn.Module:
+    return brevitas_nn.QuantReLU(act_quant=quant, **kwargs)
+
+
+class TwoHeads(nn.Module):
+    """Input quantizer, 4-bit conv, unsigned ReLU quantizer, two conv heads with their own output quantizers."""
+
+    def __init__(self, relu_quant: nn.Module | None = None) -> None:
+        super().__init__()
+        self.inp = act()
+        self.conv = qconv(3, 4)
+        self.relu = relu_quant or relu()
+        self.seg = qconv(4, 2, 1)
+        self.depth = qconv(4, 1, 3)
+        self.out_seg, self.out_depth = act(), act()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.relu(self.conv(self.inp(x)))
+        return self.out_seg(self.seg(y)), self.out_depth(self.depth(y))
+
+
+def calibrate_and_export(model: nn.Module, path: Path, shape=(3, 8, 8), scale: float = 1.0, seed: int = 0):
+    """Let the quantizers see data, export QONNX (TorchScript exporter, batch 1, as the repo does); return the
+    test inputs and the brevitas outputs as the reference."""
+    torch.manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, *shape) * scale)
+    model.eval()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        export_qonnx(model, torch.randn(1, *shape), export_path=str(path), dynamo=False)
+    x = torch.randn(3, *shape) * scale
+    with torch.no_grad():
+        out = model(x)
+    out = out if isinstance(out, tuple) else (out,)
+    return x.numpy(), [o.numpy() for o in out]
+
+
+def output_names(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path)).graph.output]
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hls_two_heads")
+    model = TwoHeads()
+    path = folder / "two_heads.onnx"
+    x, outs = calibrate_and_export(model, path)
+    names = output_names(path)
+    reference = dict(zip(names, outs))
+    lsb = {names[0]: float(model.out_seg.act_quant.scale()), names[1]: float(model.out_depth.act_quant.scale())}
+    project = build_hls_project(path, folder / "prj", "two_heads", PART, CLOCK_NS)
+    return project, x, reference, lsb
+
+
+def test_two_head_csim_matches_brevitas_within_one_lsb(two_heads):
+    project, x, reference, lsb = two_heads
+    assert sorted(project.outputs) == sorted(reference)
+    assert project.input_channels_last and all(project.output_channels_last.values())
+    result = csim_check(project, x, reference, lsb, "two_heads")
+    assert result["passed"] and result["samples"] == 3
+    assert result["max_abs_diff_lsb"] <= 1.0
+    assert result["provenance"] == CSIM_PROVENANCE
+    assert len(result["per_sample_max_abs_diff_lsb"]) == 3
+    got = hls_predict(project, x)  # NCHW in, NCHW out, per output name
+    for name, ref in reference.items():
+        assert got[name].shape == ref.shape
+
+
+def test_precision_follows_the_quantizers(two_heads):
+    project = two_heads[0]
+    table = project.precision_table
+    assert table["global_in"]["result_t"].startswith("fixed<8,")  # the input quantizer's own type
+    assert "RND_CONV" in table["global_in"]["result_t"] and "SAT" in table["global_in"]["result_t"]
+    convs = {name: types for name, types in table.items() if "accum_t" in types}
+    assert len(convs) == 3
+    for types in convs.values():
+        width = int(types["accum_t"].split("<")[1].split(",")[0])
+        assert width >= 17  # exact accumulators, never hls4ml's fixed<16,6> default
+        assert types["weight_t"].startswith("fixed<4,")  # the 4-bit weight quantizer
+    results = [types["result_t"] for types in convs.values()]
+    assert sum(r.startswith("ufixed<8,") for r in results) == 0  # the ReLU quantizer sits on the ReLU layer
+    assert any(types.get("result_t", "").startswith("ufixed<8,") for types in table.values())
+
+
+def test_a_constant_factor_is_reported_as_such(two_heads):
+    project, x, reference, lsb = two_heads
+    doubled = {name: 2 * ref for name, ref in reference.items()}  # the HLS output is then half the reference
+    with pytest.raises(EdgemtlError) as err:
+        csim_check(project, x, doubled, lsb, "two_heads")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("task 'two_heads': the HLS C simulation differs from the quantized model by a "
+                              "constant factor 0.5")
+    assert "not a power of two" in message
+
+
+def test_a_plain_mismatch_is_over_one_lsb(two_heads):
+    project, x, reference, lsb = two_heads
+    shifted = {name: ref + 3 * lsb[name] for name, ref in reference.items()}
+    with pytest.raises(EdgemtlError, match=r"differs from the quantized model by 3\.0 LSB") as err:
+        csim_check(project, x, shifted, lsb, "two_heads")
+    assert "constant factor" not in str(err.value)
+
+
+def test_testbench_needs_gxx(two_heads, monkeypatch):
+    import edgemtl.backends.hls4ml_backend as backend
+
+    monkeypatch.setattr(backend.shutil, "which", lambda name: None)
+    result = build_testbench(two_heads[0])
+    assert result["built"] is False and "g++" in result["reason"]
+
+
+@pytest.mark.slow
+def test_generated_testbench_builds_with_plain_gxx_and_agrees(two_heads):
+    project, x, reference, lsb = two_heads
+    csim_check(project, x, reference, lsb, "two_heads")  # leaves the data the testbench runs on
+    result = build_testbench(project)
+    if not result["built"] and "not found" in result.get("reason", ""):
+        pytest.skip(result["reason"])
+    assert result["built"] and result["ran"] and result["exit_status"] == 0, result
+    assert result["tb_samples"] == 3 and result["matches_csim"], result
+    assert (project.out_dir / "tb_data" / "tb_input_features.dat").is_file()
+
+
+class Bilinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.out = act(), qconv(3, 2), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.interpolate(self.conv(self.inp(x)), scale_factor=2, mode="bilinear", align_corners=False))
+
+
+class Absolute(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.out = act(), qconv(3, 2), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.abs(self.conv(self.inp(x))))
+
+
+@pytest.mark.parametrize(("model", "op"), [(Bilinear, "Resize"), (Absolute, "Abs")])
+def test_an_unmappable_op_is_one_line_naming_op_and_task(tmp_path, model, op):
+    path = tmp_path / "m.onnx"
+    calibrate_and_export(model(), path)
+    with pytest.raises(EdgemtlError) as err:
+        build_hls_project(path, tmp_path / "prj", "depth", PART, CLOCK_NS)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"task 'depth': hls4ml 1.3.0 cannot map ONNX op '{op}' (node ")
+    assert not (tmp_path / "prj" / "firmware").exists()  # refused before anything was generated
+
+
+@pytest.mark.slow
+def test_non_power_of_two_scale_before_a_fork_fails_with_a_constant_factor(tmp_path):
+    """hls4ml 1.3.0 turns a float-scale Quant into scale -> quantize -> rescale and moves the rescale down one
+    branch only: the other head comes out divided by the scale (here 1.5)."""
+    model = TwoHeads(relu(Uint8ActPerTensorFloat, scaling_impl_type="const", scaling_init=1.5 * 255))
+    path = tmp_path / "float_scale.onnx"
+    x, outs = calibrate_and_export(model, path, scale=8.0)
+    names = output_names(path)
+    project = build_hls_project(path, tmp_path / "prj", "seg", PART, CLOCK_NS)
+    assert project.non_power_of_two_quants and "scale 1.5" in project.non_power_of_two_quants[0]
+    lsb = {names[0]: float(model.out_seg.act_quant.scale()), names[1]: float(model.out_depth.act_quant.scale())}
+    with pytest.raises(EdgemtlError, match=r"by a constant factor 0\.6\d+ .*a quantizer scale is not a power of two"):
+        csim_check(project, x, dict(zip(names, outs)), lsb, "seg")
+
+
+class Residual(nn.Module):
+    """mtl-cnn's encoder pieces: stride-2 stem, a residual add with a 1x1 projection, a skip concatenation
+    after nearest upsampling, and a pooled linear head, on a non-square image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = act()
+        self.stem, self.stem_relu = qconv(3, 4, stride=2), relu()
+        self.conv1, self.relu1 = qconv(4, 8, stride=2), relu()
+        self.conv2, self.proj = qconv(8, 8), qconv(4, 8, 1, stride=2)
+        self.align_a, self.align_b, self.block_relu = act(), act(), relu()
+        self.fuse, self.fuse_relu = qconv(12, 4), relu()
+        self.seg, self.out_seg = qconv(4, 2, 1), act()
+        self.fc = brevitas_nn.QuantLinear(8, 3, bias=True, weight_quant=Int8WeightPerTensorFixedPoint,
+                                          weight_bit_width=4)
+        self.pool_quant, self.out_cls = act(), act()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = self.stem_relu(self.stem(self.inp(x)))
+        deep = self.block_relu(self.align_a(self.conv2(self.relu1(self.conv1(skip)))) + self.align_b(self.proj(skip)))
+        up = F.interpolate(deep, scale_factor=2, mode="nearest")
+        seg = self.out_seg(self.seg(self.fuse_relu(self.fuse(torch.cat([up, skip], 1)))))
+        cls = self.out_cls(self.fc(self.pool_quant(torch.flatten(F.adaptive_avg_pool2d(deep, 1), 1))))
+        return seg, cls
+
+
+@pytest.mark.slow
+def test_add_concat_nearest_resize_and_pooled_linear_map_exactly(tmp_path):
+    model = Residual()
+    path = tmp_path / "residual.onnx"
+    x, outs = calibrate_and_export(model, path, shape=(3, 16, 24))
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"Add", "Concat", "Resize", "GlobalAveragePool", "Gemm"} <= ops
+    names = output_names(path)
+    project = build_hls_project(path, tmp_path / "prj", "multi", PART, CLOCK_NS)
+    lsb = {names[0]: float(model.out_seg.act_quant.scale()), names[1]: float(model.out_cls.act_quant.scale())}
+    result = csim_check(project, x, dict(zip(names, outs)), lsb, "multi")
+    assert result["max_abs_diff_lsb"] <= 1.0
