@@ -31,7 +31,8 @@ from edgemtl.passes.quantize_brevitas import grid_align, output_lsb
 
 QCDQ_OPSET = 18
 INPUT_NAME = "input"
-MAX_LSB = 1.0  # exported graphs may differ from brevitas by at most one output LSB
+MAX_LSB = 1.0  # exported graphs may differ from brevitas by at most one output LSB ...
+QCDQ_MAX_SHARE = 0.01  # ... except float-simulated QCDQ on this share of the outputs (see check_exports)
 
 
 def _task(qmodel: nn.Module) -> str:
@@ -138,7 +139,11 @@ def run_qcdq(path: Path, images: np.ndarray) -> np.ndarray:
 def check_exports(qmodel: nn.Module, qonnx_path: Path, qcdq_path: Path, images: torch.Tensor) -> dict[str, Any]:
     """Both exported graphs against the brevitas model on grid-aligned real samples (normalised images).
 
-    Returns the max abs difference of each runtime in output LSBs; raises EdgemtlError beyond 1 LSB."""
+    Returns the max abs difference of each runtime in output LSBs and the share of outputs beyond 1 LSB.
+    QONNX (what hls4ml and FINN read) must stay within 1 LSB everywhere. QCDQ in ONNX Runtime simulates
+    the quantizers in float with its own accumulation order, so an accumulator that lands on a rounding
+    boundary can flip one LSB and carry into later layers: it may exceed 1 LSB on at most
+    `QCDQ_MAX_SHARE` of the outputs."""
     task = _task(qmodel)
     aligned = grid_align(qmodel, images)
     qmodel.eval()
@@ -155,11 +160,13 @@ def check_exports(qmodel: nn.Module, qonnx_path: Path, qcdq_path: Path, images: 
             raise EdgemtlError(f"task {task!r}: the exported graph fails in {runtime}: {detail}") from None
         if got.shape != reference.shape:
             raise EdgemtlError(f"task {task!r}: {runtime} gives shape {list(got.shape)}, brevitas {list(reference.shape)}")
-        diff_lsb = float(np.max(np.abs(got.astype(np.float64) - reference))) / lsb
-        result[f"{runtime}_max_diff_lsb"] = diff_lsb
-        if not diff_lsb <= MAX_LSB:  # also catches NaN
-            raise EdgemtlError(
-                f"task {task!r}: {runtime} differs from the brevitas model by {diff_lsb:.2f} output LSBs (max {MAX_LSB:g})")
+        error_lsb = np.abs(got.astype(np.float64) - reference) / lsb
+        diff_lsb, share = float(np.max(error_lsb)), float(np.mean(~(error_lsb <= MAX_LSB)))  # NaN counts as beyond
+        result[f"{runtime}_max_diff_lsb"], result[f"{runtime}_share_beyond_1_lsb"] = diff_lsb, share
+        allowed = 0.0 if runtime == "qonnx" else QCDQ_MAX_SHARE
+        if not share <= allowed:
+            raise EdgemtlError(f"task {task!r}: {runtime} differs from the brevitas model by up to {diff_lsb:.2f} output LSBs "
+                               f"on {share:.1%} of the outputs (allowed beyond 1 LSB: {allowed:.0%})")
     return result
 
 

@@ -53,7 +53,7 @@ def quantize_step(ctx: FlowContext) -> None:
     if name is None:
         raise EdgemtlError("the zcu104 flow needs labelled data for calibration and QAT: pass --data scenes|digits")
     train_data, val_data = load_data(name, "train"), load_data(name, "val", n=ctx.options.metric_samples)
-    config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps)
+    config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, nearest_upsampling=True)
     ctx.state["quantized"] = {}
     records = {}
     for task in task_list(ctx):
@@ -62,6 +62,8 @@ def quantize_step(ctx: FlowContext) -> None:
         records[task] = record.to_dict()
         ctx.manifest["tasks"][task]["quantization"] = records[task]
     ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"precision": config.precision, "qat_steps": config.qat_steps,
+                                                                  "rewrites": ["bilinear -> nearest upsampling (hls4ml has no bilinear Resize); "
+                                                                               "metric_quant includes its effect"],
                                                                   "data": f"{name}/train (calibration, QAT), {name}/val (metrics)"}
 
 
@@ -111,7 +113,7 @@ def hls4ml_step(ctx: FlowContext) -> None:
             reference = qmodel(images).numpy()
         csim = csim_check(project, images.numpy(), reference, output_lsb(qmodel), task)  # a mismatch is fatal
         entry["hls4ml"] = {"ok": True, "project": relative, "csim": csim, "testbench": build_testbench(project),
-                           "precision": project.precision, "seconds": project.seconds}
+                           "precision": project.precision_table, "seconds": project.seconds}
         entry["artifacts"]["hls4ml"] = relative
         (ctx.bundle / relative / "io.json").write_text(json.dumps(_io_description(project, ctx.loaded.spec, task), indent=2))
     if failed and len(failed) == len(ctx.state.get("quantized", {})):

@@ -100,6 +100,8 @@ class QuantConfig:
     batch_size: int = 32
     calibration_samples: int = 64
     seed: int = 0
+    # hls4ml has no bilinear Resize: resample with nearest neighbours instead (QAT then adapts the layers)
+    nearest_upsampling: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -233,6 +235,16 @@ def _spatial_means_to_pooling(gm: GraphModule, input_rank: int = 4) -> GraphModu
     return gm
 
 
+def _nearest_upsampling(gm: GraphModule) -> None:
+    """Every F.interpolate resamples with nearest neighbours (no align_corners, which nearest refuses)."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target is F.interpolate:
+            node.kwargs = {**{k: v for k, v in node.kwargs.items() if k != "align_corners"}, "mode": "nearest"}
+            if len(node.args) > 3:  # positional mode / align_corners
+                node.args = node.args[:3]
+    gm.recompile()
+
+
 def _is_averaging(gm: GraphModule, node: Node) -> bool:
     if node.op == "call_function":
         return node.target in _AVERAGING_FUNCTIONS
@@ -305,6 +317,8 @@ def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) ->
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgemtlError(f"task {task!r}: brevitas' fx tracer cannot trace the model for quantization: {detail}") from None
     gm = _fold_static_shapes(gm, spec.input.shape)
+    if config.nearest_upsampling:
+        _nearest_upsampling(gm)
     gm = _spatial_means_to_pooling(gm)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
