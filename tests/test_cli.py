@@ -230,3 +230,36 @@ def test_eval_with_data_of_another_shape(capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
                            "--data", "digits")
     assert_one_line_error(code, err, "has images of shape [1, 32, 32] but the model takes [3, 32, 32]")
+
+
+@pytest.mark.needs_hls4ml
+def test_compile_for_zcu104_quantizes_exports_and_c_simulates(capsys, tmp_path, checkpoints):
+    pytest.importorskip("hls4ml")
+    bundle = tmp_path / "zcu104"
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "zcu104", "-o", bundle, "--tasks", "scene",
+                           "--qat-steps", "2", "--no-latency")
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["tasks"]["scene"]
+    assert entry["quantization"]["precision"] == "w4a4" and entry["export_check"]["qonnx_max_diff_lsb"] <= 1
+    for artifact in ("qonnx", "qcdq", "hls4ml"):
+        assert (bundle / entry["artifacts"][artifact]).exists()
+    hls = entry["hls4ml"]
+    assert hls["ok"] and hls["csim"]["passed"] and hls["csim"]["max_abs_diff_lsb"] <= 1
+    assert hls["csim"]["provenance"].startswith("simulated")
+    io = json.loads((bundle / hls["project"] / "io.json").read_text())
+    assert io["outputs"][0]["name"] == "scene" and "fixed" in io["outputs"][0]["precision"]
+    assert entry["roofline"]["provenance"].startswith("estimated") and "finn" in entry
+    assert (bundle / "hw" / "README.md").is_file() and (bundle / "hw" / "driver.py").is_file()
+
+
+def test_compile_for_zcu104_says_which_step_an_moe_model_needs_elsewhere(capsys, tmp_path, checkpoints):
+    bundle = tmp_path / "zcu104-moe"
+    code, _, err = run_cli(capsys, "compile", checkpoints["m3vit"], "--target", "zcu104", "-o", bundle, "--tasks", "depth",
+                           "--no-latency")
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "custom expert-major kernel" in manifest["passes"]["quantize_brevitas"]["skipped"]
+    assert manifest["needs_other_toolchain"][0]["step"] == "quantize + HLS"
+    entry = manifest["tasks"]["depth"]
+    assert (bundle / entry["artifacts"]["onnx"]).is_file() and entry["roofline"]["provenance"].startswith("estimated")

@@ -91,6 +91,6 @@ def test_precision_bytes():
 def test_zcu104_target():
     target = load_target("zcu104")
     assert target.flow == "fpga-hls4ml" and target.device.reach == "jtag"
-    assert target.part == "xczu7ev-ffvc1156-2-e" and target.precisions == ["w8a8", "w4a4"]
+    assert target.part == "xczu7ev-ffvc1156-2-e" and target.precisions == ["w4a4", "w8a8"]
     assert on_chip_bytes_of(target) == 1_437_696 + 3_538_944
     assert on_chip_bytes_of(load_target("host")) == 0
