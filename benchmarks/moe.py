@@ -32,6 +32,7 @@ from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.switchable import export_switchable
 from edgemtl.data import data_spec, load_data
 from edgemtl.evaluate import evaluate, torch_predictor
+from edgemtl.model.checkpoint import load, save
 from edgemtl.model.zoo import build_model, zoo_spec
 from edgemtl.passes.partition_experts import PartitionConfig, partition_experts
 from edgemtl.profile.switching import resident_memory, switch_latency
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--calibration", type=int, default=256, help="calibration samples of the expert profile")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="reuse this trained m3vit (written on first run)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
@@ -62,9 +64,15 @@ def main() -> None:
     input_spec, tasks = data_spec("scenes")
     spec = zoo_spec("m3vit", input_spec, tasks, {}, data="scenes")
     train_data, val_data = load_data("scenes", "train"), load_data("scenes", "val")
-    model = build_model(spec)
-    console.print(f"training m3vit ({args.train_steps} steps, seed 0) ...")
-    train(model, spec, train_data, TrainConfig(steps=args.train_steps, lr=args.lr, seed=0))
+    if args.checkpoint is not None and args.checkpoint.is_file():
+        loaded = load(args.checkpoint)
+        model, spec = loaded.model, loaded.spec
+    else:
+        model = build_model(spec)
+        console.print(f"training m3vit ({args.train_steps} steps, seed 0) ...")
+        train(model, spec, train_data, TrainConfig(steps=args.train_steps, lr=args.lr, seed=0))
+        if args.checkpoint is not None:
+            save(model, spec, args.checkpoint)
     model.eval()
     names = spec.task_names
     macs = moe_macs(model, spec, names)
