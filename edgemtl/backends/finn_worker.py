@@ -50,8 +50,8 @@ DUMMY_VIVADO = "/opt/edgemtl-dummy/Xilinx/Vivado/2024.2"  # never executed: esti
 XSI_NAMES = ("SimEngine", "locate_glbl", "compile_sim_obj", "get_simkernel_so", "load_sim_obj",
              "reset_rtlsim", "close_rtlsim", "rtlsim_multi_io")
 
-FRONT_STEPS = ["step_qonnx_to_finn", "step_tidy_up", "step_streamline", "step_move_past_fork",
-               "step_convert_to_hw", "step_minimize_bit_width_initial", "step_create_dataflow_partition",
+FRONT_STEPS = ["step_fold_bias_quant", "step_qonnx_to_finn", "step_tidy_up", "step_streamline", "step_move_past_fork",
+               "step_global_pool_to_hw", "step_convert_to_hw", "step_minimize_bit_width_initial", "step_create_dataflow_partition",
                "step_specialize_layers"]
 MOVABLE_PAST_FORK = ("Mul", "Add", "Transpose", "Reshape", "Flatten")
 # Nodes that may stay outside the FINN partition at the graph's ends (the host does them); anything else left
@@ -113,6 +113,76 @@ def step_move_past_fork(model: Any, cfg: Any) -> Any:
     return model
 
 
+BIAS_CONSUMERS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+def step_fold_bias_quant(model: Any, cfg: Any) -> Any:
+    """Fold the Quant nodes on conv / linear biases into float bias constants, before FINN's QONNX conversion.
+
+    brevitas exports each bias as `Quant(bias, scale = input scale x weight scale, zero point, 32 bits)`, with
+    the scalar constants (zero point, bit width) shared by every Quant node of the graph. qonnx's
+    ExtractBiasFromConv (first thing ConvertQONNXtoFINN does) reshapes such a bias Quant's parameters in place
+    to (1, C, 1, 1): a rank-0 zero point fails ("cannot reshape array of size 1 into shape (1,C,1,1)"), and a
+    shared one would be reshaped under every other Quant node. FINN keeps no bias datatype anyway: streamlining
+    turns the bias into a float Add that it absorbs into the next MultiThreshold's thresholds. So compute each
+    bias Quant once (qonnx's own `int_quant`; the values are integers times a power of two, exact in float32)
+    and give the conv / Gemm that float bias: what FINN does with an unquantized bias."""
+    import numpy as np
+    from qonnx.custom_op.general.quant import quant as int_quant
+    from qonnx.util.basic import get_by_name
+
+    folded = 0
+    for node in list(model.graph.node):
+        if node.op_type != "Quant":
+            continue
+        params = [model.get_initializer(i) for i in node.input]
+        consumers = model.find_consumers(node.output[0])
+        if any(p is None for p in params) or not consumers or node.output[0] in [o.name for o in model.graph.output]:
+            continue
+        if not all(c.op_type in BIAS_CONSUMERS and list(c.input).index(node.output[0]) == BIAS_CONSUMERS[c.op_type]
+                   and list(c.input).count(node.output[0]) == 1 for c in consumers):
+            continue
+
+        def attr(name: str, default: Any) -> Any:
+            found = get_by_name(node.attribute, name)
+            return default if found is None else (found.s.decode() if found.type == found.STRING else found.i)
+
+        value, scale, zero_point, bit_width = params
+        bias = int_quant(value, scale, zero_point, bit_width, signed=bool(attr("signed", 1)),
+                         narrow=bool(attr("narrow", 0)), rounding_mode=attr("rounding_mode", "ROUND"))
+        name = model.make_new_valueinfo_name()
+        model.set_initializer(name, np.asarray(bias, dtype=np.float32).reshape(value.shape))
+        for consumer in consumers:
+            consumer.input[BIAS_CONSUMERS[consumer.op_type]] = name
+        model.graph.node.remove(node)
+        folded += 1
+    if folded:
+        from qonnx.transformation.general import RemoveUnusedTensors
+
+        model = model.transform(RemoveUnusedTensors())
+    print(f"folded {folded} bias Quant node(s) into float biases")
+    return model
+
+
+def step_global_pool_to_hw(model: Any, cfg: Any) -> Any:
+    """GlobalAveragePool on integer maps -> FINN's GlobalAccPool layer and a scalar Mul by 1/(H*W), then
+    streamline again so that Mul moves past the transpose / flatten after it into the next thresholds.
+    FINN's step_convert_to_hw makes the same split, but only after streamlining: the Mul would then stay
+    between hardware layers as an unmapped node (scene heads: GlobalAveragePool -> Flatten -> Quant -> Gemm)."""
+    if not model.get_nodes_by_op_type("GlobalAveragePool"):
+        return model
+    from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
+    from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
+    from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes, AbsorbTransposeIntoFlatten
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+
+    model = model.transform(InferGlobalAccPoolLayer())
+    model = build_dataflow_step_lookup["step_streamline"](model, cfg)
+    model = model.transform(AbsorbConsecutiveTransposes())
+    # the pooled (1, 1, 1, C) map's NHWC -> NCHW transpose before the head's Flatten moves nothing
+    return model.transform(InferDataLayouts()).transform(AbsorbTransposeIntoFlatten())
+
+
 def dangling_inputs(model: Any) -> list[str]:
     """Node inputs that nothing produces: a graph a transformation broke (FINN does not check this)."""
     produced = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
@@ -141,7 +211,7 @@ def _keep_output(model: Any, task: str) -> Any:
 def _run_step(name: str, model: Any, cfg: Any, seconds: dict[str, float], label: str = "") -> Any:
     from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
 
-    step = step_move_past_fork if name == "step_move_past_fork" else build_dataflow_step_lookup[name]
+    step = CUSTOM_STEPS[name] if name in CUSTOM_STEPS else build_dataflow_step_lookup[name]
     start = time.perf_counter()
     log = io.StringIO()
     try:
@@ -154,6 +224,10 @@ def _run_step(name: str, model: Any, cfg: Any, seconds: dict[str, float], label:
             f.write(f"== {name}{label}\n{log.getvalue()}")
     seconds[name + label] = round(time.perf_counter() - start, 3)
     return model
+
+
+CUSTOM_STEPS = {"step_fold_bias_quant": step_fold_bias_quant, "step_move_past_fork": step_move_past_fork,
+                "step_global_pool_to_hw": step_global_pool_to_hw}
 
 
 def _config(request: dict[str, Any], output_dir: Path, fps: float | None) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from edgemtl.report.expert_plots import expert_usage_heatmap
+from edgemtl.report.fpga_plots import ZCU104_TOTALS, fpga_resource_plot
 from edgemtl.report.memory_plots import moe_memory_plot
 from edgemtl.report.plots import (
     ALL_TASKS_LABEL,
@@ -41,6 +42,9 @@ PLOTS: tuple[tuple[str, Callable[[Mapping[str, Any]], bytes | None]], ...] = (
     ("Peak activation memory per task", memory_plot),
     ("Expert usage per task: share of each MoE layer's routing mass per expert (calibration samples)", expert_usage_heatmap),
     ("MoE layers: peak on-chip memory and weight traffic per inference, token-major vs expert-major order", moe_memory_plot),
+    ("FPGA resources per task as % of the ZCU104 (XCZU7EV), estimated by FINN at each target fps and by edgemtl's "
+     "roofline (not synthesised; its MAC array spans every DSP by design); dashed: fit limits LUT 70 %, "
+     "BRAM18 80 %, DSP 80 %", fpga_resource_plot),
 )
 _LATENCY_KEYS = ("median", "p90", "provenance", "runtime", "device", "threads", "runs", "batch")
 _PROVENANCE_CLASSES = ("measured", "simulated", "estimated")
@@ -98,6 +102,7 @@ def render_html(manifest: Mapping[str, Any], bundle_dir: Path | None = None) -> 
             _header(manifest, title),
             _steps_section(manifest),
             _tasks_section(manifest, notes),
+            _fpga_section(manifest),
             _experts_section(manifest),
             _plots_section(manifest),
             _artifacts_section(manifest, bundle_dir),
@@ -250,6 +255,138 @@ def _tasks_section(manifest: Mapping[str, Any], notes: _ProvenanceNotes) -> str:
         row_class = ' class="ref"' if is_reference else ""
         rows.append(f"<tr{row_class}>{''.join(cells)}</tr>")
     return _table("Tasks", headers, rows)
+
+
+def _fpga_section(manifest: Mapping[str, Any]) -> str:
+    """The FPGA flow per task: precision, metric loss, export and C-sim checks, FINN and roofline estimates."""
+    tasks = [(name, entry) for name, entry in task_entries(manifest).items()
+             if isinstance(entry.get("quantization"), Mapping) or isinstance(entry.get("roofline"), Mapping)]
+    if not tasks:
+        return ""
+    target = _section(manifest, "target").get("name")
+    parts = [f"<h2>FPGA{f' ({_e(target)})' if target else ''}: quantization, HLS C simulation and estimates</h2>"]
+    for name, entry in tasks:
+        quant, check = _section(entry, "quantization"), _section(entry, "export_check")
+        roofline = _section(entry, "roofline")
+        rows = [("Precision", _e(quant.get("precision") or roofline.get("precision") or _DASH)
+                 + (f" <span class=\"dim\">QAT {steps:.0f} steps</span>"
+                    if (steps := number(quant.get("qat_steps"))) is not None else "")),
+                ("Metric, float → quantized", _fpga_metric(entry, quant)),
+                ("Exported graphs vs brevitas, max diff (QONNX / QCDQ in ONNX Runtime)",
+                 _fpga_lsb_pair(check)),
+                *_fpga_hls_rows(_section(entry, "hls4ml"), entry.get("hls4ml")),
+                *_fpga_finn_rows(entry.get("finn")),
+                ("edgemtl roofline", _fpga_roofline(roofline))]
+        body = "".join(f"<tr><td>{_e(label)}</td><td>{value}</td></tr>" for label, value in rows)
+        parts.append(f"<h3>{_e(name)}</h3>\n<table><thead><tr><th>Quantity</th><th>Value</th></tr></thead>"
+                     f"<tbody>{body}</tbody></table>")
+    needs = manifest.get("needs_other_toolchain")
+    for need in needs if isinstance(needs, list) else []:
+        step, why = (need.get("step"), need.get("why")) if isinstance(need, Mapping) else (None, need)
+        parts.append(f"<p><strong>Needs another toolchain{f': {_e(step)}' if step else ''}</strong>"
+                     f"{f' — {_e(why)}' if why else ''}</p>")
+    kit = _section(manifest, "board_kit")
+    if isinstance(kit.get("readme"), str):
+        parts.append(f"<p>Synthesis, bitstream and the board (Vitis HLS / Vivado and a ZCU104): see "
+                     f"{_artifact_link(kit['readme'], None)}"
+                     + (f"; next: <code>{_e(kit['next'])}</code>" if isinstance(kit.get("next"), str) else "")
+                     + ".</p>")
+    return "\n".join(parts)
+
+
+def _fpga_prov(section: Mapping[str, Any], default: str) -> str:
+    """A provenance tag: the section's own words, coloured by their first (measured / simulated / estimated)."""
+    text = _plain_text(section.get("provenance")) or default
+    kind = text.split(" ", 1)[0]
+    return f" <span class=\"prov prov-{kind if kind in _PROVENANCE_CLASSES else 'other'}\">{_e(text)}</span>"
+
+
+def _fpga_metric(entry: Mapping[str, Any], quant: Mapping[str, Any]) -> str:
+    before, after = _section(quant, "metric_float"), _section(quant, "metric_quant")
+    primary = entry.get("primary_metric")
+    name = primary if isinstance(primary, str) and primary in before else next(iter(before), None)
+    if name is None:
+        return _DASH
+    old, new = number(before.get(name)), number(after.get(name))
+    shown = f"{_e(name)} {f'{old:.4g}' if old is not None else _DASH} → {f'{new:.4g}' if new is not None else _DASH}"
+    if old is None or new is None:
+        return shown
+    return shown + f" <span class=\"dim\">({f'Δ {new - old:+.3g}' if new != old else 'unchanged'})</span>"
+
+
+def _fpga_lsb_pair(check: Mapping[str, Any]) -> str:
+    values = [number(check.get(key)) for key in ("qonnx_max_diff_lsb", "onnxruntime_max_diff_lsb")]
+    if all(value is None for value in values):
+        return _DASH
+    samples = number(check.get("samples"))
+    return (" / ".join(f"{value:.3g}" if value is not None else _DASH for value in values) + " LSB"
+            + (f" <span class=\"dim\">on {samples:.0f} samples</span>" if samples is not None else ""))
+
+
+def _fpga_hls_rows(hls: Mapping[str, Any], raw: Any) -> list[tuple[str, str]]:
+    if not isinstance(raw, Mapping):
+        return [("hls4ml", "<span class=\"dim\">not run</span>")]
+    if hls.get("ok") is not True:
+        return [("hls4ml", f"<span class=\"fail\">failed</span>: {_e(hls.get('error') or 'no reason recorded')}")]
+    seconds = number(hls.get("seconds"))
+    rows = [("hls4ml", "<span class=\"ok\">ok</span>"
+             + (f" <code>{_e(hls['project'])}</code>" if isinstance(hls.get("project"), str) else "")
+             + (f" <span class=\"dim\">{human_seconds(seconds)}</span>" if seconds is not None else ""))]
+    csim, bench = _section(hls, "csim"), _section(hls, "testbench")
+    diff, samples = number(csim.get("max_abs_diff_lsb")), number(csim.get("samples"))
+    passed = csim.get("passed")
+    rows.append(("C simulation vs quantized model, max diff",
+                 (f"{diff:.3g} LSB" if diff is not None else _DASH)
+                 + (f" <span class=\"{'ok' if passed else 'fail'}\">{'✓' if passed else '✗'}</span>"
+                    if isinstance(passed, bool) else "")
+                 + (f" <span class=\"dim\">on {samples:.0f} samples</span>" if samples is not None else "")
+                 + (_fpga_prov(csim, "simulated") if diff is not None else "")))
+    built, reason, matches = bench.get("built"), bench.get("reason"), bench.get("matches_csim")
+    rows.append(("Testbench built (g++)",
+                 (_DASH if not isinstance(built, bool) else
+                  "<span class=\"ok\">yes</span>" if built else "<span class=\"fail\">no</span>")
+                 + ("; its run matches the C simulation" if matches is True else
+                    "; its run <span class=\"fail\">differs from</span> the C simulation" if matches is False else "")
+                 + (f" <span class=\"dim\">{_e(reason)}</span>" if isinstance(reason, str) and reason else "")))
+    return rows
+
+
+def _fpga_finn_rows(raw: Any) -> list[tuple[str, str]]:
+    if not isinstance(raw, Mapping):
+        return [("FINN", _DASH)]
+    if raw.get("available") is False:
+        how = raw.get("how_to_create")
+        return [("FINN", f"<span class=\"dim\">not available: {_e(raw.get('reason') or 'no FINN environment')}"
+                         f"{f'; create it with <code>{_e(how)}</code>' if how else ''}</span>")]
+    by_fps = raw.get("by_target_fps")
+    if raw.get("ok") is not True or not isinstance(by_fps, Mapping) or not by_fps:
+        return [("FINN", f"<span class=\"fail\">no estimate</span>: {_e(raw.get('reason') or 'none recorded')}")]
+    rows = []
+    for key, fold in by_fps.items():
+        fold = fold if isinstance(fold, Mapping) else {}
+        fps, latency, lut = (number(fold.get(k)) for k in ("estimated_fps", "latency_ms", "lut"))
+        share = lut / ZCU104_TOTALS["lut"] if lut is not None else number(_section(fold, "utilisation").get("lut"))
+        meets = fold.get("meets_target")
+        value = ", ".join(part for part in (
+            f"{fps:,.0f} fps" + (f" <span class=\"{'ok' if meets else 'fail'}\">{'meets' if meets else 'misses'} "
+                                 "target</span>" if isinstance(meets, bool) else "") if fps is not None else "",
+            f"latency {human_ms(latency)}" if latency is not None else "",
+            f"LUT {share:.1%}" if share is not None else "") if part) or _DASH
+        target = number(fold.get("target_fps"))
+        rows.append((f"FINN @ {f'{target:,.0f}' if target is not None else key} fps target", value + _fpga_prov(fold, _plain_text(raw.get("provenance")) or "estimated")))
+    return rows
+
+
+def _fpga_roofline(roofline: Mapping[str, Any]) -> str:
+    fps, latency = number(roofline.get("fps")), number(roofline.get("latency_ms"))
+    if fps is None and latency is None:
+        return _DASH
+    fits = _section(roofline, "resources").get("fits")
+    return (", ".join(part for part in (f"{fps:,.0f} fps" if fps is not None else "",
+                                        f"latency {human_ms(latency)}" if latency is not None else "") if part)
+            + (f" <span class=\"{'ok' if fits else 'fail'}\">{'fits' if fits else 'does not fit'}</span>"
+               if isinstance(fits, bool) else "")
+            + _fpga_prov(roofline, "estimated"))
 
 
 def _experts_section(manifest: Mapping[str, Any]) -> str:
