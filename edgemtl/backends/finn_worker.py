@@ -50,9 +50,10 @@ DUMMY_VIVADO = "/opt/edgemtl-dummy/Xilinx/Vivado/2024.2"  # never executed: esti
 XSI_NAMES = ("SimEngine", "locate_glbl", "compile_sim_obj", "get_simkernel_so", "load_sim_obj",
              "reset_rtlsim", "close_rtlsim", "rtlsim_multi_io")
 
-FRONT_STEPS = ["step_fold_bias_quant", "step_qonnx_to_finn", "step_tidy_up", "step_streamline", "step_move_past_fork",
-               "step_global_pool_to_hw", "step_convert_to_hw", "step_minimize_bit_width_initial", "step_create_dataflow_partition",
-               "step_specialize_layers"]
+FRONT_STEPS = ["step_prepare_qonnx", "step_qonnx_to_finn", "step_tidy_up", "step_streamline", "step_move_past_fork",
+               "step_streamline_joins", "step_resize_and_pool_to_hw", "step_convert_to_hw",
+               "step_minimize_bit_width_initial", "step_create_dataflow_partition", "step_specialize_layers"]
+JOIN_ROUNDS = 6  # step_streamline_joins: at most this many rounds (each ends with FINN's Streamline)
 MOVABLE_PAST_FORK = ("Mul", "Add", "Transpose", "Reshape", "Flatten")
 # Nodes that may stay outside the FINN partition at the graph's ends (the host does them); anything else left
 # unmapped (a float Conv/MatMul/Gemm, a LayerNorm, a Gather...) means FINN did not take the model.
@@ -116,7 +117,31 @@ def step_move_past_fork(model: Any, cfg: Any) -> Any:
 BIAS_CONSUMERS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
 
 
-def step_fold_bias_quant(model: Any, cfg: Any) -> Any:
+def step_prepare_qonnx(model: Any, cfg: Any) -> Any:
+    """Before FINN's QONNX conversion: refuse resizes FINN has no layer for, fold bias quantizers (after qonnx's
+    cleanup, which step_qonnx_to_finn runs first too: it turns Constant nodes into initializers)."""
+    from qonnx.util.cleanup import cleanup_model
+
+    _refuse_unsupported_resize(model)
+    return _fold_bias_quant(cleanup_model(model))
+
+
+def _refuse_unsupported_resize(model: Any) -> None:
+    """FINN's only resampling layer is UpsampleNearestNeighbour (InferUpsample): a bilinear Resize (edgemtl's
+    dense heads unless quantized with nearest_upsampling=True) would only fail after a minute of streamlining."""
+    from qonnx.util.basic import get_by_name
+
+    for node in model.graph.node:
+        if node.op_type in ("Resize", "Upsample"):
+            mode = get_by_name(node.attribute, "mode")
+            mode = mode.s.decode() if mode is not None else "nearest"
+            if mode != "nearest":
+                raise StepFailed("step_prepare_qonnx",
+                                 f"no FINN hardware layer for {node.op_type} mode {mode!r} (node {node.name}): FINN "
+                                 "only has nearest-neighbour upsampling (quantize with nearest_upsampling=True)")
+
+
+def _fold_bias_quant(model: Any) -> Any:
     """Fold the Quant nodes on conv / linear biases into float bias constants, before FINN's QONNX conversion.
 
     brevitas exports each bias as `Quant(bias, scale = input scale x weight scale, zero point, 32 bits)`, with
@@ -125,8 +150,8 @@ def step_fold_bias_quant(model: Any, cfg: Any) -> Any:
     to (1, C, 1, 1): a rank-0 zero point fails ("cannot reshape array of size 1 into shape (1,C,1,1)"), and a
     shared one would be reshaped under every other Quant node. FINN keeps no bias datatype anyway: streamlining
     turns the bias into a float Add that it absorbs into the next MultiThreshold's thresholds. So compute each
-    bias Quant once (qonnx's own `int_quant`; the values are integers times a power of two, exact in float32)
-    and give the conv / Gemm that float bias: what FINN does with an unquantized bias."""
+    bias Quant once (qonnx's own `int_quant`: integers times the power-of-two scale) and give the conv / Gemm
+    that float32 bias, which FINN then handles as it does an unquantized one."""
     import numpy as np
     from qonnx.custom_op.general.quant import quant as int_quant
     from qonnx.util.basic import get_by_name
@@ -164,23 +189,82 @@ def step_fold_bias_quant(model: Any, cfg: Any) -> Any:
     return model
 
 
-def step_global_pool_to_hw(model: Any, cfg: Any) -> Any:
-    """GlobalAveragePool on integer maps -> FINN's GlobalAccPool layer and a scalar Mul by 1/(H*W), then
-    streamline again so that Mul moves past the transpose / flatten after it into the next thresholds.
-    FINN's step_convert_to_hw makes the same split, but only after streamlining: the Mul would then stay
-    between hardware layers as an unmapped node (scene heads: GlobalAveragePool -> Flatten -> Quant -> Gemm)."""
-    if not model.get_nodes_by_op_type("GlobalAveragePool"):
+def _resize_sizes_to_scales(model: Any) -> None:
+    """Resize(x, roi, "", sizes) -> Resize(x, roi, scales): FINN's Resize transformations read the scales input
+    (AbsorbTransposeIntoResize would otherwise write NHWC scales into the empty input name). torch exports
+    F.interpolate(size=...) with sizes, constant once step_tidy_up has folded the Shape/Slice/Concat before it."""
+    import numpy as np
+
+    for node in model.get_nodes_by_op_type("Resize"):
+        if len(node.input) != 4 or (node.input[2] and model.get_initializer(node.input[2]) is not None):
+            continue
+        sizes, shape = model.get_initializer(node.input[3]), model.get_tensor_shape(node.input[0])
+        if sizes is None or shape is None or len(sizes) != len(shape):
+            continue
+        name = model.make_new_valueinfo_name()
+        model.set_initializer(name, (np.asarray(sizes, dtype=np.float64) / np.asarray(shape)).astype(np.float32))
+        node.input[2] = name
+        del node.input[3]
+
+
+def step_streamline_joins(model: Any, cfg: Any) -> Any:
+    """Streamline through joins and nearest resizes, which FINN's step_streamline leaves alone: residual
+    Adds and skip Concats whose inputs carry the same scalar scale (brevitas aligns them) get it moved past
+    the join and absorbed into the next thresholds, the NCHW<->NHWC transposes around them and around each
+    nearest Resize are moved / cancelled. Without it a residual Add stays a float ElementwiseAdd behind two
+    ElementwiseMul layers with Shuffles (transposes) around it, and a skip Concat of float inputs and the
+    conv after it (its Im2Col/MatMul) map to no hardware layer at all. Bounded rounds of FINN's own
+    transformations (its exhaustive StreamlinePlus does not terminate on these graphs), each round ending
+    with FINN's Streamline, until the graph's op counts stop changing."""
+    from collections import Counter
+
+    from finn.transformation.streamline import Streamline
+    from finn.transformation.streamline.absorb import (AbsorbConsecutiveTransposes, AbsorbTransposeIntoMultiThreshold,
+                                                       AbsorbTransposeIntoResize)
+    from finn.transformation.streamline.reorder import (MoveMulPastJoinAdd, MoveMulPastJoinConcat,
+                                                        MoveTransposePastJoinAdd, MoveTransposePastJoinConcat)
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+
+    if not any(n.op_type in ("Add", "Concat", "Resize") for n in model.graph.node):
         return model
+    _resize_sizes_to_scales(model)
+    transformations = (AbsorbTransposeIntoResize, AbsorbTransposeIntoMultiThreshold, MoveMulPastJoinConcat,
+                       MoveTransposePastJoinConcat, MoveMulPastJoinAdd, MoveTransposePastJoinAdd,
+                       AbsorbConsecutiveTransposes, Streamline)
+    for _ in range(JOIN_ROUNDS):
+        before = Counter(n.op_type for n in model.graph.node)
+        for transformation in transformations:
+            model = model.transform(transformation()).transform(InferDataLayouts())
+        if Counter(n.op_type for n in model.graph.node) == before:
+            break
+    return model
+
+
+def step_resize_and_pool_to_hw(model: Any, cfg: Any) -> Any:
+    """Two conversions FINN's step_convert_to_hw does not do (right) on these graphs, before it runs:
+
+    - nearest Resize (integer, NHWC) -> UpsampleNearestNeighbour: FINN's InferUpsample takes Resize nodes,
+      but step_convert_to_hw only calls it when the graph has an `Upsample` node (bilinear ones were refused
+      in step_prepare_qonnx; InferUpsample itself refuses downsampling).
+    - GlobalAveragePool (integer) -> FINN's GlobalAccPool and a scalar Mul by 1/(H*W), then streamline again
+      so that Mul moves past the transpose / flatten after it into the next thresholds. step_convert_to_hw
+      makes the same split, but after streamlining: the Mul then stays between hardware layers, unmapped
+      (scene heads: GlobalAveragePool -> Flatten -> Quant -> Gemm)."""
     from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
     from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
+    from finn.transformation.fpgadataflow.convert_to_hw.upsample import InferUpsample
     from finn.transformation.streamline.absorb import AbsorbConsecutiveTransposes, AbsorbTransposeIntoFlatten
     from qonnx.transformation.infer_data_layouts import InferDataLayouts
 
-    model = model.transform(InferGlobalAccPoolLayer())
-    model = build_dataflow_step_lookup["step_streamline"](model, cfg)
-    model = model.transform(AbsorbConsecutiveTransposes())
-    # the pooled (1, 1, 1, C) map's NHWC -> NCHW transpose before the head's Flatten moves nothing
-    return model.transform(InferDataLayouts()).transform(AbsorbTransposeIntoFlatten())
+    if model.get_nodes_by_op_type("Resize") or model.get_nodes_by_op_type("Upsample"):
+        model = model.transform(InferDataLayouts()).transform(InferUpsample())
+    if model.get_nodes_by_op_type("GlobalAveragePool"):
+        model = model.transform(InferGlobalAccPoolLayer())
+        model = build_dataflow_step_lookup["step_streamline"](model, cfg)
+        model = model.transform(AbsorbConsecutiveTransposes())
+        # the pooled (1, 1, 1, C) map's NHWC -> NCHW transpose before the head's Flatten moves nothing
+        model = model.transform(InferDataLayouts()).transform(AbsorbTransposeIntoFlatten())
+    return model
 
 
 def dangling_inputs(model: Any) -> list[str]:
@@ -217,6 +301,8 @@ def _run_step(name: str, model: Any, cfg: Any, seconds: dict[str, float], label:
     try:
         with contextlib.redirect_stdout(log):
             model = step(model, cfg)
+    except StepFailed:
+        raise
     except Exception as exc:  # a step that rejects the model is the answer, not a crash
         raise StepFailed(name, _one_line(exc)) from exc
     finally:
@@ -226,8 +312,8 @@ def _run_step(name: str, model: Any, cfg: Any, seconds: dict[str, float], label:
     return model
 
 
-CUSTOM_STEPS = {"step_fold_bias_quant": step_fold_bias_quant, "step_move_past_fork": step_move_past_fork,
-                "step_global_pool_to_hw": step_global_pool_to_hw}
+CUSTOM_STEPS = {"step_prepare_qonnx": step_prepare_qonnx, "step_move_past_fork": step_move_past_fork,
+                "step_streamline_joins": step_streamline_joins, "step_resize_and_pool_to_hw": step_resize_and_pool_to_hw}
 
 
 def _config(request: dict[str, Any], output_dir: Path, fps: float | None) -> Any:
