@@ -5,12 +5,15 @@ share, so it lives in its own venv (`.venv-finn`, made by `make finn-venv`) and 
 `finn_worker.py` (in this folder, standard library only at import) reads a versioned JSON request and
 writes a JSON result. This module never imports FINN.
 
-The build is FINN's estimate-only flow (no HLS, no Vivado): QONNX -> FINN-ONNX, tidy-up, streamlining,
-a custom step that moves scale and transpose/flatten nodes past the branch point of multi-head graphs,
-conversion to hardware layers, folding for each target fps (FINN's `SetFolding`), then FINN's estimate
-reports: LUT / BRAM18 / URAM / DSP totals and expected cycles per layer. fps = clock / slowest layer's
-cycles (the dataflow pipeline's throughput); latency = FINN's critical-path cycles / clock, which it
-calls pessimistic (no overlap between layers assumed).
+The build is FINN's estimate-only flow (no HLS, no Vivado): folding of brevitas' 32-bit bias quantizers
+into float biases, QONNX -> FINN-ONNX, tidy-up, streamlining, custom steps that move scale and
+transpose/flatten nodes past the branch point of multi-head graphs and past residual adds, skip
+concatenations and nearest resizes, nearest Resize -> UpsampleNearestNeighbour and GlobalAveragePool ->
+GlobalAccPool (a bilinear Resize is refused: FINN has no layer for it), conversion to hardware layers,
+folding for each target fps (FINN's `SetFolding`), then FINN's estimate reports: LUT / BRAM18 / URAM / DSP
+totals and expected cycles per layer. fps = clock / slowest layer's cycles (the dataflow pipeline's
+throughput); latency = FINN's critical-path cycles / clock, which it calls pessimistic (no overlap between
+layers assumed).
 """
 
 from __future__ import annotations

@@ -10,11 +10,19 @@ RESULT:  {"version": 1, "ok": true, "finn_version", "nodes_unmapped": [...], "st
       or {"version": 1, "ok": false, "reason": "<one line>", "step": "<the FINN step that failed>"}.
 
 What it does: an estimate-only dataflow build (FINN's `estimate_only_dataflow_steps`, no HLS, no Vivado)
-with one extra step after streamlining (`step_move_past_fork`) that moves scale (Mul/Add) and layout
-(Transpose, Reshape/Flatten) nodes past the branch point where task heads fork off the shared trunk, then
-streamlines again so every head absorbs its own (without it the heads' MatMuls stay unmapped, or FINN's
-flatten removal rewires only one head and leaves the other reading a tensor nothing produces, which this
-worker now checks after every step). When the graph has several outputs and one is named like the
+with four extra steps for the graphs edgemtl's brevitas pass exports:
+- `step_prepare_qonnx` (first): refuses a non-nearest Resize (FINN's only resampling layer is
+  UpsampleNearestNeighbour) and folds the 32-bit bias Quant nodes into float biases (qonnx's
+  ExtractBiasFromConv cannot take brevitas' bias quantizers, see `_fold_bias_quant`).
+- `step_move_past_fork` (after streamlining): moves scale (Mul/Add) and layout (Transpose, Reshape/Flatten)
+  nodes past the branch point where task heads fork off the shared trunk, then streamlines again so every
+  head absorbs its own (without it the heads' MatMuls stay unmapped, or FINN's flatten removal rewires only
+  one head and leaves the other reading a tensor nothing produces, which this worker checks after every step).
+- `step_streamline_joins`: moves equal scales and transposes past residual Adds, skip Concats and nearest
+  Resizes, so they become integer ElementwiseAdd / StreamingConcat / upsampling layers.
+- `step_resize_and_pool_to_hw`: nearest Resize -> UpsampleNearestNeighbour and GlobalAveragePool ->
+  GlobalAccPool with its 1/(H*W) absorbed into the next thresholds, which FINN's step_convert_to_hw misses.
+When the graph has several outputs and one is named like the
 request's task, only that head is built. After conversion, any node left outside FINN's hardware layers
 other than layout/scale ops at the graph's ends is a refusal (a float model would otherwise "pass" with its
 convolutions silently left to the host). The fps-independent front (QONNX -> FINN ->

@@ -177,3 +177,66 @@ def test_real_estimate_of_two_heads_and_a_refusal(tmp_path):
     out = finn_estimates(path, "x", PART, 200, [1000], tmp_path / "float")
     assert out["available"] and out["ok"] is False
     assert "no FINN hardware layer" in out["reason"] and "\n" not in out["reason"]
+
+
+@pytest.fixture(scope="module")
+def mtl_cnn_qonnx(tmp_path_factory):
+    """The tiny zoo mtl-cnn's scene and depth paths, w4a4 (2 QAT steps), exported to QONNX: 32-bit bias Quant
+    nodes on every conv / the Gemm, residual Adds, GlobalAveragePool (scene); a skip Concat and resizes (depth,
+    nearest; and bilinear, which FINN has no layer for)."""
+    from conftest import tiny_model
+    from edgemtl.backends.qonnx_export import export_qonnx
+    from edgemtl.data import load_data
+    from edgemtl.passes.quantize_brevitas import QuantConfig, quantize_task
+
+    folder = tmp_path_factory.mktemp("mtl_cnn_qonnx")
+    model, spec = tiny_model("mtl-cnn")
+    train, val = load_data("scenes", "train", n=64), load_data("scenes", "val", n=16)
+    paths = {}
+    for name, task, nearest in (("scene", "scene", True), ("depth", "depth", True), ("depth_bilinear", "depth", False)):
+        qmodel, _ = quantize_task(model, spec, task, train, val,
+                                  QuantConfig(precision="w4a4", qat_steps=2, nearest_upsampling=nearest))
+        paths[name] = export_qonnx(qmodel, spec, folder / f"{name}.qonnx.onnx")
+    return paths
+
+
+@pytest.mark.slow
+@needs_finn
+def test_real_estimate_of_the_mtl_cnn_scene_path(mtl_cnn_qonnx, tmp_path):
+    """brevitas' bias quantizers used to stop FINN's QONNX conversion ("cannot reshape array of size 1 into shape
+    (1,4,1,1)"), and the pooled head's 1/(H*W) scale stayed unmapped between hardware layers."""
+    start = time.perf_counter()
+    out = finn_estimates(mtl_cnn_qonnx["scene"], "scene", PART, 200, [1000, 10000], tmp_path / "scene")
+    seconds = time.perf_counter() - start
+    assert out["available"] and out["ok"], out.get("reason")
+    assert all(node.endswith("(Transpose)") for node in out["nodes_unmapped"])  # the input's NCHW -> NHWC only
+    slow, fast = out["by_target_fps"]["1000"], out["by_target_fps"]["10000"]
+    for entry in (slow, fast):
+        layers = entry["cycles_per_layer"]
+        assert entry["lut"] > 0 and entry["estimated_fps"] == pytest.approx(200e6 / entry["max_cycles"])
+        assert sum(name.startswith("MVAU") for name in layers) == 10  # 9 convs (two 1x1 shortcuts among them) + the fc
+        assert any(name.startswith("GlobalAccPool") for name in layers)
+        # residual adds of equally scaled integers: no float rescaling left inside the trunk
+        assert sum(name.startswith("ElementwiseAdd") for name in layers) == 3
+        assert sum(name.startswith("ElementwiseMul") for name in layers) <= 1  # the output's scale
+    assert fast["estimated_fps"] >= 10_000 > slow["estimated_fps"] >= 1000
+    print(f"FINN estimate of mtl-cnn scene: {seconds:.1f} s; " + "; ".join(
+        f"{k} fps target -> {e['estimated_fps']:.0f} fps, {e['lut']:.0f} LUT, {e['bram18']:.0f} BRAM18, "
+        f"{e['dsp']:.0f} DSP" for k, e in out["by_target_fps"].items()))
+
+
+@pytest.mark.slow
+@needs_finn
+def test_real_estimate_of_the_mtl_cnn_depth_path_and_a_bilinear_refusal(mtl_cnn_qonnx, tmp_path):
+    out = finn_estimates(mtl_cnn_qonnx["depth"], "depth", PART, 200, [10000], tmp_path / "depth")
+    assert out["ok"], out.get("reason")
+    layers = out["by_target_fps"]["10000"]["cycles_per_layer"]
+    assert sum(name.startswith("UpsampleNearestNeighbour") for name in layers) == 2
+    assert sum(name.startswith("StreamingConcat") for name in layers) == 1
+    assert out["by_target_fps"]["10000"]["estimated_fps"] >= 10_000
+
+    start = time.perf_counter()
+    out = finn_estimates(mtl_cnn_qonnx["depth_bilinear"], "depth", PART, 200, [1000], tmp_path / "bilinear")
+    assert out["available"] and out["ok"] is False and "\n" not in out["reason"]
+    assert out["reason"].startswith("step_prepare_qonnx: no FINN hardware layer for Resize mode 'linear'")
+    assert time.perf_counter() - start < 60  # refused before streamlining
