@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from torch import nn
 from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate
-from edgemtl.model.contract import TaskPath, example_input
+from edgemtl.model.contract import TaskPath
 from edgemtl.model.losses import task_loss
 from edgemtl.model.spec import ModelSpec
 

@@ -10,7 +10,6 @@ import io
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("hls4ml")
