@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +25,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgemtl.analysis.memory_plan import on_chip_bytes_of, plan_moe_model, precision_bytes
+from edgemtl.analysis.memory_plan import on_chip_bytes_of, precision_bytes
 from edgemtl.analysis.moe_cost import moe_macs
 from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.switchable import export_switchable
 from edgemtl.data import data_spec, load_data
 from edgemtl.evaluate import evaluate, torch_predictor
+from edgemtl.flows.experts import path_memory_plan
 from edgemtl.model.checkpoint import load, save
 from edgemtl.model.zoo import build_model, zoo_spec
 from edgemtl.passes.partition_experts import PartitionConfig, partition_experts
@@ -87,12 +87,8 @@ def main() -> None:
                                                  PartitionConfig(coverage=coverage, calibration_samples=args.calibration))
         partitions[coverage] = (paths, record, usage)
     paths, record, usage = partitions[1.0]
-    plans = {}
-    for task, path in paths.items():
-        per_image = [[math.ceil(layer.selected[e] / usage.samples) for e in moe.kept_experts]
-                     for layer, moe in zip(usage.tasks[task], path.moe_layers())]
-        plans[task] = plan_moe_model(path, path.grid[0] * path.grid[1], on_chip_bytes_of(target), weight_bytes,
-                                     activation_bytes, tokens_per_expert=per_image).to_dict()
+    plans = {task: path_memory_plan(path, usage, on_chip_bytes_of(target), weight_bytes, activation_bytes).to_dict()
+             for task, path in paths.items()}
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)

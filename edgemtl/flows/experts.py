@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from edgemtl.analysis.expert_usage import ExpertUsage
-from edgemtl.analysis.memory_plan import on_chip_bytes_of, plan_moe_model, precision_bytes
+from edgemtl.analysis.memory_plan import MemoryPlan, on_chip_bytes_of, plan_moe_model, precision_bytes
 from edgemtl.analysis.moe_cost import moe_macs
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import INPUT_NAME
@@ -24,7 +24,8 @@ from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext
 from edgemtl.flows.common import task_list, threads_of, verification_inputs
-from edgemtl.passes.partition_experts import PartitionConfig, check_partition_request, has_experts, partition_experts
+from edgemtl.passes.partition_experts import (PartitionConfig, TaskExpertPath, check_partition_request, has_experts,
+                                              partition_experts)
 from edgemtl.profile.switching import resident_memory, switch_latency
 
 SWITCHABLE = "switchable/model.onnx"
@@ -62,19 +63,22 @@ def partition_step(ctx: FlowContext) -> None:
             "metric": entry.metric, "metric_before": entry.metric_before, "metric_after": entry.metric_after}
 
 
-def _memory_plans(ctx: FlowContext, paths: dict, usage: ExpertUsage) -> dict:
+def path_memory_plan(path: TaskExpertPath, usage: ExpertUsage, on_chip_bytes: int, weight_bytes: float,
+                     activation_bytes: float) -> MemoryPlan:
+    """Both execution orders of one task's expert path, with its experts' measured tokens per image."""
+    per_image = [[math.ceil(layer.selected[e] / usage.samples) for e in moe.kept_experts]
+                 for layer, moe in zip(usage.tasks[path.task], path.moe_layers())]
+    return plan_moe_model(path, path.grid[0] * path.grid[1], on_chip_bytes, weight_bytes, activation_bytes,
+                          tokens_per_expert=per_image)
+
+
+def _memory_plans(ctx: FlowContext, paths: dict[str, TaskExpertPath], usage: ExpertUsage) -> dict:
     """Token-major vs expert-major plan of each task's path, at the target's memory and first precision."""
     precision = ctx.target.precisions[0]
     weight_bytes, activation_bytes = precision_bytes(precision)
     on_chip = on_chip_bytes_of(ctx.target)
-    plans = {}
-    for task, path in paths.items():
-        tokens = path.grid[0] * path.grid[1]
-        per_image = [[math.ceil(layer.selected[e] / usage.samples) for e in kept]
-                     for layer, kept in zip(usage.tasks[task], (m.kept_experts for m in path.moe_layers()))]
-        plan = plan_moe_model(path, tokens, on_chip, weight_bytes, activation_bytes, tokens_per_expert=per_image)
-        plans[task] = plan.to_dict() | {"precision": precision, "target": ctx.target.name}
-    return plans
+    return {task: path_memory_plan(path, usage, on_chip, weight_bytes, activation_bytes).to_dict()
+            | {"precision": precision, "target": ctx.target.name} for task, path in paths.items()}
 
 
 def switching_step(ctx: FlowContext) -> None:
