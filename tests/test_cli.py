@@ -63,6 +63,12 @@ def test_compile_refuses_an_expert_coverage_outside_zero_one(capsys, tmp_path, c
     assert not (tmp_path / "b").exists()
 
 
+def test_compile_refuses_a_precision_the_target_lacks(capsys, tmp_path, checkpoints):
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "-o", tmp_path / "b", "--precision", "w4a4")
+    assert code == 2 and "target host supports precisions fp32, not 'w4a4'" in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_targets_lists_host(capsys):
     code, out, _ = run_cli(capsys, "targets")
     assert code == 0 and "host" in out and "cpu-onnxruntime" in out
