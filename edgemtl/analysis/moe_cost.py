@@ -56,6 +56,7 @@ def moe_macs(model: nn.Module, spec: ModelSpec, tasks: list[str], cost: ModelCos
                       "dense_vit_single_task_macs": dense_backbone + heads[t],
                       "share_of_dense_vit_all_tasks": cost.tasks[t].macs / dense_all}
                   for t in tasks},
+        "provenance": "counted (edgemtl analysis); dense-ViT figures derived",
         "counting": "batch 1; MoE layers count top-k experts per token plus the router (edgemtl analysis); "
                     "the dense ViT of equal per-token compute is derived (MoE -> MLP of hidden k*h, no router)",
     }
