@@ -1,0 +1,281 @@
+"""An integer-only graph of one task path, and its bit-exact numpy reference executor.
+
+This is what the MCU target's backends consume (the integer ONNX for Deeploy, our portable C) and the
+ground truth every one of them is checked against: the C code must give EXACTLY `run_reference`'s output.
+
+Numbers: every activation tensor is int8 or uint8 with a symmetric real scale
+(`real = scale * q`, zero point 0). Every compute node accumulates in int32 and ends in a fused
+requantisation, Deeploy's `RequantShift`:
+
+    out = clip((acc * mul[c] + add[c] + 2**(shift - 1)) >> shift, lo, hi)      (>> = arithmetic, floor)
+
+with `mul`, `add` per output channel (int32), one `shift` per node (0 <= shift <= 31; no rounding term
+when shift == 0), and [lo, hi] = [-128, 127] for int8 or [0, 255] for uint8 (a ReLU is an uint8 output).
+A conv / gemm bias is folded into `add` (add = bias * mul, so `add` stays a multiple of `mul`, as Deeploy
+wants). The product `acc * mul + add` is evaluated exactly here (int64); the quantizer chooses `mul` so
+that it fits in int32 for the worst-case accumulator (`check_int32`), so int32 kernels (Deeploy's) agree.
+
+Ops (attributes in `Node.attrs`, integer arrays in `Node.params`; shapes are per sample, CHW):
+- conv     x (C,H,W) -> (K,H',W'). attrs: stride [sh,sw], pads [top,left,bottom,right], groups.
+           params: weight int8 (K, C/groups, kh, kw), mul, add (K,), shift in attrs. Zero padding.
+- gemm     x (C,) -> (K,). params: weight int8 (K, C), mul, add (K,).
+- add      a, b (same shape) -> out: acc = a * mul_a + b * mul_b (scalars in attrs), then requant with
+           mul = 1 (params: mul, add of shape (C,)), shift in attrs. Lets the two inputs differ in scale.
+- concat   inputs (C_i,H,W) -> (sum C_i,H,W) along channels; every input must already share the output's
+           scale and dtype (the quantizer inserts `requant` nodes where they do not).
+- requant  x -> requant(x) per channel: params mul, add (C,); the elementwise form of the above.
+- avgpool_global  x (C,H,W) -> (C,): acc = sum over H*W, then requant (the 1/(H*W) lives in mul/shift).
+- maxpool  x -> max over windows; attrs: kernel [kh,kw], stride, pads (padding never wins). Same scale.
+- resize_bilinear  x (C,H,W) -> (C, H*f, W*f), integer factor f, PyTorch's align_corners=False rule
+           (source coordinate (d + 0.5) / f - 0.5, clamped at 0 and to the last row/column). Each weight
+           is an exact multiple of 1 / (2f) per axis, so acc = sum of wy * wx * x over the four neighbours,
+           with wy, wx integers in units of 1 / (2f), is exact; then requant (the 1 / (4 f^2) in mul/shift).
+- resize_nearest   x -> (C, H*f, W*f), integer factor f: a copy, same scale.
+- flatten  (C,1,1) -> (C,): a relabelling, same scale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edgemtl.errors import EdgemtlError
+
+DType = Literal["int8", "uint8"]
+RANGES: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
+OPS = ("conv", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool", "resize_bilinear",
+       "resize_nearest", "flatten")
+INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: list[int]          # per sample, no batch axis: [C, H, W] or [C]
+    dtype: DType
+    scale: float              # real value = scale * q
+
+    @property
+    def elements(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Node:
+    name: str                 # the float layer it came from (error messages, per-layer reports)
+    op: str
+    inputs: list[str]
+    output: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class IntGraph:
+    """One task path, topologically ordered, one input and one output tensor."""
+
+    task: str
+    input: str
+    output: str
+    tensors: dict[str, TensorInfo]
+    nodes: list[Node]
+
+    def validate(self) -> None:
+        """Names resolve, ops are known, parameters have integer dtypes and int8 weights stay in range."""
+        known = {self.input}
+        for node in self.nodes:
+            if node.op not in OPS:
+                raise EdgemtlError(f"task {self.task!r}: layer {node.name!r} has op {node.op!r}, which the integer graph lacks")
+            missing = [i for i in node.inputs if i not in known]
+            if missing:
+                raise EdgemtlError(f"task {self.task!r}: layer {node.name!r} reads {missing} before they are computed")
+            for key, value in node.params.items():
+                if not np.issubdtype(value.dtype, np.integer):
+                    raise EdgemtlError(f"task {self.task!r}: layer {node.name!r} parameter {key!r} is not integer")
+            if "weight" in node.params and (node.params["weight"].min() < -128 or node.params["weight"].max() > 127):
+                raise EdgemtlError(f"task {self.task!r}: layer {node.name!r} weights leave int8")
+            known.add(node.output)
+        if self.output not in known:
+            raise EdgemtlError(f"task {self.task!r}: the output {self.output!r} is never computed")
+
+    def weight_bytes(self) -> int:
+        return int(sum(v.nbytes for n in self.nodes for v in n.params.values()))
+
+    # -- persistence: graph.json (structure, scales) + params.npz (integer arrays) ------------------------
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        structure = {"task": self.task, "input": self.input, "output": self.output,
+                     "tensors": {k: asdict(v) for k, v in self.tensors.items()},
+                     "nodes": [{"name": n.name, "op": n.op, "inputs": n.inputs, "output": n.output, "attrs": n.attrs,
+                                "params": sorted(n.params)} for n in self.nodes]}
+        (folder / "graph.json").write_text(json.dumps(structure, indent=1))
+        np.savez(folder / "params.npz", **{f"{i}/{k}": v for i, n in enumerate(self.nodes) for k, v in n.params.items()})
+
+    @classmethod
+    def load(cls, folder: Path) -> "IntGraph":
+        structure = json.loads((folder / "graph.json").read_text())
+        arrays = np.load(folder / "params.npz")
+        nodes = [Node(n["name"], n["op"], n["inputs"], n["output"], n["attrs"], {k: arrays[f"{i}/{k}"] for k in n["params"]})
+                 for i, n in enumerate(structure["nodes"])]
+        tensors = {k: TensorInfo(**v) for k, v in structure["tensors"].items()}
+        return cls(structure["task"], structure["input"], structure["output"], tensors, nodes)
+
+
+def requantize(acc: np.ndarray, mul: np.ndarray, add: np.ndarray, shift: int, dtype: DType, channel_axis: int = 1) -> np.ndarray:
+    """clip((acc * mul + add + 2**(shift-1)) >> shift): exact in int64, per-channel mul/add on `channel_axis`."""
+    shape = [1] * acc.ndim
+    shape[channel_axis] = -1
+    value = acc.astype(np.int64) * mul.astype(np.int64).reshape(shape) + add.astype(np.int64).reshape(shape)
+    if shift > 0:
+        value = (value + (1 << (shift - 1))) >> shift
+    lo, hi = RANGES[dtype]
+    return np.clip(value, lo, hi)
+
+
+def quantize_input(graph: IntGraph, images: np.ndarray) -> np.ndarray:
+    """Normalised float images (N,C,H,W) -> the integer input tensor (round half to even, saturate)."""
+    info = graph.tensors[graph.input]
+    lo, hi = RANGES[info.dtype]
+    return np.clip(np.rint(images / info.scale), lo, hi).astype(np.int64)
+
+
+def bilinear_taps(size: int, factor: int) -> list[tuple[int, int, int, int]]:
+    """Per output index along one axis: (i0, i1, w0, w1) with integer weights summing to 2 * factor."""
+    taps = []
+    for d in range(size * factor):
+        numerator = 2 * d + 1 - factor            # source coordinate * 2f = (2d + 1) - f
+        if numerator < 0:
+            numerator = 0                          # PyTorch clamps negative source coordinates to 0
+        i0, frac = divmod(numerator, 2 * factor)
+        i1 = min(i0 + 1, size - 1)
+        taps.append((i0, i1, 2 * factor - frac, frac))
+    return taps
+
+
+def _pad(x: np.ndarray, pads: list[int], value: int = 0) -> np.ndarray:
+    top, left, bottom, right = pads
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _conv_acc(x: np.ndarray, weight: np.ndarray, stride: list[int], pads: list[int], groups: int) -> np.ndarray:
+    x = _pad(x, pads)
+    n, c, h, w = x.shape
+    k, cg, kh, kw = weight.shape
+    oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
+    out = np.zeros((n, k, oh, ow), dtype=np.int64)
+    per_group = k // groups
+    for g in range(groups):
+        xs = x[:, g * cg:(g + 1) * cg]
+        ws = weight[g * per_group:(g + 1) * per_group].astype(np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i:i + stride[0] * oh:stride[0], j:j + stride[1] * ow:stride[1]]
+                out[:, g * per_group:(g + 1) * per_group] += np.einsum("nchw,kc->nkhw", patch, ws[:, :, i, j])
+    return out
+
+
+def _resize_bilinear_acc(x: np.ndarray, factor: int) -> np.ndarray:
+    rows, cols = bilinear_taps(x.shape[2], factor), bilinear_taps(x.shape[3], factor)
+    r0, r1, wr0, wr1 = (np.array(v) for v in zip(*rows))
+    c0, c1, wc0, wc1 = (np.array(v) for v in zip(*cols))
+    top = x[:, :, r0] * wr0[None, None, :, None] + x[:, :, r1] * wr1[None, None, :, None]
+    return top[:, :, :, c0] * wc0 + top[:, :, :, c1] * wc1
+
+
+def _maxpool(x: np.ndarray, kernel: list[int], stride: list[int], pads: list[int]) -> np.ndarray:
+    x = _pad(x, pads, value=-(2**31))
+    n, c, h, w = x.shape
+    oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+    out = np.full((n, c, oh, ow), -(2**31), dtype=np.int64)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            out = np.maximum(out, x[:, :, i:i + stride[0] * oh:stride[0], j:j + stride[1] * ow:stride[1]])
+    return out
+
+
+def accumulator(node: Node, values: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The int32 accumulator a compute node requantizes (None for data-movement ops)."""
+    x = values[node.inputs[0]]
+    if node.op == "conv":
+        return _conv_acc(x, node.params["weight"], node.attrs["stride"], node.attrs["pads"], node.attrs.get("groups", 1))
+    if node.op == "gemm":
+        return x @ node.params["weight"].astype(np.int64).T
+    if node.op == "add":
+        return x * int(node.attrs["mul_a"]) + values[node.inputs[1]] * int(node.attrs["mul_b"])
+    if node.op == "requant":
+        return x
+    if node.op == "avgpool_global":
+        return x.sum(axis=(2, 3))
+    if node.op == "resize_bilinear":
+        return _resize_bilinear_acc(x, int(node.attrs["factor"]))
+    return None
+
+
+def run_node(node: Node, values: dict[str, np.ndarray], tensors: dict[str, TensorInfo]) -> np.ndarray:
+    acc = accumulator(node, values)
+    if acc is not None:
+        return requantize(acc, node.params["mul"], node.params["add"], int(node.attrs["shift"]), tensors[node.output].dtype)
+    x = values[node.inputs[0]]
+    if node.op == "concat":
+        return np.concatenate([values[i] for i in node.inputs], axis=1)
+    if node.op == "maxpool":
+        return _maxpool(x, node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"])
+    if node.op == "resize_nearest":
+        factor = int(node.attrs["factor"])
+        return x.repeat(factor, axis=2).repeat(factor, axis=3)
+    if node.op == "flatten":
+        return x.reshape(x.shape[0], -1)
+    raise EdgemtlError(f"layer {node.name!r}: the reference executor has no op {node.op!r}")
+
+
+def run_reference(graph: IntGraph, q_input: np.ndarray, keep_all: bool = False) -> dict[str, np.ndarray]:
+    """Execute the graph on integer inputs (N, ...) -> {output: ints}; every tensor with keep_all."""
+    values = {graph.input: q_input.astype(np.int64)}
+    for node in graph.nodes:
+        values[node.output] = run_node(node, values, graph.tensors)
+    return values if keep_all else {graph.output: values[graph.output]}
+
+
+def dequantize(graph: IntGraph, q_output: np.ndarray) -> np.ndarray:
+    return q_output.astype(np.float64) * graph.tensors[graph.output].scale
+
+
+def worst_case_accumulator(node: Node, tensors: dict[str, TensorInfo]) -> np.ndarray:
+    """Per output channel, the largest |acc| any input in the input dtypes' ranges can produce."""
+    def magnitude(name: str) -> int:
+        lo, hi = RANGES[tensors[name].dtype]
+        return max(abs(lo), abs(hi))
+    x_max = magnitude(node.inputs[0])
+    if node.op in ("conv", "gemm"):
+        weight = np.abs(node.params["weight"].astype(np.int64))
+        return weight.reshape(weight.shape[0], -1).sum(axis=1) * x_max
+    channels = tensors[node.output].shape[0]
+    if node.op == "add":
+        total = x_max * abs(int(node.attrs["mul_a"])) + magnitude(node.inputs[1]) * abs(int(node.attrs["mul_b"]))
+        return np.full(channels, total, dtype=np.int64)
+    if node.op == "requant":
+        return np.full(channels, x_max, dtype=np.int64)
+    if node.op == "avgpool_global":
+        _, h, w = tensors[node.inputs[0]].shape
+        return np.full(channels, x_max * h * w, dtype=np.int64)
+    if node.op == "resize_bilinear":
+        factor = int(node.attrs["factor"])
+        return np.full(channels, x_max * 4 * factor * factor, dtype=np.int64)
+    return np.zeros(channels, dtype=np.int64)
+
+
+def check_int32(graph: IntGraph) -> None:
+    """Fail, naming the layer, where acc or acc * mul + add could leave int32 for some input."""
+    for node in graph.nodes:
+        if "mul" not in node.params:
+            continue
+        acc = worst_case_accumulator(node, graph.tensors)
+        product = acc * np.abs(node.params["mul"].astype(np.int64)) + np.abs(node.params["add"].astype(np.int64))
+        if acc.max() > INT32[1] or product.max() + (1 << max(int(node.attrs["shift"]) - 1, 0)) > INT32[1]:
+            raise EdgemtlError(
+                f"task {graph.task!r}, layer {node.name!r}: the requantisation acc * mul + add can reach "
+                f"{int(product.max()):,}, beyond int32; requantize with a smaller multiplier (fewer mul bits)")
