@@ -6,7 +6,7 @@ EDGEMTL := $(VENV)/bin/edgemtl
 DEMO   ?= build/demo
 DEMO_STEPS ?= 600
 
-.PHONY: setup demo test test-all clean finn-venv
+.PHONY: setup demo test test-all clean finn-venv deeploy-venv
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,19 @@ $(FINN_VENV)/.installed:
 	$(FINN_PY) -m pip install -q --no-deps finn-plus==1.6.1 brevitas==0.13.0
 	$(FINN_PY) -m pip install -q torch==2.13.0 setuptools==80.10.2 psutil "bitstring>=4.3.1,<4.4" "click>=8.1.8,<9" "cmake>=4.0.3,<4.1" "mashumaro[yaml]>=3.15,<4" "matplotlib>=3.10.9,<3.11" mip==1.17.0 "numpy>=2.4.6,<2.5" onnx==1.21.0 "onnx-ir>=0.1.15" "onnx-passes>=0.4.0" "onnxoptimizer>=0.4.2,<0.5" onnxruntime==1.25.1 "onnxscript>=0.7.0" "pandas>=2.3.1,<2.4" protobuf==5.29.6 pybind11==3.0.1 "pydantic>2.0" "pyyaml>=6.0.2,<6.1" qonnx==1.0.0 "rich>=13.9.4,<14" "scikit-learn>=1.7.2,<1.8" "scipy>=1.17.0,<1.18" "termcolor>=2.5,<3" dependencies==2.0.1 packaging sympy typing-extensions unfoldNd
 	$(FINN_PY) -c "import torch, finn.builder.build_dataflow_config; assert torch.__version__.startswith('2.13.0+cpu'), torch.__version__"
+	touch $@
+
+# Deeploy's code generation (gap9 flow), optional: deeploy-pulp pins numpy<2 and protobuf 4.23, so it lives
+# apart and runs as a subprocess (edgemtl/backends/deeploy.py). Deeploy's test driver defaults to the MiniMalloc
+# allocator, an external binary; edgemtl uses TetrisRandom, which is pure Python. No C kernel library comes with it.
+DEEPLOY_VENV ?= .venv-deeploy
+DEEPLOY_PY := $(DEEPLOY_VENV)/bin/python
+deeploy-venv: $(DEEPLOY_VENV)/.installed
+$(DEEPLOY_VENV)/.installed:
+	$(PYTHON) -m venv $(DEEPLOY_VENV)
+	$(DEEPLOY_PY) -m pip install -q --upgrade pip
+	$(DEEPLOY_PY) -m pip install -q deeploy-pulp==0.2.1
+	$(DEEPLOY_PY) -c "import numpy, Deeploy.Targets.PULPOpen.Platform; assert numpy.__version__.startswith('1.'), numpy.__version__"
 	touch $@
 
 test: setup

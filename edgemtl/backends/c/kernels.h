@@ -1,0 +1,123 @@
+/* edgemtl portable int8 kernels (C99): the integer graph's ops, bit-exact with edgemtl.model.intgraph.
+ *
+ * Activations are bytes in CHW order (one sample). A kernel reads its input as int8_t or uint8_t (the
+ * _s8 / _u8 suffix names the input type) and writes its output as raw bytes: a requantised value is
+ * clipped to [lo, hi] ([-128, 127] for int8, [0, 255] for uint8) and stored as its two's-complement
+ * byte, so one kernel serves both output types. Accumulators are int32 (add: int64, its scalar
+ * multipliers are not bounded by the quantizer); requantisation is evaluated in int64:
+ *     y = clip((acc * mul[c] + add[c] + 2^(shift-1)) >> shift, lo, hi)     (>> = floor, no term if shift 0)
+ */
+#ifndef EDGEMTL_KERNELS_H
+#define EDGEMTL_KERNELS_H
+
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define EMK_ALIGNED(n) __attribute__((aligned(n)))
+#define EMK_NOINLINE __attribute__((noinline))
+#else
+#define EMK_ALIGNED(n)
+#define EMK_NOINLINE
+#endif
+
+/* Per-output-channel requantisation of one node. `narrow` != 0 promises (the generator proves it from
+ * the worst-case accumulator, intgraph.check_int32) that acc * mul + add + 2^(shift-1) fits int32 for
+ * every input, so the cheaper int32 path gives the same integers as the int64 one. */
+typedef struct {
+    const int32_t *mul;
+    const int32_t *add;
+    int32_t shift;
+    int32_t lo;
+    int32_t hi;
+    int32_t narrow;
+} emk_requant_t;
+
+/* Geometry of a convolution: input (c, h, w), output (k, oh, ow), weights (k, c / groups, kh, kw). */
+typedef struct {
+    int32_t c, h, w, k, oh, ow, kh, kw, sh, sw, pad_top, pad_left, groups;
+} emk_conv_t;
+
+/* Geometry of a max pool: input (c, h, w), output (c, oh, ow). */
+typedef struct {
+    int32_t c, h, w, oh, ow, kh, kw, sh, sw, pad_top, pad_left;
+} emk_pool_t;
+
+/* floor(v / 2^s) for 0 <= s <= 62 without relying on the implementation-defined right shift of a
+ * negative value: for v < 0, ~v = -v - 1 >= 0 and ~(~v >> s) = floor(v / 2^s) exactly. */
+static inline int64_t emk_floor_shift(int64_t v, int32_t s)
+{
+    return v >= 0 ? (v >> s) : ~((~v) >> s);
+}
+
+/* The fused requantisation (intgraph.requantize), stored as the output byte. */
+static inline uint8_t emk_requant(int64_t acc, int32_t mul, int32_t add, int32_t shift, int32_t lo, int32_t hi)
+{
+    int64_t v = acc * (int64_t)mul + (int64_t)add;
+    if (shift > 0) {
+        v = emk_floor_shift(v + ((int64_t)1 << (shift - 1)), shift);
+    }
+    if (v < lo) {
+        v = lo;
+    }
+    if (v > hi) {
+        v = hi;
+    }
+    return (uint8_t)(int32_t)v;
+}
+
+/* The same in int32, valid only when the whole sum fits int32 (see emk_requant_t.narrow). */
+static inline uint8_t emk_requant32(int32_t acc, int32_t mul, int32_t add, int32_t shift, int32_t lo, int32_t hi)
+{
+    int32_t v = acc * mul + add;
+    if (shift > 0) {
+        v += (int32_t)((uint32_t)1 << (shift - 1));
+        v = v >= 0 ? (v >> shift) : ~((~v) >> shift);
+    }
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (uint8_t)v;
+}
+
+/* Requantise with the node's parameters for channel-wise mul / add. */
+#define EMK_REQUANT(acc, rq, mul, add)                                                                    \
+    ((rq)->narrow ? emk_requant32((int32_t)(acc), (mul), (add), (rq)->shift, (rq)->lo, (rq)->hi)          \
+                  : emk_requant((acc), (mul), (add), (rq)->shift, (rq)->lo, (rq)->hi))
+
+#if defined(__riscv)
+/* Retired-instruction counter (user/machine mode). GCC 12's assembler needs Zicsr enabled for csrr. */
+static inline uint32_t emk_instret(void)
+{
+    uint32_t value;
+    __asm__ volatile(".option push\n\t.option arch, +zicsr\n\tcsrr %0, minstret\n\t.option pop" : "=r"(value));
+    return value;
+}
+#endif
+
+void emk_conv_s8(const int8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
+void emk_conv_u8(const uint8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
+void emk_gemm_s8(const int8_t *x, const int8_t *w, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
+void emk_gemm_u8(const uint8_t *x, const int8_t *w, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
+void emk_requant_s8(const int8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
+void emk_requant_u8(const uint8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
+void emk_avgpool_global_s8(const int8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
+void emk_avgpool_global_u8(const uint8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
+void emk_maxpool_s8(const int8_t *x, const emk_pool_t *p, uint8_t *y);
+void emk_maxpool_u8(const uint8_t *x, const emk_pool_t *p, uint8_t *y);
+void emk_resize_bilinear_s8(const int8_t *x, int32_t c, int32_t h, int32_t w, int32_t f, const emk_requant_t *rq, uint8_t *y);
+void emk_resize_bilinear_u8(const uint8_t *x, int32_t c, int32_t h, int32_t w, int32_t f, const emk_requant_t *rq, uint8_t *y);
+/* add: a is the first input (suffix 1), b the second (suffix 2). */
+void emk_add_s8_s8(const int8_t *a, const int8_t *b, int32_t c, int32_t hw, int32_t mul_a, int32_t mul_b,
+                   const emk_requant_t *rq, uint8_t *y);
+void emk_add_s8_u8(const int8_t *a, const uint8_t *b, int32_t c, int32_t hw, int32_t mul_a, int32_t mul_b,
+                   const emk_requant_t *rq, uint8_t *y);
+void emk_add_u8_s8(const uint8_t *a, const int8_t *b, int32_t c, int32_t hw, int32_t mul_a, int32_t mul_b,
+                   const emk_requant_t *rq, uint8_t *y);
+void emk_add_u8_u8(const uint8_t *a, const uint8_t *b, int32_t c, int32_t hw, int32_t mul_a, int32_t mul_b,
+                   const emk_requant_t *rq, uint8_t *y);
+
+/* Data movement (type-agnostic bytes). */
+void emk_copy(const uint8_t *x, int32_t bytes, uint8_t *y);
+void emk_concat(const uint8_t *const *xs, const int32_t *bytes, int32_t n, uint8_t *y);
+void emk_resize_nearest(const uint8_t *x, int32_t c, int32_t h, int32_t w, int32_t f, uint8_t *y);
+
+#endif /* EDGEMTL_KERNELS_H */

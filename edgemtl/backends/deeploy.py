@@ -1,0 +1,188 @@
+"""Deeploy (deeploy-pulp) C code generation for the MCU target, with its static memory map at GAP9's sizes.
+
+deeploy-pulp pins numpy<2 and protobuf 4.23, which the main environment cannot share, so it lives in its own venv
+(`.venv-deeploy`, made by `make deeploy-venv`; `EDGEMTL_DEEPLOY_VENV` points elsewhere) and runs as a subprocess:
+`deeploy_worker.py` (in this folder, standard library only at import) reads a versioned JSON request and writes a
+JSON result. This module never imports Deeploy.
+
+The input is the integer ONNX of `deeploy_onnx.export_deeploy_onnx`. The worker runs Deeploy's tiled PULPOpen
+(Siracusa) flow: L1 / L2 sizes from the target (GAP9: 128,000 B cluster L1, 1,500,000 B L2), double buffering,
+the TetrisRandom static allocator. deeploy-pulp 0.2.1 has no GAP9 platform of its own; the PULPOpen cluster is the
+same kind of 8-core RISC-V cluster with a DMA between L2 and L1, so its kernels, tiling and memory map are the
+closest Deeploy can give for GAP9 (the generated code includes Siracusa's DMA header, `mchan_siracusa.h`).
+Numbers here are Deeploy's compile-time static allocation: exact for that code, measured on nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgemtl.backends.deeploy_onnx import read_deeploy_metadata
+from edgemtl.errors import EdgemtlError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DEEPLOY_VENV = Path(os.environ.get("EDGEMTL_DEEPLOY_VENV", REPO_ROOT / ".venv-deeploy"))
+WORKER = Path(__file__).resolve().with_name("deeploy_worker.py")
+PROTOCOL_VERSION = 1
+HOW_TO_CREATE = "make deeploy-venv"
+PROVENANCE = "static (Deeploy's tiling and static allocation at compile time; not measured)"
+DEFAULT_L3_BYTES = 64_000_000  # Deeploy's test driver's L3; pass the board's external RAM when it is known
+DEFAULT_N_CORES = 8             # GAP9's and Siracusa's cluster: 8 worker cores
+# Deeploy's PULP GEMM tiling keeps the reduction (input) dimension whole and tiles outputs by 16, double-buffered
+GEMM_OUTPUT_TILE = 16
+
+
+def deeploy_python(venv: Path = DEFAULT_DEEPLOY_VENV) -> Path | None:
+    """The venv's interpreter when deeploy-pulp is installed in it, else None."""
+    python = Path(venv) / "bin" / "python"
+    if not python.exists():
+        return None
+    if not any(Path(venv).glob("lib/python3*/site-packages/Deeploy/Targets/PULPOpen/Platform.py")):
+        return None
+    return python
+
+
+def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: int, timeout_s: int = 600, *,
+                     l3_bytes: int = DEFAULT_L3_BYTES, n_cores: int = DEFAULT_N_CORES, double_buffering: bool = True,
+                     seed: int = 0, venv: Path = DEFAULT_DEEPLOY_VENV) -> dict[str, Any]:
+    """Generate Deeploy's C for an integer ONNX into `out_dir` and return its static memory map.
+
+    Returns {"available": False, "how_to_create": "make deeploy-venv", "reason": "Deeploy venv missing: ..."} when
+    the venv is absent; {"available": True, "ok": False, "reason": one line, ...} when Deeploy cannot take the model
+    (layers PULPOpen has no mapping for are listed in "unmapped" and Deeploy is not run; tiling failures carry
+    "hints" such as fully connected layers too large for L1); otherwise {"available": True, "ok": True, "files",
+    "memory": {"L1"|"L2"|"L3": {capacity, static, dynamic, total}}, "fits", "layers" (per Deeploy layer: its op,
+    the edgemtl layers it implements, tile shapes per tensor and level), "deeploy_version", "seconds", ...}.
+    """
+    python = deeploy_python(Path(venv))
+    if python is None:
+        return {"available": False, "how_to_create": HOW_TO_CREATE,
+                "reason": f"Deeploy venv missing: run `{HOW_TO_CREATE}` (looked in {venv})"}
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise EdgemtlError(f"integer ONNX {onnx_path} does not exist")
+    for label, value in (("l1_bytes", l1_bytes), ("l2_bytes", l2_bytes), ("l3_bytes", l3_bytes), ("n_cores", n_cores)):
+        if int(value) <= 0:
+            raise EdgemtlError(f"{label} must be above 0, got {value}")
+    meta = read_deeploy_metadata(onnx_path)
+    out_dir = Path(out_dir).resolve()
+    base = {"available": True, "onnx_path": str(onnx_path), "out_dir": str(out_dir), "provenance": PROVENANCE,
+            "platform": "Deeploy PULPOpen (Siracusa) cluster, tiled", "l1_bytes": int(l1_bytes),
+            "l2_bytes": int(l2_bytes), "l3_bytes": int(l3_bytes), "double_buffering": bool(double_buffering),
+            "allocator": "TetrisRandom", "hints": l1_hints(onnx_path, int(l1_bytes))}
+    if meta.get("unmapped"):
+        listed = "; ".join(f"{u['layer']} ({u['op']}): {u['reason']}" for u in meta["unmapped"])
+        return {**base, "ok": False, "unmapped": meta["unmapped"],
+                "reason": f"{len(meta['unmapped'])} layer(s) Deeploy's PULPOpen cannot map: {listed}"}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    request = {"version": PROTOCOL_VERSION, "onnx_path": str(onnx_path.resolve()), "out_dir": str(out_dir),
+               "input_dtype": meta.get("input_dtype", "int8"), "l1_bytes": int(l1_bytes), "l2_bytes": int(l2_bytes),
+               "l3_bytes": int(l3_bytes), "n_cores": int(n_cores), "double_buffering": bool(double_buffering),
+               "seed": int(seed)}
+    request_file, result_file = out_dir / "deeploy_request.json", out_dir / "deeploy_result.json"
+    request_file.write_text(json.dumps(request, indent=1))
+    result_file.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        with open(out_dir / "deeploy_worker.log", "w", encoding="utf-8") as log:
+            # -P: the worker's folder (edgemtl/backends, which has an onnxruntime.py) must not go on sys.path
+            proc = subprocess.run([str(python), "-P", str(WORKER), str(request_file), str(result_file)],
+                                  cwd=out_dir, env=_worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {**base, "ok": False, "reason": f"Deeploy did not finish within {timeout_s} s"}
+    seconds = time.perf_counter() - start
+    if not result_file.exists():
+        return {**base, "ok": False, "seconds": seconds,
+                "reason": f"Deeploy worker exited with status {proc.returncode} without a result: "
+                          f"{_last_line(out_dir / 'deeploy_worker.log')}"}
+    result = json.loads(result_file.read_text())
+    if result.get("version") != PROTOCOL_VERSION:
+        return {**base, "ok": False, "reason": f"Deeploy worker speaks version {result.get('version')}, "
+                                               f"edgemtl expects {PROTOCOL_VERSION}"}
+    tool = f"deeploy-pulp {result.get('deeploy_version', '?')}"
+    if not result.get("ok"):
+        return {**base, "ok": False, "seconds": seconds, "tool": tool, "deeploy_version": result.get("deeploy_version"),
+                "stage": result.get("stage"),
+                "reason": f"Deeploy {result.get('stage', '?')}: {result.get('reason', 'unknown')}"}
+    memory = result["memory"]
+    return {**base, "ok": True, "seconds": seconds, "tool": tool, "deeploy_version": result.get("deeploy_version"),
+            "files": result["files"], "memory": memory,
+            "fits": {level: info["total"] <= info["capacity"] for level, info in memory.items()},
+            "layers": attach_layers(result["layers"], meta), "n_cores": result.get("n_cores")}
+
+
+def attach_layers(layers: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Name, for each Deeploy layer, the edgemtl layers whose tensors it writes. Deeploy renames fused nodes but
+    keeps tensor names, suffixed `_tensor` and sometimes `_split` / `_pre_transposed` / `_tp`; its own layout
+    Transposes get the layer of the tensor they move, or none for the network input's."""
+    tensor_layers = meta.get("tensor_layers") or meta.get("layer_outputs", {})
+    if "layer_outputs" in meta and "tensor_layers" not in meta:
+        tensor_layers = {tensor: layer for layer, tensor in meta["layer_outputs"].items()}
+    patterns = {tensor: re.compile(rf"(?:^|_){re.escape(tensor)}_tensor(?:_|$)") for tensor in tensor_layers}
+    attached = []
+    for entry in layers:
+        names = set()
+        for out in entry.get("outputs", []):
+            if out == "output_0" and meta.get("output") in tensor_layers:
+                names.add(tensor_layers[meta["output"]])
+            hits = [tensor for tensor, pattern in patterns.items() if pattern.search(out)]
+            # a hit that is the "_"-suffix of a longer hit ("pooled" inside "p_pooled") is not the tensor
+            names |= {tensor_layers[h] for h in hits if not any(o != h and o.endswith(f"_{h}") for o in hits)}
+        attached.append({**entry, "edgemtl_layers": sorted(names)})
+    return attached
+
+
+def l1_hints(onnx_path: Path, l1_bytes: int) -> list[str]:
+    """Fully connected layers Deeploy's PULP tiler cannot fit: it keeps the input dimension K whole and tiles the
+    outputs by 16, double-buffered, so a Gemm with >= 16 outputs needs about 2 * 16 * K bytes of L1 for weights."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    node_layers = read_deeploy_metadata(onnx_path).get("node_layers", {})
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    hints = []
+    for node in model.graph.node:
+        if node.op_type != "Gemm" or node.input[1] not in weights:
+            continue
+        outputs, k = weights[node.input[1]]  # transB=1: (outputs, K)
+        need = 2 * min(outputs, GEMM_OUTPUT_TILE) * k
+        if need > l1_bytes:
+            layer = node_layers.get(node.name, node.name)
+            hints.append(f"layer {layer!r}: a fully connected layer with K={k} inputs needs ~{need:,} B of L1 for "
+                         f"double-buffered weight tiles ({min(outputs, GEMM_OUTPUT_TILE)} outputs each; Deeploy does "
+                         f"not tile the input dimension), more than L1's {l1_bytes:,} B")
+    return hints
+
+
+def _worker_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def main(argv: list[str]) -> int:  # pragma: no cover - a manual entry point
+    """python -m edgemtl.backends.deeploy MODEL.onnx OUT_DIR L1_BYTES L2_BYTES: print the result as JSON."""
+    if len(argv) != 5:
+        print("usage: python -m edgemtl.backends.deeploy MODEL.onnx OUT_DIR L1_BYTES L2_BYTES", file=sys.stderr)
+        return 2
+    print(json.dumps(deeploy_generate(Path(argv[1]), Path(argv[2]), int(argv[3]), int(argv[4])), indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv))

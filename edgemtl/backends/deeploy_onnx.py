@@ -1,0 +1,319 @@
+"""IntGraph -> the integer ONNX that Deeploy (deeploy-pulp 0.2.1) takes, with exactly the IntGraph's arithmetic.
+
+Deeploy reads a float ONNX whose values are all integers: Conv / Gemm with integer-valued float32 weights, each
+followed by a `RequantShift` node (inputs: accumulator, `mul`, `add`; TENSOR attributes `div` = 2**shift,
+`n_levels_out` = 256, `signed`), and a shape on every tensor. Its PULPOpen lowering fuses Conv + RequantShift into
+`RequantizedConv` (pulp-nn kernels), Gemm + RequantShift into `RequantizedGemm`, and RequantShift -> Add <-
+RequantShift, Add -> RequantShift into `RequantizedAdd`. Deeploy adds the rounding term itself (the fusions add
+2**(d-1) to `add`; a lone RequantShift runs its kernel with rounding on), so `add` here is the IntGraph's `add` as
+is: out = clip((acc * mul + add + 2**(d-1)) >> d), the same formula as `edgemtl.model.intgraph.requantize`.
+Our RequantShift nodes also say `channels_first=1`: Deeploy's PULP deployer defaults to NHWC and moves only Conv /
+MaxPool to it (with Transposes around them), so a RequantShift left on its own sees an NCHW tensor and would
+otherwise index its per-channel mul / add as NHWC.
+
+How each IntGraph op is written (all tensors NCHW with a batch axis of 1; Deeploy moves to NHWC itself):
+- conv            Conv + RequantShift (dense, or depthwise when groups == C_in == K; pads equal on all sides).
+- gemm            Gemm(transB=1) + RequantShift. Deeploy's Gemm fusion adds 2**(d-1) even when d == 0 (a
+                  half, which int32 cannot hold), so shift 0 is written as mul*2, add*2, shift 1: the same
+                  integers, since (2v + 1) >> 1 == v.
+- add             RequantShift(mul_a, div 1) and RequantShift(mul_b, div 1) on the inputs, Add, RequantShift:
+                  fused into one RequantizedAdd (pulp_nn_add), which takes ONE mul / add for the output, so
+                  per-channel requantisation after an add is mapped only when mul_a == mul_b == 1 (then the
+                  plain Add makes int32 and a per-channel RequantShift follows, exact).
+- avgpool_global  a depthwise RequantizedConv whose kernel is the whole H x W of ones (acc = the sum, exactly
+                  the IntGraph's), then Flatten: PULPOpen has no global pooling layer; its integer ReduceMean
+                  is a mean, not a sum followed by a per-channel requantisation.
+- maxpool, concat (axis 1), requant, flatten: MaxPool, Concat, RequantShift, Flatten.
+- resize_bilinear, resize_nearest: no Resize layer in PULPOpen's mapping (deeploy-pulp 0.2.1): reported as
+  unmapped and written as placeholder nodes in the `edgemtl.unmapped` domain, so the file still has every
+  tensor and shape but Deeploy will not be run on it.
+
+Checks (one-line EdgemtlError naming the layer): every integer stored as float32 (weights, mul, add, and add plus
+Deeploy's rounding term) stays below 2**24 in magnitude, where float32 is still exact; conv / gemm `add` is a
+multiple of `mul` (the folded bias, as Deeploy expects); `check_int32` for the int32 accumulators and products.
+The unmapped layers, the input's integer type and the per-layer tensor names go into the model's metadata
+(`edgemtl.deeploy`, JSON) for the worker and for reports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.intgraph import IntGraph, Node, check_int32, worst_case_accumulator
+
+# Deeploy dispatches on the op type alone; a custom domain keeps onnx's checker from looking RequantShift up in
+# the standard operator set.
+RQS_DOMAIN = "deeploy"
+UNMAPPED_DOMAIN = "edgemtl.unmapped"
+METADATA_KEY = "edgemtl.deeploy"
+FLOAT32_EXACT = 2**24
+OPSET = 13
+
+
+@dataclass
+class Unmapped:
+    layer: str
+    op: str
+    reason: str
+
+
+@dataclass
+class DeeployOnnx:
+    """What `export_deeploy_onnx` wrote: the model, the layers PULPOpen cannot take, and which ONNX tensor holds
+    each layer's output (Deeploy renames fused nodes but keeps tensor names)."""
+
+    path: Path
+    unmapped: list[Unmapped] = field(default_factory=list)
+    layer_outputs: dict[str, str] = field(default_factory=dict)
+    input_dtype: str = "int8"
+
+    @property
+    def mappable(self) -> bool:
+        return not self.unmapped
+
+
+class _Names:
+    """Unique C-identifier names: Deeploy strips every character outside [A-Za-z0-9_] from names, which could
+    otherwise make two names one, and keeps tensor names (plus suffixes) in the code it generates."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.of: dict[str, str] = {}
+
+    def new(self, base: str) -> str:
+        name = re.sub(r"[^A-Za-z0-9_]", "_", base) or "t"
+        name = f"t_{name}" if name[0].isdigit() else name
+        candidate, i = name, 2
+        while candidate in self.used:
+            candidate, i = f"{name}_{i}", i + 1
+        self.used.add(candidate)
+        return candidate
+
+    def __getitem__(self, intgraph_name: str) -> str:
+        if intgraph_name not in self.of:
+            self.of[intgraph_name] = self.new(intgraph_name)
+        return self.of[intgraph_name]
+
+
+class _Builder:
+    """Collects nodes, initializers and a value_info per tensor while the IntGraph is walked."""
+
+    def __init__(self, graph: IntGraph) -> None:
+        self.graph = graph
+        self.names = _Names()
+        for tensor in graph.tensors:
+            _ = self.names[tensor]
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.shapes: dict[str, list[int]] = {}
+        self.layer = ""                              # the IntGraph layer being written
+        self.tensor_layers: dict[str, str] = {}      # ONNX tensor -> the IntGraph layer that produces it
+        self.node_layers: dict[str, str] = {}        # ONNX node -> the IntGraph layer it belongs to
+
+    def t(self, intgraph_tensor: str) -> str:
+        return self.names[intgraph_tensor]
+
+    def shape(self, tensor: str) -> list[int]:
+        return [1, *self.graph.tensors[tensor].shape]
+
+    def const(self, layer: str, base: str, values: np.ndarray) -> str:
+        """An integer-valued float32 initializer; fails, naming the layer, where float32 would round it."""
+        values = np.asarray(values).astype(np.int64)
+        if values.size and int(np.abs(values).max()) >= FLOAT32_EXACT:
+            raise EdgemtlError(f"task {self.graph.task!r}, layer {layer!r}: {base.rsplit('_', 1)[-1]} reaches "
+                               f"{int(np.abs(values).max()):,}, beyond 2^24 where float32 (Deeploy's ONNX) is no "
+                               f"longer exact; requantize with fewer multiplier bits")
+        name = self.names.new(base)
+        self.initializers.append(numpy_helper.from_array(values.astype(np.float32), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, shape: list[int], base: str, domain: str = "",
+             **attrs: Any) -> str:
+        """Append a node writing `output` (an ONNX name) of `shape`."""
+        name = self.names.new(base)
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, domain=domain, **attrs))
+        self.shapes[output] = shape
+        self.tensor_layers[output], self.node_layers[name] = self.layer, self.layer
+        return output
+
+    def requant_shift(self, layer: str, base: str, x: str, mul: np.ndarray, add: np.ndarray, shift: int,
+                      output: str, shape: list[int], dtype: str) -> str:
+        if shift:
+            if int(np.abs(add.astype(np.int64)).max()) + (1 << (shift - 1)) >= FLOAT32_EXACT:
+                raise EdgemtlError(f"task {self.graph.task!r}, layer {layer!r}: add plus Deeploy's rounding term "
+                                   f"2^{shift - 1} reaches 2^24, where float32 is no longer exact; requantize with "
+                                   f"fewer multiplier bits")
+        mul_name, add_name = self.const(layer, f"{base}_mul", mul), self.const(layer, f"{base}_add", add)
+
+        def scalar(key: str, value: int) -> TensorProto:
+            return numpy_helper.from_array(np.array(value, dtype=np.int64), f"{base}_{key}")
+
+        return self.node("RequantShift", [x, mul_name, add_name], output, shape, base, domain=RQS_DOMAIN,
+                         div=scalar("div", 1 << shift), n_levels_out=scalar("n_levels_out", 256),
+                         signed=scalar("signed", int(dtype == "int8")), channels_first=1)
+
+    def temp(self, base: str, shape: list[int]) -> str:
+        name = self.names.new(base)
+        self.shapes[name] = shape
+        return name
+
+
+def unmapped_reason(node: Node, graph: IntGraph) -> str | None:
+    """Why Deeploy's PULPOpen platform (deeploy-pulp 0.2.1) cannot take this layer, or None when it can."""
+    if node.op in ("resize_bilinear", "resize_nearest"):
+        return "PULPOpen has no Resize layer"
+    if node.op == "conv":
+        pads, groups = node.attrs["pads"], int(node.attrs.get("groups", 1))
+        if len(set(int(p) for p in pads)) != 1:
+            return f"pads {pads} are not equal on all sides (PULP conv kernels take one padding)"
+        k, c = node.params["weight"].shape[0], graph.tensors[node.inputs[0]].shape[0]
+        if groups != 1 and not groups == c == k:
+            return f"grouped conv (groups={groups}, {c} -> {k} channels): PULPOpen has dense and depthwise only"
+    if node.op == "add" and not _uniform(node) and (int(node.attrs["mul_a"]) != 1 or int(node.attrs["mul_b"]) != 1):
+        return ("per-channel requantisation after an add whose inputs are scaled (mul_a, mul_b != 1): "
+                "RequantizedAdd takes one mul / add")
+    if node.op == "maxpool" and len(set(int(p) for p in node.attrs["pads"])) > 1:
+        return f"pads {node.attrs['pads']} are not equal on all sides"
+    return None
+
+
+def _uniform(node: Node) -> bool:
+    mul, add = node.params["mul"], node.params["add"]
+    return bool(np.all(mul == mul.flat[0]) and np.all(add == add.flat[0]))
+
+
+def check_deeploy_ranges(graph: IntGraph) -> None:
+    """The checks that make the export exact: int32 range, conv / gemm add a multiple of mul."""
+    check_int32(graph)
+    for node in graph.nodes:
+        if node.op not in ("conv", "gemm"):
+            continue
+        mul, add = node.params["mul"].astype(np.int64), node.params["add"].astype(np.int64)
+        bad = np.where(mul == 0, add != 0, add % np.where(mul == 0, 1, mul) != 0)
+        if bad.any():
+            ch = int(np.flatnonzero(bad)[0])
+            raise EdgemtlError(f"task {graph.task!r}, layer {node.name!r}: add ({int(add[ch])}) is not a multiple of "
+                               f"mul ({int(mul[ch])}) in channel {ch}; Deeploy expects the bias folded as "
+                               f"add = bias * mul")
+        if int(node.attrs["shift"]) == 0 and node.op == "gemm":
+            doubled = worst_case_accumulator(node, graph.tensors) * 2 * np.abs(mul) + 2 * np.abs(add) + 1
+            if doubled.max() > 2**31 - 1:
+                raise EdgemtlError(f"task {graph.task!r}, layer {node.name!r}: shift 0 is written as shift 1 with mul "
+                                   f"and add doubled, which leaves int32; requantize with a shift of at least 1")
+
+
+def _conv(b: _Builder, node: Node, weight: np.ndarray, groups: int, stride: list[int], pads: list[int],
+          out: str, out_shape: list[int]) -> None:
+    layer, base = node.name, b.names.new(node.name)
+    w = b.const(layer, f"{base}_weight", weight)
+    acc = b.node("Conv", [b.t(node.inputs[0]), w], b.temp(f"{base}_acc", [1, *out_shape[1:]]), out_shape,
+                 f"{base}_conv", dilations=[1, 1], group=groups, kernel_shape=list(weight.shape[2:]),
+                 pads=[int(p) for p in pads], strides=[int(s) for s in stride])
+    b.requant_shift(layer, f"{base}_rqs", acc, node.params["mul"], node.params["add"], int(node.attrs["shift"]), out,
+                    out_shape, b.graph.tensors[node.output].dtype)
+
+
+def _emit(b: _Builder, node: Node) -> None:
+    g, layer, out = b.graph, node.name, b.t(node.output)
+    dtype, shape = g.tensors[node.output].dtype, b.shape(node.output)
+    if node.op == "conv":
+        _conv(b, node, node.params["weight"], int(node.attrs.get("groups", 1)), node.attrs["stride"],
+              node.attrs["pads"], out, shape)
+    elif node.op == "avgpool_global":
+        c, h, w = g.tensors[node.inputs[0]].shape
+        pooled = b.temp(f"{out}_pooled", [1, c, 1, 1])
+        _conv(b, node, np.ones((c, 1, h, w), dtype=np.int8), c, [1, 1], [0, 0, 0, 0], pooled, [1, c, 1, 1])
+        b.node("Flatten", [pooled], out, shape, f"{layer}_flatten", axis=1)
+    elif node.op == "gemm":
+        mul, add, shift = node.params["mul"], node.params["add"], int(node.attrs["shift"])
+        if shift == 0:
+            mul, add, shift = mul.astype(np.int64) * 2, add.astype(np.int64) * 2, 1
+        w = b.const(layer, f"{layer}_weight", node.params["weight"])
+        acc = b.node("Gemm", [b.t(node.inputs[0]), w], b.temp(f"{layer}_acc", shape), shape, f"{layer}_gemm", transB=1)
+        b.requant_shift(layer, f"{layer}_rqs", acc, mul, add, shift, out, shape, dtype)
+    elif node.op == "add":
+        a, c = b.t(node.inputs[0]), b.t(node.inputs[1])
+        if _uniform(node):  # RequantShift -> Add <- RequantShift, Add -> RequantShift: fused into RequantizedAdd
+            scaled = []
+            for key, x, m in (("a", node.inputs[0], node.attrs["mul_a"]), ("b", node.inputs[1], node.attrs["mul_b"])):
+                scaled.append(b.requant_shift(layer, f"{layer}_rqs_{key}", b.t(x), np.array([int(m)]), np.zeros(1),
+                                              0, b.temp(f"{layer}_{key}", shape), shape, g.tensors[x].dtype))
+            a, c = scaled
+            mul, add = node.params["mul"].reshape(-1)[:1], node.params["add"].reshape(-1)[:1]
+        else:  # mul_a == mul_b == 1 (else unmapped): int32 Add, then per-channel RequantShift
+            mul, add = node.params["mul"], node.params["add"]
+        acc = b.node("Add", [a, c], b.temp(f"{layer}_acc", shape), shape, f"{layer}_add")
+        b.requant_shift(layer, f"{layer}_rqs", acc, mul, add, int(node.attrs["shift"]), out, shape, dtype)
+    elif node.op == "requant":
+        b.requant_shift(layer, f"{layer}_rqs", b.t(node.inputs[0]), node.params["mul"], node.params["add"],
+                        int(node.attrs["shift"]), out, shape, dtype)
+    elif node.op == "maxpool":
+        b.node("MaxPool", [b.t(node.inputs[0])], out, shape, f"{layer}_maxpool",
+               kernel_shape=list(node.attrs["kernel"]), strides=list(node.attrs["stride"]),
+               pads=[int(p) for p in node.attrs["pads"]], ceil_mode=0)
+    elif node.op == "concat":
+        b.node("Concat", [b.t(i) for i in node.inputs], out, shape, f"{layer}_concat", axis=1)
+    elif node.op == "flatten":
+        b.node("Flatten", [b.t(node.inputs[0])], out, shape, f"{layer}_flatten", axis=1)
+    else:  # resize_*: no PULPOpen layer; a placeholder keeps the tensor and its shape in the file
+        b.node(node.op, [b.t(i) for i in node.inputs], out, shape, layer, domain=UNMAPPED_DOMAIN,
+               **{k: v for k, v in node.attrs.items() if isinstance(v, (int, float, str, list))})
+
+
+def export_deeploy_onnx(graph: IntGraph, path: Path) -> DeeployOnnx:
+    """Write `graph` as Deeploy's integer ONNX at `path`.
+
+    Raises EdgemtlError (one line, naming the layer) where the export could not be exact; layers PULPOpen cannot
+    map are returned in `unmapped` (and recorded in the file's metadata), not raised.
+    """
+    graph.validate()
+    check_deeploy_ranges(graph)
+    b = _Builder(graph)
+    x, y = b.t(graph.input), b.t(graph.output)
+    unmapped = []
+    for node in graph.nodes:
+        reason = unmapped_reason(node, graph)
+        if reason:
+            unmapped.append(Unmapped(node.name, node.op, reason))
+        b.layer = node.name
+        _emit(b, node)
+
+    value_info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in b.shapes.items()
+                  if name not in (x, y)]
+    onnx_graph = helper.make_graph(
+        b.nodes, b.names.new(f"{graph.task}_int"),
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, b.shape(graph.input))],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, b.shape(graph.output))],
+        initializer=b.initializers, value_info=value_info)
+    model = helper.make_model(onnx_graph, producer_name="edgemtl",
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(RQS_DOMAIN, 1),
+                                             helper.make_opsetid(UNMAPPED_DOMAIN, 1)])
+    result = DeeployOnnx(Path(path), unmapped, {n.name: b.t(n.output) for n in graph.nodes},
+                         graph.tensors[graph.input].dtype)
+    meta = {"task": graph.task, "input": x, "output": y, "input_dtype": result.input_dtype,
+            "output_dtype": graph.tensors[graph.output].dtype,
+            "unmapped": [vars(u) for u in unmapped], "layer_outputs": result.layer_outputs,
+            "tensor_layers": b.tensor_layers, "node_layers": b.node_layers}
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.checker.check_model(model)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return result
+
+
+def read_deeploy_metadata(path: Path) -> dict[str, Any]:
+    """The `edgemtl.deeploy` metadata of an exported model ({} for a model edgemtl did not write)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return {}

@@ -1,0 +1,224 @@
+"""The portable C backend: generated C99, compiled on the host (and for rv32 under qemu), must give
+exactly `run_reference`'s integers, for every op of the integer graph."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgemtl.backends.c.generate import fits_int32
+from edgemtl.backends.c import generate_c, riscv_tools_missing, run_on_host, run_on_qemu
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.intgraph import RANGES, IntGraph, Node, TensorInfo, accumulator, check_int32, run_node, run_reference
+
+
+class Builder:
+    """Builds an IntGraph node by node, calibrating each requantisation on sample data so outputs spread
+    over the dtype's range (neither all saturated nor all zero)."""
+
+    def __init__(self, task: str, shape: list[int], dtype: str, seed: int = 0, samples: int = 4) -> None:
+        self.rng = np.random.default_rng(seed)
+        lo, hi = RANGES[dtype]
+        self.graph = IntGraph(task, "x", "x", {"x": TensorInfo("x", list(shape), dtype, 0.05)}, [])
+        self.values = {"x": self.rng.integers(lo, hi + 1, size=(samples, *shape))}
+
+    def node(self, op: str, inputs: list[str], dtype: str, shift: int = 14, **attrs) -> str:
+        name = f"t{len(self.graph.nodes)}"
+        params = {}
+        if "weight" in attrs:
+            params["weight"] = attrs.pop("weight")
+        node = Node(f"layer{len(self.graph.nodes)}.{op}", op, inputs, name, attrs, params)
+        self.graph.tensors[name] = TensorInfo(name, [], dtype, 0.05)
+        acc = accumulator(node, self.values)
+        if acc is not None:
+            channels = acc.shape[1]
+            axes = tuple(i for i in range(acc.ndim) if i != 1)
+            spread = np.maximum(acc.std(axis=axes), 1.0)
+            centre = acc.mean(axis=axes)
+            target = 60.0 if dtype == "int8" else 90.0
+            mul = np.maximum(np.rint(2.0**shift * target / spread), 1).astype(np.int64)
+            bias = np.rint(-centre + (0 if dtype == "int8" else 0.8 * spread) + self.rng.normal(0, 0.2, channels) * spread)
+            node.params["mul"], node.params["add"] = mul.astype(np.int32), (bias * mul).astype(np.int32)
+            node.attrs["shift"] = shift
+        self.values[name] = run_node(node, self.values, self.graph.tensors)
+        self.graph.tensors[name].shape = list(self.values[name].shape[1:])
+        self.graph.nodes.append(node)
+        self.graph.output = name
+        return name
+
+    def conv(self, x: str, k: int, kernel: int, dtype: str, stride: int = 1, pads: list[int] | None = None,
+             groups: int = 1) -> str:
+        c = self.graph.tensors[x].shape[0]
+        weight = self.rng.integers(-127, 128, size=(k, c // groups, kernel, kernel)).astype(np.int8)
+        return self.node("conv", [x], dtype, weight=weight, stride=[stride, stride], pads=pads or [0, 0, 0, 0],
+                         groups=groups)
+
+    def gemm(self, x: str, k: int, dtype: str) -> str:
+        weight = self.rng.integers(-127, 128, size=(k, self.graph.tensors[x].shape[0])).astype(np.int8)
+        return self.node("gemm", [x], dtype, weight=weight)
+
+    def add(self, a: str, b: str, dtype: str, mul_a: int, mul_b: int, shift: int = 8) -> str:
+        name, channels = f"t{len(self.graph.nodes)}", self.graph.tensors[a].shape[0]
+        node = Node(f"layer{len(self.graph.nodes)}.add", "add", [a, b], name,
+                    {"mul_a": mul_a, "mul_b": mul_b, "shift": shift},
+                    {"mul": np.ones(channels, np.int32), "add": self.rng.integers(-300, 300, channels).astype(np.int32)})
+        self.graph.tensors[name] = TensorInfo(name, list(self.graph.tensors[a].shape), dtype, 0.05)
+        self.values[name] = run_node(node, self.values, self.graph.tensors)
+        self.graph.nodes.append(node)
+        self.graph.output = name
+        return name
+
+
+def every_op_graph() -> IntGraph:
+    """A small multi-branch CNN using every op: 3x3 / depthwise stride 2 / pointwise / asymmetric-pad /
+    grouped convs, add with different multipliers, maxpool, bilinear x2 and x4, nearest, requant, concat
+    (3-D and 1-D), global pool, flatten, gemm; int8 and uint8 tensors on both sides of the kernels."""
+    b = Builder("every_op", [3, 16, 16], "int8")
+    a = b.conv("x", 8, 3, "uint8", pads=[1, 1, 1, 1])                              # (8,16,16) u8 <- s8
+    dw = b.conv(a, 8, 3, "int8", stride=2, pads=[1, 1, 1, 1], groups=8)            # (8,8,8) depthwise u8 input
+    pw = b.conv(dw, 8, 1, "int8")                                                  # pointwise fast path
+    d = b.add(dw, pw, "int8", mul_a=181, mul_b=-97)                                # (8,8,8)
+    e = b.conv(d, 12, 3, "uint8", stride=2, pads=[0, 1, 1, 0])                     # (12,4,4)
+    f = b.node("resize_bilinear", [e], "int8", factor=2)                           # (12,8,8) u8 -> s8
+    g = b.node("resize_nearest", [d], "int8", factor=2)                            # (8,16,16)
+    h = b.node("maxpool", [g], "int8", kernel=[2, 2], stride=[2, 2], pads=[0, 0, 0, 0])
+    h2 = b.node("requant", [h], "int8")
+    cat = b.node("concat", [f, h2, d], "int8")                                     # (28,8,8)
+    up = b.node("resize_bilinear", [cat], "uint8", factor=4)                       # (28,32,32)
+    grouped = b.conv(up, 8, 3, "int8", stride=2, pads=[1, 1, 1, 1], groups=4)      # u8 input, groups 4
+    pooled = b.node("avgpool_global", [grouped], "int8", shift=16)                 # (8,)
+    mp = b.node("maxpool", [e], "uint8", kernel=[3, 3], stride=[2, 2], pads=[1, 1, 1, 1])   # (12,2,2)
+    mp2 = b.node("maxpool", [mp], "uint8", kernel=[2, 2], stride=[2, 2], pads=[0, 0, 0, 0])  # (12,1,1)
+    flat = b.node("flatten", [mp2], "uint8")                                       # (12,) alias
+    flat_s = b.node("requant", [flat], "int8")
+    both = b.node("concat", [pooled, flat_s], "int8")                              # (20,)
+    b.gemm(both, 10, "int8")
+    return b.graph
+
+
+def uint8_io_graph() -> IntGraph:
+    """uint8 input and output (a segmentation-like head): mixed-signedness add, bilinear x4."""
+    b = Builder("uint8_io", [2, 7, 9], "uint8", seed=1)     # 63 pixels: the pointwise remainder loop
+    a = b.conv("x", 4, 3, "int8", pads=[1, 1, 1, 1])
+    p = b.conv("x", 4, 1, "uint8")
+    s = b.add(p, a, "uint8", mul_a=64, mul_b=45, shift=6)
+    b.node("resize_bilinear", [s], "uint8", factor=4)
+    return b.graph
+
+
+def random_inputs(graph: IntGraph, n: int, seed: int) -> np.ndarray:
+    info = graph.tensors[graph.input]
+    lo, hi = RANGES[info.dtype]
+    return np.random.default_rng(seed).integers(lo, hi + 1, size=(n, *info.shape))
+
+
+def test_builder_graphs_are_valid_and_not_saturated() -> None:
+    for graph in (every_op_graph(), uint8_io_graph()):
+        graph.validate()
+        check_int32(graph)
+        values = run_reference(graph, random_inputs(graph, 4, 3), keep_all=True)
+        for node in graph.nodes:
+            lo, hi = RANGES[graph.tensors[node.output].dtype]
+            clipped = np.isin(values[node.output], [lo, hi]).mean()
+            assert clipped < 0.5, (node.name, clipped)
+    assert {n.op for n in every_op_graph().nodes} == {"conv", "gemm", "add", "concat", "requant", "avgpool_global",
+                                                      "maxpool", "resize_bilinear", "resize_nearest", "flatten"}
+
+
+@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph])
+def test_host_c_is_bit_exact(make, tmp_path: Path) -> None:
+    graph = make()
+    inputs = random_inputs(graph, 6, seed=7)
+    # extreme inputs too: all lows, all highs
+    lo, hi = RANGES[graph.tensors[graph.input].dtype]
+    inputs = np.concatenate([inputs, np.full_like(inputs[:1], lo), np.full_like(inputs[:1], hi)])
+    got = run_on_host(graph, inputs, tmp_path)
+    want = run_reference(graph, inputs)[graph.output]
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_generated_layout_and_arena(tmp_path: Path) -> None:
+    graph = every_op_graph()
+    sources = generate_c(graph, tmp_path, prefix="every_op")
+    names = sorted(p.name for p in sources.files)
+    assert names == sorted(["every_op.h", "every_op.c", "every_op_weights.h", "every_op_weights.c",
+                            "kernels.h", "kernels.c", "kernels_typed.inc"])
+    text = (tmp_path / "every_op.c").read_text()
+    assert "static uint8_t every_op_arena[EVERY_OP_ARENA_BYTES]" in text
+    assert f"#define EVERY_OP_ARENA_BYTES {sources.plan.arena_bytes}" in (tmp_path / "every_op.h").read_text()
+    assert text.count("        EDGEMTL_LAYER_BEGIN(") == len(graph.nodes) - 1   # the flatten is aliased
+    assert "alias of its input" in text
+    assert sources.plan.arena_bytes >= sources.plan.lower_bound
+
+
+def test_int64_requantisation_path(tmp_path: Path) -> None:
+    """mul * 2^8 with shift + 8 gives the same integers but no longer fits int32: the kernels' int64
+    path must agree with the reference (and with the int32 path's graph)."""
+    graph = uint8_io_graph()
+    wide = copy.deepcopy(graph)
+    for node in wide.nodes:
+        mul, add = (node.params[k].astype(np.int64) << 8 for k in ("mul", "add"))
+        assert np.abs(mul).max() < 2**31 and np.abs(add).max() < 2**31 and node.attrs["shift"] <= 23
+        node.params["mul"], node.params["add"] = mul.astype(np.int32), add.astype(np.int32)
+        node.attrs["shift"] += 8
+    assert all(fits_int32(n, graph) for n in graph.nodes)
+    assert not all(fits_int32(n, wide) for n in wide.nodes if n.op == "conv")
+    inputs = random_inputs(graph, 4, seed=5)
+    want = run_reference(graph, inputs)[graph.output]
+    np.testing.assert_array_equal(run_reference(wide, inputs)[wide.output], want)
+    np.testing.assert_array_equal(run_on_host(wide, inputs, tmp_path), want)
+
+
+def test_requant_rounding_edges(tmp_path: Path) -> None:
+    """Negative products on exact .5 boundaries, shift 0 and 31, int32 extremes of mul / add."""
+    channels = 6
+    graph = IntGraph("edges", "x", "y", {"x": TensorInfo("x", [channels, 1, 8], "int8", 1.0),
+                                         "y": TensorInfo("y", [channels, 1, 8], "int8", 1.0),
+                                         "z": TensorInfo("z", [channels, 1, 8], "uint8", 1.0),
+                                         "w": TensorInfo("w", [channels, 1, 8], "int8", 1.0)}, [])
+    graph.nodes = [
+        Node("r1", "requant", ["x"], "z", {"shift": 1},
+             {"mul": np.array([1, -1, 3, 5, 1, 7], np.int32), "add": np.array([0, 0, -1, 1, 128, -3], np.int32)}),
+        Node("r2", "requant", ["z"], "w", {"shift": 31},
+             {"mul": np.array([2**31 - 1, 2**30, -(2**31), 2**24, 2**31 - 1, 1], np.int32),
+              "add": np.array([-(2**31), 2**30, 0, 2**31 - 1, 0, 0], np.int32)}),
+        Node("r3", "add", ["x", "w"], "y", {"shift": 0, "mul_a": -(2**20), "mul_b": 2**12},
+             {"mul": np.ones(channels, np.int32), "add": np.arange(channels, dtype=np.int32)}),
+    ]
+    inputs = np.stack([np.full((channels, 1, 8), v) for v in (-128, -1, 0, 1, 127)]
+                      + [np.arange(-128, 128, 5)[:channels * 8].reshape(channels, 1, 8)])
+    np.testing.assert_array_equal(run_on_host(graph, inputs, tmp_path), run_reference(graph, inputs)["y"])
+
+
+def test_unsupported_op_names_op_layer_and_task(tmp_path: Path) -> None:
+    graph = uint8_io_graph()
+    graph.nodes[1].op = "softmax"
+    with pytest.raises(EdgemtlError, match=r"task 'uint8_io'.*layer 'layer1\.conv'.*'softmax'.*C backend"):
+        generate_c(graph, tmp_path)
+
+
+def test_inconsistent_shapes_are_refused(tmp_path: Path) -> None:
+    graph = uint8_io_graph()
+    graph.tensors[graph.nodes[0].output].shape = [4, 7, 8]
+    with pytest.raises(EdgemtlError, match=r"layer 'layer0\.conv'"):
+        generate_c(graph, tmp_path)
+
+
+@pytest.mark.needs_qemu
+def test_qemu_rv32_is_bit_exact_and_counts_instructions(tmp_path: Path) -> None:
+    reason = riscv_tools_missing()
+    if reason:
+        pytest.skip(reason)
+    graph = uint8_io_graph()
+    inputs = random_inputs(graph, 3, seed=11)
+    run = run_on_qemu(graph, inputs, tmp_path, timeout_s=120)
+    np.testing.assert_array_equal(run.outputs, run_reference(graph, inputs)[graph.output])
+    assert run.layer_instructions.shape == (3, len(graph.nodes))
+    assert (run.layer_instructions > 0).all()
+    # icount makes the count deterministic and data-independent control flow gives equal counts per sample
+    assert run.layer_instructions[:, 0].min() > 2 * 4 * 8 * 8 * 2 * 9     # at least ~2 instructions per MAC
+    assert (run.total_instructions >= run.layer_instructions.sum(axis=1)).all()

@@ -1,0 +1,330 @@
+"""Deeploy: the integer ONNX export (format, exactness against the IntGraph reference, the checks that refuse an
+inexact export, unmapped layers) runs everywhere; code generation with GAP9's L1 / L2 needs `.venv-deeploy`."""
+
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgemtl.backends.deeploy import deeploy_generate, deeploy_python
+from edgemtl.backends.deeploy_onnx import RQS_DOMAIN, export_deeploy_onnx, read_deeploy_metadata
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.intgraph import IntGraph, Node, TensorInfo, _conv_acc, _maxpool, run_reference
+
+L1, L2 = 128_000, 1_500_000  # GAP9's cluster L1 and L2 (targets/gap9.toml)
+
+
+def tiny_graph(seed: int = 0, k: int = 8, classes: int = 4) -> IntGraph:
+    """conv (uint8 out) -> conv (int8) -> residual add -> global average pool -> gemm, random int8 weights."""
+    rng = np.random.default_rng(seed)
+    shapes = {"x": ([3, 8, 8], "int8"), "c1": ([k, 8, 8], "uint8"), "c2": ([k, 8, 8], "int8"),
+              "s": ([k, 8, 8], "int8"), "p": ([k], "int8"), "y": ([classes], "int8")}
+    tensors = {name: TensorInfo(name, shape, dtype, 0.05) for name, (shape, dtype) in shapes.items()}
+
+    def folded(out: int) -> dict:
+        mul = rng.integers(1, 200, out).astype(np.int32)
+        return {"mul": mul, "add": (rng.integers(-50, 50, out) * mul).astype(np.int32)}
+
+    conv = {"stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 1}
+    nodes = [
+        Node("trunk.conv1", "conv", ["x"], "c1", {**conv, "shift": 16},
+             {"weight": rng.integers(-127, 128, (k, 3, 3, 3)).astype(np.int8), **folded(k)}),
+        Node("trunk.conv2", "conv", ["c1"], "c2", {**conv, "shift": 17},
+             {"weight": rng.integers(-127, 128, (k, k, 3, 3)).astype(np.int8), **folded(k)}),
+        Node("trunk.res", "add", ["c1", "c2"], "s", {"mul_a": 3, "mul_b": 2, "shift": 2},
+             {"mul": np.ones(k, np.int32), "add": np.zeros(k, np.int32)}),
+        Node("head.pool", "avgpool_global", ["s"], "p", {"shift": 12},
+             {"mul": np.full(k, 64, np.int32), "add": np.zeros(k, np.int32)}),
+        Node("head.fc", "gemm", ["p"], "y", {"shift": 14},
+             {"weight": rng.integers(-127, 128, (classes, k)).astype(np.int8), **folded(classes)}),
+    ]
+    return IntGraph("scene", "x", "y", tensors, nodes)
+
+
+def branchy_graph(seed: int = 2) -> IntGraph:
+    """conv -> maxpool and a strided conv, concatenated, a lone per-channel requant (uint8), a per-channel add of
+    unscaled inputs, global pool, gemm: the other ops PULPOpen maps."""
+    rng = np.random.default_rng(seed)
+    tensors = {n: TensorInfo(n, s, d, 0.1) for n, s, d in [
+        ("x", [4, 8, 8], "int8"), ("a", [8, 8, 8], "int8"), ("m", [8, 4, 4], "int8"), ("b", [8, 4, 4], "int8"),
+        ("c", [16, 4, 4], "int8"), ("r", [16, 4, 4], "uint8"), ("s", [16, 4, 4], "int8"), ("p", [16], "int8"),
+        ("y", [16], "int8")]}
+
+    def folded(out: int) -> dict:
+        mul = rng.integers(1, 100, out).astype(np.int32)
+        return {"mul": mul, "add": (rng.integers(-9, 9, out) * mul).astype(np.int32)}
+
+    def conv(name: str, stride: int, out: str) -> Node:
+        return Node(name, "conv", ["x"], out, {"stride": [stride] * 2, "pads": [1, 1, 1, 1], "groups": 1, "shift": 12},
+                    {"weight": rng.integers(-127, 128, (8, 4, 3, 3)).astype(np.int8), **folded(8)})
+
+    nodes = [
+        conv("a.conv", 1, "a"),
+        Node("a.pool", "maxpool", ["a"], "m", {"kernel": [2, 2], "stride": [2, 2], "pads": [0, 0, 0, 0]}),
+        conv("b.conv", 2, "b"),
+        Node("cat", "concat", ["m", "b"], "c"),
+        Node("rq", "requant", ["c"], "r", {"shift": 6},
+             {"mul": rng.integers(1, 100, 16).astype(np.int32), "add": rng.integers(-99, 99, 16).astype(np.int32)}),
+        Node("res", "add", ["r", "c"], "s", {"mul_a": 1, "mul_b": 1, "shift": 1},
+             {"mul": np.ones(16, np.int32), "add": rng.integers(-3, 3, 16).astype(np.int32)}),
+        Node("pool", "avgpool_global", ["s"], "p", {"shift": 8},
+             {"mul": np.full(16, 16, np.int32), "add": np.zeros(16, np.int32)}),
+        Node("fc", "gemm", ["p"], "y", {"shift": 10},
+             {"weight": rng.integers(-127, 128, (16, 16)).astype(np.int8), **folded(16)}),
+    ]
+    return IntGraph("branchy", "x", "y", tensors, nodes)
+
+
+def _nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op]
+
+
+def _attr(node: onnx.NodeProto, key: str) -> np.ndarray:
+    return numpy_helper.to_array(next(a.t for a in node.attribute if a.name == key))
+
+
+# ---- format --------------------------------------------------------------------------------------------------
+
+def test_every_tensor_has_a_shape_and_requantshift_follows_deeploy(tmp_path):
+    graph = tiny_graph()
+    out = export_deeploy_onnx(graph, tmp_path / "net.onnx")
+    model = onnx.load(str(out.path))
+    assert out.unmapped == [] and out.input_dtype == "int8"
+
+    declared = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    produced = {o for n in model.graph.node for o in n.output}
+    assert produced | {graph.input} <= set(declared)
+    assert declared["x"] == [1, 3, 8, 8] and declared["y"] == [1, 4] and declared["p"] == [1, 8]
+    assert all(all(d > 0 for d in shape) for shape in declared.values())
+
+    rqs = _nodes(model, "RequantShift")
+    assert rqs and all(n.domain == RQS_DOMAIN and len(n.input) == 3 for n in rqs)
+    assert all({a.name for a in n.attribute} == {"div", "n_levels_out", "signed", "channels_first"} for n in rqs)
+    # Deeploy reads `.values` of these; channels_first=1: a lone RequantShift sees an NCHW tensor
+    assert all(a.type == onnx.AttributeProto.TENSOR for n in rqs for a in n.attribute if a.name != "channels_first")
+    assert all(a.i == 1 for n in rqs for a in n.attribute if a.name == "channels_first")
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert all(v.dtype == np.float32 and np.all(v == np.round(v)) for v in init.values())
+
+    conv1 = next(n for n in rqs if n.output[0] == "c1")
+    assert int(_attr(conv1, "div")) == 2**16 and int(_attr(conv1, "signed")) == 0  # c1 is uint8 (a ReLU)
+    assert int(_attr(conv1, "n_levels_out")) == 256
+    # Deeploy adds the rounding term 2^(d-1) itself: `add` is the IntGraph's, unchanged
+    np.testing.assert_array_equal(init[conv1.input[2]], graph.nodes[0].params["add"])
+    np.testing.assert_array_equal(init[conv1.input[1]], graph.nodes[0].params["mul"])
+
+    gemm = _nodes(model, "Gemm")[0]
+    assert next(a.i for a in gemm.attribute if a.name == "transB") == 1
+    pool = [n for n in _nodes(model, "Conv") if next(a.i for a in n.attribute if a.name == "group") == 8][0]
+    assert list(init[pool.input[1]].shape) == [8, 1, 8, 8] and np.all(init[pool.input[1]] == 1)
+    add = _nodes(model, "Add")[0]  # RequantShift(mul_a) and RequantShift(mul_b) feed it: fused to RequantizedAdd
+    scales = {n.output[0]: float(init[n.input[1]][0]) for n in rqs if n.output[0] in add.input}
+    assert sorted(scales.values()) == [2.0, 3.0]
+
+    meta = read_deeploy_metadata(out.path)
+    assert meta["input_dtype"] == "int8" and meta["unmapped"] == []
+    assert meta["layer_outputs"]["head.fc"] == "y" and meta["node_layers"][gemm.name] == "head.fc"
+    onnx.checker.check_model(model)
+
+
+def _deeploy_semantics(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The exported graph evaluated the way Deeploy's PULPOpen kernels compute it: RequantShift adds 2^(d-1) then
+    shifts arithmetically and clips to its output type, except the per-tensor ones Deeploy fuses with an Add into
+    RequantizedAdd (no clip in between)."""
+    init = {t.name: numpy_helper.to_array(t).astype(np.int64) for t in model.graph.initializer}
+    producer = {n.output[0]: n for n in model.graph.node}
+    scalar = {n.output[0] for n in model.graph.node if n.op_type == "RequantShift" and init[n.input[1]].size == 1}
+    fused = set()  # PULPAddRequantMergePass: RequantShift -> Add <- RequantShift, Add -> RequantShift, all per-tensor
+    for add in (n for n in model.graph.node if n.op_type == "Add"):
+        out_rqs = [n for n in model.graph.node if n.op_type == "RequantShift" and n.input[0] == add.output[0]]
+        if out_rqs and out_rqs[0].output[0] in scalar and all(i in scalar for i in add.input):
+            fused |= {i for i in add.input if producer[i].op_type == "RequantShift"}
+    values = {model.graph.input[0].name: x.astype(np.int64)}
+    for node in model.graph.node:
+        ins = [values.get(i, init.get(i)) for i in node.input]
+        if node.op_type == "Conv":
+            a = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
+            out = _conv_acc(ins[0], ins[1], a["strides"], a["pads"], a["group"])
+        elif node.op_type == "MaxPool":
+            a = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
+            out = _maxpool(ins[0], a["kernel_shape"], a["strides"], a["pads"])
+        elif node.op_type == "Concat":
+            out = np.concatenate(ins, axis=1)
+        elif node.op_type == "Gemm":
+            out = ins[0] @ ins[1].T
+        elif node.op_type == "Add":
+            out = ins[0] + ins[1]
+        elif node.op_type == "Flatten":
+            out = ins[0].reshape(ins[0].shape[0], -1)
+        elif node.op_type == "RequantShift":
+            d = int(np.log2(int(_attr(node, "div"))))
+            shape = [1, -1] + [1] * (ins[0].ndim - 2)
+            out = ins[0] * ins[1].reshape(shape) + ins[2].reshape(shape) + ((1 << (d - 1)) if d else 0)
+            out = out >> d
+            if node.output[0] not in fused:
+                lo, hi = (-128, 127) if int(_attr(node, "signed")) else (0, 255)
+                out = np.clip(out, lo, hi)
+        else:
+            raise AssertionError(f"no semantics for {node.op_type}")
+        values[node.output[0]] = out
+    return values[model.graph.output[0].name]
+
+
+@pytest.mark.parametrize("build", [tiny_graph, branchy_graph])
+def test_export_is_bit_exact_with_the_intgraph_reference(tmp_path, build):
+    graph = build(seed=3)
+    model = onnx.load(str(export_deeploy_onnx(graph, tmp_path / "net.onnx").path))
+    x = np.random.default_rng(7).integers(-128, 128, (5, *graph.tensors["x"].shape))
+    expected = run_reference(graph, x)["y"]
+    got = np.concatenate([_deeploy_semantics(model, x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_gemm_with_shift_zero_is_written_as_shift_one(tmp_path):
+    graph = tiny_graph()
+    fc = graph.nodes[-1]
+    fc.attrs["shift"] = 0
+    fc.params["mul"] = np.ones_like(fc.params["mul"])
+    fc.params["add"] = np.arange(4, dtype=np.int32)
+    model = onnx.load(str(export_deeploy_onnx(graph, tmp_path / "net.onnx").path))
+    rqs = next(n for n in _nodes(model, "RequantShift") if n.output[0] == "y")
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert int(_attr(rqs, "div")) == 2  # Deeploy's Gemm fusion would add 2^-1 to `add` for a shift of 0
+    np.testing.assert_array_equal(init[rqs.input[1]], 2 * np.ones(4))
+    np.testing.assert_array_equal(init[rqs.input[2]], 2 * np.arange(4))
+    x = np.random.default_rng(1).integers(-128, 128, (3, 3, 8, 8))
+    got = np.concatenate([_deeploy_semantics(model, x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(got, run_reference(graph, x)["y"])
+
+
+# ---- checks that refuse an inexact export ----------------------------------------------------------------------
+
+def test_constant_beyond_float32_exact_range_names_the_layer(tmp_path):
+    graph = tiny_graph()
+    conv1 = graph.nodes[0]
+    conv1.params["mul"][0], conv1.params["add"][0] = 1, 2**24 + 1  # int32 is fine, float32 would round it
+    with pytest.raises(EdgemtlError, match=r"trunk\.conv1.*2\^24"):
+        export_deeploy_onnx(graph, tmp_path / "net.onnx")
+
+
+def test_add_not_a_multiple_of_mul_names_the_layer(tmp_path):
+    graph = tiny_graph()
+    fc = graph.nodes[-1]
+    fc.params["add"][2] = fc.params["mul"][2] * 5 + 1
+    with pytest.raises(EdgemtlError, match=r"head\.fc.*not a multiple of mul.*channel 2"):
+        export_deeploy_onnx(graph, tmp_path / "net.onnx")
+
+
+def test_int32_overflow_names_the_layer(tmp_path):
+    graph = tiny_graph()
+    graph.nodes[1].params["mul"][:] = 2**20
+    graph.nodes[1].params["add"][:] = 0
+    with pytest.raises(EdgemtlError, match=r"trunk\.conv2.*int32"):
+        export_deeploy_onnx(graph, tmp_path / "net.onnx")
+
+
+# ---- layers PULPOpen cannot map ------------------------------------------------------------------------------
+
+def _unmappable_graph() -> IntGraph:
+    rng = np.random.default_rng(0)
+    tensors = {n: TensorInfo(n, s, "int8", 0.1) for n, s in
+               {"x": [4, 4, 4], "g": [4, 4, 4], "u": [4, 8, 8], "b": [4, 16, 16]}.items()}
+    ones = {"mul": np.ones(4, np.int32), "add": np.zeros(4, np.int32)}
+    nodes = [
+        Node("grouped", "conv", ["x"], "g", {"stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 2, "shift": 4},
+             {"weight": rng.integers(-5, 6, (4, 2, 3, 3)).astype(np.int8), **ones}),
+        Node("up", "resize_nearest", ["g"], "u", {"factor": 2}),
+        Node("up2", "resize_bilinear", ["u"], "b", {"factor": 2, "shift": 4}, dict(ones)),
+    ]
+    return IntGraph("seg", "x", "b", tensors, nodes)
+
+
+def test_unmapped_layers_are_listed_not_raised(tmp_path):
+    out = export_deeploy_onnx(_unmappable_graph(), tmp_path / "seg.onnx")
+    assert [(u.layer, u.op) for u in out.unmapped] == [("grouped", "conv"), ("up", "resize_nearest"),
+                                                       ("up2", "resize_bilinear")]
+    assert "grouped conv" in out.unmapped[0].reason and "Resize" in out.unmapped[1].reason
+    assert not out.mappable
+    assert [u["layer"] for u in read_deeploy_metadata(out.path)["unmapped"]] == ["grouped", "up", "up2"]
+
+
+def test_generate_refuses_unmapped_layers_without_running_deeploy(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "lib/python3.11/site-packages/Deeploy/Targets/PULPOpen").mkdir(parents=True)
+    (venv / "lib/python3.11/site-packages/Deeploy/Targets/PULPOpen/Platform.py").write_text("")
+    python = venv / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text("#!/bin/bash\necho must not run >&2\nexit 7\n")
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    path = export_deeploy_onnx(_unmappable_graph(), tmp_path / "seg.onnx").path
+    out = deeploy_generate(path, tmp_path / "gen", L1, L2, 30, venv=venv)
+    assert out["available"] and out["ok"] is False
+    assert [u["layer"] for u in out["unmapped"]] == ["grouped", "up", "up2"]
+    assert "3 layer(s)" in out["reason"] and "up2 (resize_bilinear)" in out["reason"]
+
+
+def test_absent_venv_says_how_to_create_it(tmp_path):
+    path = export_deeploy_onnx(tiny_graph(), tmp_path / "net.onnx").path
+    out = deeploy_generate(path, tmp_path / "gen", L1, L2, 30, venv=tmp_path / "nope")
+    assert out["available"] is False and out["how_to_create"] == "make deeploy-venv"
+    assert out["reason"].startswith("Deeploy venv missing: run `make deeploy-venv`")
+    assert deeploy_python(tmp_path / "nope") is None
+
+
+# ---- the real thing ------------------------------------------------------------------------------------------
+
+without_deeploy = pytest.mark.skipif(deeploy_python() is None, reason="no .venv-deeploy: run `make deeploy-venv`")
+
+
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_generates_tiled_code_within_gap9_l1_and_l2(tmp_path):
+    path = export_deeploy_onnx(tiny_graph(), tmp_path / "net.onnx").path
+    out = deeploy_generate(path, tmp_path / "gen", L1, L2, 300)
+    assert out["ok"], out.get("reason")
+    assert {"Network.c", "Network.h"} <= set(out["files"])
+    code = (tmp_path / "gen" / "Network.c").read_text()
+    assert "pulp_nn_conv" in code and "pulp_nn_add" in code and "pulp_nn_linear" in code
+    memory = out["memory"]
+    assert memory["L1"]["capacity"] == L1 and memory["L2"]["capacity"] == L2
+    assert 0 < memory["L1"]["total"] <= L1 and 0 < memory["L2"]["total"] <= L2 and all(out["fits"].values())
+    weights = sum(a.size for n in tiny_graph().nodes for k, a in n.params.items() if k == "weight")
+    assert memory["L2"]["static"] >= weights  # every constant lives in L2; tiles move through L1
+    by_layer = {layer for entry in out["layers"] for layer in entry["edgemtl_layers"]}
+    assert by_layer == {"trunk.conv1", "trunk.conv2", "trunk.res", "head.pool", "head.fc"}
+    conv1 = next(e for e in out["layers"] if e["edgemtl_layers"] == ["trunk.conv1"] and e["op"] == "RequantizedConv")
+    assert any(t.get("L1", {}).get("buffers") == 2 for t in conv1["tiles"].values())  # double-buffered in L1
+
+
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_maxpool_concat_requant_and_plain_add_map_too(tmp_path):
+    path = export_deeploy_onnx(branchy_graph(), tmp_path / "net.onnx").path
+    out = deeploy_generate(path, tmp_path / "gen", L1, L2, 300)
+    assert out["ok"], out.get("reason")
+    ops = {layer: entry["op"] for entry in out["layers"] for layer in entry["edgemtl_layers"]
+           if entry["op"] != "Transpose"}
+    assert ops["a.pool"] == "MaxPool" and ops["cat"] == "Concat" and ops["rq"] == "RequantShift"
+    code = (tmp_path / "gen" / "Network.c").read_text()
+    # lone RequantShifts see NCHW tensors: per-channel mul / add must be indexed channels-first
+    assert "RequantShift_s8_u8_NCHW" in code and "_NHWC(" not in code
+    assert out["memory"]["L1"]["total"] <= L1 and out["memory"]["L2"]["total"] <= L2
+
+
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_fully_connected_layer_too_wide_for_l1_is_reported(tmp_path):
+    rng = np.random.default_rng(1)
+    tensors = {"x": TensorInfo("x", [8192], "int8", 0.1), "y": TensorInfo("y", [32], "int8", 0.1)}
+    fc = Node("head.fc", "gemm", ["x"], "y", {"shift": 10},
+              {"weight": rng.integers(-3, 4, (32, 8192)).astype(np.int8), "mul": np.full(32, 3, np.int32),
+               "add": np.zeros(32, np.int32)})
+    path = export_deeploy_onnx(IntGraph("wide", "x", "y", tensors, [fc]), tmp_path / "wide.onnx").path
+    out = deeploy_generate(path, tmp_path / "gen", L1, L2, 300)
+    assert out["ok"] is False and out["stage"] == "tiling" and "infeasible" in out["reason"]
+    assert out["hints"] and "head.fc" in out["hints"][0] and "262,144" in out["hints"][0]
