@@ -1,0 +1,667 @@
+"""Post-training int8 quantization of one task path into the integer graph the MCU backends consume.
+
+The float path is exported with the project's ONNX exporter (BatchNorm folded into the convolutions),
+its batch fixed to 1 so that onnxruntime's basic graph optimizer constant-folds the shape arithmetic the
+exporter leaves (Resize sizes computed from Shape), and then converted node by node into an
+`edgemtl.model.intgraph.IntGraph`:
+
+- weights: per-output-channel symmetric int8 (scale = max|w_c| / 127); biases int32 at s_in * s_w[c],
+  folded into the requantisation as `add = bias_q * mul`;
+- activations: symmetric, int8 where the float tensor can be negative, uint8 where it cannot (after a
+  ReLU, and through max pools / resizes / pools / concatenations of such tensors). Each scale comes from
+  calibration on real images: by default the clipping range that minimises the quantization MSE of the
+  tensor's calibration values (percentile and max are the alternatives);
+- requantisation: the real multiplier of every channel as mul_c / 2**shift, one shift per node, the
+  largest shift for which the worst-case accumulator times mul plus add still fits in int32.
+
+Concatenations need every input at the output's scale and dtype; an input whose producer requantizes
+anyway (a conv, a bilinear resize ...) and feeds only the concatenation is produced at that scale
+directly, any other gets a `requant` node.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+# The float path comes from the project's own exporter (the one every other flow uses), so the integer graph
+# starts from exactly the graph the other targets compile; the pass lowers nothing itself.
+from edgemtl.backends.onnx_export import export_task
+from edgemtl.data import TaskData
+from edgemtl.errors import EdgemtlError
+from edgemtl.evaluate import Predictor, evaluate
+from edgemtl.model.contract import run_task
+from edgemtl.model.intgraph import (INT32, RANGES, IntGraph, Node, TensorInfo, check_int32, dequantize,
+                                    quantize_input, run_reference, worst_case_accumulator)
+from edgemtl.model.spec import ModelSpec
+
+ScaleMethod = Literal["mse", "percentile", "max"]
+SCALE_METHODS = ("mse", "percentile", "max")
+SUPPORTED_OPS = ("Conv", "Relu", "Add", "Concat", "Resize", "MaxPool", "GlobalAveragePool", "ReduceMean", "Gemm",
+                 "MatMul", "Flatten", "Reshape")
+_MOVES = ("maxpool", "resize_nearest", "flatten", "alias")        # units that keep their input's scale
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    """How activation scales are calibrated.
+
+    `scale_method`: "mse" picks, per tensor, the clipping range (among fractions of the max and high
+    percentiles) with the smallest quantization MSE on the calibration values: rare outliers then do not
+    coarsen the step of everything else, yet large values are not clipped when they matter. "percentile"
+    clips at `percentile` of |x|, "max" never clips. At most `values_per_tensor` values per tensor are
+    kept for this (a seeded random subset; the exact max is always kept).
+    """
+
+    calibration_samples: int = 64
+    scale_method: ScaleMethod = "mse"
+    percentile: float = 99.99
+    values_per_tensor: int = 1 << 18
+    seed: int = 0
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.scale_method not in SCALE_METHODS:
+            raise EdgemtlError(f"unknown scale method {self.scale_method!r}: valid methods are {', '.join(SCALE_METHODS)}")
+        if not 50.0 <= self.percentile <= 100.0:
+            raise EdgemtlError(f"the calibration percentile must lie in 50..100, got {self.percentile}")
+        if self.calibration_samples < 1 or self.values_per_tensor < 1000 or self.eval_batch_size < 1:
+            raise EdgemtlError("calibration_samples and eval_batch_size must be >= 1, values_per_tensor >= 1000")
+
+
+@dataclass
+class Int8Record:
+    """What quantizing one task path did and what it cost in the task's metric (on `val`)."""
+
+    task: str
+    metric: str                                   # the task's primary metric
+    higher_is_better: bool
+    calibration_samples: int
+    scale_method: str
+    metric_float: dict[str, float]
+    metric_int8: dict[str, float]
+    input_scale: float
+    output_scale: float
+    layers: dict[str, dict[str, Any]]             # node name -> op, output dtype / scale, shift, mul bits
+    weight_bytes: int                             # every integer parameter (weights, mul, add)
+    seconds: float
+    relative_change: float = field(init=False)    # (int8 - float) / |float| of the primary metric
+
+    def __post_init__(self) -> None:
+        before, after = self.metric_float[self.metric], self.metric_int8[self.metric]
+        self.relative_change = (after - before) / abs(before) if before else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- the float graph ----------------------------------------------------------------------------------------
+def _fold_batchnorm(model: onnx.ModelProto) -> None:
+    """Fold every BatchNormalization that follows a Conv (the exporter's eval mode normally did it already)."""
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+    for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
+        conv = producers.get(bn.input[0])
+        if (conv is None or conv.op_type != "Conv" or consumers.get(bn.input[0], 0) != 1 or bn.input[0] in outputs
+                or any(name not in inits for name in [*bn.input[1:5], *conv.input[1:]])):
+            continue  # left for the converter, which names it as unsupported
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[name]).astype(np.float64) for name in bn.input[1:5])
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 else 0.0
+        factor = gamma / np.sqrt(var + eps)
+        w_name, b_name = f"{conv.name}/folded_weight", f"{conv.name}/folded_bias"
+        graph.initializer.extend([
+            numpy_helper.from_array((weight * factor.reshape(-1, 1, 1, 1)).astype(np.float32), w_name),
+            numpy_helper.from_array(((bias - mean) * factor + beta).astype(np.float32), b_name)])
+        del conv.input[1:]
+        conv.input.extend([w_name, b_name])
+        conv.output[0] = bn.output[0]
+        graph.node.remove(bn)
+
+
+def float_graph(model: nn.Module, spec: ModelSpec, task: str, folder: Path) -> onnx.ModelProto:
+    """The task's float path as ONNX: batch 1, BatchNorm folded, shape arithmetic folded, shapes inferred."""
+    exported = onnx.load(export_task(model, spec, task, folder / "float.onnx"))
+    _fold_batchnorm(exported)
+    for value in [*exported.graph.input, *exported.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    del exported.graph.value_info[:]
+    onnx.save(exported, folder / "batch1.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(folder / "folded.onnx")
+    options.intra_op_num_threads = 1
+    ort.InferenceSession(str(folder / "batch1.onnx"), options, providers=["CPUExecutionProvider"])
+    return onnx.shape_inference.infer_shapes(onnx.load(folder / "folded.onnx"), strict_mode=True)
+
+
+# -- units: the ONNX nodes that become one integer node --------------------------------------------------------
+@dataclass
+class _Unit:
+    kind: str                   # conv, gemm, add, requant, concat, maxpool, resize_bilinear, resize_nearest,
+                                # avgpool_global, flatten, alias
+    name: str                   # the (first) ONNX node's name
+    inputs: list[str]           # ONNX activation tensors read
+    output: str                 # ONNX tensor produced (after a fused Relu)
+    relu: bool = False
+    onnx: list[onnx.NodeProto] = field(default_factory=list)
+
+
+class _Converter:
+    def __init__(self, model: onnx.ModelProto, task: str) -> None:
+        self.task = task
+        graph = model.graph
+        self.graph = graph
+        self.inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        self.shapes: dict[str, list[int]] = {}
+        for value in [*graph.input, *graph.value_info, *graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            self.shapes[value.name] = [d.dim_value for d in dims]
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.input = graph.input[0].name
+        self.output = graph.output[0].name
+
+    # errors ------------------------------------------------------------------------------------------------
+    def unsupported(self, node: onnx.NodeProto, why: str = "") -> EdgemtlError:
+        detail = f" ({why})" if why else ""
+        return EdgemtlError(
+            f"task {self.task!r}: layer {node.name!r} is an ONNX {node.op_type!r}{detail}, which the int8 MCU backends "
+            f"do not support (they take {', '.join(SUPPORTED_OPS)}); change that layer or compile this task "
+            f"for another target")
+
+    def attr(self, node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+        for a in node.attribute:
+            if a.name == name:
+                value = onnx.helper.get_attribute_value(a)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    def sample_shape(self, name: str) -> list[int]:
+        return self.shapes[name][1:]
+
+    def single_relu(self, tensor: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(tensor, [])
+        if len(users) == 1 and users[0].op_type == "Relu" and tensor != self.output:
+            return users[0]
+        return None
+
+    # pass 1: group ONNX nodes into units -------------------------------------------------------------------
+    def units(self) -> list[_Unit]:
+        units: list[_Unit] = []
+        fused: set[str] = set()   # by first output: node names may be empty
+        for node in self.graph.node:
+            if node.output[0] in fused:
+                continue
+            unit = self.unit(node)
+            if unit.kind in ("conv", "gemm", "add"):
+                relu = self.single_relu(unit.output)
+                if relu is not None:
+                    fused.add(relu.output[0])
+                    unit.relu, unit.output = True, relu.output[0]
+                    unit.onnx.append(relu)
+            if unit.kind == "gemm" and unit.onnx[0].op_type == "MatMul":
+                fused.update(n.output[0] for n in unit.onnx[1:])
+            units.append(unit)
+        return units
+
+    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if i and i not in self.inits]
+
+    def unit(self, node: onnx.NodeProto) -> _Unit:
+        if not node.name:
+            node.name = f"{node.op_type}:{node.output[0]}"
+        op, ins = node.op_type, self.activation_inputs(node)
+        out = node.output[0]
+        if op == "Conv":
+            if len(ins) != 1 or node.input[1] not in self.inits:
+                raise self.unsupported(node, "weights computed at run time")
+            if self.attr(node, "auto_pad", "NOTSET") != "NOTSET" or any(d != 1 for d in self.attr(node, "dilations", [1, 1])):
+                raise self.unsupported(node, "auto_pad / dilation")
+            if len(self.inits[node.input[1]].shape) != 4:
+                raise self.unsupported(node, "not a 2-D convolution")
+            return _Unit("conv", node.name, ins, out, onnx=[node])
+        if op in ("Gemm", "MatMul"):
+            if len(ins) != 1 or node.input[1] not in self.inits or (op == "Gemm" and self.attr(node, "transA", 0)):
+                raise self.unsupported(node, "weights computed at run time")
+            unit = _Unit("gemm", node.name, ins, out, onnx=[node])
+            users = self.consumers.get(out, [])
+            if (op == "MatMul" and len(users) == 1 and users[0].op_type == "Add" and out != self.output
+                    and len(self.activation_inputs(users[0])) == 1):
+                unit.onnx.append(users[0])
+                unit.output = users[0].output[0]
+            return unit
+        if op == "Add":
+            if len(ins) != 2:
+                raise self.unsupported(node, "an addition with a constant")
+            if self.sample_shape(ins[0]) != self.sample_shape(ins[1]):
+                raise self.unsupported(node, "a broadcasting addition")
+            return _Unit("add", node.name, ins, out, onnx=[node])
+        if op == "Relu":
+            return _Unit("requant", node.name, ins, out, relu=True, onnx=[node])
+        if op == "Concat":
+            axis = self.attr(node, "axis")
+            if len(ins) != len(node.input):
+                raise self.unsupported(node, "it concatenates a constant")
+            if len(self.shapes[out]) != 4 or axis not in (1, -3):
+                raise self.unsupported(node, "not along channels")
+            return _Unit("concat", node.name, ins, out, onnx=[node])
+        if op == "MaxPool":
+            if len(node.output) > 1 and node.output[1]:
+                raise self.unsupported(node, "it also returns indices")
+            if (self.attr(node, "auto_pad", "NOTSET") != "NOTSET" or self.attr(node, "ceil_mode", 0)
+                    or any(d != 1 for d in self.attr(node, "dilations", [1, 1]))):
+                raise self.unsupported(node, "ceil_mode / auto_pad / dilation")
+            return _Unit("maxpool", node.name, ins, out, onnx=[node])
+        if op == "Resize":
+            if len(ins) != 1:
+                raise self.unsupported(node, "sizes computed at run time")
+            return self.resize_unit(node, ins)
+        if op in ("GlobalAveragePool", "ReduceMean"):
+            if op == "ReduceMean":
+                axes = self.attr(node, "axes")
+                if axes is None and len(node.input) > 1 and node.input[1] in self.inits:
+                    axes = self.inits[node.input[1]].tolist()
+                if axes is None or sorted(a % 4 for a in axes) != [2, 3] or len(self.shapes[node.input[0]]) != 4:
+                    raise self.unsupported(node, "a mean over other axes than H, W")
+            return _Unit("avgpool_global", node.name, ins[:1], out, onnx=[node])
+        if op in ("Flatten", "Reshape", "Squeeze"):
+            if len(self.sample_shape(out)) != 1:
+                raise self.unsupported(node, f"to shape {self.sample_shape(out)}, not to a vector")
+            return _Unit("flatten", node.name, ins[:1], out, onnx=[node])
+        if op in ("Identity", "Dropout"):
+            return _Unit("alias", node.name, ins[:1], out, onnx=[node])
+        raise self.unsupported(node)
+
+    def resize_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        (_, c, h, w), (_, c2, h2, w2) = self.shapes[ins[0]], self.shapes[node.output[0]]
+        factor = h2 // h if h else 0
+        if c != c2 or factor < 1 or h2 != h * factor or w2 != w * factor:
+            raise self.unsupported(node, f"not an integer upsampling ({h}x{w} -> {h2}x{w2})")
+        mode, coords = self.attr(node, "mode", "nearest"), self.attr(node, "coordinate_transformation_mode", "half_pixel")
+        if mode == "linear" and (coords == "half_pixel" or (coords == "pytorch_half_pixel" and h2 > 1 and w2 > 1)):
+            return _Unit("resize_bilinear", node.name, ins, node.output[0], onnx=[node])
+        if mode == "nearest" and coords == "asymmetric" and self.attr(node, "nearest_mode", "round_prefer_floor") == "floor":
+            return _Unit("resize_nearest", node.name, ins, node.output[0], onnx=[node])
+        if mode == "nearest" and factor == 1:
+            return _Unit("alias", node.name, ins, node.output[0], onnx=[node])
+        raise self.unsupported(node, f"mode {mode!r} with {coords!r} coordinates")
+
+
+# -- calibration -------------------------------------------------------------------------------------------
+def _calibration_values(model: onnx.ModelProto, images: np.ndarray, tensors: list[str], config: Int8Config
+                        ) -> dict[str, tuple[np.ndarray, float]]:
+    """Per tensor: a seeded subset of its float values over the images, and the exact max |x|."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors if t not in present and t != probe.graph.input[0].name)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(config.seed)
+    per_image = max(1, config.values_per_tensor // len(images))
+    kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    peak = dict.fromkeys(tensors, 0.0)
+    for image in images:
+        results = dict(zip(names, session.run(names, {input_name: image[None]})))
+        results[input_name] = image[None]
+        for t in tensors:
+            flat = results[t].reshape(-1)
+            peak[t] = max(peak[t], float(np.abs(flat).max()))
+            kept[t].append(flat if flat.size <= per_image else rng.choice(flat, per_image, replace=False))
+    return {t: (np.concatenate(kept[t]).astype(np.float32), peak[t]) for t in tensors}
+
+
+def choose_scale(values: np.ndarray, peak: float, dtype: str, config: Int8Config) -> float:
+    """The activation scale of one tensor from its calibration values (see `Int8Config.scale_method`)."""
+    lo, hi = RANGES[dtype]
+    if peak <= 0.0:
+        return 1.0 / hi
+    if config.scale_method == "max":
+        return peak / hi
+    magnitude = np.abs(values)
+    if config.scale_method == "percentile":
+        return max(float(np.percentile(magnitude, config.percentile)), peak * 1e-3) / hi
+    candidates = {peak * f for f in np.linspace(0.25, 1.0, 31)}
+    candidates |= {float(np.percentile(magnitude, p)) for p in (99.0, 99.9, 99.99, 99.999)}
+    best, best_error = peak, np.inf
+    for clip in sorted(c for c in candidates if c > 0):
+        scale = clip / hi
+        error = float(np.mean((np.clip(np.rint(values / scale), lo, hi) * scale - values) ** 2))
+        if error < best_error:
+            best, best_error = clip, error
+    return best / hi
+
+
+# -- requantisation parameters --------------------------------------------------------------------------------
+def choose_requant(multiplier: np.ndarray, acc_max: np.ndarray, bias_q: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """mul, add (= bias_q * mul) and the one shift with mul / 2**shift ~ multiplier per channel.
+
+    The largest shift (most precise mul) for which acc_max * |mul| + |add| + 2**(shift-1) stays within
+    int32 for every channel; if not even shift 0 fits, the shift-0 values come back and `check_int32`
+    names the layer.
+    """
+    multiplier = np.asarray(multiplier, dtype=np.float64)
+    bias = np.zeros(multiplier.shape, dtype=np.int64) if bias_q is None else bias_q.astype(np.int64)
+    for shift in range(31, -1, -1):
+        mul = np.rint(multiplier * 2.0**shift).astype(np.int64)
+        add = bias * mul
+        rounding = 1 << max(shift - 1, 0)
+        if np.abs(mul).max() <= INT32[1] and (acc_max * np.abs(mul) + np.abs(add)).max() + rounding <= INT32[1]:
+            return mul, add, shift
+    return mul, add, 0
+
+
+def _int32(values: np.ndarray) -> np.ndarray:
+    """int32 where the values fit; else kept wide, so that `check_int32` sees (and names) the overflow."""
+    return values.astype(np.int32) if values.min() >= INT32[0] and values.max() <= INT32[1] else values.astype(np.int64)
+
+
+def _mul_bits(mul: np.ndarray) -> int:
+    return int(np.abs(mul).max()).bit_length() if mul.size else 0
+
+
+# -- pass 2 + 3: scales, then integer nodes ------------------------------------------------------------------
+class _Builder:
+    def __init__(self, conv: _Converter, units: list[_Unit]) -> None:
+        self.c = conv
+        self.units = units
+        self.producer = {u.output: u for u in units}
+        self.q: dict[str, tuple[str, float]] = {}        # ONNX tensor -> (dtype, scale)
+        self.retarget: dict[str, tuple[str, float]] = {}  # unit output -> (dtype, scale) a concat wants
+        self.pooled: set[str] = set()                     # ONNX (C,1,1) tensors that are (C,) here
+
+    def nonneg(self, tensor: str) -> bool:
+        unit = self.producer.get(tensor)
+        if unit is None:
+            return False
+        if unit.relu:
+            return True
+        if unit.kind in (*_MOVES, "resize_bilinear", "avgpool_global", "concat"):
+            return all(self.nonneg(i) for i in unit.inputs)
+        return False
+
+    def needs_calibration(self) -> list[str]:
+        return [self.c.input] + [u.output for u in self.units
+                                 if u.kind in ("conv", "gemm", "add", "requant", "avgpool_global")]
+
+    def decide_scales(self, stats: dict[str, tuple[np.ndarray, float]], config: Int8Config) -> None:
+        self.q[self.c.input] = ("int8", choose_scale(*stats[self.c.input], "int8", config))
+        users: dict[str, int] = {}
+        for unit in self.units:
+            for i in unit.inputs:
+                users[i] = users.get(i, 0) + 1
+        for unit in self.units:
+            source = self.q[unit.inputs[0]]
+            if unit.kind in _MOVES or unit.kind == "resize_bilinear":
+                self.q[unit.output] = source
+            elif unit.kind == "concat":
+                dtype = "uint8" if all(self.nonneg(i) for i in unit.inputs) else "int8"
+                top = RANGES[dtype][1]
+                self.q[unit.output] = (dtype, max(RANGES[self.q[i][0]][1] * self.q[i][1] for i in unit.inputs) / top)
+                for i in unit.inputs:
+                    producer = self.producer.get(i)
+                    if (producer is not None and producer.kind not in (*_MOVES, "concat") and users[i] == 1
+                            and i != self.c.output):
+                        self.retarget[i] = self.q[unit.output]
+            else:
+                dtype = "uint8" if unit.relu or (unit.kind == "avgpool_global" and self.nonneg(unit.inputs[0])) else "int8"
+                self.q[unit.output] = (dtype, choose_scale(*stats[unit.output], dtype, config))
+        # a retargeted output changes no other tensor's scale: it has a single consumer, the concatenation
+        self.q.update(self.retarget)
+
+    # emission --------------------------------------------------------------------------------------------------
+    def build(self) -> IntGraph:
+        c = self.c
+        tensors = {c.input: TensorInfo(c.input, c.sample_shape(c.input), *self.q[c.input])}
+        graph = IntGraph(c.task, c.input, "", tensors, [])
+        self.names: dict[str, str] = {c.input: c.input}   # ONNX tensor -> IntGraph tensor
+        for unit in self.units:
+            getattr(self, f"emit_{unit.kind}")(graph, unit)
+        graph.output = self.names[c.output]
+        return graph
+
+    def new_tensor(self, graph: IntGraph, name: str, shape: list[int], dtype: str, scale: float) -> str:
+        graph.tensors[name] = TensorInfo(name, list(shape), dtype, float(scale))  # type: ignore[arg-type]
+        return name
+
+    def source(self, unit: _Unit, index: int = 0) -> str:
+        tensor = unit.inputs[index]
+        if tensor in self.pooled and unit.kind not in ("flatten", "alias", "gemm"):
+            raise self.c.unsupported(unit.onnx[0], "it reads a globally pooled tensor as a feature map")
+        return self.names[tensor]
+
+    def output(self, graph: IntGraph, unit: _Unit, shape: list[int] | None = None) -> str:
+        dtype, scale = self.q[unit.output]
+        self.names[unit.output] = unit.output
+        return self.new_tensor(graph, unit.output, shape or self.c.sample_shape(unit.output), dtype, scale)
+
+    def requant_node(self, graph: IntGraph, unit: _Unit, op: str, inputs: list[str], out: str,
+                     multiplier: np.ndarray, extra_attrs: dict[str, Any] | None = None) -> None:
+        node = Node(unit.name, op, inputs, out, dict(extra_attrs or {}))
+        channels = graph.tensors[out].shape[0]
+        node.params = {"mul": np.ones(channels, np.int32), "add": np.zeros(channels, np.int32)}
+        acc_max = worst_case_accumulator(node, graph.tensors)
+        mul, add, shift = choose_requant(np.broadcast_to(multiplier, (channels,)), acc_max)
+        node.params = {"mul": _int32(mul), "add": _int32(add)}
+        node.attrs["shift"] = shift
+        graph.nodes.append(node)
+
+    def weighted(self, graph: IntGraph, unit: _Unit, op: str, weight: np.ndarray, bias: np.ndarray,
+                 attrs: dict[str, Any], shape: list[int] | None = None) -> None:
+        x = self.source(unit)
+        s_in = graph.tensors[x].scale
+        out = self.output(graph, unit, shape)
+        s_out = graph.tensors[out].scale
+        flat = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float64)
+        fallback = flat.max() / 127 if flat.max() > 0 else 1.0
+        s_w = np.where(flat > 0, flat / 127, fallback)
+        w_q = np.clip(np.rint(weight / s_w.reshape(-1, *[1] * (weight.ndim - 1))), -127, 127).astype(np.int8)
+        bias_q = np.rint(bias.astype(np.float64) / (s_in * s_w)).astype(np.int64)
+        node = Node(unit.name, op, [x], out, dict(attrs), {"weight": w_q})
+        acc_max = worst_case_accumulator(node, graph.tensors)
+        mul, add, shift = choose_requant(s_in * s_w / s_out, acc_max, bias_q)
+        node.params.update(mul=_int32(mul), add=_int32(add))
+        node.attrs["shift"] = shift
+        graph.nodes.append(node)
+
+    def emit_conv(self, graph: IntGraph, unit: _Unit) -> None:
+        node = unit.onnx[0]
+        weight = self.c.inits[node.input[1]].astype(np.float64)
+        bias = self.c.inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(len(weight))
+        attrs = {"stride": list(self.c.attr(node, "strides", [1, 1])), "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0])),
+                 "groups": int(self.c.attr(node, "group", 1))}
+        self.weighted(graph, unit, "conv", weight, bias, attrs)
+
+    def emit_gemm(self, graph: IntGraph, unit: _Unit) -> None:
+        node = unit.onnx[0]
+        weight = self.c.inits[node.input[1]].astype(np.float64)
+        if node.op_type == "MatMul":
+            weight = weight.T
+            bias = np.zeros(len(weight))
+            if len(unit.onnx) > 1 and unit.onnx[1].op_type == "Add":
+                constant = [i for i in unit.onnx[1].input if i in self.c.inits][0]
+                bias = np.broadcast_to(self.c.inits[constant].astype(np.float64).reshape(-1), (len(weight),))
+        else:
+            if not self.c.attr(node, "transB", 0):
+                weight = weight.T
+            weight = weight * self.c.attr(node, "alpha", 1.0)
+            bias = np.zeros(len(weight))
+            if len(node.input) > 2 and node.input[2]:
+                bias = np.broadcast_to(self.c.inits[node.input[2]].astype(np.float64).reshape(-1), (len(weight),))
+                bias = bias * self.c.attr(node, "beta", 1.0)
+        x = self.names[unit.inputs[0]]
+        if len(graph.tensors[x].shape) != 1:
+            raise self.c.unsupported(node, "it reads a feature map, not a vector")
+        self.weighted(graph, unit, "gemm", weight, bias, {}, shape=[len(weight)])
+
+    def emit_add(self, graph: IntGraph, unit: _Unit) -> None:
+        a, b = self.source(unit, 0), self.source(unit, 1)
+        out = self.output(graph, unit)
+        sa, sb, so = graph.tensors[a].scale, graph.tensors[b].scale, graph.tensors[out].scale
+        node = Node(unit.name, "add", [a, b], out, {})
+        channels = graph.tensors[out].shape[0]
+        for shift in range(31, -1, -1):
+            node.attrs = {"mul_a": int(round(sa / so * 2**shift)), "mul_b": int(round(sb / so * 2**shift)), "shift": shift}
+            acc_max = worst_case_accumulator(node, graph.tensors)
+            if acc_max.max() + (1 << max(shift - 1, 0)) <= INT32[1]:
+                break
+        node.params = {"mul": np.ones(channels, np.int32), "add": np.zeros(channels, np.int32)}
+        graph.nodes.append(node)
+
+    def emit_requant(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        self.requant_node(graph, unit, "requant", [x], out, np.asarray(graph.tensors[x].scale / graph.tensors[out].scale))
+
+    def emit_avgpool_global(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        channels, h, w = graph.tensors[x].shape
+        out = self.output(graph, unit, shape=[channels])
+        keepdims = self.c.attr(unit.onnx[0], "keepdims", 1) if unit.onnx[0].op_type == "ReduceMean" else 1
+        if keepdims:
+            self.pooled.add(unit.output)
+        multiplier = graph.tensors[x].scale / (h * w * graph.tensors[out].scale)
+        self.requant_node(graph, unit, "avgpool_global", [x], out, np.asarray(multiplier))
+
+    def emit_resize_bilinear(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        factor = graph.tensors[out].shape[1] // graph.tensors[x].shape[1]
+        multiplier = graph.tensors[x].scale / (4 * factor * factor * graph.tensors[out].scale)
+        self.requant_node(graph, unit, "resize_bilinear", [x], out, np.asarray(multiplier), {"factor": factor})
+
+    def emit_resize_nearest(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        factor = graph.tensors[out].shape[1] // graph.tensors[x].shape[1]
+        graph.nodes.append(Node(unit.name, "resize_nearest", [x], out, {"factor": factor}))
+
+    def emit_maxpool(self, graph: IntGraph, unit: _Unit) -> None:
+        node = unit.onnx[0]
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        kernel = list(self.c.attr(node, "kernel_shape"))
+        attrs = {"kernel": kernel, "stride": list(self.c.attr(node, "strides", [1, 1])),
+                 "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0]))}
+        graph.nodes.append(Node(unit.name, "maxpool", [x], out, attrs))
+
+    def emit_concat(self, graph: IntGraph, unit: _Unit) -> None:
+        dtype, scale = self.q[unit.output]
+        inputs = []
+        for k, tensor in enumerate(unit.inputs):
+            name = self.source(unit, k)
+            info = graph.tensors[name]
+            if (info.dtype, info.scale) != (dtype, scale):
+                aligned = self.new_tensor(graph, f"{unit.output}/input{k}", info.shape, dtype, scale)
+                self.requant_node(graph, _Unit("requant", f"{unit.name}/requant{k}", [], aligned), "requant",
+                                  [name], aligned, np.asarray(info.scale / scale))
+                name = aligned
+            inputs.append(name)
+        out = self.output(graph, unit)
+        graph.nodes.append(Node(unit.name, "concat", inputs, out))
+
+    def emit_flatten(self, graph: IntGraph, unit: _Unit) -> None:
+        tensor = unit.inputs[0]
+        if tensor in self.pooled or len(graph.tensors[self.names[tensor]].shape) == 1:
+            self.names[unit.output] = self.names[tensor]       # already a vector here
+            return
+        x = self.names[tensor]
+        out = self.output(graph, unit)
+        graph.nodes.append(Node(unit.name, "flatten", [x], out))
+
+    def emit_alias(self, graph: IntGraph, unit: _Unit) -> None:
+        self.names[unit.output] = self.names[unit.inputs[0]]
+        if unit.inputs[0] in self.pooled:
+            self.pooled.add(unit.output)
+
+
+# -- the pass ------------------------------------------------------------------------------------------------
+def int8_predictor(graph: IntGraph) -> Predictor:
+    """Normalised images -> the integer graph's dequantized output, as `evaluate` wants it."""
+
+    def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        q = quantize_input(graph, images.numpy().astype(np.float64))
+        out = run_reference(graph, q)[graph.output]
+        return {graph.task: torch.from_numpy(dequantize(graph, out).astype(np.float32))}
+
+    return predict
+
+
+def build_int_graph(model: nn.Module, spec: ModelSpec, task: str, calibration: TaskData,
+                    config: Int8Config = Int8Config()) -> IntGraph:
+    """The task path as a validated, int32-safe integer graph (no evaluation)."""
+    spec.task(task)
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="edgemtl-int8-") as folder:
+        onnx_model = float_graph(model, spec, task, Path(folder))
+    converter = _Converter(onnx_model, task)
+    units = converter.units()
+    builder = _Builder(converter, units)
+    images = calibration.normalise(calibration.images[:config.calibration_samples])
+    stats = _calibration_values(onnx_model, images, builder.needs_calibration(), config)
+    builder.decide_scales(stats, config)
+    graph = builder.build()
+    graph.validate()
+    check_int32(graph)
+    expected = spec.task(task).output_shape
+    if graph.tensors[graph.output].shape != list(expected):
+        raise EdgemtlError(f"task {task!r}: the integer graph outputs {graph.tensors[graph.output].shape}, "
+                           f"the spec says {expected}")
+    return graph
+
+
+def quantize_int8(model: nn.Module, spec: ModelSpec, task: str, calibration: TaskData, val: TaskData,
+                  config: Int8Config = Int8Config()) -> tuple[IntGraph, Int8Record]:
+    """Quantize one task path to an integer graph; score float and int8 on `val` with the task's metrics."""
+    start = time.perf_counter()
+    task_spec = spec.task(task)
+    graph = build_int_graph(model, spec, task, calibration, config)
+
+    def float_predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {task: run_task(model, images, task)}
+
+    metric_float = evaluate(float_predict, [task_spec], val, config.eval_batch_size)[task]
+    metric_int8 = evaluate(int8_predictor(graph), [task_spec], val, config.eval_batch_size)[task]
+    layers = {}
+    for node in graph.nodes:
+        info = graph.tensors[node.output]
+        entry: dict[str, Any] = {"op": node.op, "dtype": info.dtype, "scale": info.scale}
+        if "mul" in node.params:
+            entry.update(shift=int(node.attrs["shift"]), mul_bits=_mul_bits(node.params["mul"]))
+        if node.op == "add":
+            entry["mul_bits"] = max(abs(node.attrs["mul_a"]), abs(node.attrs["mul_b"])).bit_length()
+        layers[node.name] = entry
+    record = Int8Record(
+        task=task, metric=task_spec.metric, higher_is_better=bool(task_spec.higher_is_better),
+        calibration_samples=min(config.calibration_samples, len(calibration)), scale_method=config.scale_method,
+        metric_float=metric_float, metric_int8=metric_int8, input_scale=graph.tensors[graph.input].scale,
+        output_scale=graph.tensors[graph.output].scale, layers=layers, weight_bytes=graph.weight_bytes(),
+        seconds=time.perf_counter() - start)
+    return graph, record
