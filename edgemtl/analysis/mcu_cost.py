@@ -1,0 +1,398 @@
+"""Where one task path's integer graph lives on a GAP9-class MCU, and a first-order cycle / energy estimate.
+
+Why: before any Deeploy tiling or board run, a user wants to know whether a task fits L2 (or needs the
+external L3 RAM) and roughly how long and how much energy an inference costs on the 8-core cluster. Every
+number here is *estimated* (an analytical model; the returned dicts list its assumptions); qemu instruction
+counts, when given, are *simulated* and are never called cycles.
+
+Placement (per task path; bytes):
+- arena   = `plan_arena(graph, alignment).arena_bytes` (every activation, liveness-shared; stays in L2)
+- weights = per node: int8 weights x 1 + int32 mul / add x 4 (what `backends.c` stores)
+- code    = CODE_BASE_BYTES + CODE_BYTES_PER_LAYER x layers (an allowance, see the constants)
+- If arena + weights + code <= L2: everything in L2 ("fits-l2").
+- Else weight blocks (one node's parameters each) move to L3, largest first, until
+  arena + code + kept weights + staging <= L2, where staging = 2 x min(largest spilled block, L1) is the
+  double-buffered L2 landing zone of weights streamed from L3 ("weights-in-l3").
+- Else "too-big": the verdict names the memory (L2: activations + code + staging even with every weight in
+  L3; or L3: the spilled weights) and by how many bytes it overflows. Nothing raises.
+
+Cycles per layer (f = cluster clock; B2, B3 = L2<->L1 and L3->L2 bandwidths in bytes per cycle at f):
+- compute  = work / throughput, with work and throughput from the layer's kernel class (KERNELS below:
+  MACs for conv / gemm, output elements for elementwise and resize, window elements for pools; the
+  data-movement ops cost DMA only)
+- dma_l2   = (input + output + parameter bytes) / (B2 x DMA_EFFICIENCY): each byte crosses L2<->L1 once
+- dma_l3   = spilled parameter bytes / (B3 x L3_EFFICIENCY), re-streamed every inference
+- cycles   = max(compute, dma_l2) + dma_l3  (L2<->L1 double-buffered under compute; L3 not overlapped)
+- latency  = sum(cycles) / f; energy = POWER_MW x latency
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from edgemtl.analysis.arena_plan import plan_arena, tensor_bytes
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.intgraph import IntGraph, Node
+from edgemtl.targets import Target
+
+PROVENANCE = ("estimated (analytical model: PULP-NN-class int8 kernels on GAP9's 8-core cluster, "
+              "DMA at the target's bandwidths; see analysis/mcu_cost.py)")
+SIM_PROVENANCE = "simulated (qemu rv32imac, one core, no SIMD)"
+
+# -- the allowance for code in L2 ------------------------------------------------------------------------
+# Our kernels.c compiles to ~10.4 KB of rv32imac text at -O2 (riscv64-unknown-elf-gcc 12, picolibc); the
+# PMSIS runtime, libc printf, stacks of the FC and the cluster and the harness come on top. 64 KiB covers
+# them with margin; each layer adds its call and its constant geometry / requantisation structs.
+CODE_BASE_BYTES = 65536
+CODE_BYTES_PER_LAYER = 256
+
+# -- DMA efficiencies (share of the target's peak bandwidth a transfer sustains) --------------------------
+DMA_EFFICIENCY = 0.8   # L2<->L1 cluster DMA: 2-D tile descriptors, setup per tile (edgemtl assumption)
+L3_EFFICIENCY = 0.5    # HyperBus: command/address phase and latency per burst (edgemtl assumption)
+
+# -- power ----------------------------------------------------------------------------------------------
+# GreenWaves' GAP8/GAP9 comparison page: 150.8 GOPS at 0.33 mW/GOP = 49.8 mW at full load; GreenWaves' GAP9
+# launch (eeNews Europe, 2020): "50 GOPS ... using only 50 mW". A whole-SoC, full-load, typical figure: it
+# does not vary with the layer type here, and a real board's figure depends on voltage and frequency.
+POWER_MW = 50.0
+
+# Published context, not a result of this model: TinyMyo (Fasulo et al., "TinyMyo: a Tiny Foundation Model for
+# Flexible EMG Signal Processing at the Edge", arXiv:2512.15729), a 3.6M-parameter Transformer encoder
+# deployed int8 on GAP9: 0.785 s per inference, 44.91 mJ, 57.18 mW average power (measured by its authors).
+TINYMYO = {"model": "TinyMyo (Fasulo et al., arXiv:2512.15729)", "parameters": 3_600_000, "device": "GAP9",
+           "latency_s": 0.785, "energy_mj": 44.91, "power_mw": 57.18,
+           "provenance": "measured (published by TinyMyo's authors on GAP9; not this model)"}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Sustained throughput of one kernel class on the 8-core cluster, and where the figure comes from."""
+
+    throughput: float   # work units per cluster cycle
+    unit: str           # what `work` counts
+    source: str
+
+
+KERNELS: dict[str, Kernel] = {
+    "conv": Kernel(15.5, "MAC", "PULP-NN (Garofalo et al., Phil. Trans. R. Soc. A 378:20190155, 2020): up to "
+                                "15.5 int8 MACs/cycle on an 8-core PULP cluster (3x3 convolution); a peak figure"),
+    "pointwise": Kernel(12.0, "MAC", "edgemtl assumption: ~80% of the 3x3 peak; same PULP-NN matmul kernel, but a "
+                                     "1x1 layer does 9x fewer MACs per requantised output"),
+    "depthwise": Kernel(4.0, "MAC", "edgemtl assumption: one input channel per output leaves the 4x8-bit SIMD dot "
+                                    "product mostly idle; depthwise kernels run several times below the dense peak"),
+    "gemm": Kernel(8.0, "MAC", "edgemtl assumption: ~1 MAC per core-cycle; a batch-1 fully connected layer reuses "
+                               "no weight, so loads bound the SIMD dot products"),
+    "elementwise": Kernel(1.0, "output element", "edgemtl assumption: ~8 instructions per output per core "
+                                                 "(loads, multiplies, requantise, clip, store), 8 cores"),
+    "pool": Kernel(4.0, "window element", "edgemtl assumption: ~2 instructions (load, add or max) per element per "
+                                          "core, 8 cores"),
+    "resize": Kernel(0.5, "output element", "edgemtl assumption: ~16 instructions per output per core (four taps, "
+                                            "index arithmetic, requantise), 8 cores"),
+    "copy": Kernel(0.0, "byte", "data movement only: costs its DMA traffic, no compute"),
+}
+
+Status = Literal["fits-l2", "weights-in-l3", "too-big"]
+
+
+@dataclass(frozen=True)
+class McuSpec:
+    """What the placement and the estimate read from a target (explicit, so tests can shrink memories)."""
+
+    l1_bytes: int
+    l2_bytes: int
+    l3_bytes: int | None            # None: no external RAM
+    clock_mhz: float                # cluster clock
+    l2_l1_gbps: float               # cluster DMA peak, GB/s
+    l3_gbps: float                  # L3 -> L2 peak, GB/s (0 when there is no L3)
+    source: str = ""
+
+    @classmethod
+    def from_target(cls, target: Target) -> "McuSpec":
+        """L1 / L2 are the on-chip levels named l1 / l2, L3 the first off-chip level; the cluster's clock."""
+        by_name = {m.name: m for m in target.memory}
+        cluster = [c for c in target.compute if c.kind == "cluster"]
+        if "l1" not in by_name or "l2" not in by_name or not cluster:
+            raise EdgemtlError(f"target {target.name} needs memories named l1 and l2 and a compute unit of kind "
+                               "'cluster' for the MCU cost model")
+        l3 = next((m for m in target.memory if m.level == "off-chip"), None)
+        return cls(l1_bytes=by_name["l1"].size_bytes, l2_bytes=by_name["l2"].size_bytes,
+                   l3_bytes=None if l3 is None else l3.size_bytes, clock_mhz=cluster[0].clock_mhz,
+                   l2_l1_gbps=by_name["l2"].bandwidth_gbps, l3_gbps=0.0 if l3 is None else l3.bandwidth_gbps,
+                   source=target.source)
+
+    def bytes_per_cycle(self, gbps: float) -> float:
+        return gbps * 1e9 / (self.clock_mhz * 1e6)
+
+
+def _spec(target: Target | McuSpec) -> McuSpec:
+    return target if isinstance(target, McuSpec) else McuSpec.from_target(target)
+
+
+def param_bytes(node: Node) -> int:
+    """Bytes of a node's parameters as the C backend stores them: int8 weights, int32 everything else."""
+    return int(sum(v.size * (1 if key == "weight" else 4) for key, v in node.params.items()))
+
+
+# -- placement --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Placement:
+    task: str
+    status: Status
+    arena_bytes: int
+    weight_bytes: int
+    code_bytes: int
+    staging_bytes: int
+    l2_used_bytes: int
+    l2_bytes: int
+    l3_used_bytes: int
+    l3_bytes: int | None
+    weights_in_l3: list[dict[str, Any]]          # {"layer": index, "name", "bytes"}, in spill order
+    overflow: dict[str, Any] | None              # {"memory", "part", "needed_bytes", "capacity_bytes", "bytes"}
+    verdict: str
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def spilled_layers(self) -> set[int]:
+        return {entry["layer"] for entry in self.weights_in_l3}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"provenance": PROVENANCE, **asdict(self)}
+
+
+def place_in_memory(graph: IntGraph, target: Target | McuSpec, alignment: int = 4,
+                    code_base_bytes: int = CODE_BASE_BYTES,
+                    code_bytes_per_layer: int = CODE_BYTES_PER_LAYER) -> Placement:
+    """Arena + weights + code in L2, weights spilled to L3 largest first, or a too-big verdict (docstring)."""
+    spec = _spec(target)
+    arena = plan_arena(graph, alignment=alignment).arena_bytes
+    blocks = [(i, node.name, param_bytes(node)) for i, node in enumerate(graph.nodes) if node.params]
+    weights = sum(size for _, _, size in blocks)
+    code = code_base_bytes + code_bytes_per_layer * len(graph.nodes)
+    assumptions = [
+        f"activations: one static arena of {arena:,} B (liveness plan, {alignment}-byte alignment), always in L2",
+        "weights: int8 weights 1 B, int32 mul / add 4 B each (as the C backend stores them); copied from "
+        "non-volatile memory to L2 / L3 at boot, not per inference",
+        f"code, runtime and stacks: an allowance of {code_base_bytes:,} B + {code_bytes_per_layer} B per layer",
+        "spilling moves whole per-layer weight blocks to L3, largest first; weights streamed from L3 need an "
+        "L2 staging area of 2 x min(largest spilled block, L1) (double-buffered)",
+    ]
+
+    spilled: list[tuple[int, str, int]] = []
+    kept = weights
+
+    def staging() -> int:
+        return 2 * min(max((s for _, _, s in spilled), default=0), spec.l1_bytes)
+
+    def l2_need() -> int:
+        return arena + code + kept + staging()
+
+    if spec.l3_bytes is not None:
+        for block in sorted(blocks, key=lambda b: (-b[2], b[0])):
+            if l2_need() <= spec.l2_bytes:
+                break
+            spilled.append(block)
+            kept -= block[2]
+    need, spill_bytes = l2_need(), weights - kept
+    entries = [{"layer": i, "name": name, "bytes": size} for i, name, size in spilled]
+    common = dict(task=graph.task, arena_bytes=arena, weight_bytes=weights, code_bytes=code, staging_bytes=staging(),
+                  l2_used_bytes=need, l2_bytes=spec.l2_bytes, l3_used_bytes=spill_bytes, l3_bytes=spec.l3_bytes,
+                  weights_in_l3=entries, assumptions=assumptions)
+
+    if need > spec.l2_bytes:
+        if spec.l3_bytes is None:
+            part, what = "activations + weights + code", "and the target has no L3 to spill weights to"
+        else:
+            part, what = "activations + code + L3 staging", "even with every weight in L3"
+        overflow = {"memory": "l2", "part": part, "needed_bytes": need, "capacity_bytes": spec.l2_bytes,
+                    "bytes": need - spec.l2_bytes}
+        verdict = (f"too big: L2 needs {need:,} B ({part}: arena {arena:,} + code {code:,} + weights kept "
+                   f"{kept:,} + staging {staging():,}) but holds {spec.l2_bytes:,} B, {need - spec.l2_bytes:,} B "
+                   f"over, {what}")
+        return Placement(status="too-big", overflow=overflow, verdict=verdict, **common)
+    if spec.l3_bytes is not None and spec.l3_bytes > 0 and spill_bytes > spec.l3_bytes:
+        overflow = {"memory": "l3", "part": "spilled weights", "needed_bytes": spill_bytes,
+                    "capacity_bytes": spec.l3_bytes, "bytes": spill_bytes - spec.l3_bytes}
+        verdict = (f"too big: the {len(spilled)} weight blocks spilled to L3 take {spill_bytes:,} B but L3 holds "
+                   f"{spec.l3_bytes:,} B, {spill_bytes - spec.l3_bytes:,} B over")
+        return Placement(status="too-big", overflow=overflow, verdict=verdict, **common)
+    if spilled:
+        verdict = (f"weights in L3: {len(spilled)} of {len(blocks)} weight blocks ({spill_bytes:,} B) streamed from "
+                   f"L3 every inference; L2 holds {need:,} of {spec.l2_bytes:,} B")
+        return Placement(status="weights-in-l3", overflow=None, verdict=verdict, **common)
+    verdict = f"fits L2: {need:,} of {spec.l2_bytes:,} B (arena {arena:,} + weights {weights:,} + code {code:,})"
+    return Placement(status="fits-l2", overflow=None, verdict=verdict, **common)
+
+
+# -- per-layer work ---------------------------------------------------------------------------------------
+def layer_work(graph: IntGraph, node: Node) -> tuple[str, int, int]:
+    """(kernel class, MACs, work in the class's unit) of one node, from the IntGraph's shapes."""
+    out = graph.tensors[node.output]
+    x = graph.tensors[node.inputs[0]]
+    if node.op == "conv":
+        k, cg, kh, kw = node.params["weight"].shape
+        macs = int(out.elements) * int(cg * kh * kw)
+        groups = int(node.attrs.get("groups", 1))
+        kind = "depthwise" if cg == 1 and groups > 1 else "pointwise" if kh == kw == 1 else "conv"
+        return kind, macs, macs
+    if node.op == "gemm":
+        macs = int(node.params["weight"].size)
+        return "gemm", macs, macs
+    if node.op in ("add", "requant"):
+        return "elementwise", 0, out.elements
+    if node.op == "avgpool_global":
+        return "pool", 0, x.elements
+    if node.op == "maxpool":
+        kh, kw = node.attrs["kernel"]
+        return "pool", 0, out.elements * int(kh) * int(kw)
+    if node.op == "resize_bilinear":
+        return "resize", 0, out.elements
+    if node.op in ("resize_nearest", "concat", "flatten"):
+        return "copy", 0, tensor_bytes(graph, node.output)
+    raise EdgemtlError(f"task {graph.task!r}: layer {node.name!r} has op {node.op!r}, which the MCU cost model lacks")
+
+
+# -- the cycle estimate -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerEstimate:
+    index: int
+    name: str
+    op: str
+    kernel: str
+    macs: int
+    work: int
+    work_unit: str
+    throughput: float
+    compute_cycles: float
+    l2_l1_bytes: int
+    dma_l2_l1_cycles: float
+    l3_bytes: int
+    dma_l3_cycles: float
+    cycles: float
+    bound: str            # "compute", "dma-l2" or "dma-l3"
+
+
+@dataclass(frozen=True)
+class CycleEstimate:
+    task: str
+    layers: list[LayerEstimate]
+    cycles: float
+    macs: int
+    clock_mhz: float
+    latency_s: float
+    power_mw: float
+    energy_j: float
+    placement: Placement
+    spec: McuSpec
+    assumptions: list[str]
+    provenance: str = PROVENANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: totals, per-layer rows, the placement, the figures used and the published context."""
+        return {
+            "provenance": self.provenance,
+            "task": self.task,
+            "totals": {"cycles": self.cycles, "macs": self.macs, "clock_mhz": self.clock_mhz,
+                       "latency_ms": self.latency_s * 1e3, "power_mw": self.power_mw, "energy_mj": self.energy_j * 1e3,
+                       "macs_per_cycle": self.macs / self.cycles if self.cycles else 0.0,
+                       "fits": self.placement.status != "too-big", "placement": self.placement.status},
+            "layers": [asdict(layer) for layer in self.layers],
+            "placement": self.placement.to_dict(),
+            "kernels": {name: asdict(kernel) for name, kernel in KERNELS.items()},
+            "spec": asdict(self.spec),
+            "assumptions": list(self.assumptions),
+            "context": {"tinymyo": dict(TINYMYO)},
+        }
+
+
+def estimate_cycles(graph: IntGraph, target: Target | McuSpec, power_mw: float = POWER_MW,
+                    dma_efficiency: float = DMA_EFFICIENCY, l3_efficiency: float = L3_EFFICIENCY,
+                    placement: Placement | None = None, alignment: int = 4) -> CycleEstimate:
+    """Per-layer and total cycles, latency and energy of `graph` on the cluster (arithmetic in the docstring)."""
+    spec = _spec(target)
+    for label, value in (("dma_efficiency", dma_efficiency), ("l3_efficiency", l3_efficiency)):
+        if not 0 < value <= 1:
+            raise EdgemtlError(f"{label} must lie in (0, 1], got {value}")
+    if spec.clock_mhz <= 0 or spec.l2_l1_gbps <= 0:
+        raise EdgemtlError("the MCU cost model needs a cluster clock_mhz and an l2 bandwidth_gbps above 0")
+    placement = placement or place_in_memory(graph, spec, alignment=alignment)
+    aliases = plan_arena(graph, alignment=alignment).aliases
+    b2 = spec.bytes_per_cycle(spec.l2_l1_gbps) * dma_efficiency
+    b3 = spec.bytes_per_cycle(spec.l3_gbps) * l3_efficiency
+    spilled = placement.spilled_layers
+    if spilled and b3 <= 0:
+        raise EdgemtlError("weights are placed in L3 but the target's off-chip level has no bandwidth_gbps")
+
+    layers = []
+    for index, node in enumerate(graph.nodes):
+        kind, macs, work = layer_work(graph, node)
+        kernel = KERNELS[kind]
+        if node.op == "flatten" and node.output in aliases:
+            work, l2_bytes = 0, 0           # shares its input's bytes: no code, no traffic
+        else:
+            l2_bytes = (sum(tensor_bytes(graph, name) for name in node.inputs) + tensor_bytes(graph, node.output)
+                        + param_bytes(node))
+        l3_bytes = param_bytes(node) if index in spilled else 0
+        compute = work / kernel.throughput if kernel.throughput > 0 else 0.0
+        dma_l2 = l2_bytes / b2
+        dma_l3 = l3_bytes / b3 if l3_bytes else 0.0
+        cycles = max(compute, dma_l2) + dma_l3
+        bound = "dma-l3" if dma_l3 > max(compute, dma_l2) else "dma-l2" if dma_l2 > compute else "compute"
+        layers.append(LayerEstimate(index, node.name, node.op, kind, macs, work, kernel.unit, kernel.throughput,
+                                    compute, l2_bytes, dma_l2, l3_bytes, dma_l3, cycles, bound))
+
+    total = float(sum(layer.cycles for layer in layers))
+    latency = total / (spec.clock_mhz * 1e6)
+    assumptions = [
+        f"the network runs layer by layer on GAP9's 8-core cluster at {spec.clock_mhz:g} MHz with PULP-NN-class "
+        "int8 kernels (throughput per kernel class in 'kernels', each with its source); NE16 is not used",
+        f"L2<->L1: every input, output and parameter byte of a layer crosses once (ideal tiling) at "
+        f"{spec.l2_l1_gbps:g} GB/s x {dma_efficiency:g}, double-buffered under compute (max of the two)",
+        f"L3->L2: spilled weights are re-streamed every inference at {spec.l3_gbps:g} GB/s x {l3_efficiency:g}, "
+        "not overlapped with compute",
+        "no per-layer launch, fork / barrier or tile-setup overhead and no cache / bank-conflict stalls; small "
+        "layers are therefore optimistic",
+        f"energy = {power_mw:g} mW x latency: a whole-SoC full-load figure (GreenWaves: 150.8 GOPS at "
+        "0.33 mW/GOP), not varied per layer",
+        *placement.assumptions,
+    ]
+    return CycleEstimate(task=graph.task, layers=layers, cycles=total, macs=sum(layer.macs for layer in layers),
+                         clock_mhz=spec.clock_mhz, latency_s=latency, power_mw=power_mw,
+                         energy_j=power_mw * 1e-3 * latency, placement=placement, spec=spec, assumptions=assumptions)
+
+
+# -- simulated instruction counts beside the estimate ------------------------------------------------------
+def simulated_instructions(graph: IntGraph, layer_instructions: np.ndarray,
+                           estimate: CycleEstimate | None = None) -> dict[str, Any]:
+    """Per-layer retired instructions from qemu (`QemuRun.layer_instructions`, shape (samples, layers)) as
+    instructions per MAC, the median over samples; with `estimate`, its cycles sit beside each row, each
+    column carrying its own provenance. Instructions on one rv32imac core are not GAP9 cycles."""
+    counts = np.asarray(layer_instructions)
+    if counts.ndim != 2 or counts.shape[1] != len(graph.nodes) or counts.shape[0] == 0:
+        raise EdgemtlError(f"task {graph.task!r}: expected instruction counts of shape (samples, "
+                           f"{len(graph.nodes)}), got {counts.shape}")
+    median = np.median(counts, axis=0)
+    rows = []
+    for index, node in enumerate(graph.nodes):
+        _, macs, _ = layer_work(graph, node)
+        row: dict[str, Any] = {"layer": index, "name": node.name, "op": node.op, "macs": macs,
+                               "instructions": float(median[index]),
+                               "instructions_per_mac": float(median[index]) / macs if macs else None}
+        if estimate is not None:
+            row["estimated_cycles"] = estimate.layers[index].cycles
+        rows.append(row)
+    total_macs = sum(row["macs"] for row in rows)
+    table: dict[str, Any] = {
+        "provenance": SIM_PROVENANCE,
+        "samples": int(counts.shape[0]),
+        "totals": {"instructions": float(median.sum()), "macs": total_macs,
+                   "instructions_per_mac": float(median.sum()) / total_macs if total_macs else None},
+        "layers": rows,
+        "note": "retired instructions (minstret under qemu -icount), median over samples; not cycles, not GAP9 "
+                "timing (no cluster, no DMA, no Xpulp SIMD)",
+    }
+    if estimate is not None:
+        table["estimated_cycles_provenance"] = estimate.provenance
+    return table
