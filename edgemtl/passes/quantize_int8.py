@@ -358,13 +358,17 @@ def choose_scale(values: np.ndarray, peak: float, dtype: str, config: Int8Config
 
 
 # -- requantisation parameters --------------------------------------------------------------------------------
+FLOAT32_EXACT = 2**24  # integers above this are not all representable in float32 (Deeploy's constant storage)
+
+
 def choose_requant(multiplier: np.ndarray, acc_max: np.ndarray, bias_q: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, int]:
     """mul, add (= bias_q * mul) and the one shift with mul / 2**shift ~ multiplier per channel.
 
     The largest shift (most precise mul) for which acc_max * |mul| + |add| + 2**(shift-1) stays within
-    int32 for every channel; if not even shift 0 fits, the shift-0 values come back and `check_int32`
-    names the layer.
+    int32 for every channel, and mul, add + 2**(shift-1) stay below 2**24: Deeploy's integer ONNX stores
+    them as float32, exact only up to there. If not even shift 0 fits, the shift-0 values come back and
+    `check_int32` (or the Deeploy export) names the layer.
     """
     multiplier = np.asarray(multiplier, dtype=np.float64)
     bias = np.zeros(multiplier.shape, dtype=np.int64) if bias_q is None else bias_q.astype(np.int64)
@@ -372,7 +376,8 @@ def choose_requant(multiplier: np.ndarray, acc_max: np.ndarray, bias_q: np.ndarr
         mul = np.rint(multiplier * 2.0**shift).astype(np.int64)
         add = bias * mul
         rounding = 1 << max(shift - 1, 0)
-        if np.abs(mul).max() <= INT32[1] and (acc_max * np.abs(mul) + np.abs(add)).max() + rounding <= INT32[1]:
+        exact_in_float32 = np.abs(mul).max() < FLOAT32_EXACT and np.abs(add).max() + rounding < FLOAT32_EXACT
+        if exact_in_float32 and (acc_max * np.abs(mul) + np.abs(add)).max() + rounding <= INT32[1]:
             return mul, add, shift
     return mul, add, 0
 

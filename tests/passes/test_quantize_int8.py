@@ -168,6 +168,15 @@ def test_choose_requant_takes_the_largest_shift_that_fits_int32():
     assert choose_requant(np.array([0.5]), np.array([2**32]))[2] == 0
 
 
+def test_choose_requant_keeps_constants_exact_in_float32():
+    """Deeploy stores mul and add as float32: a large bias with a small accumulator must not push add + the
+    rounding term past 2**24 (the default mtl-cnn hit this in a residual block's conv)."""
+    multiplier, acc_max, bias = np.array([0.004, 0.01]), np.full(2, 20_000, dtype=np.int64), np.array([9000, -30000])
+    mul, add, shift = choose_requant(multiplier, acc_max, bias)
+    assert np.abs(mul).max() < 2**24 and np.abs(add).max() + (1 << (shift - 1)) < 2**24
+    assert np.array_equal(add, bias * mul) and shift > 8
+
+
 def test_choose_scale_methods():
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(size=100_000), [40.0]]).astype(np.float32)

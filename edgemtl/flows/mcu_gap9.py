@@ -1,0 +1,195 @@
+"""The MCU flow (gap9): int8 integer graphs per task, Deeploy's tiled code, our portable C verified bit-exact.
+
+Steps: load_data -> analyse -> quantize_int8 -> export_int8_onnx -> deeploy_codegen -> c_codegen ->
+verify_c_host -> verify_c_qemu -> mcu_estimates -> board_kit.
+
+The numpy reference executor of each task's integer graph is the ground truth: the generated C must give
+exactly its integers on real samples, compiled with the host gcc (a mismatch fails the compile) and, when the
+RISC-V cross compiler and qemu are installed, for rv32imac under qemu-system-riscv32 (per-layer retired
+instructions recorded as "simulated"). Deeploy runs in its own venv where present; layers it cannot map are
+listed, never fatal. A task whose path has an op the int8 backends lack is recorded with that op and the
+other tasks go on; if no task can be quantized the compile stops with the first reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from edgemtl.analysis.mcu_cost import estimate_cycles, place_in_memory, simulated_instructions
+from edgemtl.backends.c import generate_c, riscv_tools_missing, run_on_host, run_on_qemu
+from edgemtl.backends.c.harness import write_test_vectors
+from edgemtl.backends.deeploy import deeploy_generate
+from edgemtl.backends.deeploy_onnx import export_deeploy_onnx
+from edgemtl.data import load_data
+from edgemtl.errors import EdgemtlError
+from edgemtl.flow import FlowContext, Step
+from edgemtl.flows.common import task_list
+from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
+from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
+from edgemtl.passes.quantize_int8 import Int8Config, quantize_int8
+
+BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "gap9"
+QEMU_PROVENANCE = "simulated (qemu-system-riscv32 rv32imac, one core, no SIMD; retired instructions, not cycles)"
+
+
+def _memory_bytes(ctx: FlowContext, name: str) -> int:
+    """A memory's size from the target file: L1 / L2 by name, L3 = the first off-chip RAM."""
+    for memory in ctx.target.memory:
+        if memory.name == name or (name == "l3" and memory.level == "off-chip"):
+            return memory.size_bytes
+    raise EdgemtlError(f"target {ctx.target.name!r} lists no memory {name!r}; the gap9 flow needs l1, l2 and an off-chip L3")
+
+
+def _graphs(ctx: FlowContext) -> dict[str, IntGraph]:
+    return ctx.state.get("int_graphs", {})
+
+
+def quantize_step(ctx: FlowContext) -> None:
+    """Per-channel int8 post-training quantization of every task path, calibrated on real training images."""
+    spec, name = ctx.loaded.spec, ctx.options.data or ctx.loaded.spec.data
+    if name is None:
+        raise EdgemtlError("the gap9 flow calibrates on real images: pass --data scenes|digits")
+    calibration, val = load_data(name, "train"), load_data(name, "val", n=ctx.options.metric_samples)
+    config = Int8Config()
+    graphs, errors = {}, {}
+    for task in task_list(ctx):
+        entry = ctx.manifest["tasks"][task]
+        try:
+            graph, record = quantize_int8(ctx.loaded.model, spec, task, calibration, val, config)
+        except EdgemtlError as exc:  # an op the int8 backends lack: this task stops here, the others go on
+            entry["int8"] = {"ok": False, "error": str(exc)}
+            errors[task] = str(exc)
+            continue
+        relative = f"tasks/{task}/intgraph"
+        graph.save(ctx.bundle / relative)
+        graphs[task] = graph
+        entry["int8"] = {"ok": True, **record.to_dict()}
+        entry["artifacts"] = {"intgraph": relative}
+    if not graphs:
+        first = next(iter(errors.values()))
+        raise EdgemtlError(f"no task could be quantized to int8 for gap9; first: {first}")
+    ctx.state["int_graphs"] = graphs
+    ctx.manifest.setdefault("passes", {})["quantize_int8"] = {
+        "calibration": f"{name}/train, {config.calibration_samples} images", "metrics": f"{name}/val",
+        "scales": config.scale_method, "weights": "int8 per output channel", "activations": "int8 / uint8 after ReLU"}
+
+
+def export_step(ctx: FlowContext) -> None:
+    """Integer ONNX in Deeploy's format per task (RequantShift, a shape on every tensor)."""
+    for task, graph in _graphs(ctx).items():
+        relative = f"tasks/{task}/model.int8.onnx"
+        exported = export_deeploy_onnx(graph, ctx.bundle / relative)
+        ctx.manifest["tasks"][task]["artifacts"]["int8_onnx"] = relative
+        ctx.manifest["tasks"][task]["deeploy_mappable"] = {"ok": exported.mappable,
+                                                           "unmapped": [asdict(u) for u in exported.unmapped]}
+
+
+def deeploy_step(ctx: FlowContext) -> None:
+    """Deeploy's tiled cluster code at the target's L1 / L2 / L3 sizes, where its PULPOpen platform maps every layer."""
+    l1, l2, l3 = (_memory_bytes(ctx, level) for level in ("l1", "l2", "l3"))
+    for task in _graphs(ctx):
+        entry = ctx.manifest["tasks"][task]
+        relative = f"tasks/{task}/deeploy"
+        result = deeploy_generate(ctx.bundle / entry["artifacts"]["int8_onnx"], ctx.bundle / relative, l1, l2,
+                                  l3_bytes=l3)
+        if result.get("ok"):
+            entry["artifacts"]["deeploy"] = relative
+        else:
+            shutil.rmtree(ctx.bundle / relative, ignore_errors=True)
+        entry["deeploy"] = {k: v for k, v in result.items() if k not in ("onnx_path", "out_dir")}
+
+
+def c_step(ctx: FlowContext) -> None:
+    """Portable C99 per task (static arena from the liveness plan, weights as const arrays) + test vectors."""
+    samples = _c_samples(ctx)
+    for task, graph in _graphs(ctx).items():
+        relative = f"tasks/{task}/c"
+        sources = generate_c(graph, ctx.bundle / relative, prefix="network")
+        q_inputs = quantize_input(graph, samples)
+        expected = run_reference(graph, q_inputs)[graph.output]
+        write_test_vectors(graph, ctx.bundle / relative / "test_vectors.h", q_inputs, expected)
+        entry = ctx.manifest["tasks"][task]
+        entry["artifacts"]["c"] = relative
+        entry["c"] = {"files": sorted(p.name for p in (ctx.bundle / relative).iterdir()),
+                      "arena": sources.plan.to_dict() | {"provenance": "static (liveness plan)"},
+                      "test_vectors": len(q_inputs)}
+        ctx.state.setdefault("c_vectors", {})[task] = (q_inputs, expected)
+
+
+def _c_samples(ctx: FlowContext) -> np.ndarray:
+    data = ctx.state.get("data")
+    if data is None:
+        raise EdgemtlError("the gap9 flow checks its C on real samples: pass --data scenes|digits")
+    count = min(ctx.options.c_samples, len(data))
+    return data.normalise(data.images[:count]).astype(np.float64)
+
+
+def verify_host_step(ctx: FlowContext) -> None:
+    """The host-compiled C against the reference executor, bit for bit; any difference fails the compile."""
+    with tempfile.TemporaryDirectory(prefix="edgemtl-c-") as scratch:
+        for task, graph in _graphs(ctx).items():
+            q_inputs, expected = ctx.state["c_vectors"][task]
+            outputs = run_on_host(graph, q_inputs, Path(scratch) / task)
+            _check_exact(task, "host gcc", outputs, expected)
+            ctx.manifest["tasks"][task]["c"]["host"] = {"samples": len(q_inputs), "bit_exact": True,
+                                                        "compiler": "gcc -std=c99 -O2"}
+
+
+def verify_qemu_step(ctx: FlowContext) -> None:
+    """The rv32imac build under qemu, bit for bit, with per-layer retired instructions (skipped, said why, without tools)."""
+    missing = riscv_tools_missing()
+    with tempfile.TemporaryDirectory(prefix="edgemtl-rv32-") as scratch:
+        for task, graph in _graphs(ctx).items():
+            entry = ctx.manifest["tasks"][task]["c"]
+            if missing:
+                entry["qemu"] = {"skipped": missing}
+                continue
+            q_inputs, expected = ctx.state["c_vectors"][task]
+            count = min(ctx.options.qemu_samples, len(q_inputs))
+            run = run_on_qemu(graph, q_inputs[:count], Path(scratch) / task, timeout_s=600)
+            _check_exact(task, "qemu rv32imac", run.outputs, expected[:count])
+            entry["qemu"] = {"samples": count, "bit_exact": True, "provenance": QEMU_PROVENANCE,
+                             "instructions": simulated_instructions(graph, run.layer_instructions)}
+
+
+def _check_exact(task: str, where: str, outputs: np.ndarray, expected: np.ndarray) -> None:
+    outputs = outputs.reshape(expected.shape)
+    if not np.array_equal(outputs, expected):
+        wrong = np.argwhere(outputs != expected)
+        sample = int(wrong[0][0])
+        raise EdgemtlError(f"task {task!r}: the generated C on {where} differs from the reference executor in "
+                           f"{len(wrong)} values (first in sample {sample}); this is a backend bug, please report it")
+
+
+def estimates_step(ctx: FlowContext) -> None:
+    """L2/L3 placement and the cluster cycle / energy estimate per task, labelled as estimates."""
+    for task, graph in _graphs(ctx).items():
+        entry = ctx.manifest["tasks"][task]
+        entry["memory_placement"] = place_in_memory(graph, ctx.target).to_dict()
+        entry["cycle_estimate"] = estimate_cycles(graph, ctx.target).to_dict()
+
+
+def board_kit_step(ctx: FlowContext) -> None:
+    """The GAP SDK Makefile + main.c harness and its README, for the user with the GAP9 SDK and a board."""
+    shutil.copytree(BOARD_KIT, ctx.bundle / "hw", dirs_exist_ok=True)
+    ctx.manifest["board_kit"] = {"folder": "hw", "readme": "hw/README.md",
+                                 "next": "hw/README.md: make clean all run platform=gvsoc TASK=<task>, then platform=board"}
+
+
+STEPS: list[Step] = [
+    ("load_data", load_verification_data),
+    ("analyse", analyse),
+    ("quantize_int8", quantize_step),
+    ("export_int8_onnx", export_step),
+    ("deeploy_codegen", deeploy_step),
+    ("c_codegen", c_step),
+    ("verify_c_host", verify_host_step),
+    ("verify_c_qemu", verify_qemu_step),
+    ("mcu_estimates", estimates_step),
+    ("board_kit", board_kit_step),
+]
