@@ -269,3 +269,51 @@ def test_compile_for_zcu104_says_which_step_an_moe_model_needs_elsewhere(capsys,
     assert manifest["needs_other_toolchain"][0]["step"] == "quantize + HLS"
     entry = manifest["tasks"]["depth"]
     assert (bundle / entry["artifacts"]["onnx"]).is_file() and entry["roofline"]["provenance"].startswith("estimated")
+
+
+def test_compile_for_gap9_verifies_the_c_bit_exact_and_estimates(capsys, tmp_path, checkpoints):
+    bundle = tmp_path / "gap9"
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "gap9", "-o", bundle,
+                           "--tasks", "depth,scene", "--data", "scenes")
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for task in ("depth", "scene"):
+        entry = manifest["tasks"][task]
+        assert entry["int8"]["ok"] and set(entry["int8"]["metric_int8"]) == set(entry["int8"]["metric_float"])
+        assert entry["c"]["host"]["bit_exact"] and entry["c"]["host"]["samples"] == 32
+        qemu = entry["c"]["qemu"]
+        assert "skipped" in qemu or (qemu["bit_exact"] and qemu["provenance"].startswith("simulated"))
+        assert entry["memory_placement"]["status"] == "fits-l2"
+        assert entry["cycle_estimate"]["provenance"].startswith("estimated")
+        for name in ("network.c", "network.h", "kernels.c", "test_vectors.h"):
+            assert (bundle / entry["artifacts"]["c"] / name).is_file()
+        assert (bundle / entry["artifacts"]["int8_onnx"]).is_file()
+        assert "available" in entry["deeploy"]  # generated, refused with its reasons, or how to install it
+    assert not manifest["tasks"]["depth"]["deeploy_mappable"]["ok"]  # bilinear resize: PULPOpen has no Resize
+    assert (bundle / "hw" / "main.c").is_file() and (bundle / "hw" / "README.md").is_file()
+
+
+def test_compile_for_gap9_records_a_task_with_an_unsupported_op_and_compiles_the_others(capsys, tmp_path):
+    weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
+    torch.save(unet_two_heads().state_dict(), weights)
+    spec.write_text(SPEC_YAML.replace("32, 32", "64, 64"))
+    bundle = tmp_path / "gap9-unet"
+    code, _, err = run_cli(capsys, "compile", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
+                           "--target", "gap9", "-o", bundle, "--data", "scenes")
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    failed = manifest["tasks"]["depth"]["int8"]
+    assert not failed["ok"] and "Softplus" in failed["error"] and "'depth'" in failed["error"]
+    assert manifest["tasks"]["seg"]["c"]["host"]["bit_exact"]
+
+
+def test_compile_for_gap9_fails_cleanly_when_no_task_can_be_quantized(capsys, tmp_path):
+    weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
+    torch.save(unet_two_heads().state_dict(), weights)
+    spec.write_text(SPEC_YAML.replace("32, 32", "64, 64"))
+    code, _, err = run_cli(capsys, "compile", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
+                           "--target", "gap9", "-o", tmp_path / "none", "--data", "scenes", "--tasks", "depth")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err and last.startswith("edgemtl: error: no task could be quantized to int8")
+    assert "'Softplus'" in last
+    assert not (tmp_path / "none").exists()

@@ -23,15 +23,16 @@ import numpy as np
 from edgemtl.analysis.mcu_cost import estimate_cycles, place_in_memory, simulated_instructions
 from edgemtl.backends.c import generate_c, riscv_tools_missing, run_on_host, run_on_qemu
 from edgemtl.backends.c.harness import write_test_vectors
-from edgemtl.backends.deeploy import deeploy_generate
-from edgemtl.backends.deeploy_onnx import export_deeploy_onnx
+from edgemtl.backends.deeploy import deeploy_generate, unmapped_message
+from edgemtl.backends.deeploy_onnx import export_deeploy_onnx, unmapped_reason
+from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext, Step
 from edgemtl.flows.common import task_list
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
-from edgemtl.passes.quantize_int8 import Int8Config, quantize_int8
+from edgemtl.passes.quantize_int8 import Int8Config, build_int_graph, quantize_int8
 
 BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "gap9"
 QEMU_PROVENANCE = "simulated (qemu-system-riscv32 rv32imac, one core, no SIMD; retired instructions, not cycles)"
@@ -51,16 +52,20 @@ def _graphs(ctx: FlowContext) -> dict[str, IntGraph]:
 
 def quantize_step(ctx: FlowContext) -> None:
     """Per-channel int8 post-training quantization of every task path, calibrated on real training images."""
-    spec, name = ctx.loaded.spec, ctx.options.data or ctx.loaded.spec.data
-    if name is None:
+    spec, data = ctx.loaded.spec, ctx.state.get("data")
+    if data is None:
         raise EdgemtlError("the gap9 flow calibrates on real images: pass --data scenes|digits")
-    calibration, val = load_data(name, "train"), load_data(name, "val", n=ctx.options.metric_samples)
-    config = Int8Config()
+    calibration, labelled, config = load_data(data.name, "train"), set(ctx.state["labelled_tasks"]), Int8Config()
     graphs, errors = {}, {}
     for task in task_list(ctx):
         entry = ctx.manifest["tasks"][task]
         try:
-            graph, record = quantize_int8(ctx.loaded.model, spec, task, calibration, val, config)
+            if task in labelled:
+                graph, record = quantize_int8(ctx.loaded.model, spec, task, calibration, data, config)
+                entry["int8"] = {"ok": True, **record.to_dict()}
+            else:  # no labels for this task in the data set: quantized and verified, but not scored
+                graph = build_int_graph(ctx.loaded.model, spec, task, calibration, config)
+                entry["int8"] = {"ok": True, "metrics": f"{data.name} has no labels for task {task!r}"}
         except EdgemtlError as exc:  # an op the int8 backends lack: this task stops here, the others go on
             entry["int8"] = {"ok": False, "error": str(exc)}
             errors[task] = str(exc)
@@ -68,15 +73,14 @@ def quantize_step(ctx: FlowContext) -> None:
         relative = f"tasks/{task}/intgraph"
         graph.save(ctx.bundle / relative)
         graphs[task] = graph
-        entry["int8"] = {"ok": True, **record.to_dict()}
         entry["artifacts"] = {"intgraph": relative}
     if not graphs:
-        first = next(iter(errors.values()))
-        raise EdgemtlError(f"no task could be quantized to int8 for gap9; first: {first}")
+        raise EdgemtlError(f"no task could be quantized to int8 for gap9; first: {next(iter(errors.values()))}")
     ctx.state["int_graphs"] = graphs
     ctx.manifest.setdefault("passes", {})["quantize_int8"] = {
-        "calibration": f"{name}/train, {config.calibration_samples} images", "metrics": f"{name}/val",
-        "scales": config.scale_method, "weights": "int8 per output channel", "activations": "int8 / uint8 after ReLU"}
+        "calibration": f"{data.name}/train, {config.calibration_samples} images", "metrics": f"{data.name}/{data.split}",
+        "scales": config.scale_method, "weights": "int8 per output channel", "activations": "int8 / uint8 after ReLU",
+        "failed": errors}
 
 
 def export_step(ctx: FlowContext) -> None:
@@ -90,18 +94,55 @@ def export_step(ctx: FlowContext) -> None:
 
 
 def deeploy_step(ctx: FlowContext) -> None:
-    """Deeploy's tiled cluster code at the target's L1 / L2 / L3 sizes, where its PULPOpen platform maps every layer."""
+    """Deeploy's tiled cluster code at the target's L1 / L2 / L3 sizes: for the whole task where its PULPOpen
+    platform maps every layer ("scope": "whole"), else for the task's mappable prefix ("scope": "prefix", see
+    `deeploy_split`; the rest runs in our portable C), or for nothing ("scope": "none") when the first layer is
+    unmapped. With a prefix, `ok` and the memory map are Deeploy's for the prefix, `reason` / `unmapped` still name
+    the layers that kept the whole task out, and `prefix_reason` says why Deeploy failed on the prefix, if it did."""
     l1, l2, l3 = (_memory_bytes(ctx, level) for level in ("l1", "l2", "l3"))
-    for task in _graphs(ctx):
+    for task, graph in _graphs(ctx).items():
         entry = ctx.manifest["tasks"][task]
         relative = f"tasks/{task}/deeploy"
-        result = deeploy_generate(ctx.bundle / entry["artifacts"]["int8_onnx"], ctx.bundle / relative, l1, l2,
-                                  l3_bytes=l3)
+        unmapped = [{"layer": n.name, "op": n.op, "reason": reason} for n in graph.nodes
+                    if (reason := unmapped_reason(n, graph))]
+        split = mappable_prefix(graph) if unmapped else None
+        if not unmapped:
+            onnx_path, record = ctx.bundle / entry["artifacts"]["int8_onnx"], {"scope": "whole"}
+        elif split is None:
+            onnx_path = ctx.bundle / entry["artifacts"]["int8_onnx"]  # Deeploy refuses it, naming the layers
+            record = {"scope": "none", "layers_in_deeploy": [], "layers_elsewhere": [n.name for n in graph.nodes],
+                      "prefix_macs_share": 0.0,
+                      "note": f"Deeploy cannot map the task's first layer: all of it runs in our portable C "
+                              f"(tasks/{task}/c)"}
+        else:
+            prefix, outputs = split
+            described = describe_split(graph, prefix, outputs)
+            onnx_relative = f"tasks/{task}/model.prefix.int8.onnx"
+            onnx_path = export_deeploy_onnx(prefix, ctx.bundle / onnx_relative, outputs).path
+            entry["artifacts"]["int8_onnx_prefix"] = onnx_relative
+            names = ", ".join(f"{o['deeploy_name']} = {o['tensor']}" for o in described.outputs)
+            record = {"scope": "prefix", "layers_in_deeploy": described.layers_in_deeploy,
+                      "layers_elsewhere": described.layers_elsewhere, "prefix_macs_share": described.macs_share,
+                      "prefix_macs": described.prefix_macs, "task_macs": described.task_macs,
+                      "prefix_outputs": described.outputs, "prefix_onnx": onnx_relative,
+                      "note": f"Deeploy's code covers the {len(described.layers_in_deeploy)} layers in "
+                              f"layers_in_deeploy ({described.macs_share:.0%} of the task's MACs) and writes {names} "
+                              f"(NCHW). The {len(described.layers_elsewhere)} layers in layers_elsewhere, from the "
+                              f"first one Deeploy cannot map on, run in our portable C (tasks/{task}/c, which "
+                              f"implements and verifies the whole task); the glue feeding Deeploy's outputs to those "
+                              f"C layers is not generated."}
+        result = deeploy_generate(onnx_path, ctx.bundle / relative, l1, l2, l3_bytes=l3)
         if result.get("ok"):
             entry["artifacts"]["deeploy"] = relative
         else:
             shutil.rmtree(ctx.bundle / relative, ignore_errors=True)
-        entry["deeploy"] = {k: v for k, v in result.items() if k not in ("onnx_path", "out_dir")}
+        if split is not None and result.get("available"):
+            if not result.get("ok"):
+                record["prefix_reason"] = result.get("reason")
+            result = {**result, "unmapped": unmapped, "reason": unmapped_message(unmapped)}
+        elif split is not None:  # no Deeploy venv: its reason stays, the layers that keep the whole out are listed
+            result = {**result, "unmapped": unmapped}
+        entry["deeploy"] = {k: v for k, v in result.items() if k not in ("onnx_path", "out_dir")} | record
 
 
 def c_step(ctx: FlowContext) -> None:

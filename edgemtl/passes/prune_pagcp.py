@@ -59,6 +59,8 @@ class PAGCPConfig:
     trial_ratio: float = 0.3              # removal ratio used to order groups by MACs saved
     keep_fraction: float = 0.5            # filter: share of pruned groups kept per round
     oracle_samples: int = 32              # held-out samples the loss oracle uses (benchmarks/pagcp.py: trade-off)
+    bn_recalibration_samples: int = 64    # training images that re-estimate BatchNorm statistics before every oracle
+                                          # call (adaptive BN); 0 = the paper's plain oracle
     finetune_steps: int = 60              # per round, all tasks' losses
     final_finetune_steps: int = 300
     finetune_lr: float = 1e-3
@@ -141,19 +143,48 @@ def threshold_schedule(budget: float, count: int, initial: float = 0.0) -> list[
 
 
 class LossOracle:
-    """Every task's loss on a fixed held-out batch: the performance oracle of the greedy search."""
+    """Every task's loss on a fixed held-out batch: the performance oracle of the greedy search.
 
-    def __init__(self, spec: ModelSpec, data: TaskData, samples: int) -> None:
+    With `calibration` images, each model's BatchNorm statistics are first re-estimated on them (adaptive
+    BN, as in EagleEye, Li et al., ECCV 2020): removing channels shifts the inputs of every later layer, and
+    judging a candidate with the stale statistics overstates its loss, which fine-tuning would largely undo.
+    """
+
+    def __init__(self, spec: ModelSpec, data: TaskData, samples: int, calibration: TaskData | None = None,
+                 calibration_samples: int = 0) -> None:
         self.spec = spec
         count = min(samples, len(data))
         self.images = torch.from_numpy(data.normalise(data.images[:count]))
         self.targets = {name: torch.from_numpy(t[:count]) for name, t in data.targets.items()}
+        self.calibration = None
+        if calibration is not None and calibration_samples > 0:
+            self.calibration = torch.from_numpy(calibration.normalise(calibration.images[:calibration_samples]))
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
+        if self.calibration is not None:
+            recalibrate_batchnorm(model, self.calibration)
         model.eval()
         with torch.no_grad():
             outputs = model(self.images)
         return {t.name: float(task_loss(t, outputs[t.name], self.targets[t.name])) for t in self.spec.tasks}
+
+
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> None:
+    """Replace every BatchNorm's running statistics by their plain average over `images` (no gradients)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for chunk in images.split(batch_size):
+            model(chunk)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
 
 
 def _macs(model: nn.Module, example: torch.Tensor) -> float:
@@ -228,7 +259,7 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
     start_time = time.perf_counter()
     original = copy.deepcopy(model).eval()
     surgeon = Surgeon(spec)
-    oracle = LossOracle(spec, val_data, config.oracle_samples)
+    oracle = LossOracle(spec, val_data, config.oracle_samples, train_data, config.bn_recalibration_samples)
     macs_original = _macs(original, surgeon.example)
     target_macs = config.flops_target * macs_original
     cost_before = model_cost(original, spec)

@@ -153,3 +153,17 @@ def test_pruned_zoo_checkpoint_round_trip(tmp_path):
 def test_bad_configs(kwargs, message):
     with pytest.raises(EdgemtlError, match=message):
         PAGCPConfig(**kwargs)
+
+
+def test_batchnorm_recalibration_takes_the_plain_average_of_the_images():
+    from edgemtl.passes.prune_pagcp import recalibrate_batchnorm
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.3))
+    images = torch.randn(40, 3, 8, 8) * 2 + 1
+    recalibrate_batchnorm(model, images, batch_size=20)  # equal batches: the average of batch means is the mean
+    features = model[0](images).detach()
+    norm = model[1]
+    assert torch.allclose(norm.running_mean, features.mean(dim=(0, 2, 3)), atol=1e-5)
+    # torch averages each batch's unbiased variance: close to, not exactly, the pooled variance
+    assert torch.allclose(norm.running_var, features.var(dim=(0, 2, 3)), rtol=0.05)
+    assert norm.momentum == 0.3 and not model.training
