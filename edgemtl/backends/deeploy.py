@@ -78,9 +78,7 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
             "l2_bytes": int(l2_bytes), "l3_bytes": int(l3_bytes), "double_buffering": bool(double_buffering),
             "allocator": "TetrisRandom", "hints": l1_hints(onnx_path, int(l1_bytes))}
     if meta.get("unmapped"):
-        listed = "; ".join(f"{u['layer']} ({u['op']}): {u['reason']}" for u in meta["unmapped"])
-        return {**base, "ok": False, "unmapped": meta["unmapped"],
-                "reason": f"{len(meta['unmapped'])} layer(s) Deeploy's PULPOpen cannot map: {listed}"}
+        return {**base, "ok": False, "unmapped": meta["unmapped"], "reason": unmapped_message(meta["unmapped"])}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     request = {"version": PROTOCOL_VERSION, "onnx_path": str(onnx_path.resolve()), "out_dir": str(out_dir),
@@ -120,6 +118,12 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
             "layers": attach_layers(result["layers"], meta), "n_cores": result.get("n_cores")}
 
 
+def unmapped_message(unmapped: list[dict[str, Any]]) -> str:
+    """One line naming the layers ({layer, op, reason} each) PULPOpen has no mapping for."""
+    listed = "; ".join(f"{u['layer']} ({u['op']}): {u['reason']}" for u in unmapped)
+    return f"{len(unmapped)} layer(s) Deeploy's PULPOpen cannot map: {listed}"
+
+
 def attach_layers(layers: list[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
     """Name, for each Deeploy layer, the edgemtl layers whose tensors it writes. Deeploy renames fused nodes but
     keeps tensor names, suffixed `_tensor` and sometimes `_split` / `_pre_transposed` / `_tp`; its own layout
@@ -128,12 +132,17 @@ def attach_layers(layers: list[dict[str, Any]], meta: dict[str, Any]) -> list[di
     if "layer_outputs" in meta and "tensor_layers" not in meta:
         tensor_layers = {tensor: layer for layer, tensor in meta["layer_outputs"].items()}
     patterns = {tensor: re.compile(rf"(?:^|_){re.escape(tensor)}_tensor(?:_|$)") for tensor in tensor_layers}
+    # Deeploy renames the model's outputs output_0, output_1, ... in order (several for a mappable prefix); a layer
+    # in NHWC writes `<fused node>_output_<i>_pre_transposed` and a Transpose then writes output_<i>
+    graph_outputs = {f"output_{i}": tensor for i, tensor in enumerate(meta.get("outputs") or [meta.get("output")])}
+    output_name = re.compile(r"(?:.*_)?(output_\d+)(?:_pre_transposed)?")
     attached = []
     for entry in layers:
         names = set()
         for out in entry.get("outputs", []):
-            if out == "output_0" and meta.get("output") in tensor_layers:
-                names.add(tensor_layers[meta["output"]])
+            match = output_name.fullmatch(out)
+            if match and graph_outputs.get(match.group(1)) in tensor_layers:
+                names.add(tensor_layers[graph_outputs[match.group(1)]])
             hits = [tensor for tensor, pattern in patterns.items() if pattern.search(out)]
             # a hit that is the "_"-suffix of a longer hit ("pooled" inside "p_pooled") is not the tensor
             names |= {tensor_layers[h] for h in hits if not any(o != h and o.endswith(f"_{h}") for o in hits)}

@@ -26,7 +26,12 @@ How each IntGraph op is written (all tensors NCHW with a batch axis of 1; Deeplo
 - maxpool, concat (axis 1), requant, flatten: MaxPool, Concat, RequantShift, Flatten.
 - resize_bilinear, resize_nearest: no Resize layer in PULPOpen's mapping (deeploy-pulp 0.2.1): reported as
   unmapped and written as placeholder nodes in the `edgemtl.unmapped` domain, so the file still has every
-  tensor and shape but Deeploy will not be run on it.
+  tensor and shape but Deeploy will not be run on it (the flow runs it on the mappable prefix instead,
+  `deeploy_split.mappable_prefix`).
+
+Outputs: by default the graph's one output; `export_deeploy_onnx(..., outputs=[...])` writes several (a prefix's,
+which Deeploy names output_0, output_1, ...). An output that a later layer also reads leaves through an exact copy
+(RequantShift mul 2, add 0, div 2), since Deeploy's layout passes would leave it without a producer otherwise.
 
 Checks (one-line EdgemtlError naming the layer): every integer stored as float32 (weights, mul, add, and add plus
 Deeploy's rounding term) stays below 2**24 in magnitude, where float32 is still exact; conv / gemm `add` is a
@@ -269,16 +274,37 @@ def _emit(b: _Builder, node: Node) -> None:
                **{k: v for k, v in node.attrs.items() if isinstance(v, (int, float, str, list))})
 
 
-def export_deeploy_onnx(graph: IntGraph, path: Path) -> DeeployOnnx:
+def _output_copy(b: _Builder, tensor: str) -> str:
+    """A model output that later layers also read, written through a copy: Deeploy's PULPOpen layout passes
+    (deeploy-pulp 0.2.1) reroute the consumers of such a tensor and leave the output itself without a producer
+    (the tiler then fails with KeyError 'output_0'). The copy is a RequantShift with mul 2, add 0, div 2, exactly the
+    identity ((2v + 1) >> 1 == v, inside the output type): div 1 would make Deeploy's kernels add 1 << -1."""
+    producer = next(n for n in b.graph.nodes if n.output == tensor)
+    b.layer = producer.name
+    channels = b.graph.tensors[tensor].shape[0]
+    return b.requant_shift(producer.name, b.names.new(f"{b.t(tensor)}_copy"), b.t(tensor),
+                           np.full(channels, 2), np.zeros(channels), 1, b.names.new(f"{b.t(tensor)}_out"),
+                           b.shape(tensor), b.graph.tensors[tensor].dtype)
+
+
+def export_deeploy_onnx(graph: IntGraph, path: Path, outputs: list[str] | None = None) -> DeeployOnnx:
     """Write `graph` as Deeploy's integer ONNX at `path`.
 
-    Raises EdgemtlError (one line, naming the layer) where the export could not be exact; layers PULPOpen cannot
-    map are returned in `unmapped` (and recorded in the file's metadata), not raised.
+    `outputs`: the IntGraph tensors that become the model's outputs, in order (Deeploy names them output_0,
+    output_1, ...); default [graph.output]. Several are used for a mappable prefix (`deeploy_split`), whose later
+    layers may read an output too. Raises EdgemtlError (one line, naming the layer) where the export could not be
+    exact; layers PULPOpen cannot map are returned in `unmapped` (and recorded in the file's metadata), not raised.
     """
     graph.validate()
     check_deeploy_ranges(graph)
+    outputs = list(outputs) if outputs else [graph.output]
+    computed = {n.output for n in graph.nodes}
+    bad = [o for o in outputs if o not in computed]
+    if bad or len(set(outputs)) != len(outputs):
+        raise EdgemtlError(f"task {graph.task!r}: the outputs {outputs} must be distinct tensors the graph computes"
+                           f"{f' ({bad} are not)' if bad else ''}")
     b = _Builder(graph)
-    x, y = b.t(graph.input), b.t(graph.output)
+    x = b.t(graph.input)
     unmapped = []
     for node in graph.nodes:
         reason = unmapped_reason(node, graph)
@@ -286,21 +312,22 @@ def export_deeploy_onnx(graph: IntGraph, path: Path) -> DeeployOnnx:
             unmapped.append(Unmapped(node.name, node.op, reason))
         b.layer = node.name
         _emit(b, node)
+    ys = [_output_copy(b, o) if any(o in n.inputs for n in graph.nodes) else b.t(o) for o in outputs]
 
     value_info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in b.shapes.items()
-                  if name not in (x, y)]
+                  if name != x and name not in ys]
     onnx_graph = helper.make_graph(
         b.nodes, b.names.new(f"{graph.task}_int"),
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, b.shape(graph.input))],
-        [helper.make_tensor_value_info(y, TensorProto.FLOAT, b.shape(graph.output))],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, b.shape(o)) for y, o in zip(ys, outputs)],
         initializer=b.initializers, value_info=value_info)
     model = helper.make_model(onnx_graph, producer_name="edgemtl",
                               opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(RQS_DOMAIN, 1),
                                              helper.make_opsetid(UNMAPPED_DOMAIN, 1)])
     result = DeeployOnnx(Path(path), unmapped, {n.name: b.t(n.output) for n in graph.nodes},
                          graph.tensors[graph.input].dtype)
-    meta = {"task": graph.task, "input": x, "output": y, "input_dtype": result.input_dtype,
-            "output_dtype": graph.tensors[graph.output].dtype,
+    meta = {"task": graph.task, "input": x, "output": ys[0], "outputs": ys, "input_dtype": result.input_dtype,
+            "output_dtype": graph.tensors[outputs[0]].dtype, "output_dtypes": [graph.tensors[o].dtype for o in outputs],
             "unmapped": [vars(u) for u in unmapped], "layer_outputs": result.layer_outputs,
             "tensor_layers": b.tensor_layers, "node_layers": b.node_layers}
     helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})

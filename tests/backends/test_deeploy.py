@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from edgemtl.backends.deeploy import deeploy_generate, deeploy_python
 from edgemtl.backends.deeploy_onnx import RQS_DOMAIN, export_deeploy_onnx, read_deeploy_metadata
+from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.intgraph import IntGraph, Node, TensorInfo, _conv_acc, _maxpool, run_reference
 
@@ -132,7 +133,7 @@ def test_every_tensor_has_a_shape_and_requantshift_follows_deeploy(tmp_path):
     onnx.checker.check_model(model)
 
 
-def _deeploy_semantics(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+def _deeploy_semantics(model: onnx.ModelProto, x: np.ndarray, output: int = 0) -> np.ndarray:
     """The exported graph evaluated the way Deeploy's PULPOpen kernels compute it: RequantShift adds 2^(d-1) then
     shifts arithmetically and clips to its output type, except the per-tensor ones Deeploy fuses with an Add into
     RequantizedAdd (no clip in between)."""
@@ -172,7 +173,7 @@ def _deeploy_semantics(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
         else:
             raise AssertionError(f"no semantics for {node.op_type}")
         values[node.output[0]] = out
-    return values[model.graph.output[0].name]
+    return values[model.graph.output[output].name]
 
 
 @pytest.mark.parametrize("build", [tiny_graph, branchy_graph])
@@ -328,3 +329,116 @@ def test_fully_connected_layer_too_wide_for_l1_is_reported(tmp_path):
     out = deeploy_generate(path, tmp_path / "gen", L1, L2, 300)
     assert out["ok"] is False and out["stage"] == "tiling" and "infeasible" in out["reason"]
     assert out["hints"] and "head.fc" in out["hints"][0] and "262,144" in out["hints"][0]
+
+
+# ---- the mappable prefix of a task Deeploy cannot take whole -------------------------------------------------
+
+def dense_head_graph(seed: int = 4, skip: bool = False) -> IntGraph:
+    """conv -> conv -> bilinear resize x2 -> conv, like a dense head; with `skip`, the resize is concatenated with
+    the first conv's output (an encoder skip feature) before the last conv, and a requant nobody reads hangs off
+    the second conv."""
+    rng = np.random.default_rng(seed)
+    shapes = {"x": ([3, 8, 8], "int8"), "c1": ([8, 8, 8], "uint8"), "c2": ([8, 4, 4], "uint8"),
+              "u": ([8, 8, 8], "uint8"), "cat": ([16, 8, 8], "uint8"), "dead": ([8, 4, 4], "int8"),
+              "y": ([2, 8, 8], "int8")}
+    tensors = {name: TensorInfo(name, shape, dtype, 0.05) for name, (shape, dtype) in shapes.items()}
+
+    def conv(name: str, x: str, out: str, c: int, k: int, stride: int) -> Node:
+        mul = rng.integers(1, 200, k).astype(np.int32)
+        return Node(name, "conv", [x], out, {"stride": [stride] * 2, "pads": [1, 1, 1, 1], "groups": 1, "shift": 14},
+                    {"weight": rng.integers(-127, 128, (k, c, 3, 3)).astype(np.int8), "mul": mul,
+                     "add": (rng.integers(-50, 50, k) * mul).astype(np.int32)})
+
+    resize = Node("head.up", "resize_bilinear", ["c2"], "u", {"factor": 2, "shift": 4},
+                  {"mul": np.ones(8, np.int32), "add": np.zeros(8, np.int32)})
+    nodes = [conv("enc.conv1", "x", "c1", 3, 8, 1), conv("enc.conv2", "c1", "c2", 8, 8, 2), resize]
+    if skip:
+        nodes += [Node("head.cat", "concat", ["u", "c1"], "cat"),
+                  Node("enc.dead", "requant", ["c2"], "dead", {"shift": 1},
+                       {"mul": np.ones(8, np.int32), "add": np.zeros(8, np.int32)}),
+                  conv("head.fuse", "cat", "y", 16, 2, 1)]
+    else:
+        nodes += [conv("head.fuse", "u", "y", 8, 2, 1)]
+    return IntGraph("seg", "x", "y", tensors, nodes)
+
+
+def test_prefix_stops_before_the_resize():
+    graph = dense_head_graph()
+    prefix, outputs = mappable_prefix(graph)
+    assert [n.name for n in prefix.nodes] == ["enc.conv1", "enc.conv2"]
+    assert outputs == ["c2"] and prefix.output == "c2" and prefix.input == "x"
+    assert set(prefix.tensors) == {"x", "c1", "c2"}
+    split = describe_split(graph, prefix, outputs)
+    assert split.layers_elsewhere == ["head.up", "head.fuse"]
+    macs = {"enc.conv1": 8 * 8 * 8 * 27, "enc.conv2": 8 * 4 * 4 * 72, "head.fuse": 2 * 8 * 8 * 72}
+    assert split.prefix_macs == macs["enc.conv1"] + macs["enc.conv2"] and split.task_macs == sum(macs.values())
+    assert split.macs_share == pytest.approx(split.prefix_macs / split.task_macs)
+    assert split.outputs == [{"deeploy_name": "output_0", "tensor": "c2", "shape": [8, 4, 4], "dtype": "uint8",
+                              "scale": 0.05, "read_by": ["head.up"]}]
+    assert [n.name for n in graph.nodes] == ["enc.conv1", "enc.conv2", "head.up", "head.fuse"]  # untouched
+
+
+def test_prefix_outputs_every_tensor_the_rest_reads_and_drops_dead_layers():
+    graph = dense_head_graph(skip=True)
+    prefix, outputs = mappable_prefix(graph)
+    assert [n.name for n in prefix.nodes] == ["enc.conv1", "enc.conv2"]  # enc.dead feeds nothing
+    assert outputs == ["c1", "c2"] and prefix.output == "c2"
+    split = describe_split(graph, prefix, outputs)
+    assert split.layers_elsewhere == ["head.up", "head.cat", "enc.dead", "head.fuse"]
+    assert [(o["deeploy_name"], o["read_by"]) for o in split.outputs] == [("output_0", ["head.cat"]),
+                                                                          ("output_1", ["head.up", "enc.dead"])]
+
+
+def test_whole_graph_is_its_own_prefix():
+    graph = tiny_graph()
+    prefix, outputs = mappable_prefix(graph)
+    assert prefix.nodes == graph.nodes and outputs == ["y"]
+    assert describe_split(graph, prefix, outputs).macs_share == 1.0
+
+
+def test_nothing_mappable_gives_none():
+    assert mappable_prefix(_unmappable_graph()) is None  # grouped conv first, then resizes that read it
+    graph = dense_head_graph()
+    graph.nodes, graph.input = graph.nodes[2:], "c2"  # resize -> conv: the conv depends on the resize
+    graph.validate()
+    assert mappable_prefix(graph) is None
+
+
+def test_prefix_export_has_every_output_bit_exact(tmp_path):
+    graph = dense_head_graph(skip=True)
+    prefix, outputs = mappable_prefix(graph)
+    out = export_deeploy_onnx(prefix, tmp_path / "prefix.onnx", outputs)
+    assert out.mappable
+    model = onnx.load(str(out.path))
+    meta = read_deeploy_metadata(out.path)
+    onnx_outputs = [o.name for o in model.graph.output]
+    assert len(onnx_outputs) == 2 and meta["outputs"] == onnx_outputs and meta["output_dtypes"] == ["uint8", "uint8"]
+    # c1 is read inside the prefix too: it leaves through a copy (RequantShift x2, div 2), c2 directly
+    assert onnx_outputs[0] != "c1" and onnx_outputs[1] == "c2"
+    copy = next(n for n in model.graph.node if n.output[0] == onnx_outputs[0])
+    assert copy.op_type == "RequantShift" and copy.input[0] == "c1" and int(_attr(copy, "div")) == 2
+    assert meta["tensor_layers"][onnx_outputs[0]] == "enc.conv1"
+    x = np.random.default_rng(5).integers(-128, 128, (3, 3, 8, 8))
+    reference = run_reference(graph, x, keep_all=True)
+    for index, tensor in enumerate(outputs):
+        got = np.concatenate([_deeploy_semantics(model, x[i:i + 1], index) for i in range(len(x))])
+        np.testing.assert_array_equal(got, reference[tensor])
+    with pytest.raises(EdgemtlError, match="outputs"):
+        export_deeploy_onnx(prefix, tmp_path / "bad.onnx", ["c1", "u"])
+
+
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_generates_code_for_the_prefix_within_gap9_l1_and_l2(tmp_path):
+    graph = dense_head_graph(skip=True)
+    prefix, outputs = mappable_prefix(graph)
+    path = export_deeploy_onnx(prefix, tmp_path / "prefix.onnx", outputs).path
+    out = deeploy_generate(path, tmp_path / "gen", L1, L2, 300)
+    assert out["ok"], out.get("reason")
+    header = (tmp_path / "gen" / "Network.h").read_text()
+    assert "DeeployNetwork_num_outputs = 2" in header
+    assert "DeeployNetwork_outputs_bytes[2] = {512, 128}" in header  # c1: 8x8x8, c2: 8x4x4 uint8
+    memory = out["memory"]
+    assert 0 < memory["L1"]["total"] <= L1 and 0 < memory["L2"]["total"] <= L2 and all(out["fits"].values())
+    by_layer = {layer for entry in out["layers"] for layer in entry["edgemtl_layers"]}
+    assert by_layer == {"enc.conv1", "enc.conv2"}

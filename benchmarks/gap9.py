@@ -1,0 +1,140 @@
+"""The gap9 flow on the default mtl-cnn: int8 metrics, bit-exact C on the host and under qemu rv32, the L2
+placement, Deeploy's memory map, the cycle estimate, and how long the compile takes.
+
+Trains `mtl-cnn` on `scenes` (fixed seed; or reuses --checkpoint), then runs the real
+`edgemtl compile --target gap9` flow and reads its manifest:
+1. every task's held-out metric, float vs int8 (post-training quantization, calibrated on training images);
+2. the generated C against the reference executor, bit for bit, on --samples real images per task, compiled
+   with the host gcc and for rv32imac under qemu-system-riscv32 (retired instructions per inference: simulated);
+3. the L2 / L3 placement verdict and the cluster cycle / latency / energy estimate (estimated, analytical);
+4. Deeploy's static memory map per level where it ran (static allocation at compile time);
+5. the compile's wall time (calibration included).
+
+    .venv/bin/python benchmarks/gap9.py [--train-steps 600] [--checkpoint PATH] [--samples 32]
+
+Prints a table and writes benchmarks/results/gap9.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from edgemtl.compile import compile_model
+from edgemtl.data import data_spec, load_data
+from edgemtl.flow import CompileOptions
+from edgemtl.model.checkpoint import load, save
+from edgemtl.model.zoo import build_model, zoo_spec
+from edgemtl.training import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results" / "gap9.json"
+console = Console(width=220)
+
+
+def relative_change(before: float, after: float, higher_is_better: bool) -> float:
+    """Positive = worse, relative to the float metric."""
+    worse = (before - after) if higher_is_better else (after - before)
+    return worse / abs(before) if before else 0.0
+
+
+def trained_checkpoint(args: argparse.Namespace) -> Path:
+    if args.checkpoint is not None and args.checkpoint.is_file():
+        return args.checkpoint
+    input_spec, tasks = data_spec("scenes")
+    spec = zoo_spec("mtl-cnn", input_spec, tasks, {}, data="scenes")
+    torch.manual_seed(0)
+    model = build_model(spec)
+    console.print(f"training mtl-cnn ({args.train_steps} steps, seed 0) ...")
+    train(model, spec, load_data("scenes", "train"), TrainConfig(steps=args.train_steps, seed=0))
+    return save(model, spec, args.checkpoint or Path(tempfile.mkdtemp()) / "mtl-cnn.pt")
+
+
+def task_row(task, entry: dict) -> dict:
+    int8, c = entry["int8"], entry["c"]
+    before, after = int8["metric_float"][task.metric], int8["metric_int8"][task.metric]
+    qemu = c.get("qemu", {})
+    deeploy = entry.get("deeploy", {})
+    return {
+        "metric": task.metric, "float": before, "int8": after,
+        "change": relative_change(before, after, task.higher_is_better),
+        "host_bit_exact": c["host"]["bit_exact"], "host_samples": c["host"]["samples"],
+        "qemu_bit_exact": qemu.get("bit_exact", False), "qemu_samples": qemu.get("samples", 0),
+        "qemu_skipped": qemu.get("skipped"),
+        "qemu_instructions_per_inference": (qemu.get("instructions") or {}).get("totals"),
+        "arena_bytes": c["arena"]["arena_bytes"],
+        "placement": entry["memory_placement"], "cycle_estimate": entry["cycle_estimate"]["totals"],
+        "deeploy": {k: deeploy.get(k) for k in ("available", "ok", "scope", "memory", "fits", "reason",
+                                                 "prefix_macs_share", "how_to_create") if k in deeploy},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="reuse this trained mtl-cnn (written on first run)")
+    parser.add_argument("--samples", type=int, default=32, help="real samples checked bit for bit per task, host and qemu")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    loaded = load(trained_checkpoint(args))
+    options = CompileOptions(data="scenes", measure_latency=False, c_samples=args.samples, qemu_samples=args.samples)
+    with tempfile.TemporaryDirectory() as scratch:
+        compile_start = time.perf_counter()
+        bundle = compile_model(loaded, "gap9", Path(scratch) / "bundle", options)
+        compile_seconds = time.perf_counter() - compile_start
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    steps = {s["name"]: s["seconds"] for s in manifest["steps"]}
+    rows = {task.name: task_row(task, manifest["tasks"][task.name]) for task in loaded.spec.tasks}
+    targets = {
+        "every_task_within_2pct_of_float": all(r["change"] <= 0.02 for r in rows.values()),
+        "c_bit_exact_host_32_samples": all(r["host_bit_exact"] and r["host_samples"] >= 32 for r in rows.values()),
+        "c_bit_exact_qemu_32_samples": all(r["qemu_bit_exact"] and r["qemu_samples"] >= 32 for r in rows.values()),
+        "every_task_fits_l2": all(r["placement"]["status"] == "fits-l2" for r in rows.values()),
+        "compile_under_5_min_without_qemu": compile_seconds - steps.get("verify_c_qemu", 0.0) < 300,
+    }
+    _print(rows, targets, compile_seconds, steps)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({
+        "setup": {"model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
+                  "quantization": manifest["passes"]["quantize_int8"], "samples_checked": args.samples,
+                  "compile_seconds": compile_seconds, "steps": steps, "seconds_total": time.perf_counter() - started,
+                  "provenance": {"metrics": "measured (reference executor = the C's output, bit for bit)",
+                                 "instructions": "simulated (qemu rv32imac, one core, no SIMD)",
+                                 "placement / cycles / energy": "estimated (edgemtl.analysis.mcu_cost)",
+                                 "deeploy memory": "static (Deeploy's allocation at compile time)"}},
+        "tasks": rows, "targets": targets,
+    }, indent=2, default=float))
+    console.print(f"wrote {args.output} ({time.perf_counter() - started:.0f} s)")
+
+
+def _print(rows: dict, targets: dict, compile_seconds: float, steps: dict) -> None:
+    table = Table(title="mtl-cnn on gap9, int8 PTQ; C = bit-exact check vs the reference executor; qemu instr. = simulated; "
+                        "L2 / cycles = estimated")
+    for column in ("task", "float", "int8", "change", "C host", "C qemu", "qemu instr./inf.", "L2 placement",
+                   "est. latency @clock", "est. energy", "Deeploy"):
+        table.add_column(column)
+    for name, row in rows.items():
+        cycles, deeploy = row["cycle_estimate"], row["deeploy"]
+        memory = deeploy.get("memory") or {}
+        deeploy_text = (f"{deeploy.get('scope', 'whole')}: L1 {memory['L1']['total']:,} / L2 {memory['L2']['total']:,} B"
+                        if deeploy.get("ok") else str(deeploy.get("reason") or deeploy.get("how_to_create") or "")[:50])
+        instructions = row["qemu_instructions_per_inference"] or {}
+        table.add_row(f"{name} ({row['metric']})", f"{row['float']:.4f}", f"{row['int8']:.4f}", f"{row['change']:+.2%}",
+                      f"{'exact' if row['host_bit_exact'] else 'DIFF'} ({row['host_samples']})",
+                      f"{'exact' if row['qemu_bit_exact'] else (row['qemu_skipped'] or 'DIFF')[:30]} ({row['qemu_samples']})",
+                      f"{instructions.get('median', float('nan')):,.0f}" if isinstance(instructions, dict) else str(instructions),
+                      row["placement"]["status"], f"{cycles['latency_ms']:.2f} ms", f"{cycles['energy_mj']:.3f} mJ", deeploy_text)
+    console.print(table)
+    console.print(f"compile {compile_seconds:.0f} s (qemu step {steps.get('verify_c_qemu', 0):.0f} s)")
+    console.print({k: ("met" if v else "NOT met") for k, v in targets.items()})
+
+
+if __name__ == "__main__":
+    main()
