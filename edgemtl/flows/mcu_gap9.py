@@ -219,7 +219,8 @@ def board_kit_step(ctx: FlowContext) -> None:
     """The GAP SDK Makefile + main.c harness and its README, for the user with the GAP9 SDK and a board."""
     shutil.copytree(BOARD_KIT, ctx.bundle / "hw", dirs_exist_ok=True)
     ctx.manifest["board_kit"] = {"folder": "hw", "readme": "hw/README.md",
-                                 "next": "hw/README.md: make clean all run platform=gvsoc TASK=<task>, then platform=board"}
+                                 "next": "make -f hw/Makefile clean all run platform=gvsoc NETWORK_DIR=tasks/<task>/c "
+                                         "(then platform=board); see hw/README.md"}
 
 
 STEPS: list[Step] = [

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from edgemtl.report.expert_plots import expert_usage_heatmap
 from edgemtl.report.fpga_plots import ZCU104_TOTALS, fpga_resource_plot
+from edgemtl.report.mcu_plots import mcu_layer_cycles_plot, mcu_placement_plot
 from edgemtl.report.memory_plots import moe_memory_plot
 from edgemtl.report.plots import (
     ALL_TASKS_LABEL,
@@ -45,9 +46,18 @@ PLOTS: tuple[tuple[str, Callable[[Mapping[str, Any]], bytes | None]], ...] = (
     ("FPGA resources per task as % of the ZCU104 (XCZU7EV), estimated by FINN at each target fps and by edgemtl's "
      "roofline (not synthesised; its MAC array spans every DSP by design); dashed: fit limits LUT 70 %, "
      "BRAM18 80 %, DSP 80 %", fpga_resource_plot),
+    ("GAP9 memory placement per task, estimated by edgemtl's placement model (analysis/mcu_cost.py): activation "
+     "arena, weights, code allowance and L3 staging in L2 against the target's L2 size (dashed), and weights "
+     "spilled to L3 where any", mcu_placement_plot),
+    ("Per layer, two different quantities on a log axis: GAP9 cluster cycles estimated by edgemtl's analytical "
+     "model (8 cores, PULP-NN-class int8 kernels, DMA at the target's bandwidths; not run) beside retired "
+     "instructions of the portable C simulated under qemu (one rv32imac core, no SIMD; instructions, not cycles)",
+     mcu_layer_cycles_plot),
 )
 _LATENCY_KEYS = ("median", "p90", "provenance", "runtime", "device", "threads", "runs", "batch")
 _PROVENANCE_CLASSES = ("measured", "simulated", "estimated")
+_MCU_ASSUMPTIONS_ID = "mcu-assumptions"
+_MCU_KEYS = ("int8", "memory_placement", "cycle_estimate", "deeploy", "deeploy_mappable")
 _DASH = "—"
 
 _CSS = """
@@ -60,7 +70,8 @@ dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.5em
 code{font-size:12px;background:#f5f5f7;padding:0 .25em;border-radius:3px}
 .dim{color:#777}.ok{color:#1a7f37}.fail{color:#c62828;font-weight:bold}
 .prov{font-size:11px;padding:0 .3em;border-radius:3px;background:#eee;white-space:nowrap}
-.prov-measured{background:#dff3e4}.prov-simulated{background:#fff1c2}.prov-estimated{background:#fde0dc}
+.prov-measured{background:#dff3e4}.prov-simulated{background:#fff1c2}.prov-estimated{background:#fde0dc}.prov-static{background:#e1ebf7}
+details summary{cursor:pointer;color:#555}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#666;font-size:12px}
 """
 
@@ -103,6 +114,7 @@ def render_html(manifest: Mapping[str, Any], bundle_dir: Path | None = None) -> 
             _steps_section(manifest),
             _tasks_section(manifest, notes),
             _fpga_section(manifest),
+            _mcu_section(manifest),
             _experts_section(manifest),
             _plots_section(manifest),
             _artifacts_section(manifest, bundle_dir),
@@ -389,6 +401,324 @@ def _fpga_roofline(roofline: Mapping[str, Any]) -> str:
             + _fpga_prov(roofline, "estimated"))
 
 
+def _mcu_section(manifest: Mapping[str, Any]) -> str:
+    """The MCU flow per task: int8 metric, bit-exact C (host, qemu), arena, placement, Deeploy, estimates, kit."""
+    tasks = [(name, entry) for name, entry in task_entries(manifest).items() if _has_mcu_data(entry)]
+    if not tasks:
+        return ""
+    kit = _section(manifest, "board_kit")
+    rows, commands = [], False
+    for name, entry in tasks:
+        c = _section(entry, "c")
+        command = _mcu_kit_command(kit, entry)
+        commands = commands or command != _DASH
+        rows.append("<tr>" + "".join((
+            f"<td>{_e(name)}</td>",
+            f"<td>{_mcu_metric(entry.get('int8'))}</td>",
+            f"<td>{_mcu_host(c.get('host'))}</td>",
+            f"<td>{_mcu_qemu(c.get('qemu'))}</td>",
+            f"<td class=\"n\">{_mcu_arena(c.get('arena'))}</td>",
+            f"<td>{_mcu_placement(entry.get('memory_placement'))}</td>",
+            f"<td>{_mcu_deeploy(entry.get('deeploy'), entry.get('deeploy_mappable'))}</td>",
+            f"<td>{_mcu_estimate(entry.get('cycle_estimate'))}</td>",
+            f"<td>{command}</td>",
+        )) + "</tr>")
+    headers = ("Task", "Metric, float → int8", "C bit-exact, host gcc", "C bit-exact, qemu rv32", "Arena",
+               "L2 placement", "Deeploy (tiled cluster code)", "Latency · energy per inference",
+               "Board kit, from the bundle (GVSoC; then platform=board)")
+    table = _table("MCU (GAP9)", headers, rows)
+    parts = [table, _mcu_assumptions(tasks), _mcu_provenance_list(tasks)]
+    context = _mcu_context(tasks)
+    if context:
+        parts.append(context)
+    if isinstance(kit.get("readme"), str):
+        parts.append(f"<p>Board kit (GAP SDK Makefile + <code>main.c</code> harness, runs each task's C on GVSoC or "
+                     f"the GAP9 EVK and checks it bit for bit): see {_artifact_link(kit['readme'], None)}"
+                     + (f"; next: <code>{_e(kit['next'])}</code>"
+                        if isinstance(kit.get("next"), str) and not commands else "")
+                     + ".</p>")
+    return "\n".join(part for part in parts if part)
+
+
+def _has_mcu_data(entry: Mapping[str, Any]) -> bool:
+    if any(isinstance(entry.get(key), Mapping) for key in _MCU_KEYS):
+        return True
+    c = _section(entry, "c")
+    return any(isinstance(c.get(key), Mapping) for key in ("host", "qemu", "arena"))
+
+
+def _prov_badge(text: Any, default: str) -> str:
+    """A short provenance tag (its first word, coloured) carrying the full words in its tooltip."""
+    full = _plain_text(text) or default
+    kind = full.split(" ", 1)[0]
+    css = kind if kind in _PROVENANCE_CLASSES + ("static",) else "other"
+    return f" <span class=\"prov prov-{css}\" title=\"{_e(full)}\">{_e(kind)}</span>"
+
+
+def _mcu_metric(raw: Any) -> str:
+    if not isinstance(raw, Mapping):
+        return _DASH
+    if raw.get("ok") is False:
+        return f"<span class=\"fail\">not quantized</span>: {_e(raw.get('error') or 'no reason recorded')}"
+    before, after = _section(raw, "metric_float"), _section(raw, "metric_int8")
+    metric = raw.get("metric")
+    name = metric if isinstance(metric, str) and metric in before else next(iter(before), None)
+    if name is None:
+        note = raw.get("metrics")
+        return f"<span class=\"dim\">int8, not scored{f': {_e(note)}' if isinstance(note, str) else ''}</span>"
+    old, new = number(before.get(name)), number(after.get(name))
+    others = "; ".join(f"{key} {_fmt(number(before.get(key)))} → {_fmt(number(after.get(key)))}"
+                       for key in before if key != name)
+    title = f" title=\"{_e(others)}\"" if others else ""
+    shown = f"<span{title}>{_e(name)} {_fmt(old)} → {_fmt(new)}</span>"
+    change = number(raw.get("relative_change"))
+    if change is None and old and new is not None:
+        change = (new - old) / abs(old)
+    if change is None:
+        return shown
+    higher = raw.get("higher_is_better")
+    direction = ("" if change == 0 or not isinstance(higher, bool)
+                 else ", worse" if (change < 0) == higher else ", better")
+    return shown + f" <span class=\"dim\">({change:+.2%}{direction})</span>"
+
+
+def _mcu_host(raw: Any) -> str:
+    if not isinstance(raw, Mapping):
+        return _DASH
+    samples = number(raw.get("samples"))
+    compiler = raw.get("compiler")
+    return (_exact_mark(raw.get("bit_exact"))
+            + (f" on {samples:.0f} samples" if samples is not None else "")
+            + (f"<br><span class=\"dim\">{_e(compiler)}</span>" if isinstance(compiler, str) and compiler else ""))
+
+
+def _mcu_qemu(raw: Any) -> str:
+    if not isinstance(raw, Mapping):
+        return _DASH
+    if raw.get("skipped"):
+        return f"<span class=\"dim\">not run: {_e(raw['skipped'])}</span>"
+    samples = number(raw.get("samples"))
+    instructions = _section(raw, "instructions")
+    totals = _section(instructions, "totals")
+    count, per_mac = number(totals.get("instructions")), number(totals.get("instructions_per_mac"))
+    return (_exact_mark(raw.get("bit_exact"))
+            + (f" on {samples:.0f} samples" if samples is not None else "")
+            + _prov_badge(raw.get("provenance"), "simulated (qemu)")
+            + (f"<br><span class=\"dim\">{human_count(count)} instructions"
+               + (f" ({per_mac:.3g} / MAC)" if per_mac is not None else "") + ", median</span>"
+               if count is not None else ""))
+
+
+def _exact_mark(flag: Any) -> str:
+    if flag is True:
+        return "<span class=\"ok\">✓ bit-exact</span>"
+    if flag is False:
+        return "<span class=\"fail\">✗ differs from the reference</span>"
+    return _DASH
+
+
+def _mcu_arena(raw: Any) -> str:
+    arena = number(raw.get("arena_bytes")) if isinstance(raw, Mapping) else None
+    if arena is None:
+        return _DASH
+    bound = number(raw.get("lower_bound"))
+    title = f" title=\"liveness lower bound {bound:,.0f} B\"" if bound is not None else ""
+    return f"<span{title}>{human_bytes(arena)}</span>" + _prov_badge(raw.get("provenance"), "static")
+
+
+def _mcu_placement(raw: Any) -> str:
+    if not isinstance(raw, Mapping):
+        return _DASH
+    status = _plain_text(raw.get("status"))
+    css = {"fits-l2": "ok", "too-big": "fail"}.get(status, "")
+    used, capacity = number(raw.get("l2_used_bytes")), number(raw.get("l2_bytes"))
+    head = (f"<span class=\"{css}\">{_e(status)}</span>" if css else _e(status or _DASH))
+    if used is not None and capacity:
+        head += f" {human_bytes(used)} of {human_bytes(capacity)}"
+    spilled = number(raw.get("l3_used_bytes"))
+    if spilled:
+        head += f", {human_bytes(spilled)} weights in L3"
+    verdict = raw.get("verdict")
+    return (head + _prov_badge(raw.get("provenance"), "estimated")
+            + (f"<br><span class=\"dim\">{_e(verdict)}</span>" if isinstance(verdict, str) and verdict else ""))
+
+
+def _mcu_deeploy(raw: Any, mappable: Any) -> str:
+    mappable = mappable if isinstance(mappable, Mapping) else {}
+    if not isinstance(raw, Mapping):
+        return _mcu_unmapped(mappable.get("unmapped"), "edgemtl's check: ") if mappable.get("ok") is False else (
+            "<span class=\"dim\">edgemtl's check: every layer maps</span>" if mappable.get("ok") is True else _DASH)
+    if raw.get("available") is False:
+        how = raw.get("how_to_create") or "make deeploy-venv"
+        text = (f"<span class=\"dim\" title=\"{_e(raw.get('reason') or '')}\">Deeploy venv missing: "
+                f"<code>{_e(how)}</code></span>")
+        if mappable.get("ok") is False:
+            text += "<br>" + _mcu_unmapped(mappable.get("unmapped"), "edgemtl's check: ")
+        elif mappable.get("ok") is True:
+            text += "<br><span class=\"dim\">edgemtl's check: every layer maps onto PULPOpen</span>"
+        return text
+    if raw.get("ok") is True:
+        lines = []
+        memory = _section(raw, "memory")
+        fits = _section(raw, "fits")
+        for level in sorted(memory, key=str):
+            usage = memory[level] if isinstance(memory[level], Mapping) else {}
+            total, capacity = number(usage.get("total")), number(usage.get("capacity"))
+            static, dynamic = number(usage.get("static")), number(usage.get("dynamic"))
+            if total is None:
+                continue
+            fit = fits.get(level)
+            lines.append(f"{_e(level)} {human_bytes(total)}"
+                         + (f" of {human_bytes(capacity)}" if capacity is not None else "")
+                         + (f" <span class=\"dim\">(static {human_bytes(static)} + dynamic "
+                            f"{human_bytes(dynamic)})</span>"
+                            if static is not None and dynamic is not None else "")
+                         + (" <span class=\"fail\">over</span>" if fit is False else ""))
+        tool = raw.get("tool") or raw.get("platform")
+        scope = ""  # a prefix run covers only part of the task: say which part, so its memory is not read as the whole
+        if raw.get("scope") == "prefix":
+            share = number(raw.get("prefix_macs_share"))
+            elsewhere = raw.get("layers_elsewhere") if isinstance(raw.get("layers_elsewhere"), list) else []
+            scope = (" <span class=\"dim\">prefix only" + (f", {share:.0%} of the task's MACs" if share is not None else "")
+                     + (f"; in edgemtl's C: {_e(', '.join(map(str, elsewhere)))}" if elsewhere else "") + "</span>")
+        text = ("<span class=\"ok\">ok</span>" + scope + (f" <span class=\"dim\">{_e(tool)}</span>" if tool else "")
+                + _prov_badge(raw.get("provenance"), "static") + ("<br>" + "<br>".join(lines) if lines else ""))
+    elif isinstance(raw.get("unmapped"), list) and raw["unmapped"]:
+        text = _mcu_unmapped(raw["unmapped"], "")
+    else:
+        text = f"<span class=\"fail\">failed</span>: {_e(raw.get('reason') or 'no reason recorded')}"
+    hints = raw.get("hints")
+    if isinstance(hints, list) and hints:
+        text += "".join(f"<br><span class=\"dim\">hint: {_e(hint)}</span>" for hint in hints)
+    return text
+
+
+def _mcu_unmapped(unmapped: Any, lead: str) -> str:
+    layers = [u for u in unmapped if isinstance(u, Mapping)] if isinstance(unmapped, list) else []
+    if not layers:
+        return f"<span class=\"fail\">{_e(lead)}not mappable</span>"
+    items = [f"<code>{_e(u.get('layer') or '?')}</code> ({_e(u.get('op') or '?')})"
+             + (f": {_e(u['reason'])}" if u.get("reason") else "") for u in layers]
+    plural = "s" if len(layers) != 1 else ""
+    head = f"<span class=\"fail\">{_e(lead)}{len(layers)} layer{plural} PULPOpen cannot map</span>"
+    if len(items) <= 3:
+        return head + "<br>" + "<br>".join(items)
+    return f"<details><summary>{head}</summary>{'<br>'.join(items)}</details>"
+
+
+def _mcu_estimate(raw: Any) -> str:
+    if not isinstance(raw, Mapping):
+        return _DASH
+    totals = _section(raw, "totals")
+    latency, energy, clock = (number(totals.get(k)) for k in ("latency_ms", "energy_mj", "clock_mhz"))
+    if latency is None and energy is None:
+        return _DASH
+    head = " · ".join(part for part in (human_ms(latency) if latency is not None else "",
+                                        f"{energy:.3g} mJ" if energy is not None else "") if part)
+    head += f" @ {clock:g} MHz" if clock is not None else ""
+    cycles, per_cycle, power = (number(totals.get(k)) for k in ("cycles", "macs_per_cycle", "power_mw"))
+    facts = ", ".join(part for part in (
+        f"{human_count(cycles)} cluster cycles" if cycles is not None else "",
+        f"{per_cycle:.3g} MAC/cycle" if per_cycle is not None else "",
+        f"{power:g} mW" if power is not None else "") if part)
+    return (head + _prov_badge(raw.get("provenance"), "estimated")
+            + (f"<br><span class=\"dim\">{facts}</span>" if facts else "")
+            + (f"<br><a href=\"#{_MCU_ASSUMPTIONS_ID}\">assumptions</a>" if _strings(raw.get("assumptions")) else ""))
+
+
+def _mcu_assumptions(tasks: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """One <details> under the table: the estimate's assumptions every task shares, then each task's own, and
+    the kernel throughputs with their sources."""
+    lists = [(name, _strings(_section(entry, "cycle_estimate").get("assumptions"))
+              or _strings(_section(entry, "memory_placement").get("assumptions"))) for name, entry in tasks]
+    lists = [(name, items) for name, items in lists if items]
+    if not lists:
+        return ""
+    common = [item for item in lists[0][1] if all(item in items for _, items in lists)]
+    own = [(name, [item for item in items if item not in common]) for name, items in lists]
+    kernels: dict[str, Mapping[str, Any]] = {}
+    for _, entry in tasks:
+        for name, kernel in _section(_section(entry, "cycle_estimate"), "kernels").items():
+            if isinstance(kernel, Mapping) and number(kernel.get("throughput")) is not None:
+                kernels.setdefault(str(name), kernel)
+    body = ("<p>Every task:</p><ul>" + "".join(f"<li>{_e(item)}</li>" for item in common) + "</ul>"
+            if common else "")
+    body += "".join(f"<p>{_e(name)}:</p><ul>" + "".join(f"<li>{_e(item)}</li>" for item in items) + "</ul>"
+                    for name, items in own if items)
+    if kernels:
+        rows = [f"<tr><td>{_e(name)}</td><td class=\"n\">{number(kernel['throughput']):g}</td>"
+                f"<td>{_e(kernel.get('unit') or _DASH)}</td><td>{_e(kernel.get('source') or _DASH)}</td></tr>"
+                for name, kernel in kernels.items()]
+        body += ("<table><thead><tr><th>Kernel class</th><th>Work per cycle</th><th>Unit</th><th>Source</th></tr>"
+                 f"</thead><tbody>{''.join(rows)}</tbody></table>")
+    return (f"<details id=\"{_MCU_ASSUMPTIONS_ID}\"><summary>Assumptions behind the estimated latency, energy "
+            f"and placement</summary>{body}</details>")
+
+
+def _strings(value: Any) -> list[str]:
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _mcu_kit_command(kit: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """The harness's make line for this task, run from the bundle: its C folder and prefix from the manifest."""
+    folder, c_dir = kit.get("folder"), _section(entry, "artifacts").get("c")
+    if not isinstance(folder, str) or not isinstance(c_dir, str):
+        return _DASH
+    files = _section(entry, "c").get("files")
+    prefixes = [f[:-len("_weights.c")] for f in files if isinstance(f, str) and f.endswith("_weights.c")] \
+        if isinstance(files, list) else []
+    prefix = prefixes[0] if len(prefixes) == 1 else "network"
+    command = (f"make -f {folder.rstrip('/')}/Makefile clean all run platform=gvsoc NETWORK_DIR={c_dir}"
+               + (f" PREFIX={prefix}" if prefix != "network" else ""))
+    return f"<code>{_e(command)}</code>"
+
+
+def _mcu_provenance_list(tasks: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """Every provenance this section's badges stand for, in full, once."""
+    found: dict[str, list[str]] = {}
+    for _, entry in tasks:
+        c = _section(entry, "c")
+        for label, section in (("C under qemu", _section(c, "qemu")), ("arena", _section(c, "arena")),
+                               ("L2 placement", _section(entry, "memory_placement")),
+                               ("Deeploy", _section(entry, "deeploy")),
+                               ("latency · energy", _section(entry, "cycle_estimate"))):
+            text = section.get("provenance")
+            if isinstance(text, str) and text:
+                labels = found.setdefault(text, [])
+                if label not in labels:
+                    labels.append(label)
+    if not found:
+        return ""
+    items = "".join(f"<li>{_prov_badge(text, '')} {_e(', '.join(labels))}: {_e(text)}</li>"
+                    for text, labels in found.items())
+    return f"<ul class=\"dim\">{items}</ul>"
+
+
+def _mcu_context(tasks: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """Published GAP9 figures the estimate ships with, labelled as someone else's measurement of another model."""
+    for _, entry in tasks:
+        for ref in _section(_section(entry, "cycle_estimate"), "context").values():
+            if not isinstance(ref, Mapping):
+                continue
+            latency, energy, power = (number(ref.get(k)) for k in ("latency_s", "energy_mj", "power_mw"))
+            if latency is None and energy is None:
+                continue
+            facts = ", ".join(part for part in (
+                human_ms(latency * 1e3) if latency is not None else "",
+                f"{energy:.4g} mJ" if energy is not None else "",
+                f"{power:.4g} mW" if power is not None else "") if part)
+            params = number(ref.get("parameters"))
+            return (f"<p class=\"dim\">For scale, not this model: {_e(ref.get('model') or 'a published model')}"
+                    + (f" ({human_count(params)} parameters)" if params is not None else "")
+                    + f" on {_e(ref.get('device') or 'GAP9')}: {facts}"
+                    + _prov_badge(ref.get("provenance"), "measured") + "</p>")
+    return ""
+
+
+def _fmt(value: float | None) -> str:
+    return f"{value:.4g}" if value is not None else _DASH
+
+
 def _experts_section(manifest: Mapping[str, Any]) -> str:
     """Per task: experts kept, MACs against all tasks, metric before/after partition, memory of both orders."""
     moe = _section(manifest, "moe")
@@ -474,10 +804,11 @@ def _provenance_section(notes: _ProvenanceNotes) -> str:
         "<p>Every latency number is labelled with its provenance: <strong>measured</strong> (timed on the "
         "device named), <strong>simulated</strong> (from a cycle or instruction simulator) or "
         "<strong>estimated</strong> (from an analytic model, not run at all), with the runtime, device, "
-        "threads and number of runs behind it. Medians and p90 are over those runs.</p>"
+        "threads and number of runs behind it. Medians and p90 are over those runs. Memory sizes fixed by a "
+        "compiler's static allocation are labelled <strong>static</strong>.</p>"
     )
     if not notes.records:
-        return f"<h2>Provenance</h2>\n{intro}\n<p class=\"dim\">This manifest has no latency numbers.</p>"
+        return f"<h2>Provenance</h2>\n{intro}\n<p class=\"dim\">The tasks table has no latency numbers.</p>"
     items = "".join(f"<li>{_e(notes.describe(index))}</li>" for index in range(1, len(notes.records) + 1))
     return f"<h2>Provenance</h2>\n{intro}\n<ol>{items}</ol>"
 
@@ -568,8 +899,40 @@ def _task_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": entry.get("metrics") if isinstance(entry.get("metrics"), Mapping) else None,
         "primary_metric": entry.get("primary_metric"),
         "higher_is_better": entry.get("higher_is_better"),
+        **_mcu_summary(entry),
     }
     return {key: value for key, value in summary.items() if value not in (None, {})}
+
+
+def _mcu_summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The MCU flow's headline per task: int8 metric, bit-exact flags, the estimate (each with its provenance)."""
+    summary: dict[str, Any] = {}
+    int8 = _section(entry, "int8")
+    metric = int8.get("metric")
+    if isinstance(metric, str):
+        summary["int8"] = {"metric": metric, "float": number(_section(int8, "metric_float").get(metric)),
+                           "int8": number(_section(int8, "metric_int8").get(metric)),
+                           "relative_change": number(int8.get("relative_change"))}
+    elif int8.get("ok") is False:
+        summary["int8"] = {"ok": False, "error": _plain_text(int8.get("error"))}
+    c = _section(entry, "c")
+    exact = {}
+    for where in ("host", "qemu"):
+        check = _section(c, where)
+        if isinstance(check.get("bit_exact"), bool):
+            exact[where] = {"bit_exact": check["bit_exact"], "samples": check.get("samples")}
+            if where == "qemu":
+                exact[where]["provenance"] = check.get("provenance")
+        elif check.get("skipped"):
+            exact[where] = {"skipped": _plain_text(check["skipped"])}
+    if exact:
+        summary["c_bit_exact"] = exact
+    totals = _section(_section(entry, "cycle_estimate"), "totals")
+    if number(totals.get("latency_ms")) is not None:
+        summary["mcu_estimate"] = {**(_pick(totals, ("latency_ms", "energy_mj", "cycles", "clock_mhz", "placement"))
+                                      or {}),
+                                   "provenance": _section(entry, "cycle_estimate").get("provenance")}
+    return summary
 
 
 def _shared_fraction(entry: Mapping[str, Any]) -> float | None:
