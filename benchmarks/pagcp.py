@@ -133,13 +133,14 @@ def degradation(spec: ModelSpec, before: dict, after: dict) -> dict[str, float]:
     return result
 
 
-def oracle_tradeoff(model, spec, val, config: PAGCPConfig, sizes=(16, 32, 128)) -> list[dict]:
+def oracle_tradeoff(model, spec, val, train_data, config: PAGCPConfig, sizes=(16, 32, 128)) -> list[dict]:
     """Round-1 greedy decisions and time per oracle size; agreement with the largest oracle."""
     surgeon, budgets = Surgeon(spec), {t: config.default_max_drop for t in spec.task_names}
     runs = []
     for size in sizes:
         start = time.perf_counter()
-        decisions = _greedy_round(model, surgeon, LossOracle(spec, val, size), budgets, config, 0.0, 1,
+        oracle = LossOracle(spec, val, size, train_data, config.bn_recalibration_samples)
+        decisions = _greedy_round(model, surgeon, oracle, budgets, config, 0.0, 1,
                                   lambda *_: None)
         runs.append({"oracle_samples": size, "seconds": time.perf_counter() - start,
                      "removed": {d.group: d.channels_removed for d in decisions}})
@@ -161,8 +162,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--config", default=json.dumps(BENCH_CONFIG), help="mtl-cnn config overrides as JSON")
     parser.add_argument("--budget", type=float, default=1.0, help="PAGCP per-round loss-increase budget of every task")
-    parser.add_argument("--keep-fraction", type=float, default=0.5, help="PAGCP filter: share of pruned groups kept per round")
-    parser.add_argument("--max-rounds", type=int, default=12)
+    parser.add_argument("--keep-fraction", type=float, default=PAGCPConfig.keep_fraction,
+                        help="PAGCP filter: share of pruned groups kept per round")
+    parser.add_argument("--max-rounds", type=int, default=14)
+    parser.add_argument("--final-finetune-steps", type=int, default=600)
+    parser.add_argument("--oracle-tradeoff", action="store_true", help="also replay round 1 with 16 / 32 / 128 oracle samples")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -173,9 +177,11 @@ def main() -> None:
     test_data = load_data("scenes", "test", n=args.test_samples)
     base = _trained_base(spec, train_data, args)
     config = PAGCPConfig(flops_target=args.flops_target, default_max_drop=args.budget, keep_fraction=args.keep_fraction,
-                         max_rounds=args.max_rounds)
-    console.print("oracle size trade-off (round 1 decisions) ...")
-    tradeoff = oracle_tradeoff(base, spec, val_data, config)
+                         max_rounds=args.max_rounds, final_finetune_steps=args.final_finetune_steps)
+    tradeoff = []
+    if args.oracle_tradeoff:
+        console.print("oracle size trade-off (round 1 decisions) ...")
+        tradeoff = oracle_tradeoff(base, spec, val_data, train_data, config)
     console.print("PAGCP ...")
     pagcp, _, record = prune_pagcp(base, spec, train_data, val_data, config)
     finetune_budget = record.rounds * config.finetune_steps + config.final_finetune_steps
@@ -262,7 +268,8 @@ def _print(spec, rows, tradeoff, targets, record, budget, threads) -> None:
         oracle.add_column(column)
     for run in tradeoff:
         oracle.add_row(str(run["oracle_samples"]), f"{run['seconds']:.1f}", f"{run['agreement_with_largest']:.0%}")
-    console.print(oracle)
+    if tradeoff:
+        console.print(oracle)
     console.print({k: ("met" if v else "NOT met") for k, v in targets.items()}, f"PAGCP rounds: {record.rounds}")
 
 

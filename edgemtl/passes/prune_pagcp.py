@@ -57,7 +57,7 @@ class PAGCPConfig:
     ratio_step: float = 0.05
     max_ratio: float = 0.95
     trial_ratio: float = 0.3              # removal ratio used to order groups by MACs saved
-    keep_fraction: float = 0.5            # filter: share of pruned groups kept per round
+    keep_fraction: float = 0.75           # filter: share of pruned groups kept per round
     oracle_samples: int = 32              # held-out samples the loss oracle uses (benchmarks/pagcp.py: trade-off)
     bn_recalibration_samples: int = 64    # training images that re-estimate BatchNorm statistics before every oracle
                                           # call (adaptive BN); 0 = the paper's plain oracle
