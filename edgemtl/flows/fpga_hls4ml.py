@@ -53,7 +53,8 @@ def quantize_step(ctx: FlowContext) -> None:
     if name is None:
         raise EdgemtlError("the zcu104 flow needs labelled data for calibration and QAT: pass --data scenes|digits")
     train_data, val_data = load_data(name, "train"), load_data(name, "val", n=ctx.options.metric_samples)
-    config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, nearest_upsampling=True)
+    config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
+                         nearest_upsampling=True)
     ctx.state["quantized"] = {}
     records = {}
     for task in task_list(ctx):

@@ -31,7 +31,7 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -41,7 +41,7 @@ from torch import nn
 from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate
-from edgemtl.model.contract import TaskPath
+from edgemtl.model.contract import TaskPath, example_input
 from edgemtl.model.losses import task_loss
 from edgemtl.model.spec import ModelSpec
 
@@ -88,6 +88,8 @@ class QuantConfig:
     `overrides`: layer name (as in the float model, e.g. "heads.depth.predict") -> (weight bits, act
     bits), where act bits are those of the quantizer at the layer's output; quantizers aligned with it
     (the other inputs of the same add / concatenation) get the same bit width, since they share a scale.
+    `first` and `last` name each task path's first and last compute layer (low-bit networks usually keep
+    those at 8 bits: they see the raw input and make the prediction).
     """
 
     precision: str = "w4a4"
@@ -499,11 +501,32 @@ def _metric(predict_one, task_spec, data: TaskData) -> dict[str, float]:
     return evaluate(predict, [task_spec], data)[task_spec.name]
 
 
+def _resolve_edge_layers(model: nn.Module, spec: ModelSpec, task: str,
+                         overrides: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Replace the `first` / `last` aliases by this task path's first / last compute layer, in execution order."""
+    if not {"first", "last"} & set(overrides):
+        return dict(overrides)
+    names, order = {m: n for n, m in model.named_modules() if isinstance(m, _COMPUTE_LAYERS)}, []
+    hooks = [m.register_forward_hook(lambda module, *_: order.append(names[module])) for m in names]
+    try:
+        with torch.no_grad():
+            TaskPath(model, task).eval()(example_input(spec, batch=1))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    resolved = {name: bits for name, bits in overrides.items() if name not in ("first", "last")}
+    for alias, layer in (("first", order[0]), ("last", order[-1])):
+        if alias in overrides:
+            resolved.setdefault(layer, overrides[alias])
+    return resolved
+
+
 def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: TaskData, val_data: TaskData,
                   config: QuantConfig = QuantConfig()) -> tuple[QuantTaskPath, QuantRecord]:
     """Quantize one task path: calibrate on real images, then QAT on that task's loss; returns the path."""
     if task not in spec.task_names:
         raise EdgemtlError(f"unknown task {task!r}: this model has {', '.join(spec.task_names)}")
+    config = replace(config, overrides=_resolve_edge_layers(model, spec, task, config.overrides))
     all_layers = {n for n, m in model.named_modules() if isinstance(m, _COMPUTE_LAYERS)}
     unknown = sorted(set(config.overrides) - all_layers)
     if unknown:

@@ -122,3 +122,17 @@ def test_bad_configs_are_one_line_errors(data):
         quantize_task(model, spec, "depth", train, val, QuantConfig(overrides={"encoder.nope": (4, 4)}))
     with pytest.raises(EdgemtlError, match="unknown task 'nope'"):
         quantize_task(model, spec, "nope", train, val, QuantConfig())
+
+
+def test_first_and_last_name_the_task_paths_edge_layers(data):
+    """`first` / `last` stand for the path's first and last compute layers, which differ per task: the usual
+    8-bit-edges policy of low-bit networks in one override for every task."""
+    train, val = data
+    model, spec = tiny_model("mtl-cnn")
+    config = QuantConfig(precision="w4a4", overrides={"first": (8, 8), "last": (8, 6)}, **QUICK)
+    _, record = quantize_task(model, spec, "depth", train, val, config)
+    assert record.layers["encoder.stem.0"] == {"weight_bits": 8, "act_bits": 8}
+    assert record.layers["heads.depth.predict"]["weight_bits"] == 8
+    assert record.layers["encoder.stages.1.0.conv1"] == {"weight_bits": 4, "act_bits": 4}
+    _, record = quantize_task(model, spec, "scene", train, val, config)
+    assert record.layers["heads.scene.fc"]["weight_bits"] == 8
