@@ -6,16 +6,19 @@ EDGEMTL := $(VENV)/bin/edgemtl
 DEMO   ?= build/demo
 DEMO_STEPS ?= 600
 
-.PHONY: setup demo test test-all clean finn-venv deeploy-venv
+.PHONY: setup demo test test-all clean finn-venv deeploy-venv emulated-arm64
 
 setup: $(VENV)/.installed
 
 # torch is pinned and installed first: 2.13.0 comes from the local CPU wheel; anything else pulls CUDA.
+# The tvm extra (arm64 target: TVM builds, RPC profiling) adds ~120 MB of wheels, ~340 MB installed, ~10-30 s;
+# none of it pulls torch. The aarch64 cross-linker is a Debian package: apt-get install g++-aarch64-linux-gnu.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,tvm]"
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0+cpu'), torch.__version__"
 	touch $@
 
 demo: setup
@@ -48,6 +51,13 @@ $(DEEPLOY_VENV)/.installed:
 	$(DEEPLOY_PY) -m pip install -q deeploy-pulp==0.2.1
 	$(DEEPLOY_PY) -c "import numpy, Deeploy.Targets.PULPOpen.Platform; assert numpy.__version__.startswith('1.'), numpy.__version__"
 	touch $@
+
+# The emulated arm64 board (hw/arm64/README.md): an aarch64 Python with TVM's runtime and ONNX Runtime under
+# qemu-user, serving TVM RPC like a real board, for tests and CI. Its timings are EMULATED, never device latency.
+# About 1 minute and 0.6 GB; apt-installs qemu-user-static and g++-aarch64-linux-gnu when run as root.
+ARM64_BOARD ?= $(or $(EDGEMTL_ARM64_BOARD),.cache/arm64-board)
+emulated-arm64:
+	bash hw/arm64/make_emulated_board.sh $(ARM64_BOARD)
 
 test: setup
 	$(PY) -m pytest -q

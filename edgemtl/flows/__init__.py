@@ -9,7 +9,7 @@ from edgemtl.errors import EdgemtlError
 from edgemtl.flow import Step
 
 FLOWS: dict[str, str] = {"cpu-onnxruntime": "edgemtl.flows.cpu_onnxruntime", "fpga-hls4ml": "edgemtl.flows.fpga_hls4ml",
-                         "mcu-gap9": "edgemtl.flows.mcu_gap9"}
+                         "mcu-gap9": "edgemtl.flows.mcu_gap9", "cpu-arm64": "edgemtl.flows.cpu_arm64"}
 
 
 def flow_steps(name: str) -> list[Step]:

@@ -1,0 +1,90 @@
+"""ONNX Runtime static int8 quantization (QDQ): a tiny task graph quantized on real samples stays close to float."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.backends.onnx_export import export_task
+from edgemtl.backends.ort_quantize import OrtQuantConfig, SampleReader, last_compute_nodes, quantize_qdq
+from edgemtl.data import load_data
+from edgemtl.errors import EdgemtlError
+
+from conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def depth_graph(tmp_path_factory):
+    model, spec = tiny_model("mtl-cnn")
+    folder = tmp_path_factory.mktemp("ortq")
+    path = export_task(model, spec, "depth", folder / "depth.onnx")
+    data = load_data("scenes", "train", n=32)
+    return path, data.normalise(data.images)
+
+
+def _outputs(path, images):
+    return ort_backend.run(ort_backend.make_session(path, 1), images)["depth"]
+
+
+def test_quantize_qdq_gives_a_qdq_graph_close_to_float(depth_graph, tmp_path):
+    path, samples = depth_graph
+    result = quantize_qdq(path, tmp_path / "depth.int8.onnx", samples, OrtQuantConfig(calibration_samples=16))
+    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops and "QLinearConv" not in ops  # QDQ, not QOperator
+    assert result.samples == 16 and result.quantized_nodes > 0 and result.excluded_nodes == []
+    record = result.to_dict()
+    assert record["format"] == "QDQ" and record["weights"] == "int8 symmetric, per output channel"
+    reference, got = _outputs(path, samples[16:]), _outputs(result.path, samples[16:])
+    relative_rms = np.sqrt(np.mean((got - reference) ** 2)) / np.sqrt(np.mean(reference ** 2))
+    assert relative_rms < 0.1, relative_rms
+
+
+def test_excluding_the_last_layer_keeps_it_float(depth_graph, tmp_path):
+    path, samples = depth_graph
+    last = last_compute_nodes(onnx.load(str(path)), 1)
+    assert len(last) == 1 and last[0].endswith("Conv")
+    result = quantize_qdq(path, tmp_path / "q.onnx", samples, OrtQuantConfig(calibration_samples=8, exclude_last=1,
+                                                                             method="percentile", percentile=99.9))
+    assert len(result.excluded_nodes) == 1 and "last layer float" in result.config.describe()
+    graph = onnx.load(str(result.path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    (last_conv,) = [n for n in graph.node if n.name == result.excluded_nodes[0]]
+    assert last_conv.input[1] not in producer  # its weights stay a float initializer, no DequantizeLinear
+    assert any(n.op_type == "Conv" and n.input[1] in producer for n in graph.node)  # the other Convs are int8
+
+
+def test_calibration_reader_batches_and_rewinds():
+    reader = SampleReader(np.zeros((5, 3, 8, 8), np.float32), batch_size=2)
+    sizes = [len(b["input"]) for b in iter(reader.get_next, None)]
+    assert sizes == [2, 2, 1]
+    reader.rewind()
+    assert len(reader.get_next()["input"]) == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"method": "kl"}, {"method": "entropy"}, {"activations": "int4"}, {"calibration_samples": 0},
+                                    {"percentile": 10.0}])
+def test_bad_configs_are_one_line_errors(kwargs):
+    with pytest.raises(EdgemtlError):
+        OrtQuantConfig(**kwargs)
+
+
+def test_a_graph_onnxruntime_cannot_read_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(EdgemtlError, match=r"int8 pre-processing of bad.onnx failed"):
+        quantize_qdq(bad, tmp_path / "out.onnx", np.zeros((2, 3, 8, 8), np.float32))
+
+
+def test_a_transformer_graph_quantizes_falling_back_to_per_tensor_weights_where_needed(tmp_path):
+    model, spec = tiny_model("m3vit")
+    path = export_task(model, spec, "scene", tmp_path / "scene.onnx")
+    samples = load_data("scenes", "train", n=8)
+    images = samples.normalise(samples.images)
+    result = quantize_qdq(path, tmp_path / "scene.int8.onnx", images, OrtQuantConfig(calibration_samples=8))
+    # ONNX Runtime 1.31 fails per-channel on MatMul + bias; the fallback says so (or, once fixed, none is needed)
+    assert result.per_channel or result.per_channel_fallback.startswith("per-channel weights failed")
+    reference = ort_backend.run(ort_backend.make_session(path, 1), images)["scene"]
+    got = ort_backend.run(ort_backend.make_session(result.path, 1), images)["scene"]
+    assert got.shape == reference.shape and np.isfinite(got).all()
