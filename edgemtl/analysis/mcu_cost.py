@@ -13,15 +13,26 @@ Placement (per task path; bytes):
 - Else weight blocks (one node's parameters each) move to L3, largest first, until
   arena + code + kept weights + staging <= L2, where staging = 2 x min(largest spilled block, L1) is the
   double-buffered L2 landing zone of weights streamed from L3 ("weights-in-l3").
-- Else "too-big": the verdict names the memory (L2: activations + code + staging even with every weight in
-  L3; or L3: the spilled weights) and by how many bytes it overflows. Nothing raises.
+- Else activations go to L3 too ("activations-in-l3"; only when even with every weight in L3 the arena does not
+  fit): activation buffers (a tensor and the flattens aliasing it) move to L3, largest first, until
+  L2 arena (the liveness plan of the buffers left in L2) + code + weight staging + activation staging <= L2, where
+  activation staging = max over layers of sum over the layer's L3-resident inputs and output of
+  2 x min(tensor bytes, L1) (each streamed through a double-buffered L2 window). Then weight blocks come back
+  from L3 into L2, largest first, while it still fits. Extra L3 traffic per inference: every layer reads its
+  L3-resident inputs and writes its L3-resident output once (`activation_l3_traffic_bytes`).
+- Else "too-big": the verdict names the memory (L2: code + staging even with every weight and activation in
+  L3, or activations + weights + code with no L3 at all; or L3: the spilled weights + activations, which L3
+  holds without liveness sharing) and by how many bytes it overflows. Nothing raises.
+- Verdict: "fits" for fits-l2, weights-in-l3 and activations-in-l3 (each says what streams from L3), "does not
+  fit" for too-big; `fits` holds it as a bool.
 
 Cycles per layer (f = cluster clock; B2, B3 = L2<->L1 and L3->L2 bandwidths in bytes per cycle at f):
 - compute  = work / throughput, with work and throughput from the layer's kernel class (KERNELS below:
   MACs for conv / gemm, output elements for elementwise and resize, window elements for pools; the
   data-movement ops cost DMA only)
 - dma_l2   = (input + output + parameter bytes) / (B2 x DMA_EFFICIENCY): each byte crosses L2<->L1 once
-- dma_l3   = spilled parameter bytes / (B3 x L3_EFFICIENCY), re-streamed every inference
+- dma_l3   = (spilled parameter bytes + the layer's L3-resident input / output bytes) / (B3 x L3_EFFICIENCY),
+  every inference
 - cycles   = max(compute, dma_l2) + dma_l3  (L2<->L1 double-buffered under compute; L3 not overlapped)
 - latency  = sum(cycles) / f; energy = POWER_MW x latency
 """
@@ -33,7 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgemtl.analysis.arena_plan import plan_arena, tensor_bytes
+from edgemtl.analysis.arena_plan import _alias_roots, _place, _round_up, liveness, plan_arena, tensor_bytes
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.intgraph import IntGraph, Node
 from edgemtl.targets import Target
@@ -94,7 +105,7 @@ KERNELS: dict[str, Kernel] = {
     "copy": Kernel(0.0, "byte", "data movement only: costs its DMA traffic, no compute"),
 }
 
-Status = Literal["fits-l2", "weights-in-l3", "too-big"]
+Status = Literal["fits-l2", "weights-in-l3", "activations-in-l3", "too-big"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,11 @@ def param_bytes(node: Node) -> int:
 # -- placement --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Placement:
+    """Where a task's bytes live. `arena_bytes` is the activation arena held in L2 (the whole arena, except in
+    activations-in-l3, where `full_arena_bytes` is the all-in-L2 arena); `staging_bytes` = weight + activation
+    staging; `l3_used_bytes` = weight bytes in L3 and `activation_l3_bytes` = activation bytes in L3,
+    `l3_total_bytes` both (what L3 must hold)."""
+
     task: str
     status: Status
     arena_bytes: int
@@ -153,76 +169,175 @@ class Placement:
     overflow: dict[str, Any] | None              # {"memory", "part", "needed_bytes", "capacity_bytes", "bytes"}
     verdict: str
     assumptions: list[str] = field(default_factory=list)
+    fits: bool = True
+    full_arena_bytes: int = 0
+    weight_staging_bytes: int = 0
+    activation_staging_bytes: int = 0
+    activations_in_l3: list[dict[str, Any]] = field(default_factory=list)  # {"tensor", "bytes", "tensors"}
+    activation_l3_bytes: int = 0
+    activation_l3_traffic_bytes: int = 0          # extra L3 bytes moved per inference by activations
+    l3_total_bytes: int = 0
 
     @property
     def spilled_layers(self) -> set[int]:
         return {entry["layer"] for entry in self.weights_in_l3}
 
+    @property
+    def l3_tensors(self) -> set[str]:
+        """Every activation tensor that lives in L3 (aliases included)."""
+        return {name for entry in self.activations_in_l3 for name in entry["tensors"]}
+
     def to_dict(self) -> dict[str, Any]:
         return {"provenance": PROVENANCE, **asdict(self)}
+
+
+class _Arena:
+    """The liveness arena of a subset of a graph's activation buffers (`arena_plan`'s allocator), and which
+    L3-resident buffers each layer streams."""
+
+    def __init__(self, graph: IntGraph, alignment: int) -> None:
+        self.graph, self.alignment = graph, alignment
+        intervals = liveness(graph)
+        self.aliases = _alias_roots(graph, True)
+        self.root = {name: self.aliases.get(name, name) for name in intervals}
+        self.members: dict[str, list[str]] = {}
+        self.interval: dict[str, tuple[int, int]] = {}
+        for name, (first, last) in intervals.items():
+            root = self.root[name]
+            self.members.setdefault(root, []).append(name)
+            old = self.interval.get(root, (first, last))
+            self.interval[root] = (min(old[0], first), max(old[1], last))
+        self.size = {root: max(tensor_bytes(graph, n) for n in names) for root, names in self.members.items()}
+
+    def bytes_without(self, moved: set[str]) -> int:
+        order = sorted((r for r in self.interval if r not in moved),
+                       key=lambda r: (-self.size[r], self.interval[r][0], r))
+        placed: list[tuple[int, int, tuple[int, int]]] = []
+        for root in order:
+            allocated = _round_up(self.size[root], self.alignment)
+            placed.append((_place(allocated, self.interval[root], placed), allocated, self.interval[root]))
+        return max((offset + used for offset, used, _ in placed), default=0)
+
+    def streamed(self, node: Node) -> list[str]:
+        """The tensors a layer reads or writes through L3 traffic (an aliasing flatten moves nothing)."""
+        if node.op == "flatten" and node.output in self.aliases:
+            return []
+        return [*node.inputs, node.output]
+
+    def staging(self, moved: set[str], l1_bytes: int) -> int:
+        best = 0
+        for node in self.graph.nodes:
+            roots = {self.root[t] for t in self.streamed(node)} & moved
+            best = max(best, sum(2 * min(self.size[r], l1_bytes) for r in roots))
+        return best
+
+    def traffic(self, moved: set[str]) -> int:
+        return sum(tensor_bytes(self.graph, t) for node in self.graph.nodes for t in self.streamed(node)
+                   if self.root[t] in moved)
 
 
 def place_in_memory(graph: IntGraph, target: Target | McuSpec, alignment: int = 4,
                     code_base_bytes: int = CODE_BASE_BYTES,
                     code_bytes_per_layer: int = CODE_BYTES_PER_LAYER) -> Placement:
-    """Arena + weights + code in L2, weights spilled to L3 largest first, or a too-big verdict (docstring)."""
+    """Everything in L2; else weights spilled to L3 largest first; else activations in L3 too; else a too-big
+    verdict (module docstring)."""
     spec = _spec(target)
-    arena = plan_arena(graph, alignment=alignment).arena_bytes
+    arenas = _Arena(graph, alignment)
+    full_arena = plan_arena(graph, alignment=alignment).arena_bytes
     blocks = [(i, node.name, param_bytes(node)) for i, node in enumerate(graph.nodes) if node.params]
     weights = sum(size for _, _, size in blocks)
     code = code_base_bytes + code_bytes_per_layer * len(graph.nodes)
     assumptions = [
-        f"activations: one static arena of {arena:,} B (liveness plan, {alignment}-byte alignment), always in L2",
+        f"activations: one static arena of {full_arena:,} B (liveness plan, {alignment}-byte alignment) in L2; only "
+        "when it cannot fit even with every weight in L3 do the largest activation buffers move to L3, each "
+        "streamed through a double-buffered L2 window of min(tensor, L1) per tensor a layer touches",
         "weights: int8 weights 1 B, int32 mul / add 4 B each (as the C backend stores them); copied from "
         "non-volatile memory to L2 / L3 at boot, not per inference",
         f"code, runtime and stacks: an allowance of {code_base_bytes:,} B + {code_bytes_per_layer} B per layer",
         "spilling moves whole per-layer weight blocks to L3, largest first; weights streamed from L3 need an "
         "L2 staging area of 2 x min(largest spilled block, L1) (double-buffered)",
+        "L3 holds spilled weights and L3-resident activations side by side (no liveness sharing in L3)",
     ]
 
     spilled: list[tuple[int, str, int]] = []
-    kept = weights
+    moved: list[str] = []                 # activation buffer roots in L3, in move order
+    state = {"arena": full_arena}
 
-    def staging() -> int:
+    def weight_staging() -> int:
         return 2 * min(max((s for _, _, s in spilled), default=0), spec.l1_bytes)
 
+    def act_staging() -> int:
+        return arenas.staging(set(moved), spec.l1_bytes) if moved else 0
+
     def l2_need() -> int:
-        return arena + code + kept + staging()
+        kept = weights - sum(s for _, _, s in spilled)
+        return state["arena"] + code + kept + weight_staging() + act_staging()
 
     if spec.l3_bytes is not None:
         for block in sorted(blocks, key=lambda b: (-b[2], b[0])):
             if l2_need() <= spec.l2_bytes:
                 break
             spilled.append(block)
-            kept -= block[2]
-    need, spill_bytes = l2_need(), weights - kept
+        if l2_need() > spec.l2_bytes:     # even with every weight in L3: activations go to L3 too
+            for root in sorted(arenas.interval, key=lambda r: (-arenas.size[r], arenas.interval[r][0], r)):
+                if l2_need() <= spec.l2_bytes:
+                    break
+                moved.append(root)
+                state["arena"] = arenas.bytes_without(set(moved))
+            if moved and l2_need() <= spec.l2_bytes:   # bring weight blocks back while they fit
+                for block in sorted(spilled, key=lambda b: (-b[2], b[0])):
+                    spilled.remove(block)
+                    if l2_need() > spec.l2_bytes:
+                        spilled.append(block)
+                spilled.sort(key=lambda b: (-b[2], b[0]))
+
+    need, spill_bytes = l2_need(), sum(s for _, _, s in spilled)
+    kept, arena = weights - spill_bytes, state["arena"]
+    act_bytes = sum(arenas.size[r] for r in moved)
     entries = [{"layer": i, "name": name, "bytes": size} for i, name, size in spilled]
-    common = dict(task=graph.task, arena_bytes=arena, weight_bytes=weights, code_bytes=code, staging_bytes=staging(),
-                  l2_used_bytes=need, l2_bytes=spec.l2_bytes, l3_used_bytes=spill_bytes, l3_bytes=spec.l3_bytes,
-                  weights_in_l3=entries, assumptions=assumptions)
+    activations = [{"tensor": r, "bytes": arenas.size[r], "tensors": sorted(arenas.members[r])} for r in moved]
+    traffic = arenas.traffic(set(moved))
+    common = dict(task=graph.task, arena_bytes=arena, weight_bytes=weights, code_bytes=code,
+                  staging_bytes=weight_staging() + act_staging(), l2_used_bytes=need, l2_bytes=spec.l2_bytes,
+                  l3_used_bytes=spill_bytes, l3_bytes=spec.l3_bytes, weights_in_l3=entries, assumptions=assumptions,
+                  full_arena_bytes=full_arena, weight_staging_bytes=weight_staging(),
+                  activation_staging_bytes=act_staging(), activations_in_l3=activations, activation_l3_bytes=act_bytes,
+                  activation_l3_traffic_bytes=traffic, l3_total_bytes=spill_bytes + act_bytes)
 
     if need > spec.l2_bytes:
         if spec.l3_bytes is None:
-            part, what = "activations + weights + code", "and the target has no L3 to spill weights to"
+            part, what = "activations + weights + code", "and the target has no L3 to move weights or activations to"
         else:
-            part, what = "activations + code + L3 staging", "even with every weight in L3"
+            part, what = "code + L3 staging", "even with every weight and every activation in L3"
         overflow = {"memory": "l2", "part": part, "needed_bytes": need, "capacity_bytes": spec.l2_bytes,
                     "bytes": need - spec.l2_bytes}
-        verdict = (f"too big: L2 needs {need:,} B ({part}: arena {arena:,} + code {code:,} + weights kept "
-                   f"{kept:,} + staging {staging():,}) but holds {spec.l2_bytes:,} B, {need - spec.l2_bytes:,} B "
-                   f"over, {what}")
-        return Placement(status="too-big", overflow=overflow, verdict=verdict, **common)
-    if spec.l3_bytes is not None and spec.l3_bytes > 0 and spill_bytes > spec.l3_bytes:
-        overflow = {"memory": "l3", "part": "spilled weights", "needed_bytes": spill_bytes,
-                    "capacity_bytes": spec.l3_bytes, "bytes": spill_bytes - spec.l3_bytes}
-        verdict = (f"too big: the {len(spilled)} weight blocks spilled to L3 take {spill_bytes:,} B but L3 holds "
-                   f"{spec.l3_bytes:,} B, {spill_bytes - spec.l3_bytes:,} B over")
-        return Placement(status="too-big", overflow=overflow, verdict=verdict, **common)
+        verdict = (f"does not fit: L2 needs {need:,} B ({part}: arena {arena:,} + code {code:,} + weights kept "
+                   f"{kept:,} + staging {weight_staging() + act_staging():,}) but holds {spec.l2_bytes:,} B, "
+                   f"{need - spec.l2_bytes:,} B over, {what}")
+        return Placement(status="too-big", overflow=overflow, verdict=verdict, fits=False, **common)
+    if spec.l3_bytes is not None and spec.l3_bytes > 0 and spill_bytes + act_bytes > spec.l3_bytes:
+        total = spill_bytes + act_bytes
+        part = "spilled weights + activations" if moved else "spilled weights"
+        overflow = {"memory": "l3", "part": part, "needed_bytes": total, "capacity_bytes": spec.l3_bytes,
+                    "bytes": total - spec.l3_bytes}
+        what = (f"the {len(spilled)} weight blocks ({spill_bytes:,} B) and {len(moved)} activation buffers "
+                f"({act_bytes:,} B)" if moved else f"the {len(spilled)} weight blocks")
+        verdict = (f"does not fit: {what} placed in L3 take {total:,} B but L3 holds {spec.l3_bytes:,} B, "
+                   f"{total - spec.l3_bytes:,} B over")
+        return Placement(status="too-big", overflow=overflow, verdict=verdict, fits=False, **common)
+    if moved:
+        verdict = (f"fits with activations in L3: the activation arena ({full_arena:,} B) does not fit L2 even with "
+                   f"every weight in L3, so {len(moved)} activation buffers ({act_bytes:,} B, largest first) live in "
+                   f"L3 and stream through L2 ({traffic:,} B of extra L3 traffic per inference), and {len(spilled)} "
+                   f"of {len(blocks)} weight blocks ({spill_bytes:,} B) stream from L3; L2 holds {need:,} of "
+                   f"{spec.l2_bytes:,} B, L3 {spill_bytes + act_bytes:,} B")
+        return Placement(status="activations-in-l3", overflow=None, verdict=verdict, **common)
     if spilled:
-        verdict = (f"weights in L3: {len(spilled)} of {len(blocks)} weight blocks ({spill_bytes:,} B) streamed from "
-                   f"L3 every inference; L2 holds {need:,} of {spec.l2_bytes:,} B")
+        verdict = (f"fits with weights in L3: {len(spilled)} of {len(blocks)} weight blocks ({spill_bytes:,} B) "
+                   f"streamed from L3 every inference; L2 holds {need:,} of {spec.l2_bytes:,} B")
         return Placement(status="weights-in-l3", overflow=None, verdict=verdict, **common)
-    verdict = f"fits L2: {need:,} of {spec.l2_bytes:,} B (arena {arena:,} + weights {weights:,} + code {code:,})"
+    verdict = (f"fits in L2: {need:,} of {spec.l2_bytes:,} B (arena {arena:,} + weights {weights:,} + code "
+               f"{code:,})")
     return Placement(status="fits-l2", overflow=None, verdict=verdict, **common)
 
 
@@ -297,7 +412,7 @@ class CycleEstimate:
             "totals": {"cycles": self.cycles, "macs": self.macs, "clock_mhz": self.clock_mhz,
                        "latency_ms": self.latency_s * 1e3, "power_mw": self.power_mw, "energy_mj": self.energy_j * 1e3,
                        "macs_per_cycle": self.macs / self.cycles if self.cycles else 0.0,
-                       "fits": self.placement.status != "too-big", "placement": self.placement.status},
+                       "fits": self.placement.fits, "placement": self.placement.status},
             "layers": [asdict(layer) for layer in self.layers],
             "placement": self.placement.to_dict(),
             "kernels": {name: asdict(kernel) for name, kernel in KERNELS.items()},
@@ -321,9 +436,10 @@ def estimate_cycles(graph: IntGraph, target: Target | McuSpec, power_mw: float =
     aliases = plan_arena(graph, alignment=alignment).aliases
     b2 = spec.bytes_per_cycle(spec.l2_l1_gbps) * dma_efficiency
     b3 = spec.bytes_per_cycle(spec.l3_gbps) * l3_efficiency
-    spilled = placement.spilled_layers
-    if spilled and b3 <= 0:
-        raise EdgemtlError("weights are placed in L3 but the target's off-chip level has no bandwidth_gbps")
+    spilled, l3_tensors = placement.spilled_layers, placement.l3_tensors
+    if (spilled or l3_tensors) and b3 <= 0:
+        raise EdgemtlError("weights or activations are placed in L3 but the target's off-chip level has no "
+                           "bandwidth_gbps")
 
     layers = []
     for index, node in enumerate(graph.nodes):
@@ -335,6 +451,8 @@ def estimate_cycles(graph: IntGraph, target: Target | McuSpec, power_mw: float =
             l2_bytes = (sum(tensor_bytes(graph, name) for name in node.inputs) + tensor_bytes(graph, node.output)
                         + param_bytes(node))
         l3_bytes = param_bytes(node) if index in spilled else 0
+        if l3_tensors and not (node.op == "flatten" and node.output in aliases):
+            l3_bytes += sum(tensor_bytes(graph, t) for t in [*node.inputs, node.output] if t in l3_tensors)
         compute = work / kernel.throughput if kernel.throughput > 0 else 0.0
         dma_l2 = l2_bytes / b2
         dma_l3 = l3_bytes / b3 if l3_bytes else 0.0
@@ -350,8 +468,9 @@ def estimate_cycles(graph: IntGraph, target: Target | McuSpec, power_mw: float =
         "int8 kernels (throughput per kernel class in 'kernels', each with its source); NE16 is not used",
         f"L2<->L1: every input, output and parameter byte of a layer crosses once (ideal tiling) at "
         f"{spec.l2_l1_gbps:g} GB/s x {dma_efficiency:g}, double-buffered under compute (max of the two)",
-        f"L3->L2: spilled weights are re-streamed every inference at {spec.l3_gbps:g} GB/s x {l3_efficiency:g}, "
-        "not overlapped with compute",
+        f"L3<->L2: spilled weights are re-streamed every inference, and L3-resident activations read by each "
+        f"layer that takes them and written by the layer that makes them, at {spec.l3_gbps:g} GB/s x "
+        f"{l3_efficiency:g}, not overlapped with compute",
         "no per-layer launch, fork / barrier or tile-setup overhead and no cache / bank-conflict stalls; small "
         "layers are therefore optimistic",
         f"energy = {power_mw:g} mW x latency: a whole-SoC full-load figure (GreenWaves: 150.8 GOPS at "

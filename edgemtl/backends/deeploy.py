@@ -11,6 +11,11 @@ the TetrisRandom static allocator. deeploy-pulp 0.2.1 has no GAP9 platform of it
 same kind of 8-core RISC-V cluster with a DMA between L2 and L1, so its kernels, tiling and memory map are the
 closest Deeploy can give for GAP9 (the generated code includes Siracusa's DMA header, `mchan_siracusa.h`).
 Numbers here are Deeploy's compile-time static allocation: exact for that code, measured on nothing.
+
+The same worker run also hands the same integer ONNX to Deeploy's Generic platform (plain C reference kernels,
+untiled), into `out_dir/generic/`: a second Deeploy platform accepting the graph, whose kernels are not needed
+here. Its verdict is `result["generic"]`; with `generic_whole_onnx` (the whole task when PULPOpen takes only a
+prefix) Generic is checked on that too, listing per layer what it rejects.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ DEFAULT_L3_BYTES = 64_000_000  # Deeploy's test driver's L3; pass the board's ex
 DEFAULT_N_CORES = 8             # GAP9's and Siracusa's cluster: 8 worker cores
 # Deeploy's PULP GEMM tiling keeps the reduction (input) dimension whole and tiles outputs by 16, double-buffered
 GEMM_OUTPUT_TILE = 16
+GENERIC_PLATFORM = "Deeploy Generic (reference C kernels, untiled, single core)"
 
 
 def deeploy_python(venv: Path = DEFAULT_DEEPLOY_VENV) -> Path | None:
@@ -51,7 +57,8 @@ def deeploy_python(venv: Path = DEFAULT_DEEPLOY_VENV) -> Path | None:
 
 def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: int, timeout_s: int = 600, *,
                      l3_bytes: int = DEFAULT_L3_BYTES, n_cores: int = DEFAULT_N_CORES, double_buffering: bool = True,
-                     seed: int = 0, venv: Path = DEFAULT_DEEPLOY_VENV) -> dict[str, Any]:
+                     seed: int = 0, venv: Path = DEFAULT_DEEPLOY_VENV, generic: bool = True,
+                     generic_whole_onnx: Path | None = None) -> dict[str, Any]:
     """Generate Deeploy's C for an integer ONNX into `out_dir` and return its static memory map.
 
     Returns {"available": False, "how_to_create": "make deeploy-venv", "reason": "Deeploy venv missing: ..."} when
@@ -59,12 +66,19 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
     (layers PULPOpen has no mapping for are listed in "unmapped" and Deeploy is not run; tiling failures carry
     "hints" such as fully connected layers too large for L1); otherwise {"available": True, "ok": True, "files",
     "memory": {"L1"|"L2"|"L3": {capacity, static, dynamic, total}}, "fits", "layers" (per Deeploy layer: its op,
-    the edgemtl layers it implements, tile shapes per tensor and level), "deeploy_version", "seconds", ...}.
+    the edgemtl layers it implements, tile shapes per tensor and level, "tile_counts": {level: tiles}),
+    "tile_summary", "deeploy_version", "seconds", ...}.
+
+    With `generic` (default) every result where Deeploy ran carries "generic": {"ok", "reason", "files" (relative
+    to out_dir, under generic/), "seconds", "layers", "rejected": [{"node", "op", "reason", "layer"}], and
+    "whole_graph" (same keys) when `generic_whole_onnx` is given}; where Deeploy did not run, "generic" says so
+    ({"ok": False, "ran": False, "reason"}).
     """
     python = deeploy_python(Path(venv))
     if python is None:
-        return {"available": False, "how_to_create": HOW_TO_CREATE,
-                "reason": f"Deeploy venv missing: run `{HOW_TO_CREATE}` (looked in {venv})"}
+        reason = f"Deeploy venv missing: run `{HOW_TO_CREATE}` (looked in {venv})"
+        return {"available": False, "how_to_create": HOW_TO_CREATE, "reason": reason,
+                **({"generic": _not_run(reason)} if generic else {})}
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EdgemtlError(f"integer ONNX {onnx_path} does not exist")
@@ -78,13 +92,17 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
             "l2_bytes": int(l2_bytes), "l3_bytes": int(l3_bytes), "double_buffering": bool(double_buffering),
             "allocator": "TetrisRandom", "hints": l1_hints(onnx_path, int(l1_bytes))}
     if meta.get("unmapped"):
-        return {**base, "ok": False, "unmapped": meta["unmapped"], "reason": unmapped_message(meta["unmapped"])}
+        reason = unmapped_message(meta["unmapped"])
+        return {**base, "ok": False, "unmapped": meta["unmapped"], "reason": reason,
+                **({"generic": _not_run(f"Deeploy was not started on this ONNX ({reason})")} if generic else {})}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     request = {"version": PROTOCOL_VERSION, "onnx_path": str(onnx_path.resolve()), "out_dir": str(out_dir),
                "input_dtype": meta.get("input_dtype", "int8"), "l1_bytes": int(l1_bytes), "l2_bytes": int(l2_bytes),
                "l3_bytes": int(l3_bytes), "n_cores": int(n_cores), "double_buffering": bool(double_buffering),
-               "seed": int(seed)}
+               "seed": int(seed),
+               "generic": {"enabled": bool(generic),
+                           "whole_onnx_path": str(Path(generic_whole_onnx).resolve()) if generic_whole_onnx else None}}
     request_file, result_file = out_dir / "deeploy_request.json", out_dir / "deeploy_result.json"
     request_file.write_text(json.dumps(request, indent=1))
     result_file.unlink(missing_ok=True)
@@ -96,26 +114,66 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
                                   cwd=out_dir, env=_worker_env(), stdout=log, stderr=subprocess.STDOUT,
                                   timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        return {**base, "ok": False, "reason": f"Deeploy did not finish within {timeout_s} s"}
+        reason = f"Deeploy did not finish within {timeout_s} s"
+        return {**base, "ok": False, "reason": reason, **({"generic": _not_run(reason)} if generic else {})}
     seconds = time.perf_counter() - start
     if not result_file.exists():
-        return {**base, "ok": False, "seconds": seconds,
-                "reason": f"Deeploy worker exited with status {proc.returncode} without a result: "
-                          f"{_last_line(out_dir / 'deeploy_worker.log')}"}
+        reason = (f"Deeploy worker exited with status {proc.returncode} without a result: "
+                  f"{_last_line(out_dir / 'deeploy_worker.log')}")
+        return {**base, "ok": False, "seconds": seconds, "reason": reason,
+                **({"generic": _not_run(reason)} if generic else {})}
     result = json.loads(result_file.read_text())
     if result.get("version") != PROTOCOL_VERSION:
         return {**base, "ok": False, "reason": f"Deeploy worker speaks version {result.get('version')}, "
                                                f"edgemtl expects {PROTOCOL_VERSION}"}
     tool = f"deeploy-pulp {result.get('deeploy_version', '?')}"
+    extra = {"generic": generic_record(result["generic"], meta, generic_whole_onnx)} if "generic" in result else {}
     if not result.get("ok"):
         return {**base, "ok": False, "seconds": seconds, "tool": tool, "deeploy_version": result.get("deeploy_version"),
                 "stage": result.get("stage"),
-                "reason": f"Deeploy {result.get('stage', '?')}: {result.get('reason', 'unknown')}"}
+                "reason": f"Deeploy {result.get('stage', '?')}: {result.get('reason', 'unknown')}", **extra}
     memory = result["memory"]
     return {**base, "ok": True, "seconds": seconds, "tool": tool, "deeploy_version": result.get("deeploy_version"),
             "files": result["files"], "memory": memory,
             "fits": {level: info["total"] <= info["capacity"] for level, info in memory.items()},
-            "layers": attach_layers(result["layers"], meta), "n_cores": result.get("n_cores")}
+            "layers": attach_layers(result["layers"], meta), "tile_summary": tile_summary(result["layers"]),
+            "n_cores": result.get("n_cores"), **extra}
+
+
+def _not_run(reason: str) -> dict[str, Any]:
+    return {"ok": False, "ran": False, "reason": f"not run: {reason}", "files": [], "seconds": 0.0,
+            "platform": GENERIC_PLATFORM}
+
+
+def generic_record(generic: dict[str, Any], meta: dict[str, Any], whole_onnx: Path | None) -> dict[str, Any]:
+    """The worker's Generic verdict, each rejected node named with its edgemtl layer (from the ONNX's metadata)."""
+    def named(record: dict[str, Any], node_layers: dict[str, str]) -> dict[str, Any]:
+        out = {k: v for k, v in record.items() if k not in ("onnx_path", "whole_graph")}
+        out["ran"] = out.get("stage") != "mapping"
+        out["rejected"] = [{**r, "layer": node_layers.get(r.get("node", ""), r.get("node"))}
+                           for r in record.get("rejected", [])]
+        return out
+
+    record = named(generic, meta.get("node_layers", {}))
+    record["onnx"] = "the same integer ONNX as PULPOpen"
+    if "whole_graph" in generic:
+        whole_meta = read_deeploy_metadata(Path(whole_onnx)) if whole_onnx else {}
+        record["whole_graph"] = named(generic["whole_graph"], whole_meta.get("node_layers", {}))
+        record["whole_graph"]["onnx"] = f"the whole task graph ({Path(whole_onnx).name if whole_onnx else '?'})"
+    return record
+
+
+def tile_summary(layers: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per local memory level: how many layers are tiled into it, their tiles in all, and the most of one layer."""
+    summary: dict[str, dict[str, int]] = {}
+    for entry in layers:
+        for level, count in (entry.get("tile_counts") or {}).items():
+            row = summary.setdefault(level, {"layers": 0, "tiles": 0, "max_tiles": 0, "layers_with_several": 0})
+            row["layers"] += 1
+            row["tiles"] += int(count)
+            row["max_tiles"] = max(row["max_tiles"], int(count))
+            row["layers_with_several"] += int(count) > 1
+    return summary
 
 
 def unmapped_message(unmapped: list[dict[str, Any]]) -> str:

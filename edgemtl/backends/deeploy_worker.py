@@ -5,12 +5,17 @@ Interface (version 1), called by `edgemtl.backends.deeploy` as a subprocess:
     .venv-deeploy/bin/python -P deeploy_worker.py REQUEST.json RESULT.json
 
 REQUEST: {"version": 1, "onnx_path", "out_dir", "input_dtype": "int8"|"uint8", "l1_bytes", "l2_bytes", "l3_bytes",
-          "n_cores", "double_buffering": bool, "seed"}.
+          "n_cores", "double_buffering": bool, "seed",
+          "generic": {"enabled": bool, "whole_onnx_path": str | null}  (optional; absent = not run)}.
 RESULT:  {"version": 1, "ok": true, "deeploy_version", "seconds", "files": [...],
           "memory": {"L1"|"L2"|"L3": {"capacity", "static", "dynamic", "total"}},
-          "layers": [{"name", "op", "inputs", "outputs", "memory_levels", "tiles"}...]}
+          "layers": [{"name", "op", "inputs", "outputs", "memory_levels", "tiles", "tile_counts"}...],
+          "generic": {...}}
       or {"version": 1, "ok": false, "stage": "<load|frontend|tiling|codegen|boot|protocol>", "reason": "<one line>",
-          "deeploy_version", "seconds"}.
+          "deeploy_version", "seconds", "generic": {...}}.
+GENERIC: {"ok", "reason" (null when ok), "files" (relative to out_dir, under generic/), "seconds", "platform",
+          "layers": [{"name", "op"}], "rejected": [{"node", "op", "reason"}],
+          "whole_graph": {the same keys} (only when whole_onnx_path is given)}.
 
 What it does: the tiled PULPOpen (Siracusa) flow of Deeploy's own test driver (DeeployTest/testMVP.py), reduced to
 what a compile needs: the PULP platform with its 8-core cluster engine wrapped memory-aware with a three-level
@@ -21,6 +26,20 @@ external binary) and the `random-max` constraint-solver strategy. After `prepare
 Network.c: buffers, RunNetwork, InitNetwork) is written to `out_dir`, plus the L3-resident constants as .hex files
 the runtime loads, like Deeploy's test generator does (but without test vectors).
 
+Tile counts per layer come from the tiling solution as the code generator consumed it: for every layer it tiles
+at a memory level X (X = L1 for the L2 -> L1 loop, L2 for L3 -> L2), Deeploy hoists a `TILING_CODEGEN_<X>_<layer>_
+numTiles` table of cumulative tile counts; its last entry is the number of tiles that loop runs.
+
+Then, when the request asks for it, Deeploy's Generic platform (plain C reference kernels, untiled, sign
+propagation) takes the SAME integer ONNX, as DeeployTest's generateNetwork.py sets it up (GenericPlatform,
+GenericDeployer with GenericOptimizer, channels first, input offsets 0 for int8 / 128 for uint8), into
+`out_dir/generic/`: a check that a second Deeploy platform accepts the graph, whose kernels are not needed. Two
+adjustments, neither changes the arithmetic: Gemm nodes get ONNX's default alpha = beta = 1.0 written out as floats
+(Generic's GEMM parser calls `.is_integer()` on them and fails on the int it assumes when they are absent), and
+nodes whose op type no Generic engine maps are listed as rejected before Deeploy is run (it would stop at the
+first). With `whole_onnx_path` (the whole task graph when PULPOpen took only a prefix) the same check runs on it,
+generated into `generic/whole/` only when Generic maps every node.
+
 The memory map is Deeploy's own accounting (its `_printMemorySummary`): per level, the static part (constant
 tensors placed there) plus the worst-case dynamic arena the static allocator reserved. Only the standard library is
 imported at module level.
@@ -30,6 +49,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
 import time
 import traceback
@@ -195,8 +216,22 @@ def layer_report(deployer: Any) -> list[dict[str, Any]]:
                 continue
         entry["memory_levels"] = levels
         entry["tiles"] = _tiles(layer)
+        entry["tile_counts"] = tile_counts(deployer, name)
         layers.append(entry)
     return layers
+
+
+def tile_counts(deployer: Any, layer_name: str) -> dict[str, int]:
+    """Number of tiles the generated loop runs for this layer at each local memory level it is tiled into
+    ({"L1": n} for an L2 -> L1 loop, "L2" for L3 -> L2); {} for a layer without a tiling loop."""
+    counts = {}
+    for level in deployer.tiler.memoryHierarchy.memoryLevels:
+        buf = deployer.ctxt.globalObjects.get(f"TILING_CODEGEN_{level}_{layer_name}_numTiles")
+        if buf is not None:
+            values = [int(v) for v in list(getattr(buf, "values", []))]
+            if values:
+                counts[level] = values[-1]
+    return counts
 
 
 def _tiles(layer: Any) -> dict[str, Any]:
@@ -228,13 +263,37 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def generate(request: dict[str, Any]) -> dict[str, Any]:
+def _seed(request: dict[str, Any]) -> None:
     import random
 
     import numpy as np
 
     random.seed(int(request.get("seed", 0)))
     np.random.seed(int(request.get("seed", 0)))
+
+
+def generate(request: dict[str, Any]) -> dict[str, Any]:
+    """The tiled PULPOpen run, then (when asked) the Generic check; a PULPOpen failure does not stop the latter."""
+    try:
+        result = generate_pulp(request)
+    except StageFailed as exc:
+        traceback.print_exc()
+        result = {"ok": False, "stage": exc.stage, "reason": exc.reason}
+    except Exception as exc:  # booting Deeploy itself failed: report it, the caller decides
+        traceback.print_exc()
+        result = {"ok": False, "stage": "boot", "reason": _one_line(exc)}
+    generic = request.get("generic") or {}
+    if generic.get("enabled"):
+        out_dir = Path(request["out_dir"]).resolve()
+        result["generic"] = generic_check(request["onnx_path"], out_dir, "generic", request)
+        if generic.get("whole_onnx_path"):
+            result["generic"]["whole_graph"] = generic_check(generic["whole_onnx_path"], out_dir, "generic/whole",
+                                                             request)
+    return result
+
+
+def generate_pulp(request: dict[str, Any]) -> dict[str, Any]:
+    _seed(request)
     out_dir = Path(request["out_dir"]).resolve()
     work_dir = out_dir / "deeploy_work"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -262,6 +321,116 @@ def generate(request: dict[str, Any]) -> dict[str, Any]:
             "double_buffering": bool(request["double_buffering"]), "allocator": "TetrisRandom"}
 
 
+# -- the Generic platform: does a second Deeploy platform accept the same graph? ---------------------------------
+GENERIC_PLATFORM = "Deeploy Generic (reference C kernels, untiled, single core)"
+
+
+def _generic_mapping_keys() -> set[str]:
+    from Deeploy.Targets.Generic.Platform import GenericPlatform
+
+    return {op for engine in GenericPlatform().engines for op in engine.Mapping}
+
+
+def generic_rejected_ops(graph: Any) -> list[dict[str, str]]:
+    """Nodes whose op type no Generic engine maps (Deeploy would stop at the first with 'No mapping found')."""
+    mapped = _generic_mapping_keys()
+    rejected = []
+    for node in graph.nodes:
+        if node.op in mapped:
+            continue
+        onnx_op = _PLACEHOLDER_OPS.get(node.op, node.op)
+        if onnx_op == node.op:
+            reason = f"Generic has no mapping for op type {node.op!r}"
+        elif onnx_op not in mapped:
+            reason = f"Generic has no mapping for op type {onnx_op!r} (written as edgemtl's placeholder {node.op!r})"
+        else:
+            reason = (f"Generic maps {onnx_op!r}, but edgemtl writes this layer as its placeholder {node.op!r} "
+                      "(no exact integer form for it in Deeploy's format)")
+        rejected.append({"node": node.name, "op": node.op, "reason": reason})
+    return rejected
+
+
+# the placeholders deeploy_onnx writes for layers PULPOpen lacks, and the ONNX op each stands for
+_PLACEHOLDER_OPS = {"resize_bilinear": "Resize", "resize_nearest": "Resize"}
+
+
+_UNMAPPED_AT = re.compile(r"of node (.*?)Candidates: (\[.*?\])")
+
+
+def build_generic_deployer(graph: Any, input_dtype: str, work_dir: Path) -> Any:
+    """GenericPlatform + GenericDeployer as DeeployTest's mapDeployer builds them (channels first, sign propagation:
+    an unsigned input is a signed type with an offset of 2^(bits-1))."""
+    from Deeploy.AbstractDataTypes import PointerClass
+    from Deeploy.CommonExtensions.DataTypes import int8_t
+    from Deeploy.Targets.Generic.Deployer import GenericDeployer
+    from Deeploy.Targets.Generic.Platform import GenericOptimizer, GenericPlatform
+
+    for node in graph.nodes:  # ONNX's defaults, written out as the floats Generic's GEMM parser expects
+        if node.op == "Gemm":
+            for key in ("alpha", "beta"):
+                node.attrs[key] = float(node.attrs.get(key, 1.0))
+    names = [f"input_{i}" for i in range(len(graph.inputs))]
+    offset = 128 if input_dtype == "uint8" else 0
+    return GenericDeployer(graph, GenericPlatform(), {n: PointerClass(int8_t) for n in names}, GenericOptimizer,
+                           scheduler=lambda g: list(g.nodes), name=NETWORK_NAME, default_channels_first=True,
+                           deeployStateDir=str(work_dir / "deeployStates"), inputOffsets={n: offset for n in names})
+
+
+def generic_check(onnx_path: str, out_dir: Path, sub: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Untiled code generation with Deeploy's Generic platform into out_dir/sub (never raises)."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    start = time.perf_counter()
+    result: dict[str, Any] = {"ok": False, "reason": None, "files": [], "platform": GENERIC_PLATFORM,
+                              "onnx_path": str(onnx_path), "layers": [], "rejected": []}
+    try:
+        _seed(request)
+        graph = gs.import_onnx(onnx.load(str(onnx_path)))
+        rejected = generic_rejected_ops(graph)
+        if rejected:
+            listed = "; ".join(f"{r['node']} ({r['op']})" for r in rejected)
+            result.update(rejected=rejected, stage="mapping",
+                          reason=f"{len(rejected)} node(s) Generic has no mapping for: {listed}; not run")
+            return result
+        target = out_dir / sub
+        work_dir = target / "deeploy_work"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        deployer = build_generic_deployer(graph, request.get("input_dtype", "int8"), work_dir)
+        stage = "frontend"
+        try:
+            from Deeploy.DeeployTypes import CodeGenVerbosity
+
+            deployer.frontEnd()
+            stage = "midend"
+            deployer.midEnd()
+            stage = "codegen"
+            deployer.backEnd(CodeGenVerbosity(None))
+            deployer.prepared = True
+            files = write_network(deployer, target)
+        except Exception as exc:
+            traceback.print_exc()
+            reason = _one_line(exc)
+            match = _UNMAPPED_AT.search(str(exc))
+            if match:
+                node = match.group(1).strip()
+                op = next((n.op for n in deployer.graph.nodes if n.name == node), "?")
+                result["rejected"] = [{"node": node, "op": op,
+                                       "reason": f"no parser / type checker accepted it (candidates {match.group(2)})"}]
+            result.update(stage=stage, reason=f"Deeploy Generic {stage}: {reason}")
+            return result
+        result.update(ok=True, files=[f"{sub}/{f}" for f in files],
+                      layers=[{"name": name, "op": layer.node.op} for name, layer in deployer.layerBinding.items()])
+        shutil.rmtree(work_dir, ignore_errors=True)  # Deeploy's state dumps: kept only when something failed
+        return result
+    except Exception as exc:  # loading or booting failed
+        traceback.print_exc()
+        result.update(stage="boot", reason=f"Deeploy Generic: {_one_line(exc)}")
+        return result
+    finally:
+        result["seconds"] = time.perf_counter() - start
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print("usage: deeploy_worker.py REQUEST.json RESULT.json", file=sys.stderr)
@@ -272,14 +441,7 @@ def main(argv: list[str]) -> int:
         result: dict[str, Any] = {"ok": False, "stage": "protocol",
                                   "reason": f"worker speaks version {PROTOCOL_VERSION}, got {request.get('version')}"}
     else:
-        try:
-            result = generate(request)
-        except StageFailed as exc:
-            traceback.print_exc()
-            result = {"ok": False, "stage": exc.stage, "reason": exc.reason}
-        except Exception as exc:  # booting Deeploy itself failed: report it, the caller decides
-            traceback.print_exc()
-            result = {"ok": False, "stage": "boot", "reason": _one_line(exc)}
+        result = generate(request)
     try:
         result["deeploy_version"] = _deeploy_version()
     except Exception:

@@ -98,7 +98,9 @@ def deeploy_step(ctx: FlowContext) -> None:
     platform maps every layer ("scope": "whole"), else for the task's mappable prefix ("scope": "prefix", see
     `deeploy_split`; the rest runs in our portable C), or for nothing ("scope": "none") when the first layer is
     unmapped. With a prefix, `ok` and the memory map are Deeploy's for the prefix, `reason` / `unmapped` still name
-    the layers that kept the whole task out, and `prefix_reason` says why Deeploy failed on the prefix, if it did."""
+    the layers that kept the whole task out, and `prefix_reason` says why Deeploy failed on the prefix, if it did.
+    `generic` is Deeploy's Generic platform (untiled reference kernels) on the same ONNX, in `deeploy/generic/`,
+    and, for a prefix, its per-layer verdict on the whole task graph (`generic.whole_graph.rejected`)."""
     l1, l2, l3 = (_memory_bytes(ctx, level) for level in ("l1", "l2", "l3"))
     for task, graph in _graphs(ctx).items():
         entry = ctx.manifest["tasks"][task]
@@ -131,9 +133,19 @@ def deeploy_step(ctx: FlowContext) -> None:
                               f"first one Deeploy cannot map on, run in our portable C (tasks/{task}/c, which "
                               f"implements and verifies the whole task); the glue feeding Deeploy's outputs to those "
                               f"C layers is not generated."}
-        result = deeploy_generate(onnx_path, ctx.bundle / relative, l1, l2, l3_bytes=l3)
+        whole = ctx.bundle / entry["artifacts"]["int8_onnx"] if record["scope"] == "prefix" else None
+        result = deeploy_generate(onnx_path, ctx.bundle / relative, l1, l2, l3_bytes=l3, generic_whole_onnx=whole)
+        generic = result.get("generic") or {}
+        if generic.get("ok"):
+            entry["artifacts"]["deeploy_generic"] = f"{relative}/generic"
         if result.get("ok"):
             entry["artifacts"]["deeploy"] = relative
+        elif generic.get("ok"):  # PULPOpen failed, Generic's code stays
+            for path in (ctx.bundle / relative).iterdir():
+                if path.is_dir() and path.name != "generic":
+                    shutil.rmtree(path)
+                elif path.is_file():
+                    path.unlink()
         else:
             shutil.rmtree(ctx.bundle / relative, ignore_errors=True)
         if split is not None and result.get("available"):

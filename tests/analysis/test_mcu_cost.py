@@ -1,5 +1,6 @@
-"""The GAP9 cost model by hand: L2 / L3 placement bytes on a tiny integer graph (fits, spills, too big), the
-cycle arithmetic of one convolution, the kernel classes, and the qemu instruction table's labels."""
+"""The GAP9 cost model by hand: L2 / L3 placement bytes on a tiny integer graph (fits, weights in L3, activations
+in L3, too big for L2 or for L3), the cycle arithmetic of one convolution (and of L3 traffic), the kernel classes,
+and the qemu instruction table's labels."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_param_bytes_count_int8_weights_and_int32_requant() -> None:
 
 def test_everything_fits_l2() -> None:
     placement = place(l2=ARENA + 196)
-    assert placement.status == "fits-l2" and placement.overflow is None
+    assert placement.status == "fits-l2" and placement.overflow is None and placement.fits
+    assert placement.verdict.startswith("fits in L2") and placement.activation_l3_traffic_bytes == 0
     assert (placement.arena_bytes, placement.weight_bytes, placement.staging_bytes) == (ARENA, 196, 0)
     assert placement.l2_used_bytes == 644 and placement.l3_used_bytes == 0 and placement.weights_in_l3 == []
 
@@ -74,12 +76,72 @@ def test_weights_spill_to_l3_largest_first() -> None:
     assert placement.spilled_layers == {0, 1}
 
 
-def test_too_big_for_l2_even_with_every_weight_in_l3() -> None:
-    placement = place(l2=500)       # everything spilled: 448 + 0 + 128 staging = 576
+def test_activations_move_to_l3_when_the_arena_does_not_fit_even_without_weights() -> None:
+    # L2 500 B: every weight in L3 still needs 448 arena + 128 staging = 576. Activations go to L3, largest first:
+    #   a (256 B) -> L2 arena of x / p / y = 192 (x alone at the conv; p, y later in x's place); a is touched by
+    #   conv1 (writes it) and pool (reads it): activation staging 2 * min(256, L1 64) = 128;
+    #   need 192 + 0 + weight staging 128 + 128 = 448 <= 500.
+    # Weight blocks come back largest first while they fit: conv1 (140) -> 192 + 140 + 2*min(32, 64) + 128 = 524 no;
+    #   pool (32) -> 192 + 32 + 128 + 128 = 480 yes; fc (24) -> 192 + 56 + 128 + 128 = 504 no.
+    placement = place(l2=500)
+    assert placement.status == "activations-in-l3" and placement.fits and placement.overflow is None
+    assert placement.activations_in_l3 == [{"tensor": "a", "bytes": 256, "tensors": ["a"]}]
+    assert (placement.full_arena_bytes, placement.arena_bytes) == (ARENA, 192)
+    assert [e["name"] for e in placement.weights_in_l3] == ["conv1", "fc"] and placement.l3_used_bytes == 164
+    assert (placement.weight_staging_bytes, placement.activation_staging_bytes, placement.staging_bytes) == (128, 128,
+                                                                                                            256)
+    assert placement.l2_used_bytes == 480
+    # L3: 164 B of weights + 256 B of activations; traffic: conv1 writes a (256), pool reads it (256)
+    assert placement.activation_l3_bytes == 256 and placement.l3_total_bytes == 420
+    assert placement.activation_l3_traffic_bytes == 512 and placement.l3_tensors == {"a"}
+    assert placement.verdict.startswith("fits with activations in L3")
+    assert "512 B of extra L3 traffic" in placement.verdict
+    assert placement.to_dict()["activations_in_l3"][0]["tensor"] == "a"
+
+
+def test_activation_tier_moves_more_buffers_when_l2_is_tighter() -> None:
+    # L2 392 B: after a, x (192 B) goes too -> arena p / y = 4 + 4 (aligned) = 8; conv1 touches x and a:
+    # staging 2*64 + 2*64 = 256; need 8 + 128 + 256 = 392. No weight block comes back (pool: 8+32+128+256 = 424).
+    placement = place(l2=392)
+    assert placement.status == "activations-in-l3" and placement.l2_used_bytes == 392
+    assert [a["tensor"] for a in placement.activations_in_l3] == ["a", "x"] and placement.arena_bytes == 8
+    assert placement.l3_used_bytes == 196 and placement.l3_total_bytes == 196 + 448
+    assert placement.activation_l3_traffic_bytes == 192 + 256 + 256  # conv1 reads x, writes a; pool reads a
+
+
+def test_too_big_for_l2_even_with_every_weight_and_activation_in_l3() -> None:
+    # everything in L3: arena 0; staging = weights 128 + the worst layer's activation windows (conv1: x 128 + a 128)
+    # = 384 > L2 383
+    placement = place(l2=383)
+    assert placement.status == "too-big" and not placement.fits
+    assert placement.overflow == {"memory": "l2", "part": "code + L3 staging", "needed_bytes": 384,
+                                  "capacity_bytes": 383, "bytes": 1}
+    assert placement.verdict.startswith("does not fit") and "1 B over" in placement.verdict
+    assert "every weight and every activation in L3" in placement.verdict
+
+
+def test_too_big_only_when_l3_is_short_too() -> None:
+    assert place(l2=500, l3=420).status == "activations-in-l3"       # 164 + 256 = 420 B of L3: exactly fits
+    placement = place(l2=500, l3=400)
     assert placement.status == "too-big"
-    assert placement.overflow == {"memory": "l2", "part": "activations + code + L3 staging", "needed_bytes": 576,
-                                  "capacity_bytes": 500, "bytes": 76}
-    assert "76 B over" in placement.verdict
+    assert placement.overflow == {"memory": "l3", "part": "spilled weights + activations", "needed_bytes": 420,
+                                  "capacity_bytes": 400, "bytes": 20}
+    assert placement.verdict.startswith("does not fit") and "20 B over" in placement.verdict
+
+
+def test_estimate_charges_activation_l3_traffic() -> None:
+    tight = spec(l2=500)
+    placement = place_in_memory(tiny_graph(), tight, code_base_bytes=0, code_bytes_per_layer=0)
+    estimate = estimate_cycles(tiny_graph(), tight, l3_efficiency=0.5, placement=placement)
+    conv1, pool, fc = estimate.layers
+    # conv1: its weights (140, spilled) + its output a (256, in L3); pool: reads a (its weights stay in L2);
+    # fc: its weights (24, spilled)
+    assert (conv1.l3_bytes, pool.l3_bytes, fc.l3_bytes) == (396, 256, 24)
+    b3 = 0.4e9 / 370e6 * 0.5
+    assert pool.dma_l3_cycles == pytest.approx(256 / b3)
+    assert pool.cycles == pytest.approx(max(pool.compute_cycles, pool.dma_l2_l1_cycles) + 256 / b3)
+    record = estimate.to_dict()
+    assert record["totals"]["fits"] and record["totals"]["placement"] == "activations-in-l3"
 
 
 def test_too_big_for_l3() -> None:
@@ -91,9 +153,9 @@ def test_too_big_for_l3() -> None:
 
 def test_no_l3_means_no_spilling() -> None:
     placement = place(l2=600, l3=None)
-    assert placement.status == "too-big" and placement.weights_in_l3 == []
+    assert placement.status == "too-big" and placement.weights_in_l3 == [] and placement.activations_in_l3 == []
     assert placement.overflow["memory"] == "l2" and placement.overflow["bytes"] == 44
-    assert "no L3" in placement.verdict
+    assert "no L3" in placement.verdict and placement.verdict.startswith("does not fit")
 
 
 def one_conv(groups: int = 1, kernel: int = 3, channels: int = 8, out_channels: int = 16) -> IntGraph:

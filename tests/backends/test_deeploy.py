@@ -3,14 +3,16 @@ inexact export, unmapped layers) runs everywhere; code generation with GAP9's L1
 
 from __future__ import annotations
 
+import json
 import stat
+import subprocess
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgemtl.backends.deeploy import deeploy_generate, deeploy_python
+from edgemtl.backends.deeploy import WORKER, deeploy_generate, deeploy_python, generic_record, tile_summary
 from edgemtl.backends.deeploy_onnx import RQS_DOMAIN, export_deeploy_onnx, read_deeploy_metadata
 from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.errors import EdgemtlError
@@ -267,6 +269,9 @@ def test_generate_refuses_unmapped_layers_without_running_deeploy(tmp_path):
     assert out["available"] and out["ok"] is False
     assert [u["layer"] for u in out["unmapped"]] == ["grouped", "up", "up2"]
     assert "3 layer(s)" in out["reason"] and "up2 (resize_bilinear)" in out["reason"]
+    # Generic was not run either (Deeploy never started), and says so
+    assert out["generic"]["ran"] is False and out["generic"]["ok"] is False
+    assert out["generic"]["reason"].startswith("not run: Deeploy was not started")
 
 
 def test_absent_venv_says_how_to_create_it(tmp_path):
@@ -275,6 +280,13 @@ def test_absent_venv_says_how_to_create_it(tmp_path):
     assert out["available"] is False and out["how_to_create"] == "make deeploy-venv"
     assert out["reason"].startswith("Deeploy venv missing: run `make deeploy-venv`")
     assert deeploy_python(tmp_path / "nope") is None
+    assert out["generic"]["ran"] is False and "make deeploy-venv" in out["generic"]["reason"]
+
+
+def test_tile_summary_counts_tiles_per_level():
+    layers = [{"tile_counts": {"L1": 4}}, {"tile_counts": {"L1": 1, "L2": 3}}, {"tile_counts": {}}, {}]
+    assert tile_summary(layers) == {"L1": {"layers": 2, "tiles": 5, "max_tiles": 4, "layers_with_several": 1},
+                                    "L2": {"layers": 1, "tiles": 3, "max_tiles": 3, "layers_with_several": 1}}
 
 
 # ---- the real thing ------------------------------------------------------------------------------------------
@@ -300,6 +312,46 @@ def test_generates_tiled_code_within_gap9_l1_and_l2(tmp_path):
     assert by_layer == {"trunk.conv1", "trunk.conv2", "trunk.res", "head.pool", "head.fc"}
     conv1 = next(e for e in out["layers"] if e["edgemtl_layers"] == ["trunk.conv1"] and e["op"] == "RequantizedConv")
     assert any(t.get("L1", {}).get("buffers") == 2 for t in conv1["tiles"].values())  # double-buffered in L1
+    # an 8x8 network fits L1 whole: one tile per layer, from the tiling solution's numTiles tables
+    assert conv1["tile_counts"] == {"L1": 1}
+    assert out["tile_summary"]["L1"]["max_tiles"] == 1 and "L2" not in out["tile_summary"]
+    # Deeploy's Generic platform took the same ONNX, untiled, into gen/generic
+    generic = out["generic"]
+    assert generic["ok"] and generic["ran"] and generic["reason"] is None and generic["rejected"] == []
+    assert set(generic["files"]) == {"generic/Network.h", "generic/Network.c"} and generic["seconds"] > 0
+    generic_code = (tmp_path / "gen" / "generic" / "Network.c").read_text()
+    assert "Conv2d_s8_s8_s32_NCHW" in generic_code and "Gemm_s8_s8_s32_s32" in generic_code
+    assert "pulp_nn" not in generic_code and "whole_graph" not in generic
+
+
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_tile_counts_follow_the_tiling_solution_when_l1_is_small(tmp_path):
+    """A 32x32 convolution pair at an L1 of 16 kB needs several L1 tiles per layer; each count is the numTiles
+    table the generated loop runs."""
+    rng = np.random.default_rng(3)
+    tensors = {n: TensorInfo(n, s, d, 0.1) for n, s, d in [("x", [8, 32, 32], "int8"), ("a", [16, 32, 32], "uint8"),
+                                                           ("y", [16, 32, 32], "int8")]}
+
+    def conv(name: str, x: str, out: str, c: int) -> Node:
+        mul = rng.integers(1, 50, 16).astype(np.int32)
+        return Node(name, "conv", [x], out, {"stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 1, "shift": 12},
+                    {"weight": rng.integers(-127, 128, (16, c, 3, 3)).astype(np.int8), "mul": mul,
+                     "add": np.zeros(16, np.int32)})
+
+    graph = IntGraph("big", "x", "y", tensors, [conv("c1", "x", "a", 8), conv("c2", "a", "y", 16)])
+    path = export_deeploy_onnx(graph, tmp_path / "big.onnx").path
+    out = deeploy_generate(path, tmp_path / "gen", 16_000, L2, 300, generic=False)
+    assert out["ok"], out.get("reason")
+    assert "generic" not in out
+    code = (tmp_path / "gen" / "Network.c").read_text()
+    convs = [e for e in out["layers"] if e["op"] == "RequantizedConv"]
+    assert len(convs) == 2
+    for entry in convs:
+        tiles = entry["tile_counts"]["L1"]
+        assert tiles > 1
+        assert f"TILING_CODEGEN_L1_{entry['name']}_numTiles[2] = {{0, {tiles}}}" in code
+    assert out["tile_summary"]["L1"]["layers_with_several"] >= 2
 
 
 @pytest.mark.needs_deeploy
@@ -442,3 +494,44 @@ def test_generates_code_for_the_prefix_within_gap9_l1_and_l2(tmp_path):
     assert 0 < memory["L1"]["total"] <= L1 and 0 < memory["L2"]["total"] <= L2 and all(out["fits"].values())
     by_layer = {layer for entry in out["layers"] for layer in entry["edgemtl_layers"]}
     assert by_layer == {"enc.conv1", "enc.conv2"}
+
+
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_generic_takes_the_prefix_and_names_what_it_rejects_in_the_whole_graph(tmp_path):
+    graph = dense_head_graph(skip=True)
+    prefix, outputs = mappable_prefix(graph)
+    path = export_deeploy_onnx(prefix, tmp_path / "prefix.onnx", outputs).path
+    whole = export_deeploy_onnx(graph, tmp_path / "whole.onnx").path
+    out = deeploy_generate(path, tmp_path / "gen", L1, L2, 300, generic_whole_onnx=whole)
+    assert out["ok"], out.get("reason")
+    generic = out["generic"]
+    assert generic["ok"] and (tmp_path / "gen" / "generic" / "Network.c").is_file()
+    whole_graph = generic["whole_graph"]
+    assert whole_graph["ok"] is False and whole_graph["ran"] is False and whole_graph["files"] == []
+    assert [(r["layer"], r["op"]) for r in whole_graph["rejected"]] == [("head.up", "resize_bilinear")]
+    assert "'Resize'" in whole_graph["rejected"][0]["reason"] and "1 node(s)" in whole_graph["reason"]
+    assert not (tmp_path / "gen" / "generic" / "whole").exists()
+
+
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_generic_names_a_layer_its_parsers_reject(tmp_path):
+    """A grouped conv (2 groups, neither dense nor depthwise): the worker asked directly (deeploy_generate would
+    not start Deeploy for a layer PULPOpen lacks) reports both platforms' failures, and Generic's names the layer."""
+    graph = IntGraph("grp", "x", "g", {n: TensorInfo(n, [4, 4, 4], "int8", 0.1) for n in ("x", "g")}, [
+        Node("grouped", "conv", ["x"], "g", {"stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 2, "shift": 4},
+             {"weight": np.ones((4, 2, 3, 3), np.int8), "mul": np.ones(4, np.int32), "add": np.zeros(4, np.int32)})])
+    path = export_deeploy_onnx(graph, tmp_path / "grp.onnx").path
+    request = {"version": 1, "onnx_path": str(path), "out_dir": str(tmp_path / "gen"), "input_dtype": "int8",
+               "l1_bytes": L1, "l2_bytes": L2, "l3_bytes": 64_000_000, "n_cores": 8, "double_buffering": True,
+               "seed": 0, "generic": {"enabled": True, "whole_onnx_path": None}}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    subprocess.run([str(deeploy_python()), "-P", str(WORKER), str(tmp_path / "request.json"),
+                    str(tmp_path / "result.json")], check=True, capture_output=True, timeout=300)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["ok"] is False and result["stage"] == "frontend"
+    generic = generic_record(result["generic"], read_deeploy_metadata(path), None)
+    assert generic["ok"] is False and generic["ran"] and generic["stage"] == "frontend"
+    assert [(r["layer"], r["op"]) for r in generic["rejected"]] == [("grouped", "Conv")]
+    assert "GenericConv2DParser" in generic["rejected"][0]["reason"]
