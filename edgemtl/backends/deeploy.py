@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemtl.backends.deeploy_onnx import read_deeploy_metadata
+from edgemtl.backends.venv_worker import last_line, worker_env
 from edgemtl.errors import EdgemtlError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +112,7 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
         with open(out_dir / "deeploy_worker.log", "w", encoding="utf-8") as log:
             # -P: the worker's folder (edgemtl/backends, which has an onnxruntime.py) must not go on sys.path
             proc = subprocess.run([str(python), "-P", str(WORKER), str(request_file), str(result_file)],
-                                  cwd=out_dir, env=_worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=out_dir, env=worker_env(), stdout=log, stderr=subprocess.STDOUT,
                                   timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         reason = f"Deeploy did not finish within {timeout_s} s"
@@ -119,7 +120,7 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
     seconds = time.perf_counter() - start
     if not result_file.exists():
         reason = (f"Deeploy worker exited with status {proc.returncode} without a result: "
-                  f"{_last_line(out_dir / 'deeploy_worker.log')}")
+                  f"{last_line(out_dir / 'deeploy_worker.log')}")
         return {**base, "ok": False, "seconds": seconds, "reason": reason,
                 **({"generic": _not_run(reason)} if generic else {})}
     result = json.loads(result_file.read_text())
@@ -228,18 +229,6 @@ def l1_hints(onnx_path: Path, l1_bytes: int) -> list[str]:
                          f"double-buffered weight tiles ({min(outputs, GEMM_OUTPUT_TILE)} outputs each; Deeploy does "
                          f"not tile the input dimension), more than L1's {l1_bytes:,} B")
     return hints
-
-
-def _worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
-
-
-def _last_line(path: Path) -> str:
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - a manual entry point

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgemtl.backends.venv_worker import last_line, worker_env
 from edgemtl.errors import EdgemtlError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +91,8 @@ def finn_estimates(qonnx_path: Path, task: str, part: str, clock_mhz: float, tar
         with open(work_dir / "finn_worker.log", "w", encoding="utf-8") as log:
             # -P: the worker's folder (edgemtl/backends, which has an onnxruntime.py) must not go on sys.path
             proc = subprocess.run([str(python), "-P", str(WORKER), str(request_file), str(result_file)],
-                                  cwd=work_dir, env=_worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=work_dir, env=worker_env(XILINX_VIVADO=DUMMY_XILINX_VIVADO, NUM_DEFAULT_WORKERS="1"),
+                                  stdout=log, stderr=subprocess.STDOUT,
                                   timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         return {**base, "ok": False, "reason": f"FINN estimate did not finish within {timeout_s} s"}
@@ -98,7 +100,7 @@ def finn_estimates(qonnx_path: Path, task: str, part: str, clock_mhz: float, tar
     if not result_file.exists():
         return {**base, "ok": False, "seconds": seconds,
                 "reason": f"FINN worker exited with status {proc.returncode} without a result: "
-                          f"{_last_line(work_dir / 'finn_worker.log')}"}
+                          f"{last_line(work_dir / 'finn_worker.log')}"}
     result = json.loads(result_file.read_text())
     if result.get("version") != PROTOCOL_VERSION:
         return {**base, "ok": False, "reason": f"FINN worker speaks version {result.get('version')}, "
@@ -133,20 +135,6 @@ def _entry(raw: dict[str, Any], part: str) -> dict[str, Any]:
     if part in PART_RESOURCES:
         entry["utilisation"] = {k: entry[k] / v for k, v in PART_RESOURCES[part].items()}
     return entry
-
-
-def _worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.setdefault("XILINX_VIVADO", DUMMY_XILINX_VIVADO)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("NUM_DEFAULT_WORKERS", "1")
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
-
-
-def _last_line(path: Path) -> str:
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - a manual entry point
