@@ -66,6 +66,19 @@ def _parse_max_drop(items: list[str]) -> dict[str, float]:
     return budgets
 
 
+def _parse_layer_bits(items: list[str]) -> dict[str, tuple[int, int]]:
+    """`layer=w,a` pairs for --layer-bits."""
+    bits = {}
+    for item in items:
+        layer, _, value = item.partition("=")
+        try:
+            weight, act = (int(v) for v in value.split(","))
+        except ValueError:
+            raise EdgemtlError(f"--layer-bits takes LAYER=W,A (e.g. first=8,8 or heads.depth.predict=8,8), got {item!r}") from None
+        bits[layer] = (weight, act)
+    return bits
+
+
 def _fmt(value: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
@@ -278,6 +291,8 @@ def compile_command(
         help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1]")] = 1.0,
     precision: Annotated[Optional[str], typer.Option(help="quantized targets: w4a4 | w8a8 (default: the target's first)")] = None,
     qat_steps: Annotated[int, typer.Option(min=0, help="quantized targets: QAT steps per task")] = 300,
+    layer_bits: Annotated[list[str], typer.Option(
+        help="quantized FPGA targets: LAYER=W,A bit widths of one layer (repeatable); LAYER may be first or last")] = [],
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """(Optionally prune,) validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
@@ -298,10 +313,107 @@ def compile_command(
     destination = output or Path("build") / f"{model.stem}-{target}"
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, threads=threads, latency_runs=runs,
                              measure_latency=latency, prune=pagcp, experts=experts, precision=precision,
-                             qat_steps=qat_steps)
+                             qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits))
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")
+
+
+@app.command()
+def profile(
+    bundle: Annotated[Optional[Path], typer.Argument(help="bundle folder written by `edgemtl compile`")] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="local | rpc://HOST:PORT/KEY (a TVM RPC tracker and a device key); with --history: a device key filter")] = None,
+    runs: Annotated[int, typer.Option(min=5, help="timed runs per measurement (fewer if one takes long)")] = 100,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for a free device and for any remote call")] = 60.0,
+    retries: Annotated[int, typer.Option(min=0, help="retries on a dropped device connection")] = 2,
+    store: Annotated[Optional[Path], typer.Option(
+        help="results database (default $EDGEMTL_RESULTS or ~/.cache/edgemtl/results.sqlite)")] = None,
+    tune: Annotated[int, typer.Option(min=0, help="meta-schedule trials per task for a tuned TVM build (0: no tuning)")] = 0,
+    tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
+    history: Annotated[bool, typer.Option("--history", help="list stored measurements instead of profiling")] = False,
+    task: Annotated[Optional[str], typer.Option(help="with --history: only this task")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time every task's artifacts on a device (this machine or a board from a TVM RPC tracker), check outputs,
+    store the results, and ship each task's fastest correct runtime."""
+    from edgemtl.profile.store import ResultsStore
+
+    results = ResultsStore(store)
+    if history:
+        if device and "://" in device:
+            from edgemtl.profile.rpc import parse_device
+
+            device = parse_device(device).key
+        rows = results.query(device=device, task=task, bundle=str(bundle.resolve()) if bundle else None)
+        if as_json:
+            out.print_json(json.dumps([r.to_dict() for r in rows], default=str))
+            return
+        out.print(_history_table(rows, results.path))
+        return
+    if bundle is None or device is None:
+        raise EdgemtlError("profile needs a BUNDLE and --device local|rpc://HOST:PORT/KEY (or --history)")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgemtl.profile.local import profile_bundle, read_bundle
+
+    selected = _split_tasks(tasks)
+    count = len(selected or read_bundle(bundle).tasks) * (3 + (1 if tune else 0))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        bar = progress.add_task("profiling", total=count)
+
+        def on_step(event: str, name: str, runtime: str, info: dict) -> None:
+            if event == "start":
+                progress.update(bar, description=f"{name} / {runtime}")
+            else:
+                progress.advance(bar)
+
+        result = profile_bundle(bundle, device, runs=runs, timeout=timeout, retries=retries, store=results, tune=tune,
+                                tasks=selected, on_step=on_step)
+    if as_json:
+        out.print_json(json.dumps(result.to_dict(), default=str))
+    else:
+        out.print(_profile_table(result))
+        for name, runtimes in result.tasks.items():
+            for runtime, outcome in runtimes.items():
+                if outcome.skipped:
+                    out.print(f"skipped {name} / {runtime}: {outcome.skipped}")
+    for note in result.notes:
+        err.print(f"note: {note}")
+    out.print(f"profile: {result.profile_path}")
+    out.print(f"results store: {result.store}")
+
+
+def _profile_table(result) -> Table:
+    table = Table(title=f"{result.device_key} ({result.provenance.upper()}): {result.description}")
+    for column in ("task", "runtime", "median ms", "p90 ms", "min ms", "runs", "max |diff|", "output check"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "runs", "|diff|")) else "left")
+    for name, runtimes in result.tasks.items():
+        for runtime, outcome in runtimes.items():
+            m = outcome.measurement
+            if m is None:
+                table.add_row(name, runtime, "", "", "", "", "", "skipped (below)")
+                continue
+            mark = ""
+            if result.chosen.get(name) == runtime:
+                mark = " [b]shipped[/b]" if result.provenance == "measured" else " (fastest)"
+            check = {True: "passed", False: "[red]FAILED[/red]", None: "no reference"}[m.check_passed]
+            table.add_row(name, runtime + mark, f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.min_ms:.3f}", str(m.runs),
+                          "" if m.max_abs_diff is None else f"{m.max_abs_diff:.2g}", check)
+    return table
+
+
+def _history_table(rows, path) -> Table:
+    table = Table(title=f"results store {path} ({len(rows)} rows)")
+    for column in ("id", "time (UTC)", "device", "task", "runtime", "median ms", "p90 ms", "min ms", "runs", "check",
+                   "provenance", "artifact sha256", "bundle"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "runs", "id")) else "left")
+    for r in rows:
+        check = {True: "passed", False: "FAILED", None: "-"}[r.check_passed]
+        table.add_row(str(r.id), r.timestamp.replace("+00:00", ""), r.device_key, r.task, r.runtime, f"{r.median_ms:.3f}",
+                      f"{r.p90_ms:.3f}", f"{r.min_ms:.3f}", str(r.runs), check, r.provenance, r.artifact_sha256[:12], r.bundle)
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:

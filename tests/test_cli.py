@@ -317,3 +317,68 @@ def test_compile_for_gap9_fails_cleanly_when_no_task_can_be_quantized(capsys, tm
     assert code == 2 and "Traceback" not in err and last.startswith("edgemtl: error: no task could be quantized to int8")
     assert "'Softplus'" in last
     assert not (tmp_path / "none").exists()
+
+
+def test_compile_for_arm64_without_tvm_says_how_to_add_it_and_tries_every_int8_remedy(capsys, tmp_path, checkpoints,
+                                                                                        monkeypatch):
+    from edgemtl.backends import tvm_build
+    from edgemtl.flows import cpu_arm64
+
+    monkeypatch.setattr(tvm_build, "tvm_missing", lambda: "apache-tvm is not installed (tvm): pip install edgemtl[tvm]")
+    monkeypatch.setattr(cpu_arm64, "INT8_MAX_LOSS", -10.0)  # no int8 graph can meet it: every remedy is tried
+    bundle = tmp_path / "arm64-notvm"
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "arm64", "-o", bundle,
+                           "--tasks", "scene", "--threads", "1")
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["tasks"]["scene"]
+    assert entry["tvm"] == {**entry["tvm"], "built": False, "reason": "skipped: pip install edgemtl[tvm]"}
+    assert entry["artifacts"]["tvm"] == {} and not (bundle / "tasks/scene/tvm").exists()
+    int8 = entry["int8"]
+    assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.REMEDIES]
+    best = min(int8["attempts"], key=lambda a: a["relative_loss"])
+    assert int8["relative_loss"] == best["relative_loss"] and int8["remedy"] == best["remedy"]
+    assert not int8["meets_target"] and entry["runtime"] == "onnxruntime-fp32" and "after every remedy" in entry["runtime_reason"]
+    assert (bundle / entry["artifacts"]["int8_onnx"]).is_file() and not list(bundle.rglob("*.try.onnx"))
+
+
+@pytest.mark.needs_tvm
+def test_compile_for_arm64_builds_float_int8_and_tvm_per_task(capsys, tmp_path, checkpoints):
+    pytest.importorskip("tvm")
+    import numpy as np
+
+    from edgemtl.backends import tvm_build
+
+    bundle = tmp_path / "arm64"
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "arm64", "-o", bundle,
+                           "--tasks", "depth,scene", "--threads", "1")
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["target"]["flow"] == "cpu-arm64" and manifest["bundle_layout"]["int8_onnx"] == "tasks/{task}/model.int8.onnx"
+    cross = tvm_build.cross_compiler_missing("aarch64")
+    for task in ("depth", "scene"):
+        entry, files = manifest["tasks"][task], manifest["tasks"][task]["artifacts"]
+        assert files["onnx"] == f"tasks/{task}/model.onnx" and files["int8_onnx"] == f"tasks/{task}/model.int8.onnx"
+        assert entry["verification"]["passed"] and entry["int8"]["verification"]["passed"]
+        int8 = entry["int8"]
+        assert set(int8["metric_int8"]) == set(int8["metric_float"]) and int8["calibration"]["format"] == "QDQ"
+        assert entry["runtime"] in ("onnxruntime-int8", "onnxruntime-fp32") and entry["runtime_reason"]
+        tvm = entry["tvm"]
+        assert files["tvm"]["x86_64"] == f"tasks/{task}/tvm/x86_64/model.so" and tvm["check"]["passed"]
+        if cross:
+            assert not tvm["built"] and tvm["reason"].startswith("skipped: apt-get install g++-aarch64-linux-gnu")
+        else:
+            assert tvm["built"] and (bundle / files["tvm"]["aarch64"]).read_bytes()[:4] == b"\x7fELF"
+            assert tvm["target"]["mtriple"] == "aarch64-linux-gnu" and not tvm["tuned"]
+        inputs = np.load(bundle / files["reference"]["input"])
+        outputs = {k: np.load(bundle / files["reference"][k]) for k in ("output_float", "output_int8")}
+        assert inputs.shape == (4, 3, 64, 64) and inputs.dtype == np.float32
+        assert all(o.shape == (4, *entry["output_shape"]) for o in outputs.values())
+        assert np.abs(outputs["output_int8"] - outputs["output_float"]).max() <= entry["reference"]["max_abs_tolerance"]["output_int8"]
+
+
+def test_compile_layer_bits_must_be_layer_equals_two_widths(capsys, tmp_path, checkpoints):
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "zcu104", "-o", tmp_path / "b",
+                           "--layer-bits", "first=8")
+    assert_one_line_error(code, err, "--layer-bits takes LAYER=W,A")
+    assert not (tmp_path / "b").exists()
