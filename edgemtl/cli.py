@@ -385,6 +385,22 @@ def profile(
     out.print(f"results store: {result.store}")
 
 
+@app.command()
+def report(
+    bundles: Annotated[list[Path], typer.Argument(help="bundle folders written by `edgemtl compile` (any targets)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="folder for comparison.html + comparison.json")] = Path(
+        "comparison"),
+    layers: Annotated[bool, typer.Option("--layers/--no-layers",
+                                         help="profile each ONNX Runtime graph per layer on this host")] = True,
+) -> None:
+    """Compare bundles side by side (latency, memory, model size, metric, energy), every number with its provenance."""
+    from edgemtl.report.compare import write_comparison
+
+    html_path, json_path = write_comparison(bundles, output, layer_profile=layers)
+    out.print(f"report: {html_path}")
+    out.print(f"json: {json_path}")
+
+
 def _profile_table(result) -> Table:
     table = Table(title=f"{result.device_key} ({result.provenance.upper()}): {result.description}")
     for column in ("task", "runtime", "median ms", "p90 ms", "min ms", "runs", "max |diff|", "output check"):

@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edgemtl.errors import EdgemtlError
+from edgemtl.targets import load_target
 from edgemtl.profile.store import Measurement, ResultsStore, sha256_file
 from edgemtl.profile.timing import host_cpu_name
 
@@ -94,10 +95,12 @@ class TaskArtifacts:
             return str(path)
 
     def input(self) -> tuple[np.ndarray, bool]:
-        """The reference input (and True), else seeded noise shaped like the ONNX input at batch 1 (False)."""
+        """The first reference sample at batch 1 (and True), else seeded noise shaped like the ONNX input at
+        batch 1 (False). Every runtime is timed at batch 1: the TVM builds are compiled for it, and latency
+        figures must compare like with like."""
         path = self.reference("input")
         if path is not None and path.is_file():
-            return np.ascontiguousarray(np.load(path), dtype=np.float32), True
+            return np.ascontiguousarray(np.load(path)[:1], dtype=np.float32), True
         onnx_path = self._path(self.artifacts.get("onnx")) or self._path(self.artifacts.get("int8_onnx"))
         if onnx_path is None or not onnx_path.is_file():
             raise SkipRuntime("no reference input and no ONNX file to take the input shape from")
@@ -154,6 +157,8 @@ def check_output(output: np.ndarray | None, task: TaskArtifacts, runtime: str) -
     if path is None or not path.is_file():
         return None, None, {"check": f"no {name} reference in the bundle"}
     reference = np.load(path)
+    if reference.ndim == output.ndim and reference.shape[1:] == output.shape[1:] and output.shape[0] <= reference.shape[0]:
+        reference = reference[: output.shape[0]]  # the reference holds N samples; the profiler runs the first
     if reference.shape != output.shape:
         return None, False, {"reference": name, "check": f"shape {list(output.shape)} != reference {list(reference.shape)}"}
     max_diff = float(np.abs(output.astype(np.float64) - reference.astype(np.float64)).max()) if reference.size else 0.0
@@ -228,6 +233,18 @@ def normalise_arch(name: str) -> str:
     if name in ("x86_64", "amd64", "x64") or name.startswith("x86_64"):
         return "x86_64"
     return name
+
+
+def bundle_arch(manifest: dict[str, Any]) -> str | None:
+    """The CPU architecture a bundle's target names (None: any machine, e.g. the host target)."""
+    try:
+        target = load_target(manifest["target"]["name"])
+    except (EdgemtlError, KeyError, TypeError):
+        return None
+    isa = next((unit.isa for unit in target.compute if unit.kind == "cpu" and unit.isa), "")
+    if isa.startswith(("armv8", "aarch64", "arm64")):
+        return "aarch64"
+    return "x86_64" if isa.startswith(("x86", "amd64")) else None
 
 
 def tvm_missing() -> str | None:
@@ -330,6 +347,7 @@ class ProfileResult:
     description: str
     provenance: str
     store: Path
+    arch: str = ""                        # the device's CPU architecture (aarch64, x86_64)
     tasks: dict[str, dict[str, RuntimeResult]] = field(default_factory=dict)
     chosen: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -361,7 +379,7 @@ def profile_bundle(bundle_path: Path, device: str | Device, *, runs: int = 100, 
     results = store if isinstance(store, ResultsStore) else ResultsStore(store)
     dev = open_device(device, timeout=timeout, retries=retries) if isinstance(device, str) else device
     on_step = on_step or (lambda *args: None)
-    result = ProfileResult(bundle.path, dev.key, dev.description, dev.provenance, results.path)
+    result = ProfileResult(bundle.path, dev.key, dev.description, dev.provenance, results.path, arch=dev.arch)
     try:
         for name in selected:
             task = bundle.tasks[name]
@@ -458,6 +476,7 @@ def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
     with open(bundle.path / ".manifest.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = json.loads((bundle.path / MANIFEST).read_text(encoding="utf-8"))
+        target_arch = bundle_arch(manifest)
         manifest.setdefault("profiles", {})[slug] = {
             "file": f"profile/{slug}.json", "device": result.device_key, "description": result.description,
             "provenance": result.provenance, "timestamp": result.timestamp}
@@ -477,6 +496,9 @@ def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
             elif result.provenance != "measured":
                 result.notes.append(f"{name}: {result.provenance} timings do not choose the shipped runtime "
                                     f"(fastest here: {chosen}); profile on a real device or locally")
+            elif target_arch and result.arch and result.arch != target_arch:
+                result.notes.append(f"{name}: timed on {result.arch}, but the bundle is for {target_arch}: the shipped "
+                                    f"runtime is chosen on a {target_arch} device (fastest here: {chosen})")
             else:
                 entry["runtime"] = chosen
                 entry["runtime_chosen_by"] = {"device": result.device_key, "profile": f"profile/{slug}.json",

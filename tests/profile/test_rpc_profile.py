@@ -163,7 +163,7 @@ def tiny_bundle(tmp_path_factory, tvm) -> Path:
     model, spec = tiny_model("mtl-cnn")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, *spec.input.shape)).astype(np.float32)
-    manifest = {"target": {"name": "arm64"}, "tasks": {}}
+    manifest = {"target": {"name": "host"}, "tasks": {}}
     for task in (FULL, ONNX_ONLY):
         folder = root / "tasks" / task
         onnx_path = export_task(model, spec, task, folder / "model.onnx")
@@ -247,6 +247,17 @@ def test_a_wrong_output_is_never_shipped(bundle, tmp_path):
     checks = {r: o.measurement.check_passed for r, o in result.tasks[FULL].items()}
     assert checks == {"onnxruntime-float": False, "onnxruntime-int8": True, "tvm": False}
     assert _manifest(bundle)["tasks"][FULL]["runtime"] == "onnxruntime-int8"
+
+
+def test_timings_on_another_architecture_do_not_choose_the_shipped_runtime(bundle, tmp_path):
+    """An arm64 bundle timed on this x86 machine: recorded, but what ships is decided on an aarch64 device."""
+    manifest = _manifest(bundle)
+    manifest["target"]["name"] = "arm64"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = profile_bundle(bundle, "local", runs=5, store=tmp_path / "r.sqlite", tasks=[FULL])
+    entry = _manifest(bundle)["tasks"][FULL]
+    assert "runtime" not in entry and entry["profile"]["local"]["fastest_passed"]
+    assert any("the bundle is for aarch64" in note for note in result.notes)
 
 
 class _FakeEmulatedBoard(LocalDevice):
