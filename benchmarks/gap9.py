@@ -129,7 +129,7 @@ def _print(rows: dict, targets: dict, compile_seconds: float, steps: dict) -> No
         table.add_row(f"{name} ({row['metric']})", f"{row['float']:.4f}", f"{row['int8']:.4f}", f"{row['change']:+.2%}",
                       f"{'exact' if row['host_bit_exact'] else 'DIFF'} ({row['host_samples']})",
                       f"{'exact' if row['qemu_bit_exact'] else (row['qemu_skipped'] or 'DIFF')[:30]} ({row['qemu_samples']})",
-                      f"{instructions.get('median', float('nan')):,.0f}" if isinstance(instructions, dict) else str(instructions),
+                      f"{instructions['instructions']:,.0f} ({instructions['instructions_per_mac']:.2f}/MAC)" if instructions else "-",
                       row["placement"]["status"], f"{cycles['latency_ms']:.2f} ms", f"{cycles['energy_mj']:.3f} mJ", deeploy_text)
     console.print(table)
     console.print(f"compile {compile_seconds:.0f} s (qemu step {steps.get('verify_c_qemu', 0):.0f} s)")
