@@ -338,7 +338,7 @@ def test_compile_for_arm64_without_tvm_says_how_to_add_it_and_tries_every_int8_r
     assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.REMEDIES]
     best = min(int8["attempts"], key=lambda a: a["relative_loss"])
     assert int8["relative_loss"] == best["relative_loss"] and int8["remedy"] == best["remedy"]
-    assert not int8["meets_target"] and entry["runtime"] == "onnxruntime-fp32" and "after every remedy" in entry["runtime_reason"]
+    assert not int8["meets_target"] and entry["runtime"] == "onnxruntime-float" and "after every remedy" in entry["runtime_reason"]
     assert (bundle / entry["artifacts"]["int8_onnx"]).is_file() and not list(bundle.rglob("*.try.onnx"))
 
 
@@ -362,7 +362,7 @@ def test_compile_for_arm64_builds_float_int8_and_tvm_per_task(capsys, tmp_path, 
         assert entry["verification"]["passed"] and entry["int8"]["verification"]["passed"]
         int8 = entry["int8"]
         assert set(int8["metric_int8"]) == set(int8["metric_float"]) and int8["calibration"]["format"] == "QDQ"
-        assert entry["runtime"] in ("onnxruntime-int8", "onnxruntime-fp32") and entry["runtime_reason"]
+        assert entry["runtime"] in ("onnxruntime-int8", "onnxruntime-float") and entry["runtime_reason"]
         tvm = entry["tvm"]
         assert files["tvm"]["x86_64"] == f"tasks/{task}/tvm/x86_64/model.so" and tvm["check"]["passed"]
         if cross:

@@ -216,14 +216,14 @@ def _compare_int8(ctx: FlowContext, task: str, entry: dict[str, Any], images: np
 def _default_runtime(ctx: FlowContext, entry: dict[str, Any]) -> tuple[str, str]:
     int8 = entry.get("int8", {})
     if ctx.options.precision == "fp32":
-        return "onnxruntime-fp32", "--precision fp32 asked for float"
+        return "onnxruntime-float", "--precision fp32 asked for float"
     if not int8.get("ok"):
-        return "onnxruntime-fp32", f"no int8 graph: {int8.get('error', 'not built')}"
+        return "onnxruntime-float", f"no int8 graph: {int8.get('error', 'not built')}"
     if int8.get("meets_target") is False:
-        return "onnxruntime-fp32", (f"int8 lost {int8['relative_loss']:.2%} of {int8['metric']} (limit "
+        return "onnxruntime-float", (f"int8 lost {int8['relative_loss']:.2%} of {int8['metric']} (limit "
                                     f"{INT8_MAX_LOSS:.0%}) after every remedy")
     if not int8.get("verification", {}).get("passed", False):
-        return "onnxruntime-fp32", "int8 outputs differ from float beyond tolerance on the verification samples"
+        return "onnxruntime-float", "int8 outputs differ from float beyond tolerance on the verification samples"
     scored = "metric within target" if "meets_target" in int8 else "not scored (no labels), outputs within tolerance"
     return "onnxruntime-int8", f"compile default: int8 {scored}; `edgemtl profile` may change it after measuring"
 

@@ -58,7 +58,7 @@ KINDS = {
 }
 # latency candidates for the headline, best first: a measurement on the target itself, one elsewhere, a model
 _HEADLINE_RANK = {"measured-on-target": 0, "measured": 1, "estimated": 2, "simulated": 3, "emulated": 4}
-_RUNTIME_ALIASES = {"onnxruntime-fp32": "onnxruntime-float", "onnxruntime": "onnxruntime-float"}
+_RUNTIME_ALIASES = {"onnxruntime": "onnxruntime-float"}
 _RUNTIME_TEXT = {
     "onnxruntime-float": "ONNX Runtime, float32 ONNX",
     "onnxruntime-int8": "ONNX Runtime, int8 QDQ ONNX",
