@@ -66,7 +66,7 @@ def match_macs(prune_at, target_macs: float, example: torch.Tensor, step: float 
 def uniform_l1(model: torch.nn.Module, spec: ModelSpec, ratio: float) -> torch.nn.Module:
     surgeon = Surgeon(spec)
     surgeon.importance = tp.importance.GroupMagnitudeImportance(p=1)
-    pruned = model
+    pruned = copy.deepcopy(model)  # never the input itself: the caller fine-tunes what comes back
     for root in surgeon.prunable_groups(model):
         count = removable(_out_channels(pruned.get_submodule(root)), ratio, PAGCPConfig())  # same width rounding as PAGCP
         if count > 0:
@@ -95,7 +95,7 @@ def single_task_taylor(model: torch.nn.Module, spec: ModelSpec, data, ratio: flo
         # channels the classification loss ignores (other tasks' heads) tie at 0: break ties by magnitude
         scores[root_name] = taylor / taylor.mean().clamp(min=1e-12) + 1e-6 * magnitude / magnitude.mean().clamp(min=1e-12)
     threshold = torch.quantile(torch.cat(list(scores.values())), ratio) if ratio > 0 else -1.0
-    config, pruned = PAGCPConfig(), model
+    config, pruned = PAGCPConfig(), copy.deepcopy(model)  # never the input itself (ratio 0 removes nothing)
     for root_name, values in scores.items():
         width = len(values)
         below = int((values <= threshold).sum())

@@ -354,7 +354,7 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
 
 def removable(width: int, ratio: float, config: PAGCPConfig) -> int:
     """Channels to remove at `ratio`: rounded so that the kept width is a multiple of `channel_multiple`."""
-    multiple = config.channel_multiple if width >= 2 * config.channel_multiple else 1
+    multiple = config.channel_multiple if width >= config.channel_multiple else 1  # so never below the multiple
     keep = max(width - int(ratio * width), config.min_channels)
     keep = math.ceil(keep / multiple) * multiple
     return max(0, width - keep)

@@ -167,3 +167,13 @@ def test_batchnorm_recalibration_takes_the_plain_average_of_the_images():
     # torch averages each batch's unbiased variance: close to, not exactly, the pooled variance
     assert torch.allclose(norm.running_var, features.var(dim=(0, 2, 3)), rtol=0.05)
     assert norm.momentum == 0.3 and not model.training
+
+
+def test_a_group_that_reached_the_channel_multiple_is_not_pruned_further():
+    """The 32-wide benchmark run cut a 64-channel stage to 2 channels over two rounds (64 -> 8, then 8 -> 2,
+    because an 8-wide group fell under the rounding rule): a 2-channel bottleneck no fine-tuning recovers."""
+    from edgemtl.passes.prune_pagcp import removable
+    config = PAGCPConfig()
+    assert removable(8, 0.9, config) == 0
+    assert removable(64, 0.99, config) == 56 and removable(16, 0.5, config) == 8
+    assert removable(4, 0.5, config) == 2  # groups born narrower than the multiple still prune (tiny models)
