@@ -1,6 +1,5 @@
 """The procedural scenes: deterministic, exact and self-consistent labels, fast enough to generate on the fly."""
 
-import time
 
 import numpy as np
 import pytest
@@ -89,14 +88,6 @@ def test_colour_does_not_give_the_class(batch: dict[str, np.ndarray]) -> None:
         mask = seg == cls
         means = np.array([image[:, c][mask].mean() for c in range(3)])
         assert np.ptp(means) < 0.08, (CLASS_NAMES[cls], means)
-
-
-def test_generation_speed() -> None:
-    start = time.perf_counter()
-    generate_scenes(100, seed=11)
-    rate = 100 / (time.perf_counter() - start)
-    print(f"scenes: {rate:.0f} samples/s")
-    assert rate > 50
 
 
 def test_load_data_scenes_and_errors() -> None:
