@@ -42,6 +42,7 @@ def test_missing_cross_compiler_is_recorded_and_the_host_build_goes_on(monkeypat
     assert builds["aarch64"].to_dict()["built"] is False
 
 
+@pytest.mark.slow  # the default suite builds both arches in tests/profile/test_arm64_end_to_end.py
 @pytest.mark.needs_tvm
 def test_aarch64_and_host_builds(scene_graph, tmp_path):
     pytest.importorskip("tvm")

@@ -35,6 +35,7 @@ def test_board_dir_is_none_when_not_built(tmp_path, monkeypatch):
         start_emulated_server("127.0.0.1", 9190, "arm64-emu")
 
 
+@pytest.mark.slow  # the default suite runs ONNX Runtime on the board in test_arm64_end_to_end.py
 @needs_board
 def test_board_python_is_aarch64_with_onnxruntime(tmp_path):
     """The board's own Python (no RPC): aarch64, and ONNX Runtime runs a model (its import needs the
