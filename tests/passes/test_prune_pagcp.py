@@ -94,7 +94,7 @@ def test_greedy_stops_before_the_channels_one_task_needs():
         {"name": "b", "kind": "regression", "output_shape": [1]}]})
     data = _regression_data(model, spec)
     config = PAGCPConfig(flops_target=0.1, default_max_drop=0.05, keep_fraction=1.0, max_rounds=1,
-                         finetune_steps=0, final_finetune_steps=0, oracle_samples=32, min_channels=1)
+                         finetune_steps=0, final_finetune_steps=0, oracle_samples=32, min_channels=1, channel_multiple=1)
     pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
     kept = pruned.trunk.weight.view(-1)
     assert pruned.trunk.out_channels == 6  # the two weakest (unused) channels went ...
