@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--qat-steps", type=int, default=300)
     parser.add_argument("--csim-samples", type=int, default=8)
+    parser.add_argument("--layer-bits", nargs="*", default=[], metavar="LAYER=W,A",
+                        help="per-layer bit widths, e.g. first=8,8 last=8,8 (as compile --layer-bits)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse this trained mtl-cnn (written on first run)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -75,7 +77,9 @@ def main() -> None:
     else:
         checkpoint = args.checkpoint
     loaded = load(checkpoint)
-    options = CompileOptions(data="scenes", qat_steps=args.qat_steps, csim_samples=args.csim_samples, measure_latency=False)
+    layer_bits = {item.partition("=")[0]: tuple(int(b) for b in item.partition("=")[2].split(",")) for item in args.layer_bits}
+    options = CompileOptions(data="scenes", qat_steps=args.qat_steps, csim_samples=args.csim_samples, measure_latency=False,
+                             layer_bits=layer_bits)
     with tempfile.TemporaryDirectory() as scratch:
         compile_start = time.perf_counter()
         bundle = compile_model(loaded, "zcu104", Path(scratch) / "bundle", options)
@@ -108,7 +112,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "setup": {"model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
-                  "precision": "w4a4", "qat_steps_per_task": args.qat_steps, "csim_samples": args.csim_samples,
+                  "precision": "w4a4", "layer_bits": layer_bits, "qat_steps_per_task": args.qat_steps, "csim_samples": args.csim_samples,
                   "rewrites": manifest["passes"]["quantize_brevitas"].get("rewrites"),
                   "compile_seconds": compile_seconds, "compile_seconds_without_qat": compile_seconds - steps["quantize_brevitas"],
                   "steps": steps, "seconds_total": time.perf_counter() - started},
