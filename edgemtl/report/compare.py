@@ -43,6 +43,8 @@ import numpy as np
 from edgemtl.errors import EdgemtlError
 from edgemtl.report.html import _CSS, human_bytes, human_count, human_ms
 from edgemtl.report.plots import number, task_entries
+from edgemtl.report.plots import pick as _pick
+from edgemtl.report.plots import section as _section
 
 MANIFEST = "manifest.json"
 COMPARISON_HTML = "comparison.html"
@@ -1065,18 +1067,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _section(container: Any, key: str) -> Mapping[str, Any]:
-    value = container.get(key) if isinstance(container, Mapping) else None
-    return value if isinstance(value, Mapping) else {}
-
-
-def _pick(section: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    if not isinstance(section, Mapping):
-        return None
-    picked = {key: section[key] for key in keys if section.get(key) is not None}
-    return picked or None
 
 
 def _text(value: Any) -> str:

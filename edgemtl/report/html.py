@@ -33,6 +33,8 @@ from edgemtl.report.plots import (
     number,
     task_entries,
 )
+from edgemtl.report.plots import pick as _pick
+from edgemtl.report.plots import section as _section
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -960,18 +962,6 @@ def _speedup(entry: Mapping[str, Any]) -> float | None:
 def _steps(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     steps = manifest.get("steps")
     return [step for step in steps if isinstance(step, Mapping)] if isinstance(steps, list) else []
-
-
-def _section(container: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = container.get(key)
-    return value if isinstance(value, Mapping) else {}
-
-
-def _pick(section: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    if not isinstance(section, Mapping):
-        return None
-    picked = {key: section[key] for key in keys if section.get(key) is not None}
-    return picked or None
 
 
 def _jsonable(value: Any) -> Any:

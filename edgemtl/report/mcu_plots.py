@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
+from edgemtl.report.plots import section as _section
 from edgemtl.report.plots import _plain, _png, number, task_entries
 
 # (manifest key, legend label, colour) of the L2 parts, stacked in this order
@@ -239,11 +240,6 @@ def _rows(section: Any, key: str) -> list[Mapping[str, Any]]:
 def _index(row: Mapping[str, Any], key: str) -> int | None:
     value = number(row.get(key))
     return int(value) if value is not None and value >= 0 and value.is_integer() else None
-
-
-def _section(container: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = container.get(key)
-    return value if isinstance(value, Mapping) else {}
 
 
 def _first_text(values: Any) -> str:

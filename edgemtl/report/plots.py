@@ -40,6 +40,20 @@ def number(value: Any) -> float | None:
     return result if math.isfinite(result) else None
 
 
+def section(container: Any, key: str) -> Mapping[str, Any]:
+    """`container[key]` when both are mappings, else {}: manifests from other versions must not break a report."""
+    value = container.get(key) if isinstance(container, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+def pick(section: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The given keys of a mapping that have values, or None when there are none."""
+    if not isinstance(section, Mapping):
+        return None
+    picked = {key: section[key] for key in keys if section.get(key) is not None}
+    return picked or None
+
+
 def task_entries(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     """The manifest's per-task sections by name, skipping anything that is not a section."""
     raw = manifest.get("tasks")
