@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edgemtl.errors import EdgemtlError
+from edgemtl.profile.timing import sample_ms
 from edgemtl.targets import load_target
 from edgemtl.profile.store import Measurement, ResultsStore, sha256_file
 from edgemtl.profile.timing import host_cpu_name
@@ -182,15 +182,7 @@ class Timing:
 
 def sample(run: Callable[[], object], runs: int, max_seconds: float, warmup: int = WARMUP) -> list[float]:
     """Wall-clock ms of `runs` calls after `warmup`; stops early after `max_seconds` (keeps at least 5)."""
-    for _ in range(warmup):
-        run()
-    samples: list[float] = []
-    deadline = time.perf_counter() + max_seconds
-    while len(samples) < runs and (len(samples) < 5 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
+    return sample_ms(run, runs, max_seconds, warmup)
 
 
 def time_vm(vm: Any, dev: Any, x: Any, runs: int, max_seconds: float, call: Callable[[Callable[[], Any], str], Any] | None = None,

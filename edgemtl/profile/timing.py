@@ -40,9 +40,8 @@ def host_cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(run: Callable[[], object], *, runtime: str, threads: int, warmup: int = 10, runs: int = 100,
-            max_seconds: float = 10.0, batch: int = 1) -> Latency:
-    """Time `run` after `warmup` calls; stops early after `max_seconds` (at least 5 runs are kept)."""
+def sample_ms(run: Callable[[], object], runs: int, max_seconds: float, warmup: int) -> list[float]:
+    """Wall-clock ms of up to `runs` calls after `warmup`; stops early after `max_seconds` (keeps at least 5)."""
     for _ in range(warmup):
         run()
     samples: list[float] = []
@@ -51,6 +50,13 @@ def measure(run: Callable[[], object], *, runtime: str, threads: int, warmup: in
         start = time.perf_counter()
         run()
         samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def measure(run: Callable[[], object], *, runtime: str, threads: int, warmup: int = 10, runs: int = 100,
+            max_seconds: float = 10.0, batch: int = 1) -> Latency:
+    """Time `run` after `warmup` calls; stops early after `max_seconds` (at least 5 runs are kept)."""
+    samples = sample_ms(run, runs, max_seconds, warmup)
     values = np.asarray(samples)
     device = f"host CPU ({host_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
     return Latency(float(np.median(values)), float(np.percentile(values, 90)), len(samples), runtime, device, threads, batch)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from edgemtl.errors import EdgemtlError
-from edgemtl.report.html import _CSS, human_bytes, human_count, human_ms
+from edgemtl.report.html import _CSS, _jsonable, human_bytes, human_count, human_ms
 from edgemtl.report.plots import number, task_entries
 from edgemtl.report.plots import pick as _pick
 from edgemtl.report.plots import section as _section
@@ -1073,13 +1072,3 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    return str(value)
