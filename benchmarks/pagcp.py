@@ -5,9 +5,10 @@
    from the classification (`scene`) loss only, the "single-task backbone pruning" PAGCP argues against;
 3. PAGCP (edgemtl.passes.prune_pagcp).
 Both baselines are tuned (a grid over their ratio) to PAGCP's final MACs and fine-tuned on all tasks for
-as many steps as PAGCP used in total. Also measures how the loss oracle's sample count changes the greedy
-decisions (agreement with a 128-sample oracle) and what it costs. ONNX Runtime latencies of the all-task
-graphs are measured in the same run, on this CPU, and quoted as ratios to the unpruned model.
+as many steps as PAGCP used in total, the same way (task losses + distillation from the unpruned model).
+Also measures how the loss oracle's sample count changes the greedy decisions (agreement with a 128-sample
+oracle) and what it costs. ONNX Runtime latencies of the all-task graphs are measured in the same run, on
+this CPU, and quoted as ratios to the unpruned model.
 
     .venv/bin/python benchmarks/pagcp.py [--train-steps 3000] [--checkpoint base.pt] [--flops-target 0.35] [--threads 1]
 
@@ -85,13 +86,17 @@ def single_task_taylor(model: torch.nn.Module, spec: ModelSpec, data, ratio: flo
     for parameter in scored.parameters():  # other tasks' heads get no signal from the classification loss
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-    graph, importance = surgeon.graph(scored), tp.importance.GroupTaylorImportance()
+    # normalizer=None: torch-pruning's default divides by the group mean, 0/0 = NaN where the classification
+    # loss gives no gradient (the dense heads), and NaN scores never fall below any threshold
+    graph = surgeon.graph(scored)
+    importance = tp.importance.GroupTaylorImportance(normalizer=None)
+    magnitude_importance = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
     scores = {}
     for root_name in surgeon.prunable_groups(model):
         root = scored.get_submodule(root_name)
         group = graph.get_pruning_group(root, tp.prune_conv_out_channels if isinstance(root, torch.nn.Conv2d)
                                         else tp.prune_linear_out_channels, idxs=list(range(_out_channels(root))))
-        taylor, magnitude = importance(group), tp.importance.GroupMagnitudeImportance(p=2)(group)
+        taylor, magnitude = importance(group), magnitude_importance(group)
         # channels the classification loss ignores (other tasks' heads) tie at 0: break ties by magnitude
         scores[root_name] = taylor / taylor.mean().clamp(min=1e-12) + 1e-6 * magnitude / magnitude.mean().clamp(min=1e-12)
     threshold = torch.quantile(torch.cat(list(scores.values())), ratio) if ratio > 0 else -1.0
@@ -166,6 +171,8 @@ def main() -> None:
                         help="PAGCP filter: share of pruned groups kept per round")
     parser.add_argument("--max-rounds", type=int, default=14)
     parser.add_argument("--final-finetune-steps", type=int, default=600)
+    parser.add_argument("--distill-weight", type=float, default=PAGCPConfig.distill_weight,
+                        help="fine-tuning's distillation weight (0 = task losses only), for every model alike")
     parser.add_argument("--oracle-tradeoff", action="store_true", help="also replay round 1 with 16 / 32 / 128 oracle samples")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -177,7 +184,8 @@ def main() -> None:
     test_data = load_data("scenes", "test", n=args.test_samples)
     base = _trained_base(spec, train_data, args)
     config = PAGCPConfig(flops_target=args.flops_target, default_max_drop=args.budget, keep_fraction=args.keep_fraction,
-                         max_rounds=args.max_rounds, final_finetune_steps=args.final_finetune_steps)
+                         max_rounds=args.max_rounds, final_finetune_steps=args.final_finetune_steps,
+                         distill_weight=args.distill_weight)
     tradeoff = []
     if args.oracle_tradeoff:
         console.print("oracle size trade-off (round 1 decisions) ...")
@@ -190,10 +198,11 @@ def main() -> None:
     console.print(f"baselines at {target / _macs(base, example):.1%} of the MACs, {finetune_budget} fine-tuning steps each ...")
     uniform_ratio, uniform = match_macs(lambda r: uniform_l1(base, spec, r), target, example)
     single_ratio, single = match_macs(lambda r: single_task_taylor(base, spec, train_data, r), target, example)
-    # the unpruned model gets the same extra training: a pruned model must not look good for its extra steps
-    longer = copy.deepcopy(base)
+    # the unpruned model gets the same extra training: a pruned model must not look good for its extra steps;
+    # every model is fine-tuned as PAGCP's rounds are (task losses + distillation from the unpruned model)
+    longer, teacher = copy.deepcopy(base), copy.deepcopy(base)
     for model in (longer, uniform, single):
-        train(model, spec, train_data, TrainConfig(steps=finetune_budget, lr=config.finetune_lr, warmup_steps=5, seed=0))
+        train(model, spec, train_data, config.finetuning(finetune_budget, 0), teacher=teacher if config.distill_weight else None)
     models = {"unpruned": base, "unpruned+ft": longer, "uniform-l1": uniform, "single-task-taylor": single, "pagcp": pagcp}
     rows = {}
     for name, model in models.items():

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 
 from edgemtl.data import TaskData
-from edgemtl.model.losses import task_loss
+from edgemtl.model.losses import distillation_loss, task_loss
 from edgemtl.model.spec import ModelSpec
 
 
@@ -26,6 +26,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 20
     seed: int = 0
+    distill_weight: float = 1.0   # weight of the distillation term per task, used only when train() gets a teacher
 
 
 @dataclass
@@ -43,8 +44,13 @@ def _batches_forever(data: TaskData, batch_size: int, seed: int):
 
 
 def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig = TrainConfig(),
-          show_progress: bool = True) -> TrainResult:
-    """Train in place with AdamW and a warm-up + cosine schedule; returns the closing per-task losses."""
+          show_progress: bool = True, teacher: nn.Module | None = None) -> TrainResult:
+    """Train in place with AdamW and a warm-up + cosine schedule; returns the closing per-task losses.
+
+    With a `teacher` (e.g. the unpruned model while a pruned one is fine-tuned), every task's loss also gets
+    `distill_weight` times the distillation loss to the teacher's output for that task."""
+    if teacher is not None:
+        teacher.eval()
     torch.manual_seed(config.seed)
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -69,6 +75,11 @@ def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig
             outputs = model(images)
             losses = {t.name: task_loss(t, outputs[t.name], targets[t.name]) for t in spec.tasks}
             total = sum(t.loss_weight * losses[t.name] for t in spec.tasks)
+            if teacher is not None:
+                with torch.no_grad():
+                    taught = teacher(images)
+                total = total + config.distill_weight * sum(
+                    t.loss_weight * distillation_loss(outputs[t.name], taught[t.name]) for t in spec.tasks)
             auxiliary = getattr(model, "auxiliary_loss", None)
             if callable(auxiliary):
                 total = total + auxiliary()

@@ -14,7 +14,8 @@ Written from the paper's description. One round:
 3. Thresholds grow along the visiting order, t_i = t0 * lambda**i, with lambda solved so that
    prod(1 + t_i) = 1 + budget: the budget is the loss increase a task may take in one round.
 4. Filter: only the `keep_fraction` of pruned groups with the smallest loss increase per MAC removed are
-   kept; those removals are applied to the round's starting model, which is then fine-tuned on all tasks.
+   kept; those removals are applied to the round's starting model, which is then fine-tuned on all tasks
+   (task losses plus distillation from the unpruned model, an addition to the paper: see PAGCPConfig).
 
 Rounds repeat until the MACs fall to `flops_target` times the original. MACs inside the search come from
 torch-pruning's fast hook counter; the before/after figures reported come from edgemtl's own analysis.
@@ -64,6 +65,8 @@ class PAGCPConfig:
     finetune_steps: int = 60              # per round, all tasks' losses
     final_finetune_steps: int = 300
     finetune_lr: float = 1e-3
+    distill_weight: float = 1.0           # fine-tuning also distils every task's output from the unpruned model
+                                          # (0 = task losses only): the pruned model is judged against it
     batch_size: int = 32
     max_rounds: int = 12
     min_channels: int = 2                 # never prune a group below this many channels
@@ -78,6 +81,12 @@ class PAGCPConfig:
             raise EdgemtlError("--max-drop budgets must be positive (relative loss increase, e.g. 0.1)")
         if not 0 < self.keep_fraction <= 1:
             raise EdgemtlError(f"keep_fraction must lie in (0, 1], got {self.keep_fraction}")
+        if self.distill_weight < 0:
+            raise EdgemtlError(f"distill_weight must be >= 0, got {self.distill_weight}")
+
+    def finetuning(self, steps: int, seed: int) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=self.batch_size, lr=self.finetune_lr, warmup_steps=5, seed=seed,
+                           distill_weight=self.distill_weight)
 
     def check_tasks(self, spec: ModelSpec) -> None:
         unknown = sorted(set(self.max_drop) - set(spec.task_names))
@@ -265,6 +274,7 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
     cost_before = model_cost(original, spec)
     metrics_before = evaluate(torch_predictor(original), spec.tasks, val_data)
     budgets = {t: config.max_drop.get(t, config.default_max_drop) for t in spec.task_names}
+    teacher = copy.deepcopy(original) if config.distill_weight else None
 
     current, decisions, rounds = original, [], 0
     columns = (TextColumn("PAGCP round {task.fields[round]}"), BarColumn(), TextColumn("{task.completed}/{task.total} groups"),
@@ -280,14 +290,12 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
                 break  # nothing can go without breaking a task's budget: more fine-tuning will not change that
             current = _apply(current, surgeon, _filter(round_decisions, config.keep_fraction))
             decisions += round_decisions
-            train(current, spec, train_data, TrainConfig(steps=config.finetune_steps, batch_size=config.batch_size,
-                                                        lr=config.finetune_lr, warmup_steps=5, seed=config.seed + rounds),
-                  show_progress=False)
+            train(current, spec, train_data, config.finetuning(config.finetune_steps, config.seed + rounds),
+                  show_progress=False, teacher=teacher)
             progress.update(bar, macs=_macs(current, surgeon.example) / macs_original)
     if config.final_finetune_steps:
-        train(current, spec, train_data, TrainConfig(steps=config.final_finetune_steps, batch_size=config.batch_size,
-                                                    lr=config.finetune_lr, warmup_steps=5, seed=config.seed),
-              show_progress=show_progress)
+        train(current, spec, train_data, config.finetuning(config.final_finetune_steps, config.seed),
+              show_progress=show_progress, teacher=teacher)
     current.eval()
     cost_after = model_cost(current, spec)
     widths_before, widths_after = layer_widths(original), layer_widths(current)

@@ -1,0 +1,50 @@
+"""The PAGCP benchmark's baselines prune what they claim to (a baseline that removes nothing makes the
+comparison meaningless)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgemtl.data import data_spec, load_data
+from edgemtl.model.zoo import build_model, zoo_spec
+from edgemtl.passes.prune_pagcp import Surgeon, _macs
+
+
+def _benchmark():
+    path = Path(__file__).parents[2] / "benchmarks" / "pagcp.py"
+    spec = importlib.util.spec_from_file_location("pagcp_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_and_spec():
+    input_spec, tasks = data_spec("scenes")
+    spec = zoo_spec("mtl-cnn", input_spec, tasks, {"width": 16, "blocks": [1, 1, 1], "head_width": 16}, data="scenes")
+    torch.manual_seed(0)
+    return build_model(spec).eval(), spec
+
+
+def test_single_task_taylor_removes_channels_and_keeps_the_classifier_path(model_and_spec):
+    """Regression: torch-pruning's mean-normalised Taylor score is 0/0 = NaN in the dense heads (no gradient
+    from the classification loss), every comparison with NaN is false, and nothing was pruned at any ratio."""
+    model, spec = model_and_spec
+    bench, example = _benchmark(), Surgeon(spec).example
+    before = _macs(model, example)
+    pruned = bench.single_task_taylor(model, spec, load_data("scenes", "train", n=64), 0.5)
+    assert _macs(pruned, example) < 0.9 * before
+    assert _macs(model, example) == before  # the input model is untouched
+    with torch.no_grad():
+        outputs = pruned(example)
+    assert all(list(outputs[t.name].shape[1:]) == t.output_shape for t in spec.tasks)
+
+
+def test_uniform_l1_removes_channels(model_and_spec):
+    model, spec = model_and_spec
+    bench, example = _benchmark(), Surgeon(spec).example
+    assert _macs(bench.uniform_l1(model, spec, 0.5), example) < 0.6 * _macs(model, example)
