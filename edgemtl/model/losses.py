@@ -36,6 +36,6 @@ def task_loss(task: TaskSpec, pred: torch.Tensor, target: torch.Tensor) -> torch
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean squared error to a teacher's raw output, divided by that output's variance so that one weight
-    suits logits, depths and normals alike (quantization-aware training and pruning fine-tuning use it to
-    stay close to the float, unpruned model, against which their results are judged)."""
+    suits logits, depths and normals alike (pruning's fine-tuning uses it to stay close to the unpruned
+    model, against which the pruned one is judged)."""
     return torch.mean((student - teacher) ** 2) / (teacher.var() + 1e-8)

@@ -42,7 +42,7 @@ from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate
 from edgemtl.model.contract import TaskPath, example_input
-from edgemtl.model.losses import distillation_loss, task_loss
+from edgemtl.model.losses import task_loss
 from edgemtl.model.spec import ModelSpec
 
 with warnings.catch_warnings():  # brevitas warns about optional packages on import
@@ -98,9 +98,6 @@ class QuantConfig:
     overrides: dict[str, tuple[int, int]] = field(default_factory=dict)
     qat_steps: int = 300
     lr: float = 1e-3
-    # weight of the distillation term: the quantized path also learns to reproduce the float path's outputs
-    # (the metric is judged against the float model; ground truth alone leaves regression heads far off it)
-    distill_weight: float = 1.0
     batch_size: int = 32
     calibration_samples: int = 64
     seed: int = 0
@@ -118,8 +115,6 @@ class QuantConfig:
                 raise EdgemtlError(f"the override of layer {layer!r} must be (weight bits, act bits) in 2..16, got {pair}")
         if self.qat_steps < 0 or self.batch_size < 1 or self.calibration_samples < 1:
             raise EdgemtlError("qat_steps must be >= 0, batch_size and calibration_samples >= 1")
-        if self.distill_weight < 0:
-            raise EdgemtlError(f"distill_weight must be >= 0, got {self.distill_weight}")
 
     @property
     def weight_bits(self) -> int:
@@ -550,7 +545,7 @@ def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: Task
 
     qat_start = time.perf_counter()
     if config.qat_steps:
-        _qat(qmodel, float_path, task_spec, train_data, config)
+        _qat(qmodel, task_spec, train_data, config)
     qat_seconds = time.perf_counter() - qat_start
     qmodel.eval()
 
@@ -582,10 +577,9 @@ def _calibrate(qmodel: QuantTaskPath, images: torch.Tensor, batch_size: int) -> 
     qmodel.eval()
 
 
-def _qat(qmodel: QuantTaskPath, float_path: nn.Module, task_spec, data: TaskData, config: QuantConfig) -> None:
+def _qat(qmodel: QuantTaskPath, task_spec, data: TaskData, config: QuantConfig) -> None:
     """AdamW on weights (weight decay 1e-4) and on the learned log2 scales (no weight decay: decay would
-    pull every scale towards 1); cosine-decayed learning rate; task loss plus distillation from the float
-    path (frozen, eval mode)."""
+    pull every scale towards 1); cosine-decayed learning rate."""
     decay, no_decay = [], []
     for name, param in qmodel.named_parameters():
         (no_decay if "_quant" in name else decay).append(param)
@@ -597,12 +591,7 @@ def _qat(qmodel: QuantTaskPath, float_path: nn.Module, task_spec, data: TaskData
     qmodel.train()
     for _ in range(config.qat_steps):
         images, targets = next(batches)
-        prediction = qmodel(images)
-        loss = task_loss(task_spec, prediction, targets[task_spec.name])
-        if config.distill_weight:
-            with torch.no_grad():
-                teacher = float_path(images)
-            loss = loss + config.distill_weight * distillation_loss(prediction, teacher)
+        loss = task_loss(task_spec, qmodel(images), targets[task_spec.name])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(qmodel.parameters(), 5.0)

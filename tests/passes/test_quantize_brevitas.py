@@ -116,8 +116,6 @@ def test_bad_configs_are_one_line_errors(data):
         QuantConfig(precision="w3a3")
     with pytest.raises(EdgemtlError, match="override of layer"):
         QuantConfig(overrides={"encoder.stem.0": (1, 4)})
-    with pytest.raises(EdgemtlError, match="distill_weight must be >= 0"):
-        QuantConfig(distill_weight=-1.0)
     train, val = data
     model, spec = tiny_model("mtl-cnn")
     with pytest.raises(EdgemtlError, match="unknown layer.*encoder.nope"):
