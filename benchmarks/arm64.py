@@ -33,36 +33,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from edgemtl.compile import compile_model
-from edgemtl.data import data_spec, load_data
 from edgemtl.flow import CompileOptions
-from edgemtl.model.checkpoint import load, save
-from edgemtl.model.zoo import build_model, zoo_spec
+from edgemtl.model.checkpoint import load
 from edgemtl.profile.local import ORT_FLOAT, ORT_INT8, TVM, TVM_TUNED, profile_bundle
 from edgemtl.profile.store import ResultsStore
 from edgemtl.profile.timing import host_cpu_name
-from edgemtl.training import TrainConfig, train
+
+from common import trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "arm64.json"
 EMULATED_KEY = "arm64-emu-bench"
 EMULATED_LIMIT_S = 300.0
 console = Console(width=220)
-
-
-def trained_checkpoint(args: argparse.Namespace) -> Path:
-    if args.checkpoint is not None and args.checkpoint.is_file():
-        return args.checkpoint
-    input_spec, tasks = data_spec("scenes")
-    spec = zoo_spec("mtl-cnn", input_spec, tasks, {}, data="scenes")
-    torch.manual_seed(0)
-    model = build_model(spec)
-    console.print(f"training mtl-cnn ({args.train_steps} steps, seed 0) ...")
-    train(model, spec, load_data("scenes", "train"), TrainConfig(steps=args.train_steps, seed=0))
-    return save(model, spec, args.checkpoint or Path(tempfile.mkdtemp()) / "mtl-cnn.pt")
 
 
 def int8_row(entry: dict) -> dict:
@@ -170,7 +156,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
-    loaded = load(trained_checkpoint(args))
+    loaded = load(trained_checkpoint(args.checkpoint, args.train_steps, console=console))
     store = ResultsStore(args.store)
     options = CompileOptions(data="scenes", measure_latency=False)
     with tempfile.TemporaryDirectory() as scratch:

@@ -23,37 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from edgemtl.compile import compile_model
-from edgemtl.data import data_spec, load_data
 from edgemtl.flow import CompileOptions
-from edgemtl.model.checkpoint import load, save
-from edgemtl.model.zoo import build_model, zoo_spec
-from edgemtl.training import TrainConfig, train
+from edgemtl.model.checkpoint import load
+
+from common import relative_change, trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "gap9.json"
 console = Console(width=220)
-
-
-def relative_change(before: float, after: float, higher_is_better: bool) -> float:
-    """Positive = worse, relative to the float metric."""
-    worse = (before - after) if higher_is_better else (after - before)
-    return worse / abs(before) if before else 0.0
-
-
-def trained_checkpoint(args: argparse.Namespace) -> Path:
-    if args.checkpoint is not None and args.checkpoint.is_file():
-        return args.checkpoint
-    input_spec, tasks = data_spec("scenes")
-    spec = zoo_spec("mtl-cnn", input_spec, tasks, {}, data="scenes")
-    torch.manual_seed(0)
-    model = build_model(spec)
-    console.print(f"training mtl-cnn ({args.train_steps} steps, seed 0) ...")
-    train(model, spec, load_data("scenes", "train"), TrainConfig(steps=args.train_steps, seed=0))
-    return save(model, spec, args.checkpoint or Path(tempfile.mkdtemp()) / "mtl-cnn.pt")
 
 
 def task_row(task, entry: dict) -> dict:
@@ -83,7 +63,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
-    loaded = load(trained_checkpoint(args))
+    loaded = load(trained_checkpoint(args.checkpoint, args.train_steps, console=console))
     options = CompileOptions(data="scenes", measure_latency=False, c_samples=args.samples, qemu_samples=args.samples)
     with tempfile.TemporaryDirectory() as scratch:
         compile_start = time.perf_counter()

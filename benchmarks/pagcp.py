@@ -37,13 +37,15 @@ from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import export_all_tasks
 from edgemtl.data import data_spec, load_data
 from edgemtl.evaluate import evaluate, torch_predictor
-from edgemtl.model.checkpoint import load, save
+from edgemtl.model.checkpoint import load
 from edgemtl.model.losses import task_loss
 from edgemtl.model.spec import ModelSpec
-from edgemtl.model.zoo import build_model, zoo_spec
+from edgemtl.model.zoo import zoo_spec
 from edgemtl.passes.prune_pagcp import (LossOracle, PAGCPConfig, Surgeon, _greedy_round, _macs, _out_channels,
                                         prune_pagcp, removable)
-from edgemtl.training import TrainConfig, train
+from edgemtl.training import train
+
+from common import trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "pagcp.json"
 # 32 channels everywhere: a 16-wide layer can only be halved once widths are rounded to multiples of 8
@@ -182,7 +184,7 @@ def main() -> None:
     spec = zoo_spec("mtl-cnn", input_spec, tasks, json.loads(args.config), data="scenes")
     train_data, val_data = load_data("scenes", "train"), load_data("scenes", "val")
     test_data = load_data("scenes", "test", n=args.test_samples)
-    base = _trained_base(spec, train_data, args)
+    base = _trained_base(spec, args)
     config = PAGCPConfig(flops_target=args.flops_target, default_max_drop=args.budget, keep_fraction=args.keep_fraction,
                          max_rounds=args.max_rounds, final_finetune_steps=args.final_finetune_steps,
                          distill_weight=args.distill_weight)
@@ -247,20 +249,12 @@ def main() -> None:
     console.print(f"wrote {args.output} ({time.perf_counter() - started:.0f} s)")
 
 
-def _trained_base(spec: ModelSpec, train_data, args) -> torch.nn.Module:
+def _trained_base(spec: ModelSpec, args) -> torch.nn.Module:
     """The unpruned model: from --checkpoint when it exists (same config), else trained with seed 0 (and saved)."""
-    if args.checkpoint and args.checkpoint.exists():
-        loaded = load(args.checkpoint)
-        if loaded.spec.config != spec.config:
-            raise SystemExit(f"{args.checkpoint} holds config {loaded.spec.config}, the benchmark asks for {spec.config}")
-        console.print(f"unpruned model from {args.checkpoint}")
-        return loaded.model
-    base = build_model(spec)
-    console.print(f"training mtl-cnn ({args.train_steps} steps, seed 0) ...")
-    train(base, spec, train_data, TrainConfig(steps=args.train_steps, seed=0))
-    if args.checkpoint:
-        save(base, spec, args.checkpoint, meta={"train_steps": args.train_steps})
-    return base
+    loaded = load(trained_checkpoint(args.checkpoint, args.train_steps, spec.config, console))
+    if loaded.spec.config != spec.config:
+        raise SystemExit(f"{args.checkpoint} holds config {loaded.spec.config}, the benchmark asks for {spec.config}")
+    return loaded.model
 
 
 def _print(spec, rows, tradeoff, targets, record, budget, threads) -> None:

@@ -28,20 +28,14 @@ from rich.table import Table
 
 from edgemtl.analysis.fpga_cost import KNOWN_PARTS
 from edgemtl.compile import compile_model
-from edgemtl.data import data_spec, load_data
 from edgemtl.flow import CompileOptions
-from edgemtl.model.checkpoint import load, save
-from edgemtl.model.zoo import build_model, zoo_spec
-from edgemtl.training import TrainConfig, train
+from edgemtl.model.checkpoint import load
+
+from common import relative_change, trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "zcu104.json"
 LIMITS = {"lut": 0.70, "bram18": 0.80, "dsp": 0.80}
 console = Console(width=200)
-
-
-def relative_change(before: float, after: float, higher_is_better: bool) -> float:
-    worse = (before - after) if higher_is_better else (after - before)
-    return worse / abs(before) if before else 0.0
 
 
 def finn_fit(finn: dict, fps: str, part) -> dict | None:
@@ -66,17 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     torch.manual_seed(0)
-    if args.checkpoint is None or not args.checkpoint.is_file():
-        input_spec, tasks = data_spec("scenes")
-        spec = zoo_spec("mtl-cnn", input_spec, tasks, {}, data="scenes")
-        model = build_model(spec)
-        console.print(f"training mtl-cnn ({args.train_steps} steps, seed 0) ...")
-        train(model, spec, load_data("scenes", "train"), TrainConfig(steps=args.train_steps, seed=0))
-        checkpoint = args.checkpoint or Path(tempfile.mkdtemp()) / "mtl-cnn.pt"
-        save(model, spec, checkpoint)
-    else:
-        checkpoint = args.checkpoint
-    loaded = load(checkpoint)
+    loaded = load(trained_checkpoint(args.checkpoint, args.train_steps, console=console))
     layer_bits = {item.partition("=")[0]: tuple(int(b) for b in item.partition("=")[2].split(",")) for item in args.layer_bits}
     options = CompileOptions(data="scenes", qat_steps=args.qat_steps, csim_samples=args.csim_samples, measure_latency=False,
                              layer_bits=layer_bits)

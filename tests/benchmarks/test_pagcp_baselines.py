@@ -4,6 +4,7 @@ comparison meaningless)."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from edgemtl.passes.prune_pagcp import Surgeon, _macs
 
 
 def _benchmark():
-    path = Path(__file__).parents[2] / "benchmarks" / "pagcp.py"
-    spec = importlib.util.spec_from_file_location("pagcp_benchmark", path)
+    folder = Path(__file__).parents[2] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # as when the script runs: its helpers live beside it
+    spec = importlib.util.spec_from_file_location("pagcp_benchmark", folder / "pagcp.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
