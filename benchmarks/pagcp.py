@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--keep-fraction", type=float, default=PAGCPConfig.keep_fraction,
                         help="PAGCP filter: share of pruned groups kept per round")
     parser.add_argument("--max-rounds", type=int, default=14)
+    parser.add_argument("--planned-rounds", type=int, default=PAGCPConfig.planned_rounds,
+                        help="PAGCP: rounds over which the MACs fall geometrically to the target (0 = no per-round quota)")
     parser.add_argument("--final-finetune-steps", type=int, default=600)
     parser.add_argument("--distill-weight", type=float, default=PAGCPConfig.distill_weight,
                         help="fine-tuning's distillation weight (0 = task losses only), for every model alike")
@@ -186,7 +188,8 @@ def main() -> None:
     test_data = load_data("scenes", "test", n=args.test_samples)
     base = _trained_base(spec, args)
     config = PAGCPConfig(flops_target=args.flops_target, default_max_drop=args.budget, keep_fraction=args.keep_fraction,
-                         max_rounds=args.max_rounds, final_finetune_steps=args.final_finetune_steps,
+                         max_rounds=args.max_rounds, planned_rounds=args.planned_rounds,
+                         final_finetune_steps=args.final_finetune_steps,
                          distill_weight=args.distill_weight)
     tradeoff = []
     if args.oracle_tradeoff:

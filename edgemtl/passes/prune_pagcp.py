@@ -8,14 +8,17 @@ Written from the paper's description. One round:
 2. Sequential greedy: for each group, on the model pruned so far, removal ratios grow in steps; the first
    ratio at which ANY task's held-out loss exceeds its allowance stops the search, and the previous ratio
    is kept. The allowance at the i-th group is the round-start loss times prod_{j<=i}(1 + t_j): the
-   thresholds compound along the order, so budget a group leaves unused carries over to later groups. Channels are removed lowest saliency first; the saliency is
-   the L2 norm of each channel's weights summed over every layer of its coupled group (torch-pruning's
-   GroupMagnitudeImportance), the paper's first-order approximation of the joint effect across layers.
+   thresholds compound along the order, so budget a group leaves unused carries over to later groups.
+   Channels are removed lowest saliency first; the saliency is the L2 norm of each channel's weights
+   summed over every layer of its coupled group (torch-pruning's GroupMagnitudeImportance), the paper's
+   first-order approximation of the joint effect across layers.
 3. Thresholds grow along the visiting order, t_i = t0 * lambda**i, with lambda solved so that
    prod(1 + t_i) = 1 + budget: the budget is the loss increase a task may take in one round.
 4. Filter: only the `keep_fraction` of pruned groups with the smallest loss increase per MAC removed are
-   kept; those removals are applied to the round's starting model, which is then fine-tuned on all tasks
-   (task losses plus distillation from the unpruned model, an addition to the paper: see PAGCPConfig).
+   kept, and of those only as many as the round's share of the MACs needs (the MACs fall geometrically
+   over `planned_rounds`, so that one round cannot spend the whole reduction before any fine-tuning; an
+   addition to the paper). Those removals are applied to the round's starting model, which is then
+   fine-tuned on all tasks (task losses plus distillation from the unpruned model, also an addition).
 
 Rounds repeat until the MACs fall to `flops_target` times the original. MACs inside the search come from
 torch-pruning's fast hook counter; the before/after figures reported come from edgemtl's own analysis.
@@ -59,6 +62,9 @@ class PAGCPConfig:
     max_ratio: float = 0.95
     trial_ratio: float = 0.3              # removal ratio used to order groups by MACs saved
     keep_fraction: float = 0.75           # filter: share of pruned groups kept per round
+    planned_rounds: int = 6               # the MACs fall geometrically, flops_target**(r / planned_rounds) after
+                                          # round r, so that no round takes more than its share before fine-tuning
+                                          # (0 = no per-round quota: a round keeps whatever the filter keeps)
     oracle_samples: int = 32              # held-out samples the loss oracle uses (benchmarks/pagcp.py: trade-off)
     bn_recalibration_samples: int = 64    # training images that re-estimate BatchNorm statistics before every oracle
                                           # call (adaptive BN); 0 = the paper's plain oracle
@@ -79,6 +85,8 @@ class PAGCPConfig:
             raise EdgemtlError(f"the FLOPs target must lie strictly between 0 and 1, got {self.flops_target}")
         if any(v <= 0 for v in self.max_drop.values()) or self.default_max_drop <= 0:
             raise EdgemtlError("--max-drop budgets must be positive (relative loss increase, e.g. 0.1)")
+        if self.planned_rounds < 0:
+            raise EdgemtlError(f"planned_rounds must be >= 0, got {self.planned_rounds}")
         if not 0 < self.keep_fraction <= 1:
             raise EdgemtlError(f"keep_fraction must lie in (0, 1], got {self.keep_fraction}")
         if self.distill_weight < 0:
@@ -288,7 +296,8 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
                                                 bar, completed=done, total=total, round=rounds, macs=macs / macs_original))
             if not round_decisions:
                 break  # nothing can go without breaking a task's budget: more fine-tuning will not change that
-            current = _apply(current, surgeon, _filter(round_decisions, config.keep_fraction))
+            quota = _macs(current, surgeon.example) - round_target(macs_original, rounds, config)
+            current = _apply(current, surgeon, _filter(round_decisions, config.keep_fraction, quota))
             decisions += round_decisions
             train(current, spec, train_data, config.finetuning(config.finetune_steps, config.seed + rounds),
                   show_progress=False, teacher=teacher)
@@ -368,13 +377,26 @@ def removable(width: int, ratio: float, config: PAGCPConfig) -> int:
     return max(0, width - keep)
 
 
-def _filter(decisions: list[LayerDecision], keep_fraction: float) -> list[LayerDecision]:
-    """Keep the share of removals with the smallest worst-task loss increase per MAC removed."""
+def round_target(macs_original: float, round_no: int, config: PAGCPConfig) -> float:
+    """The MACs the model may keep after `round_no` rounds: a geometric path to the target."""
+    if not config.planned_rounds:
+        return config.flops_target * macs_original
+    return macs_original * config.flops_target ** min(1.0, round_no / config.planned_rounds)
+
+
+def _filter(decisions: list[LayerDecision], keep_fraction: float, quota: float = math.inf) -> list[LayerDecision]:
+    """Keep the removals with the smallest worst-task loss increase per MAC removed: at most `keep_fraction`
+    of them, and no more than it takes to remove `quota` MACs (always at least one)."""
     def cost(d: LayerDecision) -> float:
         return max(max(d.loss_ratios.values()) - 1, 0.0) / max(d.macs_removed, 1.0)
 
-    keep = max(1, math.ceil(keep_fraction * len(decisions)))
-    chosen = {id(d) for d in sorted(decisions, key=cost)[:keep]}
+    limit = max(1, math.ceil(keep_fraction * len(decisions)))
+    chosen, removed = set(), 0.0
+    for decision in sorted(decisions, key=cost)[:limit]:
+        if chosen and removed >= quota:
+            break
+        chosen.add(id(decision))
+        removed += decision.macs_removed
     for decision in decisions:
         decision.kept_by_filter = id(decision) in chosen
     return [d for d in decisions if d.kept_by_filter]

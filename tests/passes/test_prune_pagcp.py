@@ -178,3 +178,21 @@ def test_a_group_that_reached_the_channel_multiple_is_not_pruned_further():
     assert removable(8, 0.9, config) == 0
     assert removable(64, 0.99, config) == 56 and removable(16, 0.5, config) == 8
     assert removable(4, 0.5, config) == 2  # groups born narrower than the multiple still prune (tiny models)
+
+
+def test_filter_keeps_the_cheapest_removals_up_to_the_round_quota():
+    from edgemtl.passes.prune_pagcp import LayerDecision, _filter
+    # worst-task loss increase per MAC: a 0.1/100, b 0.5/100, c 0.01/100, d 0.2/100
+    decisions = [LayerDecision(1, name, 8, 2, 0.25, {"t": 1 + increase}, 100.0)
+                 for name, increase in (("a", 0.1), ("b", 0.5), ("c", 0.01), ("d", 0.2))]
+    assert [d.group for d in _filter(decisions, 1.0, quota=150.0)] == ["a", "c"]
+    assert [d.group for d in _filter(decisions, 0.75)] == ["a", "c", "d"]  # no quota: the paper's filter alone
+    assert [d.group for d in _filter(decisions, 1.0, quota=0.0)] == ["c"]  # always at least one
+    assert [d.kept_by_filter for d in decisions] == [False, False, True, False]
+
+
+def test_round_targets_fall_geometrically_to_the_flops_target():
+    from edgemtl.passes.prune_pagcp import round_target
+    config = PAGCPConfig(flops_target=0.25, planned_rounds=2)
+    assert [round_target(100.0, r, config) for r in (1, 2, 3)] == pytest.approx([50.0, 25.0, 25.0])
+    assert round_target(100.0, 1, PAGCPConfig(flops_target=0.25, planned_rounds=0)) == pytest.approx(25.0)
