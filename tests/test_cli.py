@@ -242,7 +242,7 @@ def test_eval_with_data_of_another_shape(capsys, tmp_path):
 def test_compile_for_zcu104_quantizes_exports_and_c_simulates(capsys, tmp_path, checkpoints):
     pytest.importorskip("hls4ml")
     bundle = tmp_path / "zcu104"
-    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "zcu104", "-o", bundle, "--tasks", "scene",
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "zcu104", "-o", bundle, "--tasks", "scene,depth",
                            "--qat-steps", "2", "--no-latency")
     assert code == 0, err
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -257,6 +257,12 @@ def test_compile_for_zcu104_quantizes_exports_and_c_simulates(capsys, tmp_path, 
     assert io["outputs"][0]["name"] == "scene" and "fixed" in io["outputs"][0]["precision"]
     assert entry["roofline"]["provenance"].startswith("estimated") and "finn" in entry
     assert (bundle / "hw" / "README.md").is_file() and (bundle / "hw" / "driver.py").is_file()
+    # the depth head's final bilinear resize runs on the PS: the PL streams the map before it, the driver resizes
+    depth = manifest["tasks"]["depth"]
+    resize = {"size": [64, 64], "mode": "bilinear", "align_corners": False}
+    assert depth["quantization"]["host_resize"] == resize and depth["hls4ml"]["csim"]["max_abs_diff_lsb"] <= 1
+    streamed = json.loads((bundle / depth["hls4ml"]["project"] / "io.json").read_text())["outputs"][0]
+    assert streamed["host_resize"] == resize and streamed["shape"] == [1, 32, 32]
 
 
 def test_compile_for_zcu104_says_which_step_an_moe_model_needs_elsewhere(capsys, tmp_path, checkpoints):

@@ -54,7 +54,7 @@ def quantize_step(ctx: FlowContext) -> None:
         raise EdgemtlError("the zcu104 flow needs labelled data for calibration and QAT: pass --data scenes|digits")
     train_data, val_data = load_data(name, "train"), load_data(name, "val", n=ctx.options.metric_samples)
     config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
-                         nearest_upsampling=True)
+                         nearest_upsampling=True, host_resize=True)
     ctx.state["quantized"] = {}
     records = {}
     for task in task_list(ctx):
@@ -63,8 +63,11 @@ def quantize_step(ctx: FlowContext) -> None:
         records[task] = record.to_dict()
         ctx.manifest["tasks"][task]["quantization"] = records[task]
     ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"precision": config.precision, "qat_steps": config.qat_steps,
-                                                                  "rewrites": ["bilinear -> nearest upsampling (hls4ml has no bilinear Resize); "
-                                                                               "metric_quant includes its effect"],
+                                                                  "rewrites": ["a resize that ends a task path runs on the PS (ARM), bilinear as in "
+                                                                               "the float model (tasks.<task>.quantization.host_resize; the PYNQ "
+                                                                               "driver applies it); the PL outputs the map before it",
+                                                                               "every other bilinear resize -> nearest upsampling in the PL (hls4ml "
+                                                                               "has no bilinear Resize); metric_quant includes both"],
                                                                   "data": f"{name}/train (calibration, QAT), {name}/val (metrics)"}
 
 
@@ -84,7 +87,7 @@ def export_step(ctx: FlowContext) -> None:
             export_task(task_model(ctx, task), ctx.loaded.spec, task, ctx.bundle / relative)
             entry["artifacts"] = {"onnx": relative}
             continue
-        qmodel = ctx.state["quantized"][task]
+        qmodel = ctx.state["quantized"][task].fabric
         qonnx, qcdq = f"tasks/{task}/model.qonnx.onnx", f"tasks/{task}/model.qcdq.onnx"
         export_qonnx(qmodel, ctx.loaded.spec, ctx.bundle / qonnx)
         export_qcdq(qmodel, ctx.loaded.spec, ctx.bundle / qcdq)
@@ -98,8 +101,8 @@ def hls4ml_step(ctx: FlowContext) -> None:
     """hls4ml project per task, C-simulated against the quantized model; unmappable tasks recorded, not fatal."""
     clock_ns = 1000.0 / _fabric_clock_mhz(ctx)
     failed = []
-    for task, qmodel in ctx.state.get("quantized", {}).items():
-        entry = ctx.manifest["tasks"][task]
+    for task, path in ctx.state.get("quantized", {}).items():
+        entry, qmodel = ctx.manifest["tasks"][task], path.fabric
         relative = f"tasks/{task}/hls4ml"
         try:
             project = build_hls_project(ctx.bundle / entry["artifacts"]["qonnx"], ctx.bundle / relative, task,
@@ -116,13 +119,15 @@ def hls4ml_step(ctx: FlowContext) -> None:
         entry["hls4ml"] = {"ok": True, "project": relative, "csim": csim, "testbench": build_testbench(project),
                            "precision": project.precision_table, "seconds": project.seconds}
         entry["artifacts"]["hls4ml"] = relative
-        (ctx.bundle / relative / "io.json").write_text(json.dumps(_io_description(project, ctx.loaded.spec, task), indent=2))
+        io = _io_description(project, ctx.loaded.spec, task, list(reference.shape[1:]), path.host_resize)
+        (ctx.bundle / relative / "io.json").write_text(json.dumps(io, indent=2))
     if failed and len(failed) == len(ctx.state.get("quantized", {})):
         raise EdgemtlError(f"hls4ml could map none of the tasks; first: {ctx.manifest['tasks'][failed[0]]['hls4ml']['error']}")
 
 
-def _io_description(project, spec, task: str) -> dict:
-    """The streams of the HLS top function, as hw/zcu104/driver.py reads them (ports, shapes, fixed types)."""
+def _io_description(project, spec, task: str, output_shape: list[int], host_resize: dict | None) -> dict:
+    """The streams of the HLS top function, as hw/zcu104/driver.py reads them (ports, shapes, fixed types),
+    and the resize the driver applies on the PS after the output stream, if any."""
     model = project.hls_model
 
     def stream(variable, name: str, shape: list[int], channels_last: bool) -> dict:
@@ -130,7 +135,10 @@ def _io_description(project, spec, task: str) -> dict:
                 "precision": variable.type.precision.definition_cpp()}
 
     inputs = [stream(v, "input", spec.input.shape, project.input_channels_last) for v in model.get_input_variables()]
-    outputs = [stream(v, task, spec.task(task).output_shape, True) for v in model.get_output_variables()]
+    outputs = [stream(v, task, output_shape, True) for v in model.get_output_variables()]
+    if host_resize:
+        for output in outputs:
+            output["host_resize"] = host_resize
     return {"task": task, "inputs": inputs, "outputs": outputs}
 
 

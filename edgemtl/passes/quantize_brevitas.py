@@ -103,6 +103,9 @@ class QuantConfig:
     seed: int = 0
     # hls4ml has no bilinear Resize: resample with nearest neighbours instead (QAT then adapts the layers)
     nearest_upsampling: bool = False
+    # a resize that ends the path (a dense head upsampling its prediction) leaves the quantized graph and runs
+    # on the host exactly as in the float model (QuantTaskPath.host_resize; `fabric` is the graph without it)
+    host_resize: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -141,6 +144,7 @@ class QuantRecord:
     qat_seconds: float
     layers: dict[str, dict[str, int]]  # compute layer -> {"weight_bits", "act_bits"} (act: its output's quantizer)
     output_lsb: float
+    host_resize: dict[str, Any] | None = None  # F.interpolate arguments of the resize left to the host
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -149,16 +153,26 @@ class QuantRecord:
 
 
 class QuantTaskPath(nn.Module):
-    """One task's quantized path: normalised image in, that task's tensor out (a plain tensor)."""
+    """One task's quantized path: normalised image in, that task's tensor out (a plain tensor).
 
-    def __init__(self, graph: GraphModule, task: str) -> None:
+    With `host_resize`, the quantized graph ends before the path's final resize, which is applied here in
+    float exactly as the original model does it; `fabric` is the graph alone: what is exported, compiled
+    to hardware and checked LSB for LSB."""
+
+    def __init__(self, graph: GraphModule, task: str, host_resize: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.graph_module = graph
         self.task = task
+        self.host_resize = host_resize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.graph_module(x)
-        return out.value if isinstance(out, QuantTensor) else out
+        out = out.value if isinstance(out, QuantTensor) else out
+        return F.interpolate(out, **self.host_resize) if self.host_resize else out
+
+    @property
+    def fabric(self) -> QuantTaskPath:
+        return QuantTaskPath(self.graph_module, self.task) if self.host_resize else self
 
     @property
     def input_quant(self) -> nn.Module:
@@ -236,6 +250,23 @@ def _spatial_means_to_pooling(gm: GraphModule, input_rank: int = 4) -> GraphModu
     return gm
 
 
+def _detach_trailing_resize(gm: GraphModule) -> dict[str, Any] | None:
+    """Remove an F.interpolate that produces the graph's output; returns its arguments (None if there is none)."""
+    result = _output_node(gm)
+    if not (result.op == "call_function" and result.target is F.interpolate and isinstance(result.args[0], Node)):
+        return None
+    names = ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
+    arguments = {**dict(zip(names, result.args[1:])), **result.kwargs}
+    if arguments.get("antialias") or arguments.get("recompute_scale_factor"):
+        return None  # not the plain resize a host runtime reproduces
+    if arguments.get("size") is not None:
+        arguments["size"] = list(arguments["size"])
+    result.replace_all_uses_with(result.args[0])
+    gm.graph.erase_node(result)
+    gm.recompile()
+    return {k: arguments[k] for k in names[:4] if arguments.get(k) is not None}
+
+
 def _nearest_upsampling(gm: GraphModule) -> None:
     """Every F.interpolate resamples with nearest neighbours (no align_corners, which nearest refuses)."""
     for node in gm.graph.nodes:
@@ -308,7 +339,7 @@ def _layer_name(fx_name: str) -> str:
     return fx_name[len(_MODEL_PREFIX):] if fx_name.startswith(_MODEL_PREFIX) else fx_name
 
 
-def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) -> GraphModule:
+def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) -> tuple[GraphModule, dict[str, Any] | None]:
     path = TaskPath(copy.deepcopy(model).eval(), task).eval()
     try:
         with warnings.catch_warnings():
@@ -318,6 +349,7 @@ def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) ->
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgemtlError(f"task {task!r}: brevitas' fx tracer cannot trace the model for quantization: {detail}") from None
     gm = _fold_static_shapes(gm, spec.input.shape)
+    host_resize = _detach_trailing_resize(gm) if config.host_resize else None
     if config.nearest_upsampling:
         _nearest_upsampling(gm)
     gm = _spatial_means_to_pooling(gm)
@@ -387,7 +419,7 @@ def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) ->
                 scaling = quantizer.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
                 for member in groups.get(id(scaling), [quantizer]):
                     _set_bit_width(member, int(override[1]))
-    return gm
+    return gm, host_resize
 
 
 def _unsigned_source(gm: GraphModule, node: Node) -> bool:
@@ -538,7 +570,8 @@ def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: Task
     float_path = TaskPath(model, task).eval()
     metric_float = _metric(float_path, task_spec, val_data)
 
-    qmodel = QuantTaskPath(_build(model, spec, task, config), task)
+    graph, host_resize = _build(model, spec, task, config)
+    qmodel = QuantTaskPath(graph, task, host_resize)
 
     calibration = _task_images(train_data, min(config.calibration_samples, len(train_data)), config.seed)
     _calibrate(qmodel, calibration, config.batch_size)
@@ -554,7 +587,7 @@ def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: Task
         task=task, precision=config.precision, input_bits=config.input_bits, output_bits=config.output_bits,
         metric_float=metric_float, metric_quant=metric_quant, qat_steps=config.qat_steps,
         calibration_samples=int(len(calibration)), seconds=time.perf_counter() - start, qat_seconds=qat_seconds,
-        layers=layer_bit_widths(qmodel), output_lsb=output_lsb(qmodel),
+        layers=layer_bit_widths(qmodel), output_lsb=output_lsb(qmodel), host_resize=host_resize,
     )
     return qmodel, record
 

@@ -16,6 +16,9 @@ of a manifest) names each stream:
 
 shape is one sample in the model's layout (C, H, W) or (K,); precision is the hls4ml / Vitis HLS type of
 the stream (`fixed<W,I,...>`, `ufixed<...>`, `ap_fixed<...>`, `ap_ufixed<...>`, `int<W>`, `ap_uint<W>` ...).
+An output may carry "host_resize": {"size": [H, W], "mode": "bilinear", "align_corners": false}: the task's
+final resize, which edgemtl leaves to the PS (hls4ml has no bilinear resize); the driver applies it here,
+as torch.nn.functional.interpolate does, so the outputs have the model's shapes.
 
 Stream layout (hls4ml io_stream, Vitis HLS AXI4-Stream): a 3-D tensor streams channels-last, one pixel per
 beat, the C channel values of the pixel in one beat; a 1-D tensor is one beat of K values. Vitis HLS pads
@@ -148,13 +151,15 @@ class StreamSpec:
     channels_last: bool = True
     beat_values: int = 0  # 0: C for a 3-D tensor, all of it for anything else
     slot_bytes: int = 0  # 0: ceil(W / 8)
+    host_resize: tuple[int, int] | None = None  # (H, W) of the bilinear resize the PS applies after the stream
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> StreamSpec:
         return cls(name=str(raw["name"]), port=str(raw.get("port", raw["name"])),
                    shape=tuple(int(s) for s in raw["shape"]), precision=FixedType.parse(raw["precision"]),
                    channels_last=bool(raw.get("channels_last", True)),
-                   beat_values=int(raw.get("beat_values", 0)), slot_bytes=int(raw.get("slot_bytes", 0)))
+                   beat_values=int(raw.get("beat_values", 0)), slot_bytes=int(raw.get("slot_bytes", 0)),
+                   host_resize=_resize_size(raw.get("host_resize")))
 
     @property
     def values_per_beat(self) -> int:
@@ -214,6 +219,26 @@ class StreamSpec:
         return values.reshape(self.shape)
 
 
+def _resize_size(raw: dict[str, Any] | None) -> tuple[int, int] | None:
+    if not raw:
+        return None
+    if raw.get("mode", "bilinear") != "bilinear" or raw.get("align_corners", False) or raw.get("size") is None:
+        raise ValueError(f"the driver applies bilinear resizes to a given size without align_corners, not {raw}")
+    return int(raw["size"][0]), int(raw["size"][1])
+
+
+def bilinear_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) -> (C, *size), as torch's F.interpolate(mode="bilinear", align_corners=False)."""
+    def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        low = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
+        return low, np.minimum(low + 1, n_in - 1), source - low
+
+    (y0, y1, fy), (x0, x1, fx) = taps(x.shape[-2], size[0]), taps(x.shape[-1], size[1])
+    rows = x[:, y0, :] * (1 - fy)[None, :, None] + x[:, y1, :] * fy[None, :, None]
+    return rows[:, :, x0] * (1 - fx)[None, None, :] + rows[:, :, x1] * fx[None, None, :]
+
+
 def load_io_spec(source: str | Path | dict[str, Any]) -> tuple[list[StreamSpec], list[StreamSpec]]:
     """(inputs, outputs) from io.json, a manifest with a "zcu104_io" section, or an already-read dict."""
     raw = source if isinstance(source, dict) else json.loads(Path(source).read_text())
@@ -249,6 +274,7 @@ class Zcu104Model:
         self.inputs, self.outputs = load_io_spec(io_spec)
         self.overlay = overlay if overlay is not None else pynq.Overlay(str(bitfile))
         self.timeout_s = timeout_s
+        self.streamed: dict[str, np.ndarray] = {}  # the last call's outputs as streamed, before any host resize
         self.dma: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         for stream in [*self.inputs, *self.outputs]:
@@ -281,9 +307,11 @@ class Zcu104Model:
         single = arrays[first.name].shape == first.shape
         n = 1 if single else arrays[first.name].shape[0]
         frames = [self._frame({k: (v if single else v[i]) for k, v in arrays.items()}) for i in range(n)]
-        if single:
-            return frames[0]
-        return {s.name: np.stack([f[s.name] for f in frames]) for s in self.outputs}
+        # what the IP streamed (bit for bit the C simulation's values), kept for checks; then any host resize
+        self.streamed = frames[0] if single else {s.name: np.stack([f[s.name] for f in frames]) for s in self.outputs}
+        resized = [{s.name: bilinear_resize(f[s.name], s.host_resize) if s.host_resize else f[s.name] for s in self.outputs}
+                   for f in frames]
+        return resized[0] if single else {s.name: np.stack([f[s.name] for f in resized]) for s in self.outputs}
 
     def time(self, x: np.ndarray, runs: int = 100, warmup: int = 5) -> dict[str, Any]:
         """Median wall time of one frame through the overlay, PS-side conversions included."""
@@ -296,7 +324,7 @@ class Zcu104Model:
             self(sample)
             times.append(time.perf_counter() - start)
         return {"median_ms": statistics.median(times) * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
-                "runs": runs, "provenance": "measured (ZCU104 PL via PYNQ DMA, fixed-point conversion on the A53 "
+                "runs": runs, "provenance": "measured (ZCU104 PL via PYNQ DMA, fixed-point conversion and any host resize on the A53 "
                                             "included, median)"}
 
     def close(self) -> None:
@@ -320,7 +348,8 @@ def main(argv: list[str]) -> int:
         x = np.load(argv[4])
         outputs = model(x)
         out = argv[5] if len(argv) > 5 else "outputs.npz"
-        np.savez(out, **outputs)
+        streamed = {f"{s.name}_streamed": model.streamed[s.name] for s in model.outputs if s.host_resize}
+        np.savez(out, **outputs, **streamed)
         print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in outputs.items()))
         if runs:
             sample = x if x.shape == model.inputs[0].shape else x[0]

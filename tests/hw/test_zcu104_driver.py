@@ -189,6 +189,34 @@ def test_data_moves_through_the_dmas(monkeypatch):
     assert all(b.freed for b in board.allocated)
 
 
+@pytest.mark.parametrize("shape, size", [((2, 4, 4), (8, 8)), ((1, 8, 8), (32, 32)), ((3, 5, 7), (9, 4)), ((2, 6, 6), (6, 6))])
+def test_bilinear_resize_matches_torch(shape, size):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal(shape)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=size, mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(load_driver().bilinear_resize(x, size), expected.numpy(), atol=1e-12)
+
+
+def test_an_output_with_a_host_resize_is_resized_after_the_stream(monkeypatch):
+    io = {"inputs": IO["inputs"], "outputs": [{**IO["outputs"][0], "host_resize": {"size": [4, 4], "mode": "bilinear",
+                                                                                    "align_corners": False}}]}
+    seg_reply = np.zeros((4, 4), dtype=np.uint8)
+    seg_reply[3, 0] = 4  # channel 0 of pixel (1, 1) = 4 / 1024, everything else 0
+    board = FakeBoard(["input_1", "layer9_out"], {"layer9_out": seg_reply})
+    monkeypatch.setitem(sys.modules, "pynq", fake_pynq(board))
+    driver = load_driver()
+    model = driver.Zcu104Model("edgemtl.bit", io)
+    out = model(np.zeros((3, 2, 2)))["segmentation"]
+    streamed = np.zeros((2, 2, 2))
+    streamed[0, 1, 1] = 4 / 1024
+    np.testing.assert_array_equal(model.streamed["segmentation"], streamed)
+    np.testing.assert_array_equal(out, driver.bilinear_resize(streamed, (4, 4)))
+    assert out.shape == (2, 4, 4) and out[0, 3, 3] == 4 / 1024 and out[0, 0, 0] == 0
+    with pytest.raises(ValueError, match="align_corners"):
+        driver.load_io_spec({"inputs": IO["inputs"], "outputs": [{**IO["outputs"][0], "host_resize": {
+            "size": [4, 4], "mode": "bilinear", "align_corners": True}}]})
+
+
 def test_missing_dma_is_named(monkeypatch):
     board = FakeBoard(["input_1", "layer9_out"], {})
     monkeypatch.setitem(sys.modules, "pynq", fake_pynq(board))

@@ -136,3 +136,22 @@ def test_first_and_last_name_the_task_paths_edge_layers(data):
     assert record.layers["encoder.stages.1.0.conv1"] == {"weight_bits": 4, "act_bits": 4}
     _, record = quantize_task(model, spec, "scene", train, val, config)
     assert record.layers["heads.scene.fc"]["weight_bits"] == 8
+
+
+def test_a_final_resize_left_to_the_host_is_bilinear_and_outside_the_fabric(data):
+    train, val = data
+    model, spec = tiny_model("mtl-cnn")
+    config = QuantConfig(nearest_upsampling=True, host_resize=True, **QUICK)
+    qmodel, record = quantize_task(model, spec, "depth", train, val, config)
+    assert record.host_resize == qmodel.host_resize == {"size": spec.task("depth").output_shape[1:], "mode": "bilinear",
+                                                         "align_corners": False}
+    x = torch.from_numpy(val.normalise(val.images[:2]))
+    with torch.no_grad():
+        on_fabric, full = qmodel.fabric(x), qmodel(x)
+    assert on_fabric.shape[-1] < full.shape[-1] and full.shape == (2, *spec.task("depth").output_shape)
+    assert torch.equal(full, torch.nn.functional.interpolate(on_fabric, size=on_fabric.shape[-1] * 2, mode="bilinear",
+                                                             align_corners=False))
+    assert torch.equal(on_fabric / output_lsb(qmodel), (on_fabric / output_lsb(qmodel)).round())  # ends at the quantizer
+    assert "nearest" in qmodel.graph_module.code and "bilinear" not in qmodel.graph_module.code  # inner resizes
+    scene, scene_record = quantize_task(model, spec, "scene", train, val, config)  # no final resize: nothing moves
+    assert scene.fabric is scene and scene_record.host_resize is None
