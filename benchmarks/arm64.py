@@ -43,7 +43,7 @@ from edgemtl.profile.local import ORT_FLOAT, ORT_INT8, TVM, TVM_TUNED, profile_b
 from edgemtl.profile.store import ResultsStore
 from edgemtl.profile.timing import host_cpu_name
 
-from common import trained_checkpoint
+from common import machine_load, trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "arm64.json"
 EMULATED_KEY = "arm64-emu-bench"
@@ -192,7 +192,7 @@ def main() -> None:
     _print(int8_rows, local_rows, emulated, targets, local.description, args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "setup": {"model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
+        "setup": {"machine": machine_load(), "model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
                   "checkpoint": str(args.checkpoint) if args.checkpoint else None, "tune_trials_per_task": args.tune,
                   "runs": args.runs, "emulated_runs": args.emulated_runs, "host": host_cpu_name(),
                   "host_arch": platform.machine(), "host_cores": os.cpu_count(),

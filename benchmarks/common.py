@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -33,3 +34,9 @@ def trained_checkpoint(checkpoint: Path | None, train_steps: int, config: dict |
     (console or Console()).print(f"training mtl-cnn ({train_steps} steps, seed 0) ...")
     train(model, spec, load_data("scenes", "train"), TrainConfig(steps=train_steps, seed=0))
     return save(model, spec, checkpoint or Path(tempfile.mkdtemp()) / "mtl-cnn.pt", meta={"train_steps": train_steps})
+
+
+def machine_load() -> dict[str, object]:
+    """The load when a benchmark ends: its wall times are only comparable between runs on a machine as quiet."""
+    one, five, fifteen = os.getloadavg()
+    return {"cpus": os.cpu_count(), "load_average_1_5_15_min": [round(one, 2), round(five, 2), round(fifteen, 2)]}

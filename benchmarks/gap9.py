@@ -30,7 +30,7 @@ from edgemtl.compile import compile_model
 from edgemtl.flow import CompileOptions
 from edgemtl.model.checkpoint import load
 
-from common import relative_change, trained_checkpoint
+from common import machine_load, relative_change, trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "gap9.json"
 console = Console(width=220)
@@ -82,7 +82,7 @@ def main() -> None:
     _print(rows, targets, compile_seconds, steps)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "setup": {"model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
+        "setup": {"machine": machine_load(), "model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
                   "quantization": manifest["passes"]["quantize_int8"], "samples_checked": args.samples,
                   "compile_seconds": compile_seconds, "steps": steps, "seconds_total": time.perf_counter() - started,
                   "provenance": {"metrics": "measured (reference executor = the C's output, bit for bit)",

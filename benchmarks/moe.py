@@ -39,6 +39,8 @@ from edgemtl.profile.switching import resident_memory, switch_latency
 from edgemtl.targets import load_target
 from edgemtl.training import TrainConfig, train
 
+from common import machine_load
+
 RESULTS = Path(__file__).parent / "results" / "moe.json"
 PAPER = {"single_task_flops_reduction": 0.88, "memory_reduction": 2.4}
 console = Console(width=200)
@@ -128,7 +130,7 @@ def main() -> None:
     _print(rows, macs, memory, switching, targets, worst_share)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "setup": {"model": "m3vit", "config": spec.config, "data": "scenes (train 2000 / val 256)", "train_steps": args.train_steps,
+        "setup": {"machine": machine_load(), "model": "m3vit", "config": spec.config, "data": "scenes (train 2000 / val 256)", "train_steps": args.train_steps,
                   "lr": args.lr, "calibration_samples": args.calibration, "memory_target": target.name,
                   "on_chip_bytes": on_chip_bytes_of(target), "precision": "w8a8", "threads": args.threads,
                   "latency": f"ONNX Runtime, measured on this CPU, {args.threads} thread(s), batch 1",

@@ -45,7 +45,7 @@ from edgemtl.passes.prune_pagcp import (LossOracle, PAGCPConfig, Surgeon, _greed
                                         prune_pagcp, removable)
 from edgemtl.training import train
 
-from common import trained_checkpoint
+from common import machine_load, trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "pagcp.json"
 # 32 channels everywhere: a 16-wide layer can only be halved once widths are rounded to multiples of 8
@@ -241,7 +241,7 @@ def main() -> None:
     _print(spec, rows, tradeoff, targets, record, finetune_budget, args.threads)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "setup": {"model": "mtl-cnn", "config": spec.config, "data": f"scenes (train 2000 / val 256: oracle / test {len(test_data)}: table)",
+        "setup": {"machine": machine_load(), "model": "mtl-cnn", "config": spec.config, "data": f"scenes (train 2000 / val 256: oracle / test {len(test_data)}: table)",
                   "train_steps": args.train_steps,
                   "flops_target": args.flops_target, "pagcp_config": record.to_dict() | {"decisions": len(record.decisions)},
                   "finetune_steps_each": finetune_budget, "latency": f"ONNX Runtime, measured on this CPU, {args.threads} thread(s), batch 1",

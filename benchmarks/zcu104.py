@@ -31,7 +31,7 @@ from edgemtl.compile import compile_model
 from edgemtl.flow import CompileOptions
 from edgemtl.model.checkpoint import load
 
-from common import relative_change, trained_checkpoint
+from common import machine_load, relative_change, trained_checkpoint
 
 RESULTS = Path(__file__).parent / "results" / "zcu104.json"
 LIMITS = {"lut": 0.70, "bram18": 0.80, "dsp": 0.80}
@@ -95,7 +95,7 @@ def main() -> None:
     _print(rows, targets, compile_seconds, steps, args.qat_steps)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
-        "setup": {"model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
+        "setup": {"machine": machine_load(), "model": "mtl-cnn", "config": loaded.spec.config, "data": "scenes", "train_steps": args.train_steps,
                   "precision": "w4a4", "layer_bits": layer_bits, "qat_steps_per_task": args.qat_steps, "csim_samples": args.csim_samples,
                   "rewrites": manifest["passes"]["quantize_brevitas"].get("rewrites"),
                   "compile_seconds": compile_seconds, "compile_seconds_without_qat": compile_seconds - steps["quantize_brevitas"],
