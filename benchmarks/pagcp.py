@@ -1,7 +1,7 @@
 """PAGCP against two baselines on mtl-cnn / scenes, at the same final MACs and fine-tuning budget.
 
 1. uniform L1: the same removal ratio in every prunable channel group, lowest group-L1 channels first;
-2. single-task: global Taylor pruning (torch-pruning MetaPruner, global ranking) whose importance comes
+2. single-task: global Taylor pruning (torch-pruning's GroupTaylorImportance, one global ranking) whose importance comes
    from the classification (`scene`) loss only, the "single-task backbone pruning" PAGCP argues against;
 3. PAGCP (edgemtl.passes.prune_pagcp).
 Both baselines are tuned (a grid over their ratio) to PAGCP's final MACs and fine-tuned on all tasks for
