@@ -314,7 +314,7 @@ class Zcu104Model:
         return resized[0] if single else {s.name: np.stack([f[s.name] for f in resized]) for s in self.outputs}
 
     def time(self, x: np.ndarray, runs: int = 100, warmup: int = 5) -> dict[str, Any]:
-        """Median wall time of one frame through the overlay, PS-side conversions included."""
+        """Median wall time of one frame through the overlay, PS-side conversions and resizes included."""
         sample = np.asarray(x, dtype=np.float64)
         for _ in range(warmup):
             self(sample)
@@ -324,8 +324,8 @@ class Zcu104Model:
             self(sample)
             times.append(time.perf_counter() - start)
         return {"median_ms": statistics.median(times) * 1e3, "p90_ms": float(np.percentile(times, 90)) * 1e3,
-                "runs": runs, "provenance": "measured (ZCU104 PL via PYNQ DMA, fixed-point conversion and any host resize on the A53 "
-                                            "included, median)"}
+                "runs": runs, "provenance": "measured (ZCU104 PL via PYNQ DMA, fixed-point conversion and any host "
+                                            "resize on the A53 included, median)"}
 
     def close(self) -> None:
         for buffer in self.buffers.values():
