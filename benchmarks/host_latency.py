@@ -5,7 +5,7 @@ weights (latency does not depend on the weights: the MoE dispatch has static sha
 count, and reports the ratio of medians measured in the same run. Prints a table and writes
 benchmarks/results/host_latency.json.
 
-    .venv/bin/python benchmarks/host_latency.py [--threads 1 2] [--runs 200]
+    .venv/bin/python benchmarks/host_latency.py [--threads 1 2] [--runs 200] [--output PATH]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from edgemtl.data import data_spec
 from edgemtl.flow import CompileOptions
 from edgemtl.model.zoo import ARCHS, build_model, zoo_spec
 
+from common import start_run, write_results
+
 RESULTS = Path(__file__).parent / "results" / "host_latency.json"
 
 
@@ -32,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    run = start_run()
     console = Console()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -59,9 +63,9 @@ def main() -> None:
                       f"{row['onnxruntime_ms']['median']:.3f}", f"{row['pytorch_ms']['median']:.3f}",
                       f"{row['speedup_vs_pytorch']:.2f}x")
     console.print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"device": rows[0]["onnxruntime_ms"]["device"] if rows else None, "rows": rows}, indent=2))
-    console.print(f"wrote {RESULTS}")
+    write_results(args.output, {"setup": {"threads": args.threads, "runs": args.runs, "archs": list(ARCHS), "weights": "seeded random (seed 0)"},
+                            "device": rows[0]["onnxruntime_ms"]["device"] if rows else None, "rows": rows}, run)
+    console.print(f"wrote {args.output} ({run.seconds():.0f} s)")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from edgemtl.passes.prune_pagcp import (LossOracle, PAGCPConfig, Surgeon, _greed
                                         prune_pagcp, removable)
 from edgemtl.training import train
 
-from common import machine_load, trained_checkpoint
+from common import met, start_run, trained_checkpoint, write_results
 
 RESULTS = Path(__file__).parent / "results" / "pagcp.json"
 # 32 channels everywhere: a 16-wide layer can only be halved once widths are rounded to multiples of 8
@@ -180,8 +180,8 @@ def main() -> None:
     parser.add_argument("--oracle-tradeoff", action="store_true", help="also replay round 1 with 16 / 32 / 128 oracle samples")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    run = start_run()
     torch.manual_seed(0)
-    started = time.perf_counter()
     input_spec, tasks = data_spec("scenes")
     spec = zoo_spec("mtl-cnn", input_spec, tasks, json.loads(args.config), data="scenes")
     train_data, val_data = load_data("scenes", "train"), load_data("scenes", "val")
@@ -239,17 +239,15 @@ def main() -> None:
         "latency_at_most_0.6x": pagcp_row["latency_ratio"] <= 0.6,
     }
     _print(spec, rows, tradeoff, targets, record, finetune_budget, args.threads)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "setup": {"machine": machine_load(), "model": "mtl-cnn", "config": spec.config, "data": f"scenes (train 2000 / val 256: oracle / test {len(test_data)}: table)",
+    write_results(args.output, {
+        "setup": {"model": "mtl-cnn", "config": spec.config, "data": f"scenes (train 2000 / val 256: oracle / test {len(test_data)}: table)",
                   "train_steps": args.train_steps,
                   "flops_target": args.flops_target, "pagcp_config": record.to_dict() | {"decisions": len(record.decisions)},
-                  "finetune_steps_each": finetune_budget, "latency": f"ONNX Runtime, measured on this CPU, {args.threads} thread(s), batch 1",
-                  "seconds_total": time.perf_counter() - started},
+                  "finetune_steps_each": finetune_budget, "latency": f"ONNX Runtime, measured on this CPU, {args.threads} thread(s), batch 1"},
         "models": rows, "within_tolerance": within, "targets": targets, "oracle_tradeoff": tradeoff,
         "pagcp_layers": [d.__dict__ | {"removed": len(d.removed)} for d in record.decisions],
-    }, indent=2, default=float))
-    console.print(f"wrote {args.output} ({time.perf_counter() - started:.0f} s)")
+    }, run)
+    console.print(f"wrote {args.output} ({run.seconds():.0f} s)")
 
 
 def _trained_base(spec: ModelSpec, args) -> torch.nn.Module:
@@ -276,7 +274,7 @@ def _print(spec, rows, tradeoff, targets, record, budget, threads) -> None:
         oracle.add_row(str(run["oracle_samples"]), f"{run['seconds']:.1f}", f"{run['agreement_with_largest']:.0%}")
     if tradeoff:
         console.print(oracle)
-    console.print({k: ("met" if v else "NOT met") for k, v in targets.items()}, f"PAGCP rounds: {record.rounds}")
+    console.print(met(targets), f"PAGCP rounds: {record.rounds}")
 
 
 if __name__ == "__main__":
