@@ -13,9 +13,17 @@ closest Deeploy can give for GAP9 (the generated code includes Siracusa's DMA he
 Numbers here are Deeploy's compile-time static allocation: exact for that code, measured on nothing.
 
 The same worker run also hands the same integer ONNX to Deeploy's Generic platform (plain C reference kernels,
-untiled), into `out_dir/generic/`: a second Deeploy platform accepting the graph, whose kernels are not needed
-here. Its verdict is `result["generic"]`; with `generic_whole_onnx` (the whole task when PULPOpen takes only a
-prefix) Generic is checked on that too, listing per layer what it rejects.
+untiled), into `out_dir/generic/`. Its verdict is `result["generic"]`; with `generic_whole_onnx` (the whole task
+when PULPOpen takes only a prefix) Generic is checked on that too, listing per layer what it rejects.
+
+What is NOT checked here, and why (`NUMERICS_*`): neither platform's generated C is compiled or run by default.
+deeploy-pulp 0.2.1 (wheel and sdist alike, the only release on PyPI) ships Deeploy's Python code generator only:
+no `TargetLibraries/` (the C kernels that Network.c calls: Generic's `Convolution_s8.c`, `RequantShift_s8.c`, ...,
+PULPOpen's pulp-nn), no `DeeployTest/` runners. So `numerics_checked` is False with the reason and the command
+a user with Deeploy's repository runs. Where that repository is on disk (`EDGEMTL_DEEPLOY_GENERIC_KERNELS` =
+its `TargetLibraries/Generic`), `run_generic_on_host` compiles Generic's Network.c with those kernels and the host
+gcc, so the flow can compare its outputs with the reference executor bit for bit. PULPOpen's code needs the
+PULP SDK and GVSoC: never run here.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgemtl.backends.deeploy_onnx import read_deeploy_metadata
 from edgemtl.backends.venv_worker import last_line, worker_env
@@ -44,6 +54,18 @@ DEFAULT_N_CORES = 8             # GAP9's and Siracusa's cluster: 8 worker cores
 # Deeploy's PULP GEMM tiling keeps the reduction (input) dimension whole and tiles outputs by 16, double-buffered
 GEMM_OUTPUT_TILE = 16
 GENERIC_PLATFORM = "Deeploy Generic (reference C kernels, untiled, single core)"
+GENERIC_KERNELS_ENV = "EDGEMTL_DEEPLOY_GENERIC_KERNELS"
+NUMERICS_REASON = ("deeploy-pulp 0.2.1 on PyPI (wheel and sdist) has no C kernel library (TargetLibraries) and no "
+                   "test runners, so Deeploy's generated C is neither compiled nor run here")
+# Deeploy v0.2.1's own runners, from a checkout of its repository (DeeployTest/), on the test folder the flow writes.
+# Generic's was run as written here (with deeploy-pulp's venv first on PATH as `python`, cmake, and ccache, which
+# Deeploy's CMakeLists sets as the compiler launcher); its install dir is unused with GCC but must be given.
+NUMERICS_COMMAND = {
+    "generic": ("cd Deeploy/DeeployTest && python deeployRunner_generic.py -t {test_dir} --toolchain GCC "
+                "--toolchain-install-dir /usr   # needs cmake and ccache; `python` = deeploy-pulp's venv"),
+    "pulpopen": ("cd Deeploy/DeeployTest && python deeployRunner_tiled_siracusa.py -t {test_dir} --l1 128000 "
+                 "--l2 1500000 --doublebuffer   # needs the PULP SDK and GVSoC (Deeploy's container)"),
+}
 
 
 def deeploy_python(venv: Path = DEFAULT_DEEPLOY_VENV) -> Path | None:
@@ -89,6 +111,8 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
     meta = read_deeploy_metadata(onnx_path)
     out_dir = Path(out_dir).resolve()
     base = {"available": True, "onnx_path": str(onnx_path), "out_dir": str(out_dir), "provenance": PROVENANCE,
+            "numerics_checked": False, "numerics_reason": f"{NUMERICS_REASON}; PULPOpen's code needs the PULP SDK "
+                                                          "and GVSoC as well",
             "platform": "Deeploy PULPOpen (Siracusa) cluster, tiled", "l1_bytes": int(l1_bytes),
             "l2_bytes": int(l2_bytes), "l3_bytes": int(l3_bytes), "double_buffering": bool(double_buffering),
             "allocator": "TetrisRandom", "hints": l1_hints(onnx_path, int(l1_bytes))}
@@ -143,7 +167,7 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
 
 def _not_run(reason: str) -> dict[str, Any]:
     return {"ok": False, "ran": False, "reason": f"not run: {reason}", "files": [], "seconds": 0.0,
-            "platform": GENERIC_PLATFORM}
+            "platform": GENERIC_PLATFORM, "numerics_checked": False, "numerics_reason": "no Generic code generated"}
 
 
 def generic_record(generic: dict[str, Any], meta: dict[str, Any], whole_onnx: Path | None) -> dict[str, Any]:
@@ -157,6 +181,7 @@ def generic_record(generic: dict[str, Any], meta: dict[str, Any], whole_onnx: Pa
 
     record = named(generic, meta.get("node_layers", {}))
     record["onnx"] = "the same integer ONNX as PULPOpen"
+    record.update(numerics_checked=False, numerics_reason=NUMERICS_REASON)
     if "whole_graph" in generic:
         whole_meta = read_deeploy_metadata(Path(whole_onnx)) if whole_onnx else {}
         record["whole_graph"] = named(generic["whole_graph"], whole_meta.get("node_layers", {}))
@@ -229,6 +254,119 @@ def l1_hints(onnx_path: Path, l1_bytes: int) -> list[str]:
                          f"double-buffered weight tiles ({min(outputs, GEMM_OUTPUT_TILE)} outputs each; Deeploy does "
                          f"not tile the input dimension), more than L1's {l1_bytes:,} B")
     return hints
+
+
+# -- Deeploy's Generic code on the host, where Deeploy's kernel sources are on disk ---------------------------------
+_HARNESS = r"""/* edgemtl: N samples of DeeployNetwork's inputs from argv[1], its outputs to argv[2] */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include "Network.h"
+int main(int argc, char **argv) {
+  static int8_t sample[%(bytes)d];
+  FILE *in, *out;
+  uint32_t i, o, offset;
+  if (argc != 3 || !(in = fopen(argv[1], "rb")) || !(out = fopen(argv[2], "wb"))) return 2;
+  InitNetwork(0, 1);
+  while (fread(sample, 1, sizeof sample, in) == sizeof sample) {
+    for (i = 0, offset = 0; i < DeeployNetwork_num_inputs; offset += DeeployNetwork_inputs_bytes[i++])
+      memcpy(DeeployNetwork_inputs[i], sample + offset, DeeployNetwork_inputs_bytes[i]);
+    RunNetwork(0, 1);
+    for (o = 0; o < DeeployNetwork_num_outputs; o++)
+      fwrite(DeeployNetwork_outputs[o], 1, DeeployNetwork_outputs_bytes[o], out);
+  }
+  fclose(in);
+  return fclose(out) != 0;
+}
+"""
+_C_TYPES = {"int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16, "uint16_t": np.uint16, "int32_t": np.int32,
+            "uint32_t": np.uint32}
+
+
+def generic_kernels_dir() -> Path | None:
+    """Deeploy's `TargetLibraries/Generic` from `EDGEMTL_DEEPLOY_GENERIC_KERNELS`, or None (not on PyPI)."""
+    value = os.environ.get(GENERIC_KERNELS_ENV)
+    if not value:
+        return None
+    folder = Path(value)
+    if not (folder / "inc" / "DeeployBasicMath.h").is_file() or not list((folder / "src").glob("*.c")):
+        raise EdgemtlError(f"{GENERIC_KERNELS_ENV}={value} is not Deeploy's TargetLibraries/Generic (no "
+                           "inc/DeeployBasicMath.h or src/*.c)")
+    return folder
+
+
+def _io_types(header: str, kind: str) -> list[type]:
+    found = {index: ctype for ctype, index in re.findall(rf"extern (\w+)\s*\* ?DeeployNetwork_{kind}_(\d+);", header)}
+    types = [found.get(str(i)) for i in range(len(found))]
+    if not types or None in types or any(t not in _C_TYPES for t in types):
+        raise EdgemtlError(f"cannot read the {kind} types of Deeploy's Network.h ({found or 'none declared'})")
+    return [_C_TYPES[t] for t in types]
+
+
+def run_generic_on_host(generic_dir: Path, q_inputs: np.ndarray, meta: dict[str, Any], workdir: Path,
+                        kernels: Path, timeout_s: float = 300.0) -> list[np.ndarray]:
+    """Compile Deeploy's Generic Network.c with Deeploy's own kernels (`kernels` = its TargetLibraries/Generic,
+    built into a static library as Deeploy's CMake does) and the host gcc, run it on `q_inputs` (N, ...) and return
+    every output (N, ...) as int64 in edgemtl's integers. Sign propagation as Deeploy's test generator applies it:
+    an uint8 input is fed as x - 128 (the worker's input offset), an uint8 output in a signed C buffer is read
+    back + 128. One-line EdgemtlError when a build or run fails."""
+    generic_dir, workdir = Path(generic_dir), Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    header = (generic_dir / "Network.h").read_text()
+    in_types, out_types = _io_types(header, "input"), _io_types(header, "output")
+    if len(in_types) != 1 or np.dtype(in_types[0]).itemsize != 1:
+        raise EdgemtlError(f"Deeploy's Network.h has {len(in_types)} inputs of {in_types}: one 8-bit input expected")
+    x = np.asarray(q_inputs).astype(np.int64)
+    if meta.get("input_dtype") == "uint8":
+        x = x - 128
+    flags = ["-std=gnu11", "-O1", "-w", "-DDEEPLOY_GENERIC_PLATFORM", f"-I{kernels / 'inc'}", f"-I{generic_dir}"]
+    objects = []
+    for source in sorted((kernels / "src").glob("*.c")):
+        obj = workdir / f"{source.stem}.o"
+        _gcc([*flags, "-c", str(source), "-o", str(obj)], timeout_s, f"Deeploy kernel {source.name}")
+        objects.append(str(obj))
+    library = workdir / "libdeeploybasic.a"
+    library.unlink(missing_ok=True)
+    _tool(["ar", "rcs", str(library), *objects], timeout_s, "ar of Deeploy's Generic kernels")
+    sample_bytes = int(np.prod(x.shape[1:]))
+    (workdir / "harness.c").write_text(_HARNESS % {"bytes": sample_bytes})
+    exe = workdir / "deeploy_generic"
+    _gcc([*flags, str(workdir / "harness.c"), str(generic_dir / "Network.c"), str(library), "-lm", "-o", str(exe)],
+         timeout_s, "Deeploy's Generic Network.c")
+    (workdir / "inputs.bin").write_bytes(x.astype(in_types[0]).tobytes())
+    _tool([str(exe), str(workdir / "inputs.bin"), str(workdir / "outputs.bin")], timeout_s,
+          "Deeploy's Generic network")
+    raw = np.frombuffer((workdir / "outputs.bin").read_bytes(), dtype=np.uint8)
+    sizes = [int(n) for n in re.findall(r"DeeployNetwork_outputs_bytes\[\d+\] = \{([\d, ]+)\}", header)[0].split(",")]
+    per_sample = sum(sizes)
+    if raw.size != per_sample * len(x):
+        raise EdgemtlError(f"Deeploy's Generic network wrote {raw.size} bytes, expected {per_sample * len(x)}")
+    raw = raw.reshape(len(x), per_sample)
+    outputs, start = [], 0
+    dtypes = meta.get("output_dtypes") or [meta.get("output_dtype", "int8")]
+    for index, (size, ctype) in enumerate(zip(sizes, out_types)):
+        values = np.ascontiguousarray(raw[:, start:start + size]).view(ctype).astype(np.int64)
+        if dtypes[index] == "uint8" and np.dtype(ctype).kind == "i":
+            values = values + 128
+        outputs.append(values)
+        start += size
+    return outputs
+
+
+def _gcc(args: list[str], timeout_s: float, what: str) -> None:
+    _tool(["gcc", *args], timeout_s, what)
+
+
+def _tool(command: list[str], timeout_s: float, what: str) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except FileNotFoundError:
+        raise EdgemtlError(f"{command[0]} is not on PATH (needed for {what}); install gcc / binutils") from None
+    except subprocess.TimeoutExpired:
+        raise EdgemtlError(f"{what} took more than {timeout_s:g} s and was stopped") from None
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout).split())[:300]
+        raise EdgemtlError(f"{what} failed with status {done.returncode}: {detail}")
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - a manual entry point

@@ -13,9 +13,10 @@ otherwise index its per-channel mul / add as NHWC.
 
 How each IntGraph op is written (all tensors NCHW with a batch axis of 1; Deeploy moves to NHWC itself):
 - conv            Conv + RequantShift (dense, or depthwise when groups == C_in == K; pads equal on all sides).
-- gemm            Gemm(transB=1) + RequantShift. Deeploy's Gemm fusion adds 2**(d-1) even when d == 0 (a
-                  half, which int32 cannot hold), so shift 0 is written as mul*2, add*2, shift 1: the same
-                  integers, since (2v + 1) >> 1 == v.
+- gemm            Gemm(transB=1, alpha = beta = 1.0 written out: Deeploy's Generic parser needs them) +
+                  RequantShift. Deeploy's Gemm fusion adds 2**(d-1) even when d == 0 (a half, which int32
+                  cannot hold), so shift 0 is written as mul*2, add*2, shift 1: the same integers, since
+                  (2v + 1) >> 1 == v.
 - add             RequantShift(mul_a, div 1) and RequantShift(mul_b, div 1) on the inputs, Add, RequantShift:
                   fused into one RequantizedAdd (pulp_nn_add), which takes ONE mul / add for the output, so
                   per-channel requantisation after an add is mapped only when mul_a == mul_b == 1 (then the
@@ -243,7 +244,9 @@ def _emit(b: _Builder, node: Node) -> None:
         if shift == 0:
             mul, add, shift = mul.astype(np.int64) * 2, add.astype(np.int64) * 2, 1
         w = b.const(layer, f"{layer}_weight", node.params["weight"])
-        acc = b.node("Gemm", [b.t(node.inputs[0]), w], b.temp(f"{layer}_acc", shape), shape, f"{layer}_gemm", transB=1)
+        # alpha / beta written out: Deeploy's Generic GEMM parser calls .is_integer() on them (fails on absent ones)
+        acc = b.node("Gemm", [b.t(node.inputs[0]), w], b.temp(f"{layer}_acc", shape), shape, f"{layer}_gemm", transB=1,
+                     alpha=1.0, beta=1.0)
         b.requant_shift(layer, f"{layer}_rqs", acc, mul, add, shift, out, shape, dtype)
     elif node.op == "add":
         a, c = b.t(node.inputs[0]), b.t(node.inputs[1])
@@ -344,3 +347,177 @@ def read_deeploy_metadata(path: Path) -> dict[str, Any]:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
     return {}
+
+
+# -- the same integer graph in standard ONNX, for evaluators that are not edgemtl's ------------------------------
+STANDARD_OPSET, STANDARD_IR = 13, 8
+SEMANTICS = ("pulpopen", "generic")
+
+
+def standard_onnx(model: onnx.ModelProto | Path, semantics: str = "pulpopen") -> onnx.ModelProto:
+    """This integer ONNX with standard ops only, so onnxruntime or onnx.reference (not edgemtl's executor) can
+    evaluate it with the arithmetic Deeploy's kernels apply.
+
+    Why a rewrite: `RequantShift` is Deeploy's own op and its Conv / Gemm carry integers as float32, so no
+    standard evaluator runs the file as it is. Conv -> ConvInteger and Gemm -> MatMulInteger on int8 / uint8
+    casts of their input (int8 weights; int32 accumulators); RequantShift -> Floor((x * mul + add + div / 2) /
+    div) (no rounding term for div 1) then Clip to its output type, in float64, which is exact (every value is an
+    integer below 2^31 here); MaxPool, Concat, Flatten, Add as they are, on float64 integers. `semantics`:
+    "pulpopen" leaves out the Clip of the per-tensor RequantShifts that Deeploy's PULPOpen fuses with an Add into
+    RequantizedAdd (PULPAddRequantMergePass: RequantShift -> Add <- RequantShift, Add -> per-tensor RequantShift),
+    "generic" clips every RequantShift (deeploy-pulp 0.2.1's GenericOptimizer has no such fusion). The batch
+    axis is free; input and outputs are float64 holding integers. One-line EdgemtlError for a node with no
+    standard form (edgemtl's Resize placeholders) or an integer that does not fit its cast.
+    """
+    if semantics not in SEMANTICS:
+        raise EdgemtlError(f"unknown semantics {semantics!r}: one of {', '.join(SEMANTICS)}")
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    graph = model.graph
+    meta = next((json.loads(p.value) for p in model.metadata_props if p.key == METADATA_KEY), {})
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.input, *graph.output]}
+    fused = _fused_requant_outputs(graph, init) if semantics == "pulpopen" else set()
+    dtypes: dict[str, str | None] = {graph.input[0].name: meta.get("input_dtype", "int8")}
+    nodes: list[onnx.NodeProto] = []
+    inits: list[TensorProto] = []
+
+    def const(name: str, values: np.ndarray, dtype: Any) -> str:
+        values = np.asarray(values)
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            info = np.iinfo(dtype)
+            outside = values.size and (values.min() < info.min or values.max() > info.max)
+            if outside or np.any(values != np.round(values)):
+                raise EdgemtlError(f"constant {name!r} does not fit {np.dtype(dtype).name}: no exact standard form")
+        inits.append(numpy_helper.from_array(values.astype(dtype), name))
+        return name
+
+    def cast_in(node: onnx.NodeProto) -> str:
+        source = node.input[0]
+        kind = dtypes.get(source)
+        if kind not in RANGES_8:
+            raise EdgemtlError(f"node {node.name!r} ({node.op_type}) reads {source!r}, which is not an int8 / uint8 "
+                               "tensor: no ConvInteger / MatMulInteger form")
+        out = f"{node.name}__q"
+        nodes.append(helper.make_node("Cast", [source], [out], to=_ONNX_INT[kind]))
+        return out
+
+    for node in graph.node:
+        out, attrs = node.output[0], {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            w = const(f"{node.name}__w", init[node.input[1]], np.int8)
+            acc = f"{node.name}__acc"
+            keep = {k: v for k, v in attrs.items() if k in ("dilations", "group", "kernel_shape", "pads", "strides")}
+            nodes += [helper.make_node("ConvInteger", [cast_in(node), w], [acc], **keep),
+                      helper.make_node("Cast", [acc], [out], to=TensorProto.DOUBLE)]
+            dtypes[out] = None
+        elif node.op_type == "Gemm":
+            extra = {k: v for k, v in attrs.items() if k not in ("transB", "alpha", "beta")}
+            if (len(node.input) > 2 or attrs.get("transA", 0) or extra
+                    or float(attrs.get("alpha", 1.0)) != 1.0 or float(attrs.get("beta", 1.0)) != 1.0):
+                raise EdgemtlError(f"node {node.name!r}: only Gemm(x, W) with transB and alpha = beta = 1 has a "
+                                   "MatMulInteger form")
+            weight = init[node.input[1]]
+            w = const(f"{node.name}__w", weight.T if attrs.get("transB", 0) else weight, np.int8)
+            acc = f"{node.name}__acc"
+            nodes += [helper.make_node("MatMulInteger", [cast_in(node), w], [acc]),
+                      helper.make_node("Cast", [acc], [out], to=TensorProto.DOUBLE)]
+            dtypes[out] = None
+        elif node.op_type == "RequantShift":
+            div = int(numpy_helper.to_array(attrs["div"]))
+            signed = bool(int(numpy_helper.to_array(attrs["signed"])))
+            shape = [1, -1] + [1] * (rank.get(node.input[0], 4) - 2)
+            mul, add = (init[name].astype(np.float64).reshape(-1) for name in node.input[1:3])
+            mul = mul if mul.size == 1 else mul.reshape(shape)
+            add = add + (div // 2 if div > 1 else 0)
+            add = add if add.size == 1 else add.reshape(shape)
+            base = node.name
+            scaled, shifted = f"{base}__mul", f"{base}__add"
+            nodes += [helper.make_node("Mul", [node.input[0], const(f"{base}__m", mul, np.float64)], [scaled]),
+                      helper.make_node("Add", [scaled, const(f"{base}__a", add, np.float64)], [shifted])]
+            last = shifted
+            if div > 1:
+                nodes += [helper.make_node("Div", [shifted, const(f"{base}__d", np.array(float(div)), np.float64)],
+                                           [f"{base}__div"]),
+                          helper.make_node("Floor", [f"{base}__div"], [f"{base}__floor"])]
+                last = f"{base}__floor"
+            if out in fused:
+                nodes.append(helper.make_node("Identity", [last], [out]))
+                dtypes[out] = None
+            else:
+                kind = "int8" if signed else "uint8"
+                lo, hi = RANGES_8[kind]
+                nodes.append(helper.make_node("Clip", [last, const(f"{base}__lo", np.array(float(lo)), np.float64),
+                                                       const(f"{base}__hi", np.array(float(hi)), np.float64)], [out]))
+                dtypes[out] = kind
+        elif node.op_type in ("MaxPool", "Flatten"):
+            nodes.append(helper.make_node(node.op_type, list(node.input), [out], **attrs))
+            dtypes[out] = dtypes.get(node.input[0])
+        elif node.op_type == "Concat":
+            nodes.append(helper.make_node("Concat", list(node.input), [out], **attrs))
+            kinds = {dtypes.get(i) for i in node.input}
+            dtypes[out] = kinds.pop() if len(kinds) == 1 else None
+        elif node.op_type == "Add":
+            nodes.append(helper.make_node("Add", list(node.input), [out]))
+            dtypes[out] = None
+        else:
+            raise EdgemtlError(f"node {node.name!r}: op {node.op_type!r} ({node.domain or 'ai.onnx'}) has no standard "
+                               "ONNX form here (edgemtl's placeholder for a layer Deeploy cannot map?)")
+
+    def free_batch(value: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        return helper.make_tensor_value_info(value.name, TensorProto.DOUBLE, ["N", *dims[1:]])
+
+    standard = helper.make_graph(nodes, f"{graph.name}_standard", [free_batch(graph.input[0])],
+                                 [free_batch(o) for o in graph.output], initializer=inits)
+    result = helper.make_model(standard, producer_name="edgemtl", ir_version=STANDARD_IR,
+                               opset_imports=[helper.make_opsetid("", STANDARD_OPSET)])
+    onnx.checker.check_model(result)
+    return result
+
+
+RANGES_8 = {"int8": (-128, 127), "uint8": (0, 255)}
+_ONNX_INT = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
+
+
+def _fused_requant_outputs(graph: onnx.GraphProto, init: dict[str, np.ndarray]) -> set[str]:
+    """Outputs of the RequantShifts that PULPOpen's PULPAddRequantMergePass folds into a RequantizedAdd without a
+    clip: per-tensor RequantShifts feeding an Add whose output goes into a per-tensor RequantShift."""
+    producer = {n.output[0]: n for n in graph.node}
+    per_tensor = {n.output[0] for n in graph.node
+                  if n.op_type == "RequantShift" and init[n.input[1]].size == 1 and init[n.input[2]].size == 1}
+    fused: set[str] = set()
+    for add in (n for n in graph.node if n.op_type == "Add"):
+        after = [n for n in graph.node if n.op_type == "RequantShift" and n.input[0] == add.output[0]]
+        if after and after[0].output[0] in per_tensor and all(i in per_tensor for i in add.input):
+            fused |= {i for i in add.input if producer[i].op_type == "RequantShift"}
+    return fused
+
+
+EVALUATORS = ("onnxruntime", "onnx.reference")
+
+
+def evaluate_standard(model: onnx.ModelProto, q_inputs: np.ndarray, evaluator: str = "onnxruntime") -> list[np.ndarray]:
+    """Run a `standard_onnx` model on a batch of integer inputs (N, C, H, W) with onnxruntime or onnx.reference;
+    every output as int64 (N, ...)."""
+    x = np.asarray(q_inputs).astype(np.float64)
+    if evaluator == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {model.graph.input[0].name: x})
+    elif evaluator == "onnx.reference":
+        from onnx.reference import ReferenceEvaluator
+
+        outputs = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x})
+    else:
+        raise EdgemtlError(f"unknown evaluator {evaluator!r}: one of {', '.join(EVALUATORS)}")
+    converted = []
+    for value in outputs:
+        value = np.asarray(value)
+        if not np.all(value == np.round(value)):
+            raise EdgemtlError(f"{evaluator} gave a non-integer output: the standard form is broken")
+        converted.append(value.astype(np.int64))
+    return converted

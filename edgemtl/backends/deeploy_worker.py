@@ -33,9 +33,11 @@ numTiles` table of cumulative tile counts; its last entry is the number of tiles
 Then, when the request asks for it, Deeploy's Generic platform (plain C reference kernels, untiled, sign
 propagation) takes the SAME integer ONNX, as DeeployTest's generateNetwork.py sets it up (GenericPlatform,
 GenericDeployer with GenericOptimizer, channels first, input offsets 0 for int8 / 128 for uint8), into
-`out_dir/generic/`: a check that a second Deeploy platform accepts the graph, whose kernels are not needed. Two
-adjustments, neither changes the arithmetic: Gemm nodes get ONNX's default alpha = beta = 1.0 written out as floats
-(Generic's GEMM parser calls `.is_integer()` on them and fails on the int it assumes when they are absent), and
+`out_dir/generic/`: a check that a second Deeploy platform accepts the graph; its C is not run here (Deeploy's
+kernel library is not on PyPI; `deeploy.run_generic_on_host` runs it where a checkout's kernels are on disk).
+Two adjustments, neither changes the arithmetic: Gemm nodes get ONNX's default alpha = beta = 1.0 written out as
+floats (Generic's GEMM parser calls `.is_integer()` on them and fails on the int it assumes when they are absent;
+edgemtl's exporter writes them itself now, this covers other files), and
 nodes whose op type no Generic engine maps are listed as rejected before Deeploy is run (it would stop at the
 first). With `whole_onnx_path` (the whole task graph when PULPOpen took only a prefix) the same check runs on it,
 generated into `generic/whole/` only when Generic maps every node.

@@ -1,4 +1,4 @@
-"""The MCU flow (gap9): int8 integer graphs per task, Deeploy's tiled code, our portable C verified bit-exact.
+"""The MCU flow (gap9): int8 integer graphs per task, Deeploy's tiled code, our portable C checked bit for bit.
 
 Steps: load_data -> analyse -> quantize_int8 -> export_int8_onnx -> deeploy_codegen -> c_codegen ->
 verify_c_host -> verify_c_qemu -> mcu_estimates -> board_kit.
@@ -7,7 +7,11 @@ The numpy reference executor of each task's integer graph is the ground truth: t
 exactly its integers on real samples, compiled with the host gcc (a mismatch fails the compile) and, when the
 RISC-V cross compiler and qemu are installed, for rv32imac under qemu-system-riscv32 (per-layer retired
 instructions recorded as "simulated"). Deeploy runs in its own venv where present; layers it cannot map are
-listed, never fatal. A task whose path has an op the int8 backends lack is recorded with that op and the
+listed, never fatal. Deeploy's generated C is not run (deeploy-pulp on PyPI has no kernel library): what is
+checked instead is the integer ONNX handed to it, rewritten with standard ops and evaluated by onnxruntime on the
+same real samples (`deeploy.onnx_check`); Deeploy's Generic C is compiled and run only where its kernel sources
+are on disk (`EDGEMTL_DEEPLOY_GENERIC_KERNELS`). Every "bit for bit" in the manifest names its sample count.
+A task whose path has an op the int8 backends lack is recorded with that op and the
 other tasks go on; if no task can be quantized the compile stops with the first reason.
 """
 
@@ -23,8 +27,10 @@ import numpy as np
 from edgemtl.analysis.mcu_cost import estimate_cycles, place_in_memory, simulated_instructions
 from edgemtl.backends.c import generate_c, riscv_tools_missing, run_on_host, run_on_qemu
 from edgemtl.backends.c.harness import write_test_vectors
-from edgemtl.backends.deeploy import deeploy_generate, unmapped_message
-from edgemtl.backends.deeploy_onnx import export_deeploy_onnx, unmapped_reason
+from edgemtl.backends.deeploy import (NUMERICS_COMMAND, NUMERICS_REASON, deeploy_generate, generic_kernels_dir,
+                                      run_generic_on_host, unmapped_message)
+from edgemtl.backends.deeploy_onnx import (evaluate_standard, export_deeploy_onnx, read_deeploy_metadata,
+                                           standard_onnx, unmapped_reason)
 from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
@@ -62,7 +68,8 @@ def quantize_step(ctx: FlowContext) -> None:
         try:
             if task in labelled:
                 graph, record = quantize_int8(ctx.loaded.model, spec, task, calibration, data, config)
-                entry["int8"] = {"ok": True, **record.to_dict()}
+                entry["int8"] = {"ok": True, **record.to_dict(), "metrics_data": f"{data.name}/{data.split}, "
+                                                                                 f"{len(data)} samples"}
             else:  # no labels for this task in the data set: quantized and verified, but not scored
                 graph = build_int_graph(ctx.loaded.model, spec, task, calibration, config)
                 entry["int8"] = {"ok": True, "metrics": f"{data.name} has no labels for task {task!r}"}
@@ -78,7 +85,8 @@ def quantize_step(ctx: FlowContext) -> None:
         raise EdgemtlError(f"no task could be quantized to int8 for gap9; first: {next(iter(errors.values()))}")
     ctx.state["int_graphs"] = graphs
     ctx.manifest.setdefault("passes", {})["quantize_int8"] = {
-        "calibration": f"{data.name}/train, {config.calibration_samples} images", "metrics": f"{data.name}/{data.split}",
+        "calibration": f"{data.name}/train, {config.calibration_samples} images",
+        "metrics": f"{data.name}/{data.split}, {len(data)} samples",
         "scales": config.scale_method, "weights": "int8 per output channel", "activations": "int8 / uint8 after ReLU",
         "failed": errors}
 
@@ -155,6 +163,107 @@ def deeploy_step(ctx: FlowContext) -> None:
         elif split is not None:  # no Deeploy venv: its reason stays, the layers that keep the whole out are listed
             result = {**result, "unmapped": unmapped}
         entry["deeploy"] = {k: v for k, v in result.items() if k not in ("onnx_path", "out_dir")} | record
+        _deeploy_numerics(ctx, task, graph, onnx_path, entry["deeploy"])
+
+
+def _deeploy_numerics(ctx: FlowContext, task: str, graph: IntGraph, onnx_path: Path, record: dict) -> None:
+    """What is and is not known about the numbers of the code Deeploy generated, written into `record`.
+
+    Known, on the real samples the C is checked on: the integer ONNX handed to Deeploy, in standard ops, under
+    onnxruntime (an evaluator that is not ours) equals the reference executor bit for bit (else the compile
+    fails: an export bug), and how far Generic's arithmetic (no RequantizedAdd fusion) would be from it. Not known:
+    what Deeploy's C computes, unless Deeploy's Generic kernel sources are on disk. A Deeploy test folder
+    (network.onnx + inputs.npz + outputs.npz of one real sample) and the command that runs it are left for the
+    user with Deeploy's repository."""
+    scope = record.get("scope")
+    record.update(numerics_checked=False, numerics_reason=record.get("numerics_reason") or NUMERICS_REASON)
+    if scope == "none":
+        record["onnx_check"] = {"ran": False, "reason": "Deeploy takes no layer of this task"}
+        return
+    tensors = [graph.output] if scope == "whole" else [o["tensor"] for o in record["prefix_outputs"]]
+    q_inputs = quantize_input(graph, _c_samples(ctx))
+    values = run_reference(graph, q_inputs, keep_all=True)
+    expected = [values[t] for t in tensors]
+    record["onnx_check"] = _onnx_check(task, onnx_path, q_inputs, expected)
+
+    folder, relative = ctx.bundle / f"tasks/{task}/deeploy_test", f"tasks/{task}/deeploy_test"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_path, folder / "network.onnx")
+    np.savez(folder / "inputs.npz", input_0=q_inputs[:1].astype(np.int64))
+    np.savez(folder / "outputs.npz", **{f"output_{i}": e[:1].astype(np.int64) for i, e in enumerate(expected)})
+    ctx.manifest["tasks"][task]["artifacts"]["deeploy_test"] = relative
+    record["numerics_command"] = {platform: command.format(test_dir=f"$BUNDLE/{relative}")
+                                  for platform, command in NUMERICS_COMMAND.items()}
+    record["numerics_test_folder"] = {
+        "folder": relative, "samples": 1,
+        "note": "Deeploy's test folder layout (network.onnx = the ONNX given to Deeploy, inputs.npz, outputs.npz = "
+                "the reference executor's output for real sample 0); BUNDLE is this bundle's absolute path",
+        "runner_rounds_add": _runner_rounds_add(onnx_path)}
+
+    generic = record.get("generic") or {}
+    kernels = generic_kernels_dir()
+    if generic.get("ok") and kernels is not None:
+        generic_dir = ctx.bundle / f"tasks/{task}/deeploy/generic"
+        with tempfile.TemporaryDirectory(prefix="edgemtl-deeploy-") as scratch:
+            got = run_generic_on_host(generic_dir, q_inputs, read_deeploy_metadata(onnx_path), Path(scratch), kernels)
+        differing = sum(int((g.reshape(e.shape) != e).sum()) for g, e in zip(got, expected))
+        generic.update(numerics_checked=True, numerics_reason=None, numerics={
+            "samples": len(q_inputs), "bit_exact": differing == 0, "values_differing": differing,
+            "values": int(sum(e.size for e in expected)), "kernels": str(kernels),
+            "compiler": "gcc -std=gnu11 -O1", "against": "edgemtl's int8 reference executor",
+            "provenance": "measured (Deeploy's Generic C with Deeploy's kernels, host gcc)"})
+    elif generic.get("ok"):
+        generic.update(numerics_checked=False, numerics_reason=f"{NUMERICS_REASON}; set "
+                       f"EDGEMTL_DEEPLOY_GENERIC_KERNELS to a Deeploy checkout's TargetLibraries/Generic to run it")
+
+
+def _onnx_check(task: str, onnx_path: Path, q_inputs: np.ndarray, expected: list[np.ndarray]) -> dict:
+    """The ONNX handed to Deeploy, in standard ops (`standard_onnx`), under onnxruntime against the reference on
+    every sample, bit for bit; with Generic's arithmetic, a prediction of how far Generic's C would be off."""
+    import onnxruntime
+
+    model = standard_onnx(onnx_path, "pulpopen")
+    got = evaluate_standard(model, q_inputs, "onnxruntime")
+    evaluator = f"onnxruntime {onnxruntime.__version__}"
+    if not all(np.array_equal(g, e) for g, e in zip(got, expected)):
+        # onnxruntime's integer kernels differ by CPU: a second, independent evaluator decides
+        got = evaluate_standard(model, q_inputs, "onnx.reference")
+        evaluator = "onnx.reference (onnxruntime disagreed with the reference executor and with it)"
+        wrong = sum(int((g != e).sum()) for g, e in zip(got, expected))
+        if wrong:
+            raise EdgemtlError(f"task {task!r}: the integer ONNX handed to Deeploy ({onnx_path.name}) differs from the "
+                               f"reference executor in {wrong} values under onnx.reference; this is an export bug, "
+                               f"please report it")
+    generic = evaluate_standard(standard_onnx(onnx_path, "generic"), q_inputs, "onnxruntime")
+    differing = sum(int((g != e).sum()) for g, e in zip(generic, expected))
+    values = int(sum(e.size for e in expected))
+    return {"ran": True, "samples": len(q_inputs), "bit_exact": True, "evaluator": evaluator,
+            "what": "the integer ONNX handed to Deeploy, RequantShift rewritten as standard ops with the arithmetic "
+                    "of Deeploy's PULPOpen kernels (Conv/Gemm as ConvInteger/MatMulInteger), against edgemtl's int8 "
+                    "reference executor: checks the export, not Deeploy's code",
+            "generic_semantics": {
+                "bit_exact": differing == 0, "values_differing": differing, "values": values,
+                "provenance": "predicted (the same evaluation with Generic's arithmetic: deeploy-pulp 0.2.1's "
+                              "GenericOptimizer does not fuse RequantShift -> Add into RequantizedAdd, so the scaled "
+                              "inputs of an add are clipped to int8 first)"}}
+
+
+def _runner_rounds_add(onnx_path: Path) -> list[str]:
+    """RequantShift nodes whose add is not a multiple of mul: Deeploy's test generator (DeeployTest/
+    generateNetwork.py, v0.2.1) inserts EmulateCMSISRequantPass, which rounds add to one, so its run of the test
+    folder can differ from outputs.npz there for that reason alone."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    init = {t.name: numpy_helper.to_array(t).astype(np.int64) for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "RequantShift":
+            mul, add = init[node.input[1]], init[node.input[2]]
+            if np.any(np.where(mul == 0, add != 0, add % np.where(mul == 0, 1, mul) != 0)):
+                names.append(node.name)
+    return names
 
 
 def c_step(ctx: FlowContext) -> None:
@@ -190,7 +299,8 @@ def verify_host_step(ctx: FlowContext) -> None:
             outputs = run_on_host(graph, q_inputs, Path(scratch) / task)
             _check_exact(task, "host gcc", outputs, expected)
             ctx.manifest["tasks"][task]["c"]["host"] = {"samples": len(q_inputs), "bit_exact": True,
-                                                        "compiler": "gcc -std=c99 -O2"}
+                                                        "compiler": "gcc -std=c99 -O2",
+                                                        "against": "edgemtl's int8 reference executor"}
 
 
 def verify_qemu_step(ctx: FlowContext) -> None:
@@ -207,7 +317,24 @@ def verify_qemu_step(ctx: FlowContext) -> None:
             run = run_on_qemu(graph, q_inputs[:count], Path(scratch) / task, timeout_s=600)
             _check_exact(task, "qemu rv32imac", run.outputs, expected[:count])
             entry["qemu"] = {"samples": count, "bit_exact": True, "provenance": QEMU_PROVENANCE,
+                             "against": "edgemtl's int8 reference executor",
                              "instructions": simulated_instructions(graph, run.layer_instructions)}
+    for task in _graphs(ctx):
+        _label_int8_metrics(ctx.manifest["tasks"][task])
+
+
+def _label_int8_metrics(entry: dict) -> None:
+    """Say what the int8 metrics rest on, with every sample count: they are the reference executor's on the
+    metric samples; the C was compared with it on far fewer (host, qemu)."""
+    int8, c = entry.get("int8") or {}, entry.get("c") or {}
+    if not int8.get("ok") or "metric_int8" not in int8:
+        return
+    checks = [f"{c['host']['samples']} (host gcc)"] if c.get("host", {}).get("bit_exact") else []
+    if c.get("qemu", {}).get("bit_exact"):
+        checks.append(f"{c['qemu']['samples']} (qemu rv32)")
+    matched = (f"; the generated C matches it bit for bit on {' and '.join(checks)} samples" if checks
+               else "; the generated C was not compared")
+    int8["metric_int8_source"] = f"edgemtl's int8 reference executor on {int8.get('metrics_data', '?')}{matched}"
 
 
 def _check_exact(task: str, where: str, outputs: np.ndarray, expected: np.ndarray) -> None:

@@ -232,8 +232,8 @@ def _metric(manifest: Mapping[str, Any], flow: str, task: str, entry: Mapping[st
         data = _text(int8.get("metrics_data")) or held_out
         float_value = _metric_figure(_section(int8, "metric_float").get(name), "PyTorch / ONNX Runtime float",
                                      data, f"{base}.int8.metric_float.{name}")
-        deployed = _metric_figure(_section(int8, "metric_int8").get(name), "edgemtl's integer reference executor "
-                                  "(bit-exact with the generated C)", data, f"{base}.int8.metric_int8.{name}")
+        source = _text(int8.get("metric_int8_source")) or "edgemtl's integer reference executor"
+        deployed = _metric_figure(_section(int8, "metric_int8").get(name), source, data, f"{base}.int8.metric_int8.{name}")
         precision = "int8"
     elif flow == "fpga-hls4ml" and quant:
         before, after = _section(quant, "metric_float"), _section(quant, "metric_quant")

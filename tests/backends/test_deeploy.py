@@ -1,5 +1,7 @@
-"""Deeploy: the integer ONNX export (format, exactness against the IntGraph reference, the checks that refuse an
-inexact export, unmapped layers) runs everywhere; code generation with GAP9's L1 / L2 needs `.venv-deeploy`."""
+"""Deeploy: the integer ONNX export (format; its values under onnxruntime and onnx.reference against the IntGraph
+reference; the checks that refuse an inexact export; unmapped layers) runs everywhere; code generation with GAP9's
+L1 / L2 needs `.venv-deeploy`. Deeploy's generated C is run only where Deeploy's Generic kernel sources are on disk
+(EDGEMTL_DEEPLOY_GENERIC_KERNELS): deeploy-pulp on PyPI ships none."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgemtl.backends.deeploy import WORKER, deeploy_generate, deeploy_python, generic_record, tile_summary
-from edgemtl.backends.deeploy_onnx import RQS_DOMAIN, export_deeploy_onnx, read_deeploy_metadata
+from edgemtl.backends.deeploy import (GENERIC_KERNELS_ENV, WORKER, deeploy_generate, deeploy_python,
+                                      generic_kernels_dir, generic_record, run_generic_on_host, tile_summary)
+from edgemtl.backends.deeploy_onnx import (RQS_DOMAIN, evaluate_standard, export_deeploy_onnx, read_deeploy_metadata,
+                                           standard_onnx)
 from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.errors import EdgemtlError
-from edgemtl.model.intgraph import IntGraph, Node, TensorInfo, _conv_acc, _maxpool, run_reference
+from edgemtl.model.intgraph import IntGraph, Node, TensorInfo, run_reference
 
 L1, L2 = 128_000, 1_500_000  # GAP9's cluster L1 and L2 (targets/gap9.toml)
 
@@ -123,6 +127,9 @@ def test_every_tensor_has_a_shape_and_requantshift_follows_deeploy(tmp_path):
 
     gemm = _nodes(model, "Gemm")[0]
     assert next(a.i for a in gemm.attribute if a.name == "transB") == 1
+    # written out as floats: Deeploy's Generic GEMM parser (and so its own test runner) fails without them
+    assert {a.name: (a.type, a.f) for a in gemm.attribute if a.name in ("alpha", "beta")} == {
+        "alpha": (onnx.AttributeProto.FLOAT, 1.0), "beta": (onnx.AttributeProto.FLOAT, 1.0)}
     pool = [n for n in _nodes(model, "Conv") if next(a.i for a in n.attribute if a.name == "group") == 8][0]
     assert list(init[pool.input[1]].shape) == [8, 1, 8, 8] and np.all(init[pool.input[1]] == 1)
     add = _nodes(model, "Add")[0]  # RequantShift(mul_a) and RequantShift(mul_b) feed it: fused to RequantizedAdd
@@ -135,57 +142,70 @@ def test_every_tensor_has_a_shape_and_requantshift_follows_deeploy(tmp_path):
     onnx.checker.check_model(model)
 
 
-def _deeploy_semantics(model: onnx.ModelProto, x: np.ndarray, output: int = 0) -> np.ndarray:
-    """The exported graph evaluated the way Deeploy's PULPOpen kernels compute it: RequantShift adds 2^(d-1) then
-    shifts arithmetically and clips to its output type, except the per-tensor ones Deeploy fuses with an Add into
-    RequantizedAdd (no clip in between)."""
-    init = {t.name: numpy_helper.to_array(t).astype(np.int64) for t in model.graph.initializer}
-    producer = {n.output[0]: n for n in model.graph.node}
-    scalar = {n.output[0] for n in model.graph.node if n.op_type == "RequantShift" and init[n.input[1]].size == 1}
-    fused = set()  # PULPAddRequantMergePass: RequantShift -> Add <- RequantShift, Add -> RequantShift, all per-tensor
-    for add in (n for n in model.graph.node if n.op_type == "Add"):
-        out_rqs = [n for n in model.graph.node if n.op_type == "RequantShift" and n.input[0] == add.output[0]]
-        if out_rqs and out_rqs[0].output[0] in scalar and all(i in scalar for i in add.input):
-            fused |= {i for i in add.input if producer[i].op_type == "RequantShift"}
-    values = {model.graph.input[0].name: x.astype(np.int64)}
-    for node in model.graph.node:
-        ins = [values.get(i, init.get(i)) for i in node.input]
-        if node.op_type == "Conv":
-            a = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
-            out = _conv_acc(ins[0], ins[1], a["strides"], a["pads"], a["group"])
-        elif node.op_type == "MaxPool":
-            a = {a.name: list(a.ints) if a.ints else a.i for a in node.attribute}
-            out = _maxpool(ins[0], a["kernel_shape"], a["strides"], a["pads"])
-        elif node.op_type == "Concat":
-            out = np.concatenate(ins, axis=1)
-        elif node.op_type == "Gemm":
-            out = ins[0] @ ins[1].T
-        elif node.op_type == "Add":
-            out = ins[0] + ins[1]
-        elif node.op_type == "Flatten":
-            out = ins[0].reshape(ins[0].shape[0], -1)
-        elif node.op_type == "RequantShift":
-            d = int(np.log2(int(_attr(node, "div"))))
-            shape = [1, -1] + [1] * (ins[0].ndim - 2)
-            out = ins[0] * ins[1].reshape(shape) + ins[2].reshape(shape) + ((1 << (d - 1)) if d else 0)
-            out = out >> d
-            if node.output[0] not in fused:
-                lo, hi = (-128, 127) if int(_attr(node, "signed")) else (0, 255)
-                out = np.clip(out, lo, hi)
-        else:
-            raise AssertionError(f"no semantics for {node.op_type}")
-        values[node.output[0]] = out
-    return values[model.graph.output[output].name]
+def _independent(path, x: np.ndarray, semantics: str = "pulpopen") -> list[np.ndarray]:
+    """The exported ONNX evaluated by onnxruntime and by onnx.reference (neither is edgemtl's executor) on its
+    standard-op form; the two must agree exactly before either is compared with anything."""
+    model = standard_onnx(path, semantics)
+    by_ort, by_reference = evaluate_standard(model, x, "onnxruntime"), evaluate_standard(model, x, "onnx.reference")
+    assert len(by_ort) == len(by_reference)
+    assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(by_ort, by_reference))
+    return by_ort
+
+
+def _bit_exact(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.array_equal(got, want), f"{int((got != want).sum())} of {want.size} values differ"
 
 
 @pytest.mark.parametrize("build", [tiny_graph, branchy_graph])
-def test_export_is_bit_exact_with_the_intgraph_reference(tmp_path, build):
+def test_exported_onnx_under_onnxruntime_and_onnx_reference_equals_the_reference(tmp_path, build):
+    """What this checks: the integer ONNX handed to Deeploy, read with the arithmetic of Deeploy's PULPOpen kernels
+    and evaluated by two evaluators that are not ours, equals run_reference bit for bit. Not Deeploy's C."""
     graph = build(seed=3)
-    model = onnx.load(str(export_deeploy_onnx(graph, tmp_path / "net.onnx").path))
-    x = np.random.default_rng(7).integers(-128, 128, (5, *graph.tensors["x"].shape))
-    expected = run_reference(graph, x)["y"]
-    got = np.concatenate([_deeploy_semantics(model, x[i:i + 1]) for i in range(len(x))])
-    np.testing.assert_array_equal(got, expected)
+    path = export_deeploy_onnx(graph, tmp_path / "net.onnx").path
+    x = np.random.default_rng(7).integers(-128, 128, (16, *graph.tensors["x"].shape))
+    x[0], x[1] = -128, 127  # the input's extremes too
+    (got,) = _independent(path, x)
+    _bit_exact(got, run_reference(graph, x)["y"])
+
+
+def test_the_independent_evaluation_sees_a_wrong_export(tmp_path):
+    """The check is not vacuous: one channel's mul doubled in the file, or a conv weight negated, is seen."""
+    graph = tiny_graph(seed=3)
+    path = export_deeploy_onnx(graph, tmp_path / "net.onnx").path
+    x = np.random.default_rng(7).integers(-128, 128, (16, 3, 8, 8))
+    want = run_reference(graph, x)["y"]
+    for name, change in (("head_fc_rqs_mul", lambda a: a * (1 + (np.arange(a.size) == 1))),
+                         ("trunk_conv1_weight", lambda a: -a)):
+        model = onnx.load(str(path))
+        tensor = next(t for t in model.graph.initializer if t.name == name)
+        tensor.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(tensor)).astype(np.float32), name))
+        onnx.save(model, str(tmp_path / "wrong.onnx"))
+        (got,) = _independent(tmp_path / "wrong.onnx", x)
+        assert not np.array_equal(got, want), name
+
+
+def test_generic_arithmetic_differs_from_the_reference_on_a_scaled_add(tmp_path):
+    """Deeploy's Generic platform (deeploy-pulp 0.2.1) does not fuse RequantShift -> Add into RequantizedAdd, so
+    it clips the add's scaled inputs (3 * c1, 2 * c2) to int8: its code cannot equal the reference on
+    tiny_graph's residual add, while an add of unscaled inputs (branchy_graph) stays exact. This is what the
+    manifest's `generic_semantics` predicts; compiled once with Deeploy v0.2.1's own Generic kernels it gave
+    exactly these integers (test_generic_c_with_deeploys_kernels runs that where the kernels are on disk)."""
+    x = np.random.default_rng(7).integers(-128, 128, (16, 3, 8, 8))
+    tiny = export_deeploy_onnx(tiny_graph(seed=3), tmp_path / "tiny.onnx").path
+    (generic,) = _independent(tiny, x, "generic")
+    assert (generic != run_reference(tiny_graph(seed=3), x)["y"]).sum() > 0
+    branchy = export_deeploy_onnx(branchy_graph(seed=3), tmp_path / "branchy.onnx").path
+    (generic,) = _independent(branchy, x[:, :1].repeat(4, axis=1), "generic")
+    _bit_exact(generic, run_reference(branchy_graph(seed=3), x[:, :1].repeat(4, axis=1))["y"])
+
+
+def test_standard_form_refuses_a_placeholder_and_unknown_semantics(tmp_path):
+    path = export_deeploy_onnx(_unmappable_graph(), tmp_path / "seg.onnx").path
+    with pytest.raises(EdgemtlError, match=r"'up'.*resize_nearest.*no standard"):
+        standard_onnx(path)
+    with pytest.raises(EdgemtlError, match="unknown semantics"):
+        standard_onnx(path, "siracusa")
 
 
 def test_gemm_with_shift_zero_is_written_as_shift_one(tmp_path):
@@ -200,9 +220,9 @@ def test_gemm_with_shift_zero_is_written_as_shift_one(tmp_path):
     assert int(_attr(rqs, "div")) == 2  # Deeploy's Gemm fusion would add 2^-1 to `add` for a shift of 0
     np.testing.assert_array_equal(init[rqs.input[1]], 2 * np.ones(4))
     np.testing.assert_array_equal(init[rqs.input[2]], 2 * np.arange(4))
-    x = np.random.default_rng(1).integers(-128, 128, (3, 3, 8, 8))
-    got = np.concatenate([_deeploy_semantics(model, x[i:i + 1]) for i in range(len(x))])
-    np.testing.assert_array_equal(got, run_reference(graph, x)["y"])
+    x = np.random.default_rng(1).integers(-128, 128, (8, 3, 8, 8))
+    (got,) = _independent(tmp_path / "net.onnx", x)
+    _bit_exact(got, run_reference(graph, x)["y"])
 
 
 # ---- checks that refuse an inexact export ----------------------------------------------------------------------
@@ -322,6 +342,9 @@ def test_generates_tiled_code_within_gap9_l1_and_l2(tmp_path):
     generic_code = (tmp_path / "gen" / "generic" / "Network.c").read_text()
     assert "Conv2d_s8_s8_s32_NCHW" in generic_code and "Gemm_s8_s8_s32_s32" in generic_code
     assert "pulp_nn" not in generic_code and "whole_graph" not in generic
+    # nothing claims Deeploy's numbers were checked: its C was not run
+    assert out["numerics_checked"] is False and "TargetLibraries" in out["numerics_reason"]
+    assert generic["numerics_checked"] is False and "no C kernel library" in generic["numerics_reason"]
 
 
 @pytest.mark.needs_deeploy
@@ -470,11 +493,12 @@ def test_prefix_export_has_every_output_bit_exact(tmp_path):
     copy = next(n for n in model.graph.node if n.output[0] == onnx_outputs[0])
     assert copy.op_type == "RequantShift" and copy.input[0] == "c1" and int(_attr(copy, "div")) == 2
     assert meta["tensor_layers"][onnx_outputs[0]] == "enc.conv1"
-    x = np.random.default_rng(5).integers(-128, 128, (3, 3, 8, 8))
+    x = np.random.default_rng(5).integers(-128, 128, (8, 3, 8, 8))
     reference = run_reference(graph, x, keep_all=True)
-    for index, tensor in enumerate(outputs):
-        got = np.concatenate([_deeploy_semantics(model, x[i:i + 1], index) for i in range(len(x))])
-        np.testing.assert_array_equal(got, reference[tensor])
+    got = _independent(out.path, x)
+    assert len(got) == len(outputs) == 2
+    for values, tensor in zip(got, outputs):
+        _bit_exact(values, reference[tensor])
     with pytest.raises(EdgemtlError, match="outputs"):
         export_deeploy_onnx(prefix, tmp_path / "bad.onnx", ["c1", "u"])
 
@@ -535,3 +559,168 @@ def test_generic_names_a_layer_its_parsers_reject(tmp_path):
     assert generic["ok"] is False and generic["ran"] and generic["stage"] == "frontend"
     assert [(r["layer"], r["op"]) for r in generic["rejected"]] == [("grouped", "Conv")]
     assert "GenericConv2DParser" in generic["rejected"][0]["reason"]
+
+
+# ---- Deeploy's own Generic C, where Deeploy's kernel sources are on disk ------------------------------------
+
+def _kernels_or_skip():
+    kernels = generic_kernels_dir()
+    if kernels is None:
+        pytest.skip(f"{GENERIC_KERNELS_ENV} is not set: Deeploy's TargetLibraries/Generic is not on PyPI (set it to a "
+                    "Deeploy v0.2.1 checkout's TargetLibraries/Generic)")
+    return kernels
+
+
+@pytest.mark.external  # Deeploy's C kernels are on GitHub only, not on PyPI: never in CI
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_generic_c_with_deeploys_kernels(tmp_path):
+    """Deeploy's Generic Network.c, compiled with Deeploy's own kernels and the host gcc: on an add of unscaled
+    inputs and on a prefix with two uint8 outputs it equals the reference bit for bit; on tiny_graph's scaled add
+    it gives exactly the integers the Generic-arithmetic prediction gives (and so not the reference's)."""
+    kernels = _kernels_or_skip()
+    rng = np.random.default_rng(7)
+    graph = dense_head_graph(skip=True)
+    prefix, outputs = mappable_prefix(graph)
+    cases = [(branchy_graph(seed=3), None), (tiny_graph(seed=3), None), (prefix, outputs)]
+    for index, (case, outs) in enumerate(cases):
+        path = export_deeploy_onnx(case, tmp_path / f"{index}.onnx", outs).path
+        out = deeploy_generate(path, tmp_path / f"gen{index}", L1, L2, 300)
+        assert out["generic"]["ok"], out["generic"]["reason"]
+        x = rng.integers(-128, 128, (8, *case.tensors[case.input].shape))
+        got = run_generic_on_host(tmp_path / f"gen{index}" / "generic", x, read_deeploy_metadata(path),
+                                  tmp_path / f"build{index}", kernels)
+        reference = run_reference(case, x, keep_all=True)
+        want = [reference[t] for t in (outs or [case.output])]
+        predicted = _independent(path, x, "generic")
+        for g, w, p in zip(got, want, predicted):
+            _bit_exact(g.reshape(w.shape), p)
+            if case.task != "scene":
+                _bit_exact(g.reshape(w.shape), w)
+            else:
+                assert not np.array_equal(g.reshape(w.shape), w)
+
+
+def test_generic_kernels_folder_is_checked(tmp_path, monkeypatch):
+    monkeypatch.delenv(GENERIC_KERNELS_ENV, raising=False)
+    assert generic_kernels_dir() is None
+    monkeypatch.setenv(GENERIC_KERNELS_ENV, str(tmp_path))
+    with pytest.raises(EdgemtlError, match="is not Deeploy's TargetLibraries/Generic"):
+        generic_kernels_dir()
+
+
+# ---- what the gap9 flow records about Deeploy's numbers ------------------------------------------------------
+
+class _Data:
+    """Stands in for a data split: `images` already normalised, `normalise` the identity."""
+
+    name, split = "scenes", "val"
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        return images
+
+
+def _ctx(tmp_path, graph: IntGraph, samples: int = 12):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(11)
+    scale = graph.tensors[graph.input].scale
+    images = rng.uniform(-130 * scale, 130 * scale, (samples, *graph.tensors[graph.input].shape))  # real values
+    return SimpleNamespace(bundle=tmp_path, state={"data": _Data(images)}, options=SimpleNamespace(c_samples=samples),
+                           manifest={"tasks": {graph.task: {"artifacts": {}}}})
+
+
+def test_flow_records_the_onnx_check_the_test_folder_and_that_deeploys_c_was_not_run(tmp_path, monkeypatch):
+    from edgemtl.flows.mcu_gap9 import _deeploy_numerics
+    from edgemtl.model.intgraph import quantize_input
+
+    monkeypatch.delenv(GENERIC_KERNELS_ENV, raising=False)
+    graph = tiny_graph(seed=3)
+    ctx = _ctx(tmp_path, graph)
+    path = export_deeploy_onnx(graph, tmp_path / "net.onnx").path
+    record = {"scope": "whole", "generic": {"ok": True}}
+    _deeploy_numerics(ctx, "scene", graph, path, record)
+    assert record["numerics_checked"] is False and "no C kernel library" in record["numerics_reason"]
+    generic = record["generic"]
+    assert generic["numerics_checked"] is False and GENERIC_KERNELS_ENV in generic["numerics_reason"]
+    check = record["onnx_check"]
+    assert check["ran"] and check["bit_exact"] and check["samples"] == 12
+    assert check["evaluator"].startswith("onnxruntime")
+    assert "not Deeploy's code" in check["what"]
+    assert check["generic_semantics"]["bit_exact"] is False and check["generic_semantics"]["values_differing"] > 0
+    assert check["generic_semantics"]["provenance"].startswith("predicted")
+    folder = tmp_path / "tasks/scene/deeploy_test"
+    assert ctx.manifest["tasks"]["scene"]["artifacts"]["deeploy_test"] == "tasks/scene/deeploy_test"
+    assert (folder / "network.onnx").read_bytes() == path.read_bytes()
+    x = np.load(folder / "inputs.npz")["input_0"]
+    q = quantize_input(graph, ctx.state["data"].images[:1])
+    _bit_exact(x, q)
+    _bit_exact(np.load(folder / "outputs.npz")["output_0"], run_reference(graph, q)["y"])
+    assert ("deeployRunner_generic.py -t $BUNDLE/tasks/scene/deeploy_test --toolchain GCC --toolchain-install-dir"
+            in record["numerics_command"]["generic"])
+    assert record["numerics_test_folder"]["samples"] == 1 and record["numerics_test_folder"]["runner_rounds_add"] == []
+
+
+@pytest.mark.external  # Deeploy's C kernels are on GitHub only, not on PyPI: never in CI
+@pytest.mark.needs_deeploy
+@without_deeploy
+def test_flow_runs_deeploys_generic_c_where_its_kernels_are_on_disk(tmp_path):
+    """With the kernels, the flow measures Generic's C on the same samples; tiny_graph's scaled add makes it differ
+    from the reference in exactly as many values as the prediction says."""
+    from edgemtl.flows.mcu_gap9 import _deeploy_numerics
+
+    _kernels_or_skip()
+    graph = tiny_graph(seed=3)
+    ctx = _ctx(tmp_path, graph)
+    path = export_deeploy_onnx(graph, tmp_path / "net.onnx").path
+    out = deeploy_generate(path, tmp_path / "tasks/scene/deeploy", L1, L2, 300)
+    record = {"scope": "whole", "generic": out["generic"]}
+    _deeploy_numerics(ctx, "scene", graph, path, record)
+    numerics = record["generic"]["numerics"]
+    assert record["generic"]["numerics_checked"] is True and record["numerics_checked"] is False  # PULPOpen: never
+    assert numerics["samples"] == 12 and numerics["provenance"].startswith("measured")
+    assert numerics["bit_exact"] is False
+    assert numerics["values_differing"] == record["onnx_check"]["generic_semantics"]["values_differing"] > 0
+
+
+def test_flow_fails_on_an_export_the_evaluators_disagree_with(tmp_path):
+    from edgemtl.flows.mcu_gap9 import _onnx_check
+
+    graph = tiny_graph(seed=3)
+    path = export_deeploy_onnx(graph, tmp_path / "net.onnx").path
+    model = onnx.load(str(path))
+    tensor = next(t for t in model.graph.initializer if t.name == "trunk_conv2_weight")
+    tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(model, str(tmp_path / "wrong.onnx"))
+    x = np.random.default_rng(2).integers(-128, 128, (6, 3, 8, 8))
+    with pytest.raises(EdgemtlError, match=r"task 'scene'.*wrong\.onnx.*differs from the reference executor in \d+ "
+                                           r"values under onnx\.reference"):
+        _onnx_check("scene", tmp_path / "wrong.onnx", x, [run_reference(graph, x)["y"]])
+
+
+def test_runner_rounding_is_named_for_a_lone_requant_whose_add_is_not_a_multiple_of_mul(tmp_path):
+    from edgemtl.flows.mcu_gap9 import _runner_rounds_add
+
+    path = export_deeploy_onnx(branchy_graph(), tmp_path / "net.onnx").path  # rq: random mul, random add
+    assert _runner_rounds_add(path) == ["rq_rqs"]
+    assert _runner_rounds_add(export_deeploy_onnx(tiny_graph(), tmp_path / "t.onnx").path) == []
+
+
+def test_int8_metric_label_names_every_sample_count():
+    from edgemtl.flows.mcu_gap9 import _label_int8_metrics
+
+    entry = {"int8": {"ok": True, "metric_int8": {"miou": 0.5}, "metrics_data": "scenes/val, 256 samples"},
+             "c": {"host": {"samples": 32, "bit_exact": True}, "qemu": {"samples": 4, "bit_exact": True}}}
+    _label_int8_metrics(entry)
+    assert entry["int8"]["metric_int8_source"] == (
+        "edgemtl's int8 reference executor on scenes/val, 256 samples; the generated C matches it bit for bit on "
+        "32 (host gcc) and 4 (qemu rv32) samples")
+    entry["c"]["qemu"] = {"skipped": "no qemu"}
+    _label_int8_metrics(entry)
+    assert entry["int8"]["metric_int8_source"].endswith("bit for bit on 32 (host gcc) samples")

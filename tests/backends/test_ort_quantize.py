@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import export_task
@@ -77,14 +78,32 @@ def test_a_graph_onnxruntime_cannot_read_is_a_one_line_error(tmp_path):
         quantize_qdq(bad, tmp_path / "out.onnx", np.zeros((2, 3, 8, 8), np.float32))
 
 
-def test_a_transformer_graph_quantizes_falling_back_to_per_tensor_weights_where_needed(tmp_path):
+# The bound: int8 output error, as RMS relative to the float output's RMS, at most 10%: the same number the CNN
+# path's test uses, not a tolerance the flow itself writes; and the int8 graph picks the float graph's class on at
+# least 90% of held-out samples.
+RELATIVE_RMS_BOUND = 0.10
+ARGMAX_AGREEMENT = 0.90
+
+
+def test_a_transformer_graph_in_int8_stays_close_to_pytorch_float_and_is_repeatable(tmp_path):
     model, spec = tiny_model("m3vit")
     path = export_task(model, spec, "scene", tmp_path / "scene.onnx")
-    samples = load_data("scenes", "train", n=8)
-    images = samples.normalise(samples.images)
-    result = quantize_qdq(path, tmp_path / "scene.int8.onnx", images, OrtQuantConfig(calibration_samples=8))
+    calibration = load_data("scenes", "train", n=8)
+    result = quantize_qdq(path, tmp_path / "scene.int8.onnx", calibration.normalise(calibration.images),
+                          OrtQuantConfig(calibration_samples=8))
     # ONNX Runtime 1.31 fails per-channel on MatMul + bias; the fallback says so (or, once fixed, none is needed)
     assert result.per_channel or result.per_channel_fallback.startswith("per-channel weights failed")
-    reference = ort_backend.run(ort_backend.make_session(path, 1), images)["scene"]
-    got = ort_backend.run(ort_backend.make_session(result.path, 1), images)["scene"]
-    assert got.shape == reference.shape and np.isfinite(got).all()
+
+    held_out = load_data("scenes", "val", n=32)
+    images = held_out.normalise(held_out.images)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images), task="scene")["scene"].numpy().astype(np.float64)
+    got = ort_backend.run(ort_backend.make_session(result.path, 1), images)["scene"].astype(np.float64)
+    assert got.shape == reference.shape == (32, *spec.task("scene").output_shape)
+    relative_rms = np.sqrt(np.mean((got - reference) ** 2)) / np.sqrt(np.mean(reference ** 2))
+    assert relative_rms < RELATIVE_RMS_BOUND, relative_rms
+    assert (got.argmax(axis=1) == reference.argmax(axis=1)).mean() >= ARGMAX_AGREEMENT
+    assert relative_rms > 1e-4  # the int8 graph is not plain float: its error is well above float32 rounding
+    # a second, fresh session on the same samples gives the same numbers bit for bit
+    again = ort_backend.run(ort_backend.make_session(result.path, 1), images)["scene"].astype(np.float64)
+    assert np.array_equal(again, got)
