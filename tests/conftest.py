@@ -1,9 +1,8 @@
 """Shared fixtures: tiny zoo models (random weights) and their checkpoints, small enough for a fast suite; and the
-CI rule that a skipped check is a failed check."""
+CI rule that a skipped check is a failed check (ci_skip_rule.py)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -38,34 +37,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
-def in_ci() -> bool:
-    """CI sets CI=true; there every tool the suite needs is installed by .ci/run, so a skip means a broken set-up."""
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _fail_skip_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
-    """Turn a skip into a failure that names the reason: a missing tool must make CI red, never quietly green."""
-    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
-        return
-    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-    report.outcome = "failed"
-    report.longrepr = (f"skipped in CI ({reason.removeprefix('Skipped: ')}): a CI run must run every check; "
-                       ".ci/run installs every tool the suite needs")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ARG001
-    outcome = yield
-    _fail_skip_in_ci(outcome.get_result())
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector):  # noqa: ARG001
-    outcome = yield
-    _fail_skip_in_ci(outcome.get_result())
-
-
 # Let tests name their own models as `--model-factory custom_models:<function>`.
 import sys  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from ci_skip_rule import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401
