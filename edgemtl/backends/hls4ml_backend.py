@@ -13,8 +13,12 @@ accumulator can overflow or round. What is left over - float biases, pooling res
 fallback - gets `precision` (default `fixed<32,16>`, hls4ml's own `fixed<16,6>` overflows and truncates).
 The graph input gets the input quantizer's own type, so the float -> fixed conversion in the C++ wrapper
 rounds exactly as the quantizer does (a wide input type would first truncate and then round again).
-Only power-of-two scales are exact in hls4ml: a float-scale quantizer (e.g. `Int8ActPerTensorFloat`) can
-leave an output off by a constant factor, which `csim_check` detects and reports.
+Only power-of-two scales and quantized biases are exact in hls4ml: a float-scale quantizer (e.g.
+`Int8ActPerTensorFloat`) can leave an output off by a constant factor, and a float bias is rounded to
+`precision` (16 fractional bits), which flips an output near a rounding tie by 1 LSB. edgemtl's quantizer
+makes neither (fixed-point quantizers, `Int32Bias`), so `csim_check` demands equality: 0 LSB on every value
+of every sample (measured on the tiny mtl-cnn, 32 real samples per task path: 0 LSB on all five paths at
+w4a4 and on scene, depth, segmentation at w8a8); a mismatch fails naming the likely cause.
 
 Layout: the HLS top function takes the input channels-last (NHWC, a pixel stream) and gives 4-D outputs
 channels-last too (the trailing Transposes back to NCHW are dropped: in io_stream each would buffer a whole
@@ -58,7 +62,8 @@ DEFAULT_PRECISION = "fixed<32,16>"
 BACKEND = "Vitis"
 IO_TYPE = "io_stream"
 PROJECT_NAME = "myproject"
-CSIM_PROVENANCE = "simulated (hls4ml C simulation, bit-accurate)"
+# The RESULTS_LOG stream of hls4ml's testbench, whose default 6 significant digits would round the outputs.
+_TB_LOG_STREAM = "std::ofstream fout(RESULTS_LOG);"
 # A constant-factor error: the least-squares scale hls ~ s * reference is off 1 by more than this ...
 CONSTANT_FACTOR_TOLERANCE = 1e-2
 # ... fits the HLS output to within this relative residual (quantization noise aside) ...
@@ -89,6 +94,8 @@ class HlsProject:
     output_shapes: dict[str, tuple[int, ...]]  # one sample, the quantized model's layout
     output_channels_last: dict[str, bool]  # the HLS output is NHWC
     non_power_of_two_quants: list[str] = field(default_factory=list)  # "node (scale s)" of float-scale Quants
+    float_biases: list[str] = field(default_factory=list)  # Conv / Gemm nodes with an unquantized, nonzero bias
+    default_precision: str = DEFAULT_PRECISION  # what the float biases and other left-over types got
     log: str = ""  # hls4ml's console output
     last_csim: dict[str, Any] | None = None  # inputs / HLS outputs of the last csim_check, for the testbench
 
@@ -191,7 +198,8 @@ def build_hls_project(qonnx_path: Path, out_dir: Path, task: str, part: str, clo
         clean_onnx=clean_path, input_shape=input_shape, input_channels_last=input_channels_last,
         outputs=hls_outputs, output_shapes={name: orig_shapes[name] for name in hls_outputs},
         output_channels_last={rename.get(k, k): v for k, v in output_channels_last.items()},
-        non_power_of_two_quants=_non_power_of_two_quants(model.model), log=log.getvalue())
+        non_power_of_two_quants=_non_power_of_two_quants(model.model), float_biases=_float_biases(original),
+        default_precision=default_precision, log=log.getvalue())
 
 
 @contextlib.contextmanager
@@ -577,6 +585,21 @@ def _non_power_of_two_quants(model: onnx.ModelProto) -> list[str]:
     return found
 
 
+def _float_biases(model: onnx.ModelProto) -> list[str]:
+    """Conv / Gemm nodes whose bias is a nonzero float initializer (no Quant node in front of it)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 2 and node.input[2] in inits:
+            if np.any(numpy_helper.to_array(inits[node.input[2]])):
+                found.append(node.name or node.output[0])
+    return found
+
+
+def csim_provenance(samples: int) -> str:
+    return f"simulated (hls4ml C simulation, bit-accurate: equal to the quantized model on {samples} samples)"
+
+
 def precision_table(hls_model: Any) -> dict[str, dict[str, str]]:
     """Layer name -> {type name (result_t, accum_t, weight_t ...): precision} as hls4ml will emit them."""
     table = {}
@@ -755,12 +778,14 @@ def constant_factor(hls: np.ndarray, reference: np.ndarray) -> tuple[float, floa
 
 
 def csim_check(project: HlsProject, inputs: np.ndarray, reference: Any, lsb: Any, task: str) -> dict[str, Any]:
-    """Compare the HLS C simulation with the quantized model's outputs on a few NCHW inputs.
+    """Check that the HLS C simulation equals the quantized model's outputs, value for value, on NCHW inputs.
 
     `reference`: an array for a one-output graph, else a dict by output name (or a list in `project.outputs`
-    order), in the quantized model's layout; `lsb`: the output quantizer's step (float, or per output).
-    Raises one EdgemtlError line on a constant-factor error (a non-power-of-two scale) or a difference over
-    1 LSB; returns samples, max_abs_diff_lsb (overall and per sample / output), passed, seconds, provenance.
+    order), in the quantized model's layout; `lsb`: the output quantizer's step (float, or per output), to
+    report differences in. Equality, not a tolerance: both sides are integers times a power-of-two step, so
+    any difference is a real rounding difference. Raises one EdgemtlError line on a constant-factor error (a
+    non-power-of-two scale) or any difference; returns samples, max_abs_diff_lsb (0; per sample / output),
+    exact, bound_lsb (0), passed, seconds, provenance (naming the sample count).
     """
     start = time.perf_counter()
     refs = _per_output(reference, project.outputs, "reference", task)
@@ -771,8 +796,11 @@ def csim_check(project: HlsProject, inputs: np.ndarray, reference: Any, lsb: Any
         x = x[None]
     got = hls_predict(project, x)
     samples = x.shape[0]
+    if samples == 0:
+        raise EdgemtlError(f"task {task!r}: the C simulation check needs at least one sample")
     per_output: dict[str, Any] = {}
     per_sample = np.zeros(samples)
+    differing = {}
     for name in project.outputs:
         ref, out, step = refs[name], got[name], lsbs[name]
         if ref.shape != out.shape:
@@ -786,12 +814,14 @@ def csim_check(project: HlsProject, inputs: np.ndarray, reference: Any, lsb: Any
         diff = np.abs(out - ref) / step
         sample_max = diff.reshape(samples, -1).max(axis=1)
         per_sample = np.maximum(per_sample, sample_max)
+        differing[name] = int(np.count_nonzero(out != ref))
         scale, residual, unexplained = constant_factor(out, ref)
-        per_output[name] = {"max_abs_diff_lsb": float(sample_max.max()),
+        per_output[name] = {"max_abs_diff_lsb": float(sample_max.max()), "values": int(out.size),
+                            "differing_values": differing[name],
                             "per_sample_max_abs_diff_lsb": [float(v) for v in sample_max],
                             "scale": scale, "fit_residual": residual}
         if (abs(scale - 1.0) > CONSTANT_FACTOR_TOLERANCE and residual < CONSTANT_FACTOR_FIT
-                and unexplained < CONSTANT_FACTOR_EXPLAINS and sample_max.max() > 1.0):
+                and unexplained < CONSTANT_FACTOR_EXPLAINS and differing[name]):
             suspects = project.non_power_of_two_quants
             where = f" (Quant nodes {', '.join(suspects[:3])})" if suspects else ""
             raise EdgemtlError(
@@ -800,19 +830,27 @@ def csim_check(project: HlsProject, inputs: np.ndarray, reference: Any, lsb: Any
                 f"{sample_max.max():.0f} LSB over {samples} samples); a quantizer scale is not a power of two"
                 f"{where}: use brevitas fixed-point quantizers (Int8ActPerTensorFixedPoint, "
                 "Int8WeightPerTensorFixedPoint)")
-    worst = float(per_sample.max()) if samples else 0.0
+    worst = float(per_sample.max())
     seconds = time.perf_counter() - start
     project.last_csim = {"inputs": np.asarray(x, dtype=np.float64), "outputs": got}
-    if worst > 1.0:
-        name = max(per_output, key=lambda k: per_output[k]["max_abs_diff_lsb"])
-        suspects = project.non_power_of_two_quants
-        cause = (f"quantizer scales that are not powers of two ({', '.join(suspects[:3])}) are not exact in hls4ml"
-                 if suspects else f"check the per-layer precision in {project.out_dir}/hls4ml_config.yml")
-        raise EdgemtlError(f"task {task!r}: the HLS C simulation differs from the quantized model by {worst:.1f} LSB "
-                           f"(output {name!r}, {samples} samples; allowed 1 LSB): {cause}")
-    return {"samples": int(samples), "max_abs_diff_lsb": worst,
+    if any(differing.values()):
+        name = max(per_output, key=lambda k: (per_output[k]["max_abs_diff_lsb"], differing[k]))
+        raise EdgemtlError(f"task {task!r}: the HLS C simulation differs from the quantized model by up to "
+                           f"{worst:.3g} LSB in {differing[name]} of {per_output[name]['values']} values of output "
+                           f"{name!r} ({samples} samples; it must be bit-accurate, 0 LSB): {_mismatch_cause(project)}")
+    return {"samples": int(samples), "max_abs_diff_lsb": worst, "exact": True, "bound_lsb": 0.0,
             "per_sample_max_abs_diff_lsb": [float(v) for v in per_sample], "outputs": per_output,
-            "passed": True, "seconds": seconds, "provenance": CSIM_PROVENANCE}
+            "passed": True, "seconds": seconds, "provenance": csim_provenance(int(samples))}
+
+
+def _mismatch_cause(project: HlsProject) -> str:
+    if project.non_power_of_two_quants:
+        return (f"quantizer scales that are not powers of two ({', '.join(project.non_power_of_two_quants[:3])}) "
+                "are not exact in hls4ml")
+    if project.float_biases:
+        return (f"float biases ({', '.join(project.float_biases[:3])}) are rounded to {project.default_precision} "
+                "in hls4ml: quantize them (brevitas Int32Bias)")
+    return f"check the per-layer precision in {project.out_dir}/hls4ml_config.yml"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -842,9 +880,11 @@ def build_testbench(project: HlsProject, inputs: np.ndarray | None = None,
                     outputs: Mapping[str, np.ndarray] | None = None, timeout_s: float = 600) -> dict[str, Any]:
     """Build `myproject_test.cpp` with plain g++ against the bundled ap_types and run it on tb_data.
 
-    Data: `inputs` (NCHW) and `outputs` (by name) if given, else those of the last `csim_check`. The run's
-    csim_results.log is compared with the C simulation's outputs (`matches_csim`). Without g++, returns
-    {"built": False, "reason": ...}.
+    Data: `inputs` (NCHW) and `outputs` (by name) if given, else those of the last `csim_check`. The
+    testbench is built from a copy whose results log prints every digit (hls4ml's prints 6 significant
+    ones), so its run is compared with the C simulation for equality: `matches_csim` is True only when every
+    sample's every value is equal, else False with `tb_reason` when the run gave nothing comparable.
+    Without g++ (or when g++ fails), returns {"built": False, "reason": ...}.
     """
     gxx = shutil.which("g++")
     if gxx is None:
@@ -853,6 +893,12 @@ def build_testbench(project: HlsProject, inputs: np.ndarray | None = None,
     test_cpp = out_dir / f"{PROJECT_NAME}_test.cpp"
     if not test_cpp.is_file():
         return {"built": False, "ran": False, "reason": f"{test_cpp} missing (hls4ml wrote no testbench)"}
+    source = test_cpp.read_text()
+    if _TB_LOG_STREAM not in source:
+        return {"built": False, "ran": False,
+                "reason": f"{test_cpp} has no {_TB_LOG_STREAM!r} to print exact results from (another hls4ml?)"}
+    exact_cpp = out_dir / f"{PROJECT_NAME}_test_exact.cpp"
+    exact_cpp.write_text(source.replace(_TB_LOG_STREAM, f"{_TB_LOG_STREAM} fout.precision(1000);", 1))
     expected = None
     if inputs is not None:
         expected = dict(outputs) if outputs is not None else hls_predict(project, inputs)
@@ -861,12 +907,14 @@ def build_testbench(project: HlsProject, inputs: np.ndarray | None = None,
         expected = project.last_csim["outputs"]
         write_tb_data(project, project.last_csim["inputs"], expected)
     has_data = (out_dir / "tb_data" / "tb_input_features.dat").is_file()
+    log = out_dir / "tb_data" / "csim_results.log"
+    log.unlink(missing_ok=True)  # a log from an earlier run must not stand in for this one
 
     start = time.perf_counter()
     binary = out_dir / "tb_csim"
     weights = out_dir / "firmware" / "weights"
     cmd = [gxx, "-O2", "-std=c++14", f"-I{out_dir / 'firmware' / 'ap_types'}", f"-I{out_dir}",
-           f'-DWEIGHTS_DIR="{weights}"', str(test_cpp), str(out_dir / "firmware" / f"{PROJECT_NAME}.cpp"),
+           f'-DWEIGHTS_DIR="{weights}"', str(exact_cpp), str(out_dir / "firmware" / f"{PROJECT_NAME}.cpp"),
            "-o", str(binary)]
     build = subprocess.run(cmd, cwd=out_dir, capture_output=True, text=True, timeout=timeout_s)
     build_s = time.perf_counter() - start
@@ -879,18 +927,27 @@ def build_testbench(project: HlsProject, inputs: np.ndarray | None = None,
     run = subprocess.run([str(binary)], cwd=out_dir, capture_output=True, text=True, timeout=timeout_s)
     result.update(ran=True, exit_status=run.returncode, run_seconds=time.perf_counter() - start,
                   seconds=build_s + time.perf_counter() - start, stdout_tail=run.stdout[-2000:])
-    log = out_dir / "tb_data" / "csim_results.log"
-    if run.returncode == 0 and log.is_file() and has_data and expected is not None:
+    if run.returncode != 0:
+        result.update(matches_csim=False, tb_reason=f"it exited with status {run.returncode}")
+    elif not has_data or expected is None:
+        result.update(matches_csim=False, tb_reason="no tb_data to run on (run csim_check first or pass inputs)")
+    elif not log.is_file():
+        result.update(matches_csim=False, tb_reason=f"it wrote no {log.relative_to(out_dir)}")
+    else:
         result.update(_compare_tb_log(project, log, expected))
     return result
 
 
 def _compare_tb_log(project: HlsProject, log: Path, expected: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """csim_results.log: one line per output per sample, in top-function order, HLS layout."""
+    """csim_results.log: one line per output per sample, in top-function order, HLS layout, every digit."""
     lines = [line.split() for line in log.read_text().splitlines() if line.strip()]
     n_out = len(project.outputs)
+    want = len(np.asarray(expected[project.outputs[0]])) if n_out else 0
     samples = len(lines) // n_out if n_out else 0
-    worst, close = 0.0, True
+    if not n_out or len(lines) != want * n_out:
+        return {"tb_samples": samples, "matches_csim": False,
+                "tb_reason": f"{len(lines)} lines in the log, expected {want} samples x {n_out} outputs"}
+    worst, equal = 0.0, True
     for s in range(samples):
         for k, name in enumerate(project.outputs):
             got = np.asarray([float(v) for v in lines[s * n_out + k]])
@@ -903,6 +960,5 @@ def _compare_tb_log(project: HlsProject, log: Path, expected: Mapping[str, np.nd
                         "tb_reason": f"output {name!r}: {got.size} values in the log, expected {y.size}"}
             if y.size:
                 worst = max(worst, float(np.max(np.abs(got - y))))
-                # the testbench prints with the stream's default 6 significant digits
-                close = close and bool(np.all(np.abs(got - y) <= 1e-5 * np.abs(y) + 1e-12))
-    return {"tb_samples": samples, "tb_max_abs_diff": worst, "matches_csim": samples > 0 and close}
+                equal = equal and bool(np.array_equal(got, y))
+    return {"tb_samples": samples, "tb_max_abs_diff": worst, "matches_csim": samples > 0 and equal}

@@ -3,9 +3,11 @@
 Steps: load_data -> analyse -> partition_experts -> quantize_brevitas -> export_qonnx -> hls4ml_csim ->
 estimates -> board_kit. Everything up to synthesis runs here; synthesis, the bitstream and the board need
 Vitis/Vivado and a ZCU104 (the bundle's hw/README.md gives the exact commands). A task hls4ml cannot map
-is recorded with the op that stopped it and the other tasks go on; a C simulation that disagrees with
-the quantized model fails the compile. A mixture-of-experts model (data-dependent expert dispatch) gets
-float ONNX graphs and the roofline estimate, and the manifest says which step needs another toolchain.
+is recorded with the op that stopped it and the other tasks go on; a C simulation that differs from
+the quantized model in any value, or a g++ testbench whose run differs from the C simulation, fails the
+compile (without g++ the manifest says the testbench was not built, and why). A mixture-of-experts model
+(data-dependent expert dispatch) gets float ONNX graphs and the roofline estimate, and the manifest says
+which step needs another toolchain.
 """
 
 from __future__ import annotations
@@ -116,13 +118,29 @@ def hls4ml_step(ctx: FlowContext) -> None:
         with torch.no_grad():
             reference = qmodel(images).numpy()
         csim = csim_check(project, images.numpy(), reference, output_lsb(qmodel), task)  # a mismatch is fatal
-        entry["hls4ml"] = {"ok": True, "project": relative, "csim": csim, "testbench": build_testbench(project),
+        testbench = build_testbench(project)
+        _require_agreement(task, relative, testbench)
+        entry["hls4ml"] = {"ok": True, "project": relative, "csim": csim, "testbench": testbench,
                            "precision": project.precision_table, "seconds": project.seconds}
         entry["artifacts"]["hls4ml"] = relative
         io = _io_description(project, ctx.loaded.spec, task, list(reference.shape[1:]), path.host_resize)
         (ctx.bundle / relative / "io.json").write_text(json.dumps(io, indent=2))
     if failed and len(failed) == len(ctx.state.get("quantized", {})):
         raise EdgemtlError(f"hls4ml could map none of the tasks; first: {ctx.manifest['tasks'][failed[0]]['hls4ml']['error']}")
+
+
+def _require_agreement(task: str, where: str, testbench: dict) -> None:
+    """A testbench that ran must reproduce the C simulation: the manifest records `matches_csim` as a fact,
+    so a run that differs, or gave nothing to compare, fails the compile. Not built (no g++, or g++ failed):
+    the record's reason says so and the compile goes on."""
+    if not testbench.get("ran") or testbench.get("matches_csim") is True:
+        return
+    reason = testbench.get("tb_reason")
+    if reason is None and testbench.get("tb_max_abs_diff") is not None:
+        reason = (f"max |testbench - C simulation| {testbench['tb_max_abs_diff']:.6g} over "
+                  f"{testbench.get('tb_samples', '?')} samples")
+    raise EdgemtlError(f"task {task!r}: the g++ testbench of {where} disagrees with the hls4ml C simulation: "
+                       f"{reason or 'its run gave no output to compare'}")
 
 
 def _io_description(project, spec, task: str, output_shape: list[int], host_resize: dict | None) -> dict:

@@ -39,6 +39,16 @@ RAW = {"target_fps": 1000.0, "lut": 2300.0, "bram18": 4.0, "uram": 0.0, "dsp": 2
        "layers_without_lut_estimate": [], "folding": {}}
 
 
+def expected_entry(raw: dict) -> dict:
+    """What finn_estimates must make of one worker entry: its figures unchanged, plus provenance, meets_target
+    and the utilisation of the XCZU7EV (DS891)."""
+    renamed = {"estimated_latency_ms": "latency_ms"}
+    entry = {renamed.get(k, k): v for k, v in raw.items()}
+    totals = {"lut": 230_400, "bram18": 624, "uram": 96, "dsp": 1728}
+    return {**entry, "provenance": PROVENANCE, "meets_target": raw["estimated_fps"] >= raw["target_fps"],
+            "utilisation": {k: raw[k] / v for k, v in totals.items()}}
+
+
 @pytest.fixture()
 def fake_venv(tmp_path, monkeypatch):
     venv = tmp_path / "venv"
@@ -62,12 +72,52 @@ def test_protocol_ok(fake_venv, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_FINN_RESULT", str(result))
     out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "work", venv=venv)
     assert out["available"] and out["ok"] and out["provenance"] == PROVENANCE == "estimated (FINN analytical model)"
-    entry = out["by_target_fps"]["1000"]
-    assert entry["provenance"] == PROVENANCE and entry["lut"] == 2300 and entry["latency_ms"] == 0.77
-    assert entry["utilisation"]["lut"] == pytest.approx(2300 / 230_400) and entry["utilisation"]["dsp"] == 2 / 1728
+    assert out["tool"] == "finn-plus 1.6.1" and out["nodes_unmapped"] == ["Transpose_0"]
+    assert list(out["by_target_fps"]) == ["1000"]
+    assert out["by_target_fps"]["1000"] == expected_entry(RAW)  # every figure is the worker's, none dropped or made up
     request = json.loads((tmp_path / "work" / "finn_request.json").read_text())
     assert request == {"version": 1, "qonnx_path": str(model.resolve()), "task": "scene", "part": PART,
                        "clock_mhz": 200.0, "target_fps": [1000.0], "work_dir": str((tmp_path / "work").resolve())}
+
+
+def test_the_zcu104_flow_records_finns_figures_per_task(fake_venv, tmp_path, monkeypatch):
+    """estimates_step puts finn_estimates' answer (from the worker's result) into the manifest as it is, next to
+    the roofline, for every target fps in targets/zcu104.toml, and removes FINN's work folder."""
+    import functools
+    from types import SimpleNamespace
+
+    import torch
+
+    import edgemtl.backends.finn as finn
+    import edgemtl.flows.fpga_hls4ml as flow
+    from edgemtl.flow import CompileOptions
+    from edgemtl.targets import load_target
+
+    venv, model = fake_venv
+    fast = {**RAW, "target_fps": 10000.0, "lut": 9100.0, "estimated_fps": 10240.0, "max_cycles": 19531}
+    result = tmp_path / "canned.json"
+    result.write_text(json.dumps({"version": 1, "ok": True, "finn_version": "1.6.1", "nodes_unmapped": [],
+                                  "by_fps": {"1000": RAW, "10000": fast}}))
+    monkeypatch.setenv("FAKE_FINN_RESULT", str(result))
+    monkeypatch.setattr(flow, "finn_estimates", functools.partial(finn.finn_estimates, venv=venv))
+    roofline = {"provenance": "estimated (edgemtl roofline)", "fps": 1.0}
+    monkeypatch.setattr(flow, "estimate_model", lambda *args: dict(roofline))
+    bundle = tmp_path / "bundle"
+    (bundle / "tasks/scene").mkdir(parents=True)
+    (bundle / "tasks/scene/model.qonnx.onnx").write_bytes(model.read_bytes())
+    target = load_target("zcu104")
+    ctx = SimpleNamespace(target=target, options=CompileOptions(), bundle=bundle, state={"tasks": ["scene"]},
+                          loaded=SimpleNamespace(model=torch.nn.Identity(), spec=None),
+                          manifest={"tasks": {"scene": {"artifacts": {"qonnx": "tasks/scene/model.qonnx.onnx"}}}})
+    flow.estimates_step(ctx)
+    entry = ctx.manifest["tasks"]["scene"]
+    assert entry["roofline"] == roofline
+    recorded = entry["finn"]
+    assert recorded["available"] and recorded["ok"] and recorded["provenance"] == PROVENANCE
+    assert recorded["tool"] == "finn-plus 1.6.1" and recorded["clock_mhz"] == 200.0 and recorded["part"] == target.part
+    assert [float(k) for k in recorded["by_target_fps"]] == [float(f) for f in target.target_fps]
+    assert recorded["by_target_fps"] == {"1000": expected_entry(RAW), "10000": expected_entry(fast)}
+    assert not (bundle / "work").exists()
 
 
 def test_protocol_refusal_crash_and_timeout(fake_venv, tmp_path, monkeypatch):
@@ -153,6 +203,18 @@ def test_real_estimate_of_a_small_cnn(tmp_path):
     # folding for 10k fps reaches it (SetFolding raises SIMD/PE until the slowest layer fits the budget)
     assert fast["estimated_fps"] >= 10_000 > slow["estimated_fps"] >= 1000
     assert fast["max_cycles"] < slow["max_cycles"]
+    for key, entry in out["by_target_fps"].items():  # every figure is FINN's own, from its report files
+        reports = tmp_path / "finn" / f"fps_{key}" / "report"
+        resources = json.loads((reports / "estimate_layer_resources.json").read_text())
+        perf = json.loads((reports / "estimate_network_performance.json").read_text())
+        total = resources.pop("total")
+        assert (entry["lut"], entry["bram18"], entry["uram"], entry["dsp"]) == (
+            total.get("LUT", 0.0), total.get("BRAM_18K", 0.0), total.get("URAM", 0.0), total.get("DSP", 0.0))
+        assert entry["cycles_per_layer"] == json.loads((reports / "estimate_layer_cycles.json").read_text())
+        assert entry["resources_per_layer"] == resources
+        assert entry["max_cycles"] == perf["max_cycles"]
+        assert entry["critical_path_cycles"] == perf["critical_path_cycles"]
+        assert entry["bottleneck_layer"] == perf["max_cycles_node_name"]
     print(f"FINN estimate: {seconds:.1f} s; 10k fps target -> {fast['estimated_fps']:.0f} fps, "
           f"{fast['lut']:.0f} LUT, {fast['bram18']:.0f} BRAM18, {fast['dsp']:.0f} DSP")
 
