@@ -186,6 +186,7 @@ def small_cnn(heads: int, path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.needs_finn
 @needs_finn
 def test_real_estimate_of_a_small_cnn(tmp_path):
     model = small_cnn(1, tmp_path / "cnn.onnx")
@@ -220,6 +221,7 @@ def test_real_estimate_of_a_small_cnn(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_finn
 @needs_finn
 def test_real_estimate_of_two_heads_and_a_refusal(tmp_path):
     import torch
@@ -263,6 +265,7 @@ def mtl_cnn_qonnx(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_finn
 @needs_finn
 def test_real_estimate_of_the_mtl_cnn_scene_path(mtl_cnn_qonnx, tmp_path):
     """brevitas' bias quantizers used to stop FINN's QONNX conversion ("cannot reshape array of size 1 into shape
@@ -288,6 +291,7 @@ def test_real_estimate_of_the_mtl_cnn_scene_path(mtl_cnn_qonnx, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_finn
 @needs_finn
 def test_real_estimate_of_the_mtl_cnn_depth_path_and_a_bilinear_refusal(mtl_cnn_qonnx, tmp_path):
     out = finn_estimates(mtl_cnn_qonnx["depth"], "depth", PART, 200, [10000], tmp_path / "depth")

@@ -271,7 +271,8 @@ def run_tcl(tmp_path: Path, *args: str) -> tuple[str, str]:
     return status, done.stdout
 
 
-@pytest.mark.skipif(shutil.which("tclsh") is None, reason="needs tclsh")
+@pytest.mark.needs_tclsh
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="needs tclsh (apt-get install tcl)")
 def test_block_design_tcl_with_stubbed_vivado(tmp_path):
     status, out = run_tcl(tmp_path, str(tmp_path), "2", "beats=layer9_out:4,layer11_out:1", "build=0")
     assert status == "STATUS ok", out
@@ -288,7 +289,8 @@ def test_block_design_tcl_with_stubbed_vivado(tmp_path):
     assert "launch_runs" not in out  # build=0
 
 
-@pytest.mark.skipif(shutil.which("tclsh") is None, reason="needs tclsh")
+@pytest.mark.needs_tclsh
+@pytest.mark.skipif(shutil.which("tclsh") is None, reason="needs tclsh (apt-get install tcl)")
 def test_block_design_tcl_refuses_bad_arguments(tmp_path):
     for args, message in [
         (["1", "beats=layer9_out:4", "build=0"], "has 2 output stream(s)"),
