@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.data import data_spec, load_data
 from edgemtl.model.checkpoint import save
 from edgemtl.model.zoo import build_model, zoo_spec
@@ -161,3 +162,19 @@ def write_results(path: Path, results: dict[str, Any], run: Run) -> Path:
 def met(targets: dict[str, bool | None]) -> dict[str, str]:
     """Targets as printed: met, NOT met, or not measured (None: the run skipped what the target needs)."""
     return {k: "not measured" if v is None else ("met" if v else "NOT met") for k, v in targets.items()}
+
+
+def interleaved_latencies_ms(sessions: dict[str, Any], image: Any, threads: int, runs: int, repeats: int = 3,
+                             max_seconds: float = 10.0) -> dict[str, dict]:
+    """Batch-1 ONNX Runtime latency of every session, interleaved (one after the other, `repeats` times) so that
+    machine load hits all alike; the median of the repeats' medians is kept."""
+    samples: dict[str, list[dict]] = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            samples[name].append(ort_backend.time_session(session, image, threads, runs, max_seconds=max_seconds).to_dict())
+    result = {}
+    for name, measured in samples.items():
+        middle = sorted(measured, key=lambda m: m["median"])[len(measured) // 2]
+        result[name] = middle | {"runs": sum(m["runs"] for m in measured), "repeats": repeats,
+                                 "medians": [m["median"] for m in measured]}
+    return result

@@ -56,7 +56,7 @@ from edgemtl.profile.switching import resident_memory, switch_latency
 from edgemtl.targets import load_target
 from edgemtl.training import TrainConfig, train
 
-from common import met, relative_change, start_run, write_results
+from common import interleaved_latencies_ms, met, relative_change, start_run, write_results
 
 RESULTS = Path(__file__).parent / "results" / "moe.json"
 PAPER = {"single_task_flops_reduction_vs_encoder_focused_mtl": 0.88, "memory_reduction": 2.4}
@@ -98,16 +98,7 @@ def latencies_ms(artifacts: dict[str, Path], image, threads: int, runs: int, rep
     """Batch-1 ONNX Runtime latency of every artifact, interleaved (artifact after artifact, `repeats` times)
     so that machine load hits all alike; the median of the repeats' medians is kept."""
     sessions = {name: ort_backend.make_session(path, threads) for name, path in artifacts.items()}
-    samples: dict[str, list[dict]] = {name: [] for name in artifacts}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            samples[name].append(ort_backend.time_session(session, image, threads, runs, max_seconds=10.0).to_dict())
-    result = {}
-    for name, measured in samples.items():
-        middle = sorted(measured, key=lambda m: m["median"])[len(measured) // 2]
-        result[name] = middle | {"runs": sum(m["runs"] for m in measured), "repeats": repeats,
-                                 "medians": [m["median"] for m in measured]}
-    return result
+    return interleaved_latencies_ms(sessions, image, threads, runs, repeats, max_seconds=10.0)
 
 
 def _figures(module: nn.Module, example: torch.Tensor, onnx_path: Path, threads: int) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from edgemtl.passes.prune_pagcp import (LossOracle, PAGCPConfig, Surgeon, _greed
                                         prune_pagcp, removable)
 from edgemtl.training import train
 
-from common import met, start_run, trained_checkpoint, write_results
+from common import interleaved_latencies_ms, met, start_run, trained_checkpoint, write_results
 
 RESULTS = Path(__file__).parent / "results" / "pagcp.json"
 # 32 channels everywhere: a 16-wide layer can only be halved once widths are rounded to multiples of 8
@@ -118,16 +118,7 @@ def latencies_ms(models: dict, spec, threads: int, runs: int, scratch: Path, rep
     image = torch.randn(1, *spec.input.shape).numpy()
     sessions = {name: ort_backend.make_session(export_all_tasks(model.eval(), spec, spec.task_names, scratch / f"{name}.onnx"), threads)
                 for name, model in models.items()}
-    samples: dict[str, list[dict]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            samples[name].append(ort_backend.time_session(session, image, threads, runs, max_seconds=30.0).to_dict())
-    result = {}
-    for name, measured in samples.items():
-        middle = sorted(measured, key=lambda m: m["median"])[len(measured) // 2]
-        result[name] = middle | {"runs": sum(m["runs"] for m in measured), "repeats": repeats,
-                                 "medians": [m["median"] for m in measured]}
-    return result
+    return interleaved_latencies_ms(sessions, image, threads, runs, repeats, max_seconds=30.0)
 
 
 def degradation(spec: ModelSpec, before: dict, after: dict) -> dict[str, float]:
