@@ -8,7 +8,6 @@ end, and nothing in the file is added by hand afterwards.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shlex
@@ -25,6 +24,7 @@ import torch
 from rich.console import Console
 
 from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.bundle import write_json_atomically
 from edgemtl.data import data_spec, load_data
 from edgemtl.model.checkpoint import save
 from edgemtl.model.zoo import build_model, zoo_spec
@@ -143,20 +143,7 @@ def write_results(path: Path, results: dict[str, Any], run: Run) -> Path:
     os.replace): a crashed or interrupted run leaves the previous file whole, never half of a new one."""
     if "provenance" in results:
         raise ValueError("results carry their own 'provenance' key; write_results stamps it")
-    text = json.dumps({"provenance": run.provenance(), **results}, indent=2, default=float)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o644)  # mkstemp's 0600 would make the results unreadable to others
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomically(path, {"provenance": run.provenance(), **results})
 
 
 def met(targets: dict[str, bool | None]) -> dict[str, str]:

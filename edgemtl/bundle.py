@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +59,25 @@ def _remove_empty_parents(folder: Path) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n", encoding="utf-8")
+    return path
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> Path:
+    """`data` as JSON through a temporary file in the same folder and one rename: a crash or a full disk leaves
+    the previous file whole, never half of a new one (profiles, manifests rewritten in place, benchmark results)."""
+    text = json.dumps(data, indent=2, default=_jsonable) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(handle, 0o644)  # mkstemp's 0600 would make the file unreadable to others
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
     return path
 
 

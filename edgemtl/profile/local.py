@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from edgemtl.bundle import write_json_atomically
 from edgemtl.errors import EdgemtlError
 from edgemtl.profile.timing import sample_ms
 from edgemtl.targets import load_target
@@ -442,24 +442,9 @@ def _fastest_passed(results: dict[str, RuntimeResult]) -> str | None:
     return min(passed, key=lambda r: r.measurement.median_ms).runtime if passed else None
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _write_profile(bundle: Bundle, result: ProfileResult) -> None:
     result.profile_path = bundle.path / "profile" / f"{device_slug(result.device_key)}.json"
-    _atomic_write_json(result.profile_path, {"bundle": str(bundle.path), **result.to_dict()})
+    write_json_atomically(result.profile_path, {"bundle": str(bundle.path), **result.to_dict()})
 
 
 def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
@@ -496,4 +481,4 @@ def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
                 entry["runtime_chosen_by"] = {"device": result.device_key, "profile": f"profile/{slug}.json",
                                               "median_ms": {r: v.measurement.median_ms for r, v in runtimes.items()
                                                             if v.measurement is not None}}
-        _atomic_write_json(bundle.path / MANIFEST, manifest)
+        write_json_atomically(bundle.path / MANIFEST, manifest)
