@@ -24,6 +24,9 @@ def check_destination(dest: Path) -> None:
     """Refuse to replace a file, or a non-empty folder that is not an edgemtl bundle."""
     if dest.exists() and not dest.is_dir():
         raise EdgemtlError(f"output path {dest} is a file; choose a folder name with -o")
+    blocking = next((p for p in dest.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise EdgemtlError(f"output path {dest} lies under {blocking}, which is a file; choose a folder name with -o")
     if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
         raise EdgemtlError(f"output folder {dest} exists and is not an edgemtl bundle; choose another -o or empty it")
 

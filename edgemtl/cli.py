@@ -26,6 +26,8 @@ FactoryOpt = Annotated[Optional[str], typer.Option("--model-factory", help="pack
 SpecOpt = Annotated[Optional[Path], typer.Option("--spec", help="YAML/TOML spec (input shape, tasks) for non-zoo models")]
 TrustOpt = Annotated[bool, typer.Option("--trust", help="allow unpickling a fully pickled module (runs code from the file)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+DATA_HELP = "scenes | digits | FILE.npz | FOLDER of images | package.module:function (default: the model's built-in set)"
+ResizeOpt = Annotated[bool, typer.Option("--resize", help="resize the data's images to the model's input (recorded)")]
 
 
 def _load(path: Path, factory: str | None, spec: Path | None, trust: bool):
@@ -35,7 +37,12 @@ def _load(path: Path, factory: str | None, spec: Path | None, trust: bool):
 
 
 def _split_tasks(tasks: str | None) -> list[str] | None:
-    return [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    if tasks is None:
+        return None
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise EdgemtlError("--tasks is empty: name one or more tasks, comma-separated, or leave it out for all")
+    return names
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -135,26 +142,26 @@ def train(
 @app.command(name="eval")
 def eval_command(
     model: ModelPath,
-    data: Annotated[Optional[str], typer.Option(help="built-in data set (default: the one the model was trained on)")] = None,
+    data: Annotated[Optional[str], typer.Option(help=DATA_HELP)] = None,
     split: str = "val",
+    resize: ResizeOpt = False,
     samples: Annotated[Optional[int], typer.Option("--n", min=1, help="number of samples")] = None,
     as_json: JsonOpt = False,
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """Per-task metrics of a model on a built-in data set."""
-    from edgemtl.data import check_images_fit, load_data
+    from edgemtl.data.sources import open_data
     from edgemtl.evaluate import evaluate, torch_predictor
 
     loaded = _load(model, model_factory, spec, trust)
     name = data or loaded.spec.data
     if name is None:
-        raise EdgemtlError("this model does not say which data it was trained on: pass --data scenes|digits")
-    dataset = load_data(name, split, n=samples)
-    check_images_fit(dataset, loaded.spec.input.shape)
-    missing = [t for t in loaded.spec.task_names if t not in dataset.targets]
-    if missing:
-        raise EdgemtlError(f"data set {name!r} has no labels for task(s) {', '.join(missing)}")
-    metrics = evaluate(torch_predictor(loaded.model), loaded.spec.tasks, dataset)
+        raise EdgemtlError("this model does not say which data it was trained on: pass --data (see docs/own-model.md)")
+    source = open_data(name, loaded.spec, resize=resize)
+    if not source.labelled:
+        raise EdgemtlError(f"data {name!r} labels none of the tasks {', '.join(loaded.spec.task_names)}: nothing to score")
+    dataset = source.load(split, n=samples)
+    metrics = evaluate(torch_predictor(loaded.model), [loaded.spec.task(t) for t in source.labelled], dataset)
     if as_json:
         out.print_json(json.dumps({"data": f"{name}/{split}", "samples": len(dataset), "metrics": metrics}))
     else:
@@ -217,7 +224,8 @@ MaxDropOpt = Annotated[list[str], typer.Option(
 def prune(
     model: ModelPath,
     flops_target: Annotated[float, typer.Option(help="fraction of the original MACs to keep, in (0, 1)")] = 0.35,
-    data: Annotated[Optional[str], typer.Option(help="built-in data for the loss oracle and fine-tuning")] = None,
+    data: Annotated[Optional[str], typer.Option(help=DATA_HELP)] = None,
+    resize: ResizeOpt = False,
     max_drop: MaxDropOpt = [],
     finetune_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps after each round")] = 100,
     final_finetune_steps: Annotated[int, typer.Option(min=0)] = 300,
@@ -226,7 +234,7 @@ def prune(
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """PAGCP: performance-aware global channel pruning guarding every task's loss."""
-    from edgemtl.data import load_data
+    from edgemtl.data.sources import open_data
     from edgemtl.model.checkpoint import save
     from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
 
@@ -236,8 +244,9 @@ def prune(
     config.check_tasks(loaded.spec)
     name = data or loaded.spec.data
     if name is None:
-        raise EdgemtlError("pruning needs labelled data for its loss oracle and fine-tuning: pass --data scenes|digits")
-    pruned, pruned_spec, record = prune_pagcp(loaded.model, loaded.spec, load_data(name, "train"), load_data(name, "val"), config)
+        raise EdgemtlError("pruning needs real images for its loss oracle and fine-tuning: pass --data (see docs/own-model.md)")
+    source = open_data(name, loaded.spec, resize=resize)
+    pruned, pruned_spec, record = prune_pagcp(loaded.model, loaded.spec, source.load("train"), source.load("val"), config)
     save(pruned, pruned_spec, output, meta={"pagcp": record.to_dict(), "pruned_from": str(model)})
     layers = Table(title=f"kept channels per layer (PAGCP, {record.rounds} rounds, {record.seconds:.0f} s)")
     for column in ("layer", "channels", "kept"):
@@ -252,8 +261,11 @@ def prune(
     for column in ("task", "metric", "before", "after", "better"):
         table.add_column(column)
     for task in loaded.spec.tasks:
-        table.add_row(task.name, task.metric, f"{record.metrics_before[task.name][task.metric]:.4f}",
-                      f"{record.metrics_after[task.name][task.metric]:.4f}", "higher" if task.higher_is_better else "lower")
+        before, after = record.metrics_before.get(task.name, {}), record.metrics_after.get(task.name, {})
+        metric = task.metric if task.metric in before else "sqnr_db_vs_float"  # no labels: agreement with the float model
+        if metric in before:
+            table.add_row(task.name, metric, f"{before[metric]:.4f}", f"{after[metric]:.4f}",
+                          "higher" if metric != task.metric or task.higher_is_better else "lower")
     out.print(table)
     if not record.target_reached:
         err.print(f"note: the FLOPs target {flops_target} was not reached within every task's budget "
@@ -281,7 +293,8 @@ def compile_command(
     target: Annotated[str, typer.Option(help="target name (see `edgemtl targets`)")] = "host",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="bundle folder (default build/<model>-<target>)")] = None,
     tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
-    data: Annotated[Optional[str], typer.Option(help="built-in data for verification and metrics (default: the model's)")] = None,
+    data: Annotated[Optional[str], typer.Option(help=DATA_HELP)] = None,
+    resize: ResizeOpt = False,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for timing (0 = all cores)")] = 0,
     runs: Annotated[int, typer.Option(min=5, help="timed runs per latency measurement")] = 100,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="measure latency")] = True,
@@ -311,7 +324,7 @@ def compile_command(
     pagcp = None if prune_flops is None else PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
-    options = CompileOptions(tasks=_split_tasks(tasks), data=data, threads=threads, latency_runs=runs,
+    options = CompileOptions(tasks=_split_tasks(tasks), data=data, resize=resize, threads=threads, latency_runs=runs,
                              measure_latency=latency, prune=pagcp, experts=experts, precision=precision,
                              qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits))
     bundle = compile_model(loaded, target, destination, options, console=err)

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from edgemtl import __version__
 from edgemtl.bundle import MANIFEST, staged_bundle, write_json
+from edgemtl.data.sources import open_data
 from edgemtl.flow import CompileOptions, FlowContext, run_steps
 from edgemtl.flows import flow_steps
 from edgemtl.model.checkpoint import LoadedModel
@@ -58,8 +59,13 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
         check_prune_request(options, loaded.spec)  # bad settings fail before any work
         steps = [("prune_pagcp", prune_step), *steps]
     manifest = _base_manifest(loaded, target, tasks)
+    state: dict[str, Any] = {"tasks": tasks}
+    reference = options.data or loaded.spec.data
+    if reference is not None:  # bad data fails before any work, and every step reads the same source
+        state["source"] = open_data(reference, loaded.spec, resize=options.resize, holdout=options.holdout)
+        manifest["data"] = state["source"].describe()
     with staged_bundle(out_dir) as staging:
-        context = FlowContext(loaded, target, options, staging, manifest, state={"tasks": tasks})
+        context = FlowContext(loaded, target, options, staging, manifest, state=state)
         run_steps(steps, context, console)
         write_json(staging / MANIFEST, manifest)
         write_report(manifest, staging)

@@ -8,15 +8,20 @@ import torch
 from torch import nn
 
 from edgemtl.data import TaskData
-from edgemtl.data.metrics import make_metric
+from edgemtl.data.metrics import agreement_metric, make_metric
 from edgemtl.model.spec import TaskSpec
 
 Predictor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 def evaluate(predict: Predictor, tasks: list[TaskSpec], data: TaskData, batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """Metrics per task accumulated over the whole set (not averaged per batch)."""
-    metrics = {t.name: make_metric(t) for t in tasks}
+    """Metrics per task accumulated over the whole set (not averaged per batch).
+
+    A task with labels gets its spec's metric; a task whose targets are the float model's outputs (`data.distilled`)
+    gets its agreement with them (SQNR, cosine), never a made-up score; a task with neither, or whose metric is
+    "none" (raw heads), is left out."""
+    metrics = {t.name: (agreement_metric(t) if t.name in data.distilled else make_metric(t)) for t in tasks
+               if t.name in data.targets and (t.metric != "none" or t.name in data.distilled)}
     for images, targets in data.batches(batch_size, shuffle=False):
         outputs = predict(images)
         for name, metric in metrics.items():

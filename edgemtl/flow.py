@@ -28,7 +28,9 @@ class CompileOptions:
     """What the user asked of a compile, beyond the model and the target."""
 
     tasks: list[str] | None = None        # None = all tasks in the spec
-    data: str | None = None               # built-in data set for verification and metrics (default: the spec's)
+    data: str | None = None               # --data reference (edgemtl.data.sources; default: the spec's built-in set)
+    resize: bool = False                  # resize the data's images to the spec's input (else a size mismatch is an error)
+    holdout: tuple[float, float] = (0.15, 0.15)  # val, test fractions of a source that names no split
     verify_samples: int = 16
     metric_samples: int = 256
     tolerance: float = 1e-3               # max |ORT - PyTorch| allowed, relative to max(1, max |PyTorch|)

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 
 from edgemtl.data import TaskData
-from edgemtl.model.losses import distillation_loss, task_loss
+from edgemtl.model.losses import distillation_loss, supervised_loss
 from edgemtl.model.spec import ModelSpec
 
 
@@ -73,7 +73,7 @@ def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig
         for step in range(config.steps):
             images, targets = next(batches)
             outputs = model(images)
-            losses = {t.name: task_loss(t, outputs[t.name], targets[t.name]) for t in spec.tasks}
+            losses = {t.name: supervised_loss(t, outputs[t.name], targets[t.name], t.name in data.distilled) for t in spec.tasks}
             total = sum(t.loss_weight * losses[t.name] for t in spec.tasks)
             if teacher is not None:
                 with torch.no_grad():

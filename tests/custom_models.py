@@ -46,3 +46,7 @@ def unet_two_heads() -> nn.Module:
 
 def not_a_module() -> str:
     return "oops"
+
+
+def raises() -> nn.Module:
+    raise RuntimeError("the weights folder is not mounted")

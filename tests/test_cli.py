@@ -143,8 +143,8 @@ def _bad_inputs(tmp_path: Path, checkpoints) -> dict[str, tuple[list, str]]:
         "pickled": ([pickled], "--trust"),
         "unknown task": ([good, "--tasks", "depth,colour"], "unknown task 'colour'"),
         "foreign folder": ([good, "-o", not_bundle], "is not an edgemtl bundle"),
-        "wrong data": ([good, "--data", "digits"], "data set 'digits' has images of shape"),
-        "bad data": ([good, "--data", "cifar"], "unknown data set 'cifar'"),
+        "wrong data": ([good, "--data", "digits"], "images in built-in data set 'digits' are [1, 32, 32] but the model takes"),
+        "bad data": ([good, "--data", "cifar"], "--data 'cifar' is neither a built-in set"),
     }
 
 
@@ -197,10 +197,10 @@ def test_prune_without_data_is_an_error(capsys, tmp_path):
     spec.write_text(SPEC_YAML)
     code, _, err = run_cli(capsys, "prune", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
                            "-o", tmp_path / "p.pt")
-    assert_one_line_error(code, err, "pruning needs labelled data")
+    assert_one_line_error(code, err, "pruning needs real images")
     code, _, err = run_cli(capsys, "compile", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
                            "--prune-flops", "0.5", "-o", tmp_path / "bundle")
-    assert_one_line_error(code, err, "pruning needs labelled data")
+    assert_one_line_error(code, err, "pruning needs real images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml", "weights.pt"]
 
 
@@ -238,7 +238,7 @@ def test_eval_with_data_of_another_shape(capsys, tmp_path):
     spec.write_text(SPEC_YAML)
     code, _, err = run_cli(capsys, "eval", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
                            "--data", "digits")
-    assert_one_line_error(code, err, "has images of shape [1, 32, 32] but the model takes [3, 32, 32]")
+    assert_one_line_error(code, err, "are [1, 32, 32] but the model takes [3, 32, 32]")
 
 
 @pytest.mark.needs_hls4ml

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,10 +41,16 @@ class TaskData:
 
     name: str
     split: str
-    images: np.ndarray  # (N, C, H, W) float32 in [0, 1], not normalised
-    targets: dict[str, np.ndarray]  # task name -> (N, ...) array, dtypes as the task kind expects
+    images: Any  # (N, C, H, W) float32 in [0, 1], not normalised: an array or a lazy `samples.ImageView`
+    targets: dict[str, Any]  # task name -> (N, ...) array-like, dtypes as the task kind expects (`labels.target_layout`)
     input: InputSpec
     tasks: list[TaskSpec]
+    distilled: frozenset[str] = frozenset()  # tasks whose targets are the float model's outputs, not labels
+
+    @property
+    def labelled(self) -> list[str]:
+        """Tasks with real labels: the ones a metric can be computed for."""
+        return [t for t in self.targets if t not in self.distilled]
 
     def __len__(self) -> int:
         return len(self.images)
@@ -124,12 +131,3 @@ def load_data(
             images = images[:n]
             targets = {k: v[:n] for k, v in targets.items()}
     return TaskData(name=name, split=split, images=images, targets=targets, input=input_spec, tasks=tasks)
-
-
-def check_images_fit(data: TaskData, input_shape: list[int]) -> None:
-    """One clear error when a data set's images are not the shape a model takes."""
-    if list(data.images.shape[1:]) != list(input_shape):
-        raise EdgemtlError(
-            f"data set {data.name!r} has images of shape {list(data.images.shape[1:])} but the model takes "
-            f"{list(input_shape)}; pick another --data"
-        )

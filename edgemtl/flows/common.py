@@ -7,6 +7,8 @@ import os
 import numpy as np
 from torch import nn
 
+from edgemtl.data.sources import DataSource
+from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext
 
 
@@ -23,8 +25,17 @@ def task_model(ctx: FlowContext, task: str) -> nn.Module:
     return ctx.state.get("task_models", {}).get(task, ctx.loaded.model)
 
 
+def data_source(ctx: FlowContext, needed_for: str) -> DataSource:
+    """The `--data` source of this compile; without one, a one-line error saying what needed it."""
+    source = ctx.state.get("source")
+    if source is None:
+        raise EdgemtlError(f"{needed_for} needs real images: pass --data (a built-in set, an .npz, a folder of images "
+                           "or package.module:function; see docs/own-model.md)")
+    return source
+
+
 def verification_inputs(ctx: FlowContext) -> tuple[np.ndarray, str]:
-    """Real normalised samples from the built-in data when it fits the model, else seeded noise (said so)."""
+    """Real normalised samples from the data when given, else seeded noise (said so)."""
     data = ctx.state.get("data")
     if data is not None:
         count = min(ctx.options.verify_samples, len(data))

@@ -31,11 +31,11 @@ from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends import tvm_build
 from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.ort_quantize import OrtQuantConfig, QuantizeResult, quantize_qdq
-from edgemtl.data import TaskData, load_data
+from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate
 from edgemtl.flow import FlowContext, Step
-from edgemtl.flows.common import task_list, task_model, threads_of, verification_inputs
+from edgemtl.flows.common import data_source, task_list, task_model, threads_of, verification_inputs
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.model.contract import run_task
@@ -82,10 +82,9 @@ def export_onnx(ctx: FlowContext) -> None:
 # -- int8 ------------------------------------------------------------------------------------------------
 def _calibration(ctx: FlowContext, samples: int) -> np.ndarray:
     """Normalised training images (never the held-out split the metrics use), generated once per size."""
-    data: TaskData = ctx.state["data"]
     cache = ctx.state.setdefault("calibration", {})
     if samples not in cache:
-        train = load_data(data.name, "train", n=samples)
+        train = data_source(ctx, "int8 calibration").load("train", n=samples)
         cache[samples] = train.normalise(train.images[:samples])
     return cache[samples]
 
@@ -113,7 +112,7 @@ def quantize_step(ctx: FlowContext) -> None:
     """
     data: TaskData | None = ctx.state.get("data")
     if data is None:
-        reason = "skipped: int8 calibration needs real images: pass --data scenes|digits"
+        reason = "skipped: int8 calibration needs real images: pass --data (see docs/own-model.md)"
         for task in task_list(ctx):
             ctx.manifest["tasks"][task]["int8"] = {"ok": False, "error": reason}
         ctx.manifest.setdefault("passes", {})["quantize_int8_qdq"] = {"skipped": reason}
@@ -132,7 +131,7 @@ def quantize_step(ctx: FlowContext) -> None:
         entry["artifacts"]["int8_onnx"] = relative
     ctx.manifest.setdefault("passes", {})["quantize_int8_qdq"] = {
         "tool": "onnxruntime.quantization quant_pre_process + quantize_static (QDQ)",
-        "calibration": f"{data.name}/train (real images, normalised)", "metrics": f"{data.name}/{data.split} ({len(data)} samples)",
+        "calibration": f"{data.name}/train (real images, normalised by the spec)", "metrics": f"{data.name}/{data.split} ({len(data)} samples)",
         "target_max_relative_loss": INT8_MAX_LOSS,
         "remedies_in_order": [f"{name}: {config.describe()}" for name, config in REMEDIES]}
 

@@ -13,7 +13,7 @@ import torch
 from edgemtl.analysis.cost import model_cost
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import export_all_tasks, export_task
-from edgemtl.data import TaskData, check_images_fit, load_data
+from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.flow import FlowContext, Step
@@ -77,7 +77,12 @@ def evaluate_metrics(ctx: FlowContext) -> None:
     """Task metrics of the deployed all-task graph and of PyTorch on held-out data (skipped without data)."""
     data: TaskData | None = ctx.state.get("data")
     tasks = [ctx.loaded.spec.task(t) for t in ctx.state.get("labelled_tasks", [])]
-    if data is None or not tasks:
+    if data is None:
+        return
+    for name in set(task_list(ctx)) - {t.name for t in tasks}:
+        ctx.manifest["tasks"][name]["metrics_note"] = (f"no labels (or no metric) for task {name!r} in {data.name}: "
+                                                       "verified against PyTorch only")
+    if not tasks:
         return
     session = ort_backend.make_session(ctx.bundle / ctx.manifest[ALL_TASKS]["artifacts"]["onnx"], threads_of(ctx))
 
@@ -125,20 +130,17 @@ def measure_latency(ctx: FlowContext) -> None:
 
 
 def load_verification_data(ctx: FlowContext) -> None:
-    """The data set named by the user or the spec (held-out split) if its images fit the model.
+    """The held-out split of the `--data` source (or the spec's built-in set), when there is one.
 
-    Its images feed verification; its labels feed metrics for the tasks whose kind and shape match.
-    """
-    name = ctx.options.data or ctx.loaded.spec.data
-    if name is None:
+    Its images feed verification; its labels feed metrics for the tasks that have labels there (and a metric: raw
+    heads are verified by their error against PyTorch only)."""
+    source = ctx.state.get("source")
+    if source is None:
         return
-    data = load_data(name, "val", n=ctx.options.metric_samples)
-    check_images_fit(data, ctx.loaded.spec.input.shape)
-    labels = {t.name: t for t in data.tasks}
-    labelled = [t for t in task_list(ctx) if t in labels
-                and (labels[t].kind, labels[t].output_shape) == (ctx.loaded.spec.task(t).kind, ctx.loaded.spec.task(t).output_shape)]
-    ctx.state["data"], ctx.state["labelled_tasks"] = data, labelled
-    ctx.manifest["model"]["verification_data"] = f"{name}/val"
+    data = source.load("val", n=ctx.options.metric_samples)
+    ctx.state["data"] = data
+    ctx.state["labelled_tasks"] = [t for t in task_list(ctx) if t in data.labelled and ctx.loaded.spec.task(t).metric != "none"]
+    ctx.manifest["model"]["verification_data"] = f"{source.reference}/val"
 
 
 STEPS: list[Step] = [

@@ -20,7 +20,6 @@ from edgemtl.analysis.moe_cost import moe_macs
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import INPUT_NAME
 from edgemtl.backends.switchable import TASK_ID_NAME, export_switchable
-from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext
 from edgemtl.flows.common import task_list, threads_of, verification_inputs
@@ -43,11 +42,11 @@ def partition_step(ctx: FlowContext) -> None:
         _skip(ctx, f"the {spec.arch or 'given'} model has no task-conditioned mixture-of-experts layer: nothing to partition")
         return
     check_partition_request(model, spec, tasks, config)
-    name = ctx.options.data or spec.data
-    if name is None:
-        _skip(ctx, "expert paths need calibration images: pass --data scenes|digits")
+    source = ctx.state.get("source")
+    if source is None:
+        _skip(ctx, "expert paths need calibration images: pass --data (see docs/own-model.md)")
         return
-    calibration = load_data(name, "train", n=config.calibration_samples)
+    calibration = source.load("train", n=config.calibration_samples)
     paths, record, usage = partition_experts(model, spec, calibration, ctx.state.get("data"), tasks, config,
                                              cost=ctx.state.get("cost"))
     ctx.state["task_models"] = paths

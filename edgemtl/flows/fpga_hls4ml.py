@@ -23,10 +23,10 @@ from edgemtl.backends.finn import finn_estimates
 from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check
 from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
-from edgemtl.data import load_data
+from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext, Step
-from edgemtl.flows.common import task_list, task_model
+from edgemtl.flows.common import data_source, task_list, task_model
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.passes.partition_experts import has_experts
@@ -48,13 +48,15 @@ def _fabric_clock_mhz(ctx: FlowContext) -> float:
 
 def quantize_step(ctx: FlowContext) -> None:
     """brevitas QAT of every task path at the target precision (skipped for MoE models, said why)."""
-    spec, name = ctx.loaded.spec, ctx.options.data or ctx.loaded.spec.data
+    spec = ctx.loaded.spec
     if has_experts(ctx.loaded.model):
         ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"skipped": MOE_NOTE}
         return
-    if name is None:
-        raise EdgemtlError("the zcu104 flow needs labelled data for calibration and QAT: pass --data scenes|digits")
-    train_data, val_data = load_data(name, "train"), load_data(name, "val", n=ctx.options.metric_samples)
+    source = data_source(ctx, "the zcu104 flow (calibration and QAT)")
+    name = source.reference
+    # tasks without labels distil from the float model in QAT and are judged by their agreement with it
+    train_data = teach_missing(source.load("train"), ctx.loaded.model, task_list(ctx))
+    val_data = teach_missing(source.load("val", n=ctx.options.metric_samples), ctx.loaded.model, task_list(ctx))
     config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
                          nearest_upsampling=True, host_resize=True)
     ctx.state["quantized"] = {}
@@ -76,7 +78,7 @@ def quantize_step(ctx: FlowContext) -> None:
 def _grid_samples(ctx: FlowContext, qmodel: torch.nn.Module, count: int) -> torch.Tensor:
     data = ctx.state.get("data")
     if data is None:
-        raise EdgemtlError("the zcu104 flow checks its graphs on real samples: pass --data scenes|digits")
+        raise EdgemtlError("the zcu104 flow checks its graphs on real samples: pass --data (see docs/own-model.md)")
     return grid_align(qmodel, torch.from_numpy(data.normalise(data.images[:count])))
 
 

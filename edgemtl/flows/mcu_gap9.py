@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +32,14 @@ from edgemtl.backends.deeploy import (NUMERICS_COMMAND, NUMERICS_REASON, deeploy
 from edgemtl.backends.deeploy_onnx import (evaluate_standard, export_deeploy_onnx, read_deeploy_metadata,
                                            standard_onnx, unmapped_reason)
 from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
-from edgemtl.data import load_data
+from edgemtl.data.teacher import teach_missing
+from edgemtl.evaluate import evaluate
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext, Step
-from edgemtl.flows.common import task_list
+from edgemtl.flows.common import data_source, task_list
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
-from edgemtl.passes.quantize_int8 import Int8Config, build_int_graph, quantize_int8
+from edgemtl.passes.quantize_int8 import Int8Config, build_int_graph, int8_predictor, quantize_int8
 
 BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "gap9"
 QEMU_PROVENANCE = "simulated (qemu-system-riscv32 rv32imac, one core, no SIMD; retired instructions, not cycles)"
@@ -58,10 +59,9 @@ def _graphs(ctx: FlowContext) -> dict[str, IntGraph]:
 
 def quantize_step(ctx: FlowContext) -> None:
     """Per-channel int8 post-training quantization of every task path, calibrated on real training images."""
-    spec, data = ctx.loaded.spec, ctx.state.get("data")
-    if data is None:
-        raise EdgemtlError("the gap9 flow calibrates on real images: pass --data scenes|digits")
-    calibration, labelled, config = load_data(data.name, "train"), set(ctx.state["labelled_tasks"]), Int8Config()
+    spec, source, config = ctx.loaded.spec, data_source(ctx, "the gap9 flow (int8 calibration)"), Int8Config()
+    data, labelled = ctx.state["data"], set(ctx.state["labelled_tasks"])
+    calibration = source.load("train", n=config.calibration_samples)
     graphs, errors = {}, {}
     for task in task_list(ctx):
         entry = ctx.manifest["tasks"][task]
@@ -70,9 +70,12 @@ def quantize_step(ctx: FlowContext) -> None:
                 graph, record = quantize_int8(ctx.loaded.model, spec, task, calibration, data, config)
                 entry["int8"] = {"ok": True, **record.to_dict(), "metrics_data": f"{data.name}/{data.split}, "
                                                                                  f"{len(data)} samples"}
-            else:  # no labels for this task in the data set: quantized and verified, but not scored
+            else:  # no labels for this task in the data: quantized, and judged by its agreement with the float model
                 graph = build_int_graph(ctx.loaded.model, spec, task, calibration, config)
-                entry["int8"] = {"ok": True, "metrics": f"{data.name} has no labels for task {task!r}"}
+                taught = teach_missing(replace(data, targets={}, distilled=frozenset()), ctx.loaded.model, [task])
+                entry["int8"] = {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}",
+                                 "agreement_with_float": evaluate(int8_predictor(graph), [spec.task(task)], taught)[task],
+                                 "metrics_data": f"{data.name}/{data.split}, {len(data)} samples"}
         except EdgemtlError as exc:  # an op the int8 backends lack: this task stops here, the others go on
             entry["int8"] = {"ok": False, "error": str(exc)}
             errors[task] = str(exc)
@@ -85,7 +88,7 @@ def quantize_step(ctx: FlowContext) -> None:
         raise EdgemtlError(f"no task could be quantized to int8 for gap9; first: {next(iter(errors.values()))}")
     ctx.state["int_graphs"] = graphs
     ctx.manifest.setdefault("passes", {})["quantize_int8"] = {
-        "calibration": f"{data.name}/train, {config.calibration_samples} images",
+        "calibration": f"{data.name}/train, {len(calibration)} images",
         "metrics": f"{data.name}/{data.split}, {len(data)} samples",
         "scales": config.scale_method, "weights": "int8 per output channel", "activations": "int8 / uint8 after ReLU",
         "failed": errors}
@@ -286,7 +289,7 @@ def c_step(ctx: FlowContext) -> None:
 def _c_samples(ctx: FlowContext) -> np.ndarray:
     data = ctx.state.get("data")
     if data is None:
-        raise EdgemtlError("the gap9 flow checks its C on real samples: pass --data scenes|digits")
+        raise EdgemtlError("the gap9 flow checks its C on real samples: pass --data (see docs/own-model.md)")
     count = min(ctx.options.c_samples, len(data))
     return data.normalise(data.images[:count]).astype(np.float64)
 

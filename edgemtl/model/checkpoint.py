@@ -14,7 +14,6 @@ loaded only with `trust=True`, because unpickling it runs code.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import pickle
 import tempfile
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from edgemtl.errors import EdgemtlError
+from edgemtl.user_code import call_user, import_callable
 from edgemtl.model.contract import validate_model
 from edgemtl.model.resize import fit_to_state_dict
 from edgemtl.model.spec import ModelSpec, parse_model_spec, read_spec_file
@@ -139,14 +139,8 @@ def _load_checkpoint(payload: dict[str, Any], path: Path) -> LoadedModel:
 
 def _load_with_factory(path: Path, factory: str, spec_path: Path) -> LoadedModel:
     spec = read_spec_file(spec_path)
-    module_name, _, function_name = factory.partition(":")
-    if not module_name or not function_name:
-        raise EdgemtlError(f"--model-factory must look like package.module:function, got {factory!r}")
-    try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise EdgemtlError(f"cannot import the model factory {factory!r}: {_first_line(exc)}") from None
-    model = function()
+    function = import_callable(factory, "the model factory")
+    model = call_user(function, factory, "the model factory")
     if not isinstance(model, nn.Module):
         raise EdgemtlError(f"the model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
     state = _read_weights_only(path, trust=False)

@@ -39,3 +39,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     suits logits, depths and normals alike (pruning's fine-tuning uses it to stay close to the unpruned
     model, against which the pruned one is judged)."""
     return torch.mean((student - teacher) ** 2) / (teacher.var() + 1e-8)
+
+
+def supervised_loss(task: TaskSpec, pred: torch.Tensor, target: torch.Tensor, distilled: bool) -> torch.Tensor:
+    """The task's own loss against labels, or the distillation loss when the target is the float model's output
+    (a task the user's data does not label; see `edgemtl.data.teacher`)."""
+    return distillation_loss(pred, target) if distilled else task_loss(task, pred, target)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgemtl.errors import EdgemtlError
 
-TaskKind = Literal["classification", "segmentation", "depth", "normals", "edges", "regression"]
+TaskKind = Literal["classification", "segmentation", "depth", "normals", "edges", "regression", "raw"]
 
 # The loss and the primary metric each kind gets when a spec does not name them.
 DEFAULT_LOSS: dict[str, str] = {
@@ -23,6 +23,7 @@ DEFAULT_LOSS: dict[str, str] = {
     "normals": "cosine",
     "edges": "bce_edges",
     "regression": "mse",
+    "raw": "mse",
 }
 DEFAULT_METRIC: dict[str, str] = {
     "classification": "accuracy",
@@ -31,6 +32,7 @@ DEFAULT_METRIC: dict[str, str] = {
     "normals": "angular_error",
     "edges": "edge_f1",
     "regression": "mae",
+    "raw": "none",  # any output (anchors, landmarks, embeddings): verified by its error against the float model
 }
 # Direction of every metric edgemtl computes: True when higher is better.
 METRIC_HIGHER_IS_BETTER: dict[str, bool] = {
@@ -69,12 +71,16 @@ class TaskSpec(BaseModel):
             self.metric = DEFAULT_METRIC[self.kind]
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r} (known: {', '.join(LOSSES)})")
-        if self.metric not in METRIC_HIGHER_IS_BETTER:
-            raise ValueError(f"unknown metric {self.metric!r} (known: {', '.join(METRIC_HIGHER_IS_BETTER)})")
+        own_metric = ":" in self.metric  # package.module:function, (pred, target) -> float, imported when scored
+        if own_metric and self.higher_is_better is None:
+            raise ValueError(f"a metric of your own ({self.metric}) needs higher_is_better: true or false")
+        if not own_metric and self.metric != "none" and self.metric not in METRIC_HIGHER_IS_BETTER:
+            raise ValueError(f"unknown metric {self.metric!r} (known: {', '.join(METRIC_HIGHER_IS_BETTER)}, none, "
+                             "or package.module:function)")
         if self.higher_is_better is None:
-            self.higher_is_better = METRIC_HIGHER_IS_BETTER[self.metric]
+            self.higher_is_better = METRIC_HIGHER_IS_BETTER.get(self.metric, False)
         expected_rank = {"classification": 1, "regression": 1}.get(self.kind, 3)
-        if len(self.output_shape) != expected_rank:
+        if self.kind != "raw" and len(self.output_shape) != expected_rank:
             raise ValueError(f"a {self.kind} task outputs rank-{expected_rank} samples, got shape {self.output_shape}")
         channels = {"depth": 1, "edges": 1, "normals": 3}.get(self.kind)
         if channels is not None and self.output_shape[0] != channels:

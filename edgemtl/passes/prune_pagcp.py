@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,9 +43,10 @@ from torch import nn
 from edgemtl.analysis.cost import model_cost
 from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
+from edgemtl.data.teacher import teach_missing
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.model.contract import example_input
-from edgemtl.model.losses import task_loss
+from edgemtl.model.losses import supervised_loss
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
 from edgemtl.training import TrainConfig, train
@@ -172,7 +174,8 @@ class LossOracle:
         self.spec = spec
         count = min(samples, len(data))
         self.images = torch.from_numpy(data.normalise(data.images[:count]))
-        self.targets = {name: torch.from_numpy(t[:count]) for name, t in data.targets.items()}
+        self.targets = {name: torch.from_numpy(np.ascontiguousarray(t[:count])) for name, t in data.targets.items()}
+        self.distilled = data.distilled
         self.calibration = None
         if calibration is not None and calibration_samples > 0:
             self.calibration = torch.from_numpy(calibration.normalise(calibration.images[:calibration_samples]))
@@ -183,7 +186,8 @@ class LossOracle:
         model.eval()
         with torch.no_grad():
             outputs = model(self.images)
-        return {t.name: float(task_loss(t, outputs[t.name], self.targets[t.name])) for t in self.spec.tasks}
+        return {t.name: float(supervised_loss(t, outputs[t.name], self.targets[t.name], t.name in self.distilled))
+                for t in self.spec.tasks}
 
 
 def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> None:
@@ -275,6 +279,8 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
     config.check_tasks(spec)
     start_time = time.perf_counter()
     original = copy.deepcopy(model).eval()
+    # tasks the data does not label are guarded by their distance to the unpruned model's outputs
+    train_data, val_data = (teach_missing(d, original, spec.task_names) for d in (train_data, val_data))
     surgeon = Surgeon(spec)
     oracle = LossOracle(spec, val_data, config.oracle_samples, train_data, config.bn_recalibration_samples)
     macs_original = _macs(original, surgeon.example)

@@ -42,7 +42,7 @@ from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate
 from edgemtl.model.contract import TaskPath, example_input
-from edgemtl.model.losses import task_loss
+from edgemtl.model.losses import supervised_loss
 from edgemtl.model.spec import ModelSpec
 
 with warnings.catch_warnings():  # brevitas warns about optional packages on import
@@ -624,7 +624,7 @@ def _qat(qmodel: QuantTaskPath, task_spec, data: TaskData, config: QuantConfig) 
     qmodel.train()
     for _ in range(config.qat_steps):
         images, targets = next(batches)
-        loss = task_loss(task_spec, qmodel(images), targets[task_spec.name])
+        loss = supervised_loss(task_spec, qmodel(images), targets[task_spec.name], task_spec.name in data.distilled)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(qmodel.parameters(), 5.0)

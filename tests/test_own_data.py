@@ -1,0 +1,119 @@
+"""A user's own model and own data through the commands: npz and folder sources, tasks without labels, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from custom_models import SPEC_YAML, unet_two_heads
+from edgemtl.data import load_data
+from test_cli import assert_one_line_error, run_cli
+
+
+def _own_model(tmp_path):
+    weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
+    torch.save(unet_two_heads().state_dict(), weights)
+    spec.write_text(SPEC_YAML)
+    return [weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec]
+
+
+def _images(n: int = 40, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    depth = rng.uniform(0.5, 5.0, (n, 1, size, size)).astype(np.float32)
+    return images, depth
+
+
+def _write_folder(folder, images, depth) -> None:
+    folder.mkdir()
+    lines = ["image,depth"]
+    for i, (image, label) in enumerate(zip(images, depth)):
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"img{i:02d}.png")
+        np.save(folder / f"depth{i:02d}.npy", label)
+        lines.append(f"img{i:02d}.png,depth{i:02d}.npy")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_host_compile_from_npz_and_folder_gives_the_same_numbers(capsys, tmp_path):
+    images, depth = _images()
+    npz, folder = tmp_path / "own.npz", tmp_path / "own"
+    np.savez(npz, images=images, depth=depth)
+    _write_folder(folder, images, depth)
+    manifests = []
+    for data, name in ((npz, "from-npz"), (folder, "from-folder")):
+        code, _, err = run_cli(capsys, "compile", *_own_model(tmp_path), "--target", "host", "--data", data,
+                               "-o", tmp_path / name, "--no-latency")
+        assert code == 0, err
+        manifests.append(json.loads((tmp_path / name / "manifest.json").read_text()))
+    for manifest in manifests:
+        assert manifest["data"]["labelled_tasks"] == ["depth"] and manifest["data"]["unlabelled_tasks"] == ["seg"]
+        assert manifest["data"]["split_sizes"] == {"train": 28, "val": 6, "test": 6}
+        assert manifest["data"]["normalisation"]["mean"] == [0.5, 0.5, 0.5]
+    a, b = (m["tasks"] for m in manifests)
+    assert a["depth"]["metrics"] == b["depth"]["metrics"] and "rmse" in a["depth"]["metrics"]
+    assert a["seg"]["verification"]["max_abs_error"] == b["seg"]["verification"]["max_abs_error"]
+    assert "no labels" in a["seg"]["metrics_note"]
+
+
+def test_eval_and_prune_take_an_npz(capsys, tmp_path):
+    images, depth = _images()
+    npz = tmp_path / "own.npz"
+    np.savez(npz, images=images, depth=depth)
+    code, out, err = run_cli(capsys, "eval", *_own_model(tmp_path), "--data", npz, "--json")
+    assert code == 0, err
+    assert set(json.loads(out)["metrics"]) == {"depth"}
+    code, out, err = run_cli(capsys, "prune", *_own_model(tmp_path), "--data", npz, "--flops-target", "0.9",
+                             "--finetune-steps", "1", "--final-finetune-steps", "1", "--oracle-samples", "4",
+                             "-o", tmp_path / "pruned.pt")
+    assert code == 0, err
+    assert (tmp_path / "pruned.pt").is_file() and "sqnr_db_vs_float" in out  # seg has no labels: judged against float
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--tasks", ""], "--tasks is empty"),
+    (["--data", "no/such/place"], "is neither a built-in set"),
+    (["--model-factory", "custom_models:raises"], "the model factory 'custom_models:raises' raised RuntimeError"),
+])
+def test_own_model_bad_input_is_one_line(capsys, tmp_path, args, pattern):
+    base = _own_model(tmp_path)
+    if args[0] == "--model-factory":
+        base[2] = args[1]
+        args = []
+    code, _, err = run_cli(capsys, "compile", *base, "--target", "host", "-o", tmp_path / "b", "--data", "scenes", *args)
+    assert_one_line_error(code, err, pattern)
+    assert not (tmp_path / "b").exists()
+
+
+def test_output_under_a_file_is_a_clear_error(capsys, tmp_path, checkpoints):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "host", "-o", tmp_path / "afile" / "b")
+    assert_one_line_error(code, err, "which is a file")
+
+
+@pytest.mark.slow
+def test_gap9_zcu104_and_arm64_from_an_npz_with_a_task_left_unlabelled(capsys, tmp_path, checkpoints):
+    """The built-in images saved as a user's npz, labels for depth only: scene is calibrated, verified and judged
+    against the float model on every target."""
+    val = load_data("scenes", "train", n=64)
+    npz = tmp_path / "scenes.npz"
+    np.savez(npz, images=np.round(val.images * 255).astype(np.uint8), depth=val.targets["depth"])
+    common = ["--data", npz, "--tasks", "depth,scene", "--no-latency"]
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "gap9", "-o", tmp_path / "g", *common)
+    assert code == 0, err
+    tasks = json.loads((tmp_path / "g" / "manifest.json").read_text())["tasks"]
+    assert "metric_int8" in tasks["depth"]["int8"] and "no labels" in tasks["scene"]["int8"]["metrics"]
+    assert tasks["scene"]["int8"]["agreement_with_float"]["cosine_vs_float"] > 0.9
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "zcu104", "-o", tmp_path / "z",
+                           "--qat-steps", "2", *common)
+    assert code == 0, err
+    tasks = json.loads((tmp_path / "z" / "manifest.json").read_text())["tasks"]
+    assert "rmse" in tasks["depth"]["quantization"]["metric_quant"]
+    assert "sqnr_db_vs_float" in tasks["scene"]["quantization"]["metric_quant"]
+    assert tasks["scene"]["hls4ml"]["csim"]["exact"]
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "arm64", "-o", tmp_path / "a",
+                           "--threads", "1", *common)
+    assert code == 0, err
