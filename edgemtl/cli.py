@@ -28,6 +28,20 @@ TrustOpt = Annotated[bool, typer.Option("--trust", help="allow unpickling a full
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 DATA_HELP = "scenes | digits | FILE.npz | FOLDER of images | package.module:function (default: the model's built-in set)"
 ResizeOpt = Annotated[bool, typer.Option("--resize", help="resize the data's images to the model's input (recorded)")]
+HoldoutOpt = Annotated[Optional[str], typer.Option(
+    "--holdout", help="VAL,TEST: fractions held out when the data names no split (default 0.15,0.15; seeded; recorded)")]
+
+
+def _parse_holdout(text: str | None) -> tuple[float, float]:
+    from edgemtl.data.sources import DEFAULT_HOLDOUT
+
+    if text is None:
+        return DEFAULT_HOLDOUT
+    try:
+        val, test = (float(v) for v in text.split(","))
+    except ValueError:
+        raise EdgemtlError(f"--holdout takes VAL,TEST fractions such as 0.15,0.15, got {text!r}") from None
+    return val, test
 
 
 def _load(path: Path, factory: str | None, spec: Path | None, trust: bool):
@@ -145,11 +159,12 @@ def eval_command(
     data: Annotated[Optional[str], typer.Option(help=DATA_HELP)] = None,
     split: str = "val",
     resize: ResizeOpt = False,
+    holdout: HoldoutOpt = None,
     samples: Annotated[Optional[int], typer.Option("--n", min=1, help="number of samples")] = None,
     as_json: JsonOpt = False,
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
-    """Per-task metrics of a model on a built-in data set."""
+    """Per-task metrics of a model on the tasks its data labels (built-in set, npz, folder or Dataset factory)."""
     from edgemtl.data.sources import open_data
     from edgemtl.evaluate import evaluate, torch_predictor
 
@@ -157,7 +172,7 @@ def eval_command(
     name = data or loaded.spec.data
     if name is None:
         raise EdgemtlError("this model does not say which data it was trained on: pass --data (see docs/own-model.md)")
-    source = open_data(name, loaded.spec, resize=resize)
+    source = open_data(name, loaded.spec, resize=resize, holdout=_parse_holdout(holdout))
     if not source.labelled:
         raise EdgemtlError(f"data {name!r} labels none of the tasks {', '.join(loaded.spec.task_names)}: nothing to score")
     dataset = source.load(split, n=samples)
@@ -226,6 +241,7 @@ def prune(
     flops_target: Annotated[float, typer.Option(help="fraction of the original MACs to keep, in (0, 1)")] = 0.35,
     data: Annotated[Optional[str], typer.Option(help=DATA_HELP)] = None,
     resize: ResizeOpt = False,
+    holdout: HoldoutOpt = None,
     max_drop: MaxDropOpt = [],
     finetune_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps after each round")] = 100,
     final_finetune_steps: Annotated[int, typer.Option(min=0)] = 300,
@@ -245,7 +261,7 @@ def prune(
     name = data or loaded.spec.data
     if name is None:
         raise EdgemtlError("pruning needs real images for its loss oracle and fine-tuning: pass --data (see docs/own-model.md)")
-    source = open_data(name, loaded.spec, resize=resize)
+    source = open_data(name, loaded.spec, resize=resize, holdout=_parse_holdout(holdout))
     pruned, pruned_spec, record = prune_pagcp(loaded.model, loaded.spec, source.load("train"), source.load("val"), config)
     save(pruned, pruned_spec, output, meta={"pagcp": record.to_dict(), "pruned_from": str(model)})
     layers = Table(title=f"kept channels per layer (PAGCP, {record.rounds} rounds, {record.seconds:.0f} s)")
@@ -295,6 +311,7 @@ def compile_command(
     tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
     data: Annotated[Optional[str], typer.Option(help=DATA_HELP)] = None,
     resize: ResizeOpt = False,
+    holdout: HoldoutOpt = None,
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for timing (0 = all cores)")] = 0,
     runs: Annotated[int, typer.Option(min=5, help="timed runs per latency measurement")] = 100,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="measure latency")] = True,
@@ -324,7 +341,8 @@ def compile_command(
     pagcp = None if prune_flops is None else PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
-    options = CompileOptions(tasks=_split_tasks(tasks), data=data, resize=resize, threads=threads, latency_runs=runs,
+    options = CompileOptions(tasks=_split_tasks(tasks), data=data, resize=resize,
+                             holdout=_parse_holdout(holdout), threads=threads, latency_runs=runs,
                              measure_latency=latency, prune=pagcp, experts=experts, precision=precision,
                              qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits))
     bundle = compile_model(loaded, target, destination, options, console=err)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
+from edgemtl.data.sources import DEFAULT_HOLDOUT
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.checkpoint import LoadedModel
 from edgemtl.targets import Target
@@ -30,7 +31,7 @@ class CompileOptions:
     tasks: list[str] | None = None        # None = all tasks in the spec
     data: str | None = None               # --data reference (edgemtl.data.sources; default: the spec's built-in set)
     resize: bool = False                  # resize the data's images to the spec's input (else a size mismatch is an error)
-    holdout: tuple[float, float] = (0.15, 0.15)  # val, test fractions of a source that names no split
+    holdout: tuple[float, float] = DEFAULT_HOLDOUT  # val, test fractions of a source that names no split (--holdout)
     verify_samples: int = 16
     metric_samples: int = 256
     tolerance: float = 1e-3               # max |ORT - PyTorch| allowed, relative to max(1, max |PyTorch|)

@@ -66,6 +66,8 @@ def test_eval_and_prune_take_an_npz(capsys, tmp_path):
     code, out, err = run_cli(capsys, "eval", *_own_model(tmp_path), "--data", npz, "--json")
     assert code == 0, err
     assert set(json.loads(out)["metrics"]) == {"depth"}
+    code, out, err = run_cli(capsys, "eval", *_own_model(tmp_path), "--data", npz, "--holdout", "0.25,0.25", "--json")
+    assert code == 0 and json.loads(out)["samples"] == 10, err  # a quarter of 40 images
     code, out, err = run_cli(capsys, "prune", *_own_model(tmp_path), "--data", npz, "--flops-target", "0.9",
                              "--finetune-steps", "1", "--final-finetune-steps", "1", "--oracle-samples", "4",
                              "-o", tmp_path / "pruned.pt")
@@ -76,6 +78,8 @@ def test_eval_and_prune_take_an_npz(capsys, tmp_path):
 @pytest.mark.parametrize("args, pattern", [
     (["--tasks", ""], "--tasks is empty"),
     (["--data", "no/such/place"], "is neither a built-in set"),
+    (["--holdout", "half"], "--holdout takes VAL,TEST fractions"),
+    (["--holdout", "0.6,0.5"], "held-out fractions (val, test) must be in [0, 1) and sum below 1"),
     (["--model-factory", "custom_models:raises"], "the model factory 'custom_models:raises' raised RuntimeError"),
 ])
 def test_own_model_bad_input_is_one_line(capsys, tmp_path, args, pattern):

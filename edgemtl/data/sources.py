@@ -65,10 +65,6 @@ class DataSource:
     _splits: dict[str, Callable[[], _Split]] = field(repr=False)
     _loaded: dict[str, _Split] = field(default_factory=dict, repr=False)
 
-    @property
-    def name(self) -> str:
-        return self.reference
-
     def _split(self, split: str) -> _Split:
         if split not in SPLITS:
             raise EdgemtlError(f"unknown split {split!r}: valid splits are {', '.join(SPLITS)}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +72,10 @@ def quantize_step(ctx: FlowContext) -> None:
                                                                                  f"{len(data)} samples"}
             else:  # no labels for this task in the data: quantized, and judged by its agreement with the float model
                 graph = build_int_graph(ctx.loaded.model, spec, task, calibration, config)
-                taught = teach_missing(replace(data, targets={}, distilled=frozenset()), ctx.loaded.model, [task])
+                taught = teach_missing(data, ctx.loaded.model, [task])
                 entry["int8"] = {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}",
                                  "agreement_with_float": evaluate(int8_predictor(graph), [spec.task(task)], taught)[task],
+                                 "agreement_provenance": "evaluated (edgemtl int8 reference executor vs PyTorch float, host)",
                                  "metrics_data": f"{data.name}/{data.split}, {len(data)} samples"}
         except EdgemtlError as exc:  # an op the int8 backends lack: this task stops here, the others go on
             entry["int8"] = {"ok": False, "error": str(exc)}

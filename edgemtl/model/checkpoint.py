@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from edgemtl.errors import EdgemtlError
-from edgemtl.user_code import call_user, import_callable
 from edgemtl.model.contract import validate_model
 from edgemtl.model.resize import fit_to_state_dict
 from edgemtl.model.spec import ModelSpec, parse_model_spec, read_spec_file
+from edgemtl.user_code import call_user, import_callable
 from edgemtl.model.zoo import build_model
 
 FORMAT = "edgemtl-checkpoint"

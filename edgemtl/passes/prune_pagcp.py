@@ -42,8 +42,8 @@ from torch import nn
 
 from edgemtl.analysis.cost import model_cost
 from edgemtl.data import TaskData
-from edgemtl.errors import EdgemtlError
 from edgemtl.data.teacher import teach_missing
+from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.model.contract import example_input
 from edgemtl.model.losses import supervised_loss
