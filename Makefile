@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,tvm]"
+	# ONNX input (edgemtl/model/onnx_import.py): onnx2torch declares torchvision and would replace the pinned torch
+	$(PY) -m pip install -q --no-deps onnx2torch==1.5.15
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0+cpu'), torch.__version__"
 	touch $@
 

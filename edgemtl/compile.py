@@ -38,7 +38,7 @@ def _base_manifest(loaded: LoadedModel, target: Target, tasks: list[str]) -> dic
         "target": {"name": target.name, "flow": target.flow, "description": target.description, "file": target.source},
         "model": {"path": str(loaded.path), "sha256": loaded.sha256, "arch": spec.arch, "config": spec.config,
                   "source": loaded.source, "data": spec.data, "input": spec.input.model_dump(),
-                  "tasks": spec.task_names},
+                  "tasks": spec.task_names, **({"import": loaded.details} if loaded.details else {})},
         "host": _host(),
         "steps": [],
         "tasks": {name: {"kind": spec.task(name).kind, "output_shape": spec.task(name).output_shape} for name in tasks},

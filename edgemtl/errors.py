@@ -7,3 +7,9 @@ traceback.
 
 class EdgemtlError(Exception):
     """Bad input: the message says what is wrong and how to fix it, in one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,8 +7,9 @@ An edgemtl checkpoint is a `.pt` file holding one dict of plain values and tenso
      "arch": str, "config": dict, "state_dict": {name: tensor}, "meta": dict}
 
 Models outside the zoo come as a plain state_dict plus a spec file plus `--model-factory
-package.module:function` (the user's own code, imported on purpose). A fully pickled `nn.Module` is
-loaded only with `trust=True`, because unpickling it runs code.
+package.module:function` (the user's own code, imported on purpose), or as `model.onnx` plus a spec file
+(edgemtl.model.onnx_import). A fully pickled `nn.Module` is loaded only with `trust=True`, because
+unpickling it runs code.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import hashlib
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, first_line
 from edgemtl.model.contract import validate_model
 from edgemtl.model.resize import fit_to_state_dict
 from edgemtl.model.spec import ModelSpec, parse_model_spec, read_spec_file
@@ -43,7 +44,8 @@ class LoadedModel:
     spec: ModelSpec
     path: Path
     sha256: str
-    source: str  # "checkpoint" | "factory" | "pickled-module"
+    source: str  # "checkpoint" | "factory" | "pickled-module" | "onnx"
+    details: dict[str, Any] = field(default_factory=dict)  # how the model was read (ONNX: conversion and its check)
 
 
 def save(model: nn.Module, spec: ModelSpec, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -84,6 +86,8 @@ def load(path: str | Path, *, factory: str | None = None, spec_path: str | Path 
     path = Path(path)
     if not path.is_file():
         raise EdgemtlError(f"model file {path} does not exist")
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx(path, factory, spec_path)
     if factory is not None:
         if spec_path is None:
             raise EdgemtlError("--model-factory needs --spec FILE (YAML or TOML: input shape and tasks)")
@@ -109,18 +113,18 @@ def _read_weights_only(path: Path, trust: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise EdgemtlError(f"{path} is corrupt or not a PyTorch file: {_first_line(exc)}") from None
+            raise EdgemtlError(f"{path} is corrupt or not a PyTorch file: {first_line(exc)}") from None
         if not trust:
             raise EdgemtlError(
                 f"{path} contains pickled Python objects; loading it would run code from the file. "
                 "Pass --trust if you trust its source, or save a state_dict with a spec instead"
             ) from None
     except Exception as exc:  # torch reports bad bytes as RuntimeError, EOFError, IndexError, ... (not one type)
-        raise EdgemtlError(f"{path} is corrupt, truncated or not a PyTorch file: {_first_line(exc)}") from None
+        raise EdgemtlError(f"{path} is corrupt, truncated or not a PyTorch file: {first_line(exc)}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # trusted unpickling can fail in any way the file's code chooses
-        raise EdgemtlError(f"could not unpickle {path} (with --trust): {_first_line(exc)}") from None
+        raise EdgemtlError(f"could not unpickle {path} (with --trust): {first_line(exc)}") from None
 
 
 def _load_checkpoint(payload: dict[str, Any], path: Path) -> LoadedModel:
@@ -153,6 +157,22 @@ def _load_with_factory(path: Path, factory: str, spec_path: Path) -> LoadedModel
     return _finish(model, spec, path, "factory")
 
 
+def _load_onnx(path: Path, factory: str | None, spec_path: str | Path | None) -> LoadedModel:
+    from edgemtl.model.onnx_import import load_onnx_model
+
+    if factory is not None:
+        raise EdgemtlError(f"{path} is an ONNX model: it brings its own graph, leave out --model-factory")
+    if spec_path is None:
+        raise EdgemtlError(f"{path} is an ONNX model: pass --spec FILE naming its tasks (`edgemtl spec {path}` "
+                           "writes a starter)")
+    spec = read_spec_file(Path(spec_path))
+    model, details = load_onnx_model(path, spec)
+    spec = spec.model_copy(update={"arch": spec.arch if spec.arch != "custom" else f"onnx:{path.name}"})
+    loaded = _finish(model, spec, path, "onnx")
+    loaded.details = details
+    return loaded
+
+
 def _load_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
     try:
         fit_to_state_dict(model, state)  # a pruned model's layers take their stored widths
@@ -161,7 +181,7 @@ def _load_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
         missing, unexpected = _key_mismatch(model, state)
         detail = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {unexpected[:3]}" if unexpected else "")
         raise EdgemtlError(
-            f"the weights in {path} do not fit the model: {detail.strip() or _first_line(exc)}"
+            f"the weights in {path} do not fit the model: {detail.strip() or first_line(exc)}"
         ) from None
 
 
@@ -174,8 +194,3 @@ def _finish(model: nn.Module, spec: ModelSpec, path: Path, source: str) -> Loade
     model.eval()
     validate_model(model, spec)
     return LoadedModel(model=model, spec=spec, path=path, sha256=file_sha256(path), source=source)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -62,6 +62,7 @@ class TaskSpec(BaseModel):
     higher_is_better: bool | None = None
     loss_weight: float = 1.0
     class_names: list[str] = Field(default_factory=list)
+    onnx_output: str = ""  # models read from ONNX: the graph output holding this task (default: the task's name)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> "TaskSpec":
