@@ -55,8 +55,9 @@ class StaticResize(nn.Module):
                                          align_corners=self.align_corners)
 
 
-def bind_constant_arguments(graph_module: fx.GraphModule) -> list[str]:
-    """Rewrite in place; returns the op types bound (for the import record)."""
+def bind_constant_arguments(graph_module: fx.GraphModule, batch_first: bool = False) -> list[str]:
+    """Rewrite in place; returns the op types bound (for the import record). `batch_first`: the graph was exported
+    with batch 1, so a constant reshape starting with 1 means "the batch" and keeps the input's first dimension."""
     bound = []
     for node in list(graph_module.graph.nodes):
         if node.op != "call_module":
@@ -65,7 +66,7 @@ def bind_constant_arguments(graph_module: fx.GraphModule) -> list[str]:
         constants = _constant_arguments(graph_module, node)
         if constants is None:
             continue
-        replacement = _static_module(module, constants)
+        replacement = _static_module(module, constants, batch_first)
         if replacement is None:
             continue
         name = f"{node.target}_static"
@@ -81,14 +82,15 @@ def bind_constant_arguments(graph_module: fx.GraphModule) -> list[str]:
     return sorted(set(bound))
 
 
-def _static_module(module: nn.Module, constants: dict[str, Any]) -> nn.Module | None:
+def _static_module(module: nn.Module, constants: dict[str, Any], batch_first: bool) -> nn.Module | None:
     """The static equivalent of one onnx2torch module, or None when this pass does not cover it."""
     from onnx2torch.node_converters.reshape import OnnxReshape as reshape
     from onnx2torch.node_converters.resize import OnnxResize as resize, _onnx_mode_to_torch_mode as torch_mode
     from onnx2torch.node_converters.slice import OnnxSlice as slice_, _get_slices as get_slices
 
     if isinstance(module, reshape) and constants.get("shape") is not None:
-        return StaticReshape([int(v) for v in constants["shape"].tolist()])
+        shape = [int(v) for v in constants["shape"].tolist()]
+        return StaticReshape([0, *shape[1:]] if batch_first and shape[:1] == [1] else shape)
     if isinstance(module, slice_) and constants.get("starts") is not None and constants.get("ends") is not None:
         flip, pos, neg = get_slices(constants["starts"].tolist(), constants["ends"].tolist(), constants.get("axes"),
                                     constants.get("steps"))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgemtl.data import TaskData
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, first_line
 from edgemtl.evaluate import evaluate
 from edgemtl.model.contract import TaskPath, example_input
 from edgemtl.model.losses import supervised_loss
@@ -575,6 +575,7 @@ def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: Task
 
     calibration = _task_images(train_data, min(config.calibration_samples, len(train_data)), config.seed)
     _calibrate(qmodel, calibration, config.batch_size)
+    _check_quantized_path_runs(qmodel, calibration[:2])
 
     qat_start = time.perf_counter()
     if config.qat_steps:
@@ -590,6 +591,20 @@ def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: Task
         layers=layer_bit_widths(qmodel), output_lsb=output_lsb(qmodel), host_resize=host_resize,
     )
     return qmodel, record
+
+
+def _check_quantized_path_runs(qmodel: QuantTaskPath, images: torch.Tensor) -> None:
+    """Calibration runs unquantized; an op brevitas cannot apply to quantized tensors surfaces here, as one line."""
+    try:
+        with torch.no_grad():
+            qmodel.eval()(images)
+    except Exception as exc:  # brevitas raises TypeError / RuntimeError from inside the traced graph
+        call = next((line.strip() for line in str(exc).splitlines() if " = " in line), "")
+        raise EdgemtlError(f"task {qmodel.task!r}: brevitas cannot run its quantized path ({first_line(exc)}"
+                           f"{'; at ' + call if call else ''}): compile the other tasks with --tasks, "
+                           "or this one for another target") from None
+    finally:
+        qmodel.train()
 
 
 def _calibrate(qmodel: QuantTaskPath, images: torch.Tensor, batch_size: int) -> None:
