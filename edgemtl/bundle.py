@@ -68,7 +68,11 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 def write_json_atomically(path: Path, data: dict[str, Any]) -> Path:
     """`data` as JSON through a temporary file in the same folder and one rename: a crash or a full disk leaves
     the previous file whole, never half of a new one (profiles, manifests rewritten in place, benchmark results)."""
-    text = json.dumps(data, indent=2, default=_jsonable) + "\n"
+    return write_text_atomically(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """`text` written through a temporary file and one rename (see write_json_atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -289,6 +289,35 @@ def prune(
     out.print(f"pruned checkpoint: {output}")
 
 
+@app.command(name="spec")
+def spec_command(
+    model: Annotated[Path, typer.Argument(help="model.onnx, or a state_dict with --model-factory")],
+    input_shape: Annotated[Optional[str], typer.Option(help="C,H,W: needed for a factory model or free ONNX dims")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="spec file to write (default: print)")] = None,
+    model_factory: FactoryOpt = None,
+) -> None:
+    """Write a starter spec (input shape, one task per output with its real shape and a guessed kind) to edit."""
+    from edgemtl.bundle import write_text_atomically
+    from edgemtl.model.spec_starter import starter_spec
+
+    shape = None
+    if input_shape is not None:
+        try:
+            shape = [int(v) for v in input_shape.split(",")]
+        except ValueError:
+            shape = []
+        if len(shape) != 3 or min(shape) < 1:
+            raise EdgemtlError(f"--input-shape takes C,H,W such as 3,224,224, got {input_shape!r}")
+    text = starter_spec(model, factory=model_factory, input_shape=shape)
+    if output is None:
+        print(text, end="")
+        return
+    if output.exists():
+        raise EdgemtlError(f"{output} exists: edgemtl spec does not overwrite a spec; pick another -o or remove it")
+    write_text_atomically(output, text)
+    err.print(f"starter spec: {output} (check each task's kind and input.mean / input.std)")
+
+
 @app.command()
 def targets() -> None:
     """The targets found in targets/*.toml (and EDGEMTL_TARGETS_PATH) with their key facts."""

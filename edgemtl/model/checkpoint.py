@@ -143,6 +143,13 @@ def _load_checkpoint(payload: dict[str, Any], path: Path) -> LoadedModel:
 
 def _load_with_factory(path: Path, factory: str, spec_path: Path) -> LoadedModel:
     spec = read_spec_file(spec_path)
+    model = factory_model(path, factory)
+    spec = spec.model_copy(update={"arch": spec.arch if spec.arch != "custom" else f"factory:{factory}"})
+    return _finish(model, spec, path, "factory")
+
+
+def factory_model(path: Path, factory: str) -> nn.Module:
+    """The user's factory's module with the weights in `path` loaded (no spec needed yet)."""
     function = import_callable(factory, "the model factory")
     model = call_user(function, factory, "the model factory")
     if not isinstance(model, nn.Module):
@@ -153,8 +160,7 @@ def _load_with_factory(path: Path, factory: str, spec_path: Path) -> LoadedModel
     if not isinstance(state, dict):
         raise EdgemtlError(f"{path} must hold a state_dict (name -> tensor) for --model-factory")
     _load_state(model, state, path)
-    spec = spec.model_copy(update={"arch": spec.arch if spec.arch != "custom" else f"factory:{factory}"})
-    return _finish(model, spec, path, "factory")
+    return model
 
 
 def _load_onnx(path: Path, factory: str | None, spec_path: str | Path | None) -> LoadedModel:

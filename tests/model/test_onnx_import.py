@@ -170,3 +170,39 @@ def test_bad_onnx_input_is_one_line(capsys, tmp_path, heads_onnx, case, pattern)
         spec.write_text("input: {shape: [3, 32, 32]}\ntasks:\n  - {name: cls, kind: classification, output_shape: [5]}\n")
     code, _, err = run_cli(capsys, "inspect", path, *extra)
     assert_one_line_error(code, err, pattern)
+
+
+def test_a_starter_spec_from_the_real_outputs_loads_as_written(capsys, tmp_path, heads_onnx):
+    path, _ = heads_onnx
+    starter = tmp_path / "starter.yaml"
+    code, _, err = run_cli(capsys, "spec", path, "-o", starter)
+    assert code == 0, err
+    text = starter.read_text()
+    assert "# Check every task's `kind`" in text and "onnx_output: box:0" in text
+    loaded = load(path, spec_path=starter)  # the starter needs no edit to load
+    assert [(t.name, t.kind, t.output_shape) for t in loaded.spec.tasks] == [
+        ("seg", "segmentation", [4, 32, 32]), ("cls", "classification", [5]), ("box_0", "raw", [2, 4])]
+    code, _, err = run_cli(capsys, "spec", path, "-o", starter)
+    assert_one_line_error(code, err, "does not overwrite")
+
+
+def test_a_starter_spec_for_a_factory_model(capsys, tmp_path):
+    weights = tmp_path / "weights.pt"
+    torch.save(unet_two_heads().state_dict(), weights)
+    code, out, err = run_cli(capsys, "spec", weights, "--model-factory", "custom_models:unet_two_heads",
+                             "--input-shape", "3,32,32")
+    assert code == 0, err
+    assert "name: depth\n  kind: depth\n  output_shape: [1, 32, 32]" in out
+    code, _, err = run_cli(capsys, "spec", weights, "--model-factory", "custom_models:unet_two_heads")
+    assert_one_line_error(code, err, "needs --input-shape C,H,W")
+
+
+def test_a_starter_spec_needs_the_free_dims(capsys, tmp_path):
+    path = tmp_path / "unet.onnx"
+    _export(_UNetTuple(), path, ["seg", "depth"], dynamic={"image": {0: "N", 2: "H", 3: "W"}})
+    code, _, err = run_cli(capsys, "spec", path)
+    assert_one_line_error(code, err, "pass --input-shape C,H,W")
+    code, out, err = run_cli(capsys, "spec", path, "--input-shape", "3,64,64")
+    assert code == 0 and "output_shape: [1, 64, 64]" in out, err
+    code, _, err = run_cli(capsys, "spec", path, "--input-shape", "3,x")
+    assert_one_line_error(code, err, "--input-shape takes C,H,W")
