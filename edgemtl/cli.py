@@ -164,7 +164,8 @@ def train(
         model = build_model(model_spec)
         train_set, val_set = load_data(data, "train", n=train_samples, seed=seed), load_data(data, "val")
         scored = model_spec.task_names
-    result = run_training(model, model_spec, train_set, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+    trained_spec = model_spec.model_copy(update={"tasks": [model_spec.task(t) for t in scored]})  # losses need labels
+    result = run_training(model, trained_spec, train_set, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
     metrics = evaluate(torch_predictor(model), [model_spec.task(t) for t in scored], val_set)
     record = {"train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": data,
                         "seconds": round(result.seconds, 1)}, "val_metrics": metrics}
@@ -174,6 +175,9 @@ def train(
         save(model, model_spec, output, meta=record)
     name = model_factory or arch
     out.print(_metrics_table(f"{name} on {data} (val split), {steps} steps in {result.seconds:.0f} s", metrics, model_spec))
+    untrained = [t for t in model_spec.task_names if t not in scored]
+    if untrained:
+        err.print(f"note: {data} labels no {', '.join(untrained)}: those heads were not trained (no loss without labels)")
     out.print(f"{'state_dict' if model_factory else 'checkpoint'}: {output}")
 
 

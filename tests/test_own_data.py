@@ -121,3 +121,24 @@ def test_gap9_zcu104_and_arm64_from_an_npz_with_a_task_left_unlabelled(capsys, t
     code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "arm64", "-o", tmp_path / "a",
                            "--threads", "1", *common)
     assert code == 0, err
+
+
+def test_train_an_own_module_on_own_data_then_compile_it(capsys, tmp_path):
+    images, depth = _images()
+    npz, spec = tmp_path / "own.npz", tmp_path / "spec.yaml"
+    np.savez(npz, images=images, depth=depth)
+    spec.write_text(SPEC_YAML)
+    weights = tmp_path / "trained.pt"
+    code, out, err = run_cli(capsys, "train", "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
+                             "--data", npz, "--steps", "2", "--batch-size", "4", "-o", weights)
+    assert code == 0, err
+    assert "rmse" in out and "state_dict" in out
+    state = torch.load(weights, weights_only=True)
+    assert set(state) == set(unet_two_heads().state_dict())  # a plain state_dict, as --model-factory reads it
+    code, _, err = run_cli(capsys, "eval", weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec,
+                           "--data", npz)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--spec", spec, "--data", npz)
+    assert_one_line_error(code, err, "pass --model-factory with it")
+    code, _, err = run_cli(capsys, "train", "--model-factory", "custom_models:unet_two_heads", "--data", npz)
+    assert_one_line_error(code, err, "needs --spec FILE")
