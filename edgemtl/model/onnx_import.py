@@ -50,11 +50,13 @@ class OnnxTaskModel(nn.Module):
 
 def load_onnx_model(path: Path, spec: ModelSpec) -> tuple[OnnxTaskModel, dict[str, Any]]:
     """The converted model and what the import did (fixed dims, folding, batch handling, error vs ONNX Runtime)."""
-    proto = _read(path)
-    image_input = _image_input(proto, path)
+    proto = read_onnx(path)
+    image_input = image_input_of(proto, path)
     fixed = _fix_input_dims(image_input, spec, path)
     outputs = [o.name for o in proto.graph.output]
     output_index = _map_outputs(outputs, spec, path)
+    if len({*output_index.values()}) != len(output_index):
+        raise EdgemtlError(f"two tasks of the spec read the same ONNX output of {path}: give each its own onnx_output")
     reference = _onnxruntime_outputs(proto, spec, outputs)  # the graph as given, sample by sample
     batch_fixed = fixed["batch"] == 1
     if batch_fixed:  # fold with a free batch, so shapes read from the input stay symbolic
@@ -64,8 +66,6 @@ def load_onnx_model(path: Path, spec: ModelSpec) -> tuple[OnnxTaskModel, dict[st
     folded = _fold_constants(proto, path)
     graph = _convert(_at_converter_opset(folded, path), path)
     bound = bind_constant_arguments(graph, batch_first=batch_fixed)
-    if len({*output_index.values()}) != len(output_index):
-        raise EdgemtlError(f"two tasks of the spec read the same ONNX output of {path}: give each its own onnx_output")
     model = OnnxTaskModel(graph, output_index).eval()
     errors = _errors_vs_reference(model, spec, reference, output_index)
     if errors is None:
@@ -95,7 +95,8 @@ def load_onnx_model(path: Path, spec: ModelSpec) -> tuple[OnnxTaskModel, dict[st
     return model, details
 
 
-def _read(path: Path) -> onnx.ModelProto:
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """The model, weights no longer listed as graph inputs; one line when the file is not ONNX."""
     try:
         proto = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and friends: the bytes are not an ONNX model
@@ -109,7 +110,8 @@ def _read(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def _image_input(proto: onnx.ModelProto, path: Path) -> onnx.ValueInfoProto:
+def image_input_of(proto: onnx.ModelProto, path: Path) -> onnx.ValueInfoProto:
+    """The one (N, C, H, W) input edgemtl models take."""
     inputs = list(proto.graph.input)
     if len(inputs) != 1:
         raise EdgemtlError(f"{path} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); edgemtl models "

@@ -41,10 +41,10 @@ def starter_spec(model_path: Path, *, factory: str | None = None, input_shape: l
 def _onnx_outputs(path: Path, input_shape: list[int] | None) -> tuple[list[int], dict[str, list[int]]]:
     import onnxruntime as ort
 
-    from edgemtl.model.onnx_import import _image_input, _read
+    from edgemtl.model.onnx_import import image_input_of, read_onnx
 
-    proto = _read(path)
-    dims = list(_image_input(proto, path).type.tensor_type.shape.dim)
+    proto = read_onnx(path)
+    dims = list(image_input_of(proto, path).type.tensor_type.shape.dim)
     graph_shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:]]
     if input_shape is not None:  # it wins over fixed dims too, as in the importer (exporters write dummy sizes)
         shape = input_shape
