@@ -142,7 +142,7 @@ def train(
 
     from edgemtl.data.sources import open_data
     from edgemtl.evaluate import evaluate, torch_predictor
-    from edgemtl.model.checkpoint import save
+    from edgemtl.model.checkpoint import save, save_state_dict
     from edgemtl.model.zoo import build_model, zoo_spec
     from edgemtl.training import TrainConfig, train as run_training
 
@@ -170,7 +170,7 @@ def train(
     record = {"train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": data,
                         "seconds": round(result.seconds, 1)}, "val_metrics": metrics}
     if model_factory is not None:
-        _save_state_dict(model, output)
+        save_state_dict(model, output)
     else:
         save(model, model_spec, output, meta=record)
     name = model_factory or arch
@@ -183,37 +183,16 @@ def train(
 
 def _factory_for_training(factory: str, spec_path: Path | None):
     """The user's freshly built module and its spec, checked against each other before any training."""
-    from torch import nn
-
+    from edgemtl.model.checkpoint import build_from_factory
     from edgemtl.model.contract import validate_model
     from edgemtl.model.spec import read_spec_file
-    from edgemtl.user_code import call_user, import_callable
 
     if spec_path is None:
         raise EdgemtlError("--model-factory needs --spec FILE (YAML or TOML: input shape and tasks)")
     model_spec = read_spec_file(spec_path)
-    model = call_user(import_callable(factory, "the model factory"), factory, "the model factory")
-    if not isinstance(model, nn.Module):
-        raise EdgemtlError(f"the model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
+    model = build_from_factory(factory)
     validate_model(model, model_spec)
     return model, model_spec
-
-
-def _save_state_dict(model, path: Path) -> None:
-    """A plain state_dict through a temporary file and one rename (never half a file at `path`)."""
-    import os
-    import tempfile
-
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 @app.command(name="eval")

@@ -60,6 +60,15 @@ def save(model: nn.Module, spec: ModelSpec, path: str | Path, meta: dict[str, An
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
+    return _save_atomically(payload, path)
+
+
+def save_state_dict(model: nn.Module, path: str | Path) -> Path:
+    """A plain state_dict (what --model-factory reads), written atomically like a checkpoint."""
+    return _save_atomically({k: v.detach().cpu() for k, v in model.state_dict().items()}, Path(path))
+
+
+def _save_atomically(payload: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -148,12 +157,17 @@ def _load_with_factory(path: Path, factory: str, spec_path: Path) -> LoadedModel
     return _finish(model, spec, path, "factory")
 
 
-def factory_model(path: Path, factory: str) -> nn.Module:
-    """The user's factory's module with the weights in `path` loaded (no spec needed yet)."""
-    function = import_callable(factory, "the model factory")
-    model = call_user(function, factory, "the model factory")
+def build_from_factory(factory: str) -> nn.Module:
+    """The module the user's factory builds (its own initial weights)."""
+    model = call_user(import_callable(factory, "the model factory"), factory, "the model factory")
     if not isinstance(model, nn.Module):
         raise EdgemtlError(f"the model factory {factory!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def factory_model(path: Path, factory: str) -> nn.Module:
+    """The user's factory's module with the weights in `path` loaded (no spec needed yet)."""
+    model = build_from_factory(factory)
     state = _read_weights_only(path, trust=False)
     if isinstance(state, dict) and state.get("format") == FORMAT:
         state = state["state_dict"]

@@ -89,7 +89,8 @@ def load_onnx_model(path: Path, spec: ModelSpec) -> tuple[OnnxTaskModel, dict[st
         "ignored_outputs": [name for k, name in enumerate(outputs) if k not in output_index.values()],
         "constant_folding": "onnxruntime ORT_ENABLE_BASIC",
         "constant_arguments_bound": bound,
-        "check_vs_onnxruntime": {"samples": CHECK_SAMPLES, "input": "seeded standard normal of the spec's shape",
+        "check_vs_onnxruntime": {"provenance": "measured (converted PyTorch module vs ONNX Runtime, this host)",
+                                 "samples": CHECK_SAMPLES, "input": "seeded standard normal of the spec's shape",
                                  "max_abs_error": {t: e["max_abs"] for t, e in errors.items()}, "rtol": CHECK_RTOL},
     }
     return model, details
