@@ -433,6 +433,11 @@ def profile(
         help="results database (default $EDGEMTL_RESULTS or ~/.cache/edgemtl/results.sqlite)")] = None,
     tune: Annotated[int, typer.Option(min=0, help="meta-schedule trials per task for a tuned TVM build (0: no tuning)")] = 0,
     tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        help=DATA_HELP.replace(" (default: the model's built-in set)", "") + ": check outputs on these images "
+             "(references made now on this host; default: the bundle's own)")] = None,
+    resize: ResizeOpt = False,
+    holdout: HoldoutOpt = None,
     history: Annotated[bool, typer.Option("--history", help="list stored measurements instead of profiling")] = False,
     task: Annotated[Optional[str], typer.Option(help="with --history: only this task")] = None,
     as_json: JsonOpt = False,
@@ -457,9 +462,10 @@ def profile(
         raise EdgemtlError("profile needs a BUNDLE and --device local|rpc://HOST:PORT/KEY (or --history)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgemtl.profile.local import profile_bundle, read_bundle
+    from edgemtl.profile.local import DataReference, profile_bundle, read_bundle
 
     selected = _split_tasks(tasks)
+    images = None if data is None else DataReference(data, resize, _parse_holdout(holdout))
     count = len(selected or read_bundle(bundle).tasks) * (3 + (1 if tune else 0))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
@@ -472,7 +478,7 @@ def profile(
                 progress.advance(bar)
 
         result = profile_bundle(bundle, device, runs=runs, timeout=timeout, retries=retries, store=results, tune=tune,
-                                tasks=selected, on_step=on_step)
+                                tasks=selected, on_step=on_step, data=images)
     if as_json:
         out.print_json(json.dumps(result.to_dict(), default=str))
     else:

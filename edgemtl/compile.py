@@ -69,4 +69,14 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
         run_steps(steps, context, console)
         write_json(staging / MANIFEST, manifest)
         write_report(manifest, staging)
+    for task, step, error in tasks_left_out(manifest):
+        console.print(f"[yellow]warning:[/yellow] task {task!r} has no {step} artifact in this bundle: {error}")
     return out_dir.resolve()
+
+
+def tasks_left_out(manifest: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(task, step, error) for each task a step could not build (`{"ok": false, "error": ...}` in its entry): the
+    flow goes on with the other tasks, so the user must be told which ones the bundle lacks and why."""
+    return [(task, step, str(record["error"]))
+            for task, entry in manifest["tasks"].items() for step, record in entry.items()
+            if isinstance(record, dict) and record.get("ok") is False and "error" in record]

@@ -50,3 +50,35 @@ def not_a_module() -> str:
 
 def raises() -> nn.Module:
     raise RuntimeError("the weights folder is not mounted")
+
+
+HEADS_SPEC_YAML = """\
+input: {shape: [3, 32, 32], mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+tasks:
+  - {name: age, kind: regression, output_shape: [1]}
+  - {name: pose, kind: regression, output_shape: [3]}
+  - {name: anchors, kind: raw, output_shape: [6, 8, 8]}
+  - {name: landmarks, kind: raw, output_shape: [5, 2]}
+"""
+
+
+class RegressionAndRawHeads(nn.Module):
+    """Heads as real detectors and estimators have them: a rank-1 regression of one value and of three, a dense
+    raw map (anchors over an 8 x 8 grid) and a multi-dimensional raw output reshaped from a dense layer."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(_block(3, width), nn.MaxPool2d(2), _block(width, 2 * width), nn.MaxPool2d(2))
+        self.anchors = nn.Conv2d(2 * width, 6, 1)
+        self.age, self.pose, self.landmarks = nn.Linear(2 * width, 1), nn.Linear(2 * width, 3), nn.Linear(2 * width, 10)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(x)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(features, 1), 1)
+        return {"age": self.age(pooled), "pose": self.pose(pooled), "anchors": self.anchors(features),
+                "landmarks": self.landmarks(pooled).reshape(-1, 5, 2)}
+
+
+def regression_and_raw_heads() -> nn.Module:
+    torch.manual_seed(0)
+    return RegressionAndRawHeads()

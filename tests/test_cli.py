@@ -321,6 +321,8 @@ def test_compile_for_gap9_records_a_task_with_an_unsupported_op_and_compiles_the
     failed = manifest["tasks"]["depth"]["int8"]
     assert not failed["ok"] and "Softplus" in failed["error"] and "'depth'" in failed["error"]
     assert manifest["tasks"]["seg"]["c"]["host"]["bit_exact"]
+    # the bundle lacks a task the user asked for: the console says so, not only the manifest
+    assert "warning: task 'depth' has no int8 artifact in this bundle: task 'depth': layer" in " ".join(err.split())
 
 
 def test_compile_for_gap9_fails_cleanly_when_no_task_can_be_quantized(capsys, tmp_path):

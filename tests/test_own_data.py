@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from custom_models import SPEC_YAML, unet_two_heads
+from custom_models import HEADS_SPEC_YAML, SPEC_YAML, regression_and_raw_heads, unet_two_heads
 from edgemtl.data import load_data
 from test_cli import assert_one_line_error, run_cli
 
@@ -142,3 +142,33 @@ def test_train_an_own_module_on_own_data_then_compile_it(capsys, tmp_path):
     assert_one_line_error(code, err, "pass --model-factory with it")
     code, _, err = run_cli(capsys, "train", "--model-factory", "custom_models:unet_two_heads", "--data", npz)
     assert_one_line_error(code, err, "needs --spec FILE")
+
+
+@pytest.mark.slow
+def test_rank1_regression_and_raw_heads_of_any_shape_through_every_target(capsys, tmp_path):
+    """age [1] and pose [3] (regression, labelled), anchors [6, 8, 8] and landmarks [5, 2] (raw, judged against the
+    float model): every task is built by every target, with no task left out."""
+    weights, spec = tmp_path / "heads.pt", tmp_path / "spec.yaml"
+    torch.save(regression_and_raw_heads().state_dict(), weights)
+    spec.write_text(HEADS_SPEC_YAML)
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "heads.npz"
+    np.savez(npz, images=rng.integers(0, 256, (48, 3, 32, 32), dtype=np.uint8),
+             age=rng.uniform(1, 80, (48, 1)).astype(np.float32), pose=rng.normal(size=(48, 3)).astype(np.float32))
+    model = [weights, "--model-factory", "custom_models:regression_and_raw_heads", "--spec", spec, "--data", npz]
+    tasks = {}
+    for target, extra in (("host", []), ("arm64", ["--threads", "1"]), ("gap9", []), ("zcu104", ["--qat-steps", "2"])):
+        code, _, err = run_cli(capsys, "compile", *model, "--target", target, "-o", tmp_path / target, "--no-latency",
+                               *extra)
+        assert code == 0 and "warning:" not in err, err
+        tasks[target] = json.loads((tmp_path / target / "manifest.json").read_text())["tasks"]
+    for target in ("host", "arm64"):
+        assert all(tasks[target][t]["verification"]["passed"] for t in ("age", "pose", "anchors", "landmarks"))
+    assert "mae" in tasks["arm64"]["age"]["int8"]["metric_int8"]
+    for name in ("age", "pose", "anchors", "landmarks"):
+        gap9, fpga = tasks["gap9"][name], tasks["zcu104"][name]
+        assert gap9["c"]["host"]["bit_exact"] and gap9["deeploy_mappable"]["ok"], name
+        assert fpga["hls4ml"]["csim"]["exact"], name
+    assert tasks["gap9"]["landmarks"]["int8"]["agreement_with_float"]["cosine_vs_float"] > 0.99
+    assert set(tasks["zcu104"]["pose"]["quantization"]["metric_quant"]) == {"mae"}
+    assert "sqnr_db_vs_float" in tasks["zcu104"]["landmarks"]["quantization"]["metric_quant"]

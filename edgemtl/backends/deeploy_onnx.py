@@ -24,7 +24,8 @@ How each IntGraph op is written (all tensors NCHW with a batch axis of 1; Deeplo
 - avgpool_global  a depthwise RequantizedConv whose kernel is the whole H x W of ones (acc = the sum, exactly
                   the IntGraph's), then Flatten: PULPOpen has no global pooling layer; its integer ReduceMean
                   is a mean, not a sum followed by a per-channel requantisation.
-- maxpool, concat (axis 1), requant, flatten: MaxPool, Concat, RequantShift, Flatten.
+- maxpool, concat (axis 1), requant, flatten: MaxPool, Concat, RequantShift, Flatten (Reshape to a multi-dimensional
+  sample shape).
 - resize_bilinear, resize_nearest: no Resize layer in PULPOpen's mapping (deeploy-pulp 0.2.1): reported as
   unmapped and written as placeholder nodes in the `edgemtl.unmapped` domain, so the file still has every
   tensor and shape but Deeploy will not be run on it (the flow runs it on the mappable prefix instead,
@@ -140,6 +141,12 @@ class _Builder:
                                f"longer exact; requantize with fewer multiplier bits")
         name = self.names.new(base)
         self.initializers.append(numpy_helper.from_array(values.astype(np.float32), name))
+        return name
+
+    def shape_const(self, base: str, shape: list[int]) -> str:
+        """An int64 initializer holding a Reshape's target shape (batch axis first)."""
+        name = self.names.new(base)
+        self.initializers.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), name))
         return name
 
     def node(self, op: str, inputs: list[str], output: str, shape: list[int], base: str, domain: str = "",
@@ -270,6 +277,9 @@ def _emit(b: _Builder, node: Node) -> None:
                pads=[int(p) for p in node.attrs["pads"]], ceil_mode=0)
     elif node.op == "concat":
         b.node("Concat", [b.t(i) for i in node.inputs], out, shape, f"{layer}_concat", axis=1)
+    elif node.op == "flatten" and "shape" in node.attrs:  # to a multi-dimensional sample shape
+        target = b.shape_const(f"{layer}_shape", [-1, *node.attrs["shape"]])
+        b.node("Reshape", [b.t(node.inputs[0]), target], out, shape, f"{layer}_reshape")
     elif node.op == "flatten":
         b.node("Flatten", [b.t(node.inputs[0])], out, shape, f"{layer}_flatten", axis=1)
     else:  # resize_*: no PULPOpen layer; a placeholder keeps the tensor and its shape in the file
@@ -362,7 +372,7 @@ def standard_onnx(model: onnx.ModelProto | Path, semantics: str = "pulpopen") ->
     standard evaluator runs the file as it is. Conv -> ConvInteger and Gemm -> MatMulInteger on int8 / uint8
     casts of their input (int8 weights; int32 accumulators); RequantShift -> Floor((x * mul + add + div / 2) /
     div) (no rounding term for div 1) then Clip to its output type, in float64, which is exact (every value is an
-    integer below 2^31 here); MaxPool, Concat, Flatten, Add as they are, on float64 integers. `semantics`:
+    integer below 2^31 here); MaxPool, Concat, Flatten, Reshape, Add as they are, on float64 integers. `semantics`:
     "pulpopen" leaves out the Clip of the per-tensor RequantShifts that Deeploy's PULPOpen fuses with an Add into
     RequantizedAdd (PULPAddRequantMergePass: RequantShift -> Add <- RequantShift, Add -> per-tensor RequantShift),
     "generic" clips every RequantShift (deeploy-pulp 0.2.1's GenericOptimizer has no such fusion). The batch
@@ -452,6 +462,10 @@ def standard_onnx(model: onnx.ModelProto | Path, semantics: str = "pulpopen") ->
                 dtypes[out] = kind
         elif node.op_type in ("MaxPool", "Flatten"):
             nodes.append(helper.make_node(node.op_type, list(node.input), [out], **attrs))
+            dtypes[out] = dtypes.get(node.input[0])
+        elif node.op_type == "Reshape":
+            target = const(f"{node.name}__shape", init[node.input[1]], np.int64)
+            nodes.append(helper.make_node("Reshape", [node.input[0], target], [out]))
             dtypes[out] = dtypes.get(node.input[0])
         elif node.op_type == "Concat":
             nodes.append(helper.make_node("Concat", list(node.input), [out], **attrs))

@@ -242,6 +242,7 @@ def _clean(original: onnx.ModelProto, task: str, log: io.StringIO):
             model = model.transform(GemmToMatMul())
             model = cleanup_model(_unique_initializer_names(model))
             _drop_noop_transposes(model)
+            _drop_output_reshapes(model)
             model, outputs_nhwc = _drop_output_transposes(model)
             model = cleanup_model(_unique_initializer_names(model))
             _resize_roi_for_hls4ml(model)
@@ -494,6 +495,31 @@ def _drop_noop_transposes(model) -> None:
         for consumer in consumers:
             consumer.input[0] = node.input[0]
         model.graph.node.remove(node)
+
+
+def _drop_output_reshapes(model) -> None:
+    """A Reshape of a (batch, features) tensor into a graph output (landmarks as [5, 2]; brevitas may re-quantize
+    after it) only relabels the stream hls4ml writes flat anyway: bypass it; the host side reshapes the flat
+    output to the graph's shape. (hls4ml 1.3.0's ONNX Reshape looks up a node it no longer has: KeyError.)"""
+    outputs = {o.name for o in model.graph.output}
+    for node in list(model.graph.node):
+        source = node.input[0] if node.input else ""
+        shape = model.get_tensor_shape(source) or []
+        consumers = model.find_consumers(node.output[0]) or []
+        requant = consumers[0] if len(consumers) == 1 and consumers[0].op_type == "Quant" else None
+        final = requant.output[0] if requant is not None else node.output[0] if not consumers else ""
+        if node.op_type != "Reshape" or len(shape) != 2 or final not in outputs or source in outputs:
+            continue
+        model.graph.node.remove(node)
+        if requant is not None:
+            requant.input[0] = source
+        else:
+            producer = model.find_producer(source)
+            producer.output[list(producer.output).index(source)] = final
+        for vi in list(model.graph.value_info):
+            if vi.name in (node.output[0], final):
+                model.graph.value_info.remove(vi)
+        model.set_tensor_shape(final, shape)
 
 
 def _drop_output_transposes(model):

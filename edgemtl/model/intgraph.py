@@ -227,8 +227,8 @@ def run_node(node: Node, values: dict[str, np.ndarray], tensors: dict[str, Tenso
     if node.op == "resize_nearest":
         factor = int(node.attrs["factor"])
         return x.repeat(factor, axis=2).repeat(factor, axis=3)
-    if node.op == "flatten":
-        return x.reshape(x.shape[0], -1)
+    if node.op == "flatten":  # to a vector, or to attrs["shape"]: the same row-major bytes
+        return x.reshape(x.shape[0], *node.attrs.get("shape", [-1]))
     raise EdgemtlError(f"layer {node.name!r}: the reference executor has no op {node.op!r}")
 
 

@@ -284,9 +284,11 @@ class _Converter:
                 if axes is None or sorted(a % 4 for a in axes) != [2, 3] or len(self.shapes[node.input[0]]) != 4:
                     raise self.unsupported(node, "a mean over other axes than H, W")
             return _Unit("avgpool_global", node.name, ins[:1], out, onnx=[node])
-        if op in ("Flatten", "Reshape", "Squeeze"):
-            if len(self.sample_shape(out)) != 1:
-                raise self.unsupported(node, f"to shape {self.sample_shape(out)}, not to a vector")
+        if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+            # row-major bytes are the same in any shape, so a reshape is a relabelling, unless it folds the batch
+            before, after = self.sample_shape(ins[0]), self.sample_shape(out)
+            if int(np.prod(before)) != int(np.prod(after)):
+                raise self.unsupported(node, f"to shape {after}: it moves data across samples of the batch")
             return _Unit("flatten", node.name, ins[:1], out, onnx=[node])
         if op in ("Identity", "Dropout"):
             return _Unit("alias", node.name, ins[:1], out, onnx=[node])
@@ -592,13 +594,12 @@ class _Builder:
         graph.nodes.append(Node(unit.name, "concat", inputs, out))
 
     def emit_flatten(self, graph: IntGraph, unit: _Unit) -> None:
-        tensor = unit.inputs[0]
-        if tensor in self.pooled or len(graph.tensors[self.names[tensor]].shape) == 1:
-            self.names[unit.output] = self.names[tensor]       # already a vector here
+        x, shape = self.names[unit.inputs[0]], self.c.sample_shape(unit.output)
+        if graph.tensors[x].shape == shape:
+            self.names[unit.output] = x       # already that shape here (a pooled tensor is a vector)
             return
-        x = self.names[tensor]
         out = self.output(graph, unit)
-        graph.nodes.append(Node(unit.name, "flatten", [x], out))
+        graph.nodes.append(Node(unit.name, "flatten", [x], out, {"shape": shape} if len(shape) > 1 else {}))
 
     def emit_alias(self, graph: IntGraph, unit: _Unit) -> None:
         self.names[unit.output] = self.names[unit.inputs[0]]

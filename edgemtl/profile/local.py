@@ -42,6 +42,15 @@ TOLERANCE = {"float": 1e-3, "int8": 5e-2}
 StepCallback = Callable[[str, str, str, dict], None]  # (event: start|done|skip, task, runtime, info)
 
 
+@dataclass(frozen=True)
+class DataReference:
+    """`profile --data`: the user's images to make the reference vectors from, read as `open_data` reads them."""
+
+    reference: str
+    resize: bool = False
+    holdout: tuple[float, float] | None = None  # val, test fractions when the data names no split (None: default)
+
+
 class SkipRuntime(Exception):
     """This runtime cannot run this task on this device; the message says why (recorded, not fatal)."""
 
@@ -68,6 +77,10 @@ class TaskArtifacts:
     def reference(self, which: str) -> Path | None:
         reference = self.artifacts.get("reference") or {}
         return self._path(reference.get(which))
+
+    def use_reference(self, paths: dict[str, str]) -> None:
+        """Check against these reference files (bundle-relative) for this job only; the manifest keeps its own."""
+        self.entry = {**self.entry, "artifacts": {**self.artifacts, "reference": paths}}
 
     def artifact(self, runtime: str, arch: str) -> Path:
         """The file `runtime` runs for this task on an `arch` device; SkipRuntime says why there is none."""
@@ -345,6 +358,7 @@ class ProfileResult:
     notes: list[str] = field(default_factory=list)
     profile_path: Path | None = None
     complete: bool = False
+    reference: dict[str, Any] | None = None  # where the reference vectors came from when not the bundle's own
     timestamp: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,7 +366,7 @@ class ProfileResult:
                 "timestamp": self.timestamp, "complete": self.complete, "store": str(self.store),
                 "tasks": {t: {"runtimes": {r: v.to_dict() for r, v in rs.items()}, "fastest_passed": self.chosen.get(t)}
                           for t, rs in self.tasks.items()},
-                "notes": self.notes}
+                "reference": self.reference or "the bundle's own (made at compile time)", "notes": self.notes}
 
 
 def device_slug(key: str) -> str:
@@ -361,17 +375,28 @@ def device_slug(key: str) -> str:
 
 def profile_bundle(bundle_path: Path, device: str | Device, *, runs: int = 100, timeout: float = 60.0, retries: int = 2,
                    store: ResultsStore | Path | None = None, tune: int = 0, max_seconds: float = 10.0,
-                   tasks: list[str] | None = None, on_step: StepCallback | None = None) -> ProfileResult:
-    """Profile every task of a bundle on one device; see the module docstring."""
+                   tasks: list[str] | None = None, on_step: StepCallback | None = None,
+                   data: DataReference | None = None) -> ProfileResult:
+    """Profile every task of a bundle on one device; see the module docstring. With `data`, outputs are checked
+    against reference vectors made now from those images (`edgemtl.profile.reference`) instead of the bundle's."""
     bundle = read_bundle(bundle_path)
     selected = list(bundle.tasks) if tasks is None else tasks
     unknown = [t for t in selected if t not in bundle.tasks]
     if unknown:
         raise EdgemtlError(f"bundle {bundle.path} has no task(s) {', '.join(unknown)}; it has {', '.join(bundle.tasks)}")
+    reference = None
+    if data is not None:  # bad data fails before a device is opened
+        from edgemtl.profile.reference import write_data_reference
+
+        paths, reference = write_data_reference(bundle.path, bundle.manifest, selected, data.reference,
+                                                resize=data.resize, holdout=data.holdout)
+        for name in selected:
+            bundle.tasks[name].use_reference(paths.get(name, {}))
     results = store if isinstance(store, ResultsStore) else ResultsStore(store)
     dev = open_device(device, timeout=timeout, retries=retries) if isinstance(device, str) else device
     on_step = on_step or (lambda *args: None)
-    result = ProfileResult(bundle.path, dev.key, dev.description, dev.provenance, results.path, arch=dev.arch)
+    result = ProfileResult(bundle.path, dev.key, dev.description, dev.provenance, results.path, arch=dev.arch,
+                           reference=reference)
     try:
         for name in selected:
             task = bundle.tasks[name]

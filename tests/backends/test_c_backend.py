@@ -109,6 +109,15 @@ def uint8_io_graph() -> IntGraph:
     return b.graph
 
 
+def reshaped_output_graph() -> IntGraph:
+    """A dense head whose output is reshaped to a multi-dimensional sample (landmarks as (5, 2)): the C output
+    buffer holds the same row-major bytes."""
+    b = Builder("landmarks", [3, 8, 8], "int8", seed=2)
+    pooled = b.node("avgpool_global", [b.conv("x", 6, 3, "uint8", pads=[1, 1, 1, 1])], "int8", shift=10)
+    b.node("flatten", [b.gemm(pooled, 10, "int8")], "int8", shape=[5, 2])
+    return b.graph
+
+
 def assert_bit_exact(got: np.ndarray, want: np.ndarray) -> None:
     """Bit for bit: same shape, every value equal (np.array_equal; no tolerance, no broadcasting)."""
     assert got.shape == want.shape, (got.shape, want.shape)
@@ -134,7 +143,7 @@ def test_builder_graphs_are_valid_and_not_saturated() -> None:
                                                       "maxpool", "resize_bilinear", "resize_nearest", "flatten"}
 
 
-@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph])
+@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, reshaped_output_graph])
 def test_host_c_is_bit_exact(make, tmp_path: Path) -> None:
     graph = make()
     inputs = random_inputs(graph, 6, seed=7)

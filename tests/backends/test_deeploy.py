@@ -52,6 +52,15 @@ def tiny_graph(seed: int = 0, k: int = 8, classes: int = 4) -> IntGraph:
     return IntGraph("scene", "x", "y", tensors, nodes)
 
 
+def landmarks_graph(seed: int = 0) -> IntGraph:
+    """tiny_graph whose 10 outputs are reshaped to a (5, 2) sample, as a landmark head's are."""
+    graph = tiny_graph(seed, classes=10)
+    graph.tensors["xy"] = TensorInfo("xy", [5, 2], "int8", 0.05)
+    graph.nodes.append(Node("head.reshape", "flatten", ["y"], "xy", {"shape": [5, 2]}))
+    graph.output = "xy"
+    return graph
+
+
 def branchy_graph(seed: int = 2) -> IntGraph:
     """conv -> maxpool and a strided conv, concatenated, a lone per-channel requant (uint8), a per-channel add of
     unscaled inputs, global pool, gemm: the other ops PULPOpen maps."""
@@ -157,7 +166,7 @@ def _bit_exact(got: np.ndarray, want: np.ndarray) -> None:
     assert np.array_equal(got, want), f"{int((got != want).sum())} of {want.size} values differ"
 
 
-@pytest.mark.parametrize("build", [tiny_graph, branchy_graph])
+@pytest.mark.parametrize("build", [tiny_graph, branchy_graph, landmarks_graph])
 def test_exported_onnx_under_onnxruntime_and_onnx_reference_equals_the_reference(tmp_path, build):
     """What this checks: the integer ONNX handed to Deeploy, read with the arithmetic of Deeploy's PULPOpen kernels
     and evaluated by two evaluators that are not ours, equals run_reference bit for bit. Not Deeploy's C."""
@@ -166,7 +175,7 @@ def test_exported_onnx_under_onnxruntime_and_onnx_reference_equals_the_reference
     x = np.random.default_rng(7).integers(-128, 128, (16, *graph.tensors["x"].shape))
     x[0], x[1] = -128, 127  # the input's extremes too
     (got,) = _independent(path, x)
-    _bit_exact(got, run_reference(graph, x)["y"])
+    _bit_exact(got, run_reference(graph, x)[graph.output])
 
 
 def test_the_independent_evaluation_sees_a_wrong_export(tmp_path):

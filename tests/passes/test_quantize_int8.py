@@ -13,12 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from conftest import tiny_model
-from custom_models import TwoHeadUNet
+from custom_models import HEADS_SPEC_YAML, TwoHeadUNet, regression_and_raw_heads
 from edgemtl.data import data_spec, load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.intgraph import (INT32, IntGraph, Node, TensorInfo, check_int32, dequantize, quantize_input,
                                     requantize, run_reference, worst_case_accumulator)
-from edgemtl.model.spec import ModelSpec, TaskSpec
+from edgemtl.model.spec import ModelSpec, TaskSpec, parse_model_spec
 from edgemtl.passes.quantize_int8 import (Int8Config, _fold_batchnorm, build_int_graph, choose_requant, choose_scale,
                                           quantize_int8)
 
@@ -122,6 +122,24 @@ def test_unet_softplus_head_is_refused(data):
                                               TaskSpec(name="depth", kind="depth", output_shape=[1, 32, 32])])
     with pytest.raises(EdgemtlError, match="task 'depth'.*'Softplus'"):
         build_int_graph(model, spec, "depth", load_data("scenes", "train", n=4, image_size=32), QUICK)
+
+
+@pytest.mark.parametrize("task, last_ops", [("landmarks", ["gemm", "flatten"]), ("age", ["avgpool_global", "gemm"]),
+                                             ("anchors", ["maxpool", "conv"])])
+def test_regression_and_raw_heads_of_any_shape_quantize(task, last_ops):
+    """A rank-1 regression and raw heads: a dense map, and a dense layer's output reshaped to (5, 2), which is the
+    same row-major bytes (the reshape is a relabelling node, not refused)."""
+    import yaml
+
+    model, spec = regression_and_raw_heads().eval(), parse_model_spec(yaml.safe_load(HEADS_SPEC_YAML), "test")
+    calibration = load_data("scenes", "train", n=16, image_size=32)
+    graph = build_int_graph(model, spec, task, calibration, QUICK)
+    assert [n.op for n in graph.nodes][-2:] == last_ops
+    assert graph.tensors[graph.output].shape == spec.task(task).output_shape
+    images = calibration.normalise(calibration.images)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images))[task].numpy().astype(np.float64)
+    assert _relative_rms(graph, expected, images) < 0.05
 
 
 # -- requantisation arithmetic ------------------------------------------------------------------------------

@@ -95,7 +95,10 @@ def _expected_shape(graph: IntGraph, node: Node) -> list[int]:
             raise ValueError(f"resizes a {x} tensor by {factor}")
         return [x[0], x[1] * factor, x[2] * factor]
     if node.op == "flatten":
-        return [int(np.prod(x))]
+        shape = [int(d) for d in node.attrs.get("shape", [int(np.prod(x))])]
+        if int(np.prod(shape)) != int(np.prod(x)):
+            raise ValueError(f"reshapes a {x} tensor to {shape}")
+        return shape
     raise ValueError(f"unknown op {node.op!r}")
 
 
