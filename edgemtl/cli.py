@@ -288,16 +288,25 @@ def prune(
     finetune_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps after each round")] = 100,
     final_finetune_steps: Annotated[int, typer.Option(min=0)] = 300,
     oracle_samples: Annotated[int, typer.Option(min=1, help="held-out samples of the loss oracle")] = 64,
-    output: Annotated[Path, typer.Option("-o", "--output", help="pruned checkpoint to write")] = Path("pruned.pt"),
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="pruned model to write: a checkpoint (.pt), or .onnx for a model read from ONNX "
+                               "(default pruned.pt / pruned.onnx)")] = None,
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """PAGCP: performance-aware global channel pruning guarding every task's loss."""
+    from edgemtl.backends.onnx_export import export_as_given
     from edgemtl.data.sources import open_data
     from edgemtl.model.checkpoint import save
     from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
 
     config = PAGCPConfig(flops_target=flops_target, max_drop=_parse_max_drop(max_drop), finetune_steps=finetune_steps,
                          final_finetune_steps=final_finetune_steps, oracle_samples=oracle_samples)
+    from_onnx = model.suffix.lower() == ".onnx"
+    output = output or Path("pruned.onnx" if from_onnx else "pruned.pt")
+    if from_onnx != (output.suffix.lower() == ".onnx"):
+        raise EdgemtlError(f"-o {output}: a model read from ONNX is pruned to an .onnx file (loaded again with the same "
+                           "--spec)" if from_onnx else f"-o {output}: the pruned model is an edgemtl checkpoint; "
+                           "give -o NAME.pt")
     loaded = _load(model, model_factory, spec, trust)
     config.check_tasks(loaded.spec)
     name = data or loaded.spec.data
@@ -305,7 +314,10 @@ def prune(
         raise EdgemtlError("pruning needs real images for its loss oracle and fine-tuning: pass --data (see docs/own-model.md)")
     source = open_data(name, loaded.spec, resize=resize, holdout=_parse_holdout(holdout))
     pruned, pruned_spec, record = prune_pagcp(loaded.model, loaded.spec, source.load("train"), source.load("val"), config)
-    save(pruned, pruned_spec, output, meta={"pagcp": record.to_dict(), "pruned_from": str(model)})
+    if from_onnx:  # the graph is the user's: hand back a graph, not a checkpoint only edgemtl could rebuild
+        export_errors = export_as_given(pruned, pruned_spec, output)
+    else:
+        save(pruned, pruned_spec, output, meta={"pagcp": record.to_dict(), "pruned_from": str(model)})
     layers = Table(title=f"kept channels per layer (PAGCP, {record.rounds} rounds, {record.seconds:.0f} s)")
     for column in ("layer", "channels", "kept"):
         layers.add_column(column)
@@ -328,7 +340,11 @@ def prune(
     if not record.target_reached:
         err.print(f"note: the FLOPs target {flops_target} was not reached within every task's budget "
                   f"(kept {record.macs_after / record.macs_before:.0%} of the MACs); raise --max-drop to go further")
-    out.print(f"pruned checkpoint: {output}")
+    if from_onnx:
+        worst = max(export_errors.values())
+        out.print(f"pruned ONNX: {output} (ONNX Runtime vs PyTorch max |diff| {worst:.2g}; load it with the same --spec)")
+    else:
+        out.print(f"pruned checkpoint: {output}")
 
 
 @app.command(name="spec")

@@ -9,6 +9,8 @@ Written from the paper's description. One round:
    ratio at which ANY task's held-out loss exceeds its allowance stops the search, and the previous ratio
    is kept. The allowance at the i-th group is the round-start loss times prod_{j<=i}(1 + t_j): the
    thresholds compound along the order, so budget a group leaves unused carries over to later groups.
+   A task the data does not label is judged by its distance to the unpruned model, from a floor
+   (`DISTILLED_LOSS_FLOOR`) since that distance starts at 0.
    Channels are removed lowest saliency first; the saliency is the L2 norm of each channel's weights
    summed over every layer of its coupled group (torch-pruning's GroupMagnitudeImportance), the paper's
    first-order approximation of the joint effect across layers.
@@ -50,6 +52,11 @@ from edgemtl.model.losses import supervised_loss
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
 from edgemtl.training import TrainConfig, train
+
+
+# A task without labels is judged by its NMSE to the unpruned model (losses.distillation_loss); its allowance starts
+# from at least 0.01, an SQNR of 20 dB, so the default budget of +50% lets one round go to ~18 dB before fine-tuning.
+DISTILLED_LOSS_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,11 @@ class LossOracle:
         self.calibration = None
         if calibration is not None and calibration_samples > 0:
             self.calibration = torch.from_numpy(calibration.normalise(calibration.images[:calibration_samples]))
+
+    def allowance_base(self, losses: dict[str, float]) -> dict[str, float]:
+        """What each task's budget multiplies: its loss, but at least DISTILLED_LOSS_FLOOR for a task judged by its
+        distance to the unpruned model, which starts at 0 (a budget relative to 0 would refuse every channel)."""
+        return {t: max(v, DISTILLED_LOSS_FLOOR) if t in self.distilled else v for t, v in losses.items()}
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
         if self.calibration is not None:
@@ -345,6 +357,7 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
     steps = [round(config.ratio_step * i, 6) for i in range(1, int(config.max_ratio / config.ratio_step + 1e-9) + 1)]
     model, decisions = start, []
     previous = round_start = oracle(start)
+    baseline = oracle.allowance_base(round_start)
     for index, root in enumerate(order):
         width = _out_channels(model.get_submodule(root))
         ranking = surgeon.saliency_order(model, root)
@@ -358,7 +371,7 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
                 break
             losses = oracle(trial)
             loss_ratios = {t: losses[t] / max(previous[t], 1e-12) for t in losses}
-            if any(losses[t] > allowance[t][index] * round_start[t] for t in losses):
+            if any(losses[t] > allowance[t][index] * baseline[t] for t in losses):
                 break  # the first ratio that breaks any task's allowance ends this group: keep the previous one
             accepted, removed = (trial, losses, loss_ratios), count
             if _macs(trial, surgeon.example) <= target_macs:

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from custom_models import SPEC_YAML, unet_two_heads
+from custom_models import SPEC_YAML, TwoHeadUNet, unet_two_heads
 from edgemtl.analysis.cost import model_cost
 from edgemtl.model.checkpoint import load
 from test_cli import assert_one_line_error, run_cli
@@ -53,9 +53,9 @@ def _export(module: nn.Module, path, names: list[str], dynamic: dict | None = No
 
 
 class _UNetTuple(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, width: int = 8) -> None:
         super().__init__()
-        self.net = unet_two_heads()
+        self.net = TwoHeadUNet(width)
 
     def forward(self, x):
         out = self.net(x)
@@ -128,6 +128,30 @@ def test_compile_and_inspect_take_an_onnx_model(capsys, tmp_path, heads_onnx):
     assert "accuracy" in manifest["tasks"]["cls"]["metrics"]
     for task in ("seg", "cls", "box"):
         assert (tmp_path / "bundle" / "tasks" / task / "model.onnx").is_file()
+
+
+def test_prune_an_onnx_model_gives_an_onnx_model_the_same_spec_loads(capsys, tmp_path):
+    """Pruned to an .onnx (not a checkpoint only edgemtl could rebuild); its unlabelled seg is guarded, not frozen."""
+    path, spec = tmp_path / "unet.onnx", tmp_path / "spec.yaml"
+    _export(_UNetTuple(width=32), path, ["seg", "depth"], dynamic={"image": {0: "N"}})
+    spec.write_text(SPEC_YAML)
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "own.npz"
+    np.savez(npz, images=rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8),
+             depth=rng.uniform(0.5, 5, (40, 1, 32, 32)).astype(np.float32))
+    quick = ["--finetune-steps", "2", "--final-finetune-steps", "2", "--oracle-samples", "8"]
+    code, _, err = run_cli(capsys, "prune", path, "--spec", spec, "--data", npz, *quick, "-o", tmp_path / "p.pt")
+    assert_one_line_error(code, err, "a model read from ONNX is pruned to an .onnx file")
+    code, out, err = run_cli(capsys, "prune", path, "--spec", spec, "--data", npz, "--flops-target", "0.6", *quick,
+                             "-o", tmp_path / "pruned.onnx")
+    assert code == 0, err
+    assert "pruned ONNX:" in out
+    before, after = (json.loads(run_cli(capsys, "inspect", p, "--spec", spec, "--json")[1])["all_tasks"]["macs"]
+                     for p in (path, tmp_path / "pruned.onnx"))
+    assert after < 0.8 * before
+    code, _, err = run_cli(capsys, "compile", tmp_path / "pruned.onnx", "--spec", spec, "--target", "host",
+                           "-o", tmp_path / "bundle", "--no-latency")
+    assert code == 0, err
 
 
 def _dense(path) -> None:

@@ -131,6 +131,36 @@ def test_pass_on_a_non_zoo_unet_with_skip_concatenations(tmp_path):
         assert torch.allclose(loaded.model(x)["depth"], pruned.eval()(x)["depth"])
 
 
+class NoBatchNorm(nn.Module):
+    """As a graph read from ONNX arrives (BatchNorms folded into the convs): no statistics to re-estimate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+        self.dense, self.value = nn.Conv2d(32, 2, 1), nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.body(x)
+        return {"dense": self.dense(f), "value": self.value(f.mean((2, 3)))}
+
+
+def test_a_task_without_labels_is_guarded_not_frozen():
+    """Its loss is the distance to the unpruned model, exactly 0 at the start without BatchNorms to re-estimate: a
+    budget relative to 0 would refuse every channel. The allowance starts from an NMSE floor (20 dB) instead."""
+    torch.manual_seed(0)
+    model = NoBatchNorm().eval()
+    spec = ModelSpec.model_validate({"input": {"shape": [3, 32, 32]}, "tasks": [
+        {"name": "dense", "kind": "raw", "output_shape": [2, 32, 32]},
+        {"name": "value", "kind": "regression", "output_shape": [1]}]})
+    scenes = load_data("scenes", "val", n=48, image_size=32)
+    data = TaskData("own", "val", scenes.images, {"value": np.random.default_rng(0).normal(size=(48, 1)).astype(np.float32)},
+                    spec.input, [spec.task("value")])
+    config = PAGCPConfig(flops_target=0.6, default_max_drop=0.5, channel_multiple=1, **QUICK)
+    pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
+    assert record.macs_after < 0.9 * record.macs_before
+    assert record.metrics_after["dense"]["sqnr_db_vs_float"] > 10  # still close to the unpruned model
+
+
 def test_pruned_zoo_checkpoint_round_trip(tmp_path):
     model, spec = tiny_model("mtl-cnn")
     data = load_data("scenes", "val", n=32)
