@@ -82,3 +82,29 @@ class RegressionAndRawHeads(nn.Module):
 def regression_and_raw_heads() -> nn.Module:
     torch.manual_seed(0)
     return RegressionAndRawHeads()
+
+
+UPSAMPLING_SPEC_YAML = """\
+input: {shape: [3, 16, 16], mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+tasks:
+  - {name: up, kind: raw, output_shape: [2, 16, 16]}
+  - {name: value, kind: regression, output_shape: [1]}
+"""
+
+
+class UpsamplingAndValue(nn.Module):
+    """A learnt upsampling head (ConvTranspose, which hls4ml lacks) beside a pooled regression head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.up, self.value = nn.ConvTranspose2d(8, 2, 2, stride=2), nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.body(x)
+        return {"up": self.up(f), "value": self.value(f.mean((2, 3)))}
+
+
+def upsampling_and_value() -> nn.Module:
+    torch.manual_seed(0)
+    return UpsamplingAndValue()

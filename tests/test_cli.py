@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from custom_models import SPEC_YAML, unet_two_heads
 import edgemtl
 from edgemtl.cli import main
+from edgemtl.errors import EdgemtlError
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -275,6 +277,26 @@ def test_compile_for_zcu104_quantizes_exports_and_c_simulates(capsys, tmp_path, 
     assert streamed["host_resize"] == resize and streamed["shape"] == [1, 32, 32]
 
 
+@pytest.mark.slow
+@pytest.mark.needs_hls4ml
+def test_compile_for_zcu104_leaves_out_a_task_with_an_op_hls4ml_lacks_before_qat(capsys, tmp_path):
+    from custom_models import UPSAMPLING_SPEC_YAML, upsampling_and_value
+
+    weights, spec, npz = tmp_path / "w.pt", tmp_path / "spec.yaml", tmp_path / "d.npz"
+    torch.save(upsampling_and_value().state_dict(), weights)
+    spec.write_text(UPSAMPLING_SPEC_YAML)
+    np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (24, 3, 16, 16), dtype=np.uint8))
+    code, _, err = run_cli(capsys, "compile", weights, "--model-factory", "custom_models:upsampling_and_value",
+                           "--spec", spec, "--data", npz, "--target", "zcu104", "-o", tmp_path / "z", "--qat-steps", "2")
+    assert code == 0, err
+    tasks = json.loads((tmp_path / "z" / "manifest.json").read_text())["tasks"]
+    refused = tasks["up"]["hls4ml"]
+    assert not refused["ok"] and "'ConvTranspose'" in refused["error"] and refused["checked"] == "before QAT"
+    assert "quantization" not in tasks["up"] and "roofline" in tasks["up"]  # no QAT spent on it; still estimated
+    assert tasks["value"]["hls4ml"]["csim"]["exact"]
+    assert "warning: task 'up' has no hls4ml artifact" in " ".join(err.split())
+
+
 def test_compile_for_zcu104_says_which_step_an_moe_model_needs_elsewhere(capsys, tmp_path, checkpoints):
     bundle = tmp_path / "zcu104-moe"
     code, _, err = run_cli(capsys, "compile", checkpoints["m3vit"], "--target", "zcu104", "-o", bundle, "--tasks", "depth",
@@ -358,6 +380,42 @@ def test_compile_for_arm64_without_tvm_says_how_to_add_it_and_tries_every_int8_r
     assert int8["relative_loss"] == best["relative_loss"] and int8["remedy"] == best["remedy"]
     assert not int8["meets_target"] and entry["runtime"] == "onnxruntime-float" and "after every remedy" in entry["runtime_reason"]
     assert (bundle / entry["artifacts"]["int8_onnx"]).is_file() and not list(bundle.rglob("*.try.onnx"))
+
+
+def test_arm64_int8_of_a_task_without_labels_searches_remedies_by_its_agreement_with_float(capsys, tmp_path,
+                                                                                           monkeypatch):
+    """Unlabelled (the npz labels nothing): remedies are judged by SQNR against the float model, and a remedy
+    ONNX Runtime's quantizer fails on is recorded and skipped, not fatal to the task."""
+    from edgemtl.backends import ort_quantize, tvm_build
+    from edgemtl.flows import cpu_arm64
+
+    monkeypatch.setattr(tvm_build, "tvm_missing", lambda: "apache-tvm is not installed (tvm): pip install edgemtl[tvm]")
+    monkeypatch.setattr(cpu_arm64, "INT8_MIN_SQNR_DB", 1000.0)  # unreachable: every remedy is tried
+    real = ort_quantize.quantize_qdq
+
+    def percentile_breaks(float_onnx, output, samples, config):
+        if config.method == "percentile":
+            raise EdgemtlError("ONNX Runtime int8 quantization of model.onnx failed: inhomogeneous shape")
+        return real(float_onnx, output, samples, config)
+
+    monkeypatch.setattr(cpu_arm64, "quantize_qdq", percentile_breaks)
+    from custom_models import HEADS_SPEC_YAML, regression_and_raw_heads
+
+    weights, spec, npz = tmp_path / "w.pt", tmp_path / "spec.yaml", tmp_path / "d.npz"
+    torch.save(regression_and_raw_heads().state_dict(), weights)
+    spec.write_text(HEADS_SPEC_YAML)
+    np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (24, 3, 32, 32), dtype=np.uint8))
+    code, _, err = run_cli(capsys, "compile", weights, "--model-factory", "custom_models:regression_and_raw_heads",
+                           "--spec", spec, "--data", npz, "--target", "arm64", "-o", tmp_path / "a", "--tasks", "anchors",
+                           "--threads", "1", "--no-latency")
+    assert code == 0, err
+    int8 = json.loads((tmp_path / "a" / "manifest.json").read_text())["tasks"]["anchors"]["int8"]
+    assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.REMEDIES]
+    failed = [a["remedy"] for a in int8["attempts"] if "error" in a]
+    assert failed == [name for name, config in cpu_arm64.REMEDIES if config.method == "percentile"]
+    best = max((a for a in int8["attempts"] if "error" not in a), key=lambda a: a["sqnr_db_vs_float"])
+    assert int8["remedy"] == best["remedy"] and int8["agreement_with_float"]["sqnr_db_vs_float"] == best["sqnr_db_vs_float"]
+    assert int8["meets_agreement_target"] is False and "no labels" in int8["metrics"]
 
 
 @pytest.mark.needs_tvm

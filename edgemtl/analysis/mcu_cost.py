@@ -352,9 +352,14 @@ def layer_work(graph: IntGraph, node: Node) -> tuple[str, int, int]:
         groups = int(node.attrs.get("groups", 1))
         kind = "depthwise" if cg == 1 and groups > 1 else "pointwise" if kh == kw == 1 else "conv"
         return kind, macs, macs
+    if node.op == "conv_transpose":  # kernel == stride: every output value is one dot product over the inputs
+        macs = int(out.elements) * int(node.params["weight"].shape[1])
+        return "pointwise", macs, macs
     if node.op == "gemm":
         macs = int(node.params["weight"].size)
         return "gemm", macs, macs
+    if node.op == "lut":
+        return "copy", 0, tensor_bytes(graph, node.output)
     if node.op in ("add", "requant"):
         return "elementwise", 0, out.elements
     if node.op == "avgpool_global":

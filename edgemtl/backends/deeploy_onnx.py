@@ -26,8 +26,8 @@ How each IntGraph op is written (all tensors NCHW with a batch axis of 1; Deeplo
                   is a mean, not a sum followed by a per-channel requantisation.
 - maxpool, concat (axis 1), requant, flatten: MaxPool, Concat, RequantShift, Flatten (Reshape to a multi-dimensional
   sample shape).
-- resize_bilinear, resize_nearest: no Resize layer in PULPOpen's mapping (deeploy-pulp 0.2.1): reported as
-  unmapped and written as placeholder nodes in the `edgemtl.unmapped` domain, so the file still has every
+- resize_bilinear, resize_nearest, conv_transpose, lut: no such layer in PULPOpen's mapping (deeploy-pulp
+  0.2.1): reported as unmapped and written as placeholder nodes in the `edgemtl.unmapped` domain, so the file still has every
   tensor and shape but Deeploy will not be run on it (the flow runs it on the mappable prefix instead,
   `deeploy_split.mappable_prefix`).
 
@@ -184,6 +184,10 @@ def unmapped_reason(node: Node, graph: IntGraph) -> str | None:
     """Why Deeploy's PULPOpen platform (deeploy-pulp 0.2.1) cannot take this layer, or None when it can."""
     if node.op in ("resize_bilinear", "resize_nearest"):
         return "PULPOpen has no Resize layer"
+    if node.op == "conv_transpose":
+        return "PULPOpen has no ConvTranspose layer"
+    if node.op == "lut":
+        return f"PULPOpen has no integer {node.attrs.get('function', 'table')} layer"
     if node.op == "conv":
         pads, groups = node.attrs["pads"], int(node.attrs.get("groups", 1))
         if len(set(int(p) for p in pads)) != 1:
@@ -282,7 +286,7 @@ def _emit(b: _Builder, node: Node) -> None:
         b.node("Reshape", [b.t(node.inputs[0]), target], out, shape, f"{layer}_reshape")
     elif node.op == "flatten":
         b.node("Flatten", [b.t(node.inputs[0])], out, shape, f"{layer}_flatten", axis=1)
-    else:  # resize_*: no PULPOpen layer; a placeholder keeps the tensor and its shape in the file
+    else:  # resize_*, conv_transpose, lut: no PULPOpen layer; a placeholder keeps the tensor and its shape
         b.node(node.op, [b.t(i) for i in node.inputs], out, shape, layer, domain=UNMAPPED_DOMAIN,
                **{k: v for k, v in node.attrs.items() if isinstance(v, (int, float, str, list))})
 

@@ -653,6 +653,21 @@ def _supported_ops() -> set[str]:
     return set(get_supported_onnx_layers()) | _SKIPPED
 
 
+# Ops of a task's float graph that the QONNX preparation (`_clean`) turns into ops hls4ml has.
+_REWRITTEN = {"Gemm", "ReduceMean"}
+
+
+def float_graph_refusal(float_graph: onnx.ModelProto, task: str) -> EdgemtlError | None:
+    """The error naming the first op of a task's float graph (BatchNorm folded, shapes folded) that hls4ml has no
+    handler for, or None: checked before QAT, which takes minutes, so such a graph fails in seconds."""
+    hls4ml = _import_hls4ml(task)
+    supported = _supported_ops() | _REWRITTEN
+    for node in float_graph.graph.node:
+        if node.op_type not in supported:
+            return _refuse(task, hls4ml.__version__, node, "no ONNX handler for this op type")
+    return None
+
+
 def _refuse(task: str, version: str, node: onnx.NodeProto, reason: str) -> EdgemtlError:
     hint = _HINTS.get(node.op_type)
     tail = f"; {hint}" if hint else ""

@@ -1,7 +1,7 @@
 """The FPGA flow (zcu104): power-of-two QAT per task, QONNX, hls4ml C simulation, FINN and roofline estimates.
 
-Steps: load_data -> analyse -> partition_experts -> quantize_brevitas -> export_qonnx -> hls4ml_csim ->
-estimates -> board_kit. Everything up to synthesis runs here; synthesis, the bitstream and the board need
+Steps: load_data -> analyse -> partition_experts -> hls4ml_op_check -> quantize_brevitas -> export_qonnx ->
+hls4ml_csim -> estimates -> board_kit. Everything up to synthesis runs here; synthesis, the bitstream and the board need
 Vitis/Vivado and a ZCU104 (the bundle's hw/README.md gives the exact commands). A task hls4ml cannot map
 is recorded with the op that stopped it and the other tasks go on; a C simulation that differs from
 the quantized model in any value, or a g++ testbench whose run differs from the C simulation, fails the
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from edgemtl.analysis.fpga_cost import estimate_model
 from edgemtl.backends.finn import finn_estimates
-from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check
+from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check, float_graph_refusal
 from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
 from edgemtl.data.teacher import teach_missing
@@ -31,6 +32,7 @@ from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.passes.partition_experts import has_experts
 from edgemtl.passes.quantize_brevitas import QuantConfig, grid_align, output_lsb, quantize_task
+from edgemtl.passes.quantize_int8 import float_graph
 
 BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "zcu104"
 MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / ScatterElements) has no hls4ml or "
@@ -44,6 +46,23 @@ def _precision(ctx: FlowContext) -> str:
 
 def _fabric_clock_mhz(ctx: FlowContext) -> float:
     return next(c.clock_mhz for c in ctx.target.compute if c.kind == "fpga-fabric")
+
+
+def op_check_step(ctx: FlowContext) -> None:
+    """Each task's float graph against hls4ml's ONNX handlers, before QAT: a task with an op hls4ml lacks is
+    recorded with that op and left out of QAT and HLS (its float ONNX and roofline estimate stay); if every task
+    has one, the compile stops here with the first."""
+    refused = {}
+    if not has_experts(ctx.loaded.model):  # the MoE path has no HLS step (MOE_NOTE)
+        for task in task_list(ctx):
+            with tempfile.TemporaryDirectory() as folder:
+                error = float_graph_refusal(float_graph(ctx.loaded.model, ctx.loaded.spec, task, Path(folder)), task)
+            if error is not None:
+                refused[task] = str(error)
+                ctx.manifest["tasks"][task]["hls4ml"] = {"ok": False, "error": str(error), "checked": "before QAT"}
+    if refused and len(refused) == len(task_list(ctx)):
+        raise EdgemtlError(next(iter(refused.values())))
+    ctx.state["hls4ml_refused"] = refused
 
 
 def quantize_step(ctx: FlowContext) -> None:
@@ -62,6 +81,8 @@ def quantize_step(ctx: FlowContext) -> None:
     ctx.state["quantized"] = {}
     records = {}
     for task in task_list(ctx):
+        if task in ctx.state.get("hls4ml_refused", {}):
+            continue
         qmodel, record = quantize_task(ctx.loaded.model, spec, task, train_data, val_data, config)
         ctx.state["quantized"][task] = qmodel
         records[task] = record.to_dict()
@@ -187,6 +208,7 @@ STEPS: list[Step] = [
     ("load_data", load_verification_data),
     ("analyse", analyse),
     ("partition_experts", partition_step),
+    ("hls4ml_op_check", op_check_step),
     ("quantize_brevitas", quantize_step),
     ("export_qonnx", export_step),
     ("hls4ml_csim", hls4ml_step),

@@ -47,8 +47,8 @@ from edgemtl.errors import EdgemtlError
 
 DType = Literal["int8", "uint8"]
 RANGES: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
-OPS = ("conv", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool", "resize_bilinear",
-       "resize_nearest", "flatten")
+OPS = ("conv", "conv_transpose", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool", "resize_bilinear",
+       "resize_nearest", "flatten", "lut")
 INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -178,6 +178,20 @@ def _conv_acc(x: np.ndarray, weight: np.ndarray, stride: list[int], pads: list[i
     return out
 
 
+def _conv_transpose_acc(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Kernel == stride, no padding (a learnt upsampling): input pixel (i, j) alone makes output block
+    (i*kh .. i*kh+kh-1, j*kw ..), out[k, i*kh + a, j*kw + b] = sum_c x[c, i, j] * w[k, c, a, b]."""
+    n, _, h, w = x.shape
+    k, _, kh, kw = weight.shape
+    blocks = np.einsum("ncij,kcab->nkiajb", x.astype(np.int64), weight.astype(np.int64))
+    return blocks.reshape(n, k, h * kh, w * kw)
+
+
+def lut_index(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Where an input value sits in a `lut` node's table: the table lists outputs for inputs lo .. hi."""
+    return x - RANGES[dtype][0]
+
+
 def _resize_bilinear_acc(x: np.ndarray, factor: int) -> np.ndarray:
     rows, cols = bilinear_taps(x.shape[2], factor), bilinear_taps(x.shape[3], factor)
     r0, r1, wr0, wr1 = (np.array(v) for v in zip(*rows))
@@ -202,6 +216,8 @@ def accumulator(node: Node, values: dict[str, np.ndarray]) -> np.ndarray | None:
     x = values[node.inputs[0]]
     if node.op == "conv":
         return _conv_acc(x, node.params["weight"], node.attrs["stride"], node.attrs["pads"], node.attrs.get("groups", 1))
+    if node.op == "conv_transpose":
+        return _conv_transpose_acc(x, node.params["weight"])
     if node.op == "gemm":
         return x @ node.params["weight"].astype(np.int64).T
     if node.op == "add":
@@ -227,6 +243,8 @@ def run_node(node: Node, values: dict[str, np.ndarray], tensors: dict[str, Tenso
     if node.op == "resize_nearest":
         factor = int(node.attrs["factor"])
         return x.repeat(factor, axis=2).repeat(factor, axis=3)
+    if node.op == "lut":  # an elementwise function as a table over every input value (sigmoid ...)
+        return node.params["table"].astype(np.int64)[lut_index(x, tensors[node.inputs[0]].dtype)]
     if node.op == "flatten":  # to a vector, or to attrs["shape"]: the same row-major bytes
         return x.reshape(x.shape[0], *node.attrs.get("shape", [-1]))
     raise EdgemtlError(f"layer {node.name!r}: the reference executor has no op {node.op!r}")
@@ -253,6 +271,9 @@ def worst_case_accumulator(node: Node, tensors: dict[str, TensorInfo]) -> np.nda
     if node.op in ("conv", "gemm"):
         weight = np.abs(node.params["weight"].astype(np.int64))
         return weight.reshape(weight.shape[0], -1).sum(axis=1) * x_max
+    if node.op == "conv_transpose":  # each output sums over the input channels at one kernel position
+        weight = np.abs(node.params["weight"].astype(np.int64))
+        return weight.sum(axis=1).reshape(weight.shape[0], -1).max(axis=1) * x_max
     channels = tensors[node.output].shape[0]
     if node.op == "add":
         total = x_max * abs(int(node.attrs["mul_a"])) + magnitude(node.inputs[1]) * abs(int(node.attrs["mul_b"]))

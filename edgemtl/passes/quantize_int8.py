@@ -47,9 +47,15 @@ from edgemtl.model.spec import ModelSpec
 
 ScaleMethod = Literal["mse", "percentile", "max"]
 SCALE_METHODS = ("mse", "percentile", "max")
-SUPPORTED_OPS = ("Conv", "Relu", "Add", "Concat", "Resize", "MaxPool", "GlobalAveragePool", "ReduceMean", "Gemm",
-                 "MatMul", "Flatten", "Reshape")
+SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Concat", "Resize", "MaxPool", "GlobalAveragePool",
+                 "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape")
+# Elementwise functions computed as a table over every int8 / uint8 input value (exact in C: a lookup), with
+# the output scale each one's range fixes: (the float function, output dtype, output scale).
+LUT_FUNCTIONS: dict[str, tuple[Any, str, float]] = {
+    "Sigmoid": (lambda v: 1.0 / (1.0 + np.exp(-v)), "uint8", 1.0 / 255),
+}
 _MOVES = ("maxpool", "resize_nearest", "flatten", "alias")        # units that keep their input's scale
+_WEIGHTED = ("conv", "conv_transpose", "gemm")
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,8 @@ class Int8Record:
 
 # -- the float graph ----------------------------------------------------------------------------------------
 def _fold_batchnorm(model: onnx.ModelProto) -> None:
-    """Fold every BatchNormalization that follows a Conv (the exporter's eval mode normally did it already)."""
+    """Fold every BatchNormalization that follows a Conv or ConvTranspose (the exporter's eval mode normally did
+    it for a Conv already)."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -118,7 +125,8 @@ def _fold_batchnorm(model: onnx.ModelProto) -> None:
     outputs = {o.name for o in graph.output}
     for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
         conv = producers.get(bn.input[0])
-        if (conv is None or conv.op_type != "Conv" or consumers.get(bn.input[0], 0) != 1 or bn.input[0] in outputs
+        if (conv is None or conv.op_type not in ("Conv", "ConvTranspose") or consumers.get(bn.input[0], 0) != 1
+                or bn.input[0] in outputs
                 or any(name not in inits for name in [*bn.input[1:5], *conv.input[1:]])):
             continue  # left for the converter, which names it as unsupported
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
@@ -127,8 +135,9 @@ def _fold_batchnorm(model: onnx.ModelProto) -> None:
         bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 else 0.0
         factor = gamma / np.sqrt(var + eps)
         w_name, b_name = f"{conv.name}/folded_weight", f"{conv.name}/folded_bias"
+        per_output = factor.reshape(1, -1, 1, 1) if conv.op_type == "ConvTranspose" else factor.reshape(-1, 1, 1, 1)
         graph.initializer.extend([
-            numpy_helper.from_array((weight * factor.reshape(-1, 1, 1, 1)).astype(np.float32), w_name),
+            numpy_helper.from_array((weight * per_output).astype(np.float32), w_name),
             numpy_helper.from_array(((bias - mean) * factor + beta).astype(np.float32), b_name)])
         del conv.input[1:]
         conv.input.extend([w_name, b_name])
@@ -213,7 +222,7 @@ class _Converter:
             if node.output[0] in fused:
                 continue
             unit = self.unit(node)
-            if unit.kind in ("conv", "gemm", "add"):
+            if unit.kind in (*_WEIGHTED, "add"):
                 relu = self.single_relu(unit.output)
                 if relu is not None:
                     fused.add(relu.output[0])
@@ -240,6 +249,10 @@ class _Converter:
             if len(self.inits[node.input[1]].shape) != 4:
                 raise self.unsupported(node, "not a 2-D convolution")
             return _Unit("conv", node.name, ins, out, onnx=[node])
+        if op == "ConvTranspose":
+            return self.conv_transpose_unit(node, ins)
+        if op in LUT_FUNCTIONS:
+            return _Unit("lut", node.name, ins, out, onnx=[node])
         if op in ("Gemm", "MatMul"):
             if len(ins) != 1 or node.input[1] not in self.inits or (op == "Gemm" and self.attr(node, "transA", 0)):
                 raise self.unsupported(node, "weights computed at run time")
@@ -293,6 +306,19 @@ class _Converter:
         if op in ("Identity", "Dropout"):
             return _Unit("alias", node.name, ins[:1], out, onnx=[node])
         raise self.unsupported(node)
+
+    def conv_transpose_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        """A learnt upsampling (kernel == stride, no padding, one group): each input pixel makes its own block."""
+        if len(ins) != 1 or node.input[1] not in self.inits or len(self.inits[node.input[1]].shape) != 4:
+            raise self.unsupported(node, "weights computed at run time")
+        kernel = list(self.inits[node.input[1]].shape[2:])
+        strides, pads = list(self.attr(node, "strides", [1, 1])), list(self.attr(node, "pads", [0, 0, 0, 0]))
+        if (strides != kernel or any(pads) or any(self.attr(node, "output_padding", [0, 0]))
+                or self.attr(node, "group", 1) != 1 or any(d != 1 for d in self.attr(node, "dilations", [1, 1]))
+                or self.attr(node, "auto_pad", "NOTSET") != "NOTSET" or self.attr(node, "output_shape") is not None):
+            raise self.unsupported(node, f"kernel {kernel} with strides {strides}, pads {pads}: only kernel == stride, "
+                                         "no padding, one group")
+        return _Unit("conv_transpose", node.name, ins, node.output[0], onnx=[node])
 
     def resize_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
         (_, c, h, w), (_, c2, h2, w2) = self.shapes[ins[0]], self.shapes[node.output[0]]
@@ -407,7 +433,7 @@ class _Builder:
         unit = self.producer.get(tensor)
         if unit is None:
             return False
-        if unit.relu:
+        if unit.relu or unit.kind == "lut" and LUT_FUNCTIONS[unit.onnx[0].op_type][1] == "uint8":
             return True
         if unit.kind in (*_MOVES, "resize_bilinear", "avgpool_global", "concat"):
             return all(self.nonneg(i) for i in unit.inputs)
@@ -415,7 +441,7 @@ class _Builder:
 
     def needs_calibration(self) -> list[str]:
         return [self.c.input] + [u.output for u in self.units
-                                 if u.kind in ("conv", "gemm", "add", "requant", "avgpool_global")]
+                                 if u.kind in (*_WEIGHTED, "add", "requant", "avgpool_global")]
 
     def decide_scales(self, stats: dict[str, tuple[np.ndarray, float]], config: Int8Config) -> None:
         self.q[self.c.input] = ("int8", choose_scale(*stats[self.c.input], "int8", config))
@@ -427,6 +453,9 @@ class _Builder:
             source = self.q[unit.inputs[0]]
             if unit.kind in _MOVES or unit.kind == "resize_bilinear":
                 self.q[unit.output] = source
+            elif unit.kind == "lut":  # the function's own range fixes the output scale
+                _, dtype, scale = LUT_FUNCTIONS[unit.onnx[0].op_type]
+                self.q[unit.output] = (dtype, scale)
             elif unit.kind == "concat":
                 dtype = "uint8" if all(self.nonneg(i) for i in unit.inputs) else "int8"
                 top = RANGES[dtype][1]
@@ -504,6 +533,22 @@ class _Builder:
         attrs = {"stride": list(self.c.attr(node, "strides", [1, 1])), "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0])),
                  "groups": int(self.c.attr(node, "group", 1))}
         self.weighted(graph, unit, "conv", weight, bias, attrs)
+
+    def emit_conv_transpose(self, graph: IntGraph, unit: _Unit) -> None:
+        node = unit.onnx[0]
+        weight = self.c.inits[node.input[1]].astype(np.float64).transpose(1, 0, 2, 3)  # (k, c, kh, kw): per output
+        bias = self.c.inits[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(len(weight))
+        self.weighted(graph, unit, "conv_transpose", weight, bias, {"stride": list(weight.shape[2:])})
+
+    def emit_lut(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        function = LUT_FUNCTIONS[unit.onnx[0].op_type][0]
+        (lo, hi), info = RANGES[graph.tensors[x].dtype], graph.tensors[out]
+        out_lo, out_hi = RANGES[info.dtype]
+        real = function(np.arange(lo, hi + 1, dtype=np.float64) * graph.tensors[x].scale)
+        table = np.clip(np.rint(real / info.scale), out_lo, out_hi).astype(np.int32)
+        graph.nodes.append(Node(unit.name, "lut", [x], out, {"function": unit.onnx[0].op_type}, {"table": table}))
 
     def emit_gemm(self, graph: IntGraph, unit: _Unit) -> None:
         node = unit.onnx[0]

@@ -27,9 +27,7 @@ class Builder:
 
     def node(self, op: str, inputs: list[str], dtype: str, shift: int = 14, **attrs) -> str:
         name = f"t{len(self.graph.nodes)}"
-        params = {}
-        if "weight" in attrs:
-            params["weight"] = attrs.pop("weight")
+        params = {key: attrs.pop(key) for key in ("weight", "table") if key in attrs}
         node = Node(f"layer{len(self.graph.nodes)}.{op}", op, inputs, name, attrs, params)
         self.graph.tensors[name] = TensorInfo(name, [], dtype, 0.05)
         acc = accumulator(node, self.values)
@@ -118,6 +116,21 @@ def reshaped_output_graph() -> IntGraph:
     return b.graph
 
 
+def upsampling_graph() -> IntGraph:
+    """A learnt x2 and x3 upsampling (ConvTranspose, kernel == stride) from int8 and uint8 inputs, and a sigmoid
+    table on each signedness: a detector's decoder and its heat-map head."""
+    b = Builder("heatmap", [5, 4, 6], "int8", seed=3)
+    rng = b.rng
+    up = b.node("conv_transpose", ["x"], "uint8", weight=rng.integers(-127, 128, (6, 5, 2, 2)).astype(np.int8),
+                stride=[2, 2])                                                     # (6, 8, 12) u8 <- s8
+    up3 = b.node("conv_transpose", [up], "int8", weight=rng.integers(-127, 128, (3, 6, 3, 3)).astype(np.int8),
+                 stride=[3, 3])                                                    # (3, 24, 36) s8 <- u8
+    sigmoid = np.clip(np.rint(255 / (1 + np.exp(-np.arange(-128, 128) / 16))), 0, 255).astype(np.int32)
+    b.node("lut", [up3], "uint8", table=sigmoid, function="Sigmoid")               # s8 -> u8
+    b.node("lut", [b.graph.output], "int8", table=np.arange(256, dtype=np.int32) // 2 - 64, function="Test")
+    return b.graph
+
+
 def assert_bit_exact(got: np.ndarray, want: np.ndarray) -> None:
     """Bit for bit: same shape, every value equal (np.array_equal; no tolerance, no broadcasting)."""
     assert got.shape == want.shape, (got.shape, want.shape)
@@ -131,7 +144,7 @@ def random_inputs(graph: IntGraph, n: int, seed: int) -> np.ndarray:
 
 
 def test_builder_graphs_are_valid_and_not_saturated() -> None:
-    for graph in (every_op_graph(), uint8_io_graph()):
+    for graph in (every_op_graph(), uint8_io_graph(), upsampling_graph()):
         graph.validate()
         check_int32(graph)
         values = run_reference(graph, random_inputs(graph, 4, 3), keep_all=True)
@@ -141,9 +154,10 @@ def test_builder_graphs_are_valid_and_not_saturated() -> None:
             assert clipped < 0.5, (node.name, clipped)
     assert {n.op for n in every_op_graph().nodes} == {"conv", "gemm", "add", "concat", "requant", "avgpool_global",
                                                       "maxpool", "resize_bilinear", "resize_nearest", "flatten"}
+    assert {n.op for n in upsampling_graph().nodes} == {"conv_transpose", "lut"}
 
 
-@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, reshaped_output_graph])
+@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, reshaped_output_graph, upsampling_graph])
 def test_host_c_is_bit_exact(make, tmp_path: Path) -> None:
     graph = make()
     inputs = random_inputs(graph, 6, seed=7)
@@ -221,16 +235,17 @@ def test_inconsistent_shapes_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.needs_qemu
-@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph])
+@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, upsampling_graph])
 def test_qemu_rv32_is_bit_exact_and_counts_instructions(make, tmp_path: Path) -> None:
-    """Every op kind the C backend has (every_op_graph) and uint8 input / output (uint8_io_graph), 8 samples each
-    including both input extremes, under qemu rv32imac: the same integers as the reference, exactly."""
+    """Every op kind the C backend has (every_op_graph and upsampling_graph together) and uint8 input / output
+    (uint8_io_graph), 8 samples each including both input extremes, under qemu rv32imac: the same integers as the
+    reference, exactly."""
     reason = riscv_tools_missing()
     if reason:
         pytest.skip(reason)
     graph = make()
     if make is every_op_graph:
-        assert {n.op for n in graph.nodes} == set(OPS)
+        assert {n.op for g in (graph, upsampling_graph()) for n in g.nodes} == set(OPS)
     lo, hi = RANGES[graph.tensors[graph.input].dtype]
     inputs = random_inputs(graph, 8, seed=11)
     inputs[0], inputs[1] = lo, hi
@@ -242,6 +257,7 @@ def test_qemu_rv32_is_bit_exact_and_counts_instructions(make, tmp_path: Path) ->
     assert (run.layer_instructions[:, computed] > 0).all()
     # icount makes the count deterministic; the first conv needs at least ~2 instructions per MAC
     first = graph.nodes[0]
-    macs = int(np.prod(graph.tensors[first.output].shape)) * int(np.prod(first.params["weight"].shape[1:]))
-    assert first.op == "conv" and run.layer_instructions[:, 0].min() > 2 * macs
+    per_output = first.params["weight"].shape[1:] if first.op == "conv" else first.params["weight"].shape[1:2]
+    macs = int(np.prod(graph.tensors[first.output].shape)) * int(np.prod(per_output))
+    assert first.op in ("conv", "conv_transpose") and run.layer_instructions[:, 0].min() > 2 * macs
     assert (run.total_instructions >= run.layer_instructions.sum(axis=1)).all()

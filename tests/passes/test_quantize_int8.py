@@ -106,7 +106,7 @@ class ActivationHead(nn.Module):
         return {"depth": self.activation(self.conv(x))}
 
 
-@pytest.mark.parametrize("activation, op", [(F.softplus, "Softplus"), (torch.sigmoid, "Sigmoid")])
+@pytest.mark.parametrize("activation, op", [(F.softplus, "Softplus"), (torch.tanh, "Tanh")])
 def test_unsupported_op_names_the_op_the_layer_and_the_task(data, activation, op):
     input_spec, tasks = data_spec("scenes")
     spec = ModelSpec(input=input_spec, tasks=[t for t in tasks if t.name == "depth"])
@@ -140,6 +140,54 @@ def test_regression_and_raw_heads_of_any_shape_quantize(task, last_ops):
     with torch.no_grad():
         expected = model(torch.from_numpy(images))[task].numpy().astype(np.float64)
     assert _relative_rms(graph, expected, images) < 0.05
+
+
+class Decoder(nn.Module):
+    """CenterFace's decoder in small: a learnt x2 upsampling (ConvTranspose + BatchNorm + ReLU) and a sigmoid
+    heat map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.up = nn.Sequential(nn.ConvTranspose2d(8, 8, 2, stride=2, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.heat = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"heat": torch.sigmoid(self.heat(self.up(self.down(x))))}
+
+
+def test_a_learnt_upsampling_and_a_sigmoid_head_quantize(data):
+    torch.manual_seed(0)
+    model = Decoder()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so the fold is tested
+        model.up[1].running_mean.uniform_(-0.2, 0.2)
+        model.up[1].running_var.uniform_(0.5, 2.0)
+    model.eval()
+    input_spec, _ = data_spec("scenes")
+    spec = ModelSpec(input=input_spec, tasks=[TaskSpec(name="heat", kind="raw", output_shape=[1, 64, 64])])
+    graph = build_int_graph(model, spec, "heat", data[0], QUICK)
+    assert [n.op for n in graph.nodes] == ["conv", "conv_transpose", "conv", "lut"]
+    assert graph.tensors[graph.output].dtype == "uint8" and graph.tensors[graph.output].scale == 1 / 255
+    images = data[1].normalise(data[1].images)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images))["heat"].numpy().astype(np.float64)
+    got = dequantize(graph, run_reference(graph, quantize_input(graph, images))[graph.output])
+    assert np.abs(got - expected).max() < 0.05  # a few steps of 1/255 on a probability
+
+
+def test_a_transposed_convolution_with_overlapping_windows_is_refused(data):
+    class Overlapping(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = nn.ConvTranspose2d(3, 1, 4, stride=2, padding=1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"up": self.up(x)}
+
+    input_spec, _ = data_spec("scenes")
+    spec = ModelSpec(input=input_spec, tasks=[TaskSpec(name="up", kind="raw", output_shape=[1, 128, 128])])
+    with pytest.raises(EdgemtlError, match=r"'ConvTranspose' \(kernel \[4, 4\] with strides \[2, 2\]"):
+        build_int_graph(Overlapping().eval(), spec, "up", data[0], QUICK)
 
 
 # -- requantisation arithmetic ------------------------------------------------------------------------------

@@ -44,3 +44,11 @@ void emk_resize_nearest(const uint8_t *x, int32_t c, int32_t h, int32_t w, int32
         }
     }
 }
+
+void emk_lut(const uint8_t *x, int32_t n, const uint8_t *table, uint8_t *y)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        y[i] = table[x[i]];
+    }
+}

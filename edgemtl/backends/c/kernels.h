@@ -95,6 +95,10 @@ static inline uint32_t emk_instret(void)
 
 void emk_conv_s8(const int8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
 void emk_conv_u8(const uint8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
+/* Transposed convolution with kernel == stride and no padding (p->kh, p->kw; one group): weights (k, c, kh, kw),
+ * output (k, h * kh, w * kw); input pixel (i, j) alone makes the output block at (i * kh, j * kw). */
+void emk_conv_transpose_s8(const int8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
+void emk_conv_transpose_u8(const uint8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
 void emk_gemm_s8(const int8_t *x, const int8_t *w, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
 void emk_gemm_u8(const uint8_t *x, const int8_t *w, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
 void emk_requant_s8(const int8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
@@ -119,5 +123,7 @@ void emk_add_u8_u8(const uint8_t *a, const uint8_t *b, int32_t c, int32_t hw, in
 void emk_copy(const uint8_t *x, int32_t bytes, uint8_t *y);
 void emk_concat(const uint8_t *const *xs, const int32_t *bytes, int32_t n, uint8_t *y);
 void emk_resize_nearest(const uint8_t *x, int32_t c, int32_t h, int32_t w, int32_t f, uint8_t *y);
+/* An elementwise function as a table: y[i] = table[x[i]], both raw bytes (the generator orders the table). */
+void emk_lut(const uint8_t *x, int32_t n, const uint8_t *table, uint8_t *y);
 
 #endif /* EDGEMTL_KERNELS_H */
