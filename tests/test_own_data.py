@@ -75,6 +75,40 @@ def test_eval_and_prune_take_an_npz(capsys, tmp_path):
     assert (tmp_path / "pruned.pt").is_file() and "sqnr_db_vs_float" in out  # seg has no labels: judged against float
 
 
+def test_a_dataset_factory_feeds_compile_and_eval_like_the_npz(capsys, tmp_path, monkeypatch):
+    """`--data my_data:make` (a torch Dataset of (image, {task: target}) from the user's own module, found in the
+    current folder): the same images as an npz give the same numbers."""
+    images, depth = _images()
+    npz = tmp_path / "own.npz"
+    np.savez(npz, images=images, depth=depth, split=np.array(["train"] * 28 + ["val"] * 6 + ["test"] * 6))
+    (tmp_path / "my_data.py").write_text(
+        "import numpy as np, torch\n"
+        "class Frames(torch.utils.data.Dataset):\n"
+        "    def __init__(self, split):\n"
+        "        archive = np.load('own.npz')\n"
+        "        keep = archive['split'] == split\n"
+        "        self.images, self.depth = archive['images'][keep], archive['depth'][keep]\n"
+        "    def __len__(self):\n"
+        "        return len(self.images)\n"
+        "    def __getitem__(self, i):\n"
+        "        return torch.from_numpy(self.images[i]), {'depth': torch.from_numpy(self.depth[i])}\n"
+        "def make(split):\n"
+        "    return Frames(split)\n")
+    monkeypatch.chdir(tmp_path)
+    manifests = []
+    for data, name in ((npz, "from-npz"), ("my_data:make", "from-factory")):
+        code, _, err = run_cli(capsys, "compile", *_own_model(tmp_path), "--target", "host", "--data", data,
+                               "-o", tmp_path / name, "--no-latency")
+        assert code == 0, err
+        manifests.append(json.loads((tmp_path / name / "manifest.json").read_text()))
+    assert manifests[1]["data"]["kind"] == "factory" and manifests[1]["data"]["split_sizes"] == {
+        "train": 28, "val": 6, "test": 6}
+    assert manifests[0]["tasks"]["depth"]["metrics"] == manifests[1]["tasks"]["depth"]["metrics"]
+    code, out, err = run_cli(capsys, "eval", *_own_model(tmp_path), "--data", "my_data:make", "--json")
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["depth"]["rmse"] == manifests[1]["tasks"]["depth"]["metrics"]["rmse"]
+
+
 @pytest.mark.parametrize("args, pattern", [
     (["--tasks", ""], "--tasks is empty"),
     (["--data", "no/such/place"], "is neither a built-in set"),

@@ -164,8 +164,8 @@ def float_graph(model: nn.Module, spec: ModelSpec, task: str, folder: Path) -> o
 # -- units: the ONNX nodes that become one integer node --------------------------------------------------------
 @dataclass
 class _Unit:
-    kind: str                   # conv, gemm, add, requant, concat, maxpool, resize_bilinear, resize_nearest,
-                                # avgpool_global, flatten, alias
+    kind: str                   # conv, conv_transpose, gemm, add, requant, concat, maxpool, resize_bilinear,
+                                # resize_nearest, avgpool_global, flatten, lut, alias
     name: str                   # the (first) ONNX node's name
     inputs: list[str]           # ONNX activation tensors read
     output: str                 # ONNX tensor produced (after a fused Relu)
