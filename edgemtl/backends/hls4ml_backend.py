@@ -500,7 +500,7 @@ def _drop_noop_transposes(model) -> None:
 def _drop_output_reshapes(model) -> None:
     """A Reshape of a (batch, features) tensor into a graph output (landmarks as [5, 2]; brevitas may re-quantize
     after it) only relabels the stream hls4ml writes flat anyway: bypass it; the host side reshapes the flat
-    output to the graph's shape. (hls4ml 1.3.0's ONNX Reshape looks up a node it no longer has: KeyError.)"""
+    output to the graph's shape. (hls4ml 1.3.0 stops at such a Reshape with a KeyError on its name.)"""
     outputs = {o.name for o in model.graph.output}
     for node in list(model.graph.node):
         source = node.input[0] if node.input else ""

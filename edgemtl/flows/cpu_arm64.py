@@ -41,11 +41,11 @@ from edgemtl.flows.common import data_source, task_list, task_model, threads_of,
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.model.contract import run_task
+from edgemtl.profile.reference import REFERENCE_SAMPLES
 
 INT8_MAX_LOSS = 0.01          # int8 may lose at most 1% of the float metric, relative (issue 7's target)
 INT8_MAX_RELATIVE_RMS = 0.1   # int8 vs float outputs: RMS of the difference <= 10% of the float outputs' RMS
 INT8_MIN_SQNR_DB = -20 * math.log10(INT8_MAX_RELATIVE_RMS)  # the same bound as an SQNR: 20 dB
-REFERENCE_SAMPLES = 4
 TVM_CHECK_SAMPLES = 4
 # Tried in order per task until one keeps the metric within INT8_MAX_LOSS; the first is the default, the rest
 # are the standard remedies. Measured on the default mtl-cnn (scenes, 600 steps): the default met the target on

@@ -23,7 +23,7 @@ from edgemtl.data.sources import DEFAULT_HOLDOUT, open_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec, parse_model_spec
 
-REFERENCE_SAMPLES = 4
+REFERENCE_SAMPLES = 4  # images per task in a reference set (the profiler runs and checks the first)
 GRAPHS = {"output_float": "onnx", "output_int8": "int8_onnx"}  # reference file -> the manifest artifact it runs
 
 
