@@ -80,12 +80,12 @@ def test_eval_and_prune_take_an_npz_or_a_folder(capsys, tmp_path, kind):
 
 
 def test_a_dataset_factory_feeds_compile_and_eval_like_the_npz(capsys, tmp_path, monkeypatch):
-    """`--data my_data:make` (a torch Dataset of (image, {task: target}) from the user's own module, found in the
+    """`--data own_frames:make` (a torch Dataset of (image, {task: target}) from the user's own module, found in the
     current folder): the same images as an npz give the same numbers."""
     images, depth = _images()
     npz = tmp_path / "own.npz"
     np.savez(npz, images=images, depth=depth, split=np.array(["train"] * 28 + ["val"] * 6 + ["test"] * 6))
-    (tmp_path / "my_data.py").write_text(
+    (tmp_path / "own_frames.py").write_text(
         "import numpy as np, torch\n"
         "class Frames(torch.utils.data.Dataset):\n"
         "    def __init__(self, split):\n"
@@ -100,7 +100,7 @@ def test_a_dataset_factory_feeds_compile_and_eval_like_the_npz(capsys, tmp_path,
         "    return Frames(split)\n")
     monkeypatch.chdir(tmp_path)
     manifests = []
-    for data, name in ((npz, "from-npz"), ("my_data:make", "from-factory")):
+    for data, name in ((npz, "from-npz"), ("own_frames:make", "from-factory")):
         code, _, err = run_cli(capsys, "compile", *_own_model(tmp_path), "--target", "host", "--data", data,
                                "-o", tmp_path / name, "--no-latency")
         assert code == 0, err
@@ -108,7 +108,7 @@ def test_a_dataset_factory_feeds_compile_and_eval_like_the_npz(capsys, tmp_path,
     assert manifests[1]["data"]["kind"] == "factory" and manifests[1]["data"]["split_sizes"] == {
         "train": 28, "val": 6, "test": 6}
     assert manifests[0]["tasks"]["depth"]["metrics"] == manifests[1]["tasks"]["depth"]["metrics"]
-    code, out, err = run_cli(capsys, "eval", *_own_model(tmp_path), "--data", "my_data:make", "--json")
+    code, out, err = run_cli(capsys, "eval", *_own_model(tmp_path), "--data", "own_frames:make", "--json")
     assert code == 0, err
     # eval runs PyTorch, the bundle's metrics ONNX Runtime: the same images give the same RMSE to float rounding
     assert json.loads(out)["metrics"]["depth"]["rmse"] == pytest.approx(
