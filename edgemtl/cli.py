@@ -229,22 +229,40 @@ def eval_command(
 def inspect(
     model: ModelPath,
     tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        help="also say which task paths this target's lowering cannot take, and the op that stops each")] = None,
     as_json: JsonOpt = False,
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
-    """Per task: parameters, MACs, peak activation memory of its path, and the shared fraction."""
+    """Per task: parameters, MACs, peak activation memory of its path, and the shared fraction; with --target,
+    the ops that target cannot take (seconds, before any compile)."""
     from edgemtl.analysis.cost import model_cost
 
     from edgemtl.analysis.moe_cost import moe_macs
     from edgemtl.passes.partition_experts import has_experts
 
+    chosen = None
+    if target is not None:
+        from edgemtl.targets import load_target
+
+        chosen = load_target(target)  # an unknown target fails before the model is read
     loaded = _load(model, model_factory, spec, trust)
     names = [t.name for t in loaded.spec.select(_split_tasks(tasks))]
+    support = None
+    if chosen is not None:
+        from edgemtl.analysis.op_support import task_support
+
+        support = task_support(loaded.model, loaded.spec, chosen, names)
+        if all(reason is not None for reason in support.values()):
+            raise EdgemtlError(f"no task path of {model} fits target {target}: {next(iter(support.values()))}")
     analysed = model_cost(loaded.model, loaded.spec, names)
     cost = analysed.to_dict()
     moe = moe_macs(loaded.model, loaded.spec, names, analysed) if has_experts(loaded.model) else None
     if as_json:
-        out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost, **({"moe": moe} if moe else {})}))
+        checked = {} if support is None else {"target": {"name": target, "tasks": {
+            t: {"supported": reason is None, **({"reason": reason} if reason else {})} for t, reason in support.items()}}}
+        out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost, **({"moe": moe} if moe else {}),
+                                   **checked}))
         return
     table = Table(title=f"{model} ({loaded.spec.arch}), batch 1, MACs of conv/linear/matmul/attention")
     for column in ("task", "params", "MACs", "peak activation", "shared params"):
@@ -258,6 +276,8 @@ def inspect(
     out.print(table)
     if moe:
         out.print(_moe_table(moe))
+    for name, reason in (support or {}).items():
+        out.print(f"{target}: task {name!r}: {'every op has a lowering' if reason is None else reason}")
 
 
 def _moe_table(moe: dict) -> Table:

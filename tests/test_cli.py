@@ -347,6 +347,25 @@ def test_compile_for_gap9_records_a_task_with_an_unsupported_op_and_compiles_the
     assert "warning: task 'depth' has no int8 artifact in this bundle: task 'depth': layer" in " ".join(err.split())
 
 
+def test_inspect_target_names_the_op_each_task_path_cannot_take(capsys, tmp_path):
+    """Seconds, before any compile: the U-Net's depth head ends in Softplus (no int8 lowering); its seg path fits."""
+    weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
+    torch.save(unet_two_heads().state_dict(), weights)
+    spec.write_text(SPEC_YAML)
+    model = [weights, "--model-factory", "custom_models:unet_two_heads", "--spec", spec]
+    code, out, err = run_cli(capsys, "inspect", *model, "--target", "gap9", "--json")
+    assert code == 0, err
+    tasks = json.loads(out)["target"]["tasks"]
+    assert tasks["seg"] == {"supported": True}
+    assert not tasks["depth"]["supported"] and "is an ONNX 'Softplus'" in tasks["depth"]["reason"]
+    code, out, err = run_cli(capsys, "inspect", *model, "--target", "host")
+    assert code == 0 and "host: task 'depth': every op has a lowering" in " ".join(out.split()), err
+    code, _, err = run_cli(capsys, "inspect", *model, "--target", "gap9", "--tasks", "depth")
+    assert_one_line_error(code, err, "no task path of")
+    code, _, err = run_cli(capsys, "inspect", *model, "--target", "gap10")
+    assert code == 2 and "gap10" in err
+
+
 def test_compile_for_gap9_fails_cleanly_when_no_task_can_be_quantized(capsys, tmp_path):
     weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
     torch.save(unet_two_heads().state_dict(), weights)

@@ -664,6 +664,12 @@ def int8_predictor(graph: IntGraph) -> Predictor:
     return predict
 
 
+def check_int8_ops(graph: onnx.ModelProto, task: str) -> None:
+    """Raise, naming op, node and task, where the task's float graph has a layer the int8 path cannot take: the
+    same checks as `build_int_graph`'s first pass, without calibrating anything (an early answer)."""
+    _Converter(graph, task).units()
+
+
 def build_int_graph(model: nn.Module, spec: ModelSpec, task: str, calibration: TaskData,
                     config: Int8Config = Int8Config()) -> IntGraph:
     """The task path as a validated, int32-safe integer graph (no evaluation)."""

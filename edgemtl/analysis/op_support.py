@@ -1,0 +1,54 @@
+"""Which task paths a target can take, answered before any long step runs (`edgemtl inspect --target T`).
+
+Each task's float graph (the one every flow starts from: BatchNorm and shape arithmetic folded) is put through the
+checks of the target's own lowering: the int8 converter's for the GAP9, hls4ml's ONNX handlers for the ZCU104. The
+CPU targets run any graph the exporter writes (ONNX Runtime, TVM), so they refuse nothing here. The same checks run
+inside `compile`, which records a refused task and compiles the others.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.spec import ModelSpec
+from edgemtl.targets import Target
+
+CHECKED_FLOWS = ("mcu-gap9", "fpga-hls4ml")
+
+
+def task_support(model: nn.Module, spec: ModelSpec, target: Target, tasks: list[str]) -> dict[str, str | None]:
+    """{task: None when the target's lowering takes every op of its path, else the one-line reason it does not}."""
+    if target.flow not in CHECKED_FLOWS:
+        return dict.fromkeys(tasks)
+    from edgemtl.passes.partition_experts import has_experts
+    from edgemtl.passes.quantize_int8 import float_graph
+
+    if target.flow == "fpga-hls4ml" and has_experts(model):
+        from edgemtl.flows.fpga_hls4ml import MOE_NOTE
+
+        return dict.fromkeys(tasks, f"no HLS step for a mixture-of-experts model: {MOE_NOTE}")
+    support: dict[str, str | None] = {}
+    for task in tasks:
+        with tempfile.TemporaryDirectory(prefix="edgemtl-ops-") as folder:
+            graph = float_graph(model, spec, task, Path(folder))
+        support[task] = _reason(graph, task, target.flow)
+    return support
+
+
+def _reason(graph, task: str, flow: str) -> str | None:
+    if flow == "fpga-hls4ml":
+        from edgemtl.backends.hls4ml_backend import float_graph_refusal
+
+        refusal = float_graph_refusal(graph, task)
+        return None if refusal is None else str(refusal)
+    from edgemtl.passes.quantize_int8 import check_int8_ops
+
+    try:
+        check_int8_ops(graph, task)
+    except EdgemtlError as exc:
+        return str(exc)
+    return None
