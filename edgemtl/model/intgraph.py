@@ -243,8 +243,11 @@ def run_node(node: Node, values: dict[str, np.ndarray], tensors: dict[str, Tenso
     if node.op == "resize_nearest":
         factor = int(node.attrs["factor"])
         return x.repeat(factor, axis=2).repeat(factor, axis=3)
-    if node.op == "lut":  # an elementwise function as a table over every input value (sigmoid ...)
-        return node.params["table"].astype(np.int64)[lut_index(x, tensors[node.inputs[0]].dtype)]
+    if node.op == "lut":  # an elementwise function as a table over every input value, (n,) or one per channel
+        table, index = node.params["table"].astype(np.int64), lut_index(x, tensors[node.inputs[0]].dtype)
+        if table.ndim == 1:
+            return table[index]
+        return table[np.arange(len(table)).reshape(1, -1, *[1] * (x.ndim - 2)), index]
     if node.op == "flatten":  # to a vector, or to attrs["shape"]: the same row-major bytes
         return x.reshape(x.shape[0], *node.attrs.get("shape", [-1]))
     raise EdgemtlError(f"layer {node.name!r}: the reference executor has no op {node.op!r}")

@@ -44,16 +44,14 @@ from edgemtl.model.contract import run_task
 from edgemtl.model.intgraph import (INT32, RANGES, IntGraph, Node, TensorInfo, check_int32, dequantize,
                                     quantize_input, run_reference, worst_case_accumulator)
 from edgemtl.model.spec import ModelSpec
+from edgemtl.passes.elementwise import OPS as ELEMENTWISE_OPS
+from edgemtl.passes.elementwise import Elementwise, elementwise
 
 ScaleMethod = Literal["mse", "percentile", "max"]
 SCALE_METHODS = ("mse", "percentile", "max")
-SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Sigmoid", "Add", "Concat", "Resize", "MaxPool", "GlobalAveragePool",
-                 "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape")
-# Elementwise functions computed as a table over every int8 / uint8 input value (exact in C: a lookup), with
-# the output scale each one's range fixes: (the float function, output dtype, output scale).
-LUT_FUNCTIONS: dict[str, tuple[Any, str, float]] = {
-    "Sigmoid": (lambda v: 1.0 / (1.0 + np.exp(-v)), "uint8", 1.0 / 255),
-}
+SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Add", "Concat", "Resize", "MaxPool", "GlobalAveragePool",
+                 "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape",
+                 *(op for op in ELEMENTWISE_OPS if op != "Add"))
 _MOVES = ("maxpool", "resize_nearest", "flatten", "alias")        # units that keep their input's scale
 _WEIGHTED = ("conv", "conv_transpose", "gemm")
 
@@ -171,6 +169,7 @@ class _Unit:
     output: str                 # ONNX tensor produced (after a fused Relu)
     relu: bool = False
     onnx: list[onnx.NodeProto] = field(default_factory=list)
+    table: Elementwise | None = None   # lut units: the node's function
 
 
 class _Converter:
@@ -228,7 +227,7 @@ class _Converter:
                     fused.add(relu.output[0])
                     unit.relu, unit.output = True, relu.output[0]
                     unit.onnx.append(relu)
-            if unit.kind == "gemm" and unit.onnx[0].op_type == "MatMul":
+            if unit.kind in ("gemm", "lut"):  # MatMul + Add; HardSigmoid + Mul (a HardSwish, as ORT writes it)
                 fused.update(n.output[0] for n in unit.onnx[1:])
             units.append(unit)
         return units
@@ -251,8 +250,8 @@ class _Converter:
             return _Unit("conv", node.name, ins, out, onnx=[node])
         if op == "ConvTranspose":
             return self.conv_transpose_unit(node, ins)
-        if op in LUT_FUNCTIONS:
-            return _Unit("lut", node.name, ins, out, onnx=[node])
+        if op in ELEMENTWISE_OPS and (op != "Add" or len(ins) == 1):
+            return self.lut_unit(node, ins)
         if op in ("Gemm", "MatMul"):
             if len(ins) != 1 or node.input[1] not in self.inits or (op == "Gemm" and self.attr(node, "transA", 0)):
                 raise self.unsupported(node, "weights computed at run time")
@@ -306,6 +305,21 @@ class _Converter:
         if op in ("Identity", "Dropout"):
             return _Unit("alias", node.name, ins[:1], out, onnx=[node])
         raise self.unsupported(node)
+
+    def lut_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        """An elementwise node of one activation (and constants) as a table (`edgemtl.passes.elementwise`)."""
+        if len(ins) != 1:
+            raise self.unsupported(node, "more than one input computed at run time")
+        form = elementwise(node, ins[0], self.inits, self.sample_shape(ins[0]))
+        if isinstance(form, str):
+            raise self.unsupported(node, form)
+        users = self.consumers.get(node.output[0], [])
+        if (node.op_type == "HardSigmoid" and len(users) == 1 and users[0].op_type == "Mul"
+                and sorted(users[0].input) == sorted([ins[0], node.output[0]]) and node.output[0] != self.output):
+            gate = form.function  # x * hardsigmoid(x): ONNX Runtime's form of HardSwish, one table
+            form = Elementwise("HardSwish", lambda v: v * gate(v), 1)
+            return _Unit("lut", node.name, ins, users[0].output[0], onnx=[node, users[0]], table=form)
+        return _Unit("lut", node.name, ins, node.output[0], onnx=[node], table=form)
 
     def conv_transpose_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
         """A learnt upsampling (kernel == stride, no padding, one group): each input pixel makes its own block."""
@@ -433,7 +447,7 @@ class _Builder:
         unit = self.producer.get(tensor)
         if unit is None:
             return False
-        if unit.relu or unit.kind == "lut" and LUT_FUNCTIONS[unit.onnx[0].op_type][1] == "uint8":
+        if unit.relu or unit.kind == "lut" and self.q.get(unit.output, ("",))[0] == "uint8":
             return True
         if unit.kind in (*_MOVES, "resize_bilinear", "avgpool_global", "concat"):
             return all(self.nonneg(i) for i in unit.inputs)
@@ -441,7 +455,8 @@ class _Builder:
 
     def needs_calibration(self) -> list[str]:
         return [self.c.input] + [u.output for u in self.units
-                                 if u.kind in (*_WEIGHTED, "add", "requant", "avgpool_global")]
+                                 if u.kind in (*_WEIGHTED, "add", "requant", "avgpool_global")
+                                 or u.kind == "lut" and u.table.fixed is None]
 
     def decide_scales(self, stats: dict[str, tuple[np.ndarray, float]], config: Int8Config) -> None:
         self.q[self.c.input] = ("int8", choose_scale(*stats[self.c.input], "int8", config))
@@ -453,9 +468,12 @@ class _Builder:
             source = self.q[unit.inputs[0]]
             if unit.kind in _MOVES or unit.kind == "resize_bilinear":
                 self.q[unit.output] = source
-            elif unit.kind == "lut":  # the function's own range fixes the output scale
-                _, dtype, scale = LUT_FUNCTIONS[unit.onnx[0].op_type]
-                self.q[unit.output] = (dtype, scale)
+            elif unit.kind == "lut":  # a bounded function's range fixes the output scale; others are calibrated
+                if unit.table.fixed is not None:
+                    self.q[unit.output] = unit.table.fixed
+                else:
+                    dtype = "uint8" if unit.table.nonnegative(*source) else "int8"
+                    self.q[unit.output] = (dtype, choose_scale(*stats[unit.output], dtype, config))
             elif unit.kind == "concat":
                 dtype = "uint8" if all(self.nonneg(i) for i in unit.inputs) else "int8"
                 top = RANGES[dtype][1]
@@ -543,12 +561,9 @@ class _Builder:
     def emit_lut(self, graph: IntGraph, unit: _Unit) -> None:
         x = self.source(unit)
         out = self.output(graph, unit)
-        function = LUT_FUNCTIONS[unit.onnx[0].op_type][0]
-        (lo, hi), info = RANGES[graph.tensors[x].dtype], graph.tensors[out]
-        out_lo, out_hi = RANGES[info.dtype]
-        real = function(np.arange(lo, hi + 1, dtype=np.float64) * graph.tensors[x].scale)
-        table = np.clip(np.rint(real / info.scale), out_lo, out_hi).astype(np.int32)
-        graph.nodes.append(Node(unit.name, "lut", [x], out, {"function": unit.onnx[0].op_type}, {"table": table}))
+        source, info = graph.tensors[x], graph.tensors[out]
+        table = unit.table.table(source.dtype, source.scale, info.dtype, info.scale)
+        graph.nodes.append(Node(unit.name, "lut", [x], out, {"function": unit.table.op}, {"table": table}))
 
     def emit_gemm(self, graph: IntGraph, unit: _Unit) -> None:
         node = unit.onnx[0]

@@ -117,8 +117,8 @@ def reshaped_output_graph() -> IntGraph:
 
 
 def upsampling_graph() -> IntGraph:
-    """A learnt x2 and x3 upsampling (ConvTranspose, kernel == stride) from int8 and uint8 inputs, and a sigmoid
-    table on each signedness: a detector's decoder and its heat-map head."""
+    """A learnt x2 and x3 upsampling (ConvTranspose, kernel == stride) from int8 and uint8 inputs, a sigmoid
+    table on each signedness (a detector's decoder and its heat-map head) and one table per channel."""
     b = Builder("heatmap", [5, 4, 6], "int8", seed=3)
     rng = b.rng
     up = b.node("conv_transpose", ["x"], "uint8", weight=rng.integers(-127, 128, (6, 5, 2, 2)).astype(np.int8),
@@ -128,6 +128,8 @@ def upsampling_graph() -> IntGraph:
     sigmoid = np.clip(np.rint(255 / (1 + np.exp(-np.arange(-128, 128) / 16))), 0, 255).astype(np.int32)
     b.node("lut", [up3], "uint8", table=sigmoid, function="Sigmoid")               # s8 -> u8
     b.node("lut", [b.graph.output], "int8", table=np.arange(256, dtype=np.int32) // 2 - 64, function="Test")
+    per_channel = rng.integers(-128, 128, (3, 256)).astype(np.int32)  # a PReLU's slopes: one table per channel
+    b.node("lut", [b.graph.output], "int8", table=per_channel, function="PRelu")
     return b.graph
 
 

@@ -106,7 +106,7 @@ class ActivationHead(nn.Module):
         return {"depth": self.activation(self.conv(x))}
 
 
-@pytest.mark.parametrize("activation, op", [(F.softplus, "Softplus"), (torch.tanh, "Tanh")])
+@pytest.mark.parametrize("activation, op", [(F.softplus, "Softplus"), (torch.exp, "Exp")])
 def test_unsupported_op_names_the_op_the_layer_and_the_task(data, activation, op):
     input_spec, tasks = data_spec("scenes")
     spec = ModelSpec(input=input_spec, tasks=[t for t in tasks if t.name == "depth"])
@@ -173,6 +173,54 @@ def test_a_learnt_upsampling_and_a_sigmoid_head_quantize(data):
         expected = model(torch.from_numpy(images))["heat"].numpy().astype(np.float64)
     got = dequantize(graph, run_reference(graph, quantize_input(graph, images))[graph.output])
     assert np.abs(got - expected).max() < 0.05  # a few steps of 1/255 on a probability
+
+
+class ElementwiseHead(nn.Module):
+    """conv -> one elementwise layer -> conv: the layer sits between two requantising nodes, as in real models."""
+
+    def __init__(self, layer) -> None:
+        super().__init__()
+        self.conv, self.layer, self.head = nn.Conv2d(3, 8, 3, padding=1), layer, nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.head(self.layer(self.conv(x)))}
+
+
+class _Scale(nn.Module):
+    def __init__(self, per_channel: bool, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.register_buffer("k", torch.linspace(0.5, 2.0, 8).reshape(1, 8, 1, 1) if per_channel else torch.tensor(1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return {"mul": x * self.k, "add": x + self.k, "sub": self.k - x, "div": x / self.k}[self.op]
+
+
+@pytest.mark.parametrize("layer, op", [
+    (nn.PReLU(8, init=0.1), "PRelu"), (nn.PReLU(1, init=0.2), "PRelu"), (nn.LeakyReLU(0.1), "LeakyRelu"),
+    (nn.Hardswish(), "HardSwish"), (nn.Hardsigmoid(), "HardSigmoid"), (nn.Tanh(), "Tanh"), (nn.ReLU6(), "Clip"),
+    (nn.ELU(), "Elu"), (_Scale(True, "mul"), "Mul"), (_Scale(False, "add"), "Add"), (_Scale(True, "sub"), "Sub"),
+    (_Scale(False, "div"), "Div")])  # a constant right after a conv would be folded into it: a ReLU comes first
+def test_elementwise_layers_become_tables_close_to_float_on_real_activations(data, layer, op):
+    """Each op as a table (per channel for PReLU's slopes and a per-channel constant): the int8 path's output on
+    held-out real images stays within a few output steps of the float model's."""
+    torch.manual_seed(0)
+    model = ElementwiseHead(nn.Sequential(nn.ReLU(), layer) if isinstance(layer, _Scale) else layer).eval()
+    input_spec, _ = data_spec("scenes")
+    spec = ModelSpec(input=input_spec, tasks=[TaskSpec(name="out", kind="raw", output_shape=[2, 64, 64])])
+    graph = build_int_graph(model, spec, "out", data[0], QUICK)
+    lut = [n for n in graph.nodes if n.op == "lut"]
+    assert len(lut) == 1 and lut[0].attrs["function"] == op
+    if isinstance(layer, (nn.PReLU, _Scale)) and layer_channels(layer) > 1:
+        assert lut[0].params["table"].shape == (8, 256)
+    images = data[1].normalise(data[1].images)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images))["out"].numpy().astype(np.float64)
+    assert _relative_rms(graph, expected, images) < 0.05
+
+
+def layer_channels(layer: nn.Module) -> int:
+    return layer.weight.numel() if isinstance(layer, nn.PReLU) else layer.k.numel()
 
 
 def test_a_transposed_convolution_with_overlapping_windows_is_refused(data):

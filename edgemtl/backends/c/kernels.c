@@ -45,10 +45,13 @@ void emk_resize_nearest(const uint8_t *x, int32_t c, int32_t h, int32_t w, int32
     }
 }
 
-void emk_lut(const uint8_t *x, int32_t n, const uint8_t *table, uint8_t *y)
+void emk_lut(const uint8_t *x, int32_t c, int32_t n, const uint8_t *table, uint8_t *y)
 {
-    int32_t i;
-    for (i = 0; i < n; i++) {
-        y[i] = table[x[i]];
+    int32_t ch, i;
+    for (ch = 0; ch < c; ch++) {
+        const uint8_t *t = table + 256 * ch;
+        for (i = 0; i < n; i++) {
+            *y++ = t[*x++];
+        }
     }
 }

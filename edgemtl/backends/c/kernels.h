@@ -123,7 +123,8 @@ void emk_add_u8_u8(const uint8_t *a, const uint8_t *b, int32_t c, int32_t hw, in
 void emk_copy(const uint8_t *x, int32_t bytes, uint8_t *y);
 void emk_concat(const uint8_t *const *xs, const int32_t *bytes, int32_t n, uint8_t *y);
 void emk_resize_nearest(const uint8_t *x, int32_t c, int32_t h, int32_t w, int32_t f, uint8_t *y);
-/* An elementwise function as a table: y[i] = table[x[i]], both raw bytes (the generator orders the table). */
-void emk_lut(const uint8_t *x, int32_t n, const uint8_t *table, uint8_t *y);
+/* An elementwise function as a table: y = table[256 * channel + x] over c channels of n values each, both raw
+ * bytes (the generator orders each table by input byte; c == 1: one table for every value). */
+void emk_lut(const uint8_t *x, int32_t c, int32_t n, const uint8_t *table, uint8_t *y);
 
 #endif /* EDGEMTL_KERNELS_H */

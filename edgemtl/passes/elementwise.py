@@ -1,0 +1,111 @@
+"""Elementwise ONNX nodes as integer tables: what the int8 path computes for activations and constant arithmetic.
+
+An int8 / uint8 input takes only 256 values, so any function of one value (per channel, at most) is exactly a
+table of 256 outputs: the reference executor and the C look the result up, bit-exact by construction, and the only
+error is the table's rounding to the output scale (half a step). This covers Sigmoid, HardSigmoid, Tanh,
+LeakyRelu, PRelu (a slope per channel: a table per channel), HardSwish, Elu, Clip (ReLU6) and Mul / Add / Sub / Div
+by a constant (a scalar, or one per channel). Functions with a bounded range fix their output scale (sigmoid:
+uint8, 1/255); the others are calibrated like any activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgemtl.model.intgraph import RANGES
+
+ARITHMETIC = ("Mul", "Add", "Sub", "Div")
+OPS = ("Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu", "PRelu", "HardSwish", "Elu", "Clip", *ARITHMETIC)
+
+
+@dataclass
+class Elementwise:
+    """One elementwise node: `function` maps float values (channels, n) to float outputs of the same shape
+    (channels = 1 when the node treats every channel alike); `fixed` is the output (dtype, scale) its range
+    fixes, None when the output is calibrated."""
+
+    op: str
+    function: Callable[[np.ndarray], np.ndarray]
+    channels: int
+    fixed: tuple[str, float] | None = None
+
+    def table(self, in_dtype: str, in_scale: float, out_dtype: str, out_scale: float) -> np.ndarray:
+        """Outputs (int32) for every input value lo .. hi: shape (n,) or (channels, n)."""
+        lo, hi = RANGES[in_dtype]
+        values = np.broadcast_to(np.arange(lo, hi + 1, dtype=np.float64) * in_scale, (self.channels, hi - lo + 1))
+        out_lo, out_hi = RANGES[out_dtype]
+        table = np.clip(np.rint(self.function(values) / out_scale), out_lo, out_hi).astype(np.int32)
+        return table[0] if self.channels == 1 else table
+
+    def nonnegative(self, in_dtype: str, in_scale: float) -> bool:
+        lo, hi = RANGES[in_dtype]
+        values = np.broadcast_to(np.arange(lo, hi + 1, dtype=np.float64) * in_scale, (self.channels, hi - lo + 1))
+        return bool(self.function(values).min() >= 0)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
+    for a in node.attribute:
+        if a.name == name:
+            return float(onnx.helper.get_attribute_value(a))
+    return default
+
+
+def _per_channel(constant: np.ndarray, sample_shape: list[int]) -> np.ndarray | None:
+    """A constant as (channels, 1): one value, or one value per channel of a sample (ONNX broadcasting against
+    (1, *sample_shape)); None when it varies along another axis."""
+    constant = np.asarray(constant, dtype=np.float64)
+    if constant.size == 1:
+        return constant.reshape(1, 1)
+    try:
+        full = np.broadcast_to(constant, (1, *sample_shape)).reshape(sample_shape[0], -1)
+    except ValueError:
+        return None
+    return full[:, :1] if np.all(full == full[:, :1]) else None
+
+
+def elementwise(node: onnx.NodeProto, activation: str, constants: dict[str, np.ndarray],
+                sample_shape: list[int]) -> Elementwise | str:
+    """The table form of `node` (reading `activation`, its one non-constant input), or why it has none."""
+    op = node.op_type
+    if op == "Sigmoid":
+        return Elementwise(op, lambda v: 1.0 / (1.0 + np.exp(-v)), 1, ("uint8", 1.0 / 255))
+    if op == "HardSigmoid":
+        alpha, beta = _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)
+        return Elementwise(op, lambda v: np.clip(alpha * v + beta, 0.0, 1.0), 1, ("uint8", 1.0 / 255))
+    if op == "Tanh":
+        return Elementwise(op, np.tanh, 1, ("int8", 1.0 / 127))
+    if op == "LeakyRelu":
+        alpha = _attr(node, "alpha", 0.01)
+        return Elementwise(op, lambda v: np.where(v >= 0, v, alpha * v), 1)
+    if op == "HardSwish":
+        return Elementwise(op, lambda v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0), 1)
+    if op == "Elu":
+        alpha = _attr(node, "alpha", 1.0)
+        return Elementwise(op, lambda v: np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0.0))), 1)
+    if op == "Clip":
+        names = list(node.input[1:])
+        if any(name and name not in constants for name in names):
+            return "bounds computed at run time"
+        low = float(constants[names[0]]) if names and names[0] else _attr(node, "min", -np.inf)
+        high = float(constants[names[1]]) if len(names) > 1 and names[1] else _attr(node, "max", np.inf)
+        return Elementwise(op, lambda v: np.clip(v, low, high), 1)
+    if op == "PRelu":
+        slope = _per_channel(constants[node.input[1]], sample_shape) if node.input[1] in constants else None
+        if slope is None:
+            return "a slope that is neither one value nor one per channel"
+        return Elementwise(op, lambda v: np.where(v >= 0, v, slope * v), len(slope))
+    if op in ARITHMETIC:
+        other = [name for name in node.input if name != activation]
+        constant = _per_channel(constants[other[0]], sample_shape) if len(other) == 1 and other[0] in constants else None
+        if constant is None:
+            return "a constant that is neither one value nor one per channel"
+        first = node.input[0] == activation
+        functions = {"Mul": lambda v: v * constant, "Add": lambda v: v + constant,
+                     "Sub": (lambda v: v - constant) if first else (lambda v: constant - v),
+                     "Div": (lambda v: v / constant) if first else (lambda v: constant / np.where(v == 0, np.inf, v))}
+        return Elementwise(op, functions[op], len(constant))
+    return f"no table form for {op}"
