@@ -250,7 +250,7 @@ def inspect(
     names = [t.name for t in loaded.spec.select(_split_tasks(tasks))]
     support = None
     if chosen is not None:
-        from edgemtl.analysis.op_support import task_support
+        from edgemtl.analysis.op_support import target_note, task_support
 
         support = task_support(loaded.model, loaded.spec, chosen, names)
         if all(reason is not None for reason in support.values()):
@@ -259,7 +259,7 @@ def inspect(
     cost = analysed.to_dict()
     moe = moe_macs(loaded.model, loaded.spec, names, analysed) if has_experts(loaded.model) else None
     if as_json:
-        checked = {} if support is None else {"target": {"name": target, "tasks": {
+        checked = {} if support is None else {"target": {"name": target, "note": target_note(loaded.model, chosen), "tasks": {
             t: {"supported": reason is None, **({"reason": reason} if reason else {})} for t, reason in support.items()}}}
         out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost, **({"moe": moe} if moe else {}),
                                    **checked}))
@@ -277,7 +277,9 @@ def inspect(
     if moe:
         out.print(_moe_table(moe))
     for name, reason in (support or {}).items():
-        out.print(f"{target}: task {name!r}: {'every op has a lowering' if reason is None else reason}")
+        out.print(f"{target}: task {name!r}: {'no op refused' if reason is None else reason}")
+    if chosen is not None and target_note(loaded.model, chosen):
+        out.print(f"{target}: note: {target_note(loaded.model, chosen)}")
 
 
 def _moe_table(moe: dict) -> Table:

@@ -28,9 +28,7 @@ def task_support(model: nn.Module, spec: ModelSpec, target: Target, tasks: list[
     from edgemtl.passes.quantize_int8 import float_graph
 
     if target.flow == "fpga-hls4ml" and has_experts(model):
-        from edgemtl.flows.fpga_hls4ml import MOE_NOTE
-
-        return dict.fromkeys(tasks, f"no HLS step for a mixture-of-experts model: {MOE_NOTE}")
+        return dict.fromkeys(tasks)  # no HLS step to refuse anything: see target_note
     support: dict[str, str | None] = {}
     for task in tasks:
         with tempfile.TemporaryDirectory(prefix="edgemtl-ops-") as folder:
@@ -51,4 +49,15 @@ def _reason(graph, task: str, flow: str) -> str | None:
         check_int8_ops(graph, task)
     except EdgemtlError as exc:
         return str(exc)
+    return None
+
+
+def target_note(model: nn.Module, target: Target) -> str | None:
+    """What a compile for this target will leave out for the model as a whole (the FPGA flow and an MoE model)."""
+    from edgemtl.passes.partition_experts import has_experts
+
+    if target.flow == "fpga-hls4ml" and has_experts(model):
+        from edgemtl.flows.fpga_hls4ml import MOE_NOTE
+
+        return MOE_NOTE
     return None
