@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from edgemtl.errors import EdgemtlError
 
@@ -73,19 +74,31 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> Path:
 
 def write_text_atomically(path: Path, text: str) -> Path:
     """`text` written through a temporary file and one rename (see write_json_atomically)."""
+    return write_file_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_file_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """Whatever `write(temporary)` puts at a temporary path in `path`'s folder, moved to `path` in one rename once
+    `write` returned: a crash, a full disk or a check that `write` fails leaves the previous file whole and no
+    temporary behind (checkpoints, exported ONNX, JSON)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
     try:
-        os.fchmod(handle, 0o644)  # mkstemp's 0600 would make the file unreadable to others
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make the file unreadable to others
+        write(Path(temporary))
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_slug(text: str, default: str) -> str:
+    """`text` as a safe file or folder name (device keys, data references)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or default
 
 
 def _jsonable(value: Any) -> Any:

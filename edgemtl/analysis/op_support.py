@@ -32,7 +32,11 @@ def task_support(model: nn.Module, spec: ModelSpec, target: Target, tasks: list[
     support: dict[str, str | None] = {}
     for task in tasks:
         with tempfile.TemporaryDirectory(prefix="edgemtl-ops-") as folder:
-            graph = float_graph(model, spec, task, Path(folder))
+            try:
+                graph = float_graph(model, spec, task, Path(folder))
+            except Exception:  # noqa: BLE001 - only an early answer: the lowering itself still checks later
+                support[task] = None
+                continue
         support[task] = _reason(graph, task, target.flow)
     return support
 

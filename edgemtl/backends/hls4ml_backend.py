@@ -662,10 +662,8 @@ def float_graph_refusal(float_graph: onnx.ModelProto, task: str) -> EdgemtlError
     handler for, or None: checked before QAT, which takes minutes, so such a graph fails in seconds."""
     hls4ml = _import_hls4ml(task)
     supported = _supported_ops() | _REWRITTEN
-    for node in float_graph.graph.node:
-        if node.op_type not in supported:
-            return _refuse(task, hls4ml.__version__, node, "no ONNX handler for this op type")
-    return None
+    node = next((n for n in float_graph.graph.node if n.op_type not in supported), None)
+    return None if node is None else _refuse(task, hls4ml.__version__, node, "no ONNX handler for this op type")
 
 
 def _refuse(task: str, version: str, node: onnx.NodeProto, reason: str) -> EdgemtlError:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from edgemtl.analysis.fpga_cost import estimate_model
+from edgemtl.analysis.op_support import task_support
 from edgemtl.backends.finn import finn_estimates
-from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check, float_graph_refusal
+from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check
 from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
 from edgemtl.data.teacher import teach_missing
@@ -32,7 +32,6 @@ from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.passes.partition_experts import has_experts
 from edgemtl.passes.quantize_brevitas import QuantConfig, grid_align, output_lsb, quantize_task
-from edgemtl.passes.quantize_int8 import float_graph
 
 BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "zcu104"
 MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / ScatterElements) has no hls4ml or "
@@ -52,18 +51,10 @@ def op_check_step(ctx: FlowContext) -> None:
     """Each task's float graph against hls4ml's ONNX handlers, before QAT: a task with an op hls4ml lacks is
     recorded with that op and left out of QAT and HLS (its float ONNX and roofline estimate stay); if every task
     has one, the compile stops here with the first."""
-    refused = {}
-    if not has_experts(ctx.loaded.model):  # the MoE path has no HLS step (MOE_NOTE)
-        for task in task_list(ctx):
-            with tempfile.TemporaryDirectory() as folder:
-                try:
-                    graph = float_graph(ctx.loaded.model, ctx.loaded.spec, task, Path(folder))
-                except Exception:  # noqa: BLE001 - only an early answer: hls4ml's own conversion still checks later
-                    continue
-            error = float_graph_refusal(graph, task)
-            if error is not None:
-                refused[task] = str(error)
-                ctx.manifest["tasks"][task]["hls4ml"] = {"ok": False, "error": str(error), "checked": "before QAT"}
+    support = task_support(ctx.loaded.model, ctx.loaded.spec, ctx.target, task_list(ctx))
+    refused = {task: reason for task, reason in support.items() if reason is not None}
+    for task, reason in refused.items():
+        ctx.manifest["tasks"][task]["hls4ml"] = {"ok": False, "error": reason, "checked": "before QAT"}
     if refused and len(refused) == len(task_list(ctx)):
         raise EdgemtlError(next(iter(refused.values())))
     ctx.state["hls4ml_refused"] = refused

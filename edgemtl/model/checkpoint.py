@@ -15,9 +15,7 @@ unpickling it runs code.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgemtl.bundle import write_file_atomically
 from edgemtl.errors import EdgemtlError, first_line
 from edgemtl.model.contract import validate_model
 from edgemtl.model.resize import fit_to_state_dict
@@ -69,16 +68,7 @@ def save_state_dict(model: nn.Module, path: str | Path) -> Path:
 
 
 def _save_atomically(payload: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_file_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
 def file_sha256(path: Path) -> str:

@@ -33,18 +33,21 @@ class Elementwise:
     channels: int
     fixed: tuple[str, float] | None = None
 
-    def table(self, in_dtype: str, in_scale: float, out_dtype: str, out_scale: float) -> np.ndarray:
-        """Outputs (int32) for every input value lo .. hi: shape (n,) or (channels, n)."""
+    def outputs(self, in_dtype: str, in_scale: float) -> np.ndarray:
+        """The float function at every input value lo .. hi, (channels, n)."""
         lo, hi = RANGES[in_dtype]
         values = np.broadcast_to(np.arange(lo, hi + 1, dtype=np.float64) * in_scale, (self.channels, hi - lo + 1))
+        with np.errstate(divide="ignore", invalid="ignore"):  # c / 0: +-inf, saturated by the table; 0 / 0: 0
+            return np.nan_to_num(self.function(values), nan=0.0, posinf=np.inf, neginf=-np.inf)
+
+    def table(self, in_dtype: str, in_scale: float, out_dtype: str, out_scale: float) -> np.ndarray:
+        """Outputs (int32) for every input value lo .. hi: shape (n,) or (channels, n)."""
         out_lo, out_hi = RANGES[out_dtype]
-        table = np.clip(np.rint(self.function(values) / out_scale), out_lo, out_hi).astype(np.int32)
+        table = np.clip(np.rint(self.outputs(in_dtype, in_scale) / out_scale), out_lo, out_hi).astype(np.int32)
         return table[0] if self.channels == 1 else table
 
     def nonnegative(self, in_dtype: str, in_scale: float) -> bool:
-        lo, hi = RANGES[in_dtype]
-        values = np.broadcast_to(np.arange(lo, hi + 1, dtype=np.float64) * in_scale, (self.channels, hi - lo + 1))
-        return bool(self.function(values).min() >= 0)
+        return bool(self.outputs(in_dtype, in_scale).min() >= 0)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
@@ -106,6 +109,6 @@ def elementwise(node: onnx.NodeProto, activation: str, constants: dict[str, np.n
         first = node.input[0] == activation
         functions = {"Mul": lambda v: v * constant, "Add": lambda v: v + constant,
                      "Sub": (lambda v: v - constant) if first else (lambda v: constant - v),
-                     "Div": (lambda v: v / constant) if first else (lambda v: constant / np.where(v == 0, np.inf, v))}
+                     "Div": (lambda v: v / constant) if first else (lambda v: constant / v)}
         return Elementwise(op, functions[op], len(constant))
     return f"no table form for {op}"

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import platform
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from edgemtl.bundle import write_json_atomically
+from edgemtl.bundle import file_slug, write_json_atomically
 from edgemtl.errors import EdgemtlError
 from edgemtl.profile.timing import sample_ms
 from edgemtl.targets import load_target
@@ -370,7 +369,7 @@ class ProfileResult:
 
 
 def device_slug(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("._") or "device"
+    return file_slug(key, "device")
 
 
 def profile_bundle(bundle_path: Path, device: str | Device, *, runs: int = 100, timeout: float = 60.0, retries: int = 2,

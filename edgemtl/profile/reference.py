@@ -10,7 +10,6 @@ and the compile-time ones are left as they were.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.bundle import file_slug
 from edgemtl.data.sources import DEFAULT_HOLDOUT, open_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec, parse_model_spec
@@ -37,10 +37,6 @@ def bundle_spec(manifest: dict[str, Any], where: str) -> ModelSpec:
     return parse_model_spec({"input": model["input"], "tasks": tasks}, where)
 
 
-def data_slug(reference: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(reference).name or reference).strip("._") or "data"
-
-
 def write_data_reference(bundle_path: Path, manifest: dict[str, Any], tasks: list[str], data: str, *,
                          resize: bool = False, holdout: tuple[float, float] | None = None, threads: int = 0,
                          samples: int = REFERENCE_SAMPLES) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
@@ -49,7 +45,7 @@ def write_data_reference(bundle_path: Path, manifest: dict[str, Any], tasks: lis
     source = open_data(data, spec, resize=resize, holdout=holdout or DEFAULT_HOLDOUT)
     split = source.load("test", n=samples)
     images = np.ascontiguousarray(split.normalise(split.images[: len(split)]), dtype=np.float32)
-    relative_root = Path("profile") / "reference" / data_slug(data)
+    relative_root = Path("profile") / "reference" / file_slug(Path(data).name or data, "data")
     final = bundle_path / relative_root
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".reference-", dir=final.parent))
@@ -68,11 +64,15 @@ def write_data_reference(bundle_path: Path, manifest: dict[str, Any], tasks: lis
                 output = ort_backend.run(ort_backend.make_session(graph, threads), images)[task]
                 np.save(staging / task / f"{kind}.npy", output)
                 paths[task][kind] = str(relative_root / task / f"{kind}.npy")
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in (final.parent, final.parent.parent):  # profile/reference, profile: when this made them
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
     description = {**source.describe(), "split": "test", "samples": len(images), "folder": str(relative_root),
                    "outputs": "onnxruntime on this host (float and int8 ONNX of the bundle)"}
     return paths, description
