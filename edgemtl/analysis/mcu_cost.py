@@ -102,6 +102,11 @@ KERNELS: dict[str, Kernel] = {
                                           "core, 8 cores"),
     "resize": Kernel(0.5, "output element", "edgemtl assumption: ~16 instructions per output per core (four taps, "
                                             "index arithmetic, requantise), 8 cores"),
+    "matmul": Kernel(8.0, "MAC", "edgemtl assumption: the gemm figure for a product of two activations (attention "
+                                 "scores and context): int8 SIMD dot products, neither operand reused from registers"),
+    "normalise": Kernel(0.25, "input element", "edgemtl assumption: ~32 instructions per element per core for the "
+                                               "integer softmax / layernorm (three passes over each row, int64 "
+                                               "arithmetic on a 32-bit core, a division or isqrt per row), 8 cores"),
     "copy": Kernel(0.0, "byte", "data movement only: costs its DMA traffic, no compute"),
 }
 
@@ -355,9 +360,24 @@ def layer_work(graph: IntGraph, node: Node) -> tuple[str, int, int]:
     if node.op == "conv_transpose":  # kernel == stride: every output value is one dot product over the inputs
         macs = int(out.elements) * int(node.params["weight"].shape[1])
         return "pointwise", macs, macs
-    if node.op == "gemm":
-        macs = int(node.params["weight"].size)
-        return "gemm", macs, macs
+    if node.op == "gemm":  # over rows (tokens) the weights are reused like a 1x1 convolution's
+        rows = x.elements // int(node.params["weight"].shape[1])
+        macs = int(node.params["weight"].size) * rows
+        return "gemm" if rows == 1 else "pointwise", macs, macs
+    if node.op == "matmul":
+        macs = int(out.elements) * int(x.shape[-1])
+        return "matmul", macs, macs
+    if node.op in ("softmax", "layernorm"):
+        return "normalise", 0, x.elements
+    if node.op == "add_const":
+        return "elementwise", 0, out.elements
+    if node.op == "reduce_mean":
+        return "pool", 0, x.elements
+    if node.op == "avgpool":
+        kh, kw = node.attrs["kernel"]
+        return "pool", 0, out.elements * int(kh) * int(kw)
+    if node.op in ("transpose", "slice"):
+        return "copy", 0, tensor_bytes(graph, node.output)
     if node.op == "lut":
         return "copy", 0, tensor_bytes(graph, node.output)
     if node.op in ("add", "requant"):

@@ -26,7 +26,7 @@ How each IntGraph op is written (all tensors NCHW with a batch axis of 1; Deeplo
                   is a mean, not a sum followed by a per-channel requantisation.
 - maxpool, concat (axis 1), requant, flatten: MaxPool, Concat, RequantShift, Flatten (Reshape to a multi-dimensional
   sample shape).
-- resize_bilinear, resize_nearest, conv_transpose, lut: no such layer in PULPOpen's mapping (deeploy-pulp
+- resize_bilinear, resize_nearest, conv_transpose, lut and the token ops (TOKEN_OPS): no such layer in PULPOpen's mapping (deeploy-pulp
   0.2.1): reported as unmapped and written as placeholder nodes in the `edgemtl.unmapped` domain, so the file still has every
   tensor and shape but Deeploy will not be run on it (the flow runs it on the mappable prefix instead,
   `deeploy_split.mappable_prefix`).
@@ -61,6 +61,7 @@ from edgemtl.model.intgraph import IntGraph, Node, check_int32, worst_case_accum
 # the standard operator set.
 RQS_DOMAIN = "deeploy"
 UNMAPPED_DOMAIN = "edgemtl.unmapped"
+TOKEN_OPS = ("avgpool", "reduce_mean", "transpose", "slice", "matmul", "add_const", "softmax", "layernorm")
 METADATA_KEY = "edgemtl.deeploy"
 FLOAT32_EXACT = 2**24
 OPSET = 13
@@ -188,6 +189,9 @@ def unmapped_reason(node: Node, graph: IntGraph) -> str | None:
         return "PULPOpen has no ConvTranspose layer"
     if node.op == "lut":
         return f"PULPOpen has no integer {node.attrs.get('function', 'table')} layer"
+    if node.op in TOKEN_OPS:
+        return (f"edgemtl's integer {node.op} is not a PULPOpen layer of deeploy-pulp 0.2.1 with the same integer "
+                "semantics (its iSoftmax / iLayerNorm / MatMul templates differ); the generated C runs it")
     if node.op == "conv":
         pads, groups = node.attrs["pads"], int(node.attrs.get("groups", 1))
         if len(set(int(p) for p in pads)) != 1:

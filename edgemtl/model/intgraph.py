@@ -31,7 +31,24 @@ Ops (attributes in `Node.attrs`, integer arrays in `Node.params`; shapes are per
            is an exact multiple of 1 / (2f) per axis, so acc = sum of wy * wx * x over the four neighbours,
            with wy, wx integers in units of 1 / (2f), is exact; then requant (the 1 / (4 f^2) in mul/shift).
 - resize_nearest   x -> (C, H*f, W*f), integer factor f: a copy, same scale.
-- flatten  (C,1,1) -> (C,): a relabelling, same scale.
+- flatten  (C,1,1) -> (C,), or to attrs["shape"]: a relabelling, same scale.
+- lut      an elementwise function as a table over every input value: params table (n,) or (C, n).
+- reduce_mean  x viewed as attrs["view"] = (outer, n, inner), summed over n, then per-tensor requant.
+- avgpool  x (C,H,W) -> window sums (zeros padded, the divisor always kh * kw) then requant; attrs as maxpool.
+
+Token tensors (transformers): a tensor is any per-sample shape; `gemm` also takes rows (..., C) -> (..., K),
+and `gemm` and `layernorm` index mul / add by the LAST axis (the feature), every other op by the first.
+- transpose  x viewed as attrs["view"] (same elements), axes permuted by attrs["perm"]: a copy, same scale.
+- slice      x[start:stop] along attrs["axis"], then relabelled to the output's shape: a copy, same scale.
+- matmul     a (..., M, K) @ b (..., K, N), both activations, int32 accumulator; per-tensor requant (mul (1,)).
+- add_const  acc = x * mul_a + params["constant"] (int32, one per element), then requant with mul = 1.
+- softmax    along attrs["axis"] (I-BERT's idea, exact in integers): d = max - x (0..255), e = exp_table[d]
+             (int32, exp_table[0] = 2**16), m = floor((p << 16) / sum e), y = clip((e * m + 2**31) >> 32, 0, 255),
+             p = round(2**16 / output scale): uint8 probabilities at a calibrated scale.
+- layernorm  over the last axis (D), in int64 and exact: c = D * x - sum x, S = sum c^2 + eps (eps = D^3 *
+             epsilon / s_in^2, >= 1), m = (62 - bit_length(S)) // 2, r = isqrt(S << 2m), inv = 2**62 // r,
+             z = (c * inv + 2**(45 - m)) >> (46 - m)   (= 2**16 * c / sqrt(S), |z| <= 2**16),
+             then requant of z with per-feature mul / add (gamma * sqrt(D), beta folded in).
 """
 
 from __future__ import annotations
@@ -48,14 +65,18 @@ from edgemtl.errors import EdgemtlError
 DType = Literal["int8", "uint8"]
 RANGES: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
 OPS = ("conv", "conv_transpose", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool", "resize_bilinear",
-       "resize_nearest", "flatten", "lut")
+       "resize_nearest", "flatten", "lut", "avgpool", "transpose", "slice", "matmul", "add_const", "softmax",
+       "layernorm", "reduce_mean")
+FEATURE_LAST = ("gemm", "layernorm")        # mul / add index the last axis
+PER_TENSOR = ("matmul", "add_const", "reduce_mean")        # mul / add have one entry
+LAYERNORM_Z_BITS = 16                       # layernorm's normalised value z is 2**16 * c / sqrt(S)
 INT32 = (-(2**31), 2**31 - 1)
 
 
 @dataclass
 class TensorInfo:
     name: str
-    shape: list[int]          # per sample, no batch axis: [C, H, W] or [C]
+    shape: list[int]          # per sample, no batch axis: [C, H, W], [C], or tokens [T, D] ...
     dtype: DType
     scale: float              # real value = scale * q
 
@@ -126,9 +147,11 @@ class IntGraph:
 
 
 def requantize(acc: np.ndarray, mul: np.ndarray, add: np.ndarray, shift: int, dtype: DType, channel_axis: int = 1) -> np.ndarray:
-    """clip((acc * mul + add + 2**(shift-1)) >> shift): exact in int64, per-channel mul/add on `channel_axis`."""
+    """clip((acc * mul + add + 2**(shift-1)) >> shift): exact in int64, per-channel mul/add on `channel_axis`
+    (one value each: the whole tensor)."""
     shape = [1] * acc.ndim
-    shape[channel_axis] = -1
+    if mul.size > 1:
+        shape[channel_axis] = -1
     value = acc.astype(np.int64) * mul.astype(np.int64).reshape(shape) + add.astype(np.int64).reshape(shape)
     if shift > 0:
         value = (value + (1 << (shift - 1))) >> shift
@@ -211,6 +234,57 @@ def _maxpool(x: np.ndarray, kernel: list[int], stride: list[int], pads: list[int
     return out
 
 
+def _avgpool_acc(x: np.ndarray, kernel: list[int], stride: list[int], pads: list[int]) -> np.ndarray:
+    x = _pad(x, pads)
+    n, c, h, w = x.shape
+    oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+    out = np.zeros((n, c, oh, ow), dtype=np.int64)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            out += x[:, :, i:i + stride[0] * oh:stride[0], j:j + stride[1] * ow:stride[1]]
+    return out
+
+
+def bit_length(values: np.ndarray) -> np.ndarray:
+    """Per element of a non-negative int64 array: the number of bits of its value (0 for 0)."""
+    values = values.astype(np.int64)
+    return sum(((values >> k) > 0).astype(np.int64) for k in range(63))
+
+
+def isqrt(values: np.ndarray) -> np.ndarray:
+    """Per element of a non-negative int64 array below 2**62: floor(sqrt(v)), exactly."""
+    values = values.astype(np.int64)
+    root = np.floor(np.sqrt(values.astype(np.float64))).astype(np.int64)
+    for _ in range(4):  # float64's root is off by at most a few units: correct it in integers
+        root = np.where(root * root > values, root - 1, root)
+        root = np.where((root + 1) * (root + 1) <= values, root + 1, root)
+    return root
+
+
+def layernorm_z(x: np.ndarray, eps: int) -> np.ndarray:
+    """The layernorm's normalised value over the last axis, z = 2**16 * c / sqrt(S) in integers (see above)."""
+    x = x.astype(np.int64)
+    d = x.shape[-1]
+    c = d * x - x.sum(axis=-1, keepdims=True)
+    total = (c * c).sum(axis=-1, keepdims=True) + int(eps)
+    m = (62 - bit_length(total)) // 2
+    inv = (np.int64(1) << 62) // isqrt(total << (2 * m))
+    shift = 62 - LAYERNORM_Z_BITS - m
+    return (c * inv + (np.int64(1) << (shift - 1))) >> shift
+
+
+def softmax_exp_table(in_scale: float) -> np.ndarray:
+    """exp(-d * in_scale) * 2**16 for d = 0 .. 255 (the softmax's numerators), int32."""
+    return np.rint(np.exp(-np.arange(256, dtype=np.float64) * in_scale) * 2.0**16).astype(np.int32)
+
+
+def softmax(x: np.ndarray, axis: int, exp_table: np.ndarray, p: int) -> np.ndarray:
+    """The integer softmax along `axis` (of the batched array), uint8 values."""
+    e = exp_table.astype(np.int64)[x.max(axis=axis, keepdims=True) - x]
+    m = (np.int64(p) << 16) // e.sum(axis=axis, keepdims=True)
+    return np.clip((e * m + (np.int64(1) << 31)) >> 32, 0, 255)
+
+
 def accumulator(node: Node, values: dict[str, np.ndarray]) -> np.ndarray | None:
     """The int32 accumulator a compute node requantizes (None for data-movement ops)."""
     x = values[node.inputs[0]]
@@ -220,6 +294,17 @@ def accumulator(node: Node, values: dict[str, np.ndarray]) -> np.ndarray | None:
         return _conv_transpose_acc(x, node.params["weight"])
     if node.op == "gemm":
         return x @ node.params["weight"].astype(np.int64).T
+    if node.op == "matmul":
+        return np.matmul(x, values[node.inputs[1]])
+    if node.op == "add_const":
+        return x * int(node.attrs["mul_a"]) + node.params["constant"].astype(np.int64)[None]
+    if node.op == "layernorm":
+        return layernorm_z(x, int(node.attrs["eps"]))
+    if node.op == "reduce_mean":
+        outer, n, inner = node.attrs["view"]
+        return x.reshape(x.shape[0], outer, n, inner).sum(axis=2)
+    if node.op == "avgpool":
+        return _avgpool_acc(x, node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"])
     if node.op == "add":
         return x * int(node.attrs["mul_a"]) + values[node.inputs[1]] * int(node.attrs["mul_b"])
     if node.op == "requant":
@@ -232,10 +317,26 @@ def accumulator(node: Node, values: dict[str, np.ndarray]) -> np.ndarray | None:
 
 
 def run_node(node: Node, values: dict[str, np.ndarray], tensors: dict[str, TensorInfo]) -> np.ndarray:
+    """One node on a batch. The result takes the output tensor's declared shape (an output declared as [] keeps
+    the op's own, for graph builders)."""
+    result = _natural(node, values, tensors)
+    shape = tensors[node.output].shape
+    return result.reshape(len(result), *shape) if shape else result
+
+
+def _natural(node: Node, values: dict[str, np.ndarray], tensors: dict[str, TensorInfo]) -> np.ndarray:
     acc = accumulator(node, values)
     if acc is not None:
-        return requantize(acc, node.params["mul"], node.params["add"], int(node.attrs["shift"]), tensors[node.output].dtype)
+        return requantize(acc, node.params["mul"], node.params["add"], int(node.attrs["shift"]), tensors[node.output].dtype,
+                          channel_axis=-1 if node.op in FEATURE_LAST else 1)
     x = values[node.inputs[0]]
+    if node.op == "transpose":
+        perm = [0, *(int(p) + 1 for p in node.attrs["perm"])]
+        return x.reshape(x.shape[0], *node.attrs["view"]).transpose(perm)
+    if node.op == "slice":
+        return np.take(x, np.arange(int(node.attrs["start"]), int(node.attrs["stop"])), axis=int(node.attrs["axis"]) + 1)
+    if node.op == "softmax":
+        return softmax(x, int(node.attrs["axis"]) + 1, node.params["exp"], int(node.attrs["p"]))
     if node.op == "concat":
         return np.concatenate([values[i] for i in node.inputs], axis=1)
     if node.op == "maxpool":
@@ -271,6 +372,15 @@ def worst_case_accumulator(node: Node, tensors: dict[str, TensorInfo]) -> np.nda
         lo, hi = RANGES[tensors[name].dtype]
         return max(abs(lo), abs(hi))
     x_max = magnitude(node.inputs[0])
+    if node.op == "matmul":
+        k = tensors[node.inputs[0]].shape[-1]
+        return np.array([k * x_max * magnitude(node.inputs[1])], dtype=np.int64)
+    if node.op == "add_const":
+        return np.array([x_max * abs(int(node.attrs["mul_a"])) + int(np.abs(node.params["constant"]).max())], dtype=np.int64)
+    if node.op == "reduce_mean":
+        return np.array([x_max * int(node.attrs["view"][1])], dtype=np.int64)
+    if node.op == "layernorm":
+        return np.full(tensors[node.output].shape[-1], 1 << LAYERNORM_Z_BITS, dtype=np.int64)
     if node.op in ("conv", "gemm"):
         weight = np.abs(node.params["weight"].astype(np.int64))
         return weight.reshape(weight.shape[0], -1).sum(axis=1) * x_max
@@ -286,6 +396,9 @@ def worst_case_accumulator(node: Node, tensors: dict[str, TensorInfo]) -> np.nda
     if node.op == "avgpool_global":
         _, h, w = tensors[node.inputs[0]].shape
         return np.full(channels, x_max * h * w, dtype=np.int64)
+    if node.op == "avgpool":
+        kh, kw = node.attrs["kernel"]
+        return np.full(channels, x_max * int(kh) * int(kw), dtype=np.int64)
     if node.op == "resize_bilinear":
         factor = int(node.attrs["factor"])
         return np.full(channels, x_max * 4 * factor * factor, dtype=np.int64)

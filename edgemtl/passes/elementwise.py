@@ -3,9 +3,13 @@
 An int8 / uint8 input takes only 256 values, so any function of one value (per channel, at most) is exactly a
 table of 256 outputs: the reference executor and the C look the result up, bit-exact by construction, and the only
 error is the table's rounding to the output scale (half a step). This covers Sigmoid, HardSigmoid, Tanh,
-LeakyRelu, PRelu (a slope per channel: a table per channel), HardSwish, Elu, Clip (ReLU6) and Mul / Add / Sub / Div
-by a constant (a scalar, or one per channel). Functions with a bounded range fix their output scale (sigmoid:
-uint8, 1/255); the others are calibrated like any activation.
+LeakyRelu, PRelu (a slope per channel: a table per channel), HardSwish, Elu, Clip (ReLU6), Gelu, Erf, Exp, Neg, Abs,
+Softplus, Sqrt, Reciprocal, Pow by a constant and Mul / Add / Sub / Div by a constant (a scalar, or one per channel).
+
+A chain of such nodes that reads one activation, however it branches and joins (GELU as exported,
+x * 0.5 * (1 + erf(x / sqrt 2)); SiLU x * sigmoid(x); HardSwish as x * hardsigmoid(x)), is still a function of
+that one value: `region` composes it into one table, so it costs one lookup and rounds once. A lone function
+with a bounded range fixes its output scale (sigmoid: uint8, 1/255); the others are calibrated like any activation.
 """
 
 from __future__ import annotations
@@ -13,13 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import math
+
 import numpy as np
 import onnx
 
 from edgemtl.model.intgraph import RANGES
 
 ARITHMETIC = ("Mul", "Add", "Sub", "Div")
-OPS = ("Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu", "PRelu", "HardSwish", "Elu", "Clip", *ARITHMETIC)
+UNARY = {"Erf": np.vectorize(math.erf, otypes=[np.float64]), "Exp": np.exp, "Neg": np.negative, "Abs": np.abs,
+         "Softplus": lambda v: np.logaddexp(0.0, v), "Sqrt": np.sqrt, "Reciprocal": lambda v: 1.0 / v}
+OPS = ("Sigmoid", "HardSigmoid", "Tanh", "LeakyRelu", "PRelu", "HardSwish", "Elu", "Clip", "Gelu", "Pow", *UNARY,
+       *ARITHMETIC)
 
 
 @dataclass
@@ -57,6 +66,14 @@ def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
     return default
 
 
+def _attr_text(node: onnx.NodeProto, name: str, default: str) -> str:
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return default
+
+
 def _per_channel(constant: np.ndarray, sample_shape: list[int]) -> np.ndarray | None:
     """A constant as (channels, 1): one value, or one value per channel of a sample (ONNX broadcasting against
     (1, *sample_shape)); None when it varies along another axis."""
@@ -89,6 +106,17 @@ def elementwise(node: onnx.NodeProto, activation: str, constants: dict[str, np.n
     if op == "Elu":
         alpha = _attr(node, "alpha", 1.0)
         return Elementwise(op, lambda v: np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0.0))), 1)
+    if op in UNARY:
+        return Elementwise(op, UNARY[op], 1)
+    if op == "Gelu":
+        if _attr_text(node, "approximate", "none") == "tanh":
+            return Elementwise(op, lambda v: 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))), 1)
+        return Elementwise(op, lambda v: 0.5 * v * (1 + UNARY["Erf"](v / math.sqrt(2))), 1)
+    if op == "Pow":
+        if node.input[0] != activation or node.input[1] not in constants or np.asarray(constants[node.input[1]]).size != 1:
+            return "an exponent computed at run time"
+        exponent = float(np.asarray(constants[node.input[1]]).reshape(-1)[0])
+        return Elementwise(op, lambda v: np.power(v, exponent), 1)
     if op == "Clip":
         names = list(node.input[1:])
         if any(name and name not in constants for name in names):
@@ -112,3 +140,46 @@ def elementwise(node: onnx.NodeProto, activation: str, constants: dict[str, np.n
                      "Div": (lambda v: v / constant) if first else (lambda v: constant / v)}
         return Elementwise(op, functions[op], len(constant))
     return f"no table form for {op}"
+
+
+BINARY = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}
+# what the usual chains are called (the name goes into the manifest's per-layer record)
+KNOWN_CHAINS = {"HardSigmoid+Mul": "HardSwish", "Sigmoid+Mul": "SiLU", "Div+Erf+Add+Mul": "Gelu",
+                "Mul+Erf+Add": "Gelu", "Mul+Pow+Add+Tanh": "Gelu (tanh)", "Softplus+Tanh+Mul": "Mish"}
+
+
+def region(nodes: list[onnx.NodeProto], activation: str, constants: dict[str, np.ndarray],
+           sample_shape: list[int]) -> Elementwise | str:
+    """Nodes (in graph order) that together compute one value from `activation` alone, as one table: each reads
+    `activation`, the output of an earlier node of the list, or constants; the last node's output is the result."""
+    steps: list[tuple[onnx.NodeProto, Callable[[dict[str, np.ndarray]], np.ndarray]]] = []
+    known = {activation}
+    channels = 1
+    for node in nodes:
+        reads = [name for name in node.input if name in known]
+        if len(reads) == 2 and node.op_type in BINARY and len(node.input) == 2:
+            a, b = node.input
+            steps.append((node, lambda values, f=BINARY[node.op_type], a=a, b=b: f(values[a], values[b])))
+        elif len(set(reads)) == 1:
+            form = elementwise(node, reads[0], constants, sample_shape)
+            if isinstance(form, str):
+                return f"{node.op_type}: {form}"
+            channels = max(channels, form.channels)
+            steps.append((node, lambda values, f=form.function, a=reads[0]: f(values[a])))
+        else:
+            return f"{node.op_type} reads more than the one activation"
+        known.add(node.output[0])
+    out = nodes[-1].output[0]
+
+    def function(v: np.ndarray) -> np.ndarray:
+        values = {activation: v}
+        for node, step in steps:
+            values[node.output[0]] = step(values)
+        return np.broadcast_to(values[out], v.shape)
+
+    if len(nodes) == 1:
+        single = elementwise(nodes[0], activation, constants, sample_shape)
+        if isinstance(single, Elementwise):
+            return single
+    names = "+".join(dict.fromkeys(n.op_type for n in nodes))
+    return Elementwise(KNOWN_CHAINS.get(names, names), function, channels)

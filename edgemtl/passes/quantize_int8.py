@@ -41,19 +41,23 @@ from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import Predictor, evaluate
 from edgemtl.model.contract import run_task
-from edgemtl.model.intgraph import (INT32, RANGES, IntGraph, Node, TensorInfo, check_int32, dequantize,
-                                    quantize_input, run_reference, worst_case_accumulator)
+from edgemtl.model.intgraph import (INT32, LAYERNORM_Z_BITS, PER_TENSOR, RANGES, IntGraph, Node, TensorInfo,
+                                    check_int32, dequantize, quantize_input, run_reference, softmax_exp_table,
+                                    worst_case_accumulator)
 from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.elementwise import OPS as ELEMENTWISE_OPS
-from edgemtl.passes.elementwise import Elementwise, elementwise
+from edgemtl.passes.elementwise import Elementwise, elementwise, region
 
 ScaleMethod = Literal["mse", "percentile", "max"]
 SCALE_METHODS = ("mse", "percentile", "max")
-SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Add", "Concat", "Resize", "MaxPool", "GlobalAveragePool",
-                 "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape",
+SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Add", "Concat", "Resize", "MaxPool", "AveragePool",
+                 "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
+                 "Transpose", "Split", "Slice", "Gather", "Softmax", "LayerNormalization",
                  *(op for op in ELEMENTWISE_OPS if op != "Add"))
-_MOVES = ("maxpool", "resize_nearest", "flatten", "alias")        # units that keep their input's scale
+_MOVES = ("maxpool", "resize_nearest", "flatten", "alias", "transpose", "slice")   # units that keep their input's scale
 _WEIGHTED = ("conv", "conv_transpose", "gemm")
+_CALIBRATED = (*_WEIGHTED, "add", "requant", "avgpool_global", "avgpool", "reduce_mean", "matmul", "add_const",
+               "layernorm", "softmax")
 
 
 @dataclass(frozen=True)
@@ -163,13 +167,15 @@ def float_graph(model: nn.Module, spec: ModelSpec, task: str, folder: Path) -> o
 @dataclass
 class _Unit:
     kind: str                   # conv, conv_transpose, gemm, add, requant, concat, maxpool, resize_bilinear,
-                                # resize_nearest, avgpool_global, flatten, lut, alias
+                                # resize_nearest, avgpool_global, avgpool, flatten, lut, alias, transpose, slice,
+                                # matmul, add_const, softmax, layernorm
     name: str                   # the (first) ONNX node's name
     inputs: list[str]           # ONNX activation tensors read
     output: str                 # ONNX tensor produced (after a fused Relu)
     relu: bool = False
     onnx: list[onnx.NodeProto] = field(default_factory=list)
-    table: Elementwise | None = None   # lut units: the node's function
+    table: Elementwise | None = None   # lut units: the nodes' function
+    attrs: dict[str, Any] = field(default_factory=dict)   # transpose, slice: how the data moves
 
 
 class _Converter:
@@ -188,6 +194,7 @@ class _Converter:
                 self.consumers.setdefault(name, []).append(node)
         self.input = graph.input[0].name
         self.output = graph.output[0].name
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
 
     # errors ------------------------------------------------------------------------------------------------
     def unsupported(self, node: onnx.NodeProto, why: str = "") -> EdgemtlError:
@@ -205,7 +212,20 @@ class _Converter:
         return default
 
     def sample_shape(self, name: str) -> list[int]:
-        return self.shapes[name][1:]
+        """A tensor's shape per sample. The batch is 1 here, and a tensor whose first axis is not 1 has the batch
+        folded into its rows (the exporter's Reshape before a Gemm on tokens): row-wise ops see the same values
+        either way, so that shape is the sample's."""
+        shape = self.shapes[name]
+        return shape[1:] if shape and shape[0] == 1 else list(shape)
+
+    def sample_axis(self, node: onnx.NodeProto, name: str, axis: int) -> int:
+        shape = self.shapes[name]
+        axis %= len(shape)
+        if shape and shape[0] == 1:
+            if axis == 0:
+                raise self.unsupported(node, "it works along the batch axis")
+            return axis - 1
+        return axis
 
     def single_relu(self, tensor: str) -> onnx.NodeProto | None:
         users = self.consumers.get(tensor, [])
@@ -220,6 +240,9 @@ class _Converter:
         for node in self.graph.node:
             if node.output[0] in fused:
                 continue
+            if node.op_type == "Split":
+                units += self.split_units(node)
+                continue
             unit = self.unit(node)
             if unit.kind in (*_WEIGHTED, "add"):
                 relu = self.single_relu(unit.output)
@@ -227,7 +250,7 @@ class _Converter:
                     fused.add(relu.output[0])
                     unit.relu, unit.output = True, relu.output[0]
                     unit.onnx.append(relu)
-            if unit.kind in ("gemm", "lut"):  # MatMul + Add; HardSigmoid + Mul (a HardSwish, as ORT writes it)
+            if unit.kind in ("gemm", "lut"):  # MatMul + Add; a chain of elementwise nodes of one value
                 fused.update(n.output[0] for n in unit.onnx[1:])
             units.append(unit)
         return units
@@ -252,6 +275,8 @@ class _Converter:
             return self.conv_transpose_unit(node, ins)
         if op in ELEMENTWISE_OPS and (op != "Add" or len(ins) == 1):
             return self.lut_unit(node, ins)
+        if op == "MatMul" and len(ins) == 2:
+            return self.matmul_unit(node, ins)
         if op in ("Gemm", "MatMul"):
             if len(ins) != 1 or node.input[1] not in self.inits or (op == "Gemm" and self.attr(node, "transA", 0)):
                 raise self.unsupported(node, "weights computed at run time")
@@ -293,8 +318,11 @@ class _Converter:
                 axes = self.attr(node, "axes")
                 if axes is None and len(node.input) > 1 and node.input[1] in self.inits:
                     axes = self.inits[node.input[1]].tolist()
-                if axes is None or sorted(a % 4 for a in axes) != [2, 3] or len(self.shapes[node.input[0]]) != 4:
-                    raise self.unsupported(node, "a mean over other axes than H, W")
+                if axes is None:
+                    raise self.unsupported(node, "axes computed at run time")
+                full = self.shapes[node.input[0]]
+                if sorted(a % len(full) for a in axes) != [2, 3] or len(full) != 4:
+                    return self.reduce_mean_unit(node, ins, [a % len(full) for a in axes])
             return _Unit("avgpool_global", node.name, ins[:1], out, onnx=[node])
         if op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
             # row-major bytes are the same in any shape, so a reshape is a relabelling, unless it folds the batch
@@ -304,22 +332,174 @@ class _Converter:
             return _Unit("flatten", node.name, ins[:1], out, onnx=[node])
         if op in ("Identity", "Dropout"):
             return _Unit("alias", node.name, ins[:1], out, onnx=[node])
+        if op == "Transpose":
+            return self.transpose_unit(node, ins)
+        if op in ("Gather", "Slice"):
+            return self.slice_unit(node, ins)
+        if op == "Softmax":
+            rank = len(self.shapes[ins[0]])
+            if self.opset < 13 and int(self.attr(node, "axis", 1)) % rank != rank - 1:
+                raise self.unsupported(node, "opset < 13 softmax over a flattened block of axes")
+            axis = self.sample_axis(node, ins[0], int(self.attr(node, "axis", -1)))
+            return _Unit("softmax", node.name, ins, out, onnx=[node], attrs={"axis": axis})
+        if op == "LayerNormalization":
+            return self.layernorm_unit(node, ins)
+        if op == "AveragePool":
+            return self.avgpool_unit(node, ins)
         raise self.unsupported(node)
 
+    def region_nodes(self, first: onnx.NodeProto, x: str) -> list[onnx.NodeProto]:
+        """`first` and the elementwise nodes after it that compute from `x` alone, as long as only the last one's
+        output is read outside them (the chain GELU, SiLU, HardSwish ... export as)."""
+        chain, known = [first], {x, first.output[0]}
+        order = list(self.graph.node)
+        for node in order[order.index(first) + 1:]:
+            reads = self.activation_inputs(node)
+            if (node.op_type in ELEMENTWISE_OPS and reads and set(reads) <= known and set(reads) - {x}
+                    and all(i in self.inits or i in known for i in node.input if i)):
+                chain.append(node)
+                known.add(node.output[0])
+        # keep the longest prefix whose intermediate values all stay inside it
+        for end in range(len(chain), 0, -1):
+            inside = {n.output[0] for n in chain[:end]}
+            last = chain[end - 1].output[0]
+            if all(t == last or (t != self.output and all(u.output[0] in inside for u in self.consumers.get(t, [])))
+                   for t in inside):
+                return chain[:end]
+        return [first]
+
     def lut_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
-        """An elementwise node of one activation (and constants) as a table (`edgemtl.passes.elementwise`)."""
-        if len(ins) != 1:
+        """Elementwise nodes of one activation (and constants) as one table (`edgemtl.passes.elementwise`); an
+        addition of a constant that varies along more than the channels is an `add_const`."""
+        if len(set(ins)) != 1:
             raise self.unsupported(node, "more than one input computed at run time")
-        form = elementwise(node, ins[0], self.inits, self.sample_shape(ins[0]))
+        chain = self.region_nodes(node, ins[0])
+        form = region(chain, ins[0], self.inits, self.sample_shape(ins[0]))
+        if isinstance(form, str) and len(chain) > 1:
+            chain = [node]
+            form = region(chain, ins[0], self.inits, self.sample_shape(ins[0]))
         if isinstance(form, str):
+            if node.op_type in ("Add", "Sub") and node.input[0] == ins[0] and node.input[1] in self.inits:
+                return self.add_const_unit(node, ins)
             raise self.unsupported(node, form)
-        users = self.consumers.get(node.output[0], [])
-        if (node.op_type == "HardSigmoid" and len(users) == 1 and users[0].op_type == "Mul"
-                and sorted(users[0].input) == sorted([ins[0], node.output[0]]) and node.output[0] != self.output):
-            gate = form.function  # x * hardsigmoid(x): ONNX Runtime's form of HardSwish, one table
-            form = Elementwise("HardSwish", lambda v: v * gate(v), 1)
-            return _Unit("lut", node.name, ins, users[0].output[0], onnx=[node, users[0]], table=form)
-        return _Unit("lut", node.name, ins, node.output[0], onnx=[node], table=form)
+        return _Unit("lut", node.name, ins[:1], chain[-1].output[0], onnx=chain, table=form)
+
+    def add_const_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        """x + c for a constant c of the sample's shape (a position embedding)."""
+        shape = self.sample_shape(ins[0])
+        constant = self.inits[node.input[1]].astype(np.float64) * (-1.0 if node.op_type == "Sub" else 1.0)
+        try:
+            full = np.broadcast_to(constant, (1, *shape)).reshape(shape)
+        except ValueError:
+            raise self.unsupported(node, f"a constant of shape {list(constant.shape)} against {shape}") from None
+        if self.sample_shape(node.output[0]) != shape:
+            raise self.unsupported(node, "the constant broadcasts the activation to a larger shape")
+        return _Unit("add_const", node.name, ins, node.output[0], onnx=[node], attrs={"constant": full})
+
+    def matmul_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        """A product of two activations (attention's scores and context): (..., M, K) @ (..., K, N)."""
+        a, b = (self.sample_shape(name) for name in node.input)
+        if len(a) < 2 or len(a) != len(b) or a[:-2] != b[:-2] or a[-1] != b[-2]:
+            raise self.unsupported(node, f"shapes {a} @ {b}: only equal leading axes, no broadcasting")
+        return _Unit("matmul", node.name, list(node.input), node.output[0], onnx=[node])
+
+    def transpose_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        """A permutation of axes. Axes of size 1 (the batch among them) carry no data: the permutation of the others
+        on the input viewed without them is the copy to make."""
+        full = self.shapes[ins[0]]
+        perm = list(self.attr(node, "perm", list(range(len(full)))[::-1]))
+        kept = [a for a in range(len(full)) if full[a] != 1]
+        moved = [kept.index(a) for a in perm if full[a] != 1]
+        view = [full[a] for a in kept] or [1]
+        if not moved:
+            moved = [0]
+        kind = "alias" if moved == sorted(moved) else "transpose"
+        if kind == "alias":
+            return _Unit("flatten", node.name, ins, node.output[0], onnx=[node])
+        return _Unit(kind, node.name, ins, node.output[0], onnx=[node], attrs={"view": view, "perm": moved})
+
+    def constant_ints(self, node: onnx.NodeProto, index: int, attr: str) -> list[int] | None:
+        if len(node.input) > index and node.input[index]:
+            if node.input[index] not in self.inits:
+                raise self.unsupported(node, "positions computed at run time")
+            return [int(v) for v in np.asarray(self.inits[node.input[index]]).reshape(-1)]
+        value = self.attr(node, attr)
+        return None if value is None else [int(v) for v in np.atleast_1d(value)]
+
+    def slice_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        """Gather of constant, consecutive indices or a Slice with step 1 along one axis: a copy of a range."""
+        x = ins[0]
+        size = lambda axis: self.shapes[x][axis % len(self.shapes[x])]  # noqa: E731
+        if node.op_type == "Gather":
+            if node.input[1] not in self.inits:
+                raise self.unsupported(node, "indices computed at run time")
+            axis = int(self.attr(node, "axis", 0))
+            index = np.asarray(self.inits[node.input[1]]).reshape(-1) % size(axis)
+            if len(index) == 0 or np.any(np.diff(index) != 1):
+                raise self.unsupported(node, "indices that are not one consecutive range")
+            start, stop = int(index[0]), int(index[-1]) + 1
+        else:
+            starts, ends = self.constant_ints(node, 1, "starts"), self.constant_ints(node, 2, "ends")
+            axes = self.constant_ints(node, 3, "axes") or list(range(len(starts or [])))
+            steps = self.constant_ints(node, 4, "steps") or [1] * len(axes)
+            sliced = [(a, s, e) for a, s, e, st in zip(axes, starts or [], ends or [], steps)
+                      if not (st == 1 and min(max(s if s >= 0 else s + size(a), 0), size(a)) == 0 and e >= size(a))]
+            if len(sliced) != 1 or any(st != 1 for st in steps):
+                raise self.unsupported(node, "not a step-1 slice along one axis")
+            axis, start, stop = sliced[0]
+            n = size(axis)
+            start, stop = (min(max(v if v >= 0 else v + n, 0), n) for v in (start, stop))
+        return _Unit("slice", node.name, ins[:1], node.output[0], onnx=[node],
+                     attrs={"axis": self.sample_axis(node, x, axis), "start": start, "stop": stop})
+
+    def split_units(self, node: onnx.NodeProto) -> list[_Unit]:
+        if not node.name:
+            node.name = f"Split:{node.output[0]}"
+        ins = self.activation_inputs(node)
+        x = node.input[0]
+        if ins != [x]:
+            raise self.unsupported(node, "sizes computed at run time")
+        axis = int(self.attr(node, "axis", 0))
+        total = self.shapes[x][axis % len(self.shapes[x])]
+        sizes = self.constant_ints(node, 1, "split") or [total // len(node.output)] * len(node.output)
+        units, start = [], 0
+        for k, (out, size) in enumerate(zip(node.output, sizes)):
+            if out:
+                units.append(_Unit("slice", f"{node.name}/{k}", [x], out, onnx=[node],
+                                   attrs={"axis": self.sample_axis(node, x, axis), "start": start, "stop": start + size}))
+            start += size
+        return units
+
+    def reduce_mean_unit(self, node: onnx.NodeProto, ins: list[str], axes: list[int]) -> _Unit:
+        """A mean over consecutive axes of a sample (the tokens of a ViT, whatever layout): the sample viewed as
+        (outer, n, inner), summed over n."""
+        shape = self.sample_shape(ins[0])
+        sample_axes = sorted(self.sample_axis(node, ins[0], a) for a in axes)
+        if sample_axes != list(range(sample_axes[0], sample_axes[-1] + 1)):
+            raise self.unsupported(node, "a mean over axes that are not consecutive")
+        first, last = sample_axes[0], sample_axes[-1] + 1
+        view = [int(np.prod(shape[:first])), int(np.prod(shape[first:last])), int(np.prod(shape[last:]))]
+        return _Unit("reduce_mean", node.name, ins[:1], node.output[0], onnx=[node], attrs={"view": view})
+
+    def layernorm_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        shape = self.sample_shape(ins[0])
+        if self.sample_axis(node, ins[0], int(self.attr(node, "axis", -1))) != len(shape) - 1:
+            raise self.unsupported(node, "normalised over more than the last axis")
+        if len(ins) != 1 or any(len(node.output) > k and node.output[k] for k in (1, 2)):
+            raise self.unsupported(node, "scale / bias computed at run time, or mean / deviation outputs read")
+        if shape[-1] > 4096:
+            raise self.unsupported(node, f"{shape[-1]} features: the integer kernel takes at most 4096")
+        return _Unit("layernorm", node.name, ins, node.output[0], onnx=[node])
+
+    def avgpool_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
+        pads = list(self.attr(node, "pads", [0, 0, 0, 0]))
+        if (self.attr(node, "auto_pad", "NOTSET") != "NOTSET" or self.attr(node, "ceil_mode", 0)
+                or any(d != 1 for d in self.attr(node, "dilations", [1, 1])) or len(self.shapes[ins[0]]) != 4):
+            raise self.unsupported(node, "ceil_mode / auto_pad / dilation, or not 2-D")
+        if any(pads) and not self.attr(node, "count_include_pad", 0):
+            raise self.unsupported(node, "padding not counted in the mean (count_include_pad=0): the divisor would "
+                                         "vary at the border; pad explicitly or use count_include_pad=True")
+        return _Unit("avgpool", node.name, ins, node.output[0], onnx=[node])
 
     def conv_transpose_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
         """A learnt upsampling (kernel == stride, no padding, one group): each input pixel makes its own block."""
@@ -447,16 +627,15 @@ class _Builder:
         unit = self.producer.get(tensor)
         if unit is None:
             return False
-        if unit.relu or unit.kind == "lut" and self.q.get(unit.output, ("",))[0] == "uint8":
+        if unit.relu or unit.kind in ("lut", "softmax") and self.q.get(unit.output, ("",))[0] == "uint8":
             return True
-        if unit.kind in (*_MOVES, "resize_bilinear", "avgpool_global", "concat"):
+        if unit.kind in (*_MOVES, "resize_bilinear", "avgpool_global", "avgpool", "reduce_mean", "concat"):
             return all(self.nonneg(i) for i in unit.inputs)
         return False
 
     def needs_calibration(self) -> list[str]:
         return [self.c.input] + [u.output for u in self.units
-                                 if u.kind in (*_WEIGHTED, "add", "requant", "avgpool_global")
-                                 or u.kind == "lut" and u.table.fixed is None]
+                                 if u.kind in _CALIBRATED or u.kind == "lut" and u.table.fixed is None]
 
     def decide_scales(self, stats: dict[str, tuple[np.ndarray, float]], config: Int8Config) -> None:
         self.q[self.c.input] = ("int8", choose_scale(*stats[self.c.input], "int8", config))
@@ -484,7 +663,8 @@ class _Builder:
                             and i != self.c.output):
                         self.retarget[i] = self.q[unit.output]
             else:
-                dtype = "uint8" if unit.relu or (unit.kind == "avgpool_global" and self.nonneg(unit.inputs[0])) else "int8"
+                pooled_nonneg = unit.kind in ("avgpool_global", "avgpool", "reduce_mean") and self.nonneg(unit.inputs[0])
+                dtype = "uint8" if unit.relu or pooled_nonneg or unit.kind == "softmax" else "int8"
                 self.q[unit.output] = (dtype, choose_scale(*stats[unit.output], dtype, config))
         # a retargeted output changes no other tensor's scale: it has a single consumer, the concatenation
         self.q.update(self.retarget)
@@ -518,7 +698,7 @@ class _Builder:
     def requant_node(self, graph: IntGraph, unit: _Unit, op: str, inputs: list[str], out: str,
                      multiplier: np.ndarray, extra_attrs: dict[str, Any] | None = None) -> None:
         node = Node(unit.name, op, inputs, out, dict(extra_attrs or {}))
-        channels = graph.tensors[out].shape[0]
+        channels = 1 if op in PER_TENSOR else graph.tensors[out].shape[0]
         node.params = {"mul": np.ones(channels, np.int32), "add": np.zeros(channels, np.int32)}
         acc_max = worst_case_accumulator(node, graph.tensors)
         mul, add, shift = choose_requant(np.broadcast_to(multiplier, (channels,)), acc_max)
@@ -583,9 +763,93 @@ class _Builder:
                 bias = np.broadcast_to(self.c.inits[node.input[2]].astype(np.float64).reshape(-1), (len(weight),))
                 bias = bias * self.c.attr(node, "beta", 1.0)
         x = self.names[unit.inputs[0]]
-        if len(graph.tensors[x].shape) != 1:
-            raise self.c.unsupported(node, "it reads a feature map, not a vector")
-        self.weighted(graph, unit, "gemm", weight, bias, {}, shape=[len(weight)])
+        rows = graph.tensors[x].shape
+        if rows[-1] != weight.shape[1] or len(rows) > 1 and unit.inputs[0] in self.pooled:
+            raise self.c.unsupported(node, f"it reads a {rows} tensor with {weight.shape[1]} weights per output")
+        self.weighted(graph, unit, "gemm", weight, bias, {}, shape=[*rows[:-1], len(weight)])
+
+    def emit_matmul(self, graph: IntGraph, unit: _Unit) -> None:
+        a, b = self.source(unit, 0), self.source(unit, 1)
+        out = self.output(graph, unit)
+        scales = graph.tensors[a].scale * graph.tensors[b].scale / graph.tensors[out].scale
+        self.requant_node(graph, unit, "matmul", [a, b], out, np.asarray([scales]))
+
+    def emit_add_const(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        s_in, s_out = graph.tensors[x].scale, graph.tensors[out].scale
+        constant = unit.attrs["constant"]
+        node = Node(unit.name, "add_const", [x], out, {}, {"mul": np.ones(1, np.int32), "add": np.zeros(1, np.int32)})
+        for shift in range(31, -1, -1):
+            node.attrs = {"mul_a": int(round(s_in / s_out * 2**shift)), "shift": shift}
+            node.params["constant"] = np.rint(constant / s_out * 2**shift).astype(np.int64)
+            acc_max = worst_case_accumulator(node, graph.tensors)
+            if acc_max.max() + (1 << max(shift - 1, 0)) <= INT32[1]:
+                break
+        node.params["constant"] = _int32(node.params["constant"])
+        graph.nodes.append(node)
+
+    def emit_layernorm(self, graph: IntGraph, unit: _Unit) -> None:
+        node = unit.onnx[0]
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        s_in, s_out = graph.tensors[x].scale, graph.tensors[out].scale
+        d = graph.tensors[x].shape[-1]
+        gamma = self.c.inits[node.input[1]].astype(np.float64).reshape(-1)
+        beta = (self.c.inits[node.input[2]].astype(np.float64).reshape(-1) if len(node.input) > 2 and node.input[2]
+                else np.zeros(d))
+        gamma, beta = np.broadcast_to(gamma, (d,)), np.broadcast_to(beta, (d,))
+        epsilon = float(self.c.attr(node, "epsilon", 1e-5))
+        eps = max(1, int(round(d**3 * epsilon / s_in**2)))
+        # y / s_out = z * gamma * sqrt(D) / (2**16 * s_out) + beta / s_out; beta rides in add as bias * mul
+        multiplier = gamma * np.sqrt(d) / (2.0**LAYERNORM_Z_BITS * s_out)
+        node_q = Node(unit.name, "layernorm", [x], out, {"eps": eps})
+        node_q.params = {"mul": np.ones(d, np.int32), "add": np.zeros(d, np.int32)}
+        acc_max = worst_case_accumulator(node_q, graph.tensors)
+        shift = 31
+        while shift > 0:   # the most precise shift at which z * mul + add stays in int32 (beta is not a bias * mul)
+            mul, add = np.rint(multiplier * 2.0**shift), np.rint(beta / s_out * 2.0**shift)
+            if (acc_max * np.abs(mul) + np.abs(add)).max() + (1 << (shift - 1)) <= INT32[1]:
+                break
+            shift -= 1
+        mul, add = np.rint(multiplier * 2.0**shift).astype(np.int64), np.rint(beta / s_out * 2.0**shift).astype(np.int64)
+        node_q.params = {"mul": _int32(mul), "add": _int32(add)}
+        node_q.attrs["shift"] = shift
+        graph.nodes.append(node_q)
+
+    def emit_softmax(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        s_in, s_out = graph.tensors[x].scale, graph.tensors[out].scale
+        attrs = {"axis": unit.attrs["axis"], "p": int(round(2.0**16 / s_out))}
+        graph.nodes.append(Node(unit.name, "softmax", [x], out, attrs, {"exp": softmax_exp_table(s_in)}))
+
+    def emit_avgpool(self, graph: IntGraph, unit: _Unit) -> None:
+        node = unit.onnx[0]
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        kernel = list(self.c.attr(node, "kernel_shape"))
+        attrs = {"kernel": kernel, "stride": list(self.c.attr(node, "strides", [1, 1])),
+                 "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0]))}
+        multiplier = graph.tensors[x].scale / (kernel[0] * kernel[1] * graph.tensors[out].scale)
+        self.requant_node(graph, unit, "avgpool", [x], out, np.asarray(multiplier), attrs)
+
+    def emit_reduce_mean(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        _, n, _ = unit.attrs["view"]
+        multiplier = graph.tensors[x].scale / (n * graph.tensors[out].scale)
+        self.requant_node(graph, unit, "reduce_mean", [x], out, np.asarray([multiplier]), dict(unit.attrs))
+
+    def emit_transpose(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        graph.nodes.append(Node(unit.name, "transpose", [x], out, dict(unit.attrs)))
+
+    def emit_slice(self, graph: IntGraph, unit: _Unit) -> None:
+        x = self.source(unit)
+        out = self.output(graph, unit)
+        graph.nodes.append(Node(unit.name, "slice", [x], out, dict(unit.attrs)))
 
     def emit_add(self, graph: IntGraph, unit: _Unit) -> None:
         a, b = self.source(unit, 0), self.source(unit, 1)

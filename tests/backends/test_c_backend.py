@@ -12,7 +12,8 @@ import pytest
 from edgemtl.backends.c.generate import fits_int32
 from edgemtl.backends.c import generate_c, riscv_tools_missing, run_on_host, run_on_qemu
 from edgemtl.errors import EdgemtlError
-from edgemtl.model.intgraph import OPS, RANGES, IntGraph, Node, TensorInfo, accumulator, check_int32, run_node, run_reference
+from edgemtl.model.intgraph import (FEATURE_LAST, OPS, PER_TENSOR, RANGES, IntGraph, Node, TensorInfo, accumulator,
+                                    check_int32, run_node, run_reference, softmax_exp_table)
 
 
 class Builder:
@@ -27,19 +28,21 @@ class Builder:
 
     def node(self, op: str, inputs: list[str], dtype: str, shift: int = 14, **attrs) -> str:
         name = f"t{len(self.graph.nodes)}"
-        params = {key: attrs.pop(key) for key in ("weight", "table") if key in attrs}
+        params = {key: attrs.pop(key) for key in ("weight", "table", "constant", "exp") if key in attrs}
         node = Node(f"layer{len(self.graph.nodes)}.{op}", op, inputs, name, attrs, params)
         self.graph.tensors[name] = TensorInfo(name, [], dtype, 0.05)
         acc = accumulator(node, self.values)
         if acc is not None:
-            channels = acc.shape[1]
-            axes = tuple(i for i in range(acc.ndim) if i != 1)
+            axis = acc.ndim - 1 if op in FEATURE_LAST else 1
+            channels = 1 if op in PER_TENSOR else acc.shape[axis]
+            axes = None if op in PER_TENSOR else tuple(i for i in range(acc.ndim) if i != axis)
             spread = np.maximum(acc.std(axis=axes), 1.0)
             centre = acc.mean(axis=axes)
             target = 60.0 if dtype == "int8" else 90.0
             mul = np.maximum(np.rint(2.0**shift * target / spread), 1).astype(np.int64)
             bias = np.rint(-centre + (0 if dtype == "int8" else 0.8 * spread) + self.rng.normal(0, 0.2, channels) * spread)
-            node.params["mul"], node.params["add"] = mul.astype(np.int32), (bias * mul).astype(np.int32)
+            node.params["mul"], node.params["add"] = (np.atleast_1d(mul).astype(np.int32),
+                                                      np.atleast_1d(bias * mul).astype(np.int32))
             node.attrs["shift"] = shift
         self.values[name] = run_node(node, self.values, self.graph.tensors)
         self.graph.tensors[name].shape = list(self.values[name].shape[1:])
@@ -133,6 +136,39 @@ def upsampling_graph() -> IntGraph:
     return b.graph
 
 
+def transformer_graph() -> IntGraph:
+    """A ViT block's integer ops on tokens (16, 12), both signednesses into each kernel: layernorm, gemm over rows,
+    slices of the qkv features, head-major transposes, scores (s8 @ s8) and softmax along the last axis, context
+    (u8 @ s8), a position-embedding constant, token mean; a softmax along a middle axis; an average pool."""
+    b = Builder("tokens", [16, 12], "int8", seed=4)
+    rng = b.rng
+    pos = b.node("add_const", ["x"], "int8", shift=6, mul_a=37, constant=rng.integers(-4000, 4000, (16, 12)).astype(np.int32))
+    norm = b.node("layernorm", [pos], "int8", shift=20, eps=5)
+    qkv = b.node("gemm", [norm], "int8", weight=rng.integers(-127, 128, (24, 12)).astype(np.int8))   # (16, 24)
+    q = b.node("slice", [qkv], "int8", axis=1, start=0, stop=8)
+    k = b.node("slice", [qkv], "int8", axis=1, start=8, stop=16)
+    v = b.node("slice", [qkv], "int8", axis=1, start=16, stop=24)
+    q_heads = b.node("transpose", [q], "int8", view=[16, 2, 4], perm=[1, 0, 2])     # (2, 16, 4)
+    k_heads = b.node("transpose", [k], "int8", view=[16, 2, 4], perm=[1, 2, 0])     # (2, 4, 16)
+    v_heads = b.node("transpose", [v], "int8", view=[16, 2, 4], perm=[1, 0, 2])
+    scores = b.node("matmul", [q_heads, k_heads], "int8", shift=12)                   # (2, 16, 16)
+    probs = b.node("softmax", [scores], "uint8", axis=2, p=int(2**16 * 255 / 0.6), exp=softmax_exp_table(0.03))
+    context = b.node("matmul", [probs, v_heads], "int8", shift=12)                    # (2, 16, 4) u8 @ s8
+    merged = b.node("transpose", [context], "int8", view=[2, 16, 4], perm=[1, 0, 2])  # (16, 2, 4)
+    tokens = b.node("flatten", [merged], "int8", shape=[16, 8])
+    u_norm = b.node("layernorm", [b.node("requant", [tokens], "uint8")], "int8", shift=18, eps=1)  # u8 input
+    u_probs = b.node("softmax", [b.node("requant", [u_norm], "uint8")], "uint8", axis=0, p=2**16 * 255,
+                     exp=softmax_exp_table(0.02))                                     # along the tokens, u8 input
+    rows = b.node("slice", [b.node("requant", [u_norm], "uint8")], "uint8", axis=0, start=0, stop=8)   # (8, 8) u8
+    mixed = b.add(b.node("matmul", [u_probs, rows], "int8", shift=10),                 # u8 @ u8
+                  b.node("matmul", [tokens, rows], "int8", shift=10), "int8", mul_a=90, mul_b=70)   # s8 @ u8
+    grid = b.node("flatten", [mixed], "int8", shape=[8, 4, 4])
+    pooled = b.node("avgpool", [grid], "uint8", shift=10, kernel=[3, 3], stride=[1, 1], pads=[1, 1, 1, 1])
+    u_pool = b.node("avgpool", [pooled], "int8", shift=10, kernel=[2, 2], stride=[2, 2], pads=[0, 0, 0, 0])
+    b.node("reduce_mean", [b.node("flatten", [u_pool], "int8", shape=[8, 4])], "int8", shift=12, view=[1, 8, 4])
+    return b.graph
+
+
 def assert_bit_exact(got: np.ndarray, want: np.ndarray) -> None:
     """Bit for bit: same shape, every value equal (np.array_equal; no tolerance, no broadcasting)."""
     assert got.shape == want.shape, (got.shape, want.shape)
@@ -146,7 +182,7 @@ def random_inputs(graph: IntGraph, n: int, seed: int) -> np.ndarray:
 
 
 def test_builder_graphs_are_valid_and_not_saturated() -> None:
-    for graph in (every_op_graph(), uint8_io_graph(), upsampling_graph()):
+    for graph in (every_op_graph(), uint8_io_graph(), upsampling_graph(), transformer_graph()):
         graph.validate()
         check_int32(graph)
         values = run_reference(graph, random_inputs(graph, 4, 3), keep_all=True)
@@ -157,9 +193,12 @@ def test_builder_graphs_are_valid_and_not_saturated() -> None:
     assert {n.op for n in every_op_graph().nodes} == {"conv", "gemm", "add", "concat", "requant", "avgpool_global",
                                                       "maxpool", "resize_bilinear", "resize_nearest", "flatten"}
     assert {n.op for n in upsampling_graph().nodes} == {"conv_transpose", "lut"}
+    assert {n.op for n in transformer_graph().nodes} >= {"add_const", "layernorm", "gemm", "slice", "transpose", "matmul",
+                                                         "softmax", "avgpool", "reduce_mean"}
 
 
-@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, reshaped_output_graph, upsampling_graph])
+@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, reshaped_output_graph, upsampling_graph,
+                                  transformer_graph])
 def test_host_c_is_bit_exact(make, tmp_path: Path) -> None:
     graph = make()
     inputs = random_inputs(graph, 6, seed=7)
@@ -224,8 +263,8 @@ def test_requant_rounding_edges(tmp_path: Path) -> None:
 
 def test_unsupported_op_names_op_layer_and_task(tmp_path: Path) -> None:
     graph = uint8_io_graph()
-    graph.nodes[1].op = "softmax"
-    with pytest.raises(EdgemtlError, match=r"task 'uint8_io'.*layer 'layer1\.conv'.*'softmax'.*C backend"):
+    graph.nodes[1].op = "argmax"
+    with pytest.raises(EdgemtlError, match=r"task 'uint8_io'.*layer 'layer1\.conv'.*'argmax'.*C backend"):
         generate_c(graph, tmp_path)
 
 
@@ -237,7 +276,7 @@ def test_inconsistent_shapes_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.needs_qemu
-@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, upsampling_graph])
+@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, upsampling_graph, transformer_graph])
 def test_qemu_rv32_is_bit_exact_and_counts_instructions(make, tmp_path: Path) -> None:
     """Every op kind the C backend has (every_op_graph and upsampling_graph together) and uint8 input / output
     (uint8_io_graph), 8 samples each including both input extremes, under qemu rv32imac: the same integers as the
@@ -247,7 +286,7 @@ def test_qemu_rv32_is_bit_exact_and_counts_instructions(make, tmp_path: Path) ->
         pytest.skip(reason)
     graph = make()
     if make is every_op_graph:
-        assert {n.op for g in (graph, upsampling_graph()) for n in g.nodes} == set(OPS)
+        assert {n.op for g in (graph, upsampling_graph(), transformer_graph()) for n in g.nodes} == set(OPS)
     lo, hi = RANGES[graph.tensors[graph.input].dtype]
     inputs = random_inputs(graph, 8, seed=11)
     inputs[0], inputs[1] = lo, hi
@@ -258,8 +297,8 @@ def test_qemu_rv32_is_bit_exact_and_counts_instructions(make, tmp_path: Path) ->
     computed = [i for i, n in enumerate(graph.nodes) if n.op != "flatten"]  # a flatten is an alias: no code
     assert (run.layer_instructions[:, computed] > 0).all()
     # icount makes the count deterministic; the first conv needs at least ~2 instructions per MAC
-    first = graph.nodes[0]
+    first = next(n for n in graph.nodes if "weight" in n.params)
     per_output = first.params["weight"].shape[1:] if first.op == "conv" else first.params["weight"].shape[1:2]
     macs = int(np.prod(graph.tensors[first.output].shape)) * int(np.prod(per_output))
-    assert first.op in ("conv", "conv_transpose") and run.layer_instructions[:, 0].min() > 2 * macs
+    assert run.layer_instructions[:, graph.nodes.index(first)].min() > 2 * macs
     assert (run.total_instructions >= run.layer_instructions.sum(axis=1)).all()

@@ -23,14 +23,17 @@ import numpy as np
 
 from edgemtl.analysis.arena_plan import ArenaPlan, plan_arena
 from edgemtl.errors import EdgemtlError
-from edgemtl.model.intgraph import INT32, IntGraph, Node, worst_case_accumulator
+from edgemtl.model.intgraph import FEATURE_LAST, INT32, PER_TENSOR, IntGraph, Node, worst_case_accumulator
 
 KERNEL_FILES = ("kernels.h", "kernels.c", "kernels_typed.inc")
 SUPPORTED_OPS = ("conv", "conv_transpose", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool",
-                 "resize_bilinear", "resize_nearest", "flatten", "lut")
+                 "resize_bilinear", "resize_nearest", "flatten", "lut", "avgpool", "reduce_mean", "transpose", "slice",
+                 "matmul", "add_const", "softmax", "layernorm")
+_MOVES = ("concat", "maxpool", "resize_nearest", "flatten", "transpose", "slice")
 SUFFIX = {"int8": "s8", "uint8": "u8"}
 CTYPE = {"int8": "int8_t", "uint8": "uint8_t"}
 LIMITS = {"int8": (-128, 127), "uint8": (0, 255)}
+_ARRAY_NAMES = {"weight": "w", "constant": "const"}   # C names of a node's integer arrays (mul, add, exp as is)
 
 
 @dataclass
@@ -54,6 +57,12 @@ def check_supported(graph: IntGraph) -> None:
 
 
 # -- shape checks: a wrong shape would be a silent buffer overrun in C, so every node is re-derived --------
+def _relabelled(graph: IntGraph, node: Node, elements: int) -> list[int]:
+    """The output's own shape if it holds `elements` values (ops whose output may take any shape of that size)."""
+    out = graph.tensors[node.output].shape
+    return list(out) if int(np.prod(out)) == elements else [elements]
+
+
 def _expected_shape(graph: IntGraph, node: Node) -> list[int]:
     shapes = [graph.tensors[name].shape for name in node.inputs]
     x = shapes[0]
@@ -78,9 +87,43 @@ def _expected_shape(graph: IntGraph, node: Node) -> list[int]:
         return list(x)
     if node.op == "gemm":
         weight = node.params["weight"]
-        if len(x) != 1 or weight.ndim != 2 or weight.shape[1] != x[0]:
-            raise ValueError(f"input {x} does not match weights {list(weight.shape)} (gemm takes a flat vector)")
-        return [weight.shape[0]]
+        if weight.ndim != 2 or weight.shape[1] != x[-1]:
+            raise ValueError(f"input {x} does not match weights {list(weight.shape)} (gemm reads the last axis)")
+        return [*x[:-1], weight.shape[0]]
+    if node.op == "matmul":
+        b = shapes[1]
+        if len(x) < 2 or len(b) != len(x) or b[:-2] != x[:-2] or b[-2] != x[-1]:
+            raise ValueError(f"multiplies {x} @ {b}")
+        return [*x[:-1], b[-1]]
+    if node.op == "add_const":
+        if node.params["constant"].size != int(np.prod(x)):
+            raise ValueError(f"adds {node.params['constant'].size} constants to a {x} tensor")
+        return list(x)
+    if node.op == "softmax":
+        if not 0 <= int(node.attrs["axis"]) < len(x) or node.params["exp"].shape != (256,):
+            raise ValueError(f"takes axis {node.attrs['axis']} of a {x} tensor with a {node.params['exp'].shape} table")
+        if graph.tensors[node.output].dtype != "uint8" or not 0 < int(node.attrs["p"]) < 2**40:
+            raise ValueError("must write uint8 probabilities with 0 < p < 2**40")
+        return list(x)
+    if node.op == "layernorm":
+        if not 1 <= int(node.attrs["eps"]) < 2**40 or x[-1] > 4096:
+            raise ValueError(f"has eps {node.attrs['eps']} over {x[-1]} features (1 <= eps < 2**40, <= 4096 features)")
+        return list(x)
+    if node.op == "reduce_mean":
+        view = [int(v) for v in node.attrs["view"]]
+        if int(np.prod(view)) != int(np.prod(x)):
+            raise ValueError(f"views a {x} tensor as {view}")
+        return _relabelled(graph, node, view[0] * view[2])
+    if node.op == "transpose":
+        view, perm = [int(v) for v in node.attrs["view"]], [int(v) for v in node.attrs["perm"]]
+        if int(np.prod(view)) != int(np.prod(x)) or sorted(perm) != list(range(len(view))) or len(view) > 8:
+            raise ValueError(f"permutes a {x} tensor viewed as {view} by {perm} (at most 8 axes)")
+        return _relabelled(graph, node, int(np.prod(x)))
+    if node.op == "slice":
+        axis, start, stop = (int(node.attrs[k]) for k in ("axis", "start", "stop"))
+        if not 0 <= axis < len(x) or not 0 <= start < stop <= x[axis]:
+            raise ValueError(f"slices {start}:{stop} of axis {axis} of a {x} tensor")
+        return _relabelled(graph, node, int(np.prod(x)) // x[axis] * (stop - start))
     if node.op == "add":
         if len(shapes) != 2 or shapes[1] != x:
             raise ValueError(f"adds shapes {shapes}")
@@ -95,7 +138,7 @@ def _expected_shape(graph: IntGraph, node: Node) -> list[int]:
         if len(x) != 3:
             raise ValueError(f"pools a {x} tensor")
         return [x[0]]
-    if node.op == "maxpool":
+    if node.op in ("maxpool", "avgpool"):
         (kh, kw), (sh, sw), (top, left, bottom, right) = node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"]
         if len(x) != 3 or max(top, bottom) >= kh or max(left, right) >= kw:
             raise ValueError(f"pools a {x} tensor with kernel {[kh, kw]} and pads {[top, left, bottom, right]}")
@@ -119,14 +162,15 @@ def _check_node(graph: IntGraph, node: Node) -> None:
         expected = _expected_shape(graph, node)
         if list(out.shape) != expected:
             raise ValueError(f"declares output shape {out.shape}, the op gives {expected}")
-        if node.op in ("concat", "maxpool", "resize_nearest", "flatten"):
+        if node.op in _MOVES:
             dtypes = {graph.tensors[name].dtype for name in node.inputs}
             if dtypes != {out.dtype}:
                 raise ValueError(f"moves {sorted(dtypes)} data into a {out.dtype} tensor without requantising")
         if "mul" in node.params:
+            channels = 1 if node.op in PER_TENSOR else out.shape[-1] if node.op in FEATURE_LAST else out.shape[0]
             for key in ("mul", "add"):
-                if node.params[key].shape != (out.shape[0],):
-                    raise ValueError(f"{key} has shape {node.params[key].shape}, expected ({out.shape[0]},)")
+                if node.params[key].shape != (channels,):
+                    raise ValueError(f"{key} has shape {node.params[key].shape}, expected ({channels},)")
             if not 0 <= int(node.attrs["shift"]) <= 31:
                 raise ValueError(f"shift {node.attrs['shift']} is outside 0..31")
     except (ValueError, KeyError) as error:
@@ -209,7 +253,39 @@ class _Emitter:
         if op == "gemm":
             k, c = node.params["weight"].shape
             return [self.requant(index, node),
-                    f"emk_gemm_{sfx}({self.ptr(x_name)}, {self.prefix}_w{index}, {c}, {k}, &rq{index}, {y});"]
+                    f"emk_gemm_{sfx}({self.ptr(x_name)}, {self.prefix}_w{index}, {x.elements // c}, {c}, {k}, &rq{index}, {y});"]
+        if op == "matmul":
+            b = g.tensors[node.inputs[1]]
+            batch, m, kd = int(np.prod(x.shape[:-2])), x.shape[-2], x.shape[-1]
+            return [self.requant(index, node),
+                    f"emk_matmul_{sfx}_{SUFFIX[b.dtype]}({self.ptr(x_name)}, {self.ptr(node.inputs[1])}, {batch}, {m}, "
+                    f"{kd}, {b.shape[-1]}, &rq{index}, {y});"]
+        if op == "add_const":
+            return [self.requant(index, node),
+                    f"emk_add_const_{sfx}({self.ptr(x_name)}, {x.elements}, {int(node.attrs['mul_a'])}, "
+                    f"{self.prefix}_const{index}, &rq{index}, {y});"]
+        if op in ("softmax", "slice"):
+            axis = int(node.attrs["axis"])
+            outer, n, inner = int(np.prod(x.shape[:axis])), x.shape[axis], int(np.prod(x.shape[axis + 1:]))
+            if op == "slice":
+                return [f"emk_slice({self.ptr(x_name, typed=False)}, {outer}, {n}, {inner}, {int(node.attrs['start'])}, "
+                        f"{int(node.attrs['stop'])}, {y});"]
+            return [f"emk_softmax_{sfx}({self.ptr(x_name)}, {outer}, {n}, {inner}, {self.prefix}_exp{index}, "
+                    f"(int64_t){int(node.attrs['p'])}LL, {y});"]
+        if op == "layernorm":
+            d = x.shape[-1]
+            return [self.requant(index, node),
+                    f"emk_layernorm_{sfx}({self.ptr(x_name)}, {x.elements // d}, {d}, (int64_t){int(node.attrs['eps'])}LL, "
+                    f"&rq{index}, {y});"]
+        if op == "reduce_mean":
+            outer, n, inner = (int(v) for v in node.attrs["view"])
+            return [self.requant(index, node),
+                    f"emk_reduce_mean_{sfx}({self.ptr(x_name)}, {outer}, {n}, {inner}, &rq{index}, {y});"]
+        if op == "transpose":
+            view, perm = [int(v) for v in node.attrs["view"]], [int(v) for v in node.attrs["perm"]]
+            return [f"static const int32_t dims{index}[{len(view)}] = {{{', '.join(map(str, view))}}};",
+                    f"static const int32_t perm{index}[{len(perm)}] = {{{', '.join(map(str, perm))}}};",
+                    f"emk_transpose({self.ptr(x_name, typed=False)}, {len(view)}, dims{index}, perm{index}, {y});"]
         channels, per_channel = x.shape[0], x.elements // x.shape[0]
         if op == "add":
             b = node.inputs[1]
@@ -219,11 +295,14 @@ class _Emitter:
         if op in ("requant", "avgpool_global"):
             return [self.requant(index, node),
                     f"emk_{op}_{sfx}({self.ptr(x_name)}, {channels}, {per_channel}, &rq{index}, {y});"]
-        if op == "maxpool":
+        if op in ("maxpool", "avgpool"):
             (kh, kw), (sh, sw), (top, left, _, _) = node.attrs["kernel"], node.attrs["stride"], node.attrs["pads"]
             geometry = [*x.shape, *out.shape[1:], kh, kw, sh, sw, top, left]
-            return [f"static const emk_pool_t mp{index} = {{{', '.join(map(str, geometry))}}};",
-                    f"emk_maxpool_{sfx}({self.ptr(x_name)}, &mp{index}, {y});"]
+            pool = f"static const emk_pool_t mp{index} = {{{', '.join(map(str, geometry))}}};"
+            if op == "avgpool":
+                return [pool, self.requant(index, node),
+                        f"emk_avgpool_{sfx}({self.ptr(x_name)}, &mp{index}, &rq{index}, {y});"]
+            return [pool, f"emk_maxpool_{sfx}({self.ptr(x_name)}, &mp{index}, {y});"]
         if op == "resize_bilinear":
             return [self.requant(index, node),
                     f"emk_resize_bilinear_{sfx}({self.ptr(x_name)}, {', '.join(map(str, x.shape))}, "
@@ -344,9 +423,10 @@ def _weights(graph: IntGraph, prefix: str) -> tuple[str, str]:
             header.append(f"extern const uint8_t {name}[{by_byte.size}];   /* {_c_string(node.name)}: "
                           f"{len(by_byte)} table(s) by input byte */")
             source.append(_c_array("uint8_t", name, by_byte))
-        for key, ctype in (("weight", "int8_t"), ("mul", "int32_t"), ("add", "int32_t")):
+        for key, ctype in (("weight", "int8_t"), ("mul", "int32_t"), ("add", "int32_t"), ("constant", "int32_t"),
+                           ("exp", "int32_t")):
             if key in node.params:
-                name = f"{prefix}_{'w' if key == 'weight' else key}{index}"
+                name = f"{prefix}_{_ARRAY_NAMES.get(key, key)}{index}"
                 values = node.params[key]
                 header.append(f"extern const {ctype} {name}[{values.size}];   /* {_c_string(node.name)}: {key} {list(values.shape)} */")
                 source.append(_c_array(ctype, name, values))

@@ -55,3 +55,39 @@ void emk_lut(const uint8_t *x, int32_t c, int32_t n, const uint8_t *table, uint8
         }
     }
 }
+
+void emk_transpose(const uint8_t *x, int32_t rank, const int32_t *dims, const int32_t *perm, uint8_t *y)
+{
+    int32_t stride[8], out_dims[8], index[8], a, total = 1, i;
+    for (a = rank - 1; a >= 0; a--) {
+        stride[a] = total;
+        total *= dims[a];
+    }
+    for (a = 0; a < rank; a++) {
+        out_dims[a] = dims[perm[a]];
+        index[a] = 0;
+    }
+    for (i = 0; i < total; i++) {
+        int32_t offset = 0;
+        for (a = 0; a < rank; a++) {
+            offset += index[a] * stride[perm[a]];
+        }
+        *y++ = x[offset];
+        for (a = rank - 1; a >= 0; a--) {   /* the next output index, row-major */
+            if (++index[a] < out_dims[a]) {
+                break;
+            }
+            index[a] = 0;
+        }
+    }
+}
+
+void emk_slice(const uint8_t *x, int32_t outer, int32_t n, int32_t inner, int32_t start, int32_t stop, uint8_t *y)
+{
+    int32_t o;
+    const int32_t bytes = (stop - start) * inner;
+    for (o = 0; o < outer; o++) {
+        memcpy(y, x + (o * n + start) * inner, (size_t)bytes);
+        y += bytes;
+    }
+}

@@ -49,6 +49,25 @@ static inline int64_t emk_floor_shift(int64_t v, int32_t s)
     return v >= 0 ? (v >> s) : ~((~v) >> s);
 }
 
+/* floor(sqrt(v)), exactly (bit by bit). */
+static inline uint64_t emk_isqrt64(uint64_t v)
+{
+    uint64_t root = 0, bit = (uint64_t)1 << 62;
+    while (bit > v) {
+        bit >>= 2;
+    }
+    while (bit != 0) {
+        if (v >= root + bit) {
+            v -= root + bit;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    return root;
+}
+
 /* The fused requantisation (intgraph.requantize), stored as the output byte. */
 static inline uint8_t emk_requant(int64_t acc, int32_t mul, int32_t add, int32_t shift, int32_t lo, int32_t hi)
 {
@@ -99,8 +118,25 @@ void emk_conv_u8(const uint8_t *x, const int8_t *w, const emk_conv_t *p, const e
  * output (k, h * kh, w * kw); input pixel (i, j) alone makes the output block at (i * kh, j * kw). */
 void emk_conv_transpose_s8(const int8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
 void emk_conv_transpose_u8(const uint8_t *x, const int8_t *w, const emk_conv_t *p, const emk_requant_t *rq, uint8_t *y);
-void emk_gemm_s8(const int8_t *x, const int8_t *w, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
-void emk_gemm_u8(const uint8_t *x, const int8_t *w, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
+/* rows (1 for a vector) of c values each -> rows of k; mul / add per output feature. */
+void emk_gemm_s8(const int8_t *x, const int8_t *w, int32_t rows, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
+void emk_gemm_u8(const uint8_t *x, const int8_t *w, int32_t rows, int32_t c, int32_t k, const emk_requant_t *rq, uint8_t *y);
+/* Token ops (transformers). reduce_mean / softmax work along the middle axis of x viewed as (outer, n, inner). */
+void emk_reduce_mean_s8(const int8_t *x, int32_t outer, int32_t n, int32_t inner, const emk_requant_t *rq, uint8_t *y);
+void emk_reduce_mean_u8(const uint8_t *x, int32_t outer, int32_t n, int32_t inner, const emk_requant_t *rq, uint8_t *y);
+void emk_avgpool_s8(const int8_t *x, const emk_pool_t *p, const emk_requant_t *rq, uint8_t *y);
+void emk_avgpool_u8(const uint8_t *x, const emk_pool_t *p, const emk_requant_t *rq, uint8_t *y);
+void emk_add_const_s8(const int8_t *x, int32_t n, int32_t mul_a, const int32_t *constant, const emk_requant_t *rq, uint8_t *y);
+void emk_add_const_u8(const uint8_t *x, int32_t n, int32_t mul_a, const int32_t *constant, const emk_requant_t *rq, uint8_t *y);
+void emk_softmax_s8(const int8_t *x, int32_t outer, int32_t n, int32_t inner, const int32_t *table, int64_t p, uint8_t *y);
+void emk_softmax_u8(const uint8_t *x, int32_t outer, int32_t n, int32_t inner, const int32_t *table, int64_t p, uint8_t *y);
+void emk_layernorm_s8(const int8_t *x, int32_t rows, int32_t d, int64_t eps, const emk_requant_t *rq, uint8_t *y);
+void emk_layernorm_u8(const uint8_t *x, int32_t rows, int32_t d, int64_t eps, const emk_requant_t *rq, uint8_t *y);
+/* matmul: a (batch, m, kd) of the first suffix's type @ b (batch, kd, n) of the second's. */
+void emk_matmul_s8_s8(const int8_t *a, const int8_t *b, int32_t batch, int32_t m, int32_t kd, int32_t n, const emk_requant_t *rq, uint8_t *y);
+void emk_matmul_s8_u8(const int8_t *a, const uint8_t *b, int32_t batch, int32_t m, int32_t kd, int32_t n, const emk_requant_t *rq, uint8_t *y);
+void emk_matmul_u8_s8(const uint8_t *a, const int8_t *b, int32_t batch, int32_t m, int32_t kd, int32_t n, const emk_requant_t *rq, uint8_t *y);
+void emk_matmul_u8_u8(const uint8_t *a, const uint8_t *b, int32_t batch, int32_t m, int32_t kd, int32_t n, const emk_requant_t *rq, uint8_t *y);
 void emk_requant_s8(const int8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
 void emk_requant_u8(const uint8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
 void emk_avgpool_global_s8(const int8_t *x, int32_t c, int32_t hw, const emk_requant_t *rq, uint8_t *y);
@@ -123,6 +159,10 @@ void emk_add_u8_u8(const uint8_t *a, const uint8_t *b, int32_t c, int32_t hw, in
 void emk_copy(const uint8_t *x, int32_t bytes, uint8_t *y);
 void emk_concat(const uint8_t *const *xs, const int32_t *bytes, int32_t n, uint8_t *y);
 void emk_resize_nearest(const uint8_t *x, int32_t c, int32_t h, int32_t w, int32_t f, uint8_t *y);
+/* x viewed as dims[0..rank) (rank <= 8), axes permuted: output axis a is input axis perm[a]. */
+void emk_transpose(const uint8_t *x, int32_t rank, const int32_t *dims, const int32_t *perm, uint8_t *y);
+/* x viewed as (outer, n, inner): rows start .. stop - 1 of the middle axis. */
+void emk_slice(const uint8_t *x, int32_t outer, int32_t n, int32_t inner, int32_t start, int32_t stop, uint8_t *y);
 /* An elementwise function as a table: y = table[256 * channel + x] over c channels of n values each, both raw
  * bytes (the generator orders each table by input byte; c == 1: one table for every value). */
 void emk_lut(const uint8_t *x, int32_t c, int32_t n, const uint8_t *table, uint8_t *y);

@@ -1,6 +1,6 @@
 """`m3vit`: an M3ViT-style mixture-of-experts ViT whose router is conditioned on the task.
 
-Every other transformer block replaces its MLP with `MoELayer`: E experts, top-k routing per token, the
+Every other transformer block (config `moe_every`; 0 makes a plain ViT of the same blocks) replaces its MLP with `MoELayer`: E experts, top-k routing per token, the
 router reading the token concatenated with a learned task embedding (as in M3ViT). Running one task means
 running the backbone with that task's routing plus its head; `forward(x)` does this for every task.
 
@@ -37,6 +37,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "capacity_factor": 2.0,
     "head_width": 16,
     "aux_loss_weight": 0.01,
+    "moe_every": 2,          # every n-th block's MLP is a MoE layer (blocks n-1, 2n-1 ...); 0: a plain ViT
 }
 
 
@@ -225,11 +226,12 @@ class M3ViT(nn.Module):
         self.task_embed = nn.Parameter(torch.randn(len(spec.tasks), int(cfg["task_dim"])) * 0.02)
         hidden = int(dim * float(cfg["mlp_ratio"]))
         blocks = []
+        every = int(cfg["moe_every"])
         for i in range(int(cfg["depth"])):
             mlp: nn.Module = (
                 MoELayer(dim, hidden, int(cfg["num_experts"]), int(cfg["top_k"]), int(cfg["task_dim"]),
                          cfg["capacity_factor"])
-                if i % 2 == 1 else MLP(dim, hidden)
+                if every > 0 and i % every == every - 1 else MLP(dim, hidden)
             )
             blocks.append(Block(dim, int(cfg["heads"]), mlp))
         self.blocks = nn.ModuleList(blocks)
