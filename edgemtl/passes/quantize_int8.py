@@ -52,10 +52,11 @@ ScaleMethod = Literal["mse", "percentile", "max"]
 SCALE_METHODS = ("mse", "percentile", "max")
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Add", "Concat", "Resize", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
-                 "Transpose", "Split", "Slice", "Gather", "Softmax", "LayerNormalization",
+                 "Identity", "Dropout", "Transpose", "Split", "Slice", "Gather", "Softmax", "LayerNormalization",
                  *(op for op in ELEMENTWISE_OPS if op != "Add"))
 _MOVES = ("maxpool", "resize_nearest", "flatten", "alias", "transpose", "slice")   # units that keep their input's scale
 _WEIGHTED = ("conv", "conv_transpose", "gemm")
+_DYNAMIC_DISPATCH = ("TopK", "NonZero", "ScatterElements", "ScatterND")   # a routed MoE layer's ops
 _CALIBRATED = (*_WEIGHTED, "add", "requant", "avgpool_global", "avgpool", "reduce_mean", "matmul", "add_const",
                "layernorm", "softmax")
 
@@ -235,6 +236,12 @@ class _Converter:
 
     # pass 1: group ONNX nodes into units -------------------------------------------------------------------
     def units(self) -> list[_Unit]:
+        routing = next((n for n in self.graph.node if n.op_type in _DYNAMIC_DISPATCH), None)
+        if routing is not None:
+            raise EdgemtlError(
+                f"task {self.task!r}: its path has a mixture-of-experts layer (node {routing.name or routing.output[0]!r}: "
+                f"{routing.op_type}, a data-dependent dispatch), which the int8 MCU path does not lower yet; compile it "
+                f"for host or arm64, or train the ViT without MoE layers (m3vit --config moe_every=0)")
         units: list[_Unit] = []
         fused: set[str] = set()   # by first output: node names may be empty
         for node in self.graph.node:
