@@ -46,18 +46,18 @@ def relative_change(before: float, after: float, higher_is_better: bool) -> floa
 
 
 def trained_checkpoint(checkpoint: Path | None, train_steps: int, config: dict | None = None,
-                       console: Console | None = None) -> Path:
-    """`checkpoint` when that file exists; else mtl-cnn (zoo config + `config`) trained on scenes with seed 0
+                       console: Console | None = None, arch: str = "mtl-cnn") -> Path:
+    """`checkpoint` when that file exists; else `arch` (zoo config + `config`) trained on scenes with seed 0
     for `train_steps`, saved there (or in a temporary folder) so that a re-run can reuse it."""
     if checkpoint is not None and checkpoint.is_file():
         return checkpoint
     input_spec, tasks = data_spec("scenes")
-    spec = zoo_spec("mtl-cnn", input_spec, tasks, config or {}, data="scenes")
+    spec = zoo_spec(arch, input_spec, tasks, config or {}, data="scenes")
     torch.manual_seed(0)
     model = build_model(spec)
-    (console or Console()).print(f"training mtl-cnn ({train_steps} steps, seed 0) ...")
+    (console or Console()).print(f"training {arch} {config or ''} ({train_steps} steps, seed 0) ...")
     train(model, spec, load_data("scenes", "train"), TrainConfig(steps=train_steps, seed=0))
-    return save(model, spec, checkpoint or Path(tempfile.mkdtemp()) / "mtl-cnn.pt", meta={"train_steps": train_steps})
+    return save(model, spec, checkpoint or Path(tempfile.mkdtemp()) / f"{arch}.pt", meta={"train_steps": train_steps})
 
 
 # ------------------------------------------------------------------------------------------------ provenance
