@@ -146,7 +146,8 @@ def quantize_qdq(float_onnx: Path, output: Path, samples: np.ndarray, config: Or
     with tempfile.TemporaryDirectory(prefix="edgemtl-ortq-") as scratch, _quiet():
         prepared = Path(scratch) / "prepared.onnx"
         try:
-            quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=False)
+            with contextlib.chdir(scratch):  # a failed symbolic shape inference saves its model into the cwd
+                quant_pre_process(str(Path(float_onnx).resolve()), str(prepared), skip_symbolic_shape=False)
         except Exception as exc:
             raise EdgemtlError(f"ONNX Runtime int8 pre-processing of {float_onnx.name} failed: {_first_line(exc)}") from None
         excluded = last_compute_nodes(onnx.load(str(prepared)), config.exclude_last)

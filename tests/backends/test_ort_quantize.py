@@ -107,3 +107,25 @@ def test_a_transformer_graph_in_int8_stays_close_to_pytorch_float_and_is_repeata
     # a second, fresh session on the same samples gives the same numbers bit for bit
     again = ort_backend.run(ort_backend.make_session(result.path, 1), images)["scene"].astype(np.float64)
     assert np.array_equal(again, got)
+
+
+def test_a_failed_symbolic_shape_inference_leaves_nothing_in_the_working_folder(depth_graph, tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference, when it cannot infer every shape (CenterFace), saves
+    `sym_shape_infer_temp.onnx` and its external data into the current folder: none of it may land there."""
+    from onnxruntime.tools import symbolic_shape_infer
+
+    original = symbolic_shape_infer.SymbolicShapeInference.infer_shapes
+
+    def leaves_temp_files(model, *args, **kwargs):
+        saved = onnx.ModelProto()
+        saved.CopyFrom(model)
+        onnx.save_model(saved, "sym_shape_infer_temp.onnx", save_as_external_data=True)  # what ORT does on failure
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(symbolic_shape_infer.SymbolicShapeInference, "infer_shapes", staticmethod(leaves_temp_files))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path, samples = depth_graph
+    quantize_qdq(path, tmp_path / "depth.int8.onnx", samples, OrtQuantConfig(calibration_samples=4))
+    assert sorted(p.name for p in work.iterdir()) == []
