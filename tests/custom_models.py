@@ -19,7 +19,9 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class TwoHeadUNet(nn.Module):
-    """U-Net-like encoder-decoder with skip concatenations and two heads; no `task=` keyword."""
+    """U-Net-like encoder-decoder with skip concatenations and two heads; no `task=` keyword. The depth head
+    normalises its features with a GroupNorm (an InstanceNormalization in ONNX, which neither the int8 path nor
+    hls4ml takes: the test model for a task one target refuses while the other compiles)."""
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()
@@ -28,6 +30,7 @@ class TwoHeadUNet(nn.Module):
         self.dec2 = _block(4 * width, width)
         self.dec1 = _block(2 * width, width)
         self.seg = nn.Conv2d(width, 3, 1)
+        self.depth_norm = nn.GroupNorm(2, width)
         self.depth = nn.Conv2d(width, 1, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -36,7 +39,7 @@ class TwoHeadUNet(nn.Module):
         b = self.bottleneck(F.max_pool2d(e2, 2))
         d2 = self.dec2(torch.cat([F.interpolate(b, scale_factor=2.0), e2], dim=1))
         d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], dim=1))
-        return {"seg": self.seg(d1), "depth": F.softplus(self.depth(d1))}
+        return {"seg": self.seg(d1), "depth": F.softplus(self.depth(self.depth_norm(d1)))}
 
 
 def unet_two_heads() -> nn.Module:
