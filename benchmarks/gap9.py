@@ -44,6 +44,16 @@ COMPILE_LIMIT_S = 300.0
 console = Console(width=220)
 
 
+def op_errors(layers: dict) -> dict[str, dict]:
+    """Per integer op kind: the SQNR (dB) of its outputs against float on real held-out images (cumulative: each
+    layer's output carries the error of every layer before it), worst and median over the op's layers."""
+    by_op: dict[str, list[float]] = {}
+    for layer in layers.values():
+        if "sqnr_db" in layer:
+            by_op.setdefault(layer["op"], []).append(layer["sqnr_db"])
+    return {op: {"layers": len(v), "worst_db": min(v), "median_db": sorted(v)[len(v) // 2]} for op, v in sorted(by_op.items())}
+
+
 def task_row(task, entry: dict) -> dict:
     int8, c = entry["int8"], entry["c"]
     before, after = int8["metric_float"][task.metric], int8["metric_int8"][task.metric]
@@ -58,6 +68,7 @@ def task_row(task, entry: dict) -> dict:
         "qemu_instructions_per_inference": (qemu.get("instructions") or {}).get("totals"),
         "arena_bytes": c["arena"]["arena_bytes"],
         "placement": entry["memory_placement"], "cycle_estimate": entry["cycle_estimate"]["totals"],
+        "op_sqnr_db_on_real_activations": op_errors(int8["layers"]),
         "deeploy": {k: deeploy.get(k) for k in ("available", "ok", "scope", "memory", "fits", "reason",
                                                  "prefix_macs_share", "how_to_create") if k in deeploy},
     }
@@ -153,6 +164,10 @@ def _print(rows: dict, targets: dict, compile_seconds: float, steps: dict, defau
                       f"{instructions['instructions']:,.0f} ({instructions['instructions_per_mac']:.2f}/MAC)" if instructions else "-",
                       row["placement"]["status"], f"{cycles['latency_ms']:.2f} ms", f"{cycles['energy_mj']:.3f} mJ", deeploy_text)
     console.print(table)
+    for name, row in rows.items():
+        errors = row["op_sqnr_db_on_real_activations"]
+        console.print(f"{name}: SQNR vs float on real images, worst / median dB per op (cumulative): " + ", ".join(
+            f"{op} {e['worst_db']:.1f}/{e['median_db']:.1f}" for op, e in errors.items()))
     console.print(f"compile {compile_seconds:.0f} s (qemu step {steps.get('verify_c_qemu', 0):.0f} s)")
     if default.get("ran"):
         console.print(f"default-settings compile {default['seconds']:.0f} s ({default['settings']})")

@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import onnx
@@ -49,6 +49,7 @@ from edgemtl.passes.elementwise import OPS as ELEMENTWISE_OPS
 from edgemtl.passes.elementwise import Elementwise, elementwise, region
 
 ScaleMethod = Literal["mse", "percentile", "max"]
+SQNR_SAMPLES = 16   # held-out images each layer's error against float is measured on
 SCALE_METHODS = ("mse", "percentile", "max")
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Add", "Concat", "Resize", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
@@ -101,7 +102,7 @@ class Int8Record:
     metric_int8: dict[str, float]
     input_scale: float
     output_scale: float
-    layers: dict[str, dict[str, Any]]             # node name -> op, output dtype / scale, shift, mul bits
+    layers: dict[str, dict[str, Any]]             # node name -> op, output dtype / scale, shift, mul bits, sqnr_db
     weight_bytes: int                             # every integer parameter (weights, mul, add)
     seconds: float
     relative_change: float = field(init=False)    # (int8 - float) / |float| of the primary metric
@@ -537,9 +538,8 @@ class _Converter:
 
 
 # -- calibration -------------------------------------------------------------------------------------------
-def _calibration_values(model: onnx.ModelProto, images: np.ndarray, tensors: list[str], config: Int8Config
-                        ) -> dict[str, tuple[np.ndarray, float]]:
-    """Per tensor: a seeded subset of its float values over the images, and the exact max |x|."""
+def _probe(model: onnx.ModelProto, tensors: list[str]) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """One image (C, H, W) -> the float values of `tensors` (and the input) in ONNX Runtime, unoptimised."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     present = {o.name for o in probe.graph.output}
@@ -551,18 +551,46 @@ def _calibration_values(model: onnx.ModelProto, images: np.ndarray, tensors: lis
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
+
+    def run(image: np.ndarray) -> dict[str, np.ndarray]:
+        return {input_name: image[None], **dict(zip(names, session.run(names, {input_name: image[None]})))}
+
+    return run
+
+
+def _calibration_values(model: onnx.ModelProto, images: np.ndarray, tensors: list[str], config: Int8Config
+                        ) -> dict[str, tuple[np.ndarray, float]]:
+    """Per tensor: a seeded subset of its float values over the images, and the exact max |x|."""
+    run = _probe(model, tensors)
     rng = np.random.default_rng(config.seed)
     per_image = max(1, config.values_per_tensor // len(images))
     kept: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     peak = dict.fromkeys(tensors, 0.0)
     for image in images:
-        results = dict(zip(names, session.run(names, {input_name: image[None]})))
-        results[input_name] = image[None]
+        results = run(image)
         for t in tensors:
             flat = results[t].reshape(-1)
             peak[t] = max(peak[t], float(np.abs(flat).max()))
             kept[t].append(flat if flat.size <= per_image else rng.choice(flat, per_image, replace=False))
     return {t: (np.concatenate(kept[t]).astype(np.float32), peak[t]) for t in tensors}
+
+
+def layer_sqnr(model: onnx.ModelProto, graph: IntGraph, images: np.ndarray) -> dict[str, float]:
+    """Per integer node whose output is a tensor of the float graph: the SQNR (dB) of its dequantized output against
+    that float tensor on real images, the error every layer up to it has added (where a path loses accuracy)."""
+    known = {t.name for t in [*model.graph.value_info, *model.graph.output]}
+    nodes = [n for n in graph.nodes if n.output in known]
+    run = _probe(model, [n.output for n in nodes])
+    q = quantize_input(graph, images.astype(np.float64))
+    ints = run_reference(graph, q, keep_all=True)
+    floats = [run(image) for image in images]
+    sqnr = {}
+    for node in nodes:
+        want = np.stack([f[node.output].reshape(-1) for f in floats]).astype(np.float64)
+        got = ints[node.output].reshape(len(images), -1) * graph.tensors[node.output].scale
+        noise = float(((want - got) ** 2).mean())
+        sqnr[node.name] = round(10 * np.log10(float((want**2).mean()) / noise), 2) if noise > 0 else float("inf")
+    return sqnr
 
 
 def choose_scale(values: np.ndarray, peak: float, dtype: str, config: Int8Config) -> float:
@@ -959,6 +987,11 @@ def check_int8_ops(graph: onnx.ModelProto, task: str) -> None:
 def build_int_graph(model: nn.Module, spec: ModelSpec, task: str, calibration: TaskData,
                     config: Int8Config = Int8Config()) -> IntGraph:
     """The task path as a validated, int32-safe integer graph (no evaluation)."""
+    return _build(model, spec, task, calibration, config)[0]
+
+
+def _build(model: nn.Module, spec: ModelSpec, task: str, calibration: TaskData, config: Int8Config
+           ) -> tuple[IntGraph, onnx.ModelProto]:
     spec.task(task)
     model.eval()
     with tempfile.TemporaryDirectory(prefix="edgemtl-int8-") as folder:
@@ -976,7 +1009,7 @@ def build_int_graph(model: nn.Module, spec: ModelSpec, task: str, calibration: T
     if graph.tensors[graph.output].shape != list(expected):
         raise EdgemtlError(f"task {task!r}: the integer graph outputs {graph.tensors[graph.output].shape}, "
                            f"the spec says {expected}")
-    return graph
+    return graph, onnx_model
 
 
 def quantize_int8(model: nn.Module, spec: ModelSpec, task: str, calibration: TaskData, val: TaskData,
@@ -984,7 +1017,8 @@ def quantize_int8(model: nn.Module, spec: ModelSpec, task: str, calibration: Tas
     """Quantize one task path to an integer graph; score float and int8 on `val` with the task's metrics."""
     start = time.perf_counter()
     task_spec = spec.task(task)
-    graph = build_int_graph(model, spec, task, calibration, config)
+    graph, onnx_model = _build(model, spec, task, calibration, config)
+    sqnr = layer_sqnr(onnx_model, graph, val.normalise(val.images[:SQNR_SAMPLES]))
 
     def float_predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -1000,6 +1034,8 @@ def quantize_int8(model: nn.Module, spec: ModelSpec, task: str, calibration: Tas
             entry.update(shift=int(node.attrs["shift"]), mul_bits=_mul_bits(node.params["mul"]))
         if node.op == "add":
             entry["mul_bits"] = max(abs(node.attrs["mul_a"]), abs(node.attrs["mul_b"])).bit_length()
+        if node.name in sqnr:
+            entry["sqnr_db"] = sqnr[node.name]
         layers[node.name] = entry
     record = Int8Record(
         task=task, metric=task_spec.metric, higher_is_better=bool(task_spec.higher_is_better),

@@ -109,3 +109,18 @@ def test_edge_cnn_layers_quantize_close_to_float_and_c_is_bit_exact(images, task
     x = val.normalise(val.images)
     assert _sqnr_db(graph, model, x, lambda m, v: m(v)[task]) > 20
     _assert_c_bit_exact(graph, tmp_path, x[:3])
+
+
+def test_every_layer_records_its_error_against_float_on_real_images(images):
+    """The manifest's per-layer record says where along the path the int8 error builds up: the SQNR of each layer's
+    dequantized output against the float tensor of the same name, on held-out images."""
+    from edgemtl.passes.quantize_int8 import quantize_int8
+
+    calibration, val = images
+    model, spec = _vit()
+    graph, record = quantize_int8(model, spec, "depth", calibration, val, QUICK)
+    measured = {name: layer["sqnr_db"] for name, layer in record.layers.items() if "sqnr_db" in layer}
+    ops = {record.layers[name]["op"] for name in measured}
+    assert {"layernorm", "softmax", "matmul", "gemm", "lut", "conv"} <= ops
+    assert all(10 < db < 80 for db in measured.values()), measured
+    assert measured[graph.nodes[-1].name] > 20   # the output itself
