@@ -46,7 +46,7 @@ from edgemtl.model.intgraph import (INT32, LAYERNORM_Z_BITS, PER_TENSOR, RANGES,
                                     worst_case_accumulator)
 from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.elementwise import OPS as ELEMENTWISE_OPS
-from edgemtl.passes.elementwise import Elementwise, elementwise, region
+from edgemtl.passes.elementwise import Elementwise, region
 
 ScaleMethod = Literal["mse", "percentile", "max"]
 SQNR_SAMPLES = 16   # held-out images each layer's error against float is measured on
