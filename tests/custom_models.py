@@ -20,8 +20,8 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 class TwoHeadUNet(nn.Module):
     """U-Net-like encoder-decoder with skip concatenations and two heads; no `task=` keyword. The depth head
-    normalises its features with a GroupNorm (an InstanceNormalization in ONNX, which neither the int8 path nor
-    hls4ml takes: the test model for a task one target refuses while the other compiles)."""
+    is relative (divided by each image's largest value: a ReduceMax in ONNX, which the int8 path does not take: the
+    test model for a task one target refuses while the other paths compile)."""
 
     def __init__(self, width: int = 8) -> None:
         super().__init__()
@@ -30,7 +30,6 @@ class TwoHeadUNet(nn.Module):
         self.dec2 = _block(4 * width, width)
         self.dec1 = _block(2 * width, width)
         self.seg = nn.Conv2d(width, 3, 1)
-        self.depth_norm = nn.GroupNorm(2, width)
         self.depth = nn.Conv2d(width, 1, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -39,7 +38,11 @@ class TwoHeadUNet(nn.Module):
         b = self.bottleneck(F.max_pool2d(e2, 2))
         d2 = self.dec2(torch.cat([F.interpolate(b, scale_factor=2.0), e2], dim=1))
         d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], dim=1))
-        return {"seg": self.seg(d1), "depth": F.softplus(self.depth(self.depth_norm(d1)))}
+        return {"seg": self.seg(d1), "depth": _relative(F.softplus(self.depth(d1)))}
+
+
+def _relative(depth: torch.Tensor) -> torch.Tensor:
+    return depth / (depth.amax(dim=(2, 3), keepdim=True) + 1e-3)
 
 
 def unet_two_heads() -> nn.Module:

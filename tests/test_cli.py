@@ -341,14 +341,14 @@ def test_compile_for_gap9_records_a_task_with_an_unsupported_op_and_compiles_the
     assert code == 0, err
     manifest = json.loads((bundle / "manifest.json").read_text())
     failed = manifest["tasks"]["depth"]["int8"]
-    assert not failed["ok"] and "InstanceNormalization" in failed["error"] and "'depth'" in failed["error"]
+    assert not failed["ok"] and "ReduceMax" in failed["error"] and "'depth'" in failed["error"]
     assert manifest["tasks"]["seg"]["c"]["host"]["bit_exact"]
     # the bundle lacks a task the user asked for: the console says so, not only the manifest
     assert "warning: task 'depth' has no int8 artifact in this bundle: task 'depth': layer" in " ".join(err.split())
 
 
 def test_inspect_target_names_the_op_each_task_path_cannot_take(capsys, tmp_path):
-    """Seconds, before any compile: the U-Net's depth head has a GroupNorm (no int8 lowering); its seg path fits."""
+    """Seconds, before any compile: the U-Net's depth head divides by a ReduceMax (no int8 lowering); its seg path fits."""
     weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
     torch.save(unet_two_heads().state_dict(), weights)
     spec.write_text(SPEC_YAML)
@@ -357,7 +357,7 @@ def test_inspect_target_names_the_op_each_task_path_cannot_take(capsys, tmp_path
     assert code == 0, err
     tasks = json.loads(out)["target"]["tasks"]
     assert tasks["seg"] == {"supported": True}
-    assert not tasks["depth"]["supported"] and "is an ONNX 'InstanceNormalization'" in tasks["depth"]["reason"]
+    assert not tasks["depth"]["supported"] and "is an ONNX 'ReduceMax'" in tasks["depth"]["reason"]
     code, out, err = run_cli(capsys, "inspect", *model, "--target", "host")
     assert code == 0 and "host: task 'depth': no op refused" in " ".join(out.split()), err
     code, _, err = run_cli(capsys, "inspect", *model, "--target", "gap9", "--tasks", "depth")
@@ -382,7 +382,7 @@ def test_compile_for_gap9_fails_cleanly_when_no_task_can_be_quantized(capsys, tm
                            "--target", "gap9", "-o", tmp_path / "none", "--data", "scenes", "--tasks", "depth")
     last = err.strip().splitlines()[-1]
     assert code == 2 and "Traceback" not in err and last.startswith("edgemtl: error: no task could be quantized to int8")
-    assert "'InstanceNormalization'" in last
+    assert "'ReduceMax'" in last
     assert not (tmp_path / "none").exists()
 
 
