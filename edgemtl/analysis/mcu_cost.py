@@ -369,27 +369,16 @@ def layer_work(graph: IntGraph, node: Node) -> tuple[str, int, int]:
         return "matmul", macs, macs
     if node.op in ("softmax", "layernorm"):
         return "normalise", 0, x.elements
-    if node.op == "add_const":
+    if node.op in ("add", "requant", "add_const"):
         return "elementwise", 0, out.elements
-    if node.op == "reduce_mean":
+    if node.op in ("avgpool_global", "reduce_mean"):
         return "pool", 0, x.elements
-    if node.op == "avgpool":
-        kh, kw = node.attrs["kernel"]
-        return "pool", 0, out.elements * int(kh) * int(kw)
-    if node.op in ("transpose", "slice"):
-        return "copy", 0, tensor_bytes(graph, node.output)
-    if node.op == "lut":
-        return "copy", 0, tensor_bytes(graph, node.output)
-    if node.op in ("add", "requant"):
-        return "elementwise", 0, out.elements
-    if node.op == "avgpool_global":
-        return "pool", 0, x.elements
-    if node.op == "maxpool":
+    if node.op in ("maxpool", "avgpool"):
         kh, kw = node.attrs["kernel"]
         return "pool", 0, out.elements * int(kh) * int(kw)
     if node.op == "resize_bilinear":
         return "resize", 0, out.elements
-    if node.op in ("resize_nearest", "concat", "flatten"):
+    if node.op in ("resize_nearest", "concat", "flatten", "transpose", "slice", "lut"):
         return "copy", 0, tensor_bytes(graph, node.output)
     raise EdgemtlError(f"task {graph.task!r}: layer {node.name!r} has op {node.op!r}, which the MCU cost model lacks")
 

@@ -859,14 +859,16 @@ class _Builder:
         attrs = {"axis": unit.attrs["axis"], "p": int(round(2.0**16 / s_out))}
         graph.nodes.append(Node(unit.name, "softmax", [x], out, attrs, {"exp": softmax_exp_table(s_in)}))
 
+    def pool_attrs(self, node: onnx.NodeProto) -> dict[str, list[int]]:
+        return {"kernel": list(self.c.attr(node, "kernel_shape")), "stride": list(self.c.attr(node, "strides", [1, 1])),
+                "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0]))}
+
     def emit_avgpool(self, graph: IntGraph, unit: _Unit) -> None:
-        node = unit.onnx[0]
         x = self.source(unit)
         out = self.output(graph, unit)
-        kernel = list(self.c.attr(node, "kernel_shape"))
-        attrs = {"kernel": kernel, "stride": list(self.c.attr(node, "strides", [1, 1])),
-                 "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0]))}
-        multiplier = graph.tensors[x].scale / (kernel[0] * kernel[1] * graph.tensors[out].scale)
+        attrs = self.pool_attrs(unit.onnx[0])
+        kh, kw = attrs["kernel"]
+        multiplier = graph.tensors[x].scale / (kh * kw * graph.tensors[out].scale)
         self.requant_node(graph, unit, "avgpool", [x], out, np.asarray(multiplier), attrs)
 
     def emit_reduce_mean(self, graph: IntGraph, unit: _Unit) -> None:
@@ -929,13 +931,9 @@ class _Builder:
         graph.nodes.append(Node(unit.name, "resize_nearest", [x], out, {"factor": factor}))
 
     def emit_maxpool(self, graph: IntGraph, unit: _Unit) -> None:
-        node = unit.onnx[0]
         x = self.source(unit)
         out = self.output(graph, unit)
-        kernel = list(self.c.attr(node, "kernel_shape"))
-        attrs = {"kernel": kernel, "stride": list(self.c.attr(node, "strides", [1, 1])),
-                 "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0]))}
-        graph.nodes.append(Node(unit.name, "maxpool", [x], out, attrs))
+        graph.nodes.append(Node(unit.name, "maxpool", [x], out, self.pool_attrs(unit.onnx[0])))
 
     def emit_concat(self, graph: IntGraph, unit: _Unit) -> None:
         dtype, scale = self.q[unit.output]
