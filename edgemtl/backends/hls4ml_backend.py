@@ -641,6 +641,9 @@ _HINTS = {
     "Resize": "hls4ml implements only nearest-neighbour Resize with constant scales (no bilinear kernel): "
               "use nearest upsampling by an integer factor",
     "ReduceMean": "use AdaptiveAvgPool2d(1) (GlobalAveragePool) for a spatial mean",
+    "PRelu": "compile this task for gap9 or arm64, whose int8 paths take PReLU",
+    "MaxPool": "pool windows that tile the input exactly (no padding, no ceil_mode)",
+    "AveragePool": "pool windows that tile the input exactly (no padding, no ceil_mode)",
     "Gemm": "qonnx GemmToMatMul should have lowered it",
     "Concat": "hls4ml concatenates at most two tensors of rank <= 3 per node",
     "Add": "hls4ml adds two tensors of the same shape per node",
@@ -657,13 +660,31 @@ def _supported_ops() -> set[str]:
 _REWRITTEN = {"Gemm", "ReduceMean"}
 
 
+# What the operator table says of ops hls4ml has a handler for but cannot take in every form (_known_failure).
+HANDLER_LIMITS = {"PRelu": "no (its handler drops the slopes)", "MaxPool": "yes, without padding or ceil_mode",
+                  "AveragePool": "yes, without padding or ceil_mode", "Resize": "yes, nearest by integer factors"}
+
+
+def _known_failure(node: onnx.NodeProto) -> str | None:
+    """Why hls4ml 1.3.0 cannot take a node whose op it has a handler for (each found by running it)."""
+    if node.op_type == "PRelu":
+        return "its ONNX PRelu handler never reads the slopes (IndexError while converting)"
+    if node.op_type in ("MaxPool", "AveragePool") and (_attr(node, "ceil_mode", 0) or any(_attr(node, "pads", []))):
+        return "io_stream pooling takes no padding, and ceil_mode pads the end (the kernel asserts zero pads)"
+    return None
+
+
 def float_graph_refusal(float_graph: onnx.ModelProto, task: str) -> EdgemtlError | None:
     """The error naming the first op of a task's float graph (BatchNorm folded, shapes folded) that hls4ml has no
-    handler for, or None: checked before QAT, which takes minutes, so such a graph fails in seconds."""
+    handler or no working kernel for, or None: checked before QAT, which takes minutes, so such a graph fails in
+    seconds."""
     hls4ml = _import_hls4ml(task)
     supported = _supported_ops() | _REWRITTEN
-    node = next((n for n in float_graph.graph.node if n.op_type not in supported), None)
-    return None if node is None else _refuse(task, hls4ml.__version__, node, "no ONNX handler for this op type")
+    for node in float_graph.graph.node:
+        reason = "no ONNX handler for this op type" if node.op_type not in supported else _known_failure(node)
+        if reason is not None:
+            return _refuse(task, hls4ml.__version__, node, reason)
+    return None
 
 
 def _refuse(task: str, version: str, node: onnx.NodeProto, reason: str) -> EdgemtlError:
@@ -678,8 +699,9 @@ def _precheck_ops(model: onnx.ModelProto, task: str, version: str) -> None:
     supported = _supported_ops()
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type not in supported:
-            raise _refuse(task, version, node, "no ONNX handler for this op type")
+        reason = "no ONNX handler for this op type" if node.op_type not in supported else _known_failure(node)
+        if reason is not None:
+            raise _refuse(task, version, node, reason)
         if node.op_type == "Resize":
             mode = _attr(node, "mode", "nearest")
             if mode != "nearest":

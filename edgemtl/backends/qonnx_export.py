@@ -131,6 +131,7 @@ def run_qcdq(path: Path, images: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # the legacy exporter lists PReLU slopes as inputs: a note per slope, not an error
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {input_name: sample[None].astype(np.float32)})[0] for sample in images])

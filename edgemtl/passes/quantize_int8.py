@@ -313,10 +313,10 @@ class _Converter:
         if op == "MaxPool":
             if len(node.output) > 1 and node.output[1]:
                 raise self.unsupported(node, "it also returns indices")
-            if (self.attr(node, "auto_pad", "NOTSET") != "NOTSET" or self.attr(node, "ceil_mode", 0)
+            if (self.attr(node, "auto_pad", "NOTSET") != "NOTSET"
                     or any(d != 1 for d in self.attr(node, "dilations", [1, 1]))):
-                raise self.unsupported(node, "ceil_mode / auto_pad / dilation")
-            return _Unit("maxpool", node.name, ins, out, onnx=[node])
+                raise self.unsupported(node, "auto_pad / dilation")
+            return _Unit("maxpool", node.name, ins, out, onnx=[node], attrs=self.pool_attrs(node))
         if op == "Resize":
             if len(ins) != 1:
                 raise self.unsupported(node, "sizes computed at run time")
@@ -498,6 +498,22 @@ class _Converter:
         if shape[-1] > 4096:
             raise self.unsupported(node, f"{shape[-1]} features: the integer kernel takes at most 4096")
         return _Unit("layernorm", node.name, ins, node.output[0], onnx=[node])
+
+    def pool_attrs(self, node: onnx.NodeProto) -> dict[str, list[int]]:
+        """Kernel, stride and explicit [top, left, bottom, right] pads. A max pool in ceil mode (Caffe's pools, as in
+        MTCNN) gets the rows and columns its last window reaches past the input as end padding: padding never wins
+        a max, and ONNX drops a last window that would start in the padding, so floor mode over the padded input is
+        ceil mode (checked against the graph's own output shape)."""
+        kernel, stride = list(self.attr(node, "kernel_shape")), list(self.attr(node, "strides", [1, 1]))
+        pads = list(self.attr(node, "pads", [0, 0, 0, 0]))
+        if self.attr(node, "ceil_mode", 0):
+            size, out = self.shapes[node.input[0]][2:], self.shapes[node.output[0]][2:]
+            for axis in (0, 1):
+                reach = (out[axis] - 1) * stride[axis] + kernel[axis]
+                pads[axis + 2] += max(0, reach - (size[axis] + pads[axis] + pads[axis + 2]))
+                if (size[axis] + pads[axis] + pads[axis + 2] - kernel[axis]) // stride[axis] + 1 != out[axis]:
+                    raise self.unsupported(node, f"ceil_mode with output {out} from {size}")
+        return {"kernel": kernel, "stride": stride, "pads": pads}
 
     def avgpool_unit(self, node: onnx.NodeProto, ins: list[str]) -> _Unit:
         pads = list(self.attr(node, "pads", [0, 0, 0, 0]))
@@ -859,14 +875,10 @@ class _Builder:
         attrs = {"axis": unit.attrs["axis"], "p": int(round(2.0**16 / s_out))}
         graph.nodes.append(Node(unit.name, "softmax", [x], out, attrs, {"exp": softmax_exp_table(s_in)}))
 
-    def pool_attrs(self, node: onnx.NodeProto) -> dict[str, list[int]]:
-        return {"kernel": list(self.c.attr(node, "kernel_shape")), "stride": list(self.c.attr(node, "strides", [1, 1])),
-                "pads": list(self.c.attr(node, "pads", [0, 0, 0, 0]))}
-
     def emit_avgpool(self, graph: IntGraph, unit: _Unit) -> None:
         x = self.source(unit)
         out = self.output(graph, unit)
-        attrs = self.pool_attrs(unit.onnx[0])
+        attrs = self.c.pool_attrs(unit.onnx[0])
         kh, kw = attrs["kernel"]
         multiplier = graph.tensors[x].scale / (kh * kw * graph.tensors[out].scale)
         self.requant_node(graph, unit, "avgpool", [x], out, np.asarray(multiplier), attrs)
@@ -933,7 +945,7 @@ class _Builder:
     def emit_maxpool(self, graph: IntGraph, unit: _Unit) -> None:
         x = self.source(unit)
         out = self.output(graph, unit)
-        graph.nodes.append(Node(unit.name, "maxpool", [x], out, self.pool_attrs(unit.onnx[0])))
+        graph.nodes.append(Node(unit.name, "maxpool", [x], out, unit.attrs))
 
     def emit_concat(self, graph: IntGraph, unit: _Unit) -> None:
         dtype, scale = self.q[unit.output]

@@ -119,6 +119,16 @@ def reshaped_output_graph() -> IntGraph:
     return b.graph
 
 
+def ceil_pool_graph() -> IntGraph:
+    """Caffe-era max pools in ceil mode (MTCNN's): the end padding the converter adds never wins, also where every
+    value of a border window is negative; then a dense layer, as in MTCNN's output network."""
+    b = Builder("ceil_pool", [4, 11, 10], "int8", seed=5)
+    odd = b.node("maxpool", ["x"], "int8", kernel=[3, 3], stride=[2, 2], pads=[0, 0, 1, 1])   # (4, 5, 5)
+    even = b.node("maxpool", [b.conv(odd, 6, 2, "int8")], "int8", kernel=[2, 2], stride=[2, 2], pads=[0, 0, 0, 1])
+    b.gemm(b.node("flatten", [even], "int8"), 5, "int8")                           # (6, 2, 2) -> (24,) -> (5,)
+    return b.graph
+
+
 def upsampling_graph() -> IntGraph:
     """A learnt x2 and x3 upsampling (ConvTranspose, kernel == stride) from int8 and uint8 inputs, a sigmoid
     table on each signedness (a detector's decoder and its heat-map head) and one table per channel."""
@@ -198,7 +208,7 @@ def test_builder_graphs_are_valid_and_not_saturated() -> None:
 
 
 @pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, reshaped_output_graph, upsampling_graph,
-                                  transformer_graph])
+                                  transformer_graph, ceil_pool_graph])
 def test_host_c_is_bit_exact(make, tmp_path: Path) -> None:
     graph = make()
     inputs = random_inputs(graph, 6, seed=7)
@@ -276,7 +286,8 @@ def test_inconsistent_shapes_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.needs_qemu
-@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, upsampling_graph, transformer_graph])
+@pytest.mark.parametrize("make", [every_op_graph, uint8_io_graph, upsampling_graph, transformer_graph,
+                                  ceil_pool_graph])
 def test_qemu_rv32_is_bit_exact_and_counts_instructions(make, tmp_path: Path) -> None:
     """Every op kind the C backend has (every_op_graph and upsampling_graph together) and uint8 input / output
     (uint8_io_graph), 8 samples each including both input extremes, under qemu rv32imac: the same integers as the

@@ -375,3 +375,34 @@ def test_int_graph_save_load_round_trip(tmp_path, data):
         assert all(np.array_equal(a.params[k], b.params[k]) and a.params[k].dtype == b.params[k].dtype for k in a.params)
     q = quantize_input(graph, val.normalise(val.images[:4]))
     assert np.array_equal(run_reference(loaded, q)[loaded.output], run_reference(graph, q)[graph.output])
+
+
+class CeilModePools(nn.Module):
+    """MTCNN's stem: conv -> PReLU -> max pools in ceil mode (odd sizes, so the last window hangs over the edge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.prelu = nn.Conv2d(3, 8, 3), nn.PReLU(8, init=0.3)
+        self.pool, self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True), nn.MaxPool2d(2, 2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"map": self.pool2(self.pool(self.prelu(self.conv(x))))}
+
+
+def test_ceil_mode_max_pools_get_end_padding_that_never_wins(data):
+    """Before: refused ('ceil_mode'). A ceil-mode pool is a floor-mode pool over end padding that never wins: the
+    integer pool equals torch's ceil-mode pool of its own integer input, exactly, negative border windows too."""
+    torch.manual_seed(0)
+    model = CeilModePools().eval()
+    input_spec, _ = data_spec("scenes")  # 64 x 64: conv 62 -> ceil pool 31 (floor 30) -> ceil pool 16 (floor 15)
+    spec = ModelSpec(input=input_spec, tasks=[TaskSpec(name="map", kind="raw", output_shape=[8, 16, 16])])
+    graph = build_int_graph(model, spec, "map", data[0], QUICK)
+    pools = [n for n in graph.nodes if n.op == "maxpool"]
+    assert [n.attrs["pads"] for n in pools] == [[0, 0, 1, 1], [0, 0, 1, 1]]
+    images = data[1].normalise(data[1].images)
+    values = run_reference(graph, quantize_input(graph, images), keep_all=True)
+    for node in pools:
+        x = torch.from_numpy(values[node.inputs[0]].astype(np.float64))
+        want = F.max_pool2d(x, 3 if node is pools[0] else 2, 2, ceil_mode=True).numpy()
+        assert np.array_equal(values[node.output], want.astype(values[node.output].dtype))
+        assert (values[node.inputs[0]] < 0).any()
