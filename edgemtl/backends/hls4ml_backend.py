@@ -643,7 +643,8 @@ _HINTS = {
     "ReduceMean": "use AdaptiveAvgPool2d(1) (GlobalAveragePool) for a spatial mean",
     "PRelu": "compile this task for gap9 or arm64, whose int8 paths take PReLU",
     "MaxPool": "pool windows that tile the input exactly (no padding, no ceil_mode)",
-    "AveragePool": "pool windows that tile the input exactly (no padding, no ceil_mode)",
+    "AveragePool": "a strided conv or GlobalAveragePool maps",
+    "Softmax": "end the FPGA path at the logits and apply the softmax on the ARM cores, or compile for gap9",
     "Gemm": "qonnx GemmToMatMul should have lowered it",
     "Concat": "hls4ml concatenates at most two tensors of rank <= 3 per node",
     "Add": "hls4ml adds two tensors of the same shape per node",
@@ -662,15 +663,21 @@ _REWRITTEN = {"Gemm", "ReduceMean"}
 
 # What the operator table says of ops hls4ml has a handler for but cannot take in every form (_known_failure).
 HANDLER_LIMITS = {"PRelu": "no (its handler drops the slopes)", "MaxPool": "yes, without padding or ceil_mode",
-                  "AveragePool": "yes, without padding or ceil_mode", "Resize": "yes, nearest by integer factors"}
+                  "AveragePool": "no (left channels-first by qonnx)", "Resize": "yes, nearest by integer factors",
+                  "Softmax": "no (table-based, not bit-accurate)"}
 
 
 def _known_failure(node: onnx.NodeProto) -> str | None:
     """Why hls4ml 1.3.0 cannot take a node whose op it has a handler for (each found by running it)."""
     if node.op_type == "PRelu":
         return "its ONNX PRelu handler never reads the slopes (IndexError while converting)"
-    if node.op_type in ("MaxPool", "AveragePool") and (_attr(node, "ceil_mode", 0) or any(_attr(node, "pads", []))):
+    if node.op_type == "MaxPool" and (_attr(node, "ceil_mode", 0) or any(_attr(node, "pads", []))):
         return "io_stream pooling takes no padding, and ceil_mode pads the end (the kernel asserts zero pads)"
+    if node.op_type == "AveragePool":
+        return "qonnx's channels-last conversion leaves it channels-first, which hls4ml's pooling handler refuses"
+    if node.op_type == "Softmax":
+        return ("hls4ml's Softmax uses exp / inverse tables and is not bit-accurate to the quantized model "
+                "(measured 23 LSB off at 8 bits)")
     return None
 
 

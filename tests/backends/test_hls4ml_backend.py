@@ -314,3 +314,91 @@ def test_float_biases_are_found(tmp_path):
     model = onnx.load(str(path))
     gemms = [n.name for n in model.graph.node if n.op_type == "Gemm"]
     assert len(gemms) == 2 and _float_biases(model) == [gemms[0]]
+
+
+def _qlinear(cin: int, cout: int) -> nn.Module:
+    return brevitas_nn.QuantLinear(cin, cout, bias=False, weight_quant=Int8WeightPerTensorFixedPoint,
+                                   weight_bit_width=4)
+
+
+class Depthwise(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.relu, self.out = act(), qconv(3, 4), relu(), act()
+        self.dw = brevitas_nn.QuantConv2d(4, 4, 3, padding=1, groups=4, bias=False,
+                                          weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dw(self.relu(self.conv(self.inp(x)))))
+
+
+class Leaky(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.mid, self.leaky, self.q = act(), qconv(3, 4), act(), nn.LeakyReLU(0.125), act()
+        self.head, self.out = qconv(4, 2, 1), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.head(self.q(self.leaky(self.mid(self.conv(self.inp(x)))))))
+
+
+class PermuteThenDense(nn.Module):
+    """MTCNN's order: a permute of the feature map (Transpose) before the dense layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.relu, self.fc, self.out = act(), qconv(3, 4), relu(), _qlinear(64, 5), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.conv(self.inp(x))).permute(0, 3, 2, 1).contiguous()
+        return self.out(self.fc(y.reshape(y.shape[0], -1)))
+
+
+class AvgPool(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.relu, self.pool, self.mid = act(), qconv(3, 4), relu(), nn.AvgPool2d(2), relu()
+        self.head, self.out = qconv(4, 2, 1), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.head(self.mid(self.pool(self.relu(self.conv(self.inp(x)))))))
+
+
+class SoftmaxHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.relu, self.fc, self.mid = act(), qconv(3, 4), relu(), _qlinear(64, 5), act()
+        self.softmax, self.out = nn.Softmax(dim=1), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.softmax(self.mid(self.fc(self.relu(self.conv(self.inp(x))).flatten(1)))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "shape", "op"), [(Depthwise, (3, 8, 8), "Conv"), (Leaky, (3, 8, 8), "LeakyRelu"),
+                                                    (PermuteThenDense, (3, 4, 4), "Transpose")])
+def test_depthwise_leaky_relu_and_a_permute_before_dense_map_exactly(tmp_path, model, shape, op):
+    """The layers of edge CNNs that hls4ml takes bit for bit (the operator table's 'yes', checked by running)."""
+    import onnx
+
+    module = model()
+    path = tmp_path / "m.onnx"
+    x, outs = calibrate_and_export(module, path, shape=shape)
+    assert op in {node.op_type for node in onnx.load(str(path)).graph.node}
+    names = output_names(path)
+    project = build_hls_project(path, tmp_path / "prj", "t", PART, CLOCK_NS)
+    result = csim_check(project, x, dict(zip(names, outs)), {names[0]: float(module.out.act_quant.scale())}, "t")
+    assert result["exact"] and result["max_abs_diff_lsb"] == 0.0
+
+
+@pytest.mark.parametrize(("model", "shape", "op", "why"), [
+    (AvgPool, (3, 8, 8), "AveragePool", "channels-last"), (SoftmaxHead, (3, 4, 4), "Softmax", "not bit-accurate")])
+def test_ops_hls4ml_runs_wrongly_are_refused_before_conversion(tmp_path, model, shape, op, why):
+    """Found by running them: qonnx leaves an AveragePool channels-first (hls4ml's handler then raises), and
+    hls4ml's table-based Softmax was 23 LSB off brevitas' at 8 bits. Refused in one line before anything is built."""
+    path = tmp_path / "m.onnx"
+    calibrate_and_export(model(), path, shape=shape)
+    with pytest.raises(EdgemtlError) as err:
+        build_hls_project(path, tmp_path / "prj", "t", PART, CLOCK_NS)
+    assert f"cannot map ONNX op '{op}'" in str(err.value) and why in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "prj" / "firmware").exists()
