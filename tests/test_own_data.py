@@ -79,25 +79,28 @@ def test_eval_and_prune_take_an_npz_or_a_folder(capsys, tmp_path, kind):
     assert (tmp_path / "pruned.pt").is_file() and "sqnr_db_vs_float" in out  # seg has no labels: judged against float
 
 
+# A user's Dataset factory module: (image, {task: target}) per split, read from own.npz in the current folder.
+_FACTORY = ("import numpy as np, torch\n"
+            "class Frames(torch.utils.data.Dataset):\n"
+            "    def __init__(self, split):\n"
+            "        archive = np.load('own.npz')\n"
+            "        keep = archive['split'] == split\n"
+            "        self.images, self.depth = archive['images'][keep], archive['depth'][keep]\n"
+            "    def __len__(self):\n"
+            "        return len(self.images)\n"
+            "    def __getitem__(self, i):\n"
+            "        return torch.from_numpy(self.images[i]), {'depth': torch.from_numpy(self.depth[i])}\n"
+            "def make(split):\n"
+            "    return Frames(split)\n")
+
+
 def test_a_dataset_factory_feeds_compile_and_eval_like_the_npz(capsys, tmp_path, monkeypatch):
     """`--data own_frames:make` (a torch Dataset of (image, {task: target}) from the user's own module, found in the
     current folder): the same images as an npz give the same numbers."""
     images, depth = _images()
     npz = tmp_path / "own.npz"
     np.savez(npz, images=images, depth=depth, split=np.array(["train"] * 28 + ["val"] * 6 + ["test"] * 6))
-    (tmp_path / "own_frames.py").write_text(
-        "import numpy as np, torch\n"
-        "class Frames(torch.utils.data.Dataset):\n"
-        "    def __init__(self, split):\n"
-        "        archive = np.load('own.npz')\n"
-        "        keep = archive['split'] == split\n"
-        "        self.images, self.depth = archive['images'][keep], archive['depth'][keep]\n"
-        "    def __len__(self):\n"
-        "        return len(self.images)\n"
-        "    def __getitem__(self, i):\n"
-        "        return torch.from_numpy(self.images[i]), {'depth': torch.from_numpy(self.depth[i])}\n"
-        "def make(split):\n"
-        "    return Frames(split)\n")
+    (tmp_path / "own_frames.py").write_text(_FACTORY)
     monkeypatch.chdir(tmp_path)
     manifests = []
     for data, name in ((npz, "from-npz"), ("own_frames:make", "from-factory")):
@@ -212,3 +215,38 @@ def test_rank1_regression_and_raw_heads_of_any_shape_through_every_target(capsys
     assert tasks["gap9"]["landmarks"]["int8"]["agreement_with_float"]["cosine_vs_float"] > 0.99
     assert set(tasks["zcu104"]["pose"]["quantization"]["metric_quant"]) == {"mae"}
     assert "sqnr_db_vs_float" in tasks["zcu104"]["landmarks"]["quantization"]["metric_quant"]
+
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["folder", "factory"])
+def test_a_folder_and_a_dataset_factory_through_train_prune_and_every_quantizing_target(capsys, tmp_path,
+                                                                                       monkeypatch, kind):
+    """The sources the npz tests do not cover, through every command that takes data and every target flow: seg
+    has no labels (calibrated and judged against float), depth has."""
+    images, depth = _images()
+    monkeypatch.chdir(tmp_path)
+    if kind == "folder":
+        _write_folder(tmp_path / "own", images, depth)
+        data = str(tmp_path / "own")
+    else:
+        np.savez(tmp_path / "own.npz", images=images, depth=depth,
+                 split=np.array(["train"] * 28 + ["val"] * 6 + ["test"] * 6))
+        (tmp_path / "frames_source.py").write_text(_FACTORY)
+        data = "frames_source:make"
+    model = _own_model(tmp_path)
+    code, _, err = run_cli(capsys, "train", *model[1:], "--data", data, "--steps", "2", "--batch-size", "4",
+                           "-o", tmp_path / "trained.pt")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "prune", *model, "--data", data, "--flops-target", "0.9", "--finetune-steps", "1",
+                             "--final-finetune-steps", "1", "--oracle-samples", "4", "-o", tmp_path / "pruned.pt")
+    assert code == 0 and "sqnr_db_vs_float" in out, err
+    expected_kind = "folder" if kind == "folder" else "factory"
+    for target, extra in (("gap9", []), ("zcu104", ["--qat-steps", "2"]), ("arm64", ["--threads", "1"])):
+        code, _, err = run_cli(capsys, "compile", *model, "--target", target, "--data", data, "--no-latency",
+                               "-o", tmp_path / target, *extra)
+        assert code == 0, (target, err)
+        manifest = json.loads((tmp_path / target / "manifest.json").read_text())
+        assert manifest["data"]["kind"] == expected_kind and manifest["data"]["unlabelled_tasks"] == ["seg"], target
+        assert manifest["data"]["split_sizes"] == {"train": 28, "val": 6, "test": 6}, target
