@@ -117,7 +117,8 @@ def render_markdown() -> str:
         "a placeholder and Deeploy runs on the mappable prefix; the generated C always runs the whole path.",
         f"- **zcu104** (hls4ml {version}): whether hls4ml has an ONNX handler for the op (read from hls4ml's "
         "registry, less the forms its kernels were found not to take); the flow's QAT (brevitas) and C simulation "
-        "check the rest. An op without a handler, or in a form it cannot take, refuses the task in one line, before QAT (`edgemtl inspect --target zcu104`).",
+        "check the rest. An op without a handler, or in a form it cannot take, refuses the task in one line, "
+        "before QAT (`edgemtl inspect --target zcu104`).",
         "",
         "| ONNX op | gap9: integer form | error added | Deeploy | zcu104 (hls4ml handler) | refused, and what to do |",
         "|---|---|---|---|---|---|",
