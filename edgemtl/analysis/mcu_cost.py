@@ -30,7 +30,9 @@ Cycles per layer (f = cluster clock; B2, B3 = L2<->L1 and L3->L2 bandwidths in b
 - compute  = work / throughput, with work and throughput from the layer's kernel class (KERNELS below:
   MACs for conv / gemm, output elements for elementwise and resize, window elements for pools; the
   data-movement ops cost DMA only)
-- dma_l2   = (input + output + parameter bytes) / (B2 x DMA_EFFICIENCY): each byte crosses L2<->L1 once
+- dma_l2   = (input + output + parameter bytes) / (B2 x DMA_EFFICIENCY): each byte crosses L2<->L1 once, except in
+  the token layers analysis/l1_tiling.py tiles (attention matmuls, gemms over token rows, softmax / layernorm rows),
+  whose re-reads are counted; a layer whose smallest tile does not fit L1 is listed (`l1_overflows`)
 - dma_l3   = (spilled parameter bytes + the layer's L3-resident input / output bytes) / (B3 x L3_EFFICIENCY),
   every inference
 - cycles   = max(compute, dma_l2) + dma_l3  (L2<->L1 double-buffered under compute; L3 not overlapped)
@@ -45,6 +47,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgemtl.analysis.arena_plan import _alias_roots, _place, _round_up, liveness, plan_arena, tensor_bytes
+from edgemtl.analysis.l1_tiling import tile_layer
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.intgraph import IntGraph, Node
 from edgemtl.targets import Target
@@ -401,6 +404,9 @@ class LayerEstimate:
     dma_l3_cycles: float
     cycles: float
     bound: str            # "compute", "dma-l2" or "dma-l3"
+    l1_working_set_bytes: int | None = None   # token layers: the L1 bytes their tiles need (l1_tiling.py)
+    l1_plan: str = ""                          # what stays in L1 and what streams, in one line
+    l1_fits: bool = True
 
 
 @dataclass(frozen=True)
@@ -426,7 +432,8 @@ class CycleEstimate:
             "totals": {"cycles": self.cycles, "macs": self.macs, "clock_mhz": self.clock_mhz,
                        "latency_ms": self.latency_s * 1e3, "power_mw": self.power_mw, "energy_mj": self.energy_j * 1e3,
                        "macs_per_cycle": self.macs / self.cycles if self.cycles else 0.0,
-                       "fits": self.placement.fits, "placement": self.placement.status},
+                       "fits": self.placement.fits, "placement": self.placement.status,
+                       "l1_overflows": [f"{layer.name}: {layer.l1_plan}" for layer in self.layers if not layer.l1_fits]},
             "layers": [asdict(layer) for layer in self.layers],
             "placement": self.placement.to_dict(),
             "kernels": {name: asdict(kernel) for name, kernel in KERNELS.items()},
@@ -464,6 +471,9 @@ def estimate_cycles(graph: IntGraph, target: Target | McuSpec, power_mw: float =
         else:
             l2_bytes = (sum(tensor_bytes(graph, name) for name in node.inputs) + tensor_bytes(graph, node.output)
                         + param_bytes(node))
+        tile = tile_layer(graph, node, spec.l1_bytes, param_bytes(node))
+        if tile is not None:
+            l2_bytes = tile.traffic_bytes
         l3_bytes = param_bytes(node) if index in spilled else 0
         if l3_tensors and not (node.op == "flatten" and node.output in aliases):
             l3_bytes += sum(tensor_bytes(graph, t) for t in [*node.inputs, node.output] if t in l3_tensors)
@@ -473,7 +483,8 @@ def estimate_cycles(graph: IntGraph, target: Target | McuSpec, power_mw: float =
         cycles = max(compute, dma_l2) + dma_l3
         bound = "dma-l3" if dma_l3 > max(compute, dma_l2) else "dma-l2" if dma_l2 > compute else "compute"
         layers.append(LayerEstimate(index, node.name, node.op, kind, macs, work, kernel.unit, kernel.throughput,
-                                    compute, l2_bytes, dma_l2, l3_bytes, dma_l3, cycles, bound))
+                                    compute, l2_bytes, dma_l2, l3_bytes, dma_l3, cycles, bound,
+                                    *((tile.working_set_bytes, tile.plan, tile.fits) if tile else ())))
 
     total = float(sum(layer.cycles for layer in layers))
     latency = total / (spec.clock_mhz * 1e6)
@@ -481,7 +492,10 @@ def estimate_cycles(graph: IntGraph, target: Target | McuSpec, power_mw: float =
         f"the network runs layer by layer on GAP9's 8-core cluster at {spec.clock_mhz:g} MHz with PULP-NN-class "
         "int8 kernels (throughput per kernel class in 'kernels', each with its source); NE16 is not used",
         f"L2<->L1: every input, output and parameter byte of a layer crosses once (ideal tiling) at "
-        f"{spec.l2_l1_gbps:g} GB/s x {dma_efficiency:g}, double-buffered under compute (max of the two)",
+        f"{spec.l2_l1_gbps:g} GB/s x {dma_efficiency:g}, double-buffered under compute (max of the two); token "
+        f"layers are tiled for the {spec.l1_bytes:,} B L1 (a head's K / V or a gemm's weights resident, else in "
+        "column blocks with the rows re-read per block; softmax / layernorm a row at a time): their re-reads "
+        "count (analysis/l1_tiling.py)",
         f"L3<->L2: spilled weights are re-streamed every inference, and L3-resident activations read by each "
         f"layer that takes them and written by the layer that makes them, at {spec.l3_gbps:g} GB/s x "
         f"{l3_efficiency:g}, not overlapped with compute",
