@@ -49,6 +49,16 @@ and `gemm` and `layernorm` index mul / add by the LAST axis (the feature), every
              epsilon / s_in^2, >= 1), m = (62 - bit_length(S)) // 2, r = isqrt(S << 2m), inv = 2**62 // r,
              z = (c * inv + 2**(45 - m)) >> (46 - m)   (= 2**16 * c / sqrt(S), |z| <= 2**16),
              then requant of z with per-feature mul / add (gamma * sqrt(D), beta folded in).
+- moe        a task-conditioned top-k mixture of expert MLPs on tokens x (T, D), run expert by expert (M3ViT's
+             expert-major order: each expert's weights are read once, only for the tokens routed to it):
+             logits = requant(x @ router^T) int8 (T, E) (the task's embedding folded into the router's add);
+             each token takes its top_k logits (ties: the lower expert index first) and gates
+             g = softmax of those k logits (the softmax above: exp table, p, uint8);
+             expert e: h = requant_e(x @ fc1[e]^T) int8, a = gelu[h] (a table by h + 128), y = requant_e(a @ fc2[e]^T)
+             int8 (mul / add per feature, one shift per expert); acc = sum over a token's k experts of g * y (int32),
+             then requant with one mul / add. params: router (E, D), router_mul / router_add (E,), exp (256,),
+             fc1 (E, H, D), fc1_mul / fc1_add (E, H), fc1_shift (E,), gelu (256,), fc2 (E, D, H), fc2_mul / fc2_add
+             (E, D), fc2_shift (E,), mul / add (1,); attrs: router_shift, top_k, p, shift.
 """
 
 from __future__ import annotations
@@ -66,9 +76,9 @@ DType = Literal["int8", "uint8"]
 RANGES: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
 OPS = ("conv", "conv_transpose", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool", "resize_bilinear",
        "resize_nearest", "flatten", "lut", "avgpool", "transpose", "slice", "matmul", "add_const", "softmax",
-       "layernorm", "reduce_mean")
+       "layernorm", "reduce_mean", "moe")
 FEATURE_LAST = ("gemm", "layernorm")        # mul / add index the last axis
-PER_TENSOR = ("matmul", "add_const", "reduce_mean")        # mul / add have one entry
+PER_TENSOR = ("matmul", "add_const", "reduce_mean", "moe")        # mul / add have one entry
 LAYERNORM_Z_BITS = 16                       # layernorm's normalised value z is 2**16 * c / sqrt(S)
 INT32 = (-(2**31), 2**31 - 1)
 
@@ -285,6 +295,35 @@ def softmax(x: np.ndarray, axis: int, exp_table: np.ndarray, p: int) -> np.ndarr
     return np.clip((e * m + (np.int64(1) << 31)) >> 32, 0, 255)
 
 
+def moe_route(x: np.ndarray, node: Node) -> tuple[np.ndarray, np.ndarray]:
+    """A token batch (N, T, D) -> each token's chosen experts (N, T, k) and their uint8 gates (N, T, k)."""
+    p = node.params
+    logits = requantize(x @ p["router"].astype(np.int64).T, p["router_mul"], p["router_add"],
+                        int(node.attrs["router_shift"]), "int8", channel_axis=-1)
+    chosen = np.argsort(-logits, axis=-1, kind="stable")[..., :int(node.attrs["top_k"])]
+    gates = softmax(np.take_along_axis(logits, chosen, axis=-1), -1, p["exp"], int(node.attrs["p"]))
+    return chosen, gates
+
+
+def moe_expert(x: np.ndarray, node: Node, e: int) -> np.ndarray:
+    """Expert e's int8 output for every token of x (..., D) (the C computes it for its routed tokens only)."""
+    p = node.params
+    h = requantize(x @ p["fc1"][e].astype(np.int64).T, p["fc1_mul"][e], p["fc1_add"][e], int(p["fc1_shift"][e]),
+                   "int8", channel_axis=-1)
+    a = p["gelu"].astype(np.int64)[lut_index(h, "int8")]
+    return requantize(a @ p["fc2"][e].astype(np.int64).T, p["fc2_mul"][e], p["fc2_add"][e], int(p["fc2_shift"][e]),
+                      "int8", channel_axis=-1)
+
+
+def _moe_acc(x: np.ndarray, node: Node) -> np.ndarray:
+    chosen, gates = moe_route(x, node)
+    acc = np.zeros(x.shape, dtype=np.int64)
+    for e in range(len(node.params["fc1"])):
+        gate = (gates * (chosen == e)).sum(axis=-1, keepdims=True)   # 0 for the tokens e does not take
+        acc += gate * moe_expert(x, node, e)
+    return acc
+
+
 def accumulator(node: Node, values: dict[str, np.ndarray]) -> np.ndarray | None:
     """The int32 accumulator a compute node requantizes (None for data-movement ops)."""
     x = values[node.inputs[0]]
@@ -296,6 +335,8 @@ def accumulator(node: Node, values: dict[str, np.ndarray]) -> np.ndarray | None:
         return x @ node.params["weight"].astype(np.int64).T
     if node.op == "matmul":
         return np.matmul(x, values[node.inputs[1]])
+    if node.op == "moe":
+        return _moe_acc(x, node)
     if node.op == "add_const":
         return x * int(node.attrs["mul_a"]) + node.params["constant"].astype(np.int64)[None]
     if node.op == "layernorm":
@@ -379,6 +420,8 @@ def worst_case_accumulator(node: Node, tensors: dict[str, TensorInfo]) -> np.nda
         return np.array([x_max * abs(int(node.attrs["mul_a"])) + int(np.abs(node.params["constant"]).max())], dtype=np.int64)
     if node.op == "reduce_mean":
         return np.array([x_max * int(node.attrs["view"][1])], dtype=np.int64)
+    if node.op == "moe":  # k gates of at most 255 times int8 expert outputs
+        return np.array([int(node.attrs["top_k"]) * 255 * 128], dtype=np.int64)
     if node.op == "layernorm":
         return np.full(tensors[node.output].shape[-1], 1 << LAYERNORM_Z_BITS, dtype=np.int64)
     if node.op in ("conv", "gemm"):

@@ -28,12 +28,15 @@ from edgemtl.model.intgraph import FEATURE_LAST, INT32, PER_TENSOR, IntGraph, No
 KERNEL_FILES = ("kernels.h", "kernels.c", "kernels_typed.inc")
 SUPPORTED_OPS = ("conv", "conv_transpose", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool",
                  "resize_bilinear", "resize_nearest", "flatten", "lut", "avgpool", "reduce_mean", "transpose", "slice",
-                 "matmul", "add_const", "softmax", "layernorm")
+                 "matmul", "add_const", "softmax", "layernorm", "moe")
 _MOVES = ("concat", "maxpool", "resize_nearest", "flatten", "transpose", "slice")
 SUFFIX = {"int8": "s8", "uint8": "u8"}
 CTYPE = {"int8": "int8_t", "uint8": "uint8_t"}
 LIMITS = {"int8": (-128, 127), "uint8": (0, 255)}
 _ARRAY_NAMES = {"weight": "w", "constant": "const"}   # C names of a node's integer arrays (mul, add, exp as is)
+_MOE_ARRAYS = {"router": "int8_t", "router_mul": "int32_t", "router_add": "int32_t", "fc1": "int8_t",
+               "fc1_mul": "int32_t", "fc1_add": "int32_t", "fc1_shift": "int32_t", "gelu": "int8_t", "fc2": "int8_t",
+               "fc2_mul": "int32_t", "fc2_add": "int32_t", "fc2_shift": "int32_t"}
 
 
 @dataclass
@@ -104,6 +107,15 @@ def _expected_shape(graph: IntGraph, node: Node) -> list[int]:
             raise ValueError(f"takes axis {node.attrs['axis']} of a {x} tensor with a {node.params['exp'].shape} table")
         if graph.tensors[node.output].dtype != "uint8" or not 0 < int(node.attrs["p"]) < 2**40:
             raise ValueError("must write uint8 probabilities with 0 < p < 2**40")
+        return list(x)
+    if node.op == "moe":
+        experts, hidden, d = node.params["fc1"].shape
+        top_k = int(node.attrs["top_k"])
+        if (len(x) != 2 or d != x[1] or node.params["router"].shape != (experts, d) or experts > 256
+                or node.params["fc2"].shape != (experts, d, hidden) or not 1 <= top_k <= experts
+                or graph.tensors[node.inputs[0]].dtype != "int8" or not 0 < int(node.attrs["p"]) < 2**40):
+            raise ValueError(f"routes a {x} int8 token tensor to {experts} experts ({hidden} hidden, top {top_k}; "
+                             "at most 256 experts, p < 2**40)")
         return list(x)
     if node.op == "layernorm":
         if not 1 <= int(node.attrs["eps"]) < 2**40 or x[-1] > 4096:
@@ -272,6 +284,21 @@ class _Emitter:
                         f"{int(node.attrs['stop'])}, {y});"]
             return [f"emk_softmax_{sfx}({self.ptr(x_name)}, {outer}, {n}, {inner}, {self.prefix}_exp{index}, "
                     f"(int64_t){int(node.attrs['p'])}LL, {y});"]
+        if op == "moe":
+            experts, hidden, d = node.params["fc1"].shape
+            tokens, top_k, p = x.shape[0], int(node.attrs["top_k"]), f"{self.prefix}_"
+            arrays = ", ".join(f"{p}{key}{index}" for key in ("router", "router_mul", "router_add"))
+            return [f"static int32_t moe_chosen{index}[{tokens * top_k}];",
+                    f"static uint8_t moe_gates{index}[{tokens * top_k}];",
+                    f"static int8_t moe_hidden{index}[{2 * hidden}];",
+                    f"static int32_t moe_acc{index}[{tokens * d}];",
+                    f"static const emk_moe_t moe{index} = {{{tokens}, {d}, {hidden}, {experts}, {top_k}, "
+                    f"{int(node.attrs['router_shift'])}, {arrays}, {p}exp{index}, (int64_t){int(node.attrs['p'])}LL, "
+                    f"{p}fc1{index}, {p}fc1_mul{index}, {p}fc1_add{index}, {p}fc1_shift{index}, {p}gelu{index}, "
+                    f"{p}fc2{index}, {p}fc2_mul{index}, {p}fc2_add{index}, {p}fc2_shift{index}}};",
+                    self.requant(index, node),
+                    f"emk_moe_s8({self.ptr(x_name)}, &moe{index}, &rq{index}, moe_chosen{index}, moe_gates{index}, "
+                    f"moe_hidden{index}, moe_acc{index}, {y});"]
         if op == "layernorm":
             d = x.shape[-1]
             return [self.requant(index, node),
@@ -424,7 +451,7 @@ def _weights(graph: IntGraph, prefix: str) -> tuple[str, str]:
                           f"{len(by_byte)} table(s) by input byte */")
             source.append(_c_array("uint8_t", name, by_byte))
         for key, ctype in (("weight", "int8_t"), ("mul", "int32_t"), ("add", "int32_t"), ("constant", "int32_t"),
-                           ("exp", "int32_t")):
+                           ("exp", "int32_t"), *(_MOE_ARRAYS.items() if node.op == "moe" else ())):
             if key in node.params:
                 name = f"{prefix}_{_ARRAY_NAMES.get(key, key)}{index}"
                 values = node.params[key]

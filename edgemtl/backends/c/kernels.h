@@ -167,4 +167,24 @@ void emk_slice(const uint8_t *x, int32_t outer, int32_t n, int32_t inner, int32_
  * bytes (the generator orders each table by input byte; c == 1: one table for every value). */
 void emk_lut(const uint8_t *x, int32_t c, int32_t n, const uint8_t *table, uint8_t *y);
 
+/* A task-conditioned top-k mixture of expert MLPs on int8 tokens (intgraph "moe"), expert-major: the router's
+ * logits and each token's k experts and gates first, then expert by expert over the tokens routed to it only (its
+ * weights read once), each result weighted by its gate into an int32 accumulator per token. */
+typedef struct {
+    int32_t tokens, d, hidden, experts, top_k, router_shift;
+    const int8_t *router;                  /* (experts, d) */
+    const int32_t *router_mul, *router_add;
+    const int32_t *exp;                    /* the gates' softmax table */
+    int64_t p;
+    const int8_t *fc1;                     /* (experts, hidden, d) */
+    const int32_t *fc1_mul, *fc1_add, *fc1_shift;
+    const int8_t *gelu;                    /* output by input + 128 */
+    const int8_t *fc2;                     /* (experts, d, hidden) */
+    const int32_t *fc2_mul, *fc2_add, *fc2_shift;
+} emk_moe_t;
+
+/* Scratch (caller's): chosen and gates tokens * top_k each, hidden 2 * hidden bytes, acc tokens * d. */
+void emk_moe_s8(const int8_t *x, const emk_moe_t *m, const emk_requant_t *rq, int32_t *chosen, uint8_t *gates,
+                int8_t *hidden, int32_t *acc, uint8_t *y);
+
 #endif /* EDGEMTL_KERNELS_H */
