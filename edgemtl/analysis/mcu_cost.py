@@ -8,7 +8,7 @@ counts, when given, are *simulated* and are never called cycles.
 Placement (per task path; bytes):
 - arena   = `plan_arena(graph, alignment).arena_bytes` (every activation, liveness-shared; stays in L2)
 - weights = per node: int8 weights x 1 + int32 mul / add x 4 (what `backends.c` stores)
-- code    = CODE_BASE_BYTES + CODE_BYTES_PER_LAYER x layers (an allowance, see the constants)
+- code    = CODE_BASE_BYTES + CODE_BYTES_PER_LAYER x layers (an allowance, see the constants) + MoE layers' static scratch
 - If arena + weights + code <= L2: everything in L2 ("fits-l2").
 - Else weight blocks (one node's parameters each) move to L3, largest first, until
   arena + code + kept weights + staging <= L2, where staging = 2 x min(largest spilled block, L1) is the
@@ -150,9 +150,22 @@ def _spec(target: Target | McuSpec) -> McuSpec:
     return target if isinstance(target, McuSpec) else McuSpec.from_target(target)
 
 
+INT8_PARAMS = ("weight", "router", "fc1", "fc2", "gelu")   # a node's arrays the C backend stores as int8
+
+
 def param_bytes(node: Node) -> int:
     """Bytes of a node's parameters as the C backend stores them: int8 weights, int32 everything else."""
-    return int(sum(v.size * (1 if key == "weight" else 4) for key, v in node.params.items()))
+    return int(sum(v.size * (1 if key in INT8_PARAMS else 4) for key, v in node.params.items()))
+
+
+def scratch_bytes(graph: IntGraph, node: Node) -> int:
+    """Static working memory a kernel keeps beside the arena: an MoE layer's chosen experts and gates per token, one
+    token's hidden activations and an int32 accumulator per token and feature (emk_moe_s8)."""
+    if node.op != "moe":
+        return 0
+    tokens, d = graph.tensors[node.inputs[0]].shape
+    top_k, hidden = int(node.attrs["top_k"]), node.params["fc1"].shape[1]
+    return tokens * top_k * 5 + 2 * hidden + 4 * tokens * d
 
 
 # -- placement --------------------------------------------------------------------------------------------
@@ -254,14 +267,16 @@ def place_in_memory(graph: IntGraph, target: Target | McuSpec, alignment: int = 
     full_arena = plan_arena(graph, alignment=alignment).arena_bytes
     blocks = [(i, node.name, param_bytes(node)) for i, node in enumerate(graph.nodes) if node.params]
     weights = sum(size for _, _, size in blocks)
-    code = code_base_bytes + code_bytes_per_layer * len(graph.nodes)
+    code = (code_base_bytes + code_bytes_per_layer * len(graph.nodes)
+            + sum(scratch_bytes(graph, node) for node in graph.nodes))
     assumptions = [
         f"activations: one static arena of {full_arena:,} B (liveness plan, {alignment}-byte alignment) in L2; only "
         "when it cannot fit even with every weight in L3 do the largest activation buffers move to L3, each "
         "streamed through a double-buffered L2 window of min(tensor, L1) per tensor a layer touches",
         "weights: int8 weights 1 B, int32 mul / add 4 B each (as the C backend stores them); copied from "
         "non-volatile memory to L2 / L3 at boot, not per inference",
-        f"code, runtime and stacks: an allowance of {code_base_bytes:,} B + {code_bytes_per_layer} B per layer",
+        f"code, runtime and stacks: an allowance of {code_base_bytes:,} B + {code_bytes_per_layer} B per layer, plus "
+        "the static scratch of MoE layers (routes, gates and int32 accumulators per token)",
         "spilling moves whole per-layer weight blocks to L3, largest first; weights streamed from L3 need an "
         "L2 staging area of 2 x min(largest spilled block, L1) (double-buffered)",
         "L3 holds spilled weights and L3-resident activations side by side (no liveness sharing in L3)",
@@ -370,6 +385,11 @@ def layer_work(graph: IntGraph, node: Node) -> tuple[str, int, int]:
     if node.op == "matmul":
         macs = int(out.elements) * int(x.shape[-1])
         return "matmul", macs, macs
+    if node.op == "moe":  # the router for every token, then each token through its top-k experts only
+        experts, hidden, d = node.params["fc1"].shape
+        tokens = x.elements // d
+        macs = tokens * (experts * d + int(node.attrs["top_k"]) * 2 * d * hidden)
+        return "pointwise", macs, macs
     if node.op in ("softmax", "layernorm"):
         return "normalise", 0, x.elements
     if node.op in ("add", "requant", "add_const"):

@@ -61,7 +61,7 @@ from edgemtl.model.intgraph import IntGraph, Node, check_int32, worst_case_accum
 # the standard operator set.
 RQS_DOMAIN = "deeploy"
 UNMAPPED_DOMAIN = "edgemtl.unmapped"
-TOKEN_OPS = ("avgpool", "reduce_mean", "transpose", "slice", "matmul", "add_const", "softmax", "layernorm")
+TOKEN_OPS = ("avgpool", "reduce_mean", "transpose", "slice", "matmul", "add_const", "softmax", "layernorm", "moe")
 UNMAPPED_OPS = ("resize_bilinear", "resize_nearest", "conv_transpose", "lut", *TOKEN_OPS)  # never PULPOpen layers
 METADATA_KEY = "edgemtl.deeploy"
 FLOAT32_EXACT = 2**24

@@ -36,8 +36,9 @@ from edgemtl.data.teacher import teach_missing
 from edgemtl.evaluate import evaluate
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext, Step
-from edgemtl.flows.common import data_source, task_list
+from edgemtl.flows.common import data_source, task_list, task_model
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
+from edgemtl.flows.experts import partition_step
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
 from edgemtl.passes.quantize_int8 import Int8Config, build_int_graph, int8_predictor, quantize_int8
 
@@ -67,12 +68,12 @@ def quantize_step(ctx: FlowContext) -> None:
         entry = ctx.manifest["tasks"][task]
         try:
             if task in labelled:
-                graph, record = quantize_int8(ctx.loaded.model, spec, task, calibration, data, config)
+                graph, record = quantize_int8(task_model(ctx, task), spec, task, calibration, data, config)
                 entry["int8"] = {"ok": True, **record.to_dict(), "metrics_data": f"{data.name}/{data.split}, "
                                                                                  f"{len(data)} samples"}
             else:  # no labels for this task in the data: quantized, and judged by its agreement with the float model
-                graph = build_int_graph(ctx.loaded.model, spec, task, calibration, config)
-                taught = teach_missing(data, ctx.loaded.model, [task])
+                graph = build_int_graph(task_model(ctx, task), spec, task, calibration, config)
+                taught = teach_missing(data, task_model(ctx, task), [task])
                 entry["int8"] = {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}",
                                  "agreement_with_float": evaluate(int8_predictor(graph), [spec.task(task)], taught)[task],
                                  "agreement_provenance": "evaluated (edgemtl int8 reference executor vs PyTorch float, host)",
@@ -369,6 +370,7 @@ def board_kit_step(ctx: FlowContext) -> None:
 STEPS: list[Step] = [
     ("load_data", load_verification_data),
     ("analyse", analyse),
+    ("partition_experts", partition_step),
     ("quantize_int8", quantize_step),
     ("export_int8_onnx", export_step),
     ("deeploy_codegen", deeploy_step),

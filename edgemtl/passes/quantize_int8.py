@@ -59,7 +59,7 @@ _MOVES = ("maxpool", "resize_nearest", "flatten", "alias", "transpose", "slice")
 _WEIGHTED = ("conv", "conv_transpose", "gemm")
 _DYNAMIC_DISPATCH = ("TopK", "NonZero", "ScatterElements", "ScatterND")   # a routed MoE layer's ops
 _CALIBRATED = (*_WEIGHTED, "add", "requant", "avgpool_global", "avgpool", "reduce_mean", "matmul", "add_const",
-               "layernorm", "softmax")
+               "layernorm", "softmax", "moe")
 
 
 @dataclass(frozen=True)
@@ -237,17 +237,20 @@ class _Converter:
 
     # pass 1: group ONNX nodes into units -------------------------------------------------------------------
     def units(self) -> list[_Unit]:
-        routing = next((n for n in self.graph.node if n.op_type in _DYNAMIC_DISPATCH), None)
-        if routing is not None:
-            raise EdgemtlError(
-                f"task {self.task!r}: its path has a mixture-of-experts layer (node {routing.name or routing.output[0]!r}: "
-                f"{routing.op_type}, a data-dependent dispatch), which the int8 MCU path does not lower yet; compile it "
-                f"for host or arm64, or train the ViT without MoE layers (m3vit --config moe_every=0)")
         units: list[_Unit] = []
         fused: set[str] = set()   # by first output: node names may be empty
+        moe = {unit.onnx[0].output[0]: unit for unit in map(self.moe_unit, (n for n in self.graph.node
+                                                                           if n.op_type == "TopK"))}
         for node in self.graph.node:
+            if node.output[0] in moe:   # an MoE layer stands where its first node stood
+                unit = moe[node.output[0]]
+                fused.update(n.output[0] for n in unit.onnx)
+                units.append(unit)
+                continue
             if node.output[0] in fused:
                 continue
+            if node.op_type in _DYNAMIC_DISPATCH:
+                raise self.unsupported(node, "a data-dependent dispatch outside an MoE layer edgemtl recognises")
             if node.op_type == "Split":
                 units += self.split_units(node)
                 continue
@@ -355,6 +358,103 @@ class _Converter:
         if op == "AveragePool":
             return self.avgpool_unit(node, ins)
         raise self.unsupported(node)
+
+    # a mixture-of-experts layer (the exported MoELayer of edgemtl.model.zoo.m3vit) as one `moe` unit -----------
+    def constant(self, name: str) -> np.ndarray | None:
+        return self.inits.get(name)
+
+    def producer(self, name: str) -> onnx.NodeProto | None:
+        return next((n for n in self.graph.node if name in n.output), None)
+
+    def through_reshapes(self, name: str) -> onnx.NodeProto | None:
+        node = self.producer(name)
+        while node is not None and node.op_type in ("Reshape", "Identity", "Squeeze", "Unsqueeze"):
+            node = self.producer(node.input[0])
+        return node
+
+    def linear(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (out, in), bias (out,)) of a Gemm, or of a MatMul by a constant (bias 0)."""
+        weight = self.inits[node.input[1]].astype(np.float64)
+        if node.op_type == "MatMul":
+            return weight.T, np.zeros(weight.shape[1])
+        if not self.attr(node, "transB", 0):
+            weight = weight.T
+        bias = np.zeros(len(weight))
+        if len(node.input) > 2 and node.input[2]:
+            bias = np.broadcast_to(self.inits[node.input[2]].astype(np.float64).reshape(-1), (len(weight),)) * self.attr(
+                node, "beta", 1.0)
+        return weight * self.attr(node, "alpha", 1.0), bias
+
+    def moe_unit(self, topk: onnx.NodeProto) -> _Unit:
+        """The router (its task embedding folded into the bias), top-k, gates, and each expert's fc1 -> GELU -> fc2,
+        from the ONNX nodes the exporter writes for one MoE layer: every node computed from the layer's input alone."""
+        router = self.through_reshapes(topk.input[0])
+        if router is None or router.op_type not in ("Gemm", "MatMul") or router.input[1] not in self.inits:
+            raise self.unsupported(topk, "top-k over something other than a router's constant-weight logits")
+        weight, bias = self.linear(router)
+        source = self.through_reshapes(router.input[0])
+        x = router.input[0] if source is None else source.output[0]
+        if source is not None and source.op_type == "Concat":  # the token and the task embedding (a constant)
+            ins = self.activation_inputs(source)
+            embedding = [self.inits[i] for i in source.input if i in self.inits]
+            if len(ins) != 1 or len(embedding) != 1 or source.input[0] != ins[0]:
+                raise self.unsupported(source, "a router input other than [token, task embedding]")
+            x, task = ins[0], embedding[0].reshape(-1, embedding[0].shape[-1])
+            if not np.allclose(task, task[:1]):
+                raise self.unsupported(source, "a task embedding that differs between tokens")
+            d = self.shapes[x][-1]
+            weight, bias = weight[:, :d], bias + weight[:, d:] @ task[0].astype(np.float64)
+        elif source is not None and source.op_type not in ("LayerNormalization",) and x not in self.shapes:
+            raise self.unsupported(router, "a router whose input edgemtl cannot trace")
+        layer, inside = [], {x}
+        for node in self.graph.node:   # every node computed from x alone (constants aside) is the layer
+            reads = [i for i in node.input if i and i not in self.inits]
+            if reads and all(i in inside for i in reads):
+                layer.append(node)
+                inside.update(node.output)
+        leaving = {o for n in layer for o in n.output
+                   if o == self.output or any(u not in layer for u in self.consumers.get(o, []))}
+        if len(leaving) != 1:
+            raise self.unsupported(topk, f"an MoE layer with {len(leaving)} outputs")
+        output = leaving.pop()
+        linears = [n for n in layer if n.op_type in ("Gemm", "MatMul") and n is not router
+                   and n.input[1] in self.inits]
+        if len(linears) % 2 or not linears:
+            raise self.unsupported(topk, "experts that are not two linear layers each")
+        experts: dict[int, dict[str, Any]] = {}
+        for fc1, fc2 in zip(linears[::2], linears[1::2]):
+            index = self.expert_index(fc1, layer)
+            chain = self.region_nodes(self.consumers[fc1.output[0]][0], fc1.output[0])
+            if chain[-1].output[0] != fc2.input[0]:
+                raise self.unsupported(fc1, "an expert whose activation is not one elementwise function")
+            experts[index] = {"fc1": self.linear(fc1), "fc2": self.linear(fc2), "chain": chain,
+                              "tensors": [fc1.output[0], fc2.input[0], fc2.output[0]]}
+        if sorted(experts) != list(range(len(weight))):
+            raise self.unsupported(topk, f"experts {sorted(experts)} for a router of {len(weight)} outputs")
+        table = region(experts[0]["chain"], experts[0]["tensors"][0], self.inits, [1])
+        if isinstance(table, str):
+            raise self.unsupported(experts[0]["chain"][0], table)
+        k = self.inits.get(topk.input[1])
+        if k is None:
+            raise self.unsupported(topk, "k computed at run time")
+        return _Unit("moe", topk.name, [x], output, onnx=layer, table=table,
+                     attrs={"router": (weight, bias), "logits": topk.input[0], "top_k": int(k.reshape(-1)[0]),
+                            "experts": [experts[e] for e in sorted(experts)]})
+
+    def expert_index(self, fc1: onnx.NodeProto, layer: list[onnx.NodeProto]) -> int:
+        """Which router output an expert serves: the constant column its token selection reads."""
+        seen, todo = set(), [fc1.input[0]]
+        members = {o for n in layer for o in n.output}
+        while todo:
+            name = todo.pop()
+            node = self.producer(name) if name in members else None
+            if node is None or name in seen:
+                continue
+            seen.add(name)
+            if node.op_type == "Gather" and node.input[1] in self.inits and self.inits[node.input[1]].size == 1:
+                return int(self.inits[node.input[1]].reshape(-1)[0])
+            todo += [i for i in node.input if i]
+        raise self.unsupported(fc1, "an expert whose router column edgemtl cannot find")
 
     def region_nodes(self, first: onnx.NodeProto, x: str) -> list[onnx.NodeProto]:
         """`first` and the elementwise nodes after it that compute from `x` alone, as long as only the last one's
@@ -586,9 +686,11 @@ def _calibration_values(model: onnx.ModelProto, images: np.ndarray, tensors: lis
         results = run(image)
         for t in tensors:
             flat = results[t].reshape(-1)
+            if not flat.size:   # an expert no token of this image was routed to
+                continue
             peak[t] = max(peak[t], float(np.abs(flat).max()))
             kept[t].append(flat if flat.size <= per_image else rng.choice(flat, per_image, replace=False))
-    return {t: (np.concatenate(kept[t]).astype(np.float32), peak[t]) for t in tensors}
+    return {t: (np.concatenate([np.zeros(0), *kept[t]]).astype(np.float32), peak[t]) for t in tensors}
 
 
 def layer_sqnr(model: onnx.ModelProto, graph: IntGraph, images: np.ndarray) -> dict[str, float]:
@@ -685,10 +787,13 @@ class _Builder:
         return False
 
     def needs_calibration(self) -> list[str]:
+        inside = [t for u in self.units if u.kind == "moe"
+                  for t in [u.attrs["logits"], *(name for e in u.attrs["experts"] for name in e["tensors"])]]
         return [self.c.input] + [u.output for u in self.units
-                                 if u.kind in _CALIBRATED or u.kind == "lut" and u.table.fixed is None]
+                                 if u.kind in _CALIBRATED or u.kind == "lut" and u.table.fixed is None] + inside
 
     def decide_scales(self, stats: dict[str, tuple[np.ndarray, float]], config: Int8Config) -> None:
+        self.stats, self.config = stats, config   # an MoE layer's inner scales are chosen as it is emitted
         self.q[self.c.input] = ("int8", choose_scale(*stats[self.c.input], "int8", config))
         users: dict[str, int] = {}
         for unit in self.units:
@@ -867,6 +972,52 @@ class _Builder:
         node_q.params = {"mul": _int32(mul), "add": _int32(add)}
         node_q.attrs["shift"] = shift
         graph.nodes.append(node_q)
+
+    def shared_scale(self, tensors: list[str]) -> float:
+        """One int8 scale for several tensors (every expert's copy of one stage: one table serves them all)."""
+        values = np.concatenate([self.stats[t][0] for t in tensors])
+        return choose_scale(values, max(self.stats[t][1] for t in tensors), "int8", self.config)
+
+    def quantized_linear(self, weight: np.ndarray, bias: np.ndarray, s_in: float, s_out: float,
+                         in_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """int8 weights per output row, and mul / add / shift taking their int32 sums to s_out."""
+        rows = np.abs(weight).max(axis=1)
+        s_w = np.where(rows > 0, rows / 127, 1.0)
+        w_q = np.clip(np.rint(weight / s_w[:, None]), -127, 127).astype(np.int8)
+        bias_q = np.rint(bias / (s_in * s_w)).astype(np.int64)
+        acc_max = np.abs(w_q.astype(np.int64)).sum(axis=1) * in_max
+        mul, add, shift = choose_requant(s_in * s_w / s_out, acc_max, bias_q)
+        return w_q, _int32(mul), _int32(add), shift
+
+    def emit_moe(self, graph: IntGraph, unit: _Unit) -> None:
+        """The router, the gates and every expert at int8 (module docstring of intgraph: `moe`)."""
+        x = self.source(unit)
+        if graph.tensors[x].dtype != "int8":
+            raise self.c.unsupported(unit.onnx[0], "an MoE layer whose input is unsigned")
+        out = self.output(graph, unit)
+        s_x, s_out, experts = graph.tensors[x].scale, graph.tensors[out].scale, unit.attrs["experts"]
+        s_logits = self.shared_scale([unit.attrs["logits"]])
+        s_h, s_a, s_y = (self.shared_scale([e["tensors"][i] for e in experts]) for i in range(3))
+        router, router_mul, router_add, router_shift = self.quantized_linear(*unit.attrs["router"], s_x, s_logits, 128)
+        stages: dict[str, list[np.ndarray]] = {key: [] for key in
+                                               ("fc1", "fc1_mul", "fc1_add", "fc1_shift", "fc2", "fc2_mul", "fc2_add",
+                                                "fc2_shift")}
+        for expert in experts:
+            for stage, s_in, s_stage in (("fc1", s_x, s_h), ("fc2", s_a, s_y)):
+                w, mul, add, shift = self.quantized_linear(*expert[stage], s_in, s_stage, 128)
+                for key, value in ((stage, w), (f"{stage}_mul", mul), (f"{stage}_add", add),
+                                   (f"{stage}_shift", np.int32(shift))):
+                    stages[key].append(value)
+        top_k = unit.attrs["top_k"]
+        mul, add, shift = choose_requant(np.array([s_y / (255 * s_out)]), np.array([top_k * 255 * 128]))
+        params = {"router": router, "router_mul": router_mul, "router_add": router_add,
+                  "exp": softmax_exp_table(s_logits), "gelu": unit.table.table("int8", s_h, "int8", s_a),
+                  **{key: np.stack(values).astype(np.int8 if key in ("fc1", "fc2") else np.int32)
+                     for key, values in stages.items()},
+                  "mul": _int32(mul), "add": _int32(add)}
+        attrs = {"top_k": top_k, "router_shift": router_shift, "p": 255 << 16, "shift": shift,
+                 "experts": len(experts)}
+        graph.nodes.append(Node(unit.name, "moe", [x], out, attrs, params))
 
     def emit_softmax(self, graph: IntGraph, unit: _Unit) -> None:
         x = self.source(unit)

@@ -63,11 +63,35 @@ def test_a_plain_vit_quantizes_close_to_float_and_its_c_is_bit_exact(images, tas
     _assert_c_bit_exact(graph, tmp_path, x[:4])
 
 
-def test_an_moe_layer_is_named_as_what_the_int8_path_lacks(images):
+@pytest.mark.parametrize("task, floor_db", [("depth", 25), ("scene", 15)])
+def test_an_moe_vit_quantizes_with_one_integer_moe_node_per_layer_and_bit_exact_c(images, task, floor_db, tmp_path):
+    """Before: refused (its routed dispatch had no integer form). Each MoE layer becomes one `moe` node: the router
+    with the task's embedding folded in, top-2 gates, every expert's fc1 -> GELU -> fc2; the C runs it expert by
+    expert over the routed tokens only and equals the dense reference bit for bit."""
+    calibration, val = images
     model, spec = _vit(moe_every=2)
-    with pytest.raises(EdgemtlError, match=r"task 'depth': .*mixture-of-experts.*moe_every=0") as info:
-        build_int_graph(model, spec, "depth", images[0], QUICK)
-    assert "\n" not in str(info.value)
+    graph = build_int_graph(model, spec, task, calibration, QUICK)
+    moe = [n for n in graph.nodes if n.op == "moe"]
+    layer = model.moe_layers()[0]
+    assert len(moe) == len(model.moe_layers()) == 1
+    assert moe[0].params["fc1"].shape == (layer.num_experts, layer.w1.shape[2], layer.w1.shape[1])
+    assert moe[0].attrs["top_k"] == layer.top_k
+    x = val.normalise(val.images)
+    assert _sqnr_db(graph, model, x, lambda m, v: m(v, task=task)[task]) > floor_db
+    _assert_c_bit_exact(graph, tmp_path, x[:4])
+
+
+def test_a_task_path_with_fewer_experts_deploys_only_those(images):
+    """The expert path of a task (partition_experts keeps the experts it routes to): the integer layer holds the
+    kept experts' weights and routes among them only."""
+    from edgemtl.passes.partition_experts import _keep_experts  # noqa: PLC0415
+
+    model, spec = _vit(moe_every=2)
+    block = next(b for b in model.blocks if b.mlp is model.moe_layers()[0])
+    block.mlp = _keep_experts(block.mlp, [0, 2, 3])
+    graph = build_int_graph(model, spec, "depth", images[0], QUICK)
+    moe = next(n for n in graph.nodes if n.op == "moe")
+    assert moe.params["fc1"].shape[0] == 3 and moe.params["router"].shape[0] == 3
 
 
 class EdgeCnn(nn.Module):
