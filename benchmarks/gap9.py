@@ -1,4 +1,5 @@
-"""The gap9 flow on the default mtl-cnn (or, --arch vit, the m3vit's dense path: a plain ViT of its blocks): int8 metrics, bit-exact C on the host and under qemu rv32, the L2
+"""The gap9 flow on the default mtl-cnn (--arch vit: a plain ViT of the m3vit's blocks; --arch m3vit: the MoE ViT, each task
+its own expert path, its MoE layers run expert by expert): int8 metrics, bit-exact C on the host and under qemu rv32, the L2
 placement, Deeploy's memory map, the cycle estimate, and how long the compile takes.
 
 Trains `mtl-cnn` on `scenes` (fixed seed; or reuses --checkpoint), then runs the real
@@ -12,11 +13,11 @@ Trains `mtl-cnn` on `scenes` (fixed seed; or reuses --checkpoint), then runs the
    --target gap9 --data scenes`'s default settings (4 qemu samples instead of --samples), timed in the same run
    (--no-default-compile skips it; its target is then "not measured").
 
-    .venv/bin/python benchmarks/gap9.py [--arch mtl-cnn|vit] [--train-steps 600] [--checkpoint PATH] [--samples 32]
+    .venv/bin/python benchmarks/gap9.py [--arch mtl-cnn|vit|m3vit] [--train-steps 600] [--checkpoint PATH] [--samples 32]
                                         [--no-default-compile]
 
-Prints a table and writes benchmarks/results/gap9.json (--arch vit: gap9_vit.json; for the ViT "fits L2" is met when
-it fits or the placement names what goes to L3).
+Prints a table and writes benchmarks/results/gap9.json (--arch vit: gap9_vit.json, m3vit: gap9_m3vit.json; for the ViTs
+"fits L2" is met when it fits or the placement names what goes to L3).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from edgemtl.model.checkpoint import load
 from common import met, relative_change, start_run, trained_checkpoint, write_results
 
 RESULTS = {"mtl-cnn": Path(__file__).parent / "results" / "gap9.json",
-           "vit": Path(__file__).parent / "results" / "gap9_vit.json"}
-ARCHS = {"mtl-cnn": ("mtl-cnn", {}), "vit": ("m3vit", {"moe_every": 0})}   # zoo architecture, config
+           "vit": Path(__file__).parent / "results" / "gap9_vit.json",
+           "m3vit": Path(__file__).parent / "results" / "gap9_m3vit.json"}
+ARCHS = {"mtl-cnn": ("mtl-cnn", {}), "vit": ("m3vit", {"moe_every": 0}), "m3vit": ("m3vit", {})}   # zoo arch, config
 COMPILE_LIMIT_S = 300.0
 console = Console(width=220)
 
@@ -69,6 +71,7 @@ def task_row(task, entry: dict) -> dict:
         "arena_bytes": c["arena"]["arena_bytes"],
         "placement": entry["memory_placement"], "cycle_estimate": entry["cycle_estimate"]["totals"],
         "op_sqnr_db_on_real_activations": op_errors(int8["layers"]),
+        "experts_kept": entry.get("expert_path", {}).get("experts_kept"),
         "deeploy": {k: deeploy.get(k) for k in ("available", "ok", "scope", "memory", "fits", "reason",
                                                  "prefix_macs_share", "how_to_create") if k in deeploy},
     }
@@ -97,7 +100,7 @@ def evaluate_targets(rows: dict, compile_seconds: float, steps: dict, default: d
     """Every target from what this run measured; None where the run skipped the measurement."""
     placed = {"every_task_fits_l2_or_names_its_l3_spill": all(
         r["placement"]["status"] == "fits-l2" or r["placement"]["weights_in_l3"] or r["placement"]["activations_in_l3"]
-        for r in rows.values())} if arch == "vit" else {
+        for r in rows.values())} if arch in ("vit", "m3vit") else {
         "every_task_fits_l2": all(r["placement"]["status"] == "fits-l2" for r in rows.values())}
     return {
         "every_task_within_2pct_of_float": all(r["change"] <= 0.02 for r in rows.values()),
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse this trained model (written on first run)")
     parser.add_argument("--samples", type=int, default=32, help="real samples checked bit for bit per task, host and qemu")
     parser.add_argument("--no-default-compile", action="store_true", help="skip the second, default-settings compile")
-    parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/gap9[_vit].json")
+    parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/gap9[_vit|_m3vit].json")
     args = parser.parse_args()
     args.output = args.output or RESULTS[args.arch]
     run = start_run()
