@@ -130,7 +130,13 @@ def render_markdown() -> str:
         lines.append(f"| {', '.join(entry.onnx)} | {lowered}: {entry.how} | {entry.error} | {deeploy} | {fpga} | "
                      f"{entry.limits or '-'} |")
     others = sorted(hls4ml_ops - int8_onnx_ops() - {"BatchNormalization", "Constant"})
-    lines += ["", "Any other ONNX op is refused on the gap9 path with one line naming the op, the node and the task "
+    lines += ["", "A mixture-of-experts layer as edgemtl's m3vit exports it (TopK over a router's logits, then "
+              "NonZero / Gather / ScatterElements per expert) is one `moe` node on the gap9: int8 router logits (the "
+              "task embedding folded into the bias), top-k with integer-softmax gates, each kept expert's fc1 -> GELU "
+              "table -> fc2, the gated sum in int32; the C runs it expert by expert over the routed tokens only, "
+              "bit-exact with the reference (tests/backends/test_c_backend.py, moe_graph). Deeploy: no. zcu104: no "
+              "(the flow gives the MoE ViT float ONNX and a roofline).",
+              "", "Any other ONNX op is refused on the gap9 path with one line naming the op, the node and the task "
               "(the task's other paths still compile). BatchNormalization after a Conv is folded before any of this.",
               "", f"ONNX ops hls4ml {version} handles that the int8 path does not: {', '.join(others) or 'none'}.", ""]
     return "\n".join(lines)
