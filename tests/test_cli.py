@@ -331,6 +331,25 @@ def test_compile_for_gap9_verifies_the_c_bit_exact_and_estimates(capsys, tmp_pat
     assert (bundle / "hw" / "main.c").is_file() and (bundle / "hw" / "README.md").is_file()
 
 
+@pytest.mark.slow
+def test_compile_the_moe_vit_for_gap9_deploys_each_task_s_expert_path_bit_exact(capsys, tmp_path, checkpoints):
+    """Each task's expert path (partition_experts) quantized with its MoE layer as one integer node; the C runs it
+    expert by expert, bit-exact on the host and under qemu rv32; its MACs and scratch are in the estimates."""
+    bundle = tmp_path / "gap9-moe"
+    code, _, err = run_cli(capsys, "compile", checkpoints["m3vit"], "--target", "gap9", "-o", bundle,
+                           "--tasks", "depth,scene", "--data", "scenes")
+    assert code == 0 and "warning:" not in err, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for task in ("depth", "scene"):
+        entry = manifest["tasks"][task]
+        assert entry["expert_path"]["experts_kept"] and entry["int8"]["ok"]
+        assert [layer["op"] for layer in entry["int8"]["layers"].values()].count("moe") == 1
+        assert entry["c"]["host"]["bit_exact"] and entry["c"]["qemu"]["bit_exact"]
+        moe = next(row for row in entry["cycle_estimate"]["layers"] if row["op"] == "moe")
+        assert moe["macs"] > 0 and entry["memory_placement"]["status"] == "fits-l2"
+        assert any(u["op"] == "moe" for u in entry["deeploy_mappable"]["unmapped"])
+
+
 def test_compile_for_gap9_records_a_task_with_an_unsupported_op_and_compiles_the_others(capsys, tmp_path):
     weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
     torch.save(unet_two_heads().state_dict(), weights)
