@@ -404,12 +404,12 @@ class _Converter:
                 raise self.unsupported(source, "a task embedding that differs between tokens")
             d = self.shapes[x][-1]
             weight, bias = weight[:, :d], bias + weight[:, d:] @ task[0].astype(np.float64)
-        elif source is not None and source.op_type not in ("LayerNormalization",) and x not in self.shapes:
-            raise self.unsupported(router, "a router whose input edgemtl cannot trace")
-        layer, inside = [], {x}
+        layer, inside, constant = [], {x}, set(self.inits)
         for node in self.graph.node:   # every node computed from x alone (constants aside) is the layer
-            reads = [i for i in node.input if i and i not in self.inits]
-            if reads and all(i in inside for i in reads):
+            reads = [i for i in node.input if i and i not in constant]
+            if not reads:
+                constant.update(node.output)
+            elif all(i in inside for i in reads):
                 layer.append(node)
                 inside.update(node.output)
         leaving = {o for n in layer for o in n.output

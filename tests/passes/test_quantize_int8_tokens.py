@@ -148,3 +148,23 @@ def test_every_layer_records_its_error_against_float_on_real_images(images):
     assert {"layernorm", "softmax", "matmul", "gemm", "lut", "conv"} <= ops
     assert all(10 < db < 80 for db in measured.values()), measured
     assert measured[graph.nodes[-1].name] > 20   # the output itself
+
+
+class TopKHead(nn.Module):
+    """A top-k that is no MoE router: the largest 4 features of a dense layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 64 * 64, 16)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"top": self.fc(x.flatten(1)).relu().topk(4, dim=1).values}
+
+
+def test_a_top_k_outside_an_moe_layer_is_one_line(images):
+    input_spec, _ = data_spec("scenes")
+    spec = ModelSpec(input=input_spec, tasks=[TaskSpec(name="top", kind="raw", output_shape=[4])])
+    with pytest.raises(EdgemtlError, match=r"task 'top': layer .* is an ONNX 'TopK' \(top-k over something other than "
+                                           r"a router's constant-weight logits\)") as info:
+        build_int_graph(TopKHead().eval(), spec, "top", images[0], QUICK)
+    assert "\n" not in str(info.value)
