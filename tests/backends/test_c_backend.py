@@ -1,10 +1,13 @@
 """The portable C backend: generated C99, compiled on the host (and for rv32 under qemu), must give
-exactly `run_reference`'s integers, for every op of the integer graph."""
+exactly `run_reference`'s integers, for every op of the integer graph: in multi-op graphs, and each op alone for
+each input signedness its kernel has, on random inputs, all lows, all highs and alternating lows and highs (real
+activations: tests/passes, the zoo and edge-CNN paths)."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -349,3 +352,70 @@ def test_qemu_rv32_is_bit_exact_and_counts_instructions(make, tmp_path: Path) ->
         macs = int(np.prod(graph.tensors[first.output].shape)) * int(np.prod(per_output))
         assert run.layer_instructions[:, graph.nodes.index(first)].min() > 2 * macs
     assert (run.total_instructions >= run.layer_instructions.sum(axis=1)).all()
+
+
+# -- one test per op: the op alone behind the graph input, so its own input takes the extremes ---------------------
+def _extreme_inputs(graph: IntGraph, seed: int = 3) -> np.ndarray:
+    info = graph.tensors[graph.input]
+    lo, hi = RANGES[info.dtype]
+    rng = np.random.default_rng(seed)
+    alternating = np.where(np.arange(info.elements).reshape(info.shape) % 2 == 0, lo, hi)
+    return np.concatenate([rng.integers(lo, hi + 1, size=(4, *info.shape)), np.full((1, *info.shape), lo),
+                           np.full((1, *info.shape), hi), alternating[None], alternating[None][..., ::-1]])
+
+
+def _single(op: str, dtype: str) -> IntGraph:
+    """A graph whose (last) node is `op` reading the graph input (two-input ops: the input and a copy of it)."""
+    token_ops = ("gemm_rows", "matmul", "add_const", "softmax", "layernorm", "reduce_mean", "transpose", "slice")
+    b = Builder(op, [6, 8] if op in token_ops else [4, 6, 6], dtype, seed=len(op))
+    rng, other = b.rng, "uint8" if dtype == "int8" else "int8"
+    builders: dict[str, Callable[[], str]] = {
+        "conv": lambda: b.conv("x", 5, 3, "int8", stride=2, pads=[1, 0, 1, 1]),
+        "conv_transpose": lambda: b.node("conv_transpose", ["x"], "int8", stride=[2, 2],
+                                         weight=rng.integers(-127, 128, (3, 4, 2, 2)).astype(np.int8)),
+        "gemm": lambda: b.gemm(b.node("flatten", ["x"], dtype), 7, "int8"),
+        "gemm_rows": lambda: b.node("gemm", ["x"], "int8", weight=rng.integers(-127, 128, (5, 8)).astype(np.int8)),
+        "add": lambda: b.add("x", b.node("requant", ["x"], other), "int8", mul_a=113, mul_b=-77),
+        "concat": lambda: b.node("concat", ["x", b.node("requant", ["x"], dtype)], dtype),
+        "requant": lambda: b.node("requant", ["x"], other),
+        "avgpool_global": lambda: b.node("avgpool_global", ["x"], "int8", shift=12),
+        "maxpool": lambda: b.node("maxpool", ["x"], dtype, kernel=[3, 3], stride=[2, 2], pads=[1, 1, 1, 1]),
+        "resize_bilinear": lambda: b.node("resize_bilinear", ["x"], "int8", factor=3),
+        "resize_nearest": lambda: b.node("resize_nearest", ["x"], dtype, factor=2),
+        "flatten": lambda: b.gemm(b.node("flatten", ["x"], dtype), 3, "int8"),
+        "lut": lambda: b.node("lut", ["x"], "int8", table=rng.integers(-128, 128, 256).astype(np.int32), function="T"),
+        "avgpool": lambda: b.node("avgpool", ["x"], "int8", shift=10, kernel=[2, 3], stride=[2, 1], pads=[1, 1, 0, 1]),
+        "transpose": lambda: b.node("transpose", ["x"], dtype, view=[6, 2, 4], perm=[1, 2, 0]),
+        "slice": lambda: b.node("slice", ["x"], dtype, axis=1, start=2, stop=7),
+        "matmul": lambda: b.node("matmul", ["x", b.node("transpose", ["x"], dtype, view=[6, 8], perm=[1, 0])],
+                                 "int8", shift=12),
+        "add_const": lambda: b.node("add_const", ["x"], "int8", shift=6, mul_a=41,
+                                    constant=rng.integers(-3000, 3000, (6, 8)).astype(np.int32)),
+        "softmax": lambda: b.node("softmax", ["x"], "uint8", axis=1, p=int(2**16 * 255), exp=softmax_exp_table(0.04)),
+        "layernorm": lambda: b.node("layernorm", ["x"], "int8", shift=19, eps=3),
+        "reduce_mean": lambda: b.node("reduce_mean", ["x"], "int8", shift=12, view=[1, 6, 8]),
+    }
+    builders[op]()
+    return b.graph
+
+
+CASES = [(op, dtype) for op in [*(o for o in OPS if o != "moe"), "gemm_rows"] for dtype in ("int8", "uint8")]
+
+
+def test_every_op_has_a_case() -> None:
+    assert {op for op, _ in CASES} | {"moe"} >= set(OPS)
+
+
+@pytest.mark.parametrize(("op", "dtype"), CASES)
+def test_op_alone_is_bit_exact_at_the_extremes(op: str, dtype: str, tmp_path: Path) -> None:
+    graph = _single(op, dtype)
+    assert graph.nodes[-1].op == ("gemm" if op == "gemm_rows" else op) or op == "flatten"
+    inputs = _extreme_inputs(graph)
+    assert_bit_exact(run_on_host(graph, inputs, tmp_path), run_reference(graph, inputs)[graph.output])
+
+
+def test_moe_alone_is_bit_exact_at_the_extremes(tmp_path: Path) -> None:
+    """int8 tokens only (the kernel takes the layernorm's signed output)."""
+    graph = moe_graph()
+    inputs = _extreme_inputs(graph)
+    assert_bit_exact(run_on_host(graph, inputs, tmp_path), run_reference(graph, inputs)[graph.output])
