@@ -360,9 +360,6 @@ class _Converter:
         raise self.unsupported(node)
 
     # a mixture-of-experts layer (the exported MoELayer of edgemtl.model.zoo.m3vit) as one `moe` unit -----------
-    def constant(self, name: str) -> np.ndarray | None:
-        return self.inits.get(name)
-
     def producer(self, name: str) -> onnx.NodeProto | None:
         return next((n for n in self.graph.node if name in n.output), None)
 
@@ -372,11 +369,16 @@ class _Converter:
             node = self.producer(node.input[0])
         return node
 
-    def linear(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
-        """(weight (out, in), bias (out,)) of a Gemm, or of a MatMul by a constant (bias 0)."""
+    def linear(self, node: onnx.NodeProto, add: onnx.NodeProto | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (out, in), bias (out,)) of a Gemm, or of a MatMul by a constant (its bias the constant of the
+        Add that follows it, if given)."""
         weight = self.inits[node.input[1]].astype(np.float64)
         if node.op_type == "MatMul":
-            return weight.T, np.zeros(weight.shape[1])
+            bias = np.zeros(weight.shape[1])
+            if add is not None:
+                constant = next(i for i in add.input if i in self.inits)
+                bias = np.broadcast_to(self.inits[constant].astype(np.float64).reshape(-1), bias.shape)
+            return weight.T, bias
         if not self.attr(node, "transB", 0):
             weight = weight.T
         bias = np.zeros(len(weight))
@@ -762,6 +764,14 @@ def _int32(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int32) if values.min() >= INT32[0] and values.max() <= INT32[1] else values.astype(np.int64)
 
 
+def _int8_weights(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights with one scale per output (the first axis), and those scales."""
+    flat = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float64)
+    fallback = flat.max() / 127 if flat.max() > 0 else 1.0
+    s_w = np.where(flat > 0, flat / 127, fallback)
+    return np.clip(np.rint(weight / s_w.reshape(-1, *[1] * (weight.ndim - 1))), -127, 127).astype(np.int8), s_w
+
+
 def _mul_bits(mul: np.ndarray) -> int:
     return int(np.abs(mul).max()).bit_length() if mul.size else 0
 
@@ -868,10 +878,7 @@ class _Builder:
         s_in = graph.tensors[x].scale
         out = self.output(graph, unit, shape)
         s_out = graph.tensors[out].scale
-        flat = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float64)
-        fallback = flat.max() / 127 if flat.max() > 0 else 1.0
-        s_w = np.where(flat > 0, flat / 127, fallback)
-        w_q = np.clip(np.rint(weight / s_w.reshape(-1, *[1] * (weight.ndim - 1))), -127, 127).astype(np.int8)
+        w_q, s_w = _int8_weights(weight)
         bias_q = np.rint(bias.astype(np.float64) / (s_in * s_w)).astype(np.int64)
         node = Node(unit.name, op, [x], out, dict(attrs), {"weight": w_q})
         acc_max = worst_case_accumulator(node, graph.tensors)
@@ -903,21 +910,8 @@ class _Builder:
 
     def emit_gemm(self, graph: IntGraph, unit: _Unit) -> None:
         node = unit.onnx[0]
-        weight = self.c.inits[node.input[1]].astype(np.float64)
-        if node.op_type == "MatMul":
-            weight = weight.T
-            bias = np.zeros(len(weight))
-            if len(unit.onnx) > 1 and unit.onnx[1].op_type == "Add":
-                constant = [i for i in unit.onnx[1].input if i in self.c.inits][0]
-                bias = np.broadcast_to(self.c.inits[constant].astype(np.float64).reshape(-1), (len(weight),))
-        else:
-            if not self.c.attr(node, "transB", 0):
-                weight = weight.T
-            weight = weight * self.c.attr(node, "alpha", 1.0)
-            bias = np.zeros(len(weight))
-            if len(node.input) > 2 and node.input[2]:
-                bias = np.broadcast_to(self.c.inits[node.input[2]].astype(np.float64).reshape(-1), (len(weight),))
-                bias = bias * self.c.attr(node, "beta", 1.0)
+        fused_add = unit.onnx[1] if len(unit.onnx) > 1 and unit.onnx[1].op_type == "Add" else None
+        weight, bias = self.c.linear(node, fused_add)
         x = self.names[unit.inputs[0]]
         rows = graph.tensors[x].shape
         if rows[-1] != weight.shape[1] or len(rows) > 1 and unit.inputs[0] in self.pooled:
@@ -981,9 +975,7 @@ class _Builder:
     def quantized_linear(self, weight: np.ndarray, bias: np.ndarray, s_in: float, s_out: float,
                          in_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """int8 weights per output row, and mul / add / shift taking their int32 sums to s_out."""
-        rows = np.abs(weight).max(axis=1)
-        s_w = np.where(rows > 0, rows / 127, 1.0)
-        w_q = np.clip(np.rint(weight / s_w[:, None]), -127, 127).astype(np.int8)
+        w_q, s_w = _int8_weights(weight)
         bias_q = np.rint(bias / (s_in * s_w)).astype(np.int64)
         acc_max = np.abs(w_q.astype(np.int64)).sum(axis=1) * in_max
         mul, add, shift = choose_requant(s_in * s_w / s_out, acc_max, bias_q)
@@ -1015,8 +1007,7 @@ class _Builder:
                   **{key: np.stack(values).astype(np.int8 if key in ("fc1", "fc2") else np.int32)
                      for key, values in stages.items()},
                   "mul": _int32(mul), "add": _int32(add)}
-        attrs = {"top_k": top_k, "router_shift": router_shift, "p": 255 << 16, "shift": shift,
-                 "experts": len(experts)}
+        attrs = {"top_k": top_k, "router_shift": router_shift, "p": 255 << 16, "shift": shift}
         graph.nodes.append(Node(unit.name, "moe", [x], out, attrs, params))
 
     def emit_softmax(self, graph: IntGraph, unit: _Unit) -> None:
