@@ -58,6 +58,12 @@ INT8_OPS: tuple[Int8Op, ...] = (
     Int8Op(("LayerNormalization",), ("layernorm",), "integer-only: exact mean and variance in int64, an exact "
            "integer square root, a 2^62 reciprocal, z at 2^16, gamma and beta folded per feature",
            "~2^-16 relative in z, then output rounding", "over the last axis only, at most 4096 features"),
+    Int8Op(("TopK",), ("moe",), "a mixture-of-experts layer as edgemtl's m3vit exports it (TopK over a router's "
+           "logits, then NonZero / Gather / ScatterElements per expert), one node: int8 router logits (the task "
+           "embedding folded into the bias), top-k with integer-softmax gates, each kept expert's fc1 -> GELU table "
+           "-> fc2 (one scale per stage for all experts), the gated sum in int32; the C runs it expert by expert "
+           "over the routed tokens only", "output rounding at every stage (router, gates, fc1, GELU, fc2, sum)",
+           "any other use of TopK, or experts that are not two linear layers around one elementwise function"),
     Int8Op(("Transpose",), ("transpose",), "a copy (axes of size 1 ignored); none when only size-1 axes move",
            "none"),
     Int8Op(("Split", "Slice", "Gather"), ("slice",), "a copy of one range along one axis (constant, step 1)", "none",
@@ -130,13 +136,7 @@ def render_markdown() -> str:
         lines.append(f"| {', '.join(entry.onnx)} | {lowered}: {entry.how} | {entry.error} | {deeploy} | {fpga} | "
                      f"{entry.limits or '-'} |")
     others = sorted(hls4ml_ops - int8_onnx_ops() - {"BatchNormalization", "Constant"})
-    lines += ["", "A mixture-of-experts layer as edgemtl's m3vit exports it (TopK over a router's logits, then "
-              "NonZero / Gather / ScatterElements per expert) is one `moe` node on the gap9: int8 router logits (the "
-              "task embedding folded into the bias), top-k with integer-softmax gates, each kept expert's fc1 -> GELU "
-              "table -> fc2, the gated sum in int32; the C runs it expert by expert over the routed tokens only, "
-              "bit-exact with the reference (tests/backends/test_c_backend.py, moe_graph). Deeploy: no. zcu104: no "
-              "(the flow gives the MoE ViT float ONNX and a roofline).",
-              "", "Any other ONNX op is refused on the gap9 path with one line naming the op, the node and the task "
+    lines += ["", "Any other ONNX op is refused on the gap9 path with one line naming the op, the node and the task "
               "(the task's other paths still compile). BatchNormalization after a Conv is folded before any of this.",
               "", f"ONNX ops hls4ml {version} handles that the int8 path does not: {', '.join(others) or 'none'}.", ""]
     return "\n".join(lines)

@@ -54,7 +54,7 @@ SCALE_METHODS = ("mse", "percentile", "max")
 SUPPORTED_OPS = ("Conv", "ConvTranspose", "Relu", "Add", "Concat", "Resize", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "ReduceMean", "Gemm", "MatMul", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
                  "Identity", "Dropout", "Transpose", "Split", "Slice", "Gather", "Softmax", "LayerNormalization",
-                 *(op for op in ELEMENTWISE_OPS if op != "Add"))
+                 "TopK", *(op for op in ELEMENTWISE_OPS if op != "Add"))
 _MOVES = ("maxpool", "resize_nearest", "flatten", "alias", "transpose", "slice")   # units that keep their input's scale
 _WEIGHTED = ("conv", "conv_transpose", "gemm")
 _DYNAMIC_DISPATCH = ("TopK", "NonZero", "ScatterElements", "ScatterND")   # a routed MoE layer's ops
