@@ -49,7 +49,7 @@ import numpy as np
 from edgemtl.analysis.arena_plan import _alias_roots, _place, _round_up, liveness, plan_arena, tensor_bytes
 from edgemtl.analysis.l1_tiling import tile_layer
 from edgemtl.errors import EdgemtlError
-from edgemtl.model.intgraph import IntGraph, Node
+from edgemtl.model.intgraph import INT8_PARAMS, IntGraph, Node
 from edgemtl.targets import Target
 
 PROVENANCE = ("estimated (analytical model: PULP-NN-class int8 kernels on GAP9's 8-core cluster, "
@@ -148,9 +148,6 @@ class McuSpec:
 
 def _spec(target: Target | McuSpec) -> McuSpec:
     return target if isinstance(target, McuSpec) else McuSpec.from_target(target)
-
-
-INT8_PARAMS = ("weight", "router", "fc1", "fc2", "gelu")   # a node's arrays the C backend stores as int8
 
 
 def param_bytes(node: Node) -> int:

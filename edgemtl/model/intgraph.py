@@ -79,6 +79,9 @@ OPS = ("conv", "conv_transpose", "gemm", "add", "concat", "requant", "avgpool_gl
        "layernorm", "reduce_mean", "moe")
 FEATURE_LAST = ("gemm", "layernorm")        # mul / add index the last axis
 PER_TENSOR = ("matmul", "add_const", "reduce_mean", "moe")        # mul / add have one entry
+MOE_PARAMS = ("router", "router_mul", "router_add", "fc1", "fc1_mul", "fc1_add", "fc1_shift", "gelu", "fc2", "fc2_mul",
+              "fc2_add", "fc2_shift")         # a moe node's arrays besides exp, mul, add
+INT8_PARAMS = ("weight", "router", "fc1", "fc2", "gelu")   # arrays held as int8 (weights, tables); the rest int32
 LAYERNORM_Z_BITS = 16                       # layernorm's normalised value z is 2**16 * c / sqrt(S)
 INT32 = (-(2**31), 2**31 - 1)
 

@@ -41,7 +41,7 @@ from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import Predictor, evaluate
 from edgemtl.model.contract import run_task
-from edgemtl.model.intgraph import (INT32, LAYERNORM_Z_BITS, PER_TENSOR, RANGES, IntGraph, Node, TensorInfo,
+from edgemtl.model.intgraph import (INT8_PARAMS, INT32, LAYERNORM_Z_BITS, PER_TENSOR, RANGES, IntGraph, Node, TensorInfo,
                                     check_int32, dequantize, quantize_input, run_reference, softmax_exp_table,
                                     worst_case_accumulator)
 from edgemtl.model.spec import ModelSpec
@@ -1004,7 +1004,7 @@ class _Builder:
         mul, add, shift = choose_requant(np.array([s_y / (255 * s_out)]), np.array([top_k * 255 * 128]))
         params = {"router": router, "router_mul": router_mul, "router_add": router_add,
                   "exp": softmax_exp_table(s_logits), "gelu": unit.table.table("int8", s_h, "int8", s_a),
-                  **{key: np.stack(values).astype(np.int8 if key in ("fc1", "fc2") else np.int32)
+                  **{key: np.stack(values).astype(np.int8 if key in INT8_PARAMS else np.int32)
                      for key, values in stages.items()},
                   "mul": _int32(mul), "add": _int32(add)}
         attrs = {"top_k": top_k, "router_shift": router_shift, "p": 255 << 16, "shift": shift}

@@ -23,7 +23,8 @@ import numpy as np
 
 from edgemtl.analysis.arena_plan import ArenaPlan, plan_arena
 from edgemtl.errors import EdgemtlError
-from edgemtl.model.intgraph import FEATURE_LAST, INT32, PER_TENSOR, IntGraph, Node, worst_case_accumulator
+from edgemtl.model.intgraph import (FEATURE_LAST, INT8_PARAMS, INT32, MOE_PARAMS, PER_TENSOR, IntGraph, Node,
+                                    worst_case_accumulator)
 
 KERNEL_FILES = ("kernels.h", "kernels.c", "kernels_typed.inc")
 SUPPORTED_OPS = ("conv", "conv_transpose", "gemm", "add", "concat", "requant", "avgpool_global", "maxpool",
@@ -34,9 +35,6 @@ SUFFIX = {"int8": "s8", "uint8": "u8"}
 CTYPE = {"int8": "int8_t", "uint8": "uint8_t"}
 LIMITS = {"int8": (-128, 127), "uint8": (0, 255)}
 _ARRAY_NAMES = {"weight": "w", "constant": "const"}   # C names of a node's integer arrays (mul, add, exp as is)
-_MOE_ARRAYS = {"router": "int8_t", "router_mul": "int32_t", "router_add": "int32_t", "fc1": "int8_t",
-               "fc1_mul": "int32_t", "fc1_add": "int32_t", "fc1_shift": "int32_t", "gelu": "int8_t", "fc2": "int8_t",
-               "fc2_mul": "int32_t", "fc2_add": "int32_t", "fc2_shift": "int32_t"}
 
 
 @dataclass
@@ -451,7 +449,9 @@ def _weights(graph: IntGraph, prefix: str) -> tuple[str, str]:
                           f"{len(by_byte)} table(s) by input byte */")
             source.append(_c_array("uint8_t", name, by_byte))
         for key, ctype in (("weight", "int8_t"), ("mul", "int32_t"), ("add", "int32_t"), ("constant", "int32_t"),
-                           ("exp", "int32_t"), *(_MOE_ARRAYS.items() if node.op == "moe" else ())):
+                           ("exp", "int32_t"),
+                           *((key, "int8_t" if key in INT8_PARAMS else "int32_t") for key in MOE_PARAMS
+                             if node.op == "moe")):
             if key in node.params:
                 name = f"{prefix}_{_ARRAY_NAMES.get(key, key)}{index}"
                 values = node.params[key]
