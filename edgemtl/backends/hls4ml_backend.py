@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgemtl.backends import hls4ml_ext
 from edgemtl.errors import EdgemtlError
 
 DEFAULT_PRECISION = "fixed<32,16>"
@@ -141,6 +142,7 @@ def build_hls_project(qonnx_path: Path, out_dir: Path, task: str, part: str, clo
     An op hls4ml 1.3.0 cannot map is one EdgemtlError line naming the op type, the node and the task.
     """
     hls4ml = _import_hls4ml(task)
+    hls4ml_ext.register(BACKEND)
     start = time.perf_counter()
     qonnx_path, out_dir = Path(qonnx_path), Path(out_dir).resolve()
     if not qonnx_path.is_file():
@@ -162,10 +164,12 @@ def build_hls_project(qonnx_path: Path, out_dir: Path, task: str, part: str, clo
     rename = dict(zip(clean_outputs, original_outputs))
 
     try:
-        with _quiet(log), _channels_last_layer_dims():
+        with _quiet(log), _parser_fixes():
             config = hls4ml.utils.config_from_onnx_model(model.model, granularity="name", backend=BACKEND,
                                                          default_precision=default_precision)
             _set_input_precision(config, model)
+            for name, types in hls4ml_ext.prelu_precisions(model, _quant_type).items():
+                config.setdefault("LayerName", {}).setdefault(name, {}).setdefault("Precision", {}).update(types)
             hls_model = hls4ml.converters.convert_from_onnx_model(
                 model.model, output_dir=str(out_dir), project_name=PROJECT_NAME, backend=BACKEND,
                 io_type=IO_TYPE, part=part, clock_period=clock_period_ns, hls_config=config)
@@ -232,11 +236,12 @@ def _clean(original: onnx.ModelProto, task: str, log: io.StringIO):
     try:
         with _quiet(log), _onnx_ir_for_onnxruntime():
             model = cleanup_model(_unique_initializer_names(ModelWrapper(_copy(original))), override_inpsize=1)
+            _quant_before_data_moves(model)
             model = ModelWrapper(_reduce_mean_to_pool(_sizes_to_scales(model.model)))
             model = cleanup_model(_unique_initializer_names(model))
             model = model.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
-            # qonnx leaves Resize and GlobalAveragePool channels-first between Transposes
-            if _resize_channels_last(model) | _global_pool_channels_last(model):
+            # qonnx leaves Resize, GlobalAveragePool and PRelu channels-first between Transposes
+            if _resize_channels_last(model) | _global_pool_channels_last(model) | hls4ml_ext.prelu_channels_last(model):
                 model = cleanup_model(_unique_initializer_names(model))
                 model = model.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
             model = model.transform(GemmToMatMul())
@@ -256,6 +261,29 @@ def _clean(original: onnx.ModelProto, task: str, log: io.StringIO):
                            f"{_one_line(exc)}") from None
     in_nhwc = len(_shape(model.graph.input[0])) == 4 and len(_shape(inputs[0])) == 4
     return model, in_nhwc, outputs_nhwc
+
+
+def _quant_before_data_moves(model) -> None:
+    """Reshape / Flatten / Transpose -> per-tensor Quant becomes Quant -> the same moves (they commute). hls4ml
+    streams a Quant as an elementwise `linear` that assumes its input and output beats hold as many values; after
+    a flatten they do not (a pixel in, the whole vector out), so it read one beat of many and the C simulation
+    went wrong (MTCNN: PReLU -> permute -> flatten -> quantized dense input)."""
+    for quant in list(model.graph.node):
+        params = _quant_params(model, quant) if quant.op_type == "Quant" else None
+        if params is None or any(np.size(p) != 1 for p in params):
+            continue
+        moves, producer = [], model.find_producer(quant.input[0])
+        while (producer is not None and producer.op_type in ("Reshape", "Flatten", "Transpose")
+               and len(model.find_consumers(producer.output[0])) == 1):
+            moves.append(producer)
+            producer = model.find_producer(producer.input[0])
+        if not moves:
+            continue
+        first, last = moves[-1], moves[0]  # in data order
+        quantized = f"{quant.output[0]}_before_moves"
+        quant.input[0], last.output[0], quant.output[0], first.input[0] = first.input[0], quant.output[0], quantized, quantized
+        model.graph.node.remove(quant)
+        model.graph.node.insert(list(model.graph.node).index(first), quant)
 
 
 def _unique_initializer_names(model):
@@ -409,7 +437,7 @@ def _reduce_mean_to_pool(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def _global_pool_channels_last(model) -> bool:
     """Transpose(NHWC->NCHW) -> GlobalAveragePool becomes GlobalAveragePool on NHWC -> Transpose; the parser
-    fix in `_channels_last_layer_dims` then reads its NHWC dims (hls4ml's handler assumes NCHW dims but
+    fix in `_parser_fixes` then reads its NHWC dims (hls4ml's handler assumes NCHW dims but
     runs a channels-last kernel)."""
     changed = False
     for node in list(model.graph.node):
@@ -431,9 +459,10 @@ def _global_pool_channels_last(model) -> bool:
 
 
 @contextlib.contextmanager
-def _channels_last_layer_dims():
+def _parser_fixes():
     """While hls4ml parses: a global pool or Resize fed by a channels-last tensor gets its dimensions from NHWC
-    (hls4ml 1.3.0 reads a global pool's as if NCHW and swaps a Resize's H and W, then streams channels-last)."""
+    (hls4ml 1.3.0 reads a global pool's as if NCHW and swaps a Resize's H and W, then streams channels-last);
+    PReLU gets its slopes and a windowed MaxPool edgemtl's kernel (hls4ml_ext.fix_parsed_layers)."""
     import hls4ml.converters as converters  # noqa: PLC0415
 
     onnx_to_hls = sys.modules["hls4ml.converters.onnx_to_hls"]  # the package attribute is the function
@@ -468,7 +497,7 @@ def _channels_last_layer_dims():
                 layer["out_height"], layer["out_width"] = shape[1], shape[2]
             else:
                 layer["in_height"], layer["in_width"], layer["n_filt"] = shape[1], shape[2], shape[3]
-        return layers, inputs, outputs
+        return hls4ml_ext.fix_parsed_layers(layers, onnx_model), inputs, outputs
 
     onnx_to_hls.parse_onnx_model = parse
     converters.parse_onnx_model = parse
@@ -641,10 +670,9 @@ _HINTS = {
     "Resize": "hls4ml implements only nearest-neighbour Resize with constant scales (no bilinear kernel): "
               "use nearest upsampling by an integer factor",
     "ReduceMean": "use AdaptiveAvgPool2d(1) (GlobalAveragePool) for a spatial mean",
-    "PRelu": "compile this task for gap9 or arm64, whose int8 paths take PReLU",
-    "MaxPool": "pool windows that tile the input exactly (no padding, no ceil_mode)",
+    "MaxPool": "a 2-D window with padding smaller than the window",
     "AveragePool": "a strided conv or GlobalAveragePool maps",
-    "Softmax": "end the FPGA path at the logits and apply the softmax on the ARM cores, or compile for gap9",
+    "Softmax": "end the task path with the softmax (the flow then applies it on the ARM cores), or compile for gap9",
     "Gemm": "qonnx GemmToMatMul should have lowered it",
     "Concat": "hls4ml concatenates at most two tensors of rank <= 3 per node",
     "Add": "hls4ml adds two tensors of the same shape per node",
@@ -662,17 +690,16 @@ _REWRITTEN = {"Gemm", "ReduceMean"}
 
 
 # What the operator table says of ops hls4ml has a handler for but cannot take in every form (_known_failure).
-HANDLER_LIMITS = {"PRelu": "no (its handler drops the slopes)", "MaxPool": "yes, without padding or ceil_mode",
+HANDLER_LIMITS = {"PRelu": "yes, slopes on a 2^-8 grid (edgemtl's parser fix; its handler drops them)",
+                  "MaxPool": "yes; overlapping, padded or ceil_mode windows by edgemtl's kernel (hls4ml_ext)",
                   "AveragePool": "no (left channels-first by qonnx)", "Resize": "yes, nearest by integer factors",
-                  "Softmax": "no (table-based, not bit-accurate)"}
+                  "Softmax": "only ending a task path: applied on the ARM cores (hls4ml's is table-based, not bit-accurate)"}
 
 
 def _known_failure(node: onnx.NodeProto) -> str | None:
     """Why hls4ml 1.3.0 cannot take a node whose op it has a handler for (each found by running it)."""
-    if node.op_type == "PRelu":
-        return "its ONNX PRelu handler never reads the slopes (IndexError while converting)"
-    if node.op_type == "MaxPool" and (_attr(node, "ceil_mode", 0) or any(_attr(node, "pads", []))):
-        return "io_stream pooling takes no padding, and ceil_mode pads the end (the kernel asserts zero pads)"
+    if node.op_type == "MaxPool":
+        return hls4ml_ext.window_pool_refusal(node)
     if node.op_type == "AveragePool":
         return "qonnx's channels-last conversion leaves it channels-first, which hls4ml's pooling handler refuses"
     if node.op_type == "Softmax":
@@ -684,10 +711,13 @@ def _known_failure(node: onnx.NodeProto) -> str | None:
 def float_graph_refusal(float_graph: onnx.ModelProto, task: str) -> EdgemtlError | None:
     """The error naming the first op of a task's float graph (BatchNorm folded, shapes folded) that hls4ml has no
     handler or no working kernel for, or None: checked before QAT, which takes minutes, so such a graph fails in
-    seconds."""
+    seconds. A Softmax that ends the path is not refused: the FPGA flow leaves it to the host."""
     hls4ml = _import_hls4ml(task)
     supported = _supported_ops() | _REWRITTEN
+    outputs = {o.name for o in float_graph.graph.output}
     for node in float_graph.graph.node:
+        if node.op_type == "Softmax" and node.output[0] in outputs:
+            continue
         reason = "no ONNX handler for this op type" if node.op_type not in supported else _known_failure(node)
         if reason is not None:
             return _refuse(task, hls4ml.__version__, node, reason)

@@ -72,7 +72,7 @@ def quantize_step(ctx: FlowContext) -> None:
     train_data = teach_missing(source.load("train"), ctx.loaded.model, task_list(ctx))
     val_data = teach_missing(source.load("val", n=ctx.options.metric_samples), ctx.loaded.model, task_list(ctx))
     config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
-                         nearest_upsampling=True, host_resize=True)
+                         nearest_upsampling=True, host_resize=True, host_softmax=True)
     ctx.state["quantized"] = {}
     records = {}
     for task in task_list(ctx):

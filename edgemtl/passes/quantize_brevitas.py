@@ -66,6 +66,7 @@ with warnings.catch_warnings():  # brevitas warns about optional packages on imp
     from brevitas.fx import GraphModule, Node, map_arg, symbolic_trace
 
 PRECISIONS: dict[str, tuple[int, int]] = {"w4a4": (4, 4), "w8a8": (8, 8)}
+PRELU_SLOPE_BITS = 8  # fractional bits of a PReLU slope (FixedPointPReLU): 1/256 steps
 INPUT_QUANT = "input_quant"
 OUTPUT_QUANT = "output_quant"
 HEAD_OUTPUT_QUANT = "head_output_quant"
@@ -106,6 +107,9 @@ class QuantConfig:
     # a resize that ends the path (a dense head upsampling its prediction) leaves the quantized graph and runs
     # on the host exactly as in the float model (QuantTaskPath.host_resize; `fabric` is the graph without it)
     host_resize: bool = False
+    # a softmax that ends the path (class scores) runs on the host too: hls4ml's table-based Softmax is not
+    # bit-accurate, and the argmax a classifier reports does not depend on it (QuantTaskPath.host_softmax)
+    host_softmax: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -145,6 +149,8 @@ class QuantRecord:
     layers: dict[str, dict[str, int]]  # compute layer -> {"weight_bits", "act_bits"} (act: its output's quantizer)
     output_lsb: float
     host_resize: dict[str, Any] | None = None  # F.interpolate arguments of the resize left to the host
+    host_softmax: dict[str, int] | None = None  # {"dim": d} of the softmax left to the host (d counts the batch)
+    fixed_point_prelus: list[str] = field(default_factory=list)  # PReLUs whose slopes are on the 2^-8 grid
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -155,24 +161,27 @@ class QuantRecord:
 class QuantTaskPath(nn.Module):
     """One task's quantized path: normalised image in, that task's tensor out (a plain tensor).
 
-    With `host_resize`, the quantized graph ends before the path's final resize, which is applied here in
-    float exactly as the original model does it; `fabric` is the graph alone: what is exported, compiled
-    to hardware and checked LSB for LSB."""
+    With `host_resize` / `host_softmax`, the quantized graph ends before the path's final resize / softmax,
+    which are applied here in float exactly as the original model does them; `fabric` is the graph alone: what
+    is exported, compiled to hardware and checked LSB for LSB."""
 
-    def __init__(self, graph: GraphModule, task: str, host_resize: dict[str, Any] | None = None) -> None:
+    def __init__(self, graph: GraphModule, task: str, host_resize: dict[str, Any] | None = None,
+                 host_softmax: dict[str, int] | None = None) -> None:
         super().__init__()
         self.graph_module = graph
         self.task = task
         self.host_resize = host_resize
+        self.host_softmax = host_softmax
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.graph_module(x)
         out = out.value if isinstance(out, QuantTensor) else out
-        return F.interpolate(out, **self.host_resize) if self.host_resize else out
+        out = F.interpolate(out, **self.host_resize) if self.host_resize else out
+        return torch.softmax(out, **self.host_softmax) if self.host_softmax else out
 
     @property
     def fabric(self) -> QuantTaskPath:
-        return QuantTaskPath(self.graph_module, self.task) if self.host_resize else self
+        return QuantTaskPath(self.graph_module, self.task) if self.host_resize or self.host_softmax else self
 
     @property
     def input_quant(self) -> nn.Module:
@@ -267,6 +276,51 @@ def _detach_trailing_resize(gm: GraphModule) -> dict[str, Any] | None:
     return {k: arguments[k] for k in names[:4] if arguments.get(k) is not None}
 
 
+def _detach_trailing_softmax(gm: GraphModule) -> dict[str, int] | None:
+    """Remove a softmax (module, function or method) that produces the graph's output; returns {"dim": d}."""
+    result = _output_node(gm)
+    dim = None
+    if result.op == "call_module" and isinstance(gm.get_submodule(result.target), nn.Softmax):
+        dim = gm.get_submodule(result.target).dim
+    elif (result.op == "call_function" and result.target in (F.softmax, torch.softmax)) or (
+            result.op == "call_method" and result.target == "softmax"):
+        dim = result.kwargs.get("dim", result.args[1] if len(result.args) > 1 else None)
+    if not isinstance(dim, int) or not isinstance(result.args[0], Node):
+        return None
+    result.replace_all_uses_with(result.args[0])
+    gm.graph.erase_node(result)
+    gm.recompile()
+    return {"dim": dim}
+
+
+class FixedPointPReLU(nn.PReLU):
+    """PReLU whose slopes lie on a 2^-PRELU_SLOPE_BITS grid (rounded, straight-through gradient in QAT).
+
+    brevitas leaves a PReLU in float between quantizers; hls4ml's PReLU multiplies in fixed point, so the
+    quantized model and the C simulation agree bit for bit only when the slopes are exact fixed-point values.
+    Exported, the slopes are one constant (ONNX PRelu)."""
+
+    def snapped_weight(self) -> torch.Tensor:
+        scale = 2.0 ** PRELU_SLOPE_BITS
+        snapped = torch.round(self.weight * scale) / scale
+        return self.weight + (snapped - self.weight).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.value if isinstance(x, QuantTensor) else x
+        weight = self.snapped_weight()
+        return F.prelu(x, weight.detach() if torch.onnx.is_in_onnx_export() else weight)
+
+
+def _fixed_point_prelus(gm: GraphModule) -> None:
+    """Every nn.PReLU of the traced path becomes a FixedPointPReLU with the same (snapped) slopes."""
+    for name, module in list(gm.named_modules()):
+        if type(module) is nn.PReLU:
+            fixed = FixedPointPReLU(module.num_parameters)
+            fixed.weight = module.weight
+            parent, _, leaf = name.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, leaf, fixed)
+
+
 def _nearest_upsampling(gm: GraphModule) -> None:
     """Every F.interpolate resamples with nearest neighbours (no align_corners, which nearest refuses)."""
     for node in gm.graph.nodes:
@@ -339,7 +393,9 @@ def _layer_name(fx_name: str) -> str:
     return fx_name[len(_MODEL_PREFIX):] if fx_name.startswith(_MODEL_PREFIX) else fx_name
 
 
-def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) -> tuple[GraphModule, dict[str, Any] | None]:
+def _build(model: nn.Module, spec: ModelSpec, task: str,
+           config: QuantConfig) -> tuple[GraphModule, dict[str, Any] | None, dict[str, int] | None]:
+    """The quantized graph of one task path, and the trailing resize / softmax left to the host (or None)."""
     path = TaskPath(copy.deepcopy(model).eval(), task).eval()
     try:
         with warnings.catch_warnings():
@@ -349,6 +405,7 @@ def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) ->
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgemtlError(f"task {task!r}: brevitas' fx tracer cannot trace the model for quantization: {detail}") from None
     gm = _fold_static_shapes(gm, spec.input.shape)
+    host_softmax = _detach_trailing_softmax(gm) if config.host_softmax else None
     host_resize = _detach_trailing_resize(gm) if config.host_resize else None
     if config.nearest_upsampling:
         _nearest_upsampling(gm)
@@ -359,6 +416,7 @@ def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) ->
     leftover_bn = [n for n, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover_bn:
         raise EdgemtlError(f"task {task!r}: BatchNorm {leftover_bn[0]} does not follow a conv/linear and cannot be folded")
+    _fixed_point_prelus(gm)
 
     w_bits, a_bits = config.weight_bits, config.act_bits
     act_signed = Int8ActPerTensorFixedPoint.let(bit_width=a_bits)
@@ -419,7 +477,7 @@ def _build(model: nn.Module, spec: ModelSpec, task: str, config: QuantConfig) ->
                 scaling = quantizer.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl
                 for member in groups.get(id(scaling), [quantizer]):
                     _set_bit_width(member, int(override[1]))
-    return gm, host_resize
+    return gm, host_resize, host_softmax
 
 
 def _unsigned_source(gm: GraphModule, node: Node) -> bool:
@@ -570,8 +628,8 @@ def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: Task
     float_path = TaskPath(model, task).eval()
     metric_float = _metric(float_path, task_spec, val_data)
 
-    graph, host_resize = _build(model, spec, task, config)
-    qmodel = QuantTaskPath(graph, task, host_resize)
+    graph, host_resize, host_softmax = _build(model, spec, task, config)
+    qmodel = QuantTaskPath(graph, task, host_resize, host_softmax)
 
     calibration = _task_images(train_data, min(config.calibration_samples, len(train_data)), config.seed)
     _calibrate(qmodel, calibration, config.batch_size)
@@ -589,6 +647,8 @@ def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: Task
         metric_float=metric_float, metric_quant=metric_quant, qat_steps=config.qat_steps,
         calibration_samples=int(len(calibration)), seconds=time.perf_counter() - start, qat_seconds=qat_seconds,
         layers=layer_bit_widths(qmodel), output_lsb=output_lsb(qmodel), host_resize=host_resize,
+        host_softmax=host_softmax, fixed_point_prelus=[_layer_name(name) for name, module in graph.named_modules()
+                                                       if isinstance(module, FixedPointPReLU)],
     )
     return qmodel, record
 

@@ -1,0 +1,220 @@
+"""What edgemtl adds to hls4ml 1.3.0 so Caffe-era CNNs (MTCNN and its kin) map: PReLU and windowed max pools.
+
+hls4ml has the PReLU kernel but its ONNX handler never reads the slopes; its io_stream pooling asserts
+window == stride and no padding. Each fix is three parts, applied by hls4ml_backend while it prepares and
+converts a graph:
+
+- an ONNX rewrite before conversion (`prelu_channels_last`): PRelu moved onto the channels-last tensor (its
+  slopes become [C]);
+- a parser fix (`fix_parsed_layers`): a PReLU gets its slopes as weights, a MaxPool hls4ml's stream kernel
+  cannot run (overlapping windows, padding, ceil mode: end padding that is -inf and never wins) becomes
+  `WindowMaxPooling2D`, this package's layer with its own HLS kernel (nnet_window_pool_stream.h, registered
+  with the Vitis backend by `register`);
+- exact types (`prelu_precisions`): the slopes' fixed-point type and a PReLU result type that holds every
+  product, so the C simulation equals the quantized model bit for bit (edgemtl's quantizer snaps the slopes
+  to a 2^-8 grid: passes/quantize_brevitas.FixedPointPReLU).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+HEADER = Path(__file__).with_name("nnet_window_pool_stream.h")
+LAYER = "WindowMaxPooling2D"
+_TO_NCHW = [0, 3, 1, 2]
+_FIXED = re.compile(r"^(u?)fixed<(\d+),(-?\d+)")
+_registered: set[str] = set()
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+# --- the ONNX graph, before hls4ml sees it --------------------------------------------------------------
+
+
+def prelu_channels_last(model) -> bool:
+    """Transpose(NHWC->NCHW) -> PRelu (slopes [C,1,1]) becomes PRelu on NHWC (slopes [C]) -> Transpose, which
+    qonnx then cancels against the next NCHW->NHWC Transpose (its channels-last pass leaves PRelu alone)."""
+    changed = False
+    for node in list(model.graph.node):
+        if node.op_type != "PRelu":
+            continue
+        producer = model.find_producer(node.input[0])
+        slopes = model.get_initializer(node.input[1])
+        if (slopes is None or producer is None or producer.op_type != "Transpose"
+                or list(_attr(producer, "perm", [])) != _TO_NCHW or len(model.find_consumers(producer.output[0])) != 1):
+            continue
+        n, c, h, w = model.get_tensor_shape(node.output[0])
+        if slopes.size not in (1, c):
+            continue
+        name = f"{node.input[1]}_nhwc"
+        model.set_initializer(name, np.asarray(slopes, dtype=np.float32).reshape(-1))
+        nhwc = f"{node.output[0]}_nhwc"
+        back = helper.make_node("Transpose", [nhwc], [node.output[0]], perm=_TO_NCHW)
+        node.input[0], node.input[1], node.output[0] = producer.input[0], name, nhwc
+        model.graph.node.insert(list(model.graph.node).index(node) + 1, back)
+        model.graph.node.remove(producer)
+        model.set_tensor_shape(nhwc, [n, h, w, c])
+        changed = True
+    return changed
+
+
+def needs_window_pool(node: onnx.NodeProto) -> bool:
+    """A MaxPool hls4ml's stream kernels cannot run (padding, ceil mode, or a window that is not its stride)."""
+    kernel = list(_attr(node, "kernel_shape", []))
+    return (node.op_type == "MaxPool" and len(kernel) == 2 and (any(_attr(node, "pads", [])) or _attr(node, "ceil_mode", 0)
+                                                                or list(_attr(node, "strides", kernel)) != kernel))
+
+
+def pooled_size(size: int, kernel: int, stride: int, begin: int, end: int, ceil_mode: bool) -> int:
+    """ONNX / PyTorch pooling output length; in ceil mode the last window must start inside the input or its
+    start padding (the end padding ceil mode adds is -inf, like explicit padding)."""
+    span = size + begin + end - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    return out - 1 if ceil_mode and (out - 1) * stride >= size + begin else out
+
+
+def window_pool_refusal(node: onnx.NodeProto) -> str | None:
+    """Why even WindowMaxPooling2D cannot take a MaxPool (None when it can)."""
+    kernel = list(_attr(node, "kernel_shape", []))
+    pads = list(_attr(node, "pads", [0] * 2 * len(kernel)))
+    if len(kernel) != 2:
+        return f"a {len(kernel)}-D window (the windowed kernel is 2-D)"
+    if any(d != 1 for d in _attr(node, "dilations", [1, 1])):
+        return "dilated windows"
+    if any(p >= k for p, k in zip(pads, kernel * 2)):
+        return f"padding {pads} as large as the window {kernel} (a window of padding only)"
+    return None
+
+
+# --- hls4ml's parsed layer list ---------------------------------------------------------------------------
+
+
+def fix_parsed_layers(layers: list[dict[str, Any]], onnx_model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """PReLU layers get their slopes (and lose the slope input); windowed MaxPools become WindowMaxPooling2D."""
+    by_name = {n.name: n for n in onnx_model.graph.node}
+    constants = {layer["name"]: layer for layer in layers if layer.get("class_name") == "Constant"}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*onnx_model.graph.value_info, *onnx_model.graph.input]}
+    used: set[str] = set()
+    for layer in layers:
+        node = by_name.get(layer.get("name"))
+        if node is None:
+            continue
+        if node.op_type == "PRelu" and len(layer["inputs"]) == 2 and layer["inputs"][1] in constants:
+            layer["class_name"], layer["activation"] = "PReLU", "prelu"  # the handler makes it a plain Activation
+            slopes = np.asarray(constants[layer["inputs"][1]]["value"], dtype=np.float64).reshape(-1)
+            sample = shapes[node.input[0]][1:]
+            layer["param_data"] = np.broadcast_to(slopes, sample if slopes.size > 1 else [int(np.prod(sample))]).reshape(-1)
+            layer["n_in"] = int(np.prod(sample))
+            layer["inputs"] = layer["inputs"][:1]
+        elif needs_window_pool(node):
+            kernel, pads = list(_attr(node, "kernel_shape")), list(_attr(node, "pads", [0, 0, 0, 0]))
+            strides, ceil_mode = list(_attr(node, "strides", kernel)), bool(_attr(node, "ceil_mode", 0))
+            _, height, width, _ = shapes[node.input[0]]  # channels-last
+            out = [pooled_size(height, kernel[0], strides[0], pads[0], pads[2], ceil_mode),
+                   pooled_size(width, kernel[1], strides[1], pads[1], pads[3], ceil_mode)]
+            if strides == kernel and not any(pads) and out == [height // kernel[0], width // kernel[1]]:
+                continue  # ceil mode that pads nothing: hls4ml's own kernel
+            layer["class_name"] = LAYER
+            layer["pad_top"], layer["pad_left"] = pads[0], pads[1]
+            layer["out_height"], layer["out_width"] = out
+        used.update(layer.get("inputs", []))
+    return [layer for layer in layers if layer.get("class_name") != "Constant" or layer["name"] in used]
+
+
+# --- exact types ----------------------------------------------------------------------------------------
+
+
+def prelu_precisions(model, quant_type) -> dict[str, dict[str, str]]:
+    """{PRelu node: {"param": slope type, "result": product type}} for every PRelu fed by a power-of-two Quant:
+    the slopes exactly, the result wide enough for every product (hls4ml would give the slopes the input's type
+    and round them). `quant_type(model, node)` is the hls4ml type of a Quant node."""
+    types = {}
+    for node in model.graph.node:
+        if node.op_type != "PRelu":
+            continue
+        producer = model.find_producer(node.input[0])
+        slopes = model.get_initializer(node.input[1])
+        source = quant_type(model, producer) if producer is not None and producer.op_type == "Quant" else None
+        match = _FIXED.match(source or "")
+        if slopes is None or match is None:
+            continue
+        fraction = _fraction_bits(np.asarray(slopes, dtype=np.float64))
+        if fraction is None:
+            continue
+        integer = max(1, math.ceil(math.log2(float(np.max(np.abs(slopes))) + 2.0 ** -fraction)) + 1)
+        width, in_integer = int(match.group(2)), int(match.group(3))
+        in_width = width + (1 if match.group(1) else 0)  # an unsigned input needs a sign bit after the product
+        types[node.name] = {"param": f"fixed<{integer + fraction},{integer}>",
+                            "result": f"fixed<{in_width + integer + fraction},{in_integer + integer + (1 if match.group(1) else 0)}>"}
+    return types
+
+
+def _fraction_bits(values: np.ndarray, limit: int = 24) -> int | None:
+    """The fewest fractional bits that hold every value exactly, or None (not a fixed-point value)."""
+    for bits in range(limit + 1):
+        scaled = values * 2.0 ** bits
+        if np.all(scaled == np.round(scaled)):
+            return bits
+    return None
+
+
+# --- the hls4ml extension ---------------------------------------------------------------------------------
+
+
+def register(backend_name: str) -> None:
+    """Register WindowMaxPooling2D, its templates and its header with an hls4ml backend (once per process)."""
+    if backend_name in _registered:
+        return
+    import hls4ml  # noqa: PLC0415
+    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate  # noqa: PLC0415
+    from hls4ml.model.attributes import Attribute  # noqa: PLC0415
+    from hls4ml.model.layers import Layer, register_layer  # noqa: PLC0415
+
+    attributes = ("in_height", "in_width", "out_height", "out_width", "n_filt", "pool_height", "pool_width",
+                  "stride_height", "stride_width", "pad_top", "pad_left")
+
+    class WindowMaxPooling2D(Layer):
+        _expected_attributes = [Attribute(name) for name in attributes]
+
+        def initialize(self) -> None:
+            shape = [self.attributes["out_height"], self.attributes["out_width"], self.attributes["n_filt"]]
+            self.add_output_variable(shape, precision=self.get_input_variable().type.precision)  # max is exact
+
+    config = "struct config{index} : nnet::window_maxpool2d_config {{\n" + "".join(
+        f"    static const unsigned {name} = {{{name}}};\n" for name in attributes) + "}};\n"
+
+    class ConfigTemplate(LayerConfigTemplate):
+        def __init__(self) -> None:
+            super().__init__(WindowMaxPooling2D)
+            self.template = config
+
+        def format(self, node) -> str:  # noqa: ANN001
+            return self.template.format(**self._default_config_params(node))
+
+    class FunctionTemplate(FunctionCallTemplate):
+        def __init__(self) -> None:
+            super().__init__(WindowMaxPooling2D, include_header=[f"nnet_utils/{HEADER.name}"])
+            self.template = "nnet::window_maxpool2d_cl<{input_t}, {output_t}, {config}>({input}, {output});"
+
+        def format(self, node) -> str:  # noqa: ANN001
+            return self.template.format(**self._default_function_params(node))
+
+    register_layer(LAYER, WindowMaxPooling2D)
+    backend = hls4ml.backends.get_backend(backend_name)
+    backend.register_template(ConfigTemplate)
+    backend.register_template(FunctionTemplate)
+    backend.register_source(HEADER)
+    _registered.add(backend_name)
