@@ -30,9 +30,11 @@ pools moved onto the channels-last tensor (qonnx leaves them between Transposes)
 from NHWC while hls4ml parses (it swaps a Resize's H and W, and reads a global pool's dims as NCHW); a
 one-element Resize roi and value_info for every initializer (its parser looks both up); fresh initializer
 names before each qonnx cleanup (its renaming can collide); IR 10 for the single-node models qonnx runs in
-ONNX Runtime (onnx 1.23 stamps IR 14, ONNX Runtime 1.31 reads up to 13). Refused, in one line naming the op
-and the task: ops without an hls4ml ONNX handler (e.g. Abs) and any non-nearest Resize - hls4ml has no
-bilinear kernel, so mtl-cnn's dense heads (bilinear upsampling) do not map.
+ONNX Runtime (onnx 1.23 stamps IR 14, ONNX Runtime 1.31 reads up to 13); a per-tensor Quant after a flatten /
+permute moved before them (hls4ml's stream `linear` assumes equal beats in and out). PReLU and windowed max pools
+go through edgemtl's hls4ml extension (hls4ml_ext). Refused, in one line naming the op and the task: ops without
+an hls4ml ONNX handler (e.g. Abs) and any non-nearest Resize - hls4ml has no bilinear kernel, so mtl-cnn's dense
+heads (bilinear upsampling) do not map.
 """
 
 from __future__ import annotations

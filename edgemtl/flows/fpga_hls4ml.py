@@ -38,6 +38,16 @@ MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / Sc
             "FINN layer: quantization and HLS need a custom expert-major kernel (e.g. Vitis HLS by hand); "
             "this bundle holds float ONNX per task and the roofline estimate")
 
+# What the QAT graph changes against the float model, and where the PS takes over (quantization.<key> per task).
+QAT_REWRITES = [
+    "a resize that ends a task path runs on the PS (ARM), bilinear as in the float model "
+    "(tasks.<task>.quantization.host_resize; the PYNQ driver applies it); the PL outputs the map before it",
+    "every other bilinear resize -> nearest upsampling in the PL (hls4ml has no bilinear Resize); metric_quant "
+    "includes both",
+    "a softmax that ends a task path runs on the PS too (quantization.host_softmax): the PL outputs the logits",
+    "PReLU slopes on a 2^-8 grid (quantization.fixed_point_prelus), so hls4ml's fixed-point PReLU is exact",
+]
+
 
 def _precision(ctx: FlowContext) -> str:
     return ctx.options.precision or ctx.target.precisions[0]
@@ -82,13 +92,9 @@ def quantize_step(ctx: FlowContext) -> None:
         ctx.state["quantized"][task] = qmodel
         records[task] = record.to_dict()
         ctx.manifest["tasks"][task]["quantization"] = records[task]
-    ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"precision": config.precision, "qat_steps": config.qat_steps,
-                                                                  "rewrites": ["a resize that ends a task path runs on the PS (ARM), bilinear as in "
-                                                                               "the float model (tasks.<task>.quantization.host_resize; the PYNQ "
-                                                                               "driver applies it); the PL outputs the map before it",
-                                                                               "every other bilinear resize -> nearest upsampling in the PL (hls4ml "
-                                                                               "has no bilinear Resize); metric_quant includes both"],
-                                                                  "data": f"{name}/train (calibration, QAT), {name}/val (metrics)"}
+    ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {
+        "precision": config.precision, "qat_steps": config.qat_steps, "rewrites": QAT_REWRITES,
+        "data": f"{name}/train (calibration, QAT), {name}/val (metrics)"}
 
 
 def _grid_samples(ctx: FlowContext, qmodel: torch.nn.Module, count: int) -> torch.Tensor:
@@ -141,7 +147,7 @@ def hls4ml_step(ctx: FlowContext) -> None:
         entry["hls4ml"] = {"ok": True, "project": relative, "csim": csim, "testbench": testbench,
                            "precision": project.precision_table, "seconds": project.seconds}
         entry["artifacts"]["hls4ml"] = relative
-        io = _io_description(project, ctx.loaded.spec, task, list(reference.shape[1:]), path.host_resize)
+        io = _io_description(project, ctx.loaded.spec, task, list(reference.shape[1:]), path.host_resize, path.host_softmax)
         (ctx.bundle / relative / "io.json").write_text(json.dumps(io, indent=2))
     if failed and len(failed) == len(ctx.state.get("quantized", {})):
         raise EdgemtlError(f"hls4ml could map none of the tasks; first: {ctx.manifest['tasks'][failed[0]]['hls4ml']['error']}")
@@ -161,9 +167,10 @@ def _require_agreement(task: str, where: str, testbench: dict) -> None:
                        f"{reason or 'its run gave no output to compare'}")
 
 
-def _io_description(project, spec, task: str, output_shape: list[int], host_resize: dict | None) -> dict:
+def _io_description(project, spec, task: str, output_shape: list[int], host_resize: dict | None,
+                    host_softmax: dict | None) -> dict:
     """The streams of the HLS top function, as hw/zcu104/driver.py reads them (ports, shapes, fixed types),
-    and the resize the driver applies on the PS after the output stream, if any."""
+    and the resize / softmax the driver applies on the PS after the output stream, if any."""
     model = project.hls_model
 
     def stream(variable, name: str, shape: list[int], channels_last: bool) -> dict:
@@ -172,9 +179,8 @@ def _io_description(project, spec, task: str, output_shape: list[int], host_resi
 
     inputs = [stream(v, "input", spec.input.shape, project.input_channels_last) for v in model.get_input_variables()]
     outputs = [stream(v, task, output_shape, True) for v in model.get_output_variables()]
-    if host_resize:
-        for output in outputs:
-            output["host_resize"] = host_resize
+    for output in outputs:
+        output.update({key: value for key, value in (("host_resize", host_resize), ("host_softmax", host_softmax)) if value})
     return {"task": task, "inputs": inputs, "outputs": outputs}
 
 

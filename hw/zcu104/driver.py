@@ -18,7 +18,9 @@ shape is one sample in the model's layout (C, H, W) or (K,); precision is the hl
 the stream (`fixed<W,I,...>`, `ufixed<...>`, `ap_fixed<...>`, `ap_ufixed<...>`, `int<W>`, `ap_uint<W>` ...).
 An output may carry "host_resize": {"size": [H, W], "mode": "bilinear", "align_corners": false}: the task's
 final resize, which edgemtl leaves to the PS (hls4ml has no bilinear resize); the driver applies it here,
-as torch.nn.functional.interpolate does, so the outputs have the model's shapes.
+as torch.nn.functional.interpolate does, so the outputs have the model's shapes. An output may also carry
+"host_softmax": {"dim": d} (d counts the batch axis, as in the model): the softmax that ends a classifier, which
+the PL leaves out (hls4ml's table-based softmax is not bit-accurate); the driver applies it after any resize.
 
 Stream layout (hls4ml io_stream, Vitis HLS AXI4-Stream): a 3-D tensor streams channels-last, one pixel per
 beat, the C channel values of the pixel in one beat; a 1-D tensor is one beat of K values. Vitis HLS pads
@@ -152,6 +154,7 @@ class StreamSpec:
     beat_values: int = 0  # 0: C for a 3-D tensor, all of it for anything else
     slot_bytes: int = 0  # 0: ceil(W / 8)
     host_resize: tuple[int, int] | None = None  # (H, W) of the bilinear resize the PS applies after the stream
+    host_softmax_axis: int | None = None  # the axis of one sample the PS applies a softmax over, last
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> StreamSpec:
@@ -159,7 +162,12 @@ class StreamSpec:
                    shape=tuple(int(s) for s in raw["shape"]), precision=FixedType.parse(raw["precision"]),
                    channels_last=bool(raw.get("channels_last", True)),
                    beat_values=int(raw.get("beat_values", 0)), slot_bytes=int(raw.get("slot_bytes", 0)),
-                   host_resize=_resize_size(raw.get("host_resize")))
+                   host_resize=_resize_size(raw.get("host_resize")), host_softmax_axis=_softmax_axis(raw.get("host_softmax")))
+
+    def on_host(self, streamed: np.ndarray) -> np.ndarray:
+        """One sample as the model gives it: the streamed values, then any resize and softmax left to the PS."""
+        out = bilinear_resize(streamed, self.host_resize) if self.host_resize else streamed
+        return softmax(out, self.host_softmax_axis) if self.host_softmax_axis is not None else out
 
     @property
     def values_per_beat(self) -> int:
@@ -227,6 +235,20 @@ def _resize_size(raw: dict[str, Any] | None) -> tuple[int, int] | None:
     return int(raw["size"][0]), int(raw["size"][1])
 
 
+def _softmax_axis(raw: dict[str, Any] | None) -> int | None:
+    if not raw:
+        return None
+    dim = int(raw["dim"])
+    if dim == 0:
+        raise ValueError(f"a host softmax over the batch axis (dim 0) is not per sample: {raw}")
+    return dim - 1 if dim > 0 else dim
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return shifted / np.sum(shifted, axis=axis, keepdims=True)
+
+
 def bilinear_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, H, W) -> (C, *size), as torch's F.interpolate(mode="bilinear", align_corners=False)."""
     def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -274,7 +296,7 @@ class Zcu104Model:
         self.inputs, self.outputs = load_io_spec(io_spec)
         self.overlay = overlay if overlay is not None else pynq.Overlay(str(bitfile))
         self.timeout_s = timeout_s
-        self.streamed: dict[str, np.ndarray] = {}  # the last call's outputs as streamed, before any host resize
+        self.streamed: dict[str, np.ndarray] = {}  # the last call's outputs as streamed, before the host ops
         self.dma: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         for stream in [*self.inputs, *self.outputs]:
@@ -307,10 +329,9 @@ class Zcu104Model:
         single = arrays[first.name].shape == first.shape
         n = 1 if single else arrays[first.name].shape[0]
         frames = [self._frame({k: (v if single else v[i]) for k, v in arrays.items()}) for i in range(n)]
-        # what the IP streamed (bit for bit the C simulation's values), kept for checks; then any host resize
+        # what the IP streamed (bit for bit the C simulation's values), kept for checks; then the host ops
         self.streamed = frames[0] if single else {s.name: np.stack([f[s.name] for f in frames]) for s in self.outputs}
-        resized = [{s.name: bilinear_resize(f[s.name], s.host_resize) if s.host_resize else f[s.name] for s in self.outputs}
-                   for f in frames]
+        resized = [{s.name: s.on_host(f[s.name]) for s in self.outputs} for f in frames]
         return resized[0] if single else {s.name: np.stack([f[s.name] for f in resized]) for s in self.outputs}
 
     def time(self, x: np.ndarray, runs: int = 100, warmup: int = 5) -> dict[str, Any]:
@@ -348,7 +369,8 @@ def main(argv: list[str]) -> int:
         x = np.load(argv[4])
         outputs = model(x)
         out = argv[5] if len(argv) > 5 else "outputs.npz"
-        streamed = {f"{s.name}_streamed": model.streamed[s.name] for s in model.outputs if s.host_resize}
+        streamed = {f"{s.name}_streamed": model.streamed[s.name] for s in model.outputs
+                    if s.host_resize or s.host_softmax_axis is not None}
         np.savez(out, **outputs, **streamed)
         print(f"wrote {out}: " + ", ".join(f"{k} {v.shape}" for k, v in outputs.items()))
         if runs:

@@ -24,7 +24,7 @@ AGREES = {"built": True, "ran": True, "exit_status": 0, "tb_samples": 2, "matche
 
 
 def fake_ctx(tmp_path: Path) -> SimpleNamespace:
-    path = SimpleNamespace(fabric=lambda x: torch.zeros(len(x), 3), host_resize=None)
+    path = SimpleNamespace(fabric=lambda x: torch.zeros(len(x), 3), host_resize=None, host_softmax=None)
     return SimpleNamespace(target=TARGET, options=CompileOptions(csim_samples=2), bundle=tmp_path,
                            loaded=SimpleNamespace(spec=None), state={"quantized": {"scene": path}},
                            manifest={"tasks": {"scene": {"artifacts": {"qonnx": "tasks/scene/model.qonnx.onnx"}}}})

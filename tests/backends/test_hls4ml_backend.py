@@ -21,7 +21,9 @@ from torch import nn  # noqa: E402
 
 from edgemtl.backends.hls4ml_backend import (  # noqa: E402
     _float_biases, build_hls_project, build_testbench, csim_check, csim_provenance, hls_predict)
+from edgemtl.backends.hls4ml_ext import pooled_size  # noqa: E402
 from edgemtl.errors import EdgemtlError  # noqa: E402
+from edgemtl.passes.quantize_brevitas import FixedPointPReLU  # noqa: E402
 from edgemtl.targets import load_target  # noqa: E402
 
 with warnings.catch_warnings():
@@ -389,6 +391,63 @@ def test_depthwise_leaky_relu_and_a_permute_before_dense_map_exactly(tmp_path, m
     project = build_hls_project(path, tmp_path / "prj", "t", PART, CLOCK_NS)
     result = csim_check(project, x, dict(zip(names, outs)), {names[0]: float(module.out.act_quant.scale())}, "t")
     assert result["exact"] and result["max_abs_diff_lsb"] == 0.0
+
+
+class PReluThenPool(nn.Module):
+    """MTCNN's conv -> PReLU -> max pool, with the pool given (slopes on the 2^-8 grid edgemtl's QAT keeps)."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.inp, self.conv, self.mid, self.prelu = act(), qconv(3, 4), act(), FixedPointPReLU(4)
+        with torch.no_grad():
+            self.prelu.weight.copy_(torch.tensor([0.25, -0.5, 0.125, 1.75]))
+        self.pool, self.q, self.head, self.out = pool, act(), qconv(4, 2, 1), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.head(self.q(self.pool(self.prelu(self.mid(self.conv(self.inp(x))))))))
+
+
+class PReluPermuteDense(nn.Module):
+    """MTCNN's tail: PReLU -> permute -> flatten -> (quantized input of) the dense layer -> PReLU -> dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.conv, self.mid, self.prelu = act(), qconv(3, 4), act(), FixedPointPReLU(4)
+        self.q, self.fc, self.fq, self.prelu2 = act(), _qlinear(64, 6), act(), FixedPointPReLU(6)
+        self.fc2, self.out = _qlinear(6, 3), act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.prelu(self.mid(self.conv(self.inp(x)))).permute(0, 3, 2, 1).contiguous()
+        return self.out(self.fc2(self.prelu2(self.fq(self.fc(self.q(y.reshape(y.shape[0], -1)))))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "shape"), [
+    (lambda: PReluThenPool(nn.MaxPool2d(3, 2, ceil_mode=True)), (3, 10, 10)),  # overlapping, ceil mode pads the end
+    (lambda: PReluThenPool(nn.MaxPool2d(3, 1, padding=1)), (3, 6, 7)),  # padding on every side, stride 1
+    (lambda: PReluThenPool(nn.MaxPool2d(2, 2, ceil_mode=True)), (3, 9, 9)),  # a window of one real value
+    (PReluPermuteDense, (3, 4, 4)),  # a per-tensor Quant after the flatten (hls4ml's stream linear misread it)
+], ids=["3x3s2-ceil", "3x3s1-pad1", "2x2s2-ceil-odd", "permute-flatten-dense"])
+def test_prelu_and_windowed_max_pools_map_exactly(tmp_path, model, shape):
+    """What MTCNN needs from hls4ml, bit for bit: PReLU with its slopes, max pools hls4ml's stream kernel asserts
+    against (edgemtl's windowed kernel), PReLU before a permute and a flatten."""
+    module = model()
+    path = tmp_path / "m.onnx"
+    x, outs = calibrate_and_export(module, path, shape=shape)
+    names = output_names(path)
+    project = build_hls_project(path, tmp_path / "prj", "t", PART, CLOCK_NS)
+    assert any("PRelu" in name for name in project.precision_table)
+    result = csim_check(project, x, dict(zip(names, outs)), {names[0]: float(module.out.act_quant.scale())}, "t")
+    assert result["exact"] and result["max_abs_diff_lsb"] == 0.0
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "pads", "ceil_mode"), [
+    (s, k, st, p, c) for s in (5, 8, 9, 10, 46) for k in (1, 2, 3) for st in (1, 2, 3) for p in (0, 1) for c in (0, 1)
+    if p < k and p <= k // 2])
+def test_pooled_size_is_torchs(size, kernel, stride, pads, ceil_mode):
+    """The windowed kernel's output size: PyTorch's (ceil mode: the last window starts inside the input)."""
+    expected = nn.MaxPool2d(kernel, stride, padding=pads, ceil_mode=bool(ceil_mode))(torch.zeros(1, 1, size, size)).shape[-1]
+    assert pooled_size(size, kernel, stride, pads, pads, bool(ceil_mode)) == expected
 
 
 @pytest.mark.parametrize(("model", "shape", "op", "why"), [

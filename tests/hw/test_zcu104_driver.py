@@ -217,6 +217,22 @@ def test_an_output_with_a_host_resize_is_resized_after_the_stream(monkeypatch):
             "size": [4, 4], "mode": "bilinear", "align_corners": True}}]})
 
 
+def test_an_output_with_a_host_softmax_gets_it_after_the_stream(monkeypatch):
+    """The PL streams a classifier's logits; the driver applies the model's softmax (dim 1 of the batch = axis 0)."""
+    io = {"inputs": IO["inputs"], "outputs": [{**IO["outputs"][1], "host_softmax": {"dim": 1}}]}
+    scene_reply = np.array([[0x80, 0x00, 0x00, 0xFE, 0xFF, 0x07, 0xAA, 0xAA]], dtype=np.uint8)  # 0.5, -2, 2047/256
+    board = FakeBoard(["input_1", "layer11_out"], {"layer11_out": scene_reply})
+    monkeypatch.setitem(sys.modules, "pynq", fake_pynq(board))
+    driver = load_driver()
+    model = driver.Zcu104Model("edgemtl.bit", io)
+    out = model(np.zeros((3, 2, 2)))["scene"]
+    logits = np.array([0.5, -2.0, 2047 / 256])
+    np.testing.assert_array_equal(model.streamed["scene"], logits)
+    np.testing.assert_allclose(out, np.exp(logits) / np.exp(logits).sum(), rtol=1e-12)
+    with pytest.raises(ValueError, match="batch axis"):
+        driver.load_io_spec({"inputs": IO["inputs"], "outputs": [{**IO["outputs"][1], "host_softmax": {"dim": 0}}]})
+
+
 def test_missing_dma_is_named(monkeypatch):
     board = FakeBoard(["input_1", "layer9_out"], {})
     monkeypatch.setitem(sys.modules, "pynq", fake_pynq(board))

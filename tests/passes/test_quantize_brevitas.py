@@ -11,8 +11,8 @@ from torch import nn
 from conftest import tiny_model
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
-from edgemtl.passes.quantize_brevitas import (QuantConfig, grid_align, layer_bit_widths, output_lsb, quantize_task,
-                                              quantizer_scales)
+from edgemtl.passes.quantize_brevitas import (PRELU_SLOPE_BITS, QuantConfig, grid_align, layer_bit_widths, output_lsb,
+                                              quantize_task, quantizer_scales)
 
 QUICK = dict(qat_steps=3, batch_size=8, calibration_samples=16)
 
@@ -155,3 +155,39 @@ def test_a_final_resize_left_to_the_host_is_bilinear_and_outside_the_fabric(data
     assert "nearest" in qmodel.graph_module.code and "bilinear" not in qmodel.graph_module.code  # inner resizes
     scene, scene_record = quantize_task(model, spec, "scene", train, val, config)  # no final resize: nothing moves
     assert scene.fabric is scene and scene_record.host_resize is None
+
+
+class CaffeClassifier(nn.Module):
+    """MTCNN's layer kinds on the scenes images: conv -> PReLU -> ceil-mode max pool -> dense -> softmax."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.conv, self.prelu, self.pool = nn.Conv2d(3, 4, 3), nn.PReLU(4), nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.fc, self.softmax = nn.Linear(4, classes), nn.Softmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"scene": self.softmax(self.fc(self.pool(self.prelu(self.conv(x))).mean((2, 3))))}
+
+
+def test_prelu_slopes_stay_on_the_fixed_point_grid_and_a_final_softmax_is_left_to_the_host(data):
+    """The zcu104 needs exact fixed-point PReLU slopes (hls4ml multiplies in fixed point) and has no exact softmax:
+    the slopes are snapped to 2^-8 through QAT (gradients still reach them), the softmax leaves the fabric."""
+    train, val = data
+    _, spec = tiny_model("mtl-cnn")
+    spec = spec.model_copy(update={"tasks": [spec.task("scene")]})
+    torch.manual_seed(0)
+    model = CaffeClassifier(spec.task("scene").output_shape[0])
+    with torch.no_grad():
+        model.prelu.weight.copy_(torch.tensor([0.2, -0.3, 0.01, 0.7]))
+    qmodel, record = quantize_task(model, spec, "scene", train, val, QuantConfig(host_softmax=True, **QUICK))
+    assert record.host_softmax == qmodel.host_softmax == {"dim": 1} and record.fixed_point_prelus == ["prelu"]
+    prelu = qmodel.graph_module.get_submodule("model.prelu")
+    slopes = prelu.snapped_weight().detach() * 2 ** PRELU_SLOPE_BITS
+    assert torch.equal(slopes, slopes.round()) and not torch.equal(prelu.weight.detach(), model.prelu.weight)  # trained
+    x = torch.from_numpy(val.normalise(val.images[:4]))
+    with torch.no_grad():
+        logits, scores = qmodel.fabric(x), qmodel(x)
+    assert torch.equal(scores, torch.softmax(logits, dim=1))
+    assert torch.equal(logits / output_lsb(qmodel), (logits / output_lsb(qmodel)).round())  # ends at the quantizer
+    plain, plain_record = quantize_task(model, spec, "scene", train, val, QuantConfig(**QUICK))  # not asked: kept
+    assert plain.fabric is plain and plain_record.host_softmax is None
