@@ -6,6 +6,7 @@ Both packages are installed by `make setup` with --no-deps: only their files are
 from __future__ import annotations
 
 import json
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -123,33 +124,24 @@ def test_centerface_on_the_zcu104_names_the_op_hls4ml_lacks_before_qat(capsys, t
 
 
 # MTCNN's output network (ONet) with the weights the facenet-pytorch wheel ships (data/onet.pt, a state_dict), built
-# by the factory a user would write (custom_models.mtcnn_onet), on scikit-image's LFW subset: 100 faces and 100
-# non-face patches (25 x 25 grey), labelled as the package documents. Its face score is a labelled task; its box
-# regression and landmarks have no labels here and are verified against the float model.
-ONET_SPEC = """\
-input: {shape: [3, 48, 48], mean: [0.5, 0.5, 0.5], std: [0.50196078, 0.50196078, 0.50196078]}
-tasks:
-  - {name: face, kind: classification, output_shape: [2]}
-  - {name: box, kind: raw, output_shape: [4]}
-  - {name: landmarks, kind: raw, output_shape: [10]}
-"""
+# by the factory a user would write, on scikit-image's LFW subset: 100 faces and 100 non-face patches (25 x 25 grey),
+# labelled as the package documents: examples/mtcnn (onet.py, spec.yaml, make_data.py). Its face score is a labelled
+# task; its box regression and landmarks have no labels here and are verified against the float model.
+MTCNN_EXAMPLE = Path(__file__).parents[1] / "examples" / "mtcnn"
 
 
 @pytest.fixture(scope="module")
 def onet(tmp_path_factory) -> list:
-    """The compile arguments: the package's weights, the factory, a spec and an npz of the LFW subset (mirrored
+    """The compile arguments of examples/mtcnn: the package's weights, the factory, the spec and faces.npz (mirrored
     copies for calibration, the originals alternately val / test; --resize takes 25 x 25 to 48 x 48)."""
     weights = _package_file("facenet_pytorch", "data/onet.pt")
-    lfw = np.load(_package_file("skimage", "data/lfw_subset.npy"))
-    assert lfw.shape == (200, 25, 25)
-    images = np.round(lfw * 255).astype(np.uint8)[:, None].repeat(3, axis=1)
-    face = np.r_[np.ones(100), np.zeros(100)].astype(np.int64)
-    root = tmp_path_factory.mktemp("onet")
-    np.savez(root / "faces.npz", images=np.concatenate([images, images[..., ::-1]]), face=np.r_[face, face],
-             split=np.array(["val", "test"] * 100 + ["train"] * 200))
-    (root / "spec.yaml").write_text(ONET_SPEC)
-    return [weights, "--model-factory", "custom_models:mtcnn_onet", "--spec", root / "spec.yaml",
-            "--data", root / "faces.npz", "--resize"]
+    _package_file("skimage", "data/lfw_subset.npy")
+    sys.path.insert(0, str(MTCNN_EXAMPLE))  # where the user runs edgemtl: the factory module is found there
+    from make_data import write_faces
+
+    faces = write_faces(tmp_path_factory.mktemp("onet") / "faces.npz")
+    return [weights, "--model-factory", "onet:mtcnn_onet", "--spec", MTCNN_EXAMPLE / "spec.yaml",
+            "--data", faces, "--resize"]
 
 
 def test_onet_on_the_host_scores_the_faces(capsys, tmp_path, onet):
