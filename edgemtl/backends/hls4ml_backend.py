@@ -170,7 +170,7 @@ def build_hls_project(qonnx_path: Path, out_dir: Path, task: str, part: str, clo
             config = hls4ml.utils.config_from_onnx_model(model.model, granularity="name", backend=BACKEND,
                                                          default_precision=default_precision)
             _set_input_precision(config, model)
-            for name, types in hls4ml_ext.prelu_precisions(model, _quant_type).items():
+            for name, types in hls4ml_ext.exact_precisions(model, _quant_type).items():
                 config.setdefault("LayerName", {}).setdefault(name, {}).setdefault("Precision", {}).update(types)
             hls_model = hls4ml.converters.convert_from_onnx_model(
                 model.model, output_dir=str(out_dir), project_name=PROJECT_NAME, backend=BACKEND,
@@ -673,7 +673,7 @@ _HINTS = {
               "use nearest upsampling by an integer factor",
     "ReduceMean": "use AdaptiveAvgPool2d(1) (GlobalAveragePool) for a spatial mean",
     "MaxPool": "a 2-D window with padding smaller than the window",
-    "AveragePool": "a strided conv or GlobalAveragePool maps",
+    "AveragePool": "a window of 2x2, 4x4 ... at its own stride, a strided conv, or GlobalAveragePool",
     "Softmax": "end the task path with the softmax (the flow then applies it on the ARM cores), or compile for gap9",
     "Gemm": "qonnx GemmToMatMul should have lowered it",
     "Concat": "hls4ml concatenates at most two tensors of rank <= 3 per node",
@@ -694,7 +694,8 @@ _REWRITTEN = {"Gemm", "ReduceMean"}
 # What the operator table says of ops hls4ml has a handler for but cannot take in every form (_known_failure).
 HANDLER_LIMITS = {"PRelu": "yes, slopes on a 2^-8 grid (edgemtl's parser fix; its handler drops them)",
                   "MaxPool": "yes; overlapping, padded or ceil_mode windows by edgemtl's kernel (hls4ml_ext)",
-                  "AveragePool": "no (left channels-first by qonnx)", "Resize": "yes, nearest by integer factors",
+                  "AveragePool": "yes, windows that tile the input with a power-of-two size (edgemtl's qonnx op)",
+                  "Resize": "yes, nearest by integer factors",
                   "Softmax": "only ending a task path: applied on the ARM cores (hls4ml's is table-based, not bit-accurate)"}
 
 
@@ -703,7 +704,7 @@ def _known_failure(node: onnx.NodeProto) -> str | None:
     if node.op_type == "MaxPool":
         return hls4ml_ext.window_pool_refusal(node)
     if node.op_type == "AveragePool":
-        return "qonnx's channels-last conversion leaves it channels-first, which hls4ml's pooling handler refuses"
+        return hls4ml_ext.average_pool_refusal(node)
     if node.op_type == "Softmax":
         return ("hls4ml's Softmax uses exp / inverse tables and is not bit-accurate to the quantized model "
                 "(measured 23 LSB off at 8 bits)")

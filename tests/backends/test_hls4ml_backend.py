@@ -357,9 +357,10 @@ class PermuteThenDense(nn.Module):
 
 
 class AvgPool(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, window: int = 2, signed: bool = False) -> None:
         super().__init__()
-        self.inp, self.conv, self.relu, self.pool, self.mid = act(), qconv(3, 4), relu(), nn.AvgPool2d(2), relu()
+        self.inp, self.conv, self.pool = act(), qconv(3, 4), nn.AvgPool2d(window)
+        self.relu, self.mid = (act(), act()) if signed else (relu(), relu())
         self.head, self.out = qconv(4, 2, 1), act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -377,9 +378,11 @@ class SoftmaxHead(nn.Module):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("model", "shape", "op"), [(Depthwise, (3, 8, 8), "Conv"), (Leaky, (3, 8, 8), "LeakyRelu"),
-                                                    (PermuteThenDense, (3, 4, 4), "Transpose")])
-def test_depthwise_leaky_relu_and_a_permute_before_dense_map_exactly(tmp_path, model, shape, op):
+@pytest.mark.parametrize(("model", "shape", "op"), [
+    (Depthwise, (3, 8, 8), "Conv"), (Leaky, (3, 8, 8), "LeakyRelu"), (PermuteThenDense, (3, 4, 4), "Transpose"),
+    (AvgPool, (3, 8, 8), "AveragePool"), (lambda: AvgPool(4, signed=True), (3, 8, 8), "AveragePool")],
+    ids=["depthwise", "leaky-relu", "permute-dense", "avgpool-2x2", "avgpool-4x4-signed"])
+def test_depthwise_leaky_relu_permute_and_average_pools_map_exactly(tmp_path, model, shape, op):
     """The layers of edge CNNs that hls4ml takes bit for bit (the operator table's 'yes', checked by running)."""
     import onnx
 
@@ -451,10 +454,10 @@ def test_pooled_size_is_torchs(size, kernel, stride, pads, ceil_mode):
 
 
 @pytest.mark.parametrize(("model", "shape", "op", "why"), [
-    (AvgPool, (3, 8, 8), "AveragePool", "channels-last"), (SoftmaxHead, (3, 4, 4), "Softmax", "not bit-accurate")])
+    (lambda: AvgPool(3), (3, 9, 9), "AveragePool", "divides by 9"), (SoftmaxHead, (3, 4, 4), "Softmax", "not bit-accurate")])
 def test_ops_hls4ml_runs_wrongly_are_refused_before_conversion(tmp_path, model, shape, op, why):
-    """Found by running them: qonnx leaves an AveragePool channels-first (hls4ml's handler then raises), and
-    hls4ml's table-based Softmax was 23 LSB off brevitas' at 8 bits. Refused in one line before anything is built."""
+    """Found by running them: a 3x3 mean is no exact fixed-point operation, and hls4ml's table-based Softmax was
+    23 LSB off brevitas' at 8 bits. Refused in one line before anything is built."""
     path = tmp_path / "m.onnx"
     calibrate_and_export(model(), path, shape=shape)
     with pytest.raises(EdgemtlError) as err:

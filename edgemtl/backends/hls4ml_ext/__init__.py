@@ -1,18 +1,20 @@
-"""What edgemtl adds to hls4ml 1.3.0 so Caffe-era CNNs (MTCNN and its kin) map: PReLU and windowed max pools.
+"""What edgemtl adds to hls4ml 1.3.0 so Caffe-era CNNs (MTCNN and its kin) map: PReLU, windowed max pools and
+average pools.
 
 hls4ml has the PReLU kernel but its ONNX handler never reads the slopes; its io_stream pooling asserts
-window == stride and no padding. Each fix is three parts, applied by hls4ml_backend while it prepares and
-converts a graph:
+window == stride and no padding; qonnx's channels-last conversion has no AveragePool, so hls4ml's handler refuses
+it. Each fix is up to three parts, applied by hls4ml_backend while it prepares and converts a graph:
 
 - an ONNX rewrite before conversion (`prelu_channels_last`): PRelu moved onto the channels-last tensor (its
-  slopes become [C]);
+  slopes become [C]); AveragePool becomes a qonnx channels-last op like MaxPool (`register_qonnx_ops`);
 - a parser fix (`fix_parsed_layers`): a PReLU gets its slopes as weights, a MaxPool hls4ml's stream kernel
   cannot run (overlapping windows, padding, ceil mode: end padding that is -inf and never wins) becomes
   `WindowMaxPooling2D`, this package's layer with its own HLS kernel (nnet_window_pool_stream.h, registered
   with the Vitis backend by `register`);
-- exact types (`prelu_precisions`): the slopes' fixed-point type and a PReLU result type that holds every
-  product, so the C simulation equals the quantized model bit for bit (edgemtl's quantizer snaps the slopes
-  to a 2^-8 grid: passes/quantize_brevitas.FixedPointPReLU).
+- exact types (`exact_precisions`): the slopes' fixed-point type and a PReLU result type that holds every
+  product (edgemtl's quantizer snaps the slopes to a 2^-8 grid: passes/quantize_brevitas.FixedPointPReLU); an
+  average pool's result with the window's log2 extra fractional bits (hls4ml would truncate the mean to the
+  input's grid, brevitas rounds the exact mean). So the C simulation equals the quantized model bit for bit.
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ def pooled_size(size: int, kernel: int, stride: int, begin: int, end: int, ceil_
     return out - 1 if ceil_mode and (out - 1) * stride >= size + begin else out
 
 
+def average_pool_refusal(node: onnx.NodeProto) -> str | None:
+    """Why an AveragePool cannot map exactly (None when it can): hls4ml's stream kernel takes windows that tile the
+    input, and only a power-of-two window divides exactly in fixed point."""
+    kernel = list(_attr(node, "kernel_shape", []))
+    if len(kernel) != 2 or any(_attr(node, "pads", [])) or _attr(node, "ceil_mode", 0):
+        return "only a 2-D window without padding or ceil_mode streams"
+    if list(_attr(node, "strides", kernel)) != kernel:
+        return f"strides {list(_attr(node, 'strides', []))} differ from the window {kernel} (hls4ml's stream kernel asserts it)"
+    size = kernel[0] * kernel[1]
+    if size & (size - 1):
+        return f"a {kernel[0]}x{kernel[1]} mean divides by {size}, which fixed point cannot do exactly (use a power of two)"
+    return None
+
+
 def window_pool_refusal(node: onnx.NodeProto) -> str | None:
     """Why even WindowMaxPooling2D cannot take a MaxPool (None when it can)."""
     kernel = list(_attr(node, "kernel_shape", []))
@@ -137,28 +153,31 @@ def fix_parsed_layers(layers: list[dict[str, Any]], onnx_model: onnx.ModelProto)
 # --- exact types ----------------------------------------------------------------------------------------
 
 
-def prelu_precisions(model, quant_type) -> dict[str, dict[str, str]]:
-    """{PRelu node: {"param": slope type, "result": product type}} for every PRelu fed by a power-of-two Quant:
-    the slopes exactly, the result wide enough for every product (hls4ml would give the slopes the input's type
-    and round them). `quant_type(model, node)` is the hls4ml type of a Quant node."""
+def exact_precisions(model, quant_type) -> dict[str, dict[str, str]]:
+    """{node: {hls4ml type name: type}} for every PRelu and AveragePool fed by a power-of-two Quant, so that each
+    computes exactly what the quantized model does. `quant_type(model, node)` is the hls4ml type of a Quant node."""
     types = {}
     for node in model.graph.node:
-        if node.op_type != "PRelu":
+        if node.op_type not in ("PRelu", "AveragePool"):
             continue
         producer = model.find_producer(node.input[0])
-        slopes = model.get_initializer(node.input[1])
         source = quant_type(model, producer) if producer is not None and producer.op_type == "Quant" else None
         match = _FIXED.match(source or "")
-        if slopes is None or match is None:
+        if match is None:
             continue
-        fraction = _fraction_bits(np.asarray(slopes, dtype=np.float64))
+        unsigned, width, integer = bool(match.group(1)), int(match.group(2)), int(match.group(3))
+        if node.op_type == "AveragePool":
+            extra = int(math.log2(math.prod(_attr(node, "kernel_shape"))))  # a power of two (average_pool_refusal)
+            types[node.name] = {"result": f"{'u' if unsigned else ''}fixed<{width + extra},{integer}>"}
+            continue
+        slopes = model.get_initializer(node.input[1])
+        fraction = None if slopes is None else _fraction_bits(np.asarray(slopes, dtype=np.float64))
         if fraction is None:
             continue
-        integer = max(1, math.ceil(math.log2(float(np.max(np.abs(slopes))) + 2.0 ** -fraction)) + 1)
-        width, in_integer = int(match.group(2)), int(match.group(3))
-        in_width = width + (1 if match.group(1) else 0)  # an unsigned input needs a sign bit after the product
-        types[node.name] = {"param": f"fixed<{integer + fraction},{integer}>",
-                            "result": f"fixed<{in_width + integer + fraction},{in_integer + integer + (1 if match.group(1) else 0)}>"}
+        slope_integer = max(1, math.ceil(math.log2(float(np.max(np.abs(slopes))) + 2.0 ** -fraction)) + 1)
+        sign = 1 if unsigned else 0  # an unsigned input needs a sign bit after the product
+        types[node.name] = {"param": f"fixed<{slope_integer + fraction},{slope_integer}>",
+                            "result": f"fixed<{width + sign + slope_integer + fraction},{integer + sign + slope_integer}>"}
     return types
 
 
@@ -171,13 +190,38 @@ def _fraction_bits(values: np.ndarray, limit: int = 24) -> int | None:
     return None
 
 
-# --- the hls4ml extension ---------------------------------------------------------------------------------
+# --- the qonnx and hls4ml extensions ----------------------------------------------------------------------
+
+
+def register_qonnx_ops() -> None:
+    """AveragePool as a qonnx channels-last op (shape and execution as its MaxPool), so ConvertToChannelsLast moves
+    it onto the NHWC tensor hls4ml streams (qonnx 1.0 wraps only Conv, MaxPool and BatchNormalization)."""
+    from qonnx.custom_op.channels_last.base_wrapped_op import ChannelsLastWrappedOp  # noqa: PLC0415
+    from qonnx.custom_op.channels_last.max_pool import MaxPool_v1  # noqa: PLC0415
+    from qonnx.custom_op.registry import add_op_to_domain  # noqa: PLC0415
+    from qonnx.transformation import channels_last  # noqa: PLC0415
+
+    if "AveragePool" in channels_last._channelsLast_node_types:
+        return
+
+    class AveragePool_v1(MaxPool_v1):  # noqa: N801 - qonnx reads op type and version from the class name
+        def get_nodeattr_types(self) -> dict:
+            return {**MaxPool_v1.get_nodeattr_types(self), "count_include_pad": ("i", False, 0),
+                    "ceil_mode": ("i", False, 0)}
+
+    add_op_to_domain("qonnx.custom_op.channels_last", AveragePool_v1)
+    ChannelsLastWrappedOp._channelsLast_node_types = [*ChannelsLastWrappedOp._channelsLast_node_types, "AveragePool"]
+    channels_last._channelsLast_node_types.append("AveragePool")
+
+
 
 
 def register(backend_name: str) -> None:
-    """Register WindowMaxPooling2D, its templates and its header with an hls4ml backend (once per process)."""
+    """Register WindowMaxPooling2D, its templates and its header with an hls4ml backend, and the qonnx ops (once per
+    process)."""
     if backend_name in _registered:
         return
+    register_qonnx_ops()
     import hls4ml  # noqa: PLC0415
     from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate  # noqa: PLC0415
     from hls4ml.model.attributes import Attribute  # noqa: PLC0415
