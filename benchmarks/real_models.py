@@ -90,7 +90,7 @@ def main() -> None:
                 entry = manifest["tasks"][task.name]
                 row = {"verified": verification(target, entry)}
                 pair = quantized_metrics(target, entry)
-                if pair is not None:
+                if pair is not None and task.metric in pair[0]:
                     before, after = pair[0][task.metric], pair[1][task.metric]
                     row.update(metric=task.metric, float=before, quantized=after,
                                change=relative_change(before, after, task.higher_is_better))

@@ -158,6 +158,7 @@ def build_hls_project(qonnx_path: Path, out_dir: Path, task: str, part: str, clo
 
     original = onnx.load(str(qonnx_path))
     model, input_channels_last, output_channels_last = _clean(original, task, log)
+    table_types = hls4ml_ext.elementwise_tables(model, _quant_grid, _quant_type)
     clean_path = out_dir / f"{qonnx_path.stem}_hls4ml_clean.onnx"
     onnx.save(model.model, str(clean_path))
     _precheck_ops(model.model, task, hls4ml.__version__)
@@ -170,7 +171,7 @@ def build_hls_project(qonnx_path: Path, out_dir: Path, task: str, part: str, clo
             config = hls4ml.utils.config_from_onnx_model(model.model, granularity="name", backend=BACKEND,
                                                          default_precision=default_precision)
             _set_input_precision(config, model)
-            for name, types in hls4ml_ext.exact_precisions(model, _quant_type).items():
+            for name, types in hls4ml_ext.exact_precisions(model, _quant_type, table_types).items():
                 config.setdefault("LayerName", {}).setdefault(name, {}).setdefault("Precision", {}).update(types)
             hls_model = hls4ml.converters.convert_from_onnx_model(
                 model.model, output_dir=str(out_dir), project_name=PROJECT_NAME, backend=BACKEND,
@@ -242,8 +243,8 @@ def _clean(original: onnx.ModelProto, task: str, log: io.StringIO):
             model = ModelWrapper(_reduce_mean_to_pool(_sizes_to_scales(model.model)))
             model = cleanup_model(_unique_initializer_names(model))
             model = model.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
-            # qonnx leaves Resize, GlobalAveragePool and PRelu channels-first between Transposes
-            if _resize_channels_last(model) | _global_pool_channels_last(model) | hls4ml_ext.prelu_channels_last(model):
+            # qonnx leaves Resize, GlobalAveragePool, PRelu and HardSwish channels-first between Transposes
+            if _resize_channels_last(model) | _global_pool_channels_last(model) | hls4ml_ext.elementwise_channels_last(model):
                 model = cleanup_model(_unique_initializer_names(model))
                 model = model.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
             model = model.transform(GemmToMatMul())
@@ -629,6 +630,17 @@ def _quant_type(model, node: onnx.NodeProto) -> str | None:
     return f"{'fixed' if signed else 'ufixed'}<{width},{integer},{rounding},{saturation}>"
 
 
+def _quant_grid(model, node: onnx.NodeProto) -> tuple[float, int, bool, bool] | None:
+    """(scale, bits, signed, narrow) of a round-half-even power-of-two Quant with integer bits, or None."""
+    params = _quant_params(model, node)
+    if params is None or _quant_type(model, node) is None or "RND_CONV" not in _quant_type(model, node):
+        return None
+    scale, _, bits = params
+    if float(bits.item()) != round(float(bits.item())):
+        return None
+    return float(scale.ravel()[0]), int(bits.item()), bool(_attr(node, "signed", 1)), bool(_attr(node, "narrow", 0))
+
+
 def _non_power_of_two_quants(model: onnx.ModelProto) -> list[str]:
     found = []
     for node in model.graph.node:
@@ -684,11 +696,11 @@ _HINTS = {
 def _supported_ops() -> set[str]:
     from hls4ml.converters.onnx_to_hls import get_supported_onnx_layers  # noqa: PLC0415
 
-    return set(get_supported_onnx_layers()) | _SKIPPED
+    return (set(get_supported_onnx_layers()) - {hls4ml_ext.TABLE_OP}) | _SKIPPED  # ONNX's ops, not edgemtl's own
 
 
-# Ops of a task's float graph that the QONNX preparation (`_clean`) turns into ops hls4ml has.
-_REWRITTEN = {"Gemm", "ReduceMean"}
+# Ops of a task's float graph that the preparation turns into ops hls4ml has, or into edgemtl's layers (hls4ml_ext).
+_REWRITTEN = {"Gemm", "ReduceMean", *hls4ml_ext.TABLE_OPS}
 
 
 # What the operator table says of ops hls4ml has a handler for but cannot take in every form (_known_failure).
@@ -696,7 +708,9 @@ HANDLER_LIMITS = {"PRelu": "yes, slopes on a 2^-8 grid (edgemtl's parser fix; it
                   "MaxPool": "yes; overlapping, padded or ceil_mode windows by edgemtl's kernel (hls4ml_ext)",
                   "AveragePool": "yes, windows that tile the input with a power-of-two size (edgemtl's qonnx op)",
                   "Resize": "yes, nearest by integer factors",
-                  "Softmax": "only ending a task path: applied on the ARM cores (hls4ml's is table-based, not bit-accurate)"}
+                  "Softmax": "only ending a task path: applied on the ARM cores (hls4ml's is table-based, not bit-accurate)",
+                  **dict.fromkeys(hls4ml_ext.TABLE_OPS, "yes, an exact table over the input codes (edgemtl's, between "
+                                                        "two quantizers)")}
 
 
 def _known_failure(node: onnx.NodeProto) -> str | None:
@@ -705,6 +719,9 @@ def _known_failure(node: onnx.NodeProto) -> str | None:
         return hls4ml_ext.window_pool_refusal(node)
     if node.op_type == "AveragePool":
         return hls4ml_ext.average_pool_refusal(node)
+    if node.op_type in hls4ml_ext.TABLE_OPS:  # still there: not between two quantizers edgemtl can tabulate
+        return (f"hls4ml's {node.op_type} samples a table on its own grid (1-2 LSB off the quantized model, measured); "
+                f"edgemtl makes it exact only between two power-of-two quantizers of <= {hls4ml_ext.MAX_TABLE_BITS} bits")
     if node.op_type == "Softmax":
         return ("hls4ml's Softmax uses exp / inverse tables and is not bit-accurate to the quantized model "
                 "(measured 23 LSB off at 8 bits)")
@@ -719,8 +736,8 @@ def float_graph_refusal(float_graph: onnx.ModelProto, task: str) -> EdgemtlError
     supported = _supported_ops() | _REWRITTEN
     outputs = {o.name for o in float_graph.graph.output}
     for node in float_graph.graph.node:
-        if node.op_type == "Softmax" and node.output[0] in outputs:
-            continue
+        if (node.op_type == "Softmax" and node.output[0] in outputs) or node.op_type in hls4ml_ext.TABLE_OPS:
+            continue  # the host applies it / the QAT graph puts it between quantizers: a table
         reason = "no ONNX handler for this op type" if node.op_type not in supported else _known_failure(node)
         if reason is not None:
             return _refuse(task, hls4ml.__version__, node, reason)
@@ -736,7 +753,7 @@ def _refuse(task: str, version: str, node: onnx.NodeProto, reason: str) -> Edgem
 
 def _precheck_ops(model: onnx.ModelProto, task: str, version: str) -> None:
     """Refuse, before converting, the ops hls4ml 1.3.0 has no handler or kernel for."""
-    supported = _supported_ops()
+    supported = _supported_ops() | {hls4ml_ext.TABLE_OP}
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for node in model.graph.node:
         reason = "no ONNX handler for this op type" if node.op_type not in supported else _known_failure(node)

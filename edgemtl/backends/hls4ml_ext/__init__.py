@@ -1,12 +1,15 @@
-"""What edgemtl adds to hls4ml 1.3.0 so Caffe-era CNNs (MTCNN and its kin) map: PReLU, windowed max pools and
-average pools.
+"""What edgemtl adds to hls4ml 1.3.0 so edge CNNs beyond its own examples map exactly: PReLU, windowed max pools,
+average pools and elementwise functions (sigmoid, tanh, hard-swish ...) as exact tables.
 
 hls4ml has the PReLU kernel but its ONNX handler never reads the slopes; its io_stream pooling asserts
 window == stride and no padding; qonnx's channels-last conversion has no AveragePool, so hls4ml's handler refuses
-it. Each fix is up to three parts, applied by hls4ml_backend while it prepares and converts a graph:
+it; its sigmoid / tanh / softplus tables are 1-2 LSB off the quantized model and it has no HardSwish. Each fix is
+up to three parts, applied by hls4ml_backend while it prepares and converts a graph:
 
-- an ONNX rewrite before conversion (`prelu_channels_last`): PRelu moved onto the channels-last tensor (its
-  slopes become [C]); AveragePool becomes a qonnx channels-last op like MaxPool (`register_qonnx_ops`);
+- ONNX rewrites before conversion: PRelu and the tabulated ops moved onto the channels-last tensor
+  (`elementwise_channels_last`; PRelu's slopes become [C]); AveragePool becomes a qonnx channels-last op like MaxPool (`register_qonnx_ops`); an
+  elementwise function between two quantizers becomes one `EdgemtlTable` node (`elementwise_tables`): the
+  quantized model's output for each input code, run by `TableActivation` (nnet_table_activation_stream.h);
 - a parser fix (`fix_parsed_layers`): a PReLU gets its slopes as weights, a MaxPool hls4ml's stream kernel
   cannot run (overlapping windows, padding, ceil mode: end padding that is -inf and never wins) becomes
   `WindowMaxPooling2D`, this package's layer with its own HLS kernel (nnet_window_pool_stream.h, registered
@@ -28,8 +31,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-HEADER = Path(__file__).with_name("nnet_window_pool_stream.h")
+HEADERS = (Path(__file__).with_name("nnet_window_pool_stream.h"), Path(__file__).with_name("nnet_table_activation_stream.h"))
 LAYER = "WindowMaxPooling2D"
+TABLE_OP, TABLE_LAYER = "EdgemtlTable", "TableActivation"
+TABLE_OPS = ("Sigmoid", "Tanh", "Softplus", "HardSigmoid", "HardSwish")  # exported by nn.Sigmoid, ... nn.Hardswish
+MAX_TABLE_BITS = 12  # a table of 2^bits entries per layer
 _TO_NCHW = [0, 3, 1, 2]
 _FIXED = re.compile(r"^(u?)fixed<(\d+),(-?\d+)")
 _registered: set[str] = set()
@@ -45,31 +51,92 @@ def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
 # --- the ONNX graph, before hls4ml sees it --------------------------------------------------------------
 
 
-def prelu_channels_last(model) -> bool:
-    """Transpose(NHWC->NCHW) -> PRelu (slopes [C,1,1]) becomes PRelu on NHWC (slopes [C]) -> Transpose, which
-    qonnx then cancels against the next NCHW->NHWC Transpose (its channels-last pass leaves PRelu alone)."""
+def elementwise_channels_last(model) -> bool:
+    """Transpose(NHWC->NCHW) -> PRelu (slopes [C,1,1]) / HardSwish / ... becomes the op on NHWC (PRelu's slopes [C])
+    -> Transpose, which qonnx then cancels against the next NCHW->NHWC Transpose (its channels-last pass moves
+    Transposes only past the elementwise ops it knows)."""
     changed = False
     for node in list(model.graph.node):
-        if node.op_type != "PRelu":
+        if node.op_type != "PRelu" and node.op_type not in TABLE_OPS:
             continue
         producer = model.find_producer(node.input[0])
-        slopes = model.get_initializer(node.input[1])
-        if (slopes is None or producer is None or producer.op_type != "Transpose"
-                or list(_attr(producer, "perm", [])) != _TO_NCHW or len(model.find_consumers(producer.output[0])) != 1):
+        if (producer is None or producer.op_type != "Transpose" or list(_attr(producer, "perm", [])) != _TO_NCHW
+                or len(model.find_consumers(producer.output[0])) != 1):
             continue
         n, c, h, w = model.get_tensor_shape(node.output[0])
-        if slopes.size not in (1, c):
-            continue
-        name = f"{node.input[1]}_nhwc"
-        model.set_initializer(name, np.asarray(slopes, dtype=np.float32).reshape(-1))
+        if node.op_type == "PRelu":
+            slopes = model.get_initializer(node.input[1])
+            if slopes is None or slopes.size not in (1, c):
+                continue
+            name = f"{node.input[1]}_nhwc"
+            model.set_initializer(name, np.asarray(slopes, dtype=np.float32).reshape(-1))
+            node.input[1] = name
         nhwc = f"{node.output[0]}_nhwc"
         back = helper.make_node("Transpose", [nhwc], [node.output[0]], perm=_TO_NCHW)
-        node.input[0], node.input[1], node.output[0] = producer.input[0], name, nhwc
+        node.input[0], node.output[0] = producer.input[0], nhwc
         model.graph.node.insert(list(model.graph.node).index(node) + 1, back)
         model.graph.node.remove(producer)
         model.set_tensor_shape(nhwc, [n, h, w, c])
         changed = True
     return changed
+
+
+def _table_function(node: onnx.NodeProto):  # noqa: ANN202 - a torch function, imported lazily
+    """The PyTorch function the quantized model evaluates for an exported elementwise op (float32, as brevitas)."""
+    import torch  # noqa: PLC0415
+    import torch.nn.functional as F  # noqa: N812, PLC0415
+
+    if node.op_type == "HardSigmoid":
+        alpha, beta = float(_attr(node, "alpha", 0.2)), float(_attr(node, "beta", 0.5))
+        if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5:
+            return F.hardsigmoid
+        return lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0)
+    return {"Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Softplus": F.softplus, "HardSwish": F.hardswish}.get(node.op_type)
+
+
+def elementwise_tables(model, quant_grid, quant_type) -> dict[str, str]:
+    """Quant -> Sigmoid / Tanh / Softplus / HardSigmoid / HardSwish -> Quant becomes one EdgemtlTable node holding,
+    for every input code, the output the quantized model gives (the function in float32, then the second
+    quantizer's round-half-even and clamp). `quant_grid(model, node)` is (scale, bits, signed, narrow) of a
+    power-of-two Quant, or None; `quant_type(model, node)` its hls4ml type. Runs on the cleaned graph (qonnx does
+    not know the op). Returns {table node: its output type}."""
+    import torch  # noqa: PLC0415
+
+    types = {}
+    for node in list(model.graph.node):
+        function = _table_function(node)
+        if function is None:
+            continue
+        source, consumers = model.find_producer(node.input[0]), model.find_consumers(node.output[0]) or []
+        if source is None or source.op_type != "Quant" or len(consumers) != 1 or consumers[0].op_type != "Quant":
+            continue
+        grid_in, grid_out = quant_grid(model, source), quant_grid(model, consumers[0])
+        if grid_in is None or grid_out is None or grid_in[1] > MAX_TABLE_BITS:
+            continue
+        (scale_in, bits, signed, _), (scale_out, bits_out, signed_out, narrow_out) = grid_in, grid_out
+        codes = np.arange(2 ** bits)
+        values = np.where(signed & (codes >= 2 ** (bits - 1)), codes - 2 ** bits, codes)
+        low = -(2 ** (bits_out - 1)) + int(narrow_out) if signed_out else 0
+        high = 2 ** (bits_out - 1) - 1 if signed_out else 2 ** bits_out - 1
+        with torch.no_grad():
+            x = torch.from_numpy((values * scale_in).astype(np.float32))
+            table = torch.clamp(torch.round(function(x) / np.float32(scale_out)), low, high) * np.float32(scale_out)
+        quantized = consumers[0]
+        table_node = helper.make_node(TABLE_OP, [node.input[0]], [quantized.output[0]], name=f"{node.name}_table",
+                                      in_width=bits, table=table.double().tolist(), function=node.op_type)
+        model.graph.node.insert(list(model.graph.node).index(node), table_node)
+        model.graph.node.remove(node)
+        model.graph.node.remove(quantized)
+        types[table_node.name] = quant_type(model, quantized)
+    return types
+
+
+def _parse_table(node: onnx.NodeProto, input_names: list[str], input_shapes: list, graph) -> dict[str, Any]:  # noqa: ANN001
+    """hls4ml's ONNX handler for EdgemtlTable."""
+    table = np.asarray(_attr(node, "table"), dtype=np.float64)
+    return {"name": node.name, "class_name": TABLE_LAYER, "inputs": input_names[:1], "outputs": list(node.output),
+            "n_in": int(np.prod(input_shapes[0][1:])), "in_width": int(_attr(node, "in_width")),
+            "table_size": int(table.size), "table_data": table}
 
 
 def needs_window_pool(node: onnx.NodeProto) -> bool:
@@ -153,10 +220,11 @@ def fix_parsed_layers(layers: list[dict[str, Any]], onnx_model: onnx.ModelProto)
 # --- exact types ----------------------------------------------------------------------------------------
 
 
-def exact_precisions(model, quant_type) -> dict[str, dict[str, str]]:
+def exact_precisions(model, quant_type, table_types: dict[str, str]) -> dict[str, dict[str, str]]:
     """{node: {hls4ml type name: type}} for every PRelu and AveragePool fed by a power-of-two Quant, so that each
-    computes exactly what the quantized model does. `quant_type(model, node)` is the hls4ml type of a Quant node."""
-    types = {}
+    computes exactly what the quantized model does, and for every EdgemtlTable its output quantizer's type
+    (`table_types`). `quant_type(model, node)` is the hls4ml type of a Quant node."""
+    types = {name: {"result": type_} for name, type_ in table_types.items()}
     for node in model.graph.node:
         if node.op_type not in ("PRelu", "AveragePool"):
             continue
@@ -250,7 +318,7 @@ def register(backend_name: str) -> None:
 
     class FunctionTemplate(FunctionCallTemplate):
         def __init__(self) -> None:
-            super().__init__(WindowMaxPooling2D, include_header=[f"nnet_utils/{HEADER.name}"])
+            super().__init__(WindowMaxPooling2D, include_header=[f"nnet_utils/{HEADERS[0].name}"])
             self.template = "nnet::window_maxpool2d_cl<{input_t}, {output_t}, {config}>({input}, {output});"
 
         def format(self, node) -> str:  # noqa: ANN001
@@ -260,5 +328,45 @@ def register(backend_name: str) -> None:
     backend = hls4ml.backends.get_backend(backend_name)
     backend.register_template(ConfigTemplate)
     backend.register_template(FunctionTemplate)
-    backend.register_source(HEADER)
+    _register_table_layer(backend)
+    for header in HEADERS:
+        backend.register_source(header)
     _registered.add(backend_name)
+
+
+def _register_table_layer(backend) -> None:  # noqa: ANN001
+    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate  # noqa: PLC0415
+    from hls4ml.converters.onnx_to_hls import layer_handlers, register_onnx_layer_handler  # noqa: PLC0415
+    from hls4ml.model.attributes import Attribute  # noqa: PLC0415
+    from hls4ml.model.layers import Layer, register_layer  # noqa: PLC0415
+
+    class TableActivation(Layer):
+        _expected_attributes = [Attribute("n_in"), Attribute("in_width"), Attribute("table_size")]
+
+        def initialize(self) -> None:
+            self.add_output_variable(self.get_input_variable().shape)
+            self.add_weights_variable(name="table", var_name="t{index}", precision=self.get_output_variable().type.precision)
+
+    class ConfigTemplate(LayerConfigTemplate):
+        def __init__(self) -> None:
+            super().__init__(TableActivation)
+            self.template = ("struct config{index} : nnet::table_activation_config {{\n"
+                             "    static const unsigned n_in = {n_in};\n    static const unsigned in_width = {in_width};\n"
+                             "    static const unsigned table_size = {table_size};\n}};\n")
+
+        def format(self, node) -> str:  # noqa: ANN001
+            return self.template.format(**self._default_config_params(node))
+
+    class FunctionTemplate(FunctionCallTemplate):
+        def __init__(self) -> None:
+            super().__init__(TableActivation, include_header=[f"nnet_utils/{HEADERS[1].name}"])
+            self.template = "nnet::table_activation<{input_t}, {output_t}, {config}>({input}, {table}, {output});"
+
+        def format(self, node) -> str:  # noqa: ANN001
+            return self.template.format(**{**self._default_function_params(node), "table": node.get_weights("table").name})
+
+    register_layer(TABLE_LAYER, TableActivation)
+    if TABLE_OP not in layer_handlers:
+        register_onnx_layer_handler(TABLE_OP, _parse_table)
+    backend.register_template(ConfigTemplate)
+    backend.register_template(FunctionTemplate)
