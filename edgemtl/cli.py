@@ -1,6 +1,8 @@
 """The `edgemtl` command line: parse arguments, call the library, print. No logic of its own.
 
-Bad input anywhere surfaces as `EdgemtlError`: one line on stderr and exit status 2, no traceback.
+Every error is one `edgemtl: error:` line on stderr, no traceback, with one exit status per kind: 2 bad input or
+usage (`EdgemtlError`, a wrong option), 3 a failed verification (`VerificationError`: a graph, C or HLS output
+off its reference), 1 a bug (anything else keeps its traceback).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, VerificationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Compile trained multi-task PyTorch models for edge hardware.")
+EXIT_BAD_INPUT, EXIT_VERIFICATION_FAILED = 2, 3
 out = Console()
 err = Console(stderr=True)
 
@@ -578,10 +582,41 @@ def _history_table(rows, path) -> Table:
     return table
 
 
+def _version(value: bool) -> None:
+    if value:
+        from edgemtl import __version__
+
+        out.print(f"edgemtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """Compile trained multi-task PyTorch models for edge hardware."""
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"edgemtl: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: typer handles usage errors (exit 2); bad input becomes one line on stderr and exit 2."""
+    """Entry point: one error line and its exit status (module docstring); click's own exits (--help) pass through."""
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer 0.29 vendors click here
+
     try:
-        app(args=argv, prog_name="edgemtl")
+        code = app(args=argv, prog_name="edgemtl", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `edgemtl` or `edgemtl profile` alone: the help, as asked
+        print(exc.format_message(), file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "edgemtl"
+        _fail(f"{exc.format_message()} (see `{command} --help`)", EXIT_BAD_INPUT)
+    except typer.Abort:
+        _fail("interrupted", 130)
+    except VerificationError as exc:
+        _fail(str(exc), EXIT_VERIFICATION_FAILED)
     except EdgemtlError as exc:
-        print(f"edgemtl: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc), EXIT_BAD_INPUT)
+    sys.exit(code if isinstance(code, int) else 0)

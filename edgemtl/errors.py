@@ -13,3 +13,8 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class VerificationError(EdgemtlError):
+    """A compiled artifact does not compute what its reference does (a graph, C or HLS output off its bound): the
+    CLI exits 3, so a script can tell a failed check from bad input (2) and from a bug (1)."""

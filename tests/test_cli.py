@@ -22,9 +22,10 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return info.value.code or 0, captured.out, captured.err
 
 
-def assert_one_line_error(code: int, err: str, pattern: str) -> None:
+def assert_one_line_error(code: int, err: str, pattern: str, exit_code: int = 2) -> None:
+    """One `edgemtl: error:` line, no traceback; exit 2 (bad input) unless a failed verification (3) is expected."""
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
+    assert code == exit_code, err
     assert len(lines) == 1 and lines[0].startswith("edgemtl: error:"), err
     assert pattern in lines[0], lines[0]
     assert "Traceback" not in err
@@ -171,7 +172,7 @@ def test_failing_verification_leaves_no_bundle_and_keeps_the_old_one(capsys, tmp
     real_run = flow.ort_backend.run
     monkeypatch.setattr(flow.ort_backend, "run", lambda s, x: {k: v + 1.0 for k, v in real_run(s, x).items()})
     code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "-o", bundle, "--no-latency")
-    assert_one_line_error(code, err.splitlines()[-1], "disagrees with PyTorch")  # after the steps' progress lines
+    assert_one_line_error(code, err.splitlines()[-1], "disagrees with PyTorch", exit_code=3)  # after the progress lines
     assert (bundle / "manifest.json").read_text() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
@@ -508,3 +509,33 @@ def test_compile_layer_bits_must_be_layer_equals_two_widths(capsys, tmp_path, ch
                            "--layer-bits", "first=8")
     assert_one_line_error(code, err, "--layer-bits takes LAYER=W,A")
     assert not (tmp_path / "b").exists()
+
+
+def test_help_version_and_usage_errors_are_one_style(capsys):
+    """-h is --help; --version prints it; a usage error is one `edgemtl: error:` line naming the command, exit 2."""
+    code, out, _ = run_cli(capsys, "-h")
+    assert code == 0 and "compile" in out
+    code, out, _ = run_cli(capsys, "compile", "-h")
+    assert code == 0 and "--target" in out
+    from edgemtl import __version__
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"edgemtl {__version__}"
+    code, _, err = run_cli(capsys, "compile", "--bogus")
+    assert_one_line_error(code, err, "No such option: --bogus")
+    assert "edgemtl compile --help" in err and "╭" not in err
+    code, _, err = run_cli(capsys, "compile")
+    assert_one_line_error(code, err, "Missing argument")
+
+
+def test_a_failed_verification_exits_3_in_one_line(capsys, monkeypatch, checkpoints, tmp_path):
+    """2 is bad input, 3 a compiled artifact that does not compute what its reference does, 1 a bug."""
+    from edgemtl import compile as compile_module
+    from edgemtl.errors import VerificationError
+
+    def disagree(*args, **kwargs):
+        raise VerificationError("task 'depth': the generated C on host differs from the reference executor")
+
+    monkeypatch.setattr(compile_module, "compile_model", disagree)
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "host", "-o", tmp_path / "b")
+    assert_one_line_error(code, err, "edgemtl: error: task 'depth'", exit_code=3)

@@ -59,7 +59,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgemtl.backends import hls4ml_ext
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, VerificationError
 
 DEFAULT_PRECISION = "fixed<32,16>"
 BACKEND = "Vitis"
@@ -942,7 +942,7 @@ def csim_check(project: HlsProject, inputs: np.ndarray, reference: Any, lsb: Any
                 and unexplained < CONSTANT_FACTOR_EXPLAINS and differing[name]):
             suspects = project.non_power_of_two_quants
             where = f" (Quant nodes {', '.join(suspects[:3])})" if suspects else ""
-            raise EdgemtlError(
+            raise VerificationError(
                 f"task {task!r}: the HLS C simulation differs from the quantized model by a constant factor "
                 f"{scale:.4g} (output {name!r}, least-squares fit residual {residual:.1%}, max error "
                 f"{sample_max.max():.0f} LSB over {samples} samples); a quantizer scale is not a power of two"
@@ -953,7 +953,7 @@ def csim_check(project: HlsProject, inputs: np.ndarray, reference: Any, lsb: Any
     project.last_csim = {"inputs": np.asarray(x, dtype=np.float64), "outputs": got}
     if any(differing.values()):
         name = max(per_output, key=lambda k: (per_output[k]["max_abs_diff_lsb"], differing[k]))
-        raise EdgemtlError(f"task {task!r}: the HLS C simulation differs from the quantized model by up to "
+        raise VerificationError(f"task {task!r}: the HLS C simulation differs from the quantized model by up to "
                            f"{worst:.3g} LSB in {differing[name]} of {per_output[name]['values']} values of output "
                            f"{name!r} ({samples} samples; it must be bit-accurate, 0 LSB): {_mismatch_cause(project)}")
     return {"samples": int(samples), "max_abs_diff_lsb": worst, "exact": True, "bound_lsb": 0.0,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgemtl.bundle import write_file_atomically
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.model.contract import AllTasks, TaskPath, example_input
 from edgemtl.model.spec import ModelSpec
 
@@ -77,7 +77,7 @@ def export_as_given(model: nn.Module, spec: ModelSpec, path: Path) -> dict[str, 
         for task, name in zip(spec.task_names, names):
             errors[task] = float(np.abs(got[name] - expected[task].numpy()).max())
             if not errors[task] <= 1e-3 * max(1.0, float(expected[task].abs().max())):
-                raise EdgemtlError(f"the exported ONNX differs from the PyTorch model on task {task!r} by "
+                raise VerificationError(f"the exported ONNX differs from the PyTorch model on task {task!r} by "
                                    f"{errors[task]:.3g}")
 
     write_file_atomically(path, export_and_check)

@@ -24,7 +24,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.model.contract import example_input
 from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.quantize_brevitas import grid_align, output_lsb
@@ -166,7 +166,7 @@ def check_exports(qmodel: nn.Module, qonnx_path: Path, qcdq_path: Path, images: 
         result[f"{runtime}_max_diff_lsb"], result[f"{runtime}_share_beyond_1_lsb"] = diff_lsb, share
         allowed = 0.0 if runtime == "qonnx" else QCDQ_MAX_SHARE
         if not share <= allowed:
-            raise EdgemtlError(f"task {task!r}: {runtime} differs from the brevitas model by up to {diff_lsb:.2f} output LSBs "
+            raise VerificationError(f"task {task!r}: {runtime} differs from the brevitas model by up to {diff_lsb:.2f} output LSBs "
                                f"on {share:.1%} of the outputs (allowed beyond 1 LSB: {allowed:.0%})")
     return result
 

@@ -34,7 +34,7 @@ from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.ort_quantize import OrtQuantConfig, QuantizeResult, quantize_qdq
 from edgemtl.data import TaskData
 from edgemtl.data.teacher import teach_missing
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.evaluate import evaluate
 from edgemtl.flow import FlowContext, Step
 from edgemtl.flows.common import data_source, task_list, task_model, threads_of, verification_inputs
@@ -225,7 +225,7 @@ def verify(ctx: FlowContext) -> None:
             entry["int8"]["verification"] = _compare_int8(ctx, task, entry, images, got, source)
         entry["runtime"], entry["runtime_reason"] = _default_runtime(ctx, entry)
     if failures:
-        raise EdgemtlError(f"ONNX Runtime disagrees with PyTorch beyond tolerance for {', '.join(failures)}")
+        raise VerificationError(f"ONNX Runtime disagrees with PyTorch beyond tolerance for {', '.join(failures)}")
 
 
 def _compare_int8(ctx: FlowContext, task: str, entry: dict[str, Any], images: np.ndarray, float_out: np.ndarray,

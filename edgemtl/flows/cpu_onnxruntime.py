@@ -14,7 +14,7 @@ from edgemtl.analysis.cost import model_cost
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import export_all_tasks, export_task
 from edgemtl.data import TaskData
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import VerificationError
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.flow import FlowContext, Step
 from edgemtl.flows.common import task_list, task_model, threads_of, verification_inputs
@@ -70,7 +70,7 @@ def verify_onnxruntime(ctx: FlowContext) -> None:
         if not passed:
             failures.append(f"{graph} (max abs error {max(errors.values()):.3g})")
     if failures:
-        raise EdgemtlError(f"ONNX Runtime disagrees with PyTorch beyond tolerance for {', '.join(failures)}")
+        raise VerificationError(f"ONNX Runtime disagrees with PyTorch beyond tolerance for {', '.join(failures)}")
 
 
 def evaluate_metrics(ctx: FlowContext) -> None:

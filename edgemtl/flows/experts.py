@@ -20,7 +20,7 @@ from edgemtl.analysis.moe_cost import moe_macs
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import INPUT_NAME
 from edgemtl.backends.switchable import TASK_ID_NAME, export_switchable
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import VerificationError
 from edgemtl.flow import FlowContext
 from edgemtl.flows.common import task_list, threads_of, verification_inputs
 from edgemtl.passes.partition_experts import (PartitionConfig, TaskExpertPath, check_partition_request, has_experts,
@@ -97,7 +97,7 @@ def switching_step(ctx: FlowContext) -> None:
             errors[task] = float(np.abs(got - expected).max())
             allowed = ctx.options.tolerance * max(1.0, float(np.abs(expected).max()))
             if errors[task] > allowed:
-                raise EdgemtlError(f"the switchable artifact disagrees with PyTorch for task {task!r} "
+                raise VerificationError(f"the switchable artifact disagrees with PyTorch for task {task!r} "
                                    f"(max abs error {errors[task]:.3g} > {allowed:.3g})")
     del session
     entry = {"artifact": SWITCHABLE, "task_ids": {t: i for i, t in enumerate(tasks)},

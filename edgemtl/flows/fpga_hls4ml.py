@@ -25,7 +25,7 @@ from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, 
 from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
 from edgemtl.data.teacher import teach_missing
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import FlowContext, Step
 from edgemtl.flows.common import data_source, task_list, task_model
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
@@ -163,7 +163,7 @@ def _require_agreement(task: str, where: str, testbench: dict) -> None:
     if reason is None and testbench.get("tb_max_abs_diff") is not None:
         reason = (f"max |testbench - C simulation| {testbench['tb_max_abs_diff']:.6g} over "
                   f"{testbench.get('tb_samples', '?')} samples")
-    raise EdgemtlError(f"task {task!r}: the g++ testbench of {where} disagrees with the hls4ml C simulation: "
+    raise VerificationError(f"task {task!r}: the g++ testbench of {where} disagrees with the hls4ml C simulation: "
                        f"{reason or 'its run gave no output to compare'}")
 
 

@@ -34,7 +34,7 @@ from edgemtl.backends.deeploy_onnx import (evaluate_standard, export_deeploy_onn
 from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.data.teacher import teach_missing
 from edgemtl.evaluate import evaluate
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import FlowContext, Step
 from edgemtl.flows.common import data_source, task_list, task_model
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
@@ -236,7 +236,7 @@ def _onnx_check(task: str, onnx_path: Path, q_inputs: np.ndarray, expected: list
         evaluator = "onnx.reference (onnxruntime disagreed with the reference executor and with it)"
         wrong = sum(int((g != e).sum()) for g, e in zip(got, expected))
         if wrong:
-            raise EdgemtlError(f"task {task!r}: the integer ONNX handed to Deeploy ({onnx_path.name}) differs from the "
+            raise VerificationError(f"task {task!r}: the integer ONNX handed to Deeploy ({onnx_path.name}) differs from the "
                                f"reference executor in {wrong} values under onnx.reference; this is an export bug, "
                                f"please report it")
     generic = evaluate_standard(standard_onnx(onnx_path, "generic"), q_inputs, "onnxruntime")
@@ -347,7 +347,7 @@ def _check_exact(task: str, where: str, outputs: np.ndarray, expected: np.ndarra
     if not np.array_equal(outputs, expected):
         wrong = np.argwhere(outputs != expected)
         sample = int(wrong[0][0])
-        raise EdgemtlError(f"task {task!r}: the generated C on {where} differs from the reference executor in "
+        raise VerificationError(f"task {task!r}: the generated C on {where} differs from the reference executor in "
                            f"{len(wrong)} values (first in sample {sample}); this is a backend bug, please report it")
 
 

@@ -106,8 +106,31 @@ def load(path: str | Path, *, factory: str | None = None, spec_path: str | Path 
     raise EdgemtlError(f"{path} is not an edgemtl checkpoint (expected a dict with format={FORMAT!r})")
 
 
+# What a file that is not a PyTorch file usually is, by its first bytes.
+_FOREIGN_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                  (b"{", "JSON or text"), (b"[", "JSON or text"), (b"\x93NUMPY", "a NumPy .npy array"),
+                  (b"\x08", "an ONNX model? (name it .onnx)"), (b"\x7fELF", "a compiled binary"))
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why `path` cannot be a PyTorch file (torch.save writes a zip, older versions a pickle), or None if it may be
+    one: a JSON or an image named .pt must not be reported as "pickled objects, pass --trust"."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    kind = next((what for magic, what in _FOREIGN_MAGIC if head.startswith(magic)), None)
+    if kind is None and head.strip() and all(b in b"\t\n\r" or 32 <= b < 127 for b in head):
+        kind = "text"
+    return f"{path} is not a PyTorch checkpoint: it looks like {kind or 'no known format'} (first bytes {head[:4]!r})"
+
+
 def _read_weights_only(path: Path, trust: bool) -> Any:
     """torch.load without code execution; a pickled module is read only when the user trusts it."""
+    foreign = _not_a_torch_file(path)
+    if foreign is not None:
+        raise EdgemtlError(foreign + "; pass an edgemtl checkpoint, a state_dict with --model-factory and --spec, or "
+                                     "an .onnx file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

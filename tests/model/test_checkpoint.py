@@ -65,7 +65,7 @@ def _bad_files(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp_path / "nope.pt", "does not exist"),
         "truncated": (truncated, "corrupt"),
-        "garbage": (garbage, "corrupt"),
+        "garbage": (garbage, "not a PyTorch checkpoint: it looks like text"),
         "state_dict": (state, "plain state_dict.*--model-factory"),
         "other": (other, "not an edgemtl checkpoint"),
         "version": (version, "format version 99"),
@@ -104,3 +104,14 @@ def test_bad_factories(tmp_path, factory, message):
     torch.save(unet_two_heads().state_dict(), weights)
     with pytest.raises(EdgemtlError, match=message):
         edgemtl.load(weights, factory=factory, spec_path=_write_spec(tmp_path))
+
+
+@pytest.mark.parametrize(("content", "kind"), [(b'{"weights": []}', "JSON or text"), (b"\x89PNG\r\n\x1a\n" + bytes(64), "a PNG image"),
+                                               (bytes(range(7, 71)), "no known format")])
+def test_a_file_that_is_no_pytorch_file_says_so(tmp_path, content, kind):
+    """A JSON, an image or random bytes named .pt is not 'pickled objects, pass --trust': it is not a checkpoint."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(EdgemtlError) as err:
+        edgemtl.load(path)
+    assert "is not a PyTorch checkpoint" in str(err.value) and kind in str(err.value) and "--trust" not in str(err.value)
