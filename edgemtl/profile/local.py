@@ -472,10 +472,14 @@ def _write_profile(bundle: Bundle, result: ProfileResult) -> None:
 
 
 def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
-    """Read-modify-write of manifest.json under a lock file, replaced atomically."""
+    """Read-modify-write of manifest.json under a lock on the bundle folder itself (no lock file left behind),
+    replaced atomically; then the report is written again from it, so report.html / report.json show the profile."""
+    from edgemtl.report import write_report
+
     slug = device_slug(result.device_key)
-    with open(bundle.path / ".manifest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(bundle.path, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         manifest = json.loads((bundle.path / MANIFEST).read_text(encoding="utf-8"))
         target_arch = bundle_arch(manifest)
         manifest.setdefault("profiles", {})[slug] = {
@@ -506,3 +510,6 @@ def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
                                               "median_ms": {r: v.measurement.median_ms for r, v in runtimes.items()
                                                             if v.measurement is not None}}
         write_json_atomically(bundle.path / MANIFEST, manifest)
+        write_report(manifest, bundle.path)
+    finally:
+        os.close(folder)  # releases the lock

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from edgemtl.bundle import write_text_atomically
 from edgemtl.report.expert_plots import expert_usage_heatmap
 from edgemtl.report.fpga_plots import ZCU104_TOTALS, fpga_resource_plot
 from edgemtl.report.mcu_plots import mcu_layer_cycles_plot, mcu_placement_plot
@@ -35,7 +36,9 @@ from edgemtl.report.plots import (
 )
 from edgemtl.report.plots import pick as _pick
 from edgemtl.report.plots import section as _section
+from edgemtl.report.sections import profile as profile_section
 
+SECTIONS = (profile_section,)  # report/sections/: each applies to some bundles and renders itself
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 
@@ -84,8 +87,8 @@ def write_report(manifest: dict, bundle_dir: Path) -> list[Path]:
     bundle_dir.mkdir(parents=True, exist_ok=True)
     html_path, json_path = bundle_dir / REPORT_HTML, bundle_dir / REPORT_JSON
     # The summary goes first so the page's artifact list finds it in the bundle.
-    json_path.write_text(json.dumps(summarize(manifest), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    html_path.write_text(render_html(manifest, bundle_dir), encoding="utf-8")
+    write_text_atomically(json_path, json.dumps(summarize(manifest), indent=2, allow_nan=False) + "\n")
+    write_text_atomically(html_path, render_html(manifest, bundle_dir))
     return [html_path, json_path]
 
 
@@ -102,6 +105,10 @@ def summarize(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if reference is not None:
         summary["all_tasks"] = _task_summary(reference)
     summary["steps"] = [_pick(step, ("name", "seconds", "status")) for step in _steps(manifest)]
+    if manifest.get("profiles"):
+        summary["profiles"] = {slug: {**device, "tasks": {
+            name: entry["profile"][slug] for name, entry in task_entries(manifest).items()
+            if slug in (entry.get("profile") or {})}} for slug, device in manifest["profiles"].items()}
     return _jsonable({key: value for key, value in summary.items() if value is not None})
 
 
@@ -118,6 +125,7 @@ def render_html(manifest: Mapping[str, Any], bundle_dir: Path | None = None) -> 
             _fpga_section(manifest),
             _mcu_section(manifest),
             _experts_section(manifest),
+            *(section.render(manifest) for section in SECTIONS if section.applies(manifest)),
             _plots_section(manifest),
             _artifacts_section(manifest, bundle_dir),
             _provenance_section(notes),
@@ -218,6 +226,8 @@ def _header(manifest: Mapping[str, Any], title: str) -> str:
     return (
         f"<header><h1>{_e(title)}</h1>\n{_definitions(model_items)}\n"
         + (f"<h2>Host</h2>\n{_definitions(host_items)}" if host_items else "")
+        + "<p class=\"dim\">Side by side with the bundles of other targets: <code>edgemtl report THIS_BUNDLE "
+          "OTHER_BUNDLE ... -o comparison</code> writes comparison/comparison.html.</p>"
         + "</header>"
     )
 

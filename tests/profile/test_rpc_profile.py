@@ -233,6 +233,14 @@ def test_profile_local_times_every_runtime_checks_outputs_and_ships_the_fastest(
         assert manifest["tasks"][task]["runtime"] == min(medians, key=medians.get)
         assert manifest["tasks"][task]["profile"]["local"]["fastest_passed"] == manifest["tasks"][task]["runtime"]
     assert manifest["profiles"]["local"]["file"] == "profile/local.json"
+    # the report is written again after the profile: its numbers are on the page and in report.json
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["profiles"]["local"]["tasks"][FULL]["fastest_passed"] == manifest["tasks"][FULL]["runtime"]
+    page = (bundle / "report.html").read_text()
+    assert "<h2>Profile</h2>" in page and "onnxruntime-int8" in page and "shipped" in page
+    # nothing left behind, every file readable by the team the bundle is handed to
+    assert not (bundle / ".manifest.lock").exists()
+    assert all(path.stat().st_mode & 0o044 == 0o044 for path in bundle.rglob("*") if path.is_file())
     assert _cli("profile", "--history", "--store", store, "--device", "local", "--task", FULL, "--json") == 0
     history = json.loads(capsys.readouterr().out)
     assert [(h["runtime"], h["provenance"]) for h in history] == [

@@ -172,3 +172,10 @@ def test_human_formats() -> None:
     assert human_bytes(35_328) == "34.5 KiB" and human_bytes(512) == "512 B"
     assert human_ms(0.41) == "0.41 ms" and human_ms(0.05) == "50 µs" and human_ms(2500) == "2.5 s"
     assert human_error(2.1e-6) == "2.1e-6" and human_error(0.0) == "0"
+
+
+def test_every_bundle_report_points_to_the_comparison_page(manifest: dict[str, Any]) -> None:
+    """The comparison page (`edgemtl report`) was reachable from neither the README nor a bundle's report."""
+    assert "edgemtl report THIS_BUNDLE" in render_html(manifest)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "edgemtl report BUNDLE" in readme
