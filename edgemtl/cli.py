@@ -22,7 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Compile trained multi-task PyTorch models for edge hardware.")
 EXIT_BAD_INPUT, EXIT_VERIFICATION_FAILED = 2, 3
-out = Console()
+# Piped or redirected, rich would squeeze tables into 80 columns and cut cells ("onnxrun…"): give it room instead,
+# so every cell is printed whole (a terminal keeps its own width).
+out = Console() if Console().is_terminal else Console(width=400)
 err = Console(stderr=True)
 
 ModelPath = Annotated[Path, typer.Argument(help="edgemtl checkpoint (.pt), or a state_dict with --model-factory")]
@@ -403,15 +405,20 @@ def spec_command(
 
 
 @app.command()
-def targets() -> None:
+def targets(as_json: JsonOpt = False) -> None:
     """The targets found in targets/*.toml (and EDGEMTL_TARGETS_PATH) with their key facts."""
     from edgemtl.targets import available_targets, read_target
 
+    found = {name: (read_target(path), path) for name, path in sorted(available_targets().items())}
+    if as_json:
+        print(json.dumps([{"name": name, "description": target.description, "flow": target.flow,
+                           "facts": target.summary(), "file": str(path)} for name, (target, path) in found.items()],
+                         indent=2))
+        return
     table = Table(title="edgemtl targets")
     for column in ("name", "description", "facts", "file"):
         table.add_column(column)
-    for name, path in sorted(available_targets().items()):
-        target = read_target(path)
+    for name, (target, path) in found.items():
         table.add_row(name, target.description, target.summary(), str(path))
     out.print(table)
 

@@ -539,3 +539,12 @@ def test_a_failed_verification_exits_3_in_one_line(capsys, monkeypatch, checkpoi
     monkeypatch.setattr(compile_module, "compile_model", disagree)
     code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "host", "-o", tmp_path / "b")
     assert_one_line_error(code, err, "edgemtl: error: task 'depth'", exit_code=3)
+
+
+def test_targets_as_json_and_tables_print_whole_cells_when_piped(capsys):
+    """`--json` on `targets` too; piped (as under pytest), a table's cells are never cut to 'onnxrun…'."""
+    code, out, _ = run_cli(capsys, "targets", "--json")
+    listed = {t["name"]: t for t in json.loads(out)}
+    assert code == 0 and {"host", "gap9", "zcu104", "arm64"} <= set(listed) and listed["zcu104"]["flow"] == "fpga-hls4ml"
+    code, out, _ = run_cli(capsys, "targets")
+    assert code == 0 and "…" not in out and listed["gap9"]["description"] in out
