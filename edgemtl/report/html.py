@@ -62,7 +62,8 @@ PLOTS: tuple[tuple[str, Callable[[Mapping[str, Any]], bytes | None]], ...] = (
 _LATENCY_KEYS = ("median", "p90", "provenance", "runtime", "device", "threads", "runs", "batch")
 _PROVENANCE_CLASSES = ("measured", "simulated", "estimated")
 _MCU_ASSUMPTIONS_ID = "mcu-assumptions"
-_MCU_KEYS = ("int8", "memory_placement", "cycle_estimate", "deeploy", "deeploy_mappable")
+# Entries only the MCU flow writes ("int8" is not one: the arm64 flow records its int8 model under it too).
+_MCU_KEYS = ("memory_placement", "cycle_estimate", "deeploy", "deeploy_mappable")
 _DASH = "—"
 
 _CSS = """
@@ -415,7 +416,9 @@ def _fpga_roofline(roofline: Mapping[str, Any]) -> str:
 
 def _mcu_section(manifest: Mapping[str, Any]) -> str:
     """The MCU flow per task: int8 metric, bit-exact C (host, qemu), arena, placement, Deeploy, estimates, kit."""
-    tasks = [(name, entry) for name, entry in task_entries(manifest).items() if _has_mcu_data(entry)]
+    mcu_flow = _section(manifest, "target").get("flow") == "mcu-gap9"
+    tasks = [(name, entry) for name, entry in task_entries(manifest).items()
+             if _has_mcu_data(entry) or (mcu_flow and isinstance(entry.get("int8"), Mapping))]
     if not tasks:
         return ""
     kit = _section(manifest, "board_kit")

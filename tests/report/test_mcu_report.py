@@ -164,11 +164,15 @@ def test_section_lists_every_mcu_figure_with_its_provenance() -> None:
     assert "simulated under qemu" in html and "estimated by edgemtl" in html
 
 
-def test_no_section_for_a_host_bundle() -> None:
+def test_no_section_for_a_host_or_arm64_bundle() -> None:
     host = {"target": {"name": "host", "flow": "cpu-onnxruntime"},
             "tasks": {"scene": {"kind": "classification", "params": 10, "macs": 100,
                                 "latency_ms": {"median": 0.4, "provenance": "measured"}}}}
-    for manifest in (host, {}, {"tasks": []}):
+    arm64 = {"target": {"name": "arm64", "flow": "cpu-arm64"},  # its int8 model is recorded under "int8" too
+             "tasks": {"scene": {"kind": "classification", "int8": {"ok": True, "metric": "accuracy",
+                                                                      "metric_float": {"accuracy": 0.9},
+                                                                      "metric_int8": {"accuracy": 0.89}}}}}
+    for manifest in (host, arm64, {}, {"tasks": []}):
         html = render_html(manifest)
         assert SECTION not in html and "GAP9 memory placement" not in html
     assert "c_bit_exact" not in str(summarize(host))
