@@ -806,12 +806,27 @@ def _artifacts_section(manifest: Mapping[str, Any], bundle_dir: Path | None) -> 
     for owner, entry in owners:
         artifacts = entry.get("artifacts")
         if isinstance(artifacts, Mapping):
-            items += [(owner, str(kind), str(path)) for kind, path in artifacts.items() if isinstance(path, str)]
+            items += [(owner, kind, path) for kind, path in _artifact_paths(artifacts)]
     rows = [
         f"<tr><td>{_e(owner)}</td><td>{_e(kind)}</td><td>{_artifact_link(path, bundle_dir)}</td></tr>"
         for owner, kind, path in items
     ]
-    return _table("Artifacts", ("Owner", "Kind", "Path"), rows)
+    shipped = [f"<tr><td>{_e(name)}</td><td>shipped runtime</td><td>{_e(entry['runtime'])}"
+               + (f" <span class=\"dim\">({_e(_plain_text(entry.get('runtime_reason')))})</span>"
+                  if entry.get("runtime_reason") else "") + "</td></tr>"
+               for name, entry in task_entries(manifest).items() if isinstance(entry.get("runtime"), str)]
+    return _table("Artifacts", ("Owner", "Kind", "Path"), rows + shipped)
+
+
+def _artifact_paths(artifacts: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """(kind, path) of every artifact, nested ones too (TVM builds per architecture: `tvm/aarch64`)."""
+    found = []
+    for kind, value in artifacts.items():
+        if isinstance(value, str):
+            found.append((f"{prefix}{kind}", value))
+        elif isinstance(value, Mapping):
+            found += _artifact_paths(value, f"{prefix}{kind}/")
+    return found
 
 
 def _provenance_section(notes: _ProvenanceNotes) -> str:

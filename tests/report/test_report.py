@@ -179,3 +179,15 @@ def test_every_bundle_report_points_to_the_comparison_page(manifest: dict[str, A
     assert "edgemtl report THIS_BUNDLE" in render_html(manifest)
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "edgemtl report BUNDLE" in readme
+
+
+def test_the_artifact_table_lists_nested_builds_and_the_shipped_runtime() -> None:
+    """An arm64 bundle's TVM builds (one per architecture) and the runtime each task ships were missing."""
+    manifest = {"target": {"name": "arm64", "flow": "cpu-arm64"},
+                "tasks": {"scene": {"artifacts": {"onnx": "tasks/scene/model.onnx",
+                                                  "tvm": {"aarch64": "tasks/scene/tvm/aarch64.so",
+                                                          "x86_64": "tasks/scene/tvm/x86_64.so"}},
+                                    "runtime": "onnxruntime-int8", "runtime_reason": "int8 within 1% of float"}}}
+    html = render_html(manifest)
+    assert "tvm/aarch64" in html and "tasks/scene/tvm/aarch64.so" in html and "tvm/x86_64" in html
+    assert "shipped runtime" in html and "onnxruntime-int8" in html and "int8 within 1% of float" in html
