@@ -59,7 +59,15 @@ class FlowContext:
     state: dict[str, Any] = field(default_factory=dict)  # hand-over between steps (not written)
 
 
-Step = tuple[str, Callable[[FlowContext], None]]
+@dataclass(frozen=True)
+class Skipped:
+    """What a step returns when it had nothing to do for this model or these options: recorded as status
+    "skipped" with the reason (not "ok"), and said so on the console."""
+
+    reason: str
+
+
+Step = tuple[str, Callable[[FlowContext], "Skipped | None"]]
 
 
 def run_steps(steps: list[Step], context: FlowContext, console: Console) -> None:
@@ -71,11 +79,15 @@ def run_steps(steps: list[Step], context: FlowContext, console: Console) -> None
         records.append(record)
         try:
             with console.status(f"[{index}/{len(steps)}] {name} ..."):
-                step(context)
+                outcome = step(context)
         except BaseException as exc:
             record.update(seconds=round(time.perf_counter() - start, 3), status="failed")
             if not isinstance(exc, EdgemtlError):  # bad input already says what failed, in one line
                 console.print(f"[red]x[/red] {name} failed after {record['seconds']:.1f} s")
             raise
         record.update(seconds=round(time.perf_counter() - start, 3), status="ok")
-        console.print(f"[green]ok[/green] {name} ({record['seconds']:.1f} s)")
+        if isinstance(outcome, Skipped):
+            record.update(status="skipped", reason=outcome.reason)
+            console.print(f"[yellow]skipped[/yellow] {name}: {outcome.reason}")
+        else:
+            console.print(f"[green]ok[/green] {name} ({record['seconds']:.1f} s)")

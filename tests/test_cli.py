@@ -86,7 +86,8 @@ def test_compile_writes_the_bundle(capsys, tmp_path, checkpoints, arch):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["target"]["name"] == "host" and manifest["model"]["arch"] == arch
     assert len(manifest["model"]["sha256"]) == 64
-    assert [s["status"] for s in manifest["steps"]] == ["ok"] * len(manifest["steps"])
+    skipped = {"partition_experts", "task_switching"} if arch == "mtl-cnn" else set()  # nothing to do without experts
+    assert [s["status"] for s in manifest["steps"]] == ["skipped" if s["name"] in skipped else "ok" for s in manifest["steps"]]
     for name, entry in manifest["tasks"].items():
         assert (bundle / entry["artifacts"]["onnx"]).is_file()
         assert entry["max_abs_error"] < 1e-3 and entry["verification"]["data"] == "scenes/val"
@@ -101,6 +102,10 @@ def test_compile_writes_the_bundle(capsys, tmp_path, checkpoints, arch):
     report = (bundle / "report.html").read_text()
     if arch == "mtl-cnn":  # no experts: the partition step says why it did nothing, the compile goes on
         assert "nothing to partition" in manifest["passes"]["partition_experts"]["skipped"] and "moe" not in manifest
+        steps = {step["name"]: step for step in manifest["steps"]}
+        assert steps["partition_experts"]["status"] == "skipped" and "nothing to partition" in steps["partition_experts"]["reason"]
+        assert steps["export_onnx"]["status"] == "ok"  # a step that did its work is "ok", one that had none is not
+        assert "skipped <span class=\"dim\">the mtl-cnn model has no task-conditioned" in report
         return
     moe, partition = manifest["moe"], manifest["passes"]["partition_experts"]
     for name, entry in partition["tasks"].items():

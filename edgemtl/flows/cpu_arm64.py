@@ -36,7 +36,7 @@ from edgemtl.data import TaskData
 from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.evaluate import evaluate
-from edgemtl.flow import FlowContext, Step
+from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import data_source, task_list, task_model, threads_of, verification_inputs
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
@@ -109,7 +109,7 @@ def _loss(before: float, after: float, higher_is_better: bool) -> tuple[float, f
     return change, (-change if higher_is_better else change)
 
 
-def quantize_step(ctx: FlowContext) -> None:
+def quantize_step(ctx: FlowContext) -> Skipped | None:
     """int8 QDQ per task, calibrated on real training images; float vs int8 metrics on the held-out split.
 
     Each task tries `REMEDIES` in order until its metric stays within INT8_MAX_LOSS of float (a task without
@@ -122,7 +122,7 @@ def quantize_step(ctx: FlowContext) -> None:
         for task in task_list(ctx):
             ctx.manifest["tasks"][task]["int8"] = {"ok": False, "error": reason}
         ctx.manifest.setdefault("passes", {})["quantize_int8_qdq"] = {"skipped": reason}
-        return
+        return Skipped(reason.removeprefix("skipped: "))
     labelled = set(ctx.state.get("labelled_tasks", []))
     for task in task_list(ctx):
         entry = ctx.manifest["tasks"][task]

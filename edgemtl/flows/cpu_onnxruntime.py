@@ -16,7 +16,7 @@ from edgemtl.backends.onnx_export import export_all_tasks, export_task
 from edgemtl.data import TaskData
 from edgemtl.errors import VerificationError
 from edgemtl.evaluate import evaluate, torch_predictor
-from edgemtl.flow import FlowContext, Step
+from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import task_list, task_model, threads_of, verification_inputs
 from edgemtl.flows.experts import partition_step, switching_step
 from edgemtl.model.contract import run_task
@@ -73,17 +73,17 @@ def verify_onnxruntime(ctx: FlowContext) -> None:
         raise VerificationError(f"ONNX Runtime disagrees with PyTorch beyond tolerance for {', '.join(failures)}")
 
 
-def evaluate_metrics(ctx: FlowContext) -> None:
+def evaluate_metrics(ctx: FlowContext) -> Skipped | None:
     """Task metrics of the deployed all-task graph and of PyTorch on held-out data (skipped without data)."""
     data: TaskData | None = ctx.state.get("data")
     tasks = [ctx.loaded.spec.task(t) for t in ctx.state.get("labelled_tasks", [])]
     if data is None:
-        return
+        return Skipped("no held-out data with labels (pass --data)")
     for name in set(task_list(ctx)) - {t.name for t in tasks}:
         ctx.manifest["tasks"][name]["metrics_note"] = (f"no labels (or no metric) for task {name!r} in {data.name}: "
                                                        "verified against PyTorch only")
     if not tasks:
-        return
+        return Skipped(f"no task has labels and a metric in {data.name}: verified against PyTorch only")
     session = ort_backend.make_session(ctx.bundle / ctx.manifest[ALL_TASKS]["artifacts"]["onnx"], threads_of(ctx))
 
     def ort_predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -98,10 +98,10 @@ def evaluate_metrics(ctx: FlowContext) -> None:
         )
 
 
-def measure_latency(ctx: FlowContext) -> None:
+def measure_latency(ctx: FlowContext) -> Skipped | None:
     """Batch-1 latency per graph: ONNX Runtime vs PyTorch eager, same thread count, same run."""
     if not ctx.options.measure_latency:
-        return
+        return Skipped("--no-latency")
     threads, opts = threads_of(ctx), ctx.options
     image = verification_inputs(ctx)[0][:1]
     previous_threads = torch.get_num_threads()
@@ -129,14 +129,14 @@ def measure_latency(ctx: FlowContext) -> None:
         torch.set_num_threads(previous_threads)
 
 
-def load_verification_data(ctx: FlowContext) -> None:
+def load_verification_data(ctx: FlowContext) -> Skipped | None:
     """The held-out split of the `--data` source (or the spec's built-in set), when there is one.
 
     Its images feed verification; its labels feed metrics for the tasks that have labels there (and a metric: raw
     heads are verified by their error against PyTorch only)."""
     source = ctx.state.get("source")
     if source is None:
-        return
+        return Skipped("no data source: verification uses seeded noise")
     data = source.load("val", n=ctx.options.metric_samples)
     ctx.state["data"] = data
     ctx.state["labelled_tasks"] = [t for t in task_list(ctx) if t in data.labelled and ctx.loaded.spec.task(t).metric != "none"]

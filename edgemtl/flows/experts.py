@@ -21,7 +21,7 @@ from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends.onnx_export import INPUT_NAME
 from edgemtl.backends.switchable import TASK_ID_NAME, export_switchable
 from edgemtl.errors import VerificationError
-from edgemtl.flow import FlowContext
+from edgemtl.flow import FlowContext, Skipped
 from edgemtl.flows.common import task_list, threads_of, verification_inputs
 from edgemtl.passes.partition_experts import (PartitionConfig, TaskExpertPath, check_partition_request, has_experts,
                                               partition_experts)
@@ -30,22 +30,22 @@ from edgemtl.profile.switching import resident_memory, switch_latency
 SWITCHABLE = "switchable/model.onnx"
 
 
-def _skip(ctx: FlowContext, reason: str) -> None:
+def _skip(ctx: FlowContext, reason: str) -> Skipped:
     ctx.manifest.setdefault("passes", {})["partition_experts"] = {"skipped": reason}
+    return Skipped(reason)
 
 
-def partition_step(ctx: FlowContext) -> None:
+def partition_step(ctx: FlowContext) -> Skipped | None:
     """Expert usage, per-task expert paths, MoE MACs and the memory plan (skipped without experts)."""
     model, spec, tasks = ctx.loaded.model, ctx.loaded.spec, task_list(ctx)
     config = ctx.options.experts or PartitionConfig()
     if not has_experts(model):
-        _skip(ctx, f"the {spec.arch or 'given'} model has no task-conditioned mixture-of-experts layer: nothing to partition")
-        return
+        return _skip(ctx, f"the {spec.arch or 'given'} model has no task-conditioned mixture-of-experts layer: "
+                          "nothing to partition")
     check_partition_request(model, spec, tasks, config)
     source = ctx.state.get("source")
     if source is None:
-        _skip(ctx, "expert paths need calibration images: pass --data (see docs/own-model.md)")
-        return
+        return _skip(ctx, "expert paths need calibration images: pass --data (see docs/own-model.md)")
     calibration = source.load("train", n=config.calibration_samples)
     paths, record, usage = partition_experts(model, spec, calibration, ctx.state.get("data"), tasks, config,
                                              cost=ctx.state.get("cost"))
@@ -80,11 +80,11 @@ def _memory_plans(ctx: FlowContext, paths: dict[str, TaskExpertPath], usage: Exp
             | {"precision": precision, "target": ctx.target.name} for task, path in paths.items()}
 
 
-def switching_step(ctx: FlowContext) -> None:
+def switching_step(ctx: FlowContext) -> Skipped | None:
     """One artifact for every task, chosen by `task_id`: verified, then its memory and switch cost measured."""
     model, spec, tasks = ctx.loaded.model, ctx.loaded.spec, task_list(ctx)
     if not has_experts(model):
-        return
+        return Skipped("no mixture-of-experts layer: one graph per task is the whole story")
     path = export_switchable(model, spec, tasks, ctx.bundle / SWITCHABLE)
     images, source = verification_inputs(ctx)
     session = ort_backend.make_session(path, threads_of(ctx))

@@ -26,7 +26,7 @@ from edgemtl.backends.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
 from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError
-from edgemtl.flow import FlowContext, Step
+from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import data_source, task_list, task_model
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
@@ -70,12 +70,12 @@ def op_check_step(ctx: FlowContext) -> None:
     ctx.state["hls4ml_refused"] = refused
 
 
-def quantize_step(ctx: FlowContext) -> None:
+def quantize_step(ctx: FlowContext) -> Skipped | None:
     """brevitas QAT of every task path at the target precision (skipped for MoE models, said why)."""
     spec = ctx.loaded.spec
     if has_experts(ctx.loaded.model):
         ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"skipped": MOE_NOTE}
-        return
+        return Skipped(MOE_NOTE)
     source = data_source(ctx, "the zcu104 flow (calibration and QAT)")
     name = source.reference
     # tasks without labels distil from the float model in QAT and are judged by their agreement with it

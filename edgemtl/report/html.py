@@ -245,7 +245,9 @@ def _steps_section(manifest: Mapping[str, Any]) -> str:
         rows.append(
             f"<tr><td>{_e(step.get('name') or _DASH)}</td>"
             f"<td class=\"n\">{human_seconds(seconds) if seconds is not None else _DASH}</td>"
-            f"<td class=\"{css}\">{_e(status)}</td></tr>"
+            f"<td class=\"{css}\">{_e(status)}"
+            + (f" <span class=\"dim\">{_e(_plain_text(step.get('reason')))}</span>" if step.get("reason") else "")
+            + "</td></tr>"
         )
     total = sum(value for step in steps if (value := number(step.get("seconds"))) is not None)
     rows.append(f"<tr><th>total</th><th class=\"n\">{human_seconds(total)}</th><th></th></tr>")
