@@ -25,7 +25,7 @@ EXIT_BAD_INPUT, EXIT_VERIFICATION_FAILED = 2, 3
 # Piped or redirected, rich would squeeze tables into 80 columns and cut cells ("onnxrun…"): give it room instead,
 # so every cell is printed whole (a terminal keeps its own width).
 out = Console() if Console().is_terminal else Console(width=400)
-err = Console(stderr=True)
+err = Console(stderr=True) if Console(stderr=True).is_terminal else Console(stderr=True, width=400)
 
 ModelPath = Annotated[Path, typer.Argument(help="edgemtl checkpoint (.pt), or a state_dict with --model-factory")]
 FactoryOpt = Annotated[Optional[str], typer.Option("--model-factory", help="package.module:function returning the nn.Module")]

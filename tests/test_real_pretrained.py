@@ -114,7 +114,7 @@ def test_centerface_on_the_zcu104_names_the_op_hls4ml_lacks_before_qat(capsys, t
     code, _, err = run_cli(capsys, "compile", model, "--spec", spec, "--data", photos, "--resize", "--target",
                            "zcu104", "-o", tmp_path / "zcu104")
     steps_done, error = err.strip().splitlines()[:-1], err.strip().splitlines()[-1]
-    assert all(line.startswith("ok ") for line in steps_done) and "quantize_brevitas" not in err, err
+    assert all(line.startswith(("ok ", "skipped ")) for line in steps_done) and "quantize_brevitas" not in err, err
     assert_one_line_error(code, error, "hls4ml 1.3.0 cannot map ONNX op 'ConvTranspose'")
     assert not (tmp_path / "zcu104").exists()
     code, _, err = run_cli(capsys, "inspect", model, "--spec", spec, "--target", "zcu104")  # the same answer, earlier
