@@ -27,10 +27,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgemtl.analysis.fpga_cost import KNOWN_PARTS
 from edgemtl.compile import compile_model
 from edgemtl.flow import CompileOptions
 from edgemtl.model.checkpoint import load
+from edgemtl.targets import load_target
 
 from common import met, relative_change, start_run, trained_checkpoint, write_results
 
@@ -72,7 +72,7 @@ def main() -> None:
         compile_seconds = time.perf_counter() - compile_start
         manifest = json.loads((bundle / "manifest.json").read_text())
     steps = {s["name"]: s["seconds"] for s in manifest["steps"]}
-    part, rows = KNOWN_PARTS["xczu7ev-ffvc1156-2-e"], {}
+    part, rows = load_target("zcu104").fabric, {}
     for task in loaded.spec.tasks:
         entry = manifest["tasks"][task.name]
         quant, hls = entry["quantization"], entry.get("hls4ml", {})

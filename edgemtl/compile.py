@@ -35,7 +35,8 @@ def _base_manifest(loaded: LoadedModel, target: Target, tasks: list[str]) -> dic
     return {
         "edgemtl_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "target": {"name": target.name, "flow": target.flow, "description": target.description, "file": target.source},
+        "target": {"name": target.name, "flow": target.flow, "description": target.description, "file": target.source,
+                   **({"part": target.part, "fabric": target.fabric.model_dump()} if target.fabric else {})},
         "model": {"path": str(loaded.path), "sha256": loaded.sha256, "arch": spec.arch, "config": spec.config,
                   "source": loaded.source, "data": spec.data, "input": spec.input.model_dump(),
                   "tasks": spec.task_names, **({"import": loaded.details} if loaded.details else {})},

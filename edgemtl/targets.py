@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgemtl.errors import EdgemtlError
 
@@ -42,6 +42,17 @@ class DeviceAccess(BaseModel):
     address: str = ""
 
 
+class FabricLogic(BaseModel):
+    """An FPGA part's programmable logic (its data sheet's resource table): what utilisation is a share of."""
+
+    model_config = ConfigDict(extra="forbid")
+    lut: int = Field(gt=0)
+    ff: int = Field(gt=0)
+    dsp: int = Field(gt=0)
+    bram18: int = Field(gt=0)
+    uram: int = Field(ge=0)
+
+
 class Target(BaseModel):
     """One board: hardware facts plus the flow that compiles for it."""
 
@@ -55,8 +66,15 @@ class Target(BaseModel):
     compute: list[ComputeUnit] = Field(min_length=1)
     memory: list[MemoryLevel] = Field(default_factory=list)
     part: str = ""  # FPGA part number or SoC name
+    fabric: FabricLogic | None = None  # an FPGA part's logic: the one place its resource totals are written
     target_fps: list[float] = Field(default_factory=list)  # throughputs estimates are asked for (FPGA folding)
     source: str = ""  # the file it was read from (filled on load)
+
+    @model_validator(mode="after")
+    def _fpga_has_its_logic(self) -> "Target":
+        if any(c.kind == "fpga-fabric" for c in self.compute) and self.fabric is None:
+            raise ValueError("an fpga-fabric target needs a [fabric] table (lut, ff, dsp, bram18, uram of its part)")
+        return self
 
     def summary(self) -> str:
         """One line of key facts for `edgemtl targets`."""

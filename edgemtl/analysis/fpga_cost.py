@@ -58,24 +58,6 @@ LUT_FIXED = 20_000  # AXI DMA, interconnect, control state machines (rough)
 
 
 @dataclass(frozen=True)
-class PartLogic:
-    """Logic resources of an FPGA part (the target files describe memories and clocks, not logic)."""
-
-    dsp: int
-    lut: int
-    ff: int
-    bram18: int
-    uram: int
-
-
-# DS891 (Zynq UltraScale+ MPSoC overview), XCZU7EV: 1,728 DSP48E2, 230,400 LUT, 460,800 FF,
-# 312 BRAM36 = 624 BRAM18 (11 Mb), 96 URAM (27 Mb)
-KNOWN_PARTS: dict[str, PartLogic] = {
-    "xczu7ev-ffvc1156-2-e": PartLogic(dsp=1728, lut=230_400, ff=460_800, bram18=624, uram=96),
-}
-
-
-@dataclass(frozen=True)
 class FabricSpec:
     """The fabric a roofline runs on: logic from the part, memories and clock from the target file."""
 
@@ -172,8 +154,8 @@ class RooflineEstimate:
         }
 
 
-def fabric_from_target(target: Target, logic: PartLogic | None = None) -> FabricSpec:
-    """The target's fpga-fabric clock, on-chip bytes and off-chip bandwidth, with the part's logic."""
+def fabric_from_target(target: Target) -> FabricSpec:
+    """The target's fpga-fabric clock, on-chip bytes, off-chip bandwidth and the part's logic (its [fabric] table)."""
     fabric = [c for c in target.compute if c.kind == "fpga-fabric"]
     if not fabric:
         raise EdgemtlError(f"target {target.name} has no fpga-fabric compute unit; the FPGA roofline needs one")
@@ -182,10 +164,10 @@ def fabric_from_target(target: Target, logic: PartLogic | None = None) -> Fabric
     off_chip = [m for m in target.memory if m.level == "off-chip" and m.bandwidth_gbps > 0]
     if not off_chip:
         raise EdgemtlError(f"target {target.name} has no off-chip memory with a bandwidth_gbps")
-    logic = logic or KNOWN_PARTS.get(target.part)
+    logic = target.fabric
     if logic is None:
-        raise EdgemtlError(f"target {target.name}: no logic resources known for part {target.part!r}; "
-                           f"known parts: {', '.join(sorted(KNOWN_PARTS))} (or pass a PartLogic)")
+        raise EdgemtlError(f"target {target.name}: its file has no [fabric] table (lut, ff, dsp, bram18, uram of part "
+                           f"{target.part!r}, from the part's data sheet); the FPGA roofline needs it")
     on_chip = on_chip_bytes_of(target)
     if on_chip <= 0:
         raise EdgemtlError(f"target {target.name} lists no on-chip memory size; the roofline needs BRAM/URAM")

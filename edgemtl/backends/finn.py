@@ -38,10 +38,7 @@ HOW_TO_CREATE = "make finn-venv"
 # A Vivado path FINN can parse; nothing under it is run by an estimate-only build.
 DUMMY_XILINX_VIVADO = "/opt/edgemtl-dummy/Xilinx/Vivado/2024.2"
 
-# The part's logic, for utilisation figures (DS891, XCZU7EV)
-PART_RESOURCES: dict[str, dict[str, int]] = {
-    "xczu7ev-ffvc1156-2-e": {"lut": 230_400, "bram18": 624, "uram": 96, "dsp": 1728},
-}
+UTILISED = ("lut", "bram18", "uram", "dsp")  # the estimates' resources that are shares of the part's logic
 
 
 def finn_python(venv: Path = DEFAULT_FINN_VENV) -> Path | None:
@@ -55,7 +52,8 @@ def finn_python(venv: Path = DEFAULT_FINN_VENV) -> Path | None:
 
 
 def finn_estimates(qonnx_path: Path, task: str, part: str, clock_mhz: float, target_fps: list[float],
-                   work_dir: Path, venv: Path = DEFAULT_FINN_VENV, timeout_s: int = 600) -> dict[str, Any]:
+                   work_dir: Path, venv: Path = DEFAULT_FINN_VENV, timeout_s: int = 600,
+                   logic: dict[str, int] | None = None) -> dict[str, Any]:
     """FINN's estimates of a QONNX model at each target fps.
 
     Returns {"available": False, "how_to_create": "make finn-venv", ...} when the FINN venv is missing;
@@ -113,10 +111,10 @@ def finn_estimates(qonnx_path: Path, task: str, part: str, clock_mhz: float, tar
             "note": "fps = clock / slowest layer's cycles; latency = FINN's critical-path cycles / clock "
                     "(pessimistic: no overlap between layers); LUT omits layers FINN charges 0 "
                     "(see layers_without_lut_estimate)",
-            "by_target_fps": {key: _entry(entry, part) for key, entry in result["by_fps"].items()}}
+            "by_target_fps": {key: _entry(entry, logic) for key, entry in result["by_fps"].items()}}
 
 
-def _entry(raw: dict[str, Any], part: str) -> dict[str, Any]:
+def _entry(raw: dict[str, Any], logic: dict[str, int] | None) -> dict[str, Any]:
     entry = {
         "provenance": PROVENANCE,
         "target_fps": raw["target_fps"],
@@ -132,8 +130,8 @@ def _entry(raw: dict[str, Any], part: str) -> dict[str, Any]:
         "layers_without_lut_estimate": raw["layers_without_lut_estimate"],
         "folding": raw["folding"],
     }
-    if part in PART_RESOURCES:
-        entry["utilisation"] = {k: entry[k] / v for k, v in PART_RESOURCES[part].items()}
+    if logic:  # the target file's [fabric] table
+        entry["utilisation"] = {k: entry[k] / logic[k] for k in UTILISED if logic.get(k)}
     return entry
 
 

@@ -192,7 +192,8 @@ def estimates_step(ctx: FlowContext) -> None:
         entry["roofline"] = estimate_model(task_model(ctx, task), ctx.loaded.spec, ctx.target, task, precision)
         if "qonnx" in entry.get("artifacts", {}):
             entry["finn"] = finn_estimates(ctx.bundle / entry["artifacts"]["qonnx"], task, ctx.target.part,
-                                           _fabric_clock_mhz(ctx), ctx.target.target_fps, ctx.bundle / "work" / "finn" / task)
+                                           _fabric_clock_mhz(ctx), ctx.target.target_fps, ctx.bundle / "work" / "finn" / task,
+                                           logic=ctx.target.fabric.model_dump() if ctx.target.fabric else None)
     shutil.rmtree(ctx.bundle / "work", ignore_errors=True)
     if has_experts(ctx.loaded.model):
         ctx.manifest.setdefault("needs_other_toolchain", []).append({"step": "quantize + HLS", "why": MOE_NOTE})

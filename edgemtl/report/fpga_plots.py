@@ -21,9 +21,6 @@ from matplotlib.patches import Patch
 
 from edgemtl.report.plots import _plain, _png, number, task_entries
 
-# DS891, XCZU7EV (the ZCU104's part): the same figures as analysis.fpga_cost.KNOWN_PARTS, repeated here so the
-# report does not import torch
-ZCU104_TOTALS: dict[str, int] = {"lut": 230_400, "bram18": 624, "uram": 96, "dsp": 1728}
 RESOURCES: dict[str, str] = {"lut": "LUT", "bram18": "BRAM18", "uram": "URAM", "dsp": "DSP"}
 FIT_LIMITS: dict[str, float] = {"lut": 0.70, "bram18": 0.80, "dsp": 0.80}  # share of the part; URAM: none set
 ROOFLINE_LABEL = "edgemtl roofline"
@@ -34,14 +31,24 @@ _LIMIT_COLOR = "#C44E52"
 _BAR_SPAN = 0.8
 
 
-def fpga_estimates(entry: Mapping[str, Any]) -> list[tuple[str, dict[str, float], str]]:
+def part_totals(manifest: Mapping[str, Any]) -> dict[str, float]:
+    """The part's logic as the compile recorded it from the target file ("target.fabric"), or {} (then shares
+    come only from each estimate's own `utilisation`)."""
+    target = manifest.get("target")
+    fabric = target.get("fabric") if isinstance(target, Mapping) else None
+    if not isinstance(fabric, Mapping):
+        return {}
+    return {key: total for key in RESOURCES if (total := number(fabric.get(key))) is not None and total > 0}
+
+
+def fpga_estimates(entry: Mapping[str, Any], totals: Mapping[str, float]) -> list[tuple[str, dict[str, float], str]]:
     """(label, resource -> share of the part, provenance) per estimator of one task, FINN's by fps first."""
     estimates = []
     finn = entry.get("finn")
     by_fps = finn.get("by_target_fps") if isinstance(finn, Mapping) and finn.get("ok") is True else None
     if isinstance(by_fps, Mapping):
         for key, fold in sorted(by_fps.items(), key=lambda item: _fps_order(item[0])):
-            shares = _shares(fold)
+            shares = _shares(fold, totals)
             if shares:
                 fps = number(fold.get("target_fps")) if isinstance(fold, Mapping) else None
                 fps = fps if fps is not None else number(_float(key))
@@ -49,7 +56,7 @@ def fpga_estimates(entry: Mapping[str, Any]) -> list[tuple[str, dict[str, float]
                 estimates.append((label, shares, _provenance(fold, finn, "estimated (FINN analytical model)")))
     roofline = entry.get("roofline")
     resources = roofline.get("resources") if isinstance(roofline, Mapping) else None
-    shares = _shares(resources)
+    shares = _shares(resources, totals)
     if shares:
         estimates.append((ROOFLINE_LABEL, shares, _provenance(resources, roofline, "estimated (edgemtl roofline)")))
     return estimates
@@ -57,8 +64,9 @@ def fpga_estimates(entry: Mapping[str, Any]) -> list[tuple[str, dict[str, float]
 
 def fpga_resource_plot(manifest: Mapping[str, Any]) -> bytes | None:
     """Per task, LUT / BRAM18 / URAM / DSP as % of the ZCU104 for each estimator; None without estimates."""
+    totals = part_totals(manifest)
     tasks = [(name, estimates) for name, entry in task_entries(manifest).items()
-             if (estimates := fpga_estimates(entry))]
+             if (estimates := fpga_estimates(entry, totals))]
     if not tasks:
         return None
     labels = list(dict.fromkeys(label for _, estimates in tasks for label, _, _ in estimates))
@@ -108,16 +116,17 @@ def _task_panel(ax: Axes, estimates: list[tuple[str, dict[str, float], str]], la
     ax.grid(axis="x", linewidth=0.5, alpha=0.5)
 
 
-def _shares(section: Any) -> dict[str, float]:
-    """Resource -> share of the ZCU104 from block counts, else from the section's own `utilisation`."""
+def _shares(section: Any, totals: Mapping[str, float]) -> dict[str, float]:
+    """Resource -> share of the part from block counts and the part's totals, else from the section's own
+    `utilisation`."""
     if not isinstance(section, Mapping):
         return {}
     utilisation = section.get("utilisation")
     utilisation = utilisation if isinstance(utilisation, Mapping) else {}
     shares = {}
-    for key, total in ZCU104_TOTALS.items():
-        count = number(section.get(key))
-        share = count / total if count is not None else number(utilisation.get(key))
+    for key in RESOURCES:
+        count, total = number(section.get(key)), totals.get(key)
+        share = count / total if count is not None and total else number(utilisation.get(key))
         if share is not None and share >= 0:
             shares[key] = share
     return shares

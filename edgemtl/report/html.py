@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from edgemtl.bundle import write_text_atomically
 from edgemtl.report.expert_plots import expert_usage_heatmap
-from edgemtl.report.fpga_plots import ZCU104_TOTALS, fpga_resource_plot
+from edgemtl.report.fpga_plots import fpga_resource_plot, part_totals
 from edgemtl.report.mcu_plots import mcu_layer_cycles_plot, mcu_placement_plot
 from edgemtl.report.memory_plots import moe_memory_plot
 from edgemtl.report.plots import (
@@ -302,7 +302,7 @@ def _fpga_section(manifest: Mapping[str, Any]) -> str:
                 ("Exported graphs vs brevitas, max diff (QONNX / QCDQ in ONNX Runtime)",
                  _fpga_lsb_pair(check)),
                 *_fpga_hls_rows(_section(entry, "hls4ml"), entry.get("hls4ml")),
-                *_fpga_finn_rows(entry.get("finn")),
+                *_fpga_finn_rows(entry.get("finn"), part_totals(manifest).get("lut")),
                 ("edgemtl roofline", _fpga_roofline(roofline))]
         body = "".join(f"<tr><td>{_e(label)}</td><td>{value}</td></tr>" for label, value in rows)
         parts.append(f"<h3>{_e(name)}</h3>\n<table><thead><tr><th>Quantity</th><th>Value</th></tr></thead>"
@@ -378,7 +378,7 @@ def _fpga_hls_rows(hls: Mapping[str, Any], raw: Any) -> list[tuple[str, str]]:
     return rows
 
 
-def _fpga_finn_rows(raw: Any) -> list[tuple[str, str]]:
+def _fpga_finn_rows(raw: Any, part_lut: float | None) -> list[tuple[str, str]]:
     if not isinstance(raw, Mapping):
         return [("FINN", _DASH)]
     if raw.get("available") is False:
@@ -392,7 +392,7 @@ def _fpga_finn_rows(raw: Any) -> list[tuple[str, str]]:
     for key, fold in by_fps.items():
         fold = fold if isinstance(fold, Mapping) else {}
         fps, latency, lut = (number(fold.get(k)) for k in ("estimated_fps", "latency_ms", "lut"))
-        share = lut / ZCU104_TOTALS["lut"] if lut is not None else number(_section(fold, "utilisation").get("lut"))
+        share = lut / part_lut if lut is not None and part_lut else number(_section(fold, "utilisation").get("lut"))
         meets = fold.get("meets_target")
         value = ", ".join(part for part in (
             f"{fps:,.0f} fps" + (f" <span class=\"{'ok' if meets else 'fail'}\">{'meets' if meets else 'misses'} "

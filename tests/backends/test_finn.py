@@ -12,8 +12,10 @@ import pytest
 
 from edgemtl.backends.finn import DEFAULT_FINN_VENV, PROVENANCE, finn_estimates, finn_python
 from edgemtl.errors import EdgemtlError
+from edgemtl.targets import load_target
 
 PART = "xczu7ev-ffvc1156-2-e"
+ZCU104_LOGIC = load_target("zcu104").fabric.model_dump()
 
 
 def test_absent_venv_says_how_to_create_it(tmp_path):
@@ -41,7 +43,7 @@ RAW = {"target_fps": 1000.0, "lut": 2300.0, "bram18": 4.0, "uram": 0.0, "dsp": 2
 
 def expected_entry(raw: dict) -> dict:
     """What finn_estimates must make of one worker entry: its figures unchanged, plus provenance, meets_target
-    and the utilisation of the XCZU7EV (DS891)."""
+    and the utilisation of the XCZU7EV (DS891: the data sheet's own figures, against targets/zcu104.toml)."""
     renamed = {"estimated_latency_ms": "latency_ms"}
     entry = {renamed.get(k, k): v for k, v in raw.items()}
     totals = {"lut": 230_400, "bram18": 624, "uram": 96, "dsp": 1728}
@@ -70,7 +72,7 @@ def test_protocol_ok(fake_venv, tmp_path, monkeypatch):
     result.write_text(json.dumps({"version": 1, "ok": True, "finn_version": "1.6.1", "nodes_unmapped": ["Transpose_0"],
                                   "by_fps": {"1000": RAW}}))
     monkeypatch.setenv("FAKE_FINN_RESULT", str(result))
-    out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "work", venv=venv)
+    out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "work", venv=venv, logic=ZCU104_LOGIC)
     assert out["available"] and out["ok"] and out["provenance"] == PROVENANCE == "estimated (FINN analytical model)"
     assert out["tool"] == "finn-plus 1.6.1" and out["nodes_unmapped"] == ["Transpose_0"]
     assert list(out["by_target_fps"]) == ["1000"]

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from edgemtl.report.fpga_plots import FIT_LIMITS, ZCU104_TOTALS, fpga_estimates, fpga_resource_plot
+from edgemtl.report.fpga_plots import FIT_LIMITS, fpga_estimates, fpga_resource_plot, part_totals
+from edgemtl.targets import load_target
 from edgemtl.report.html import render_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,6 +24,9 @@ def _roofline() -> dict[str, Any]:
     return {"provenance": "estimated (edgemtl roofline)", "precision": "w4a4", "fps": 2345.6, "latency_ms": 0.426,
             "resources": {"provenance": "estimated (edgemtl roofline)", "dsp": 1728, "lut": 71_840, "bram18": 100,
                           "uram": 3, "fits": True}}
+
+
+ZCU104_FABRIC = load_target("zcu104").fabric.model_dump()
 
 
 def _manifest() -> dict[str, Any]:
@@ -48,7 +52,7 @@ def _manifest() -> dict[str, Any]:
         "roofline": _roofline(),
     }
     return {
-        "target": {"name": "zcu104", "flow": "fpga-hls4ml"},
+        "target": {"name": "zcu104", "flow": "fpga-hls4ml", "fabric": ZCU104_FABRIC},
         "tasks": {"scene": scene, "depth": depth, "plain": {"kind": "classification"}},
         "needs_other_toolchain": [{"step": "quantize + HLS", "why": "data-dependent expert dispatch"}],
         "board_kit": {"folder": "hw", "readme": "hw/README.md", "next": "vitis_hls -f build_prj.tcl"},
@@ -108,7 +112,7 @@ def test_malformed_fpga_sections_still_render() -> None:
 
 def test_plot_of_finn_and_roofline_estimates() -> None:
     manifest = _manifest()
-    estimates = fpga_estimates(manifest["tasks"]["scene"])
+    estimates = fpga_estimates(manifest["tasks"]["scene"], part_totals(manifest))
     assert [label for label, _, _ in estimates] == ["FINN @ 1,000 fps", "FINN @ 10,000 fps", "edgemtl roofline"]
     assert estimates[0][1]["lut"] == pytest.approx(0.1) and estimates[2][1]["dsp"] == pytest.approx(1.0)
     assert fpga_resource_plot(manifest).startswith(PNG_MAGIC)
@@ -128,11 +132,10 @@ def test_no_plot_without_estimates(manifest: dict[str, Any]) -> None:
     assert fpga_resource_plot(manifest) is None
 
 
-def test_totals_and_limits_match_the_part() -> None:
-    from edgemtl.analysis.fpga_cost import KNOWN_PARTS
-
-    part = KNOWN_PARTS["xczu7ev-ffvc1156-2-e"]
-    assert ZCU104_TOTALS == {"lut": part.lut, "bram18": part.bram18, "uram": part.uram, "dsp": part.dsp}
+def test_the_parts_totals_come_from_the_target_file_through_the_manifest() -> None:
+    """The XCZU7EV's logic is written once, in targets/zcu104.toml; the compile records it, the report reads it."""
+    assert part_totals(_manifest()) == {"lut": 230_400, "bram18": 624, "uram": 96, "dsp": 1728}  # DS891
+    assert part_totals({"target": {"name": "host"}}) == {}
     assert FIT_LIMITS == {"lut": 0.70, "bram18": 0.80, "dsp": 0.80}
 
 
