@@ -83,13 +83,14 @@ def mcu_layer_costs(entry: Mapping[str, Any]) -> list[tuple[int, str, float | No
     for row in _rows(estimate, "layers"):
         index = _index(row, "index")
         if index is not None:
-            layers.setdefault(index, {}).update(op=row.get("op"), cycles=number(row.get("cycles")))
+            layers.setdefault(index, {}).update(op=row.get("op"), name=row.get("name"), cycles=number(row.get("cycles")))
     for row in _rows(instructions, "layers"):
         index = _index(row, "layer")
         if index is None:
             continue
         slot = layers.setdefault(index, {})
         slot.setdefault("op", row.get("op"))
+        slot.setdefault("name", row.get("name"))
         slot["instructions"] = number(row.get("instructions"))
         if slot.get("cycles") is None:
             slot["cycles"] = number(row.get("estimated_cycles"))
@@ -99,8 +100,7 @@ def mcu_layer_costs(entry: Mapping[str, Any]) -> list[tuple[int, str, float | No
         cycles, count = slot.get("cycles"), slot.get("instructions")
         if cycles is None and count is None:
             continue
-        op = slot.get("op")
-        result.append((index, f"{index} {op}" if isinstance(op, str) and op else str(index), cycles, count))
+        result.append((index, _layer_label(index, slot.get("name"), slot.get("op")), cycles, count))
     return result
 
 
@@ -230,6 +230,16 @@ def _panel_title(name: str, entry: Mapping[str, Any]) -> str:
 
 def _qemu(entry: Mapping[str, Any]) -> Mapping[str, Any]:
     return _section(_section(entry, "c"), "qemu")
+
+
+def _layer_label(index: int, name: Any, op: Any) -> str:
+    """The layer as the integer ONNX and the generated C name it (its node name), with its kind: "3 conv2 (conv)"
+    rather than "3 conv", so a layer in the plot can be found in the graph and the C."""
+    name = name if isinstance(name, str) and name else ""
+    op = op if isinstance(op, str) and op else ""
+    if name and op and name != op:
+        return f"{index} {name} ({op})"
+    return f"{index} {name or op}".rstrip()
 
 
 def _rows(section: Any, key: str) -> list[Mapping[str, Any]]:

@@ -229,8 +229,10 @@ def test_summary_carries_int8_metric_bit_exact_flags_and_the_estimate() -> None:
 
 
 def test_layer_costs_pair_the_estimate_and_the_instructions_by_index() -> None:
+    """Each layer is labelled by the node name the integer ONNX and the C use, with its kind (was "0 conv")."""
     costs = mcu_layer_costs(_manifest()["tasks"]["scene"])
-    assert [(i, label) for i, label, _, _ in costs] == [(0, "0 conv"), (1, "1 conv"), (2, "2 add"), (3, "3 flatten")]
+    assert [(i, label) for i, label, _, _ in costs] == [(0, "0 layer0 (conv)"), (1, "1 layer1 (conv)"), (2, "2 layer2 (add)"),
+                                                        (3, "3 layer3 (flatten)")]
     assert costs[1][2:] == (150_000.0, 1.3e7)
     assert costs[3][2:] == (0.0, 0.0)  # kept, but neither value can sit on the log axis
     only_qemu = {"c": {"qemu": _qemu([10.0, 20.0])}}
