@@ -98,6 +98,9 @@ def evaluate_metrics(ctx: FlowContext) -> Skipped | None:
         )
 
 
+ALL_TASKS_FLOOR = 0.9  # the all-task median below this share of the slowest single task's: implausible
+
+
 def measure_latency(ctx: FlowContext) -> Skipped | None:
     """Batch-1 latency per graph: ONNX Runtime vs PyTorch eager, same thread count, same run."""
     if not ctx.options.measure_latency:
@@ -125,8 +128,27 @@ def measure_latency(ctx: FlowContext) -> Skipped | None:
             entry["latency_ms"] = onnx_latency.to_dict()
             entry["latency_ms_pytorch"] = eager_latency.to_dict()
             entry["speedup_vs_pytorch"] = eager_latency.median / onnx_latency.median
+            if onnx_latency.warnings() or eager_latency.warnings():
+                entry["speedup_vs_pytorch_warning"] = "from a flagged timing: " + "; ".join(
+                    [*onnx_latency.warnings(), *eager_latency.warnings()])
     finally:
         torch.set_num_threads(previous_threads)
+    _cross_check_all_tasks(ctx)
+
+
+def _cross_check_all_tasks(ctx: FlowContext) -> None:
+    """The all-task graph runs every head, so its median cannot be well below the slowest single task's: when it
+    is, the machine disturbed the timings, and the all-task figure says so."""
+    singles = {task: ctx.manifest["tasks"][task]["latency_ms"]["median"] for task in task_list(ctx)
+               if "latency_ms" in ctx.manifest["tasks"][task]}
+    every = ctx.manifest[ALL_TASKS].get("latency_ms")
+    if not singles or every is None or len(singles) < 2:
+        return
+    slowest = max(singles, key=singles.get)
+    if every["median"] < ALL_TASKS_FLOOR * singles[slowest]:
+        every.setdefault("warnings", []).append(
+            f"implausible: below the slowest single task's median ({slowest}, {singles[slowest]:.3g} ms) although it "
+            "runs every head; the timings were disturbed")
 
 
 def load_verification_data(ctx: FlowContext) -> Skipped | None:

@@ -6,12 +6,17 @@ mix measured numbers with estimates.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
+
+
+NOISY_SPREAD = 2.0  # p90 / median above this: the runs disagree too much for the median to stand alone
+BUSY_LOAD_PER_CPU = 1.0  # 1-min load average per CPU above this: something else competed for the cores
 
 
 @dataclass(frozen=True)
@@ -24,9 +29,21 @@ class Latency:
     threads: int
     batch: int = 1
     provenance: str = "measured"
+    load_average_1min: float | None = None  # the machine's load when the timing ended: a busy machine times slower
+
+    def warnings(self) -> list[str]:
+        """Why this number should not be read as plain truth: a wide spread or a busy machine."""
+        found = []
+        if self.median > 0 and self.p90 / self.median > NOISY_SPREAD:
+            found.append(f"noisy: p90 is {self.p90 / self.median:.1f}x the median")
+        cpus = os.cpu_count() or 1
+        if self.load_average_1min is not None and self.load_average_1min > BUSY_LOAD_PER_CPU * cpus:
+            found.append(f"busy machine: load average {self.load_average_1min:.2f} on {cpus} CPUs while timed")
+        return found
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "p90_over_median": self.p90 / self.median if self.median > 0 else None,
+                "warnings": self.warnings()}
 
 
 def host_cpu_name() -> str:
@@ -59,4 +76,12 @@ def measure(run: Callable[[], object], *, runtime: str, threads: int, warmup: in
     samples = sample_ms(run, runs, max_seconds, warmup)
     values = np.asarray(samples)
     device = f"host CPU ({host_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
-    return Latency(float(np.median(values)), float(np.percentile(values, 90)), len(samples), runtime, device, threads, batch)
+    return Latency(float(np.median(values)), float(np.percentile(values, 90)), len(samples), runtime, device, threads, batch,
+                   load_average_1min=load_average_1min())
+
+
+def load_average_1min() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not on every platform
+        return None

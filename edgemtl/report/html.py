@@ -854,9 +854,12 @@ def _latency_cell(latency: Any, notes: _ProvenanceNotes) -> str:
     provenance = _plain_text(latency.get("provenance")) or "unlabelled"
     css = provenance if provenance in _PROVENANCE_CLASSES else "other"
     spread = f" <span class=\"dim\">p90 {human_ms(p90)}</span>" if p90 is not None else ""
+    warnings = [str(w) for w in latency.get("warnings", []) if w] if isinstance(latency.get("warnings"), list) else []
+    flag = (f" <span class=\"fail\" title=\"{_e('; '.join(warnings))}\">⚠ {_e(warnings[0].split(':')[0])}</span>"
+            if warnings else "")
     return (
         f"<td class=\"n\">{human_ms(median)}{spread} <span class=\"prov prov-{css}\" "
-        f"title=\"{_e(notes.describe(note))}\">{_e(provenance)} [{note}]</span></td>"
+        f"title=\"{_e(notes.describe(note))}\">{_e(provenance)} [{note}]</span>{flag}</td>"
     )
 
 

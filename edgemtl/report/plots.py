@@ -129,13 +129,15 @@ def latency_plot(manifest: Mapping[str, Any]) -> bytes | None:
             xs.append(x + (index - (len(series) - 1) / 2) * width)
             medians.append(median)
             upper.append(max(p90 - median, 0.0) if p90 is not None else math.nan)
-        ax.bar(xs, medians, width * 0.95, color=_SERIES_COLORS[key], label=RUNTIME_LABELS[key])
+        bars = ax.bar(xs, medians, width * 0.95, color=_SERIES_COLORS[key], label=RUNTIME_LABELS[key])
+        ax.bar_label(bars, labels=[f"{m:.3g}" for m in medians], fontsize=7, padding=2)
         whiskers = [(x, m, u) for x, m, u in zip(xs, medians, upper) if not math.isnan(u)]
         if whiskers:
             wx, wm, wu = zip(*whiskers)
             ax.errorbar(wx, wm, yerr=[[0.0] * len(wu), list(wu)], fmt="none", ecolor="black", elinewidth=1, capsize=3)
     _task_axis(ax, rows)
-    ax.set_ylabel("ms (median, whisker to p90)")
+    ax.set_yscale("log")  # runtimes of one model differ by orders of magnitude; a linear axis hides the fast ones
+    ax.set_ylabel("ms (median, whisker to p90; log scale)")
     ax.set_title(_plain(_provenance_caption(rows, series)), fontsize=8)
     ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Latency per inference", fontsize=11)
