@@ -15,8 +15,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgemtl.errors import EdgemtlError
+from edgemtl.resources import TARGETS_DIR
 
-BUILTIN_TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+BUILTIN_TARGETS_DIR = TARGETS_DIR  # package data: an installed wheel has them too
 
 
 class ComputeUnit(BaseModel):

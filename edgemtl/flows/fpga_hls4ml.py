@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import torch
 
@@ -32,8 +31,9 @@ from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.passes.partition_experts import has_experts
 from edgemtl.passes.quantize_brevitas import QuantConfig, grid_align, output_lsb, quantize_task
+from edgemtl.resources import HW_DIR
 
-BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "zcu104"
+BOARD_KIT = HW_DIR / "zcu104"
 MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / ScatterElements) has no hls4ml or "
             "FINN layer: quantization and HLS need a custom expert-major kernel (e.g. Vitis HLS by hand); "
             "this bundle holds float ONNX per task and the roofline estimate")

@@ -41,8 +41,9 @@ from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
 from edgemtl.passes.quantize_int8 import Int8Config, build_int_graph, int8_predictor, quantize_int8
+from edgemtl.resources import HW_DIR
 
-BOARD_KIT = Path(__file__).resolve().parents[2] / "hw" / "gap9"
+BOARD_KIT = HW_DIR / "gap9"
 QEMU_PROVENANCE = "simulated (qemu-system-riscv32 rv32imac, one core, no SIMD; retired instructions, not cycles)"
 
 

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from edgemtl.resources import HW_DIR
+
 PROVENANCE = "emulated"
 """The provenance of any figure measured on this board (never "measured")."""
 
@@ -56,8 +58,8 @@ def board_dir_and_reason() -> tuple[Path | None, str]:
 
 
 def hw_dir() -> Path | None:
-    """This checkout's hw/arm64 (where ort_runner.py lives), when edgemtl runs from a source tree."""
-    path = _REPO / "hw" / "arm64"
+    """The arm64 board kit edgemtl ships (where ort_runner.py lives)."""
+    path = HW_DIR / "arm64"
     return path if path.is_dir() else None
 
 
