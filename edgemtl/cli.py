@@ -425,7 +425,8 @@ def targets(as_json: JsonOpt = False) -> None:
 
 @app.command(name="compile")
 def compile_command(
-    model: ModelPath,
+    model: Annotated[Optional[Path], typer.Argument(
+        help="edgemtl checkpoint (.pt), or a state_dict with --model-factory, or model.onnx with --spec")] = None,
     target: Annotated[str, typer.Option(help="target name (see `edgemtl targets`)")] = "host",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="bundle folder (default build/<model>-<target>)")] = None,
     tasks: Annotated[Optional[str], typer.Option(help="comma-separated task names (default: all)")] = None,
@@ -444,9 +445,12 @@ def compile_command(
     layer_bits: Annotated[list[str], typer.Option(
         help="quantized FPGA targets: LAYER=W,A bit widths of one layer (repeatable); LAYER may be first or last")] = [],
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
+    stop_after: Annotated[Optional[str], typer.Option(
+        help="run the flow up to this step and write that partial bundle (see --list-steps)")] = None,
+    list_steps: Annotated[bool, typer.Option("--list-steps", help="print the target's steps in order and exit")] = False,
 ) -> None:
     """(Optionally prune,) validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
-    from edgemtl.compile import compile_model
+    from edgemtl.compile import compile_model, compile_steps
     from edgemtl.flow import CompileOptions
     from edgemtl.targets import load_target
 
@@ -454,6 +458,13 @@ def compile_command(
     from edgemtl.passes.prune_pagcp import PAGCPConfig
 
     chosen = load_target(target)  # an unknown target fails before any work
+    if list_steps:
+        options = CompileOptions(prune=None if prune_flops is None else PAGCPConfig(flops_target=prune_flops))
+        for index, (name, step) in enumerate(compile_steps(chosen, options), 1):
+            out.print(f"{index:2d}  {name:<20s} {(step.__doc__ or '').strip().splitlines()[0] if step.__doc__ else ''}")
+        return
+    if model is None:
+        raise EdgemtlError("compile needs a MODEL (or --list-steps to see the target's steps)")
     if precision is not None and precision not in chosen.precisions:
         raise EdgemtlError(f"target {target} supports precisions {', '.join(chosen.precisions)}, not {precision!r}")
     experts = PartitionConfig(coverage=expert_coverage)
@@ -464,7 +475,8 @@ def compile_command(
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, resize=resize,
                              holdout=_parse_holdout(holdout), threads=threads, latency_runs=runs,
                              measure_latency=latency, prune=pagcp, experts=experts, precision=precision,
-                             qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits))
+                             qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits), stop_after=stop_after)
+    compile_steps(chosen, options)  # an unknown --stop-after fails before any work
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")

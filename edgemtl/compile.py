@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from rich.console import Console
 from edgemtl import __version__
 from edgemtl.bundle import MANIFEST, staged_bundle, write_json
 from edgemtl.data.sources import open_data
-from edgemtl.flow import CompileOptions, FlowContext, run_steps
+from edgemtl.errors import EdgemtlError
+from edgemtl.flow import CompileOptions, FlowContext, Step, run_steps
 from edgemtl.flows import flow_steps
 from edgemtl.model.checkpoint import LoadedModel
 from edgemtl.profile.timing import host_cpu_name
@@ -47,19 +49,37 @@ def _base_manifest(loaded: LoadedModel, target: Target, tasks: list[str]) -> dic
     }
 
 
+def compile_steps(target: Target, options: CompileOptions = CompileOptions()) -> list[Step]:
+    """The steps a compile for `target` runs with these options, in order (`edgemtl compile --list-steps`)."""
+    steps = flow_steps(target.flow)
+    if options.prune is not None:
+        from edgemtl.flows.passes import prune_step
+
+        steps = [("prune_pagcp", prune_step), *steps]
+    if options.stop_after is not None:
+        names = [name for name, _ in steps]
+        if options.stop_after not in names:
+            raise EdgemtlError(f"--stop-after {options.stop_after!r} is no step of the {target.name} flow; its steps: "
+                               f"{', '.join(names)}")
+        steps = steps[: names.index(options.stop_after) + 1]
+    return steps
+
+
 def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options: CompileOptions = CompileOptions(),
                   console: Console | None = None) -> Path:
     """Compile for `target_name` into `out_dir`; on any failure nothing is left at `out_dir`."""
     console = console or Console(stderr=True)
     target = load_target(target_name)
     tasks = [t.name for t in loaded.spec.select(options.tasks)]
-    steps = flow_steps(target.flow)
     if options.prune is not None:
-        from edgemtl.flows.passes import check_prune_request, prune_step
+        from edgemtl.flows.passes import check_prune_request
 
         check_prune_request(options, loaded.spec)  # bad settings fail before any work
-        steps = [("prune_pagcp", prune_step), *steps]
+    steps = compile_steps(target, options)
     manifest = _base_manifest(loaded, target, tasks)
+    if options.stop_after is not None:
+        manifest["stopped_after"] = {"step": options.stop_after, "steps_not_run": [
+            name for name, _ in compile_steps(target, replace(options, stop_after=None))[len(steps):]]}
     state: dict[str, Any] = {"tasks": tasks}
     reference = options.data or loaded.spec.data
     if reference is not None:  # bad data fails before any work, and every step reads the same source
@@ -70,7 +90,7 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
         run_steps(steps, context, console)
         write_json(staging / MANIFEST, manifest)
         write_report(manifest, staging)
-    for task, step, error in tasks_left_out(manifest):
+    for task, step, error in tasks_left_out(manifest) if options.stop_after is None else []:
         console.print(f"[yellow]warning:[/yellow] task {task!r} has no {step} artifact in this bundle: {error}")
     return out_dir.resolve()
 

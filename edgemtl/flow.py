@@ -44,6 +44,7 @@ class CompileOptions:
     precision: str | None = None          # quantized targets: e.g. w4a4, w8a8 (default: the target's first)
     qat_steps: int = 300                  # quantization-aware fine-tuning steps per task
     layer_bits: dict[str, tuple[int, int]] = field(default_factory=dict)  # per-layer (weight, act) bits; first / last allowed
+    stop_after: str | None = None  # the last step to run (FINN's stop_step): a partial bundle, said so in its manifest
     csim_samples: int = 4                 # samples run through the HLS C simulation per task
     c_samples: int = 32                   # MCU: real samples the generated C must match bit for bit on the host
     qemu_samples: int = 4                 # MCU: of those, run under qemu rv32 (about 1 s per sample per task)

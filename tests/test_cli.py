@@ -530,6 +530,8 @@ def test_help_version_and_usage_errors_are_one_style(capsys):
     assert_one_line_error(code, err, "No such option: --bogus")
     assert "edgemtl compile --help" in err and "╭" not in err
     code, _, err = run_cli(capsys, "compile")
+    assert_one_line_error(code, err, "compile needs a MODEL")
+    code, _, err = run_cli(capsys, "eval")
     assert_one_line_error(code, err, "Missing argument")
 
 
@@ -553,3 +555,21 @@ def test_targets_as_json_and_tables_print_whole_cells_when_piped(capsys):
     assert code == 0 and {"host", "gap9", "zcu104", "arm64"} <= set(listed) and listed["zcu104"]["flow"] == "fpga-hls4ml"
     code, out, _ = run_cli(capsys, "targets")
     assert code == 0 and "…" not in out and listed["gap9"]["description"] in out
+
+
+def test_list_steps_and_stop_after_a_step(capsys, tmp_path, checkpoints):
+    """FINN-style: the target's steps in order, and a bundle written after a named step that says where it stopped."""
+    code, out, _ = run_cli(capsys, "compile", "--target", "zcu104", "--list-steps")
+    names = [line.split()[1] for line in out.splitlines() if line.strip()]
+    assert code == 0 and names[:3] == ["load_data", "analyse", "partition_experts"] and "hls4ml_csim" in names
+    code, out, _ = run_cli(capsys, "compile", "--target", "host", "--list-steps", "--prune-flops", "0.5")
+    assert out.split()[1] == "prune_pagcp"
+    bundle = tmp_path / "partial"
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--stop-after", "verify_onnxruntime", "-o", bundle)
+    assert code == 0, err
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["steps"][-1]["name"] == "verify_onnxruntime" and manifest["stopped_after"]["step"] == "verify_onnxruntime"
+    assert "measure_latency" in manifest["stopped_after"]["steps_not_run"] and (bundle / "report.html").is_file()
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--stop-after", "synthesis", "-o", tmp_path / "x")
+    assert_one_line_error(code, err, "--stop-after 'synthesis' is no step of the host flow")
+    assert not (tmp_path / "x").exists()
