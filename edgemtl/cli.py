@@ -423,6 +423,30 @@ def targets(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+@app.command()
+def doctor(
+    target: Annotated[Optional[str], typer.Option(help="only this target's toolchains")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The optional toolchains each target can use here: present or missing, and the command that adds each."""
+    from edgemtl.doctor import diagnose
+    from edgemtl.targets import load_target
+
+    if target is not None:
+        load_target(target)  # an unknown target is one line
+    rows = diagnose(target)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="edgemtl doctor: optional toolchains on this machine")
+    for column in ("targets", "toolchain", "status", "serves", "to add it"):
+        table.add_column(column)
+    for row in rows:
+        status = "[green]present[/green]" if row["present"] else f"[red]missing[/red]: {row['why_missing']}"
+        table.add_row(", ".join(row["targets"]), str(row["toolchain"]), status, str(row["serves"]), str(row["add"] or ""))
+    out.print(table)
+
+
 @app.command(name="compile")
 def compile_command(
     model: Annotated[Optional[Path], typer.Argument(

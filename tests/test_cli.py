@@ -573,3 +573,20 @@ def test_list_steps_and_stop_after_a_step(capsys, tmp_path, checkpoints):
     code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--stop-after", "synthesis", "-o", tmp_path / "x")
     assert_one_line_error(code, err, "--stop-after 'synthesis' is no step of the host flow")
     assert not (tmp_path / "x").exists()
+
+
+def test_doctor_lists_each_targets_toolchains_with_the_command_that_adds_a_missing_one(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEMTL_FINN_VENV", str(tmp_path / "no-finn"))
+    import edgemtl.backends.finn as finn
+
+    monkeypatch.setattr(finn, "DEFAULT_FINN_VENV", tmp_path / "no-finn")
+    code, out, _ = run_cli(capsys, "doctor", "--target", "zcu104", "--json")
+    rows = {row["toolchain"]: row for row in json.loads(out)}
+    assert code == 0 and all("zcu104" in row["targets"] for row in rows.values())
+    finn_row = rows["FINN (finn-plus venv)"]
+    assert not finn_row["present"] and "no finn-plus venv" in finn_row["why_missing"] and finn_row["add"] == "make finn-venv"
+    assert rows["hls4ml, brevitas, qonnx"]["present"] and rows["hls4ml, brevitas, qonnx"]["add"] is None
+    code, out, _ = run_cli(capsys, "doctor", "--json")
+    assert {"gap9", "arm64", "zcu104"} <= {t for row in json.loads(out) for t in row["targets"]}
+    code, _, err = run_cli(capsys, "doctor", "--target", "zcu1")
+    assert_one_line_error(code, err, "unknown target 'zcu1'")
