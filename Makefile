@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Generated documentation (tests fail when it is stale)
 docs: setup
-	$(PY) -m edgemtl.analysis.operators > docs/operators.md
+	$(PY) -m edgemtl.flows.operators > docs/operators.md
 
 demo: setup
 	$(EDGEMTL) train --arch mtl-cnn --data scenes --steps $(DEMO_STEPS) -o $(DEMO)/mtl-cnn.pt

@@ -47,7 +47,7 @@ from edgemtl.model.checkpoint import load
 from edgemtl.model.contract import example_input, run_task
 from edgemtl.profile.local import ORT_FLOAT, ORT_INT8, TVM, TVM_TUNED, profile_bundle
 from edgemtl.profile.store import ResultsStore
-from edgemtl.profile.timing import measure
+from edgemtl.timing import measure
 
 from common import met, start_run, trained_checkpoint, write_results
 

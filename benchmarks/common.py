@@ -28,7 +28,7 @@ from edgemtl.bundle import write_json_atomically
 from edgemtl.data import data_spec, load_data
 from edgemtl.model.checkpoint import save
 from edgemtl.model.zoo import build_model, zoo_spec
-from edgemtl.profile.timing import host_cpu_name
+from edgemtl.timing import host_cpu_name
 from edgemtl.training import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]

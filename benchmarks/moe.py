@@ -42,7 +42,7 @@ from edgemtl.analysis.cost import path_cost
 from edgemtl.analysis.memory_plan import on_chip_bytes_of, precision_bytes
 from edgemtl.analysis.moe_cost import moe_macs
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import export_all_tasks, export_task
+from edgemtl.model.onnx_export import export_all_tasks, export_task
 from edgemtl.backends.switchable import export_switchable
 from edgemtl.data import data_spec, load_data
 from edgemtl.evaluate import evaluate, torch_predictor

@@ -34,7 +34,7 @@ from rich.table import Table
 
 from edgemtl.analysis.cost import model_cost
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import export_all_tasks
+from edgemtl.model.onnx_export import export_all_tasks
 from edgemtl.data import data_spec, load_data
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.model.checkpoint import load

@@ -256,7 +256,7 @@ def inspect(
     names = [t.name for t in loaded.spec.select(_split_tasks(tasks))]
     support = None
     if chosen is not None:
-        from edgemtl.analysis.op_support import target_note, task_support
+        from edgemtl.flows.op_support import target_note, task_support
 
         support = task_support(loaded.model, loaded.spec, chosen, names)
         if all(reason is not None for reason in support.values()):
@@ -322,7 +322,7 @@ def prune(
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
     """PAGCP: performance-aware global channel pruning guarding every task's loss."""
-    from edgemtl.backends.onnx_export import export_as_given
+    from edgemtl.backends.onnxruntime import export_as_given
     from edgemtl.data.sources import open_data
     from edgemtl.model.checkpoint import save
     from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
@@ -564,6 +564,7 @@ def profile(
 
         result = profile_bundle(bundle, device, runs=runs, timeout=timeout, retries=retries, store=results, tune=tune,
                                 tasks=selected, on_step=on_step, data=images)
+    _rewrite_report(bundle)  # the bundle's report shows what was just measured
     if as_json:
         out.print_json(json.dumps(result.to_dict(), default=str))
     else:
@@ -576,6 +577,13 @@ def profile(
         err.print(f"note: {note}")
     out.print(f"profile: {result.profile_path}")
     out.print(f"results store: {result.store}")
+
+
+def _rewrite_report(bundle: Path) -> None:
+    from edgemtl.bundle import MANIFEST
+    from edgemtl.report import write_report
+
+    write_report(json.loads((bundle / MANIFEST).read_text(encoding="utf-8")), bundle)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from edgemtl.errors import EdgemtlError
 from edgemtl.flow import CompileOptions, FlowContext, Step, run_steps
 from edgemtl.flows import flow_steps
 from edgemtl.model.checkpoint import LoadedModel
-from edgemtl.profile.timing import host_cpu_name
+from edgemtl.timing import host_cpu_name
 from edgemtl.report import write_report
 from edgemtl.targets import Target, load_target
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from edgemtl.backends.onnx_export import INPUT_NAME
+from edgemtl.model.onnx_export import INPUT_NAME
 from edgemtl.errors import EdgemtlError
 
 # Ops whose weights are quantized and whose outputs "the last layer" means: the ones that compute.

@@ -35,7 +35,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from edgemtl.backends.onnx_export import INPUT_NAME, OPSET
+from edgemtl.model.onnx_export import INPUT_NAME, OPSET
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.contract import example_input
 from edgemtl.model.spec import ModelSpec

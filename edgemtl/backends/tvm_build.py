@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgemtl.backends.onnx_export import INPUT_NAME
+from edgemtl.model.onnx_export import INPUT_NAME
 from edgemtl.errors import EdgemtlError
 
 INSTALL_TVM = "pip install edgemtl[tvm]"

@@ -30,7 +30,7 @@ import torch
 
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends import tvm_build
-from edgemtl.backends.onnx_export import export_task
+from edgemtl.model.onnx_export import export_task
 from edgemtl.backends.ort_quantize import OrtQuantConfig, QuantizeResult, quantize_qdq
 from edgemtl.data import TaskData
 from edgemtl.data.teacher import teach_missing

@@ -12,7 +12,7 @@ import torch
 
 from edgemtl.analysis.cost import model_cost
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import export_all_tasks, export_task
+from edgemtl.model.onnx_export import export_all_tasks, export_task
 from edgemtl.data import TaskData
 from edgemtl.errors import VerificationError
 from edgemtl.evaluate import evaluate, torch_predictor
@@ -20,7 +20,7 @@ from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import task_list, task_model, threads_of, verification_inputs
 from edgemtl.flows.experts import partition_step, switching_step
 from edgemtl.model.contract import run_task
-from edgemtl.profile.timing import measure
+from edgemtl.timing import measure
 
 ALL_TASKS = "all_tasks"
 

@@ -18,7 +18,7 @@ from edgemtl.analysis.expert_usage import ExpertUsage
 from edgemtl.analysis.memory_plan import MemoryPlan, on_chip_bytes_of, plan_moe_model, precision_bytes
 from edgemtl.analysis.moe_cost import moe_macs
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import INPUT_NAME
+from edgemtl.model.onnx_export import INPUT_NAME
 from edgemtl.backends.switchable import TASK_ID_NAME, export_switchable
 from edgemtl.errors import VerificationError
 from edgemtl.flow import FlowContext, Skipped

@@ -18,10 +18,10 @@ import shutil
 import torch
 
 from edgemtl.analysis.fpga_cost import estimate_model
-from edgemtl.analysis.op_support import task_support
+from edgemtl.flows.op_support import task_support
 from edgemtl.backends.finn import finn_estimates
 from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check
-from edgemtl.backends.onnx_export import export_task
+from edgemtl.model.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
 from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError

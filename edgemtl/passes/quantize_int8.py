@@ -36,7 +36,7 @@ from torch import nn
 
 # The float path comes from the project's own exporter (the one every other flow uses), so the integer graph
 # starts from exactly the graph the other targets compile; the pass lowers nothing itself.
-from edgemtl.backends.onnx_export import export_task
+from edgemtl.model.onnx_export import export_task
 from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import Predictor, evaluate

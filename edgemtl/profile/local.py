@@ -25,10 +25,10 @@ import numpy as np
 
 from edgemtl.bundle import file_slug, write_json_atomically
 from edgemtl.errors import EdgemtlError
-from edgemtl.profile.timing import sample_ms
+from edgemtl.timing import sample_ms
 from edgemtl.targets import load_target
 from edgemtl.profile.store import Measurement, ResultsStore, sha256_file
-from edgemtl.profile.timing import host_cpu_name
+from edgemtl.timing import host_cpu_name
 
 MANIFEST = "manifest.json"
 ORT_FLOAT, ORT_INT8, TVM, TVM_TUNED = "onnxruntime-float", "onnxruntime-int8", "tvm", "tvm-tuned"
@@ -473,9 +473,7 @@ def _write_profile(bundle: Bundle, result: ProfileResult) -> None:
 
 def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
     """Read-modify-write of manifest.json under a lock on the bundle folder itself (no lock file left behind),
-    replaced atomically; then the report is written again from it, so report.html / report.json show the profile."""
-    from edgemtl.report import write_report
-
+    replaced atomically (`edgemtl profile` then writes the report again from it)."""
     slug = device_slug(result.device_key)
     folder = os.open(bundle.path, os.O_RDONLY)
     try:
@@ -510,6 +508,5 @@ def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
                                               "median_ms": {r: v.measurement.median_ms for r, v in runtimes.items()
                                                             if v.measurement is not None}}
         write_json_atomically(bundle.path / MANIFEST, manifest)
-        write_report(manifest, bundle.path)
     finally:
         os.close(folder)  # releases the lock

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edgemtl.backends.onnx_export import INPUT_NAME
+from edgemtl.model.onnx_export import INPUT_NAME
 from edgemtl.backends.onnxruntime import make_session
 from edgemtl.backends.switchable import TASK_ID_NAME
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec
-from edgemtl.profile.timing import host_cpu_name
+from edgemtl.timing import host_cpu_name
 
 RSS_REPEATS = 3
 # glibc's default mmap threshold grows after the first large free, so later sessions' freed load-time

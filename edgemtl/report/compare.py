@@ -1053,7 +1053,7 @@ def _runs_text(latency: Mapping[str, Any]) -> str:
 
 def _cpu_name() -> str:
     try:
-        from edgemtl.profile.timing import host_cpu_name
+        from edgemtl.timing import host_cpu_name
 
         return host_cpu_name()
     except Exception:  # noqa: BLE001

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import export_task
+from edgemtl.model.onnx_export import export_task
 from edgemtl.backends.ort_quantize import OrtQuantConfig, SampleReader, last_compute_nodes, quantize_qdq
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError

@@ -8,7 +8,7 @@ import pytest
 
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends import tvm_build
-from edgemtl.backends.onnx_export import export_task
+from edgemtl.model.onnx_export import export_task
 from edgemtl.errors import EdgemtlError
 
 from conftest import tiny_model

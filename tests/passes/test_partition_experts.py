@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import export_task
+from edgemtl.model.onnx_export import export_task
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.passes.partition_experts import PartitionConfig, TaskExpertPath, partition_experts

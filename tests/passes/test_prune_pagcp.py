@@ -13,7 +13,7 @@ import edgemtl
 from conftest import tiny_model
 from custom_models import TwoHeadUNet
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import export_all_tasks
+from edgemtl.model.onnx_export import export_all_tasks
 from edgemtl.data import TaskData, load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec

@@ -157,7 +157,7 @@ def tiny_bundle(tmp_path_factory, tvm) -> Path:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    from edgemtl.backends.onnx_export import export_task
+    from edgemtl.model.onnx_export import export_task
 
     root = tmp_path_factory.mktemp("bundle") / "tiny-arm64"
     model, spec = tiny_model("mtl-cnn")

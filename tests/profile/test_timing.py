@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from edgemtl.flows import cpu_onnxruntime
 from edgemtl.profile import timing
-from edgemtl.profile.timing import Latency, measure
+from edgemtl.timing import Latency, measure
 from edgemtl.report.html import render_html
 
 

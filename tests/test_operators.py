@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgemtl.analysis.operators import INT8_OPS, int8_onnx_ops, render_markdown
+from edgemtl.flows.operators import INT8_OPS, int8_onnx_ops, render_markdown
 from edgemtl.backends.c.generate import SUPPORTED_OPS as C_OPS
 from edgemtl.backends.deeploy_onnx import UNMAPPED_OPS, unmapped_reason
 from edgemtl.model.intgraph import OPS, IntGraph, Node, TensorInfo
 from edgemtl.passes.quantize_int8 import SUPPORTED_OPS
 
-DOC = Path(__file__).parents[2] / "docs" / "operators.md"
+DOC = Path(__file__).parents[1] / "docs" / "operators.md"
 
 
 def test_every_converter_op_has_one_entry_and_every_integer_op_a_kernel() -> None:

@@ -15,13 +15,11 @@ import io
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from edgemtl.bundle import write_file_atomically
-from edgemtl.errors import EdgemtlError, VerificationError
+from edgemtl.errors import EdgemtlError
 from edgemtl.model.contract import AllTasks, TaskPath, example_input
 from edgemtl.model.spec import ModelSpec
 
@@ -57,28 +55,3 @@ def export_task(model: nn.Module, spec: ModelSpec, task: str, path: Path) -> Pat
 def export_all_tasks(model: nn.Module, spec: ModelSpec, tasks: list[str], path: Path) -> Path:
     """Every selected task in one graph, outputs in the given order."""
     return export_module(AllTasks(model, tasks), spec, tasks, path)
-
-
-def export_as_given(model: nn.Module, spec: ModelSpec, path: Path) -> dict[str, float]:
-    """The whole model as an ONNX file a user can take back (a pruned model that arrived as ONNX): every task
-    under the output name the spec reads it from (`onnx_output`), so the same spec file loads it; written
-    atomically after ONNX Runtime agreed with PyTorch. Returns the max |ONNX Runtime - PyTorch| per task."""
-    from edgemtl.backends import onnxruntime as ort_backend  # it imports this module
-
-    names = [t.onnx_output or t.name for t in spec.tasks]
-    errors: dict[str, float] = {}
-
-    def export_and_check(temporary: Path) -> None:
-        export_module(AllTasks(model, spec.task_names), spec, names, temporary)
-        x = example_input(spec, batch=2)
-        with torch.no_grad():
-            expected = model(x)
-        got = ort_backend.run(ort_backend.make_session(temporary, 1), x.numpy())
-        for task, name in zip(spec.task_names, names):
-            errors[task] = float(np.abs(got[name] - expected[task].numpy()).max())
-            if not errors[task] <= 1e-3 * max(1.0, float(expected[task].abs().max())):
-                raise VerificationError(f"the exported ONNX differs from the PyTorch model on task {task!r} by "
-                                   f"{errors[task]:.3g}")
-
-    write_file_atomically(path, export_and_check)
-    return errors

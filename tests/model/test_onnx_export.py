@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_model
 from custom_models import unet_two_heads
 from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.backends.onnx_export import export_all_tasks, export_task
+from edgemtl.model.onnx_export import export_all_tasks, export_task
 from edgemtl.model.contract import run_task
 from edgemtl.model.spec import ModelSpec
 
