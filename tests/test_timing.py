@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from edgemtl.flows import cpu_onnxruntime
-from edgemtl.profile import timing
+from edgemtl import timing
 from edgemtl.timing import Latency, measure
 from edgemtl.report.html import render_html
 
