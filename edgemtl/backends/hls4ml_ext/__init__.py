@@ -285,60 +285,25 @@ def register_qonnx_ops() -> None:
 
 
 def register(backend_name: str) -> None:
-    """Register WindowMaxPooling2D, its templates and its header with an hls4ml backend, and the qonnx ops (once per
-    process)."""
+    """Register WindowMaxPooling2D and TableActivation (layer, templates, headers, ONNX handler) with an hls4ml
+    backend, and the qonnx ops (once per process)."""
     if backend_name in _registered:
         return
     register_qonnx_ops()
     import hls4ml  # noqa: PLC0415
-    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate  # noqa: PLC0415
+    from hls4ml.converters.onnx_to_hls import layer_handlers, register_onnx_layer_handler  # noqa: PLC0415
     from hls4ml.model.attributes import Attribute  # noqa: PLC0415
     from hls4ml.model.layers import Layer, register_layer  # noqa: PLC0415
 
-    attributes = ("in_height", "in_width", "out_height", "out_width", "n_filt", "pool_height", "pool_width",
-                  "stride_height", "stride_width", "pad_top", "pad_left")
+    pool_attributes = ("in_height", "in_width", "out_height", "out_width", "n_filt", "pool_height", "pool_width",
+                       "stride_height", "stride_width", "pad_top", "pad_left")
 
     class WindowMaxPooling2D(Layer):
-        _expected_attributes = [Attribute(name) for name in attributes]
+        _expected_attributes = [Attribute(name) for name in pool_attributes]
 
         def initialize(self) -> None:
             shape = [self.attributes["out_height"], self.attributes["out_width"], self.attributes["n_filt"]]
             self.add_output_variable(shape, precision=self.get_input_variable().type.precision)  # max is exact
-
-    config = "struct config{index} : nnet::window_maxpool2d_config {{\n" + "".join(
-        f"    static const unsigned {name} = {{{name}}};\n" for name in attributes) + "}};\n"
-
-    class ConfigTemplate(LayerConfigTemplate):
-        def __init__(self) -> None:
-            super().__init__(WindowMaxPooling2D)
-            self.template = config
-
-        def format(self, node) -> str:  # noqa: ANN001
-            return self.template.format(**self._default_config_params(node))
-
-    class FunctionTemplate(FunctionCallTemplate):
-        def __init__(self) -> None:
-            super().__init__(WindowMaxPooling2D, include_header=[f"nnet_utils/{HEADERS[0].name}"])
-            self.template = "nnet::window_maxpool2d_cl<{input_t}, {output_t}, {config}>({input}, {output});"
-
-        def format(self, node) -> str:  # noqa: ANN001
-            return self.template.format(**self._default_function_params(node))
-
-    register_layer(LAYER, WindowMaxPooling2D)
-    backend = hls4ml.backends.get_backend(backend_name)
-    backend.register_template(ConfigTemplate)
-    backend.register_template(FunctionTemplate)
-    _register_table_layer(backend)
-    for header in HEADERS:
-        backend.register_source(header)
-    _registered.add(backend_name)
-
-
-def _register_table_layer(backend) -> None:  # noqa: ANN001
-    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate  # noqa: PLC0415
-    from hls4ml.converters.onnx_to_hls import layer_handlers, register_onnx_layer_handler  # noqa: PLC0415
-    from hls4ml.model.attributes import Attribute  # noqa: PLC0415
-    from hls4ml.model.layers import Layer, register_layer  # noqa: PLC0415
 
     class TableActivation(Layer):
         _expected_attributes = [Attribute("n_in"), Attribute("in_width"), Attribute("table_size")]
@@ -347,26 +312,44 @@ def _register_table_layer(backend) -> None:  # noqa: ANN001
             self.add_output_variable(self.get_input_variable().shape)
             self.add_weights_variable(name="table", var_name="t{index}", precision=self.get_output_variable().type.precision)
 
+    backend = hls4ml.backends.get_backend(backend_name)
+    register_layer(LAYER, WindowMaxPooling2D)
+    _register_templates(backend, WindowMaxPooling2D, "window_maxpool2d_config", pool_attributes,
+                        "nnet::window_maxpool2d_cl<{input_t}, {output_t}, {config}>({input}, {output});", HEADERS[0])
+    register_layer(TABLE_LAYER, TableActivation)
+    _register_templates(backend, TableActivation, "table_activation_config", ("n_in", "in_width", "table_size"),
+                        "nnet::table_activation<{input_t}, {output_t}, {config}>({input}, {table}, {output});", HEADERS[1],
+                        weights=("table",))
+    if TABLE_OP not in layer_handlers:
+        register_onnx_layer_handler(TABLE_OP, _parse_table)
+    for header in HEADERS:
+        backend.register_source(header)
+    _registered.add(backend_name)
+
+
+def _register_templates(backend, layer_class: type, base: str, attributes: tuple[str, ...], call: str, header: Path,
+                        weights: tuple[str, ...] = ()) -> None:  # noqa: ANN001
+    """The config struct (one `static const unsigned` per attribute, deriving from nnet::`base`) and the function
+    call (`call`, with each weight array by name) hls4ml writes for a layer of `layer_class`."""
+    from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate  # noqa: PLC0415
+
+    config = f"struct config{{index}} : nnet::{base} {{{{\n" + "".join(
+        f"    static const unsigned {name} = {{{name}}};\n" for name in attributes) + "}};\n"
+
     class ConfigTemplate(LayerConfigTemplate):
         def __init__(self) -> None:
-            super().__init__(TableActivation)
-            self.template = ("struct config{index} : nnet::table_activation_config {{\n"
-                             "    static const unsigned n_in = {n_in};\n    static const unsigned in_width = {in_width};\n"
-                             "    static const unsigned table_size = {table_size};\n}};\n")
+            super().__init__(layer_class)
 
         def format(self, node) -> str:  # noqa: ANN001
-            return self.template.format(**self._default_config_params(node))
+            return config.format(**self._default_config_params(node))
 
     class FunctionTemplate(FunctionCallTemplate):
         def __init__(self) -> None:
-            super().__init__(TableActivation, include_header=[f"nnet_utils/{HEADERS[1].name}"])
-            self.template = "nnet::table_activation<{input_t}, {output_t}, {config}>({input}, {table}, {output});"
+            super().__init__(layer_class, include_header=[f"nnet_utils/{header.name}"])
 
         def format(self, node) -> str:  # noqa: ANN001
-            return self.template.format(**{**self._default_function_params(node), "table": node.get_weights("table").name})
+            arrays = {name: node.get_weights(name).name for name in weights}
+            return call.format(**{**self._default_function_params(node), **arrays})
 
-    register_layer(TABLE_LAYER, TableActivation)
-    if TABLE_OP not in layer_handlers:
-        register_onnx_layer_handler(TABLE_OP, _parse_table)
     backend.register_template(ConfigTemplate)
     backend.register_template(FunctionTemplate)
