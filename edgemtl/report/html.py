@@ -69,7 +69,7 @@ _DASH = "—"
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;color:#1d1d1f;max-width:1200px;margin:2em auto;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:13px}th,td{padding:.3em .6em;border-bottom:1px solid #e5e5e5;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:13px;display:block;overflow-x:auto;max-width:100%}th,td{padding:.3em .6em;border-bottom:1px solid #e5e5e5;text-align:left;vertical-align:top}
 th{background:#f5f5f7}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.ref td{background:#fafafa;font-style:italic}
 dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.5em 0}dt{color:#666}dd{margin:0}

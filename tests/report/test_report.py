@@ -191,3 +191,11 @@ def test_the_artifact_table_lists_nested_builds_and_the_shipped_runtime() -> Non
     html = render_html(manifest)
     assert "tvm/aarch64" in html and "tasks/scene/tvm/aarch64.so" in html and "tvm/x86_64" in html
     assert "shipped runtime" in html and "onnxruntime-int8" in html and "int8 within 1% of float" in html
+
+
+def test_wide_tables_scroll_instead_of_overflowing_the_page(manifest: dict[str, Any]) -> None:
+    """A table wider than the page (many tasks, long runtime names) scrolls on its own, in every report page."""
+    from edgemtl.report.compare import _PAGE_CSS
+
+    for css in (render_html(manifest), _PAGE_CSS):
+        assert "table{border-collapse:collapse;font-size:13px;display:block;overflow-x:auto;max-width:100%}" in css

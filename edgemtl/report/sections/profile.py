@@ -32,8 +32,7 @@ def render(manifest: Mapping[str, Any]) -> str:
                                  fastest=profile.get("fastest_passed") == runtime))
         head = "".join(f"<th>{h}</th>" for h in ("Task", "Runtime", "Median", "p90 / median", "Runs", "Output check",
                                                    "Provenance", "Chosen"))
-        parts.append(f"<div class=\"wide\"><table><thead><tr>{head}</tr></thead><tbody>\n{''.join(rows)}\n"
-                     "</tbody></table></div>")
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>\n{''.join(rows)}\n</tbody></table>")
     return "\n".join(parts)
 
 
