@@ -1037,7 +1037,16 @@ def _compact(value: Any) -> str:
 
 
 def _plain_text(value: Any) -> str:
-    return "" if value is None else str(value)
+    """Text for the page: a provenance object ({kind, source, detail}) or any mapping as words, never a dict repr."""
+    if value is None:
+        return ""
+    if isinstance(value, Mapping):
+        lead = " ".join(str(value[key]) for key in ("kind", "source") if value.get(key))
+        rest = "; ".join(f"{key} {_plain_text(item)}" for key, item in value.items() if key not in ("kind", "source"))
+        return ", ".join(part for part in (lead, rest) if part)
+    if isinstance(value, (list, tuple)):
+        return "; ".join(_plain_text(item) for item in value)
+    return str(value)
 
 
 def _e(value: Any) -> str:

@@ -199,3 +199,12 @@ def test_wide_tables_scroll_instead_of_overflowing_the_page(manifest: dict[str, 
 
     for css in (render_html(manifest), _PAGE_CSS):
         assert "table{border-collapse:collapse;font-size:13px;display:block;overflow-x:auto;max-width:100%}" in css
+
+
+def test_a_provenance_object_reads_as_words_not_a_dict_repr() -> None:
+    """Tooltips and badges showed "{'kind': 'estimated', ...}" where a provenance came as an object."""
+    provenance = {"kind": "estimated", "source": "edgemtl roofline", "detail": "200 MHz, 8 lanes"}
+    html = render_html({"target": {"name": "zcu104", "flow": "fpga-hls4ml"},
+                        "tasks": {"scene": {"roofline": {"fps": 120.0, "provenance": provenance}}}})
+    assert "estimated edgemtl roofline, detail 200 MHz, 8 lanes" in html
+    assert "{&#x27;kind&#x27;" not in html and "{'kind'" not in html
