@@ -7,12 +7,15 @@ then discarded by `staged_bundle`).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 from edgemtl.data.sources import DEFAULT_HOLDOUT
 from edgemtl.errors import EdgemtlError
@@ -58,6 +61,9 @@ class FlowContext:
     bundle: Path                          # the staging folder; artifacts are written here
     manifest: dict[str, Any]
     state: dict[str, Any] = field(default_factory=dict)  # hand-over between steps (not written)
+    # a long step reports its progress here (done, total, what it is on): run_steps draws it as a bar with counts
+    # and time left; without a console it goes nowhere
+    progress: Callable[[int, int, str], None] = field(default=lambda done, total, what: None)  # noqa: ARG005
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,20 @@ class Skipped:
 Step = tuple[str, Callable[[FlowContext], "Skipped | None"]]
 
 
+@contextlib.contextmanager
+def _step_progress(console: Console, title: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A transient bar for one step: a spinner until the step reports progress, then counts and time left."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(title, total=None)
+
+        def report(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"{title}: {what}" if what else title)
+
+        yield report
+
+
 def run_steps(steps: list[Step], context: FlowContext, console: Console) -> None:
     """Run every step in order; record it (also when it fails) and re-raise the failure."""
     records = context.manifest.setdefault("steps", [])
@@ -79,13 +99,16 @@ def run_steps(steps: list[Step], context: FlowContext, console: Console) -> None
         record: dict[str, Any] = {"name": name, "seconds": 0.0, "status": "running"}
         records.append(record)
         try:
-            with console.status(f"[{index}/{len(steps)}] {name} ..."):
+            with _step_progress(console, f"[{index}/{len(steps)}] {name}") as progress:
+                context.progress = progress
                 outcome = step(context)
         except BaseException as exc:
             record.update(seconds=round(time.perf_counter() - start, 3), status="failed")
             if not isinstance(exc, EdgemtlError):  # bad input already says what failed, in one line
                 console.print(f"[red]x[/red] {name} failed after {record['seconds']:.1f} s")
             raise
+        finally:
+            context.progress = FlowContext.progress  # the silent default: progress outside a step goes nowhere
         record.update(seconds=round(time.perf_counter() - start, 3), status="ok")
         if isinstance(outcome, Skipped):
             record.update(status="skipped", reason=outcome.reason)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 from torch import nn
@@ -11,9 +13,21 @@ from edgemtl.data.sources import DataSource
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext
 
+T = TypeVar("T")
+
 
 def task_list(ctx: FlowContext) -> list[str]:
     return ctx.state["tasks"]
+
+
+def with_progress(ctx: FlowContext, items: Iterable[T], what: str) -> Iterator[T]:
+    """`items`, one by one, reported to the step's progress bar ("QAT depth", 2 of 5, time left); a pair is
+    labelled by its first element (a task name)."""
+    items = list(items)
+    for index, item in enumerate(items):
+        ctx.progress(index, len(items), f"{what} {item[0] if isinstance(item, tuple) else item}")
+        yield item
+    ctx.progress(len(items), len(items), what)
 
 
 def threads_of(ctx: FlowContext) -> int:

@@ -37,7 +37,7 @@ from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.evaluate import evaluate
 from edgemtl.flow import FlowContext, Skipped, Step
-from edgemtl.flows.common import data_source, task_list, task_model, threads_of, verification_inputs
+from edgemtl.flows.common import data_source, task_list, task_model, threads_of, verification_inputs, with_progress
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.model.contract import run_task
@@ -269,7 +269,7 @@ def tvm_step(ctx: FlowContext) -> None:
     missing = tvm_build.tvm_missing()
     input_shape = [1, *ctx.loaded.spec.input.shape]
     ctx.manifest["host"]["tvm"] = tvm_build.tvm_version()
-    for task in task_list(ctx):
+    for task in with_progress(ctx, task_list(ctx), "TVM build"):
         entry = ctx.manifest["tasks"][task]
         entry["artifacts"]["tvm"] = {}
         if missing:

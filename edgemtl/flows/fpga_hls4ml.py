@@ -26,7 +26,7 @@ from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qon
 from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import FlowContext, Skipped, Step
-from edgemtl.flows.common import data_source, task_list, task_model
+from edgemtl.flows.common import data_source, task_list, task_model, with_progress
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.passes.partition_experts import has_experts
@@ -85,7 +85,7 @@ def quantize_step(ctx: FlowContext) -> Skipped | None:
                          nearest_upsampling=True, host_resize=True, host_softmax=True)
     ctx.state["quantized"] = {}
     records = {}
-    for task in task_list(ctx):
+    for task in with_progress(ctx, task_list(ctx), "QAT"):
         if task in ctx.state.get("hls4ml_refused", {}):
             continue
         qmodel, record = quantize_task(ctx.loaded.model, spec, task, train_data, val_data, config)
@@ -127,7 +127,7 @@ def hls4ml_step(ctx: FlowContext) -> None:
     """hls4ml project per task, C-simulated against the quantized model; unmappable tasks recorded, not fatal."""
     clock_ns = 1000.0 / _fabric_clock_mhz(ctx)
     failed = []
-    for task, path in ctx.state.get("quantized", {}).items():
+    for task, path in with_progress(ctx, ctx.state.get("quantized", {}).items(), "hls4ml project + C simulation"):
         entry, qmodel = ctx.manifest["tasks"][task], path.fabric
         relative = f"tasks/{task}/hls4ml"
         try:
@@ -187,7 +187,7 @@ def _io_description(project, spec, task: str, output_shape: list[int], host_resi
 def estimates_step(ctx: FlowContext) -> None:
     """FINN's estimates (its own venv, when present) and edgemtl's roofline, per task, side by side."""
     precision = _precision(ctx)
-    for task in task_list(ctx):
+    for task in with_progress(ctx, task_list(ctx), "FINN and roofline"):
         entry = ctx.manifest["tasks"][task]
         entry["roofline"] = estimate_model(task_model(ctx, task), ctx.loaded.spec, ctx.target, task, precision)
         if "qonnx" in entry.get("artifacts", {}):

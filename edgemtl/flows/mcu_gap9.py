@@ -35,8 +35,8 @@ from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.data.teacher import teach_missing
 from edgemtl.evaluate import evaluate
 from edgemtl.errors import EdgemtlError, VerificationError
-from edgemtl.flow import FlowContext, Step
-from edgemtl.flows.common import data_source, task_list, task_model
+from edgemtl.flow import FlowContext, Skipped, Step
+from edgemtl.flows.common import data_source, task_list, task_model, with_progress
 from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
 from edgemtl.flows.experts import partition_step
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
@@ -65,7 +65,7 @@ def quantize_step(ctx: FlowContext) -> None:
     data, labelled = ctx.state["data"], set(ctx.state["labelled_tasks"])
     calibration = source.load("train", n=config.calibration_samples)
     graphs, errors = {}, {}
-    for task in task_list(ctx):
+    for task in with_progress(ctx, task_list(ctx), "int8 calibration"):
         entry = ctx.manifest["tasks"][task]
         try:
             if task in labelled:
@@ -300,7 +300,7 @@ def _c_samples(ctx: FlowContext) -> np.ndarray:
 def verify_host_step(ctx: FlowContext) -> None:
     """The host-compiled C against the reference executor, bit for bit; any difference fails the compile."""
     with tempfile.TemporaryDirectory(prefix="edgemtl-c-") as scratch:
-        for task, graph in _graphs(ctx).items():
+        for task, graph in with_progress(ctx, _graphs(ctx).items(), "gcc + run"):
             q_inputs, expected = ctx.state["c_vectors"][task]
             outputs = run_on_host(graph, q_inputs, Path(scratch) / task)
             _check_exact(task, "host gcc", outputs, expected)
@@ -309,15 +309,17 @@ def verify_host_step(ctx: FlowContext) -> None:
                                                         "against": "edgemtl's int8 reference executor"}
 
 
-def verify_qemu_step(ctx: FlowContext) -> None:
+def verify_qemu_step(ctx: FlowContext) -> Skipped | None:
     """The rv32imac build under qemu, bit for bit, with per-layer retired instructions (skipped, said why, without tools)."""
     missing = riscv_tools_missing()
+    if missing:
+        for task in _graphs(ctx):
+            ctx.manifest["tasks"][task]["c"]["qemu"] = {"skipped": missing}
+            _label_int8_metrics(ctx.manifest["tasks"][task])
+        return Skipped(missing)
     with tempfile.TemporaryDirectory(prefix="edgemtl-rv32-") as scratch:
-        for task, graph in _graphs(ctx).items():
+        for task, graph in with_progress(ctx, _graphs(ctx).items(), "qemu rv32"):
             entry = ctx.manifest["tasks"][task]["c"]
-            if missing:
-                entry["qemu"] = {"skipped": missing}
-                continue
             q_inputs, expected = ctx.state["c_vectors"][task]
             count = min(ctx.options.qemu_samples, len(q_inputs))
             run = run_on_qemu(graph, q_inputs[:count], Path(scratch) / task, timeout_s=600)
