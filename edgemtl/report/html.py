@@ -40,6 +40,8 @@ from edgemtl.report.sections import profile as profile_section
 
 SECTIONS = (profile_section,)  # report/sections/: each applies to some bundles and renders itself
 REPORT_HTML = "report.html"
+COUNTED = "static (counted from the traced graph)"
+LIVENESS = "estimated (liveness of the traced graph's tensors, not a measured allocation)"
 REPORT_JSON = "report.json"
 
 PLOTS: tuple[tuple[str, Callable[[Mapping[str, Any]], bytes | None]], ...] = (
@@ -269,14 +271,15 @@ def _tasks_section(manifest: Mapping[str, Any], notes: _ProvenanceNotes) -> str:
         cells = (
             f"<td>{_e(name)}</td>",
             f"<td>{_e(entry.get('kind') or _DASH)}</td>",
-            _number_cell(entry.get("params"), human_count),
-            _number_cell(entry.get("macs"), human_count),
+            _number_cell(entry.get("params"), human_count, COUNTED),
+            _number_cell(entry.get("macs"), human_count, COUNTED),
             _number_cell(_shared_fraction(entry), lambda v: f"{v:.0%}"),
-            _number_cell(entry.get("peak_activation_bytes"), human_bytes),
+            _number_cell(entry.get("peak_activation_bytes"), human_bytes, LIVENESS),
             _error_cell(entry),
             _latency_cell(entry.get("latency_ms"), notes),
             _latency_cell(entry.get("latency_ms_pytorch"), notes),
-            _number_cell(_speedup(entry), lambda v: f"{v:.2g}×" if v < 10 else f"{v:.0f}×"),
+            _number_cell(_speedup(entry), lambda v: f"{v:.2g}×" if v < 10 else f"{v:.0f}×",
+                         warning=_plain_text(entry.get("speedup_vs_pytorch_warning")) or None),
             f"<td>{_metrics(entry)}</td>",
         )
         row_class = ' class="ref"' if is_reference else ""
@@ -1021,9 +1024,14 @@ def _definitions(items: list[tuple[str, str | None]]) -> str:
     return f"<dl>{pairs}</dl>"
 
 
-def _number_cell(value: Any, fmt: Callable[[float], str]) -> str:
+def _number_cell(value: Any, fmt: Callable[[float], str], provenance: str | None = None, warning: str | None = None) -> str:
+    """A right-aligned number; with `provenance`, its badge (the full words in the tooltip); with `warning`, a mark."""
     parsed = number(value)
-    return f"<td class=\"n\">{_e(fmt(parsed)) if parsed is not None else _DASH}</td>"
+    if parsed is None:
+        return f"<td class=\"n\">{_DASH}</td>"
+    badge = _prov_badge(provenance, provenance) if provenance else ""
+    flag = f" <span class=\"fail\" title=\"{_e(warning)}\">⚠</span>" if warning else ""
+    return f"<td class=\"n\">{_e(fmt(parsed))}{badge}{flag}</td>"
 
 
 def _shape(shape: Any) -> str:

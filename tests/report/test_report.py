@@ -208,3 +208,13 @@ def test_a_provenance_object_reads_as_words_not_a_dict_repr() -> None:
                         "tasks": {"scene": {"roofline": {"fps": 120.0, "provenance": provenance}}}})
     assert "estimated edgemtl roofline, detail 200 MHz, 8 lanes" in html
     assert "{&#x27;kind&#x27;" not in html and "{'kind'" not in html
+
+
+def test_counts_and_memory_carry_their_provenance_and_a_flagged_speedup_is_marked(manifest: dict[str, Any]) -> None:
+    entry = next(iter(manifest["tasks"].values()))
+    entry.update(params=1000, macs=2_000_000, peak_activation_bytes=4096,
+                 speedup_vs_pytorch_warning="from a flagged timing: busy machine")
+    html = render_html(manifest)
+    assert 'prov-static" title="static (counted from the traced graph)"' in html
+    assert 'prov-estimated" title="estimated (liveness of the traced graph' in html
+    assert 'title="from a flagged timing: busy machine">⚠' in html
