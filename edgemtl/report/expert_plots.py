@@ -39,7 +39,7 @@ def expert_usage_heatmap(manifest: Mapping[str, Any]) -> bytes | None:
     vmax = top if top > 0 else 1.0
     cols = min(len(grids), _PANELS_PER_ROW)
     nrows = math.ceil(len(grids) / cols)
-    fig = Figure(figsize=(min(16.0, 1.6 + cols * (1.2 + 0.42 * experts)), 1.4 + nrows * (0.9 + 0.38 * layers)),
+    fig = Figure(figsize=(min(16.0, 1.6 + cols * (1.2 + 0.5 * experts)), 1.4 + nrows * (0.9 + 0.45 * layers)),
                  layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
@@ -49,7 +49,7 @@ def expert_usage_heatmap(manifest: Mapping[str, Any]) -> bytes | None:
     fig.colorbar(images[0], ax=list(axes[: len(grids)]), shrink=0.9, label="share of routing mass")
     samples = number(section.get("samples")) if section is not None else None
     caption = f" ({samples:.0f} images)" if samples is not None else ""
-    fig.suptitle(f"Expert usage per task{caption}", fontsize=11)
+    fig.suptitle(f"Expert usage per task{caption}: % of each layer's routing mass per expert, · = unused", fontsize=11)
     return _png(fig)
 
 
@@ -82,7 +82,8 @@ def _grid(entries: list[Any]) -> Grid | None:
 def _panel(ax: Axes, task: str, grid: Grid, experts: int, vmax: float) -> AxesImage:
     """One task's heat map, rows padded with NaN (blank) when layers have fewer experts than the widest.
 
-    Experts with no mass read "unused", not "0.00", since that is what per-task expert pruning keys on.
+    Cells read the share in percent (two digits fit a cell at print size); an expert with no mass reads "·", not
+    "0", since that is what per-task expert pruning keys on.
     """
     names, rows = grid
     matrix = [row + [math.nan] * (experts - len(row)) for row in rows]
@@ -90,7 +91,7 @@ def _panel(ax: Axes, task: str, grid: Grid, experts: int, vmax: float) -> AxesIm
     if len(rows) * experts <= _MAX_ANNOTATED_CELLS:
         for y, row in enumerate(rows):
             for x, value in enumerate(row):
-                ax.text(x, y, f"{value:.2f}" if value > 0 else "unused", ha="center", va="center", fontsize=6.5,
+                ax.text(x, y, f"{100 * value:.0f}" if value > 0 else "·", ha="center", va="center", fontsize=8,
                         color="white" if value > 0.6 * vmax else "black")
     ax.set_xticks(range(experts), [str(e) for e in range(experts)])
     ax.set_yticks(range(len(rows)), [_plain(textwrap.shorten(name, 22, placeholder="…")) for name in names])
