@@ -45,7 +45,8 @@ from edgemtl.compile import compile_model
 from edgemtl.flow import CompileOptions
 from edgemtl.model.checkpoint import load
 from edgemtl.model.contract import example_input, run_task
-from edgemtl.profile.local import ORT_FLOAT, ORT_INT8, TVM, TVM_TUNED, profile_bundle
+from edgemtl.profile.device import ORT_FLOAT, ORT_INT8, TVM, TVM_TUNED
+from edgemtl.profile.job import profile_bundle
 from edgemtl.profile.store import ResultsStore
 from edgemtl.timing import measure
 

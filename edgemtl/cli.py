@@ -547,7 +547,8 @@ def profile(
         raise EdgemtlError("profile needs a BUNDLE and --device local|rpc://HOST:PORT/KEY (or --history)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgemtl.profile.local import DataReference, profile_bundle, read_bundle
+    from edgemtl.profile.device import DataReference, read_bundle
+    from edgemtl.profile.job import profile_bundle
 
     selected = _split_tasks(tasks)
     images = None if data is None else DataReference(data, resize, _parse_holdout(holdout))

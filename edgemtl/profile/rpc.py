@@ -31,8 +31,8 @@ from typing import Any, Callable
 import numpy as np
 
 from edgemtl.errors import EdgemtlError
-from edgemtl.profile.local import (ORT_FLOAT, ORT_INT8, DeviceLost, SkipRuntime, TaskArtifacts, Timing, _first_line,
-                                   normalise_arch, time_vm, tvm_missing)
+from edgemtl.profile.device import (ORT_FLOAT, ORT_INT8, DeviceLost, SkipRuntime, TaskArtifacts, Timing, first_line,
+                                    normalise_arch, time_vm, tvm_missing)
 
 RUNNER = "edgemtl.ort."
 SESSION_LIFETIME_CALLS = 12  # a session (one task) lives at most this many `timeout`s on the server
@@ -134,7 +134,7 @@ class RpcDevice:
             finally:
                 tracker.close()
         except Exception as exc:  # noqa: BLE001 - only used inside an error message
-            return f"(tracker summary unavailable: {_first_line(exc)})"
+            return f"(tracker summary unavailable: {first_line(exc)})"
         totals: dict[str, int] = {}
         for server in summary.get("server_info", []):
             key = str(server.get("key", "")).split(":", 1)[-1]
@@ -158,7 +158,7 @@ class RpcDevice:
         except Exception as exc:  # noqa: BLE001
             if not _looks_dropped(exc):
                 raise EdgemtlError(f"tracker {self.address.host}:{self.address.port} could not give a {self.key} "
-                                   f"device: {_first_line(exc)}") from None
+                                   f"device: {first_line(exc)}") from None
             raise EdgemtlError(f"no free device with key {self.key!r} at tracker {self.address.host}:{self.address.port} "
                                f"within {self.timeout:g} s; {self.pool_summary()}") from None
         finally:
@@ -242,8 +242,8 @@ class RpcDevice:
                 raise
             except Exception as exc:  # noqa: BLE001 - dropped connections are retried, other failures skip
                 if not isinstance(exc, _Dropped) and self._alive(session):
-                    raise SkipRuntime(f"{runtime} failed on {self.key}: {_first_line(exc)}") from None
-                reason = _first_line(exc)
+                    raise SkipRuntime(f"{runtime} failed on {self.key}: {first_line(exc)}") from None
+                reason = first_line(exc)
             del session
             self.end_task()
             attempts += 1
@@ -295,7 +295,7 @@ class RpcDevice:
         except Exception as exc:  # noqa: BLE001
             if _looks_dropped(exc) or not self._alive(session):
                 raise
-            raise SkipRuntime(f"{self.key} cannot load {artifact.name}: {_first_line(exc)}") from None
+            raise SkipRuntime(f"{self.key} cannot load {artifact.name}: {first_line(exc)}") from None
         dev = self._call(session.cpu, "open the board's CPU")
         vm = self._call(lambda: relax.VirtualMachine(lib, dev), "start the Relax VM")
         tensor = self._call(lambda: tvm.runtime.tensor(x, dev), "copy the input to the board")

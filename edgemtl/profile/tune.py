@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgemtl.profile.local import ORT_FLOAT, Bundle, SkipRuntime, TaskArtifacts, tvm_missing
+from edgemtl.profile.device import ORT_FLOAT, Bundle, SkipRuntime, TaskArtifacts, tvm_missing
 from edgemtl.profile.store import sha256_file
 
 CROSS_CXX = {"aarch64": "aarch64-linux-gnu-g++"}
@@ -141,7 +141,7 @@ def _fuse(mod: Any, target: Any) -> Any:
 def _host_arch() -> str:
     import platform
 
-    from edgemtl.profile.local import normalise_arch
+    from edgemtl.profile.device import normalise_arch
 
     return normalise_arch(platform.machine())
 

@@ -22,7 +22,9 @@ import pytest
 from conftest import tiny_model
 from edgemtl.cli import main
 from edgemtl.errors import EdgemtlError
-from edgemtl.profile.local import LocalDevice, Timing, profile_bundle
+from edgemtl.profile.device import Timing
+from edgemtl.profile.job import profile_bundle
+from edgemtl.profile.local import LocalDevice
 from edgemtl.profile.store import ResultsStore
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TVM_NUM_THREADS": "1"}
