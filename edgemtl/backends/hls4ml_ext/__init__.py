@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 HEADERS = (Path(__file__).with_name("nnet_window_pool_stream.h"), Path(__file__).with_name("nnet_table_activation_stream.h"))
 LAYER = "WindowMaxPooling2D"
