@@ -79,7 +79,11 @@ Step = tuple[str, Callable[[FlowContext], "Skipped | None"]]
 
 @contextlib.contextmanager
 def _step_progress(console: Console, title: str) -> Iterator[Callable[[int, int, str], None]]:
-    """A transient bar for one step: a spinner until the step reports progress, then counts and time left."""
+    """A transient bar for one step: a spinner until the step reports progress, then counts and time left. Not on a
+    pipe or a log file: a live display there only leaves blank lines between the step lines."""
+    if not console.is_terminal:
+        yield FlowContext.progress
+        return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:

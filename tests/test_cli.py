@@ -83,6 +83,7 @@ def test_compile_writes_the_bundle(capsys, tmp_path, checkpoints, arch):
     code, out, err = run_cli(capsys, "compile", checkpoints[arch], "--target", "host", "-o", bundle, "--runs", "5",
                              "--threads", "1")
     assert code == 0, err
+    assert "\n\n" not in err.strip(), err  # piped: one line per step, no live progress display between them
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["target"]["name"] == "host" and manifest["model"]["arch"] == arch
     assert len(manifest["model"]["sha256"]) == 64
