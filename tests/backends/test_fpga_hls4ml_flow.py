@@ -13,7 +13,7 @@ import torch
 
 import edgemtl.flows.fpga_hls4ml as flow
 from edgemtl.errors import EdgemtlError
-from edgemtl.flow import CompileOptions
+from edgemtl.flow import CompileOptions, FlowContext
 from edgemtl.targets import load_target
 
 TARGET = load_target("zcu104")
@@ -25,7 +25,8 @@ AGREES = {"built": True, "ran": True, "exit_status": 0, "tb_samples": 2, "matche
 
 def fake_ctx(tmp_path: Path) -> SimpleNamespace:
     path = SimpleNamespace(fabric=lambda x: torch.zeros(len(x), 3), host_resize=None, host_softmax=None)
-    return SimpleNamespace(target=TARGET, options=CompileOptions(csim_samples=2), bundle=tmp_path,
+    return SimpleNamespace(progress=FlowContext.progress, target=TARGET, options=CompileOptions(csim_samples=2),
+                           bundle=tmp_path,
                            loaded=SimpleNamespace(spec=None), state={"quantized": {"scene": path}},
                            manifest={"tasks": {"scene": {"artifacts": {"qonnx": "tasks/scene/model.qonnx.onnx"}}}})
 
@@ -113,7 +114,8 @@ def real_ctx(scene_path, bundle: Path, samples: int) -> SimpleNamespace:
     qmodel, spec, val, qonnx = scene_path
     (bundle / "tasks/scene").mkdir(parents=True)
     (bundle / "tasks/scene/model.qonnx.onnx").write_bytes(qonnx.read_bytes())
-    return SimpleNamespace(target=TARGET, options=CompileOptions(csim_samples=samples), bundle=bundle,
+    return SimpleNamespace(progress=FlowContext.progress, target=TARGET,
+                           options=CompileOptions(csim_samples=samples), bundle=bundle,
                            loaded=SimpleNamespace(spec=spec), state={"quantized": {"scene": qmodel}, "data": val},
                            manifest={"tasks": {"scene": {"artifacts": {"qonnx": "tasks/scene/model.qonnx.onnx"}}}})
 
