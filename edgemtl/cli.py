@@ -500,7 +500,6 @@ def compile_command(
                              holdout=_parse_holdout(holdout), threads=threads, latency_runs=runs,
                              measure_latency=latency, prune=pagcp, experts=experts, precision=precision,
                              qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits), stop_after=stop_after)
-    compile_steps(chosen, options)  # an unknown --stop-after fails before any work
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")
