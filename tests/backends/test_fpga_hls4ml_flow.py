@@ -144,11 +144,11 @@ def test_a_corrupted_testbench_output_fails_the_real_compile(scene_path, tmp_pat
     """The g++ testbench really runs; its csim_results.log is then changed in one value before the flow reads it."""
     import shutil
 
-    import edgemtl.backends.hls4ml_backend as backend
+    import edgemtl.backends.hls4ml_csim as csim
 
     if shutil.which("g++") is None:
         pytest.skip("g++ not found on PATH")
-    compare = backend._compare_tb_log
+    compare = csim._compare_tb_log
 
     def corrupted(project, log, expected):
         lines = log.read_text().splitlines()
@@ -157,7 +157,7 @@ def test_a_corrupted_testbench_output_fails_the_real_compile(scene_path, tmp_pat
         log.write_text("\n".join([" ".join(values), *lines[1:]]) + "\n")
         return compare(project, log, expected)
 
-    monkeypatch.setattr(backend, "_compare_tb_log", corrupted)
+    monkeypatch.setattr(csim, "_compare_tb_log", corrupted)
     with pytest.raises(EdgemtlError) as err:
         flow.hls4ml_step(real_ctx(scene_path, tmp_path, samples=2))
     assert str(err.value) == ("task 'scene': the g++ testbench of tasks/scene/hls4ml disagrees with the hls4ml C "

@@ -20,7 +20,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from edgemtl.backends.hls4ml_backend import (  # noqa: E402
-    _float_biases, build_hls_project, build_testbench, csim_check, csim_provenance, hls_predict)
+    build_hls_project, build_testbench, csim_check, csim_provenance, hls_predict)
+from edgemtl.backends.hls4ml_graph import _float_biases  # noqa: E402
 from edgemtl.backends.hls4ml_ext import pooled_size  # noqa: E402
 from edgemtl.errors import EdgemtlError  # noqa: E402
 from edgemtl.passes.quantize_brevitas import FixedPointPReLU  # noqa: E402
@@ -180,9 +181,9 @@ def test_one_value_one_lsb_off_fails(two_heads):
 
 
 def test_testbench_needs_gxx(two_heads, monkeypatch):
-    import edgemtl.backends.hls4ml_backend as backend
+    import edgemtl.backends.hls4ml_csim as csim
 
-    monkeypatch.setattr(backend.shutil, "which", lambda name: None)
+    monkeypatch.setattr(csim.shutil, "which", lambda name: None)
     result = build_testbench(two_heads[0])
     assert result["built"] is False and "g++" in result["reason"]
 
@@ -476,7 +477,7 @@ def test_a_table_op_left_unquantized_is_refused_with_the_reason():
     """Only between two quantizers can the table be exact; otherwise hls4ml's own table would be off: one line."""
     from onnx import helper
 
-    from edgemtl.backends.hls4ml_backend import _known_failure
+    from edgemtl.backends.hls4ml_ops import _known_failure
 
     reason = _known_failure(helper.make_node("Sigmoid", ["x"], ["y"]))
     assert "1-2 LSB" in reason and "two power-of-two quantizers" in reason
