@@ -64,13 +64,15 @@ class TvmBuild:
 
 
 def tvm_missing() -> str | None:
-    """Why TVM cannot be used here (None when it can)."""
+    """Why TVM cannot be used here (None when it can): the check the flows, `edgemtl profile` and doctor share."""
     try:
         import tvm  # noqa: F401
         from tvm import relax  # noqa: F401
         from tvm.relax.frontend.onnx import from_onnx  # noqa: F401
     except ImportError as exc:
         return f"apache-tvm is not installed ({exc.name or exc}): {INSTALL_TVM}"
+    except Exception as exc:  # noqa: BLE001 - a broken install (its native library fails to load) is no TVM either
+        return f"apache-tvm does not load here ({type(exc).__name__}: {exc}): {INSTALL_TVM}"
     return None
 
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from edgemtl.backends.tvm_build import tvm_missing  # noqa: F401 - the profile runners import it from here
 from edgemtl.errors import EdgemtlError
 from edgemtl.targets import load_target
 from edgemtl.timing import sample_ms
@@ -234,15 +235,6 @@ def bundle_arch(manifest: dict[str, Any]) -> str | None:
     if isa.startswith(("armv8", "aarch64", "arm64")):
         return "aarch64"
     return "x86_64" if isa.startswith(("x86", "amd64")) else None
-
-
-def tvm_missing() -> str | None:
-    try:
-        import tvm  # noqa: F401
-        from tvm import relax  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means "no TVM here"
-        return f"apache-tvm is not installed here ({type(exc).__name__}); pip install 'edgemtl[tvm]'"
-    return None
 
 
 def first_line(exc: BaseException) -> str:
