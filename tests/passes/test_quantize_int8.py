@@ -19,7 +19,8 @@ from edgemtl.errors import EdgemtlError
 from edgemtl.model.intgraph import (INT32, IntGraph, Node, TensorInfo, check_int32, dequantize, quantize_input,
                                     requantize, run_reference, worst_case_accumulator)
 from edgemtl.model.spec import ModelSpec, TaskSpec, parse_model_spec
-from edgemtl.passes.quantize_int8 import (Int8Config, _fold_batchnorm, build_int_graph, choose_requant, choose_scale,
+from edgemtl.passes.int8.float_graph import fold_batchnorm
+from edgemtl.passes.quantize_int8 import (Int8Config, build_int_graph, choose_requant, choose_scale,
                                           quantize_int8)
 
 QUICK = Int8Config(calibration_samples=16, values_per_tensor=20_000)
@@ -354,7 +355,7 @@ def test_batchnorm_after_conv_is_folded():
         return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
     expected = run(model)
-    _fold_batchnorm(model)
+    fold_batchnorm(model)
     assert [n.op_type for n in model.graph.node] == ["Conv"]
     np.testing.assert_allclose(run(model), expected, rtol=1e-4, atol=1e-4)
 
