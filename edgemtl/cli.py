@@ -8,12 +8,14 @@ off its reference), 1 a bug (anything else keeps its traceback).
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgemtl.errors import EdgemtlError, VerificationError
@@ -444,6 +446,46 @@ def doctor(
     for row in rows:
         status = "[green]present[/green]" if row["present"] else f"[red]missing[/red]: {row['why_missing']}"
         table.add_row(", ".join(row["targets"]), str(row["toolchain"]), status, str(row["serves"]), str(row["add"] or ""))
+    out.print(table)
+
+
+toolchain_app = typer.Typer(no_args_is_help=True, help="Install the optional toolchains (apt packages, venvs, the "
+                            "emulated arm64 board); list them.")
+app.add_typer(toolchain_app, name="toolchain")
+
+
+@toolchain_app.command(name="install")
+def toolchain_install(
+    names: Annotated[list[str], typer.Argument(help="toolchains to install (`edgemtl toolchain list` names them)")],
+    print_only: Annotated[bool, typer.Option("--print", help="print the commands instead of running them")] = False,
+) -> None:
+    """Install toolchains by name; what is already installed is skipped. apt needs root or sudo."""
+    from edgemtl import toolchain
+
+    tools = toolchain.lookup(names)
+    if print_only:
+        for command in toolchain.plan(tools):
+            print(shlex.join(command))
+        return
+    for line in toolchain.install(tools):
+        err.print(line)
+
+
+@toolchain_app.command(name="list")
+def toolchain_list(as_json: JsonOpt = False) -> None:
+    """Every toolchain `edgemtl toolchain install` knows: present or missing, and what it adds."""
+    from edgemtl import toolchain
+
+    rows = toolchain.status()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="edgemtl toolchains")
+    for column in ("name", "status", "what", "to install it"):
+        table.add_column(column)
+    for row in rows:
+        status = "[green]present[/green]" if row["present"] else f"[red]missing[/red]: {row['why_missing']}"
+        table.add_row(str(row["name"]), status, escape(str(row["what"])), "" if row["present"] else str(row["install"]))
     out.print(table)
 
 

@@ -585,7 +585,7 @@ def test_doctor_lists_each_targets_toolchains_with_the_command_that_adds_a_missi
     rows = {row["toolchain"]: row for row in json.loads(out)}
     assert code == 0 and all("zcu104" in row["targets"] for row in rows.values())
     finn_row = rows["FINN (finn-plus venv)"]
-    assert not finn_row["present"] and "no finn-plus venv" in finn_row["why_missing"] and finn_row["add"] == "make finn-venv"
+    assert not finn_row["present"] and "no finn-plus venv" in finn_row["why_missing"] and finn_row["add"] == "edgemtl toolchain install finn"
     assert rows["hls4ml, brevitas, qonnx"]["present"] and rows["hls4ml, brevitas, qonnx"]["add"] is None
     code, out, _ = run_cli(capsys, "doctor", "--json")
     assert {"gap9", "arm64", "zcu104"} <= {t for row in json.loads(out) for t in row["targets"]}
