@@ -49,21 +49,21 @@ def _gap_sdk() -> str | None:
 
 ENTRIES: tuple[Entry, ...] = (
     Entry("hls4ml, brevitas, qonnx", ("zcu104",), "QAT, QONNX export, HLS projects and their C simulation", None,
-              "make setup (pyproject.toml pins them)", _hls4ml),
+          "make setup (pyproject.toml pins them)", _hls4ml),
     Entry("g++", ("zcu104", "arm64", "gap9"), "hls4ml C simulation and testbench, TVM host modules, C on the host",
-              "g++"),
+          "g++"),
     Entry("FINN (finn-plus venv)", ("zcu104",), "FINN's resource and fps estimates", "finn"),
     Entry("tclsh", ("zcu104",), "checks the Vivado block design script", "tcl"),
     Entry("Vitis HLS / Vivado", ("zcu104",), "synthesis, the bitstream (after edgemtl; see hw/zcu104/README.md)",
-              None, "AMD's Vitis 2024.2 installer (not packaged)", _vitis),
+          None, "AMD's Vitis 2024.2 installer (not packaged)", _vitis),
     Entry("RISC-V gcc, picolibc, qemu", ("gap9",), "the generated C under qemu rv32, bit for bit", "riscv"),
     Entry("Deeploy (deeploy-pulp venv)", ("gap9",), "Deeploy's tiled cluster code", "deeploy"),
     Entry("GAP9 SDK", ("gap9",), "GVSoC and board runs of the kit (after edgemtl; see hw/gap9/README.md)", None,
-              "GreenWaves' gap_sdk (not packaged), then `source sourceme.sh`", _gap_sdk),
+          "GreenWaves' gap_sdk (not packaged), then `source sourceme.sh`", _gap_sdk),
     Entry("Apache TVM", ("arm64",), "TVM builds, meta-schedule tuning, RPC profiling", "tvm"),
     Entry("aarch64 cross g++, qemu-user", ("arm64",), "TVM modules for the board", "aarch64"),
     Entry("emulated arm64 board", ("arm64",), "`profile` without a board (timings labelled emulated)",
-              "emulated-arm64"),
+          "emulated-arm64"),
 )
 
 

@@ -1,4 +1,5 @@
-"""`edgemtl toolchain`: install the optional toolchains, by name, the one way the Makefile, .ci/run and doctor name.
+"""`edgemtl toolchain`: the optional toolchains by name and how each is installed (the Makefile, .ci/run and
+`edgemtl doctor` go through it).
 
 Each toolchain is a plan of commands: Debian packages (one `apt-get update` and `apt-get install` for every name
 given), the venvs of the toolchains whose pins clash with the main environment (FINN, Deeploy: their own venvs,
@@ -29,7 +30,7 @@ APT_INSTALL = ("apt-get", "install", "-y", "-qq", "--no-install-recommends")
 STAMP = ".installed"  # in a venv: the hash of the plan that built it
 # torch is pinned to the CPU build in every venv (anything else pulls CUDA); the local wheel index serves 2.13.0.
 TORCH = "torch==2.13.0"
-FINN_PINS = ("torch==2.13.0", "setuptools==80.10.2", "psutil", "bitstring>=4.3.1,<4.4", "click>=8.1.8,<9",
+FINN_PINS = (TORCH, "setuptools==80.10.2", "psutil", "bitstring>=4.3.1,<4.4", "click>=8.1.8,<9",
              "cmake>=4.0.3,<4.1", "mashumaro[yaml]>=3.15,<4", "matplotlib>=3.10.9,<3.11", "mip==1.17.0",
              "numpy>=2.4.6,<2.5", "onnx==1.21.0", "onnx-ir>=0.1.15", "onnx-passes>=0.4.0", "onnxoptimizer>=0.4.2,<0.5",
              "onnxruntime==1.25.1", "onnxscript>=0.7.0", "pandas>=2.3.1,<2.4", "protobuf==5.29.6", "pybind11==3.0.1",
