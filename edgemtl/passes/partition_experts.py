@@ -27,6 +27,7 @@ from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.model.spec import ModelSpec
 from edgemtl.model.zoo.m3vit import MoELayer
+from edgemtl.passes.base import PassInput, PassResult
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class PartitionConfig:
     coverage: float = 1.0
     calibration_samples: int = 64
 
-    def check(self) -> None:
+    def check(self, spec: ModelSpec | None = None) -> None:  # noqa: ARG002 (nothing here depends on the model)
         if not 0.0 < self.coverage <= 1.0:
             raise EdgemtlError(f"expert coverage must lie in (0, 1], got {self.coverage:g} (1.0 keeps every expert a task uses)")
         if self.calibration_samples < 1:
@@ -132,10 +133,13 @@ class PartitionRecord:
     calibration: str
     held_out: str
     tasks: dict[str, TaskPartition] = field(default_factory=dict)
+    usage: ExpertUsage | None = None   # the routing profile the paths were cut from (the flow records it under "moe")
 
     def to_dict(self) -> dict[str, Any]:
         return {"coverage": self.coverage, "calibration": self.calibration, "held_out": self.held_out,
                 "tasks": {name: p.to_dict() for name, p in self.tasks.items()}}
+
+    to_manifest = to_dict
 
 
 def partition_experts(model: nn.Module, spec: ModelSpec, calibration: TaskData, held_out: TaskData | None,
@@ -177,6 +181,23 @@ def partition_experts(model: nn.Module, spec: ModelSpec, calibration: TaskData, 
         record.tasks[task] = entry
         paths[task] = path
     return paths, record, usage
+
+
+def run(inputs: PassInput, config: PartitionConfig) -> PassResult[TaskExpertPath]:
+    """Each task's expert path, calibrated on the train split and scored on the held-out one; skipped (said why)
+    for a model without experts or a compile without data."""
+    model, spec = inputs.model, inputs.spec
+    if not has_experts(model):
+        return PassResult.skip(inputs, f"the {spec.arch or 'given'} model has no task-conditioned mixture-of-experts "
+                                       "layer: nothing to partition")
+    check_partition_request(model, spec, inputs.tasks, config)
+    if inputs.source is None:
+        return PassResult.skip(inputs, "expert paths need calibration images: pass --data (see docs/own-model.md)")
+    calibration = inputs.source.load("train", n=config.calibration_samples)
+    paths, record, usage = partition_experts(model, spec, calibration, inputs.held_out, inputs.tasks, config,
+                                             cost=inputs.cost)
+    record.usage = usage
+    return PassResult(model, spec, record, paths)
 
 
 def _rerouted_share(usage: ExpertUsage, task: str, kept: list[list[int]]) -> float:

@@ -47,16 +47,20 @@ from edgemtl.data import TaskData
 from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate, torch_predictor
+from edgemtl.manifest import prov
+from edgemtl.model.checkpoint import save
 from edgemtl.model.contract import example_input
 from edgemtl.model.losses import supervised_loss
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
+from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.training import TrainConfig, train
 
 
 # A task without labels is judged by its NMSE to the unpruned model (losses.distillation_loss); its allowance starts
 # from at least 0.01, an SQNR of 20 dB, so the default budget of +50% lets one round go to ~18 dB before fine-tuning.
 DISTILLED_LOSS_FLOOR = 0.01
+PRUNED_CHECKPOINT = "model/pruned.pt"   # where `run` writes the pruned model in a bundle
 
 
 @dataclass(frozen=True)
@@ -105,11 +109,13 @@ class PAGCPConfig:
         return TrainConfig(steps=steps, batch_size=self.batch_size, lr=self.finetune_lr, warmup_steps=5, seed=seed,
                            distill_weight=self.distill_weight)
 
-    def check_tasks(self, spec: ModelSpec) -> None:
+    def check(self, spec: ModelSpec) -> None:
         unknown = sorted(set(self.max_drop) - set(spec.task_names))
         if unknown:
             raise EdgemtlError(
                 f"--max-drop names unknown task(s) {', '.join(unknown)}; this model has {', '.join(spec.task_names)}")
+
+    check_tasks = check  # the name `edgemtl prune` calls it by
 
 
 @dataclass
@@ -142,9 +148,17 @@ class PruneRecord:
     rounds: int
     seconds: float
     oracle_samples: int
+    data: str = ""                         # which splits fine-tuned and which judged (set by `run`)
+    artifacts: dict[str, str] = field(default_factory=dict)  # bundle-relative files `run` wrote
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The record without each removal's channel indices (the checkpoint's meta keeps them)."""
+        summary = {k: v for k, v in self.to_dict().items() if k != "decisions"}
+        return {**summary, "macs_provenance": prov("static", source="edgemtl analysis", detail="counted, batch 1"),
+                "layers": [{k: v for k, v in asdict(d).items() if k != "removed"} for d in self.decisions]}
 
 
 def threshold_schedule(budget: float, count: int, initial: float = 0.0) -> list[float]:
@@ -288,7 +302,7 @@ class Surgeon:
 def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_data: TaskData,
                 config: PAGCPConfig = PAGCPConfig(), show_progress: bool = True) -> tuple[nn.Module, ModelSpec, PruneRecord]:
     """Prune a copy of `model` to `config.flops_target` of its MACs; the input model is left untouched."""
-    config.check_tasks(spec)
+    config.check(spec)
     start_time = time.perf_counter()
     original = copy.deepcopy(model).eval()
     # tasks the data does not label are guarded by their distance to the unpruned model's outputs
@@ -338,6 +352,20 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
     )
     pruned_spec = spec.model_copy(update={"config": {**spec.config, "widths": widths_after}})
     return current, pruned_spec, record
+
+
+def run(inputs: PassInput, config: PAGCPConfig) -> PassResult[nn.Module]:
+    """The pass on a flow's model: fine-tuned on the train split, judged on val; the pruned checkpoint joins the
+    bundle (later steps compile the pruned model)."""
+    source = inputs.need_source("pruning")
+    name = source.reference
+    model, spec, record = prune_pagcp(inputs.model, inputs.spec, source.load("train"), source.load("val"), config,
+                                      show_progress=False)
+    record.data = f"{name}/train (fine-tuning), {name}/val (oracle, metrics)"
+    if inputs.bundle is not None:
+        record.artifacts = {"checkpoint": PRUNED_CHECKPOINT}
+        save(model, spec, inputs.bundle / PRUNED_CHECKPOINT, meta={"pagcp": record.to_dict()})
+    return PassResult(model, spec, record)
 
 
 def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budgets: dict[str, float],

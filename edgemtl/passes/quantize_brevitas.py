@@ -35,10 +35,12 @@ import torch
 from torch import nn
 
 from edgemtl.data import TaskData
+from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate
 from edgemtl.model.contract import TaskPath, example_input
 from edgemtl.model.spec import ModelSpec, TaskSpec
+from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.passes.brevitas_qat.config import PRECISIONS, QuantConfig
 from edgemtl.passes.brevitas_qat.graph import COMPUTE_LAYERS
 from edgemtl.passes.brevitas_qat.path import (PRELU_SLOPE_BITS, FixedPointPReLU, QuantTaskPath, grid_align,
@@ -46,8 +48,20 @@ from edgemtl.passes.brevitas_qat.path import (PRELU_SLOPE_BITS, FixedPointPReLU,
 from edgemtl.passes.brevitas_qat.quantizers import build_quant_graph, layer_bit_widths, layer_name, quantizer_scales
 from edgemtl.passes.brevitas_qat.training import calibrate, check_quantized_path_runs, qat, task_images
 
-__all__ = ["PRECISIONS", "PRELU_SLOPE_BITS", "FixedPointPReLU", "QuantConfig", "QuantRecord", "QuantTaskPath",
-           "grid_align", "layer_bit_widths", "output_lsb", "quantize_task", "quantizer_scales"]
+__all__ = ["PRECISIONS", "PRELU_SLOPE_BITS", "FixedPointPReLU", "QatRecord", "QuantConfig", "QuantRecord",
+           "QuantTaskPath", "grid_align", "layer_bit_widths", "output_lsb", "quantize_task", "quantizer_scales", "run"]
+
+# What the QAT graph changes against the float model, and where the PS takes over (quantization.<key> per task), by
+# the config flag that asks for it; PReLU slopes are always snapped.
+REWRITES: dict[str, str] = {
+    "host_resize": "a resize that ends a task path runs on the PS (ARM), bilinear as in the float model "
+                   "(tasks.<task>.quantization.host_resize; the PYNQ driver applies it); the PL outputs the map before it",
+    "nearest_upsampling": "every other bilinear resize -> nearest upsampling in the PL (hls4ml has no bilinear Resize); "
+                          "metric_quant includes both",
+    "host_softmax": "a softmax that ends a task path runs on the PS too (quantization.host_softmax): the PL outputs "
+                    "the logits",
+    "prelu": "PReLU slopes on a 2^-8 grid (quantization.fixed_point_prelus), so hls4ml's fixed-point PReLU is exact",
+}
 
 
 @dataclass
@@ -74,6 +88,40 @@ class QuantRecord:
         out = asdict(self)
         out["qat_seconds_per_step"] = self.qat_seconds / self.qat_steps if self.qat_steps else 0.0
         return out
+
+
+@dataclass
+class QatRecord:
+    """What quantizing every task path did: the settings, the data, and each task's own record."""
+
+    precision: str
+    qat_steps: int
+    rewrites: list[str]
+    data: str
+    tasks: dict[str, QuantRecord] = field(default_factory=dict)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The settings only: each task's record goes to its own manifest entry (tasks.<task>.quantization)."""
+        return {"precision": self.precision, "qat_steps": self.qat_steps, "rewrites": self.rewrites, "data": self.data}
+
+
+def rewrites(config: QuantConfig) -> list[str]:
+    """The graph rewrites `config` asks for, in words."""
+    return [text for flag, text in REWRITES.items() if flag == "prelu" or getattr(config, flag)]
+
+
+def run(inputs: PassInput, config: QuantConfig) -> PassResult[QuantTaskPath]:
+    """Every task path in `inputs.tasks`, calibrated and fine-tuned on the train split, scored on the held-out one;
+    a task the data does not label distils from the float model and is judged by its agreement with it."""
+    source = inputs.need_source("quantize_brevitas (calibration and QAT)")
+    train = teach_missing(source.load("train"), inputs.model, inputs.tasks)
+    val = teach_missing(inputs.need_held_out("quantize_brevitas"), inputs.model, inputs.tasks)
+    record = QatRecord(config.precision, config.qat_steps, rewrites(config),
+                       f"{source.reference}/train (calibration, QAT), {source.reference}/val (metrics)")
+    paths = {}
+    for task in inputs.each(inputs.tasks, "QAT"):
+        paths[task], record.tasks[task] = quantize_task(inputs.model, inputs.spec, task, train, val, config)
+    return PassResult(inputs.model, inputs.spec, record, paths)
 
 
 def _metric(predict_one: Callable[[torch.Tensor], torch.Tensor], task_spec: TaskSpec, data: TaskData) -> dict[str, float]:

@@ -33,19 +33,22 @@ import torch
 from torch import nn
 
 from edgemtl.data import TaskData
+from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import Predictor, evaluate
+from edgemtl.manifest import prov
 from edgemtl.model.contract import run_task
 from edgemtl.model.intgraph import IntGraph, check_int32, dequantize, quantize_input, run_reference
 from edgemtl.model.spec import ModelSpec
+from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.passes.int8.build import Builder, choose_requant, mul_bits
 from edgemtl.passes.int8.calibration import calibration_values, choose_scale, layer_sqnr
 from edgemtl.passes.int8.config import SCALE_METHODS, Int8Config
 from edgemtl.passes.int8.float_graph import float_graph
 from edgemtl.passes.int8.units import SUPPORTED_OPS, Converter
 
-__all__ = ["SCALE_METHODS", "SUPPORTED_OPS", "Int8Config", "Int8Record", "build_int_graph", "check_int8_ops",
-           "choose_requant", "choose_scale", "float_graph", "int8_predictor", "quantize_int8"]
+__all__ = ["SCALE_METHODS", "SUPPORTED_OPS", "Int8Config", "Int8PassRecord", "Int8Record", "build_int_graph",
+           "check_int8_ops", "choose_requant", "choose_scale", "float_graph", "int8_predictor", "quantize_int8", "run"]
 
 SQNR_SAMPLES = 16   # held-out images each layer's error against float is measured on
 
@@ -78,6 +81,56 @@ class Int8Record:
 
 
 # -- the pass ------------------------------------------------------------------------------------------------
+@dataclass
+class Int8PassRecord:
+    """What quantizing every task path did: the data and settings, and each task's manifest entry (`tasks`)."""
+
+    calibration: str
+    metrics: str
+    scale_method: str
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> {"ok": ...} as tasks.<task>.int8
+    failed: dict[str, str] = field(default_factory=dict)             # task -> the op the int8 backends lack
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"calibration": self.calibration, "metrics": self.metrics, "scales": self.scale_method,
+                "weights": "int8 per output channel", "activations": "int8 / uint8 after ReLU", "failed": self.failed}
+
+
+def run(inputs: PassInput, config: Int8Config) -> PassResult[IntGraph]:
+    """Every task path in `inputs.tasks` as an integer graph, calibrated on training images; float vs int8 metrics on
+    the held-out split (a task the data does not label: its agreement with the float model). A task with an op the
+    int8 backends lack is recorded and the others go on; if none can be quantized, the first reason is raised."""
+    source = inputs.need_source("quantize_int8 (int8 calibration)")
+    data, labelled, spec = inputs.need_held_out("quantize_int8"), set(inputs.labelled), inputs.spec
+    calibration = source.load("train", n=config.calibration_samples)
+    scored_on = f"{data.name}/{data.split}, {len(data)} samples"
+    record = Int8PassRecord(f"{data.name}/train, {len(calibration)} images", scored_on, config.scale_method)
+    graphs: dict[str, IntGraph] = {}
+    for task in inputs.each(inputs.tasks, "int8 calibration"):
+        model = inputs.task_model(task)
+        try:
+            if task in labelled:
+                graph, task_record = quantize_int8(model, spec, task, calibration, data, config)
+                record.tasks[task] = {"ok": True, **task_record.to_dict(), "metrics_data": scored_on}
+            else:  # no labels for this task in the data: quantized, and judged by its agreement with the float model
+                graph = build_int_graph(model, spec, task, calibration, config)
+                taught = teach_missing(data, model, [task])
+                record.tasks[task] = {
+                    "ok": True, "metrics": f"no labels for task {task!r} in {data.name}",
+                    "agreement_with_float": evaluate(int8_predictor(graph), [spec.task(task)], taught)[task],
+                    "agreement_provenance": prov("evaluated", source="edgemtl int8 reference executor",
+                                                 detail="vs PyTorch float, host"),
+                    "metrics_data": scored_on}
+        except EdgemtlError as exc:  # an op the int8 backends lack: this task stops here, the others go on
+            record.tasks[task] = {"ok": False, "error": str(exc)}
+            record.failed[task] = str(exc)
+            continue
+        graphs[task] = graph
+    if not graphs:
+        raise EdgemtlError(f"no task could be quantized to int8; first: {next(iter(record.failed.values()))}")
+    return PassResult(inputs.model, spec, record, graphs)
+
+
 def int8_predictor(graph: IntGraph) -> Predictor:
     """Normalised images -> the integer graph's dequantized output, as `evaluate` wants it."""
 
