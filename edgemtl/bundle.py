@@ -21,6 +21,24 @@ from edgemtl.errors import EdgemtlError
 MANIFEST = "manifest.json"
 
 
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """The manifest of the bundle folder `bundle`, or a one-line EdgemtlError saying why it is not one: the one reader
+    `edgemtl report` and `edgemtl profile` share."""
+    bundle = Path(bundle)
+    manifest_path = bundle / MANIFEST
+    if not bundle.is_dir() or not manifest_path.is_file():
+        raise EdgemtlError(f"{bundle} is not an edgemtl bundle (no {MANIFEST}); pass a folder written by "
+                           "`edgemtl compile`")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgemtlError(f"{manifest_path} cannot be read as JSON: {exc}") from None
+    tasks = manifest.get("tasks") if isinstance(manifest, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise EdgemtlError(f"{manifest_path} lists no tasks; is {bundle} an edgemtl bundle?")
+    return manifest
+
+
 def check_destination(dest: Path) -> None:
     """Refuse to replace a file, or a non-empty folder that is not an edgemtl bundle."""
     if dest.exists() and not dest.is_dir():

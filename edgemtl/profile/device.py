@@ -4,7 +4,6 @@ job (job.py) drives them."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -12,11 +11,11 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edgemtl.backends.tvm_build import tvm_missing  # noqa: F401 - the profile runners import it from here
+from edgemtl.bundle import MANIFEST, read_manifest  # noqa: F401 - job.py reads MANIFEST from here
 from edgemtl.errors import EdgemtlError
 from edgemtl.targets import load_target
 from edgemtl.timing import sample_ms
 
-MANIFEST = "manifest.json"
 ORT_FLOAT, ORT_INT8, TVM, TVM_TUNED = "onnxruntime-float", "onnxruntime-int8", "tvm", "tvm-tuned"
 RUNTIMES = (ORT_FLOAT, ORT_INT8, TVM)
 WARMUP = 5
@@ -124,19 +123,11 @@ class Bundle:
 
 
 def read_bundle(path: Path) -> Bundle:
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not path.is_dir() or not manifest_path.is_file():
-        raise EdgemtlError(f"{path} is not an edgemtl bundle (no {MANIFEST}); pass the folder `edgemtl compile` wrote")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EdgemtlError(f"{manifest_path} cannot be read as JSON: {exc}") from None
-    tasks = manifest.get("tasks") if isinstance(manifest, dict) else None
-    if not isinstance(tasks, dict) or not tasks:
-        raise EdgemtlError(f"{manifest_path} lists no tasks; is {path} an edgemtl bundle?")
-    resolved = path.resolve()
-    return Bundle(resolved, manifest, {name: TaskArtifacts(name, entry or {}, resolved) for name, entry in tasks.items()})
+    """The bundle at `path` (edgemtl.bundle.read_manifest's one-line error when it is not one) with its tasks."""
+    manifest = read_manifest(path)
+    resolved = Path(path).resolve()
+    return Bundle(resolved, manifest, {name: TaskArtifacts(name, entry or {}, resolved)
+                                       for name, entry in manifest["tasks"].items()})
 
 
 # --------------------------------------------------------------------------------------------- output check

@@ -39,13 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from edgemtl.bundle import MANIFEST, read_manifest
 from edgemtl.errors import EdgemtlError
 from edgemtl.report.html import _CSS, _jsonable, human_bytes, human_count, human_ms
 from edgemtl.report.plots import number, task_entries
 from edgemtl.report.plots import pick as _pick
 from edgemtl.report.plots import section as _section
 
-MANIFEST = "manifest.json"
 COMPARISON_HTML = "comparison.html"
 COMPARISON_JSON = "comparison.json"
 SCHEMA = 1
@@ -76,21 +76,6 @@ TOP_LAYERS = 10
 
 
 # ------------------------------------------------------------------------------------------------ reading
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The bundle's manifest, or an EdgemtlError naming why `path` is not a bundle."""
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not path.is_dir() or not manifest_path.is_file():
-        raise EdgemtlError(f"{path} is not an edgemtl bundle (no {MANIFEST}); pass folders written by `edgemtl compile`")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgemtlError(f"{manifest_path} cannot be read as JSON: {exc}") from None
-    if not isinstance(manifest, dict) or not task_entries(manifest):
-        raise EdgemtlError(f"{manifest_path} lists no tasks; is {path} an edgemtl bundle?")
-    return manifest
-
 
 def prov(kind: str, device: Any = None, detail: Any = None, source: Any = None, **extra: Any) -> dict[str, Any]:
     """A provenance object: kind (see KINDS), device, detail and source, skipping what is unknown."""
