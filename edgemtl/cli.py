@@ -520,12 +520,14 @@ def compile_command(
     from edgemtl.flow import CompileOptions
     from edgemtl.targets import load_target
 
+    from edgemtl.passes.base import PassRequest
     from edgemtl.passes.partition_experts import PartitionConfig
     from edgemtl.passes.prune_pagcp import PAGCPConfig
 
     chosen = load_target(target)  # an unknown target fails before any work
     if list_steps:
-        options = CompileOptions(prune=None if prune_flops is None else PAGCPConfig(flops_target=prune_flops))
+        options = CompileOptions(passes=() if prune_flops is None else (
+            PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops)),))
         for index, (name, step) in enumerate(compile_steps(chosen, options), 1):
             out.print(f"{index:2d}  {name:<20s} {(step.__doc__ or '').strip().splitlines()[0] if step.__doc__ else ''}")
         return
@@ -535,12 +537,13 @@ def compile_command(
         raise EdgemtlError(f"target {target} supports precisions {', '.join(chosen.precisions)}, not {precision!r}")
     experts = PartitionConfig(coverage=expert_coverage)
     experts.check()
-    pagcp = None if prune_flops is None else PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))
+    passes = () if prune_flops is None else (
+        PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))),)
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, resize=resize,
                              holdout=_parse_holdout(holdout), threads=threads, latency_runs=runs,
-                             measure_latency=latency, prune=pagcp, experts=experts, precision=precision,
+                             measure_latency=latency, passes=passes, experts=experts, precision=precision,
                              qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits), stop_after=stop_after)
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")

@@ -18,9 +18,11 @@ from edgemtl import __version__
 from edgemtl.bundle import MANIFEST, staged_bundle, write_json
 from edgemtl.data.sources import open_data
 from edgemtl.errors import EdgemtlError
-from edgemtl.flow import CompileOptions, FlowContext, Step, run_steps
+from edgemtl.flow import CompileOptions, FlowContext, FlowState, Step, run_steps
 from edgemtl.flows import flow_steps
+from edgemtl.flows.passes import requested_steps
 from edgemtl.model.checkpoint import LoadedModel
+from edgemtl.passes.registry import check_request
 from edgemtl.timing import host_cpu_name
 from edgemtl.report import write_report
 from edgemtl.targets import Target, load_target
@@ -51,11 +53,7 @@ def _base_manifest(loaded: LoadedModel, target: Target, tasks: list[str]) -> dic
 
 def compile_steps(target: Target, options: CompileOptions = CompileOptions()) -> list[Step]:
     """The steps a compile for `target` runs with these options, in order (`edgemtl compile --list-steps`)."""
-    steps = flow_steps(target.flow)
-    if options.prune is not None:
-        from edgemtl.flows.passes import prune_step
-
-        steps = [("prune_pagcp", prune_step), *steps]
+    steps = [*requested_steps(options), *flow_steps(target.flow)]
     if options.stop_after is not None:
         names = [name for name, _ in steps]
         if options.stop_after not in names:
@@ -71,20 +69,18 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
     console = console or Console(stderr=True)
     target = load_target(target_name)
     tasks = [t.name for t in loaded.spec.select(options.tasks)]
-    if options.prune is not None:
-        from edgemtl.flows.passes import check_prune_request
-
-        check_prune_request(options, loaded.spec)  # bad settings fail before any work
+    reference = options.data or loaded.spec.data
+    for request in options.passes:  # bad settings fail before any work
+        check_request(request, loaded.spec, has_data=reference is not None)
     steps = compile_steps(target, options)
     manifest = _base_manifest(loaded, target, tasks)
     if options.stop_after is not None:
         manifest["stopped_after"] = {"step": options.stop_after, "steps_not_run": [
             name for name, _ in compile_steps(target, replace(options, stop_after=None))[len(steps):]]}
-    state: dict[str, Any] = {"tasks": tasks}
-    reference = options.data or loaded.spec.data
+    state = FlowState(tasks=tasks)
     if reference is not None:  # bad data fails before any work, and every step reads the same source
-        state["source"] = open_data(reference, loaded.spec, resize=options.resize, holdout=options.holdout)
-        manifest["data"] = state["source"].describe()
+        state.source = open_data(reference, loaded.spec, resize=options.resize, holdout=options.holdout)
+        manifest["data"] = state.source.describe()
     with staged_bundle(out_dir) as staging:
         context = FlowContext(loaded, target, options, staging, manifest, state=state)
         run_steps(steps, context, console)

@@ -17,14 +17,21 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from edgemtl.data.sources import DEFAULT_HOLDOUT
+import numpy as np
+from torch import nn
+
+from edgemtl.analysis.cost import ModelCost
+from edgemtl.data import TaskData
+from edgemtl.data.sources import DEFAULT_HOLDOUT, DataSource
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.checkpoint import LoadedModel
+from edgemtl.model.intgraph import IntGraph
+from edgemtl.passes.base import PassRequest, silent
 from edgemtl.targets import Target
 
 if TYPE_CHECKING:
     from edgemtl.passes.partition_experts import PartitionConfig
-    from edgemtl.passes.prune_pagcp import PAGCPConfig
+    from edgemtl.passes.quantize_brevitas import QuantTaskPath
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,7 @@ class CompileOptions:
     latency_max_seconds: float = 10.0     # per measurement
     threads: int = 0                      # 0 = all cores of this machine
     measure_latency: bool = True
-    prune: "PAGCPConfig | None" = None    # run PAGCP first (edgemtl.passes.prune_pagcp.PAGCPConfig)
+    passes: tuple[PassRequest, ...] = ()  # passes run before the flow, in order (--prune-flops: prune_pagcp)
     experts: "PartitionConfig | None" = None  # expert-path policy for MoE models (default: coverage 1.0)
     precision: str | None = None          # quantized targets: e.g. w4a4, w8a8 (default: the target's first)
     qat_steps: int = 300                  # quantization-aware fine-tuning steps per task
@@ -54,16 +61,35 @@ class CompileOptions:
 
 
 @dataclass
+class FlowState:
+    """What steps hand each other (never written to the manifest), each field with the step that fills it; a step
+    reading a field an earlier step did not fill finds its empty default."""
+
+    tasks: list[str] = field(default_factory=list)          # compile_model: the tasks asked for
+    source: DataSource | None = None                         # compile_model: the --data source (None: no data)
+    data: TaskData | None = None                             # load_data: the held-out split
+    labelled_tasks: list[str] = field(default_factory=list)  # load_data: tasks `data` labels that have a metric
+    cost: ModelCost | None = None                            # analyse
+    task_models: dict[str, nn.Module] = field(default_factory=dict)  # partition_experts: a task's expert path
+    hls4ml_refused: dict[str, str] = field(default_factory=dict)     # hls4ml_op_check: task -> the op hls4ml lacks
+    quantized: dict[str, QuantTaskPath] = field(default_factory=dict)  # quantize_brevitas: each task's QAT path
+    int_graphs: dict[str, IntGraph] = field(default_factory=dict)    # quantize_int8: each task's integer graph
+    # c_codegen (gap9): each task's quantized inputs and the reference executor's outputs the C must match exactly
+    c_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    calibration: dict[int, np.ndarray] = field(default_factory=dict)  # quantize_int8_qdq (arm64): images by count
+
+
+@dataclass
 class FlowContext:
     loaded: LoadedModel
     target: Target
     options: CompileOptions
     bundle: Path                          # the staging folder; artifacts are written here
     manifest: dict[str, Any]
-    state: dict[str, Any] = field(default_factory=dict)  # hand-over between steps (not written)
+    state: FlowState = field(default_factory=FlowState)  # hand-over between steps (not written)
     # a long step reports its progress here (done, total, what it is on): run_steps draws it as a bar with counts
     # and time left; without a console it goes nowhere
-    progress: Callable[[int, int, str], None] = field(default=lambda done, total, what: None)  # noqa: ARG005
+    progress: Callable[[int, int, str], None] = silent
 
 
 @dataclass(frozen=True)

@@ -226,12 +226,13 @@ def test_prune_cli_writes_a_pruned_checkpoint(capsys, tmp_path, checkpoints):
 def test_compile_runs_the_pruning_pass_first(tmp_path, checkpoints):
     from edgemtl.compile import compile_model
     from edgemtl.flow import CompileOptions
+    from edgemtl.passes.base import PassRequest
     from edgemtl.passes.prune_pagcp import PAGCPConfig
 
     quick = PAGCPConfig(flops_target=0.9, default_max_drop=5.0, finetune_steps=1, final_finetune_steps=0,
                         oracle_samples=8, max_rounds=2)
     bundle = compile_model(edgemtl.load(checkpoints["mtl-cnn"]), "host", tmp_path / "bundle",
-                           CompileOptions(prune=quick, measure_latency=False))
+                           CompileOptions(passes=(PassRequest("prune_pagcp", quick),), measure_latency=False))
     manifest = json.loads((bundle / "manifest.json").read_text())
     record = manifest["passes"]["prune_pagcp"]
     assert manifest["steps"][0]["name"] == "prune_pagcp" and record["seconds"] > 0

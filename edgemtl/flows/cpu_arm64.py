@@ -37,8 +37,8 @@ from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.evaluate import evaluate
 from edgemtl.flow import FlowContext, Skipped, Step
-from edgemtl.flows.common import data_source, task_list, task_model, threads_of, verification_inputs, with_progress
-from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
+from edgemtl.flows.common import (analyse, data_source, load_verification_data, task_list, task_model, threads_of,
+                                  verification_inputs, with_progress)
 from edgemtl.flows.experts import partition_step
 from edgemtl.model.contract import run_task
 from edgemtl.profile.reference import REFERENCE_SAMPLES
@@ -85,7 +85,7 @@ def export_onnx(ctx: FlowContext) -> None:
 # -- int8 ------------------------------------------------------------------------------------------------
 def _calibration(ctx: FlowContext, samples: int) -> np.ndarray:
     """Normalised training images (never the held-out split the metrics use), generated once per size."""
-    cache = ctx.state.setdefault("calibration", {})
+    cache = ctx.state.calibration
     if samples not in cache:
         train = data_source(ctx, "int8 calibration").load("train", n=samples)
         cache[samples] = train.normalise(train.images[:samples])
@@ -100,7 +100,7 @@ def _metrics(path: Path, task: str, ctx: FlowContext, data: TaskData | None = No
     def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in ort_backend.run(session, images.numpy()).items()}
 
-    return evaluate(predict, [ctx.loaded.spec.task(task)], data or ctx.state["data"])[task]
+    return evaluate(predict, [ctx.loaded.spec.task(task)], data or ctx.state.data)[task]
 
 
 def _loss(before: float, after: float, higher_is_better: bool) -> tuple[float, float]:
@@ -116,14 +116,14 @@ def quantize_step(ctx: FlowContext) -> Skipped | None:
     labels: until its SQNR against the float model reaches INT8_MIN_SQNR_DB), or keeps the best attempt; every
     attempt is recorded. Without a data set int8 is skipped (said why).
     """
-    data: TaskData | None = ctx.state.get("data")
+    data: TaskData | None = ctx.state.data
     if data is None:
         reason = "skipped: int8 calibration needs real images: pass --data (see docs/own-model.md)"
         for task in task_list(ctx):
             ctx.manifest["tasks"][task]["int8"] = {"ok": False, "error": reason}
         ctx.manifest.setdefault("passes", {})["quantize_int8_qdq"] = {"skipped": reason}
         return Skipped(reason.removeprefix("skipped: "))
-    labelled = set(ctx.state.get("labelled_tasks", []))
+    labelled = set(ctx.state.labelled_tasks)
     for task in task_list(ctx):
         entry = ctx.manifest["tasks"][task]
         float_path = ctx.bundle / entry["artifacts"]["onnx"]
@@ -144,7 +144,7 @@ def quantize_step(ctx: FlowContext) -> Skipped | None:
 
 def _quantize_task(ctx: FlowContext, task: str, float_path: Path, int8_path: Path, labelled: bool) -> dict[str, Any]:
     spec = ctx.loaded.spec.task(task)
-    data = ctx.state["data"]
+    data = ctx.state.data
     common = {"metrics_data": f"{data.name}/{data.split} ({len(data)} samples)",
               "runtime": "onnxruntime (this host, CPUExecutionProvider)"}
     if not labelled:  # judged by its agreement with the float model on the held-out split

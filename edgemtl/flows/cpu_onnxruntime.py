@@ -10,31 +10,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgemtl.analysis.cost import model_cost
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.model.onnx_export import export_all_tasks, export_task
 from edgemtl.data import TaskData
 from edgemtl.errors import VerificationError
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.flow import FlowContext, Skipped, Step
-from edgemtl.flows.common import task_list, task_model, threads_of, verification_inputs
+from edgemtl.flows.common import (ALL_TASKS, analyse, load_verification_data, task_list, task_model, threads_of,
+                                  verification_inputs)
 from edgemtl.flows.experts import partition_step, switching_step
 from edgemtl.model.contract import run_task
 from edgemtl.timing import measure
-
-ALL_TASKS = "all_tasks"
-
-
-def analyse(ctx: FlowContext) -> None:
-    """Per-task params, MACs, peak activation memory and the shared fraction of the backbone."""
-    analysed = model_cost(ctx.loaded.model, ctx.loaded.spec, task_list(ctx))
-    ctx.state["cost"] = analysed
-    cost = analysed.to_dict()
-    for name in task_list(ctx):
-        ctx.manifest["tasks"][name].update(cost["tasks"][name])
-    ctx.manifest[ALL_TASKS].update(cost[ALL_TASKS])
-    ctx.manifest["model"]["total_params"] = cost["total_params"]
-
 
 def export_onnx(ctx: FlowContext) -> None:
     model, spec = ctx.loaded.model, ctx.loaded.spec
@@ -50,7 +36,7 @@ def export_onnx(ctx: FlowContext) -> None:
 def verify_onnxruntime(ctx: FlowContext) -> None:
     """Every exported graph against PyTorch on the same inputs; a mismatch beyond tolerance fails the compile."""
     images, source = verification_inputs(ctx)
-    x, paths = torch.from_numpy(images), ctx.state.get("task_models", {})
+    x, paths = torch.from_numpy(images), ctx.state.task_models
     with torch.no_grad():  # the all-task graph is the whole model; a task's graph may be its expert path
         whole = {name: run_task(ctx.loaded.model, x, name).numpy() for name in task_list(ctx)}
         own = {name: run_task(paths[name], x, name).numpy() if name in paths else whole[name] for name in task_list(ctx)}
@@ -75,8 +61,8 @@ def verify_onnxruntime(ctx: FlowContext) -> None:
 
 def evaluate_metrics(ctx: FlowContext) -> Skipped | None:
     """Task metrics of the deployed all-task graph and of PyTorch on held-out data (skipped without data)."""
-    data: TaskData | None = ctx.state.get("data")
-    tasks = [ctx.loaded.spec.task(t) for t in ctx.state.get("labelled_tasks", [])]
+    data: TaskData | None = ctx.state.data
+    tasks = [ctx.loaded.spec.task(t) for t in ctx.state.labelled_tasks]
     if data is None:
         return Skipped("no held-out data with labels (pass --data)")
     for name in set(task_list(ctx)) - {t.name for t in tasks}:
@@ -149,20 +135,6 @@ def _cross_check_all_tasks(ctx: FlowContext) -> None:
         every.setdefault("warnings", []).append(
             f"implausible: below the slowest single task's median ({slowest}, {singles[slowest]:.3g} ms) although it "
             "runs every head; the timings were disturbed")
-
-
-def load_verification_data(ctx: FlowContext) -> Skipped | None:
-    """The held-out split of the `--data` source (or the spec's built-in set), when there is one.
-
-    Its images feed verification; its labels feed metrics for the tasks that have labels there (and a metric: raw
-    heads are verified by their error against PyTorch only)."""
-    source = ctx.state.get("source")
-    if source is None:
-        return Skipped("no data source: verification uses seeded noise")
-    data = source.load("val", n=ctx.options.metric_samples)
-    ctx.state["data"] = data
-    ctx.state["labelled_tasks"] = [t for t in task_list(ctx) if t in data.labelled and ctx.loaded.spec.task(t).metric != "none"]
-    ctx.manifest["model"]["verification_data"] = f"{source.reference}/val"
 
 
 STEPS: list[Step] = [

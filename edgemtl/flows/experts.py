@@ -23,43 +23,32 @@ from edgemtl.backends.switchable import TASK_ID_NAME, export_switchable
 from edgemtl.errors import VerificationError
 from edgemtl.flow import FlowContext, Skipped
 from edgemtl.flows.common import task_list, threads_of, verification_inputs
-from edgemtl.passes.partition_experts import (PartitionConfig, TaskExpertPath, check_partition_request, has_experts,
-                                              partition_experts)
+from edgemtl.flows.passes import pass_step
+from edgemtl.passes.base import PassResult
+from edgemtl.passes.partition_experts import PartitionConfig, TaskExpertPath, has_experts
 from edgemtl.profile.switching import resident_memory, switch_latency
 
 SWITCHABLE = "switchable/model.onnx"
 
 
-def _skip(ctx: FlowContext, reason: str) -> Skipped:
-    ctx.manifest.setdefault("passes", {})["partition_experts"] = {"skipped": reason}
-    return Skipped(reason)
-
-
-def partition_step(ctx: FlowContext) -> Skipped | None:
-    """Expert usage, per-task expert paths, MoE MACs and the memory plan (skipped without experts)."""
-    model, spec, tasks = ctx.loaded.model, ctx.loaded.spec, task_list(ctx)
-    config = ctx.options.experts or PartitionConfig()
-    if not has_experts(model):
-        return _skip(ctx, f"the {spec.arch or 'given'} model has no task-conditioned mixture-of-experts layer: "
-                          "nothing to partition")
-    check_partition_request(model, spec, tasks, config)
-    source = ctx.state.get("source")
-    if source is None:
-        return _skip(ctx, "expert paths need calibration images: pass --data (see docs/own-model.md)")
-    calibration = source.load("train", n=config.calibration_samples)
-    paths, record, usage = partition_experts(model, spec, calibration, ctx.state.get("data"), tasks, config,
-                                             cost=ctx.state.get("cost"))
-    ctx.state["task_models"] = paths
-    ctx.manifest.setdefault("passes", {})["partition_experts"] = record.to_dict()
+def _keep_paths(ctx: FlowContext, result: PassResult[TaskExpertPath]) -> None:
+    """The expert paths for later steps; the MoE MAC accounting, the memory plan and each task's path in the manifest."""
+    model, spec, tasks, record = ctx.loaded.model, ctx.loaded.spec, task_list(ctx), result.record
+    ctx.state.task_models = dict(result.paths)
     ctx.manifest["moe"] = {
-        "expert_usage": usage.to_dict(),
-        "macs": moe_macs(model, spec, tasks, ctx.state.get("cost")),
-        "memory_plan": _memory_plans(ctx, paths, usage),
+        "expert_usage": record.usage.to_dict(),
+        "macs": moe_macs(model, spec, tasks, ctx.state.cost),
+        "memory_plan": _memory_plans(ctx, result.paths, record.usage),
     }
     for task, entry in record.tasks.items():
         ctx.manifest["tasks"][task]["expert_path"] = {
             "experts_kept": entry.experts_kept, "params": entry.params_after, "macs": entry.macs_after,
             "metric": entry.metric, "metric_before": entry.metric_before, "metric_after": entry.metric_after}
+
+
+# Expert usage, per-task expert paths, MoE MACs and the memory plan (skipped without experts or without data).
+partition_step = pass_step("partition_experts", config=lambda ctx: ctx.options.experts or PartitionConfig(),
+                           keep=_keep_paths)
 
 
 def path_memory_plan(path: TaskExpertPath, usage: ExpertUsage, on_chip_bytes: int, weight_bytes: float,

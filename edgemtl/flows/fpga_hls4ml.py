@@ -23,30 +23,20 @@ from edgemtl.backends.finn import finn_estimates
 from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check
 from edgemtl.model.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
-from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError
-from edgemtl.flow import FlowContext, Skipped, Step
-from edgemtl.flows.common import data_source, task_list, task_model, with_progress
-from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
+from edgemtl.flow import FlowContext, Step
+from edgemtl.flows.common import analyse, load_verification_data, task_list, task_model, with_progress
 from edgemtl.flows.experts import partition_step
+from edgemtl.flows.passes import pass_step
+from edgemtl.passes.base import PassResult
 from edgemtl.passes.partition_experts import has_experts
-from edgemtl.passes.quantize_brevitas import QuantConfig, grid_align, output_lsb, quantize_task
+from edgemtl.passes.quantize_brevitas import QuantConfig, QuantTaskPath, grid_align, output_lsb
 from edgemtl.resources import HW_DIR
 
 BOARD_KIT = HW_DIR / "zcu104"
 MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / ScatterElements) has no hls4ml or "
             "FINN layer: quantization and HLS need a custom expert-major kernel (e.g. Vitis HLS by hand); "
             "this bundle holds float ONNX per task and the roofline estimate")
-
-# What the QAT graph changes against the float model, and where the PS takes over (quantization.<key> per task).
-QAT_REWRITES = [
-    "a resize that ends a task path runs on the PS (ARM), bilinear as in the float model "
-    "(tasks.<task>.quantization.host_resize; the PYNQ driver applies it); the PL outputs the map before it",
-    "every other bilinear resize -> nearest upsampling in the PL (hls4ml has no bilinear Resize); metric_quant "
-    "includes both",
-    "a softmax that ends a task path runs on the PS too (quantization.host_softmax): the PL outputs the logits",
-    "PReLU slopes on a 2^-8 grid (quantization.fixed_point_prelus), so hls4ml's fixed-point PReLU is exact",
-]
 
 
 def _precision(ctx: FlowContext) -> str:
@@ -67,38 +57,31 @@ def op_check_step(ctx: FlowContext) -> None:
         ctx.manifest["tasks"][task]["hls4ml"] = {"ok": False, "error": reason, "checked": "before QAT"}
     if refused and len(refused) == len(task_list(ctx)):
         raise EdgemtlError(next(iter(refused.values())))
-    ctx.state["hls4ml_refused"] = refused
+    ctx.state.hls4ml_refused = refused
 
 
-def quantize_step(ctx: FlowContext) -> Skipped | None:
-    """brevitas QAT of every task path at the target precision (skipped for MoE models, said why)."""
-    spec = ctx.loaded.spec
-    if has_experts(ctx.loaded.model):
-        ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {"skipped": MOE_NOTE}
-        return Skipped(MOE_NOTE)
-    source = data_source(ctx, "the zcu104 flow (calibration and QAT)")
-    name = source.reference
-    # tasks without labels distil from the float model in QAT and are judged by their agreement with it
-    train_data = teach_missing(source.load("train"), ctx.loaded.model, task_list(ctx))
-    val_data = teach_missing(source.load("val", n=ctx.options.metric_samples), ctx.loaded.model, task_list(ctx))
-    config = QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
-                         nearest_upsampling=True, host_resize=True, host_softmax=True)
-    ctx.state["quantized"] = {}
-    records = {}
-    for task in with_progress(ctx, task_list(ctx), "QAT"):
-        if task in ctx.state.get("hls4ml_refused", {}):
-            continue
-        qmodel, record = quantize_task(ctx.loaded.model, spec, task, train_data, val_data, config)
-        ctx.state["quantized"][task] = qmodel
-        records[task] = record.to_dict()
-        ctx.manifest["tasks"][task]["quantization"] = records[task]
-    ctx.manifest.setdefault("passes", {})["quantize_brevitas"] = {
-        "precision": config.precision, "qat_steps": config.qat_steps, "rewrites": QAT_REWRITES,
-        "data": f"{name}/train (calibration, QAT), {name}/val (metrics)"}
+def _qat_config(ctx: FlowContext) -> QuantConfig:
+    """The target precision, with the rewrites hls4ml and the board's PS need (nearest upsampling in the PL, a
+    final resize / softmax on the PS)."""
+    return QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
+                       nearest_upsampling=True, host_resize=True, host_softmax=True)
+
+
+def _keep_quantized(ctx: FlowContext, result: PassResult[QuantTaskPath]) -> None:
+    ctx.state.quantized = dict(result.paths)
+    for task, record in result.record.tasks.items():
+        ctx.manifest["tasks"][task]["quantization"] = record.to_dict()
+
+
+# brevitas QAT of every task path hls4ml accepted, at the target precision (skipped for MoE models, said why)
+quantize_step = pass_step(
+    "quantize_brevitas", config=_qat_config, keep=_keep_quantized,
+    tasks=lambda ctx: [t for t in task_list(ctx) if t not in ctx.state.hls4ml_refused],
+    skip=lambda ctx: MOE_NOTE if has_experts(ctx.loaded.model) else None)
 
 
 def _grid_samples(ctx: FlowContext, qmodel: torch.nn.Module, count: int) -> torch.Tensor:
-    data = ctx.state.get("data")
+    data = ctx.state.data
     if data is None:
         raise EdgemtlError("the zcu104 flow checks its graphs on real samples: pass --data (see docs/own-model.md)")
     return grid_align(qmodel, torch.from_numpy(data.normalise(data.images[:count])))
@@ -108,12 +91,12 @@ def export_step(ctx: FlowContext) -> None:
     """QONNX + QCDQ per task, both checked against brevitas; qonnx's inference cost (MoE: float ONNX)."""
     for task in task_list(ctx):
         entry = ctx.manifest["tasks"][task]
-        if task not in ctx.state.get("quantized", {}):
+        if task not in ctx.state.quantized:
             relative = f"tasks/{task}/model.onnx"
             export_task(task_model(ctx, task), ctx.loaded.spec, task, ctx.bundle / relative)
             entry["artifacts"] = {"onnx": relative}
             continue
-        qmodel = ctx.state["quantized"][task].fabric
+        qmodel = ctx.state.quantized[task].fabric
         qonnx, qcdq = f"tasks/{task}/model.qonnx.onnx", f"tasks/{task}/model.qcdq.onnx"
         export_qonnx(qmodel, ctx.loaded.spec, ctx.bundle / qonnx)
         export_qcdq(qmodel, ctx.loaded.spec, ctx.bundle / qcdq)
@@ -127,7 +110,7 @@ def hls4ml_step(ctx: FlowContext) -> None:
     """hls4ml project per task, C-simulated against the quantized model; unmappable tasks recorded, not fatal."""
     clock_ns = 1000.0 / _fabric_clock_mhz(ctx)
     failed = []
-    for task, path in with_progress(ctx, ctx.state.get("quantized", {}).items(), "hls4ml project + C simulation"):
+    for task, path in with_progress(ctx, ctx.state.quantized.items(), "hls4ml project + C simulation"):
         entry, qmodel = ctx.manifest["tasks"][task], path.fabric
         relative = f"tasks/{task}/hls4ml"
         try:
@@ -149,7 +132,7 @@ def hls4ml_step(ctx: FlowContext) -> None:
         entry["artifacts"]["hls4ml"] = relative
         io = _io_description(project, ctx.loaded.spec, task, list(reference.shape[1:]), path.host_resize, path.host_softmax)
         (ctx.bundle / relative / "io.json").write_text(json.dumps(io, indent=2))
-    if failed and len(failed) == len(ctx.state.get("quantized", {})):
+    if failed and len(failed) == len(ctx.state.quantized):
         raise EdgemtlError(f"hls4ml could map none of the tasks; first: {ctx.manifest['tasks'][failed[0]]['hls4ml']['error']}")
 
 

@@ -32,15 +32,13 @@ from edgemtl.backends.deeploy import (NUMERICS_COMMAND, NUMERICS_REASON, deeploy
 from edgemtl.backends.deeploy_onnx import (evaluate_standard, export_deeploy_onnx, read_deeploy_metadata,
                                            standard_onnx, unmapped_reason)
 from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
-from edgemtl.data.teacher import teach_missing
-from edgemtl.evaluate import evaluate
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import FlowContext, Skipped, Step
-from edgemtl.flows.common import data_source, task_list, task_model, with_progress
-from edgemtl.flows.cpu_onnxruntime import analyse, load_verification_data
+from edgemtl.flows.common import analyse, load_verification_data, with_progress
 from edgemtl.flows.experts import partition_step
+from edgemtl.flows.passes import pass_step
+from edgemtl.passes.base import PassResult
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
-from edgemtl.passes.quantize_int8 import Int8Config, build_int_graph, int8_predictor, quantize_int8
 from edgemtl.resources import HW_DIR
 
 BOARD_KIT = HW_DIR / "gap9"
@@ -56,45 +54,22 @@ def _memory_bytes(ctx: FlowContext, name: str) -> int:
 
 
 def _graphs(ctx: FlowContext) -> dict[str, IntGraph]:
-    return ctx.state.get("int_graphs", {})
+    return ctx.state.int_graphs
 
 
-def quantize_step(ctx: FlowContext) -> None:
-    """Per-channel int8 post-training quantization of every task path, calibrated on real training images."""
-    spec, source, config = ctx.loaded.spec, data_source(ctx, "the gap9 flow (int8 calibration)"), Int8Config()
-    data, labelled = ctx.state["data"], set(ctx.state["labelled_tasks"])
-    calibration = source.load("train", n=config.calibration_samples)
-    graphs, errors = {}, {}
-    for task in with_progress(ctx, task_list(ctx), "int8 calibration"):
-        entry = ctx.manifest["tasks"][task]
-        try:
-            if task in labelled:
-                graph, record = quantize_int8(task_model(ctx, task), spec, task, calibration, data, config)
-                entry["int8"] = {"ok": True, **record.to_dict(), "metrics_data": f"{data.name}/{data.split}, "
-                                                                                 f"{len(data)} samples"}
-            else:  # no labels for this task in the data: quantized, and judged by its agreement with the float model
-                graph = build_int_graph(task_model(ctx, task), spec, task, calibration, config)
-                taught = teach_missing(data, task_model(ctx, task), [task])
-                entry["int8"] = {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}",
-                                 "agreement_with_float": evaluate(int8_predictor(graph), [spec.task(task)], taught)[task],
-                                 "agreement_provenance": "evaluated (edgemtl int8 reference executor vs PyTorch float, host)",
-                                 "metrics_data": f"{data.name}/{data.split}, {len(data)} samples"}
-        except EdgemtlError as exc:  # an op the int8 backends lack: this task stops here, the others go on
-            entry["int8"] = {"ok": False, "error": str(exc)}
-            errors[task] = str(exc)
-            continue
+def _keep_graphs(ctx: FlowContext, result: PassResult[IntGraph]) -> None:
+    """Each task's int8 record in its entry; the integer graphs saved in the bundle and kept for the later steps."""
+    for task, record in result.record.tasks.items():
+        ctx.manifest["tasks"][task]["int8"] = record
+    for task, graph in result.paths.items():
         relative = f"tasks/{task}/intgraph"
         graph.save(ctx.bundle / relative)
-        graphs[task] = graph
-        entry["artifacts"] = {"intgraph": relative}
-    if not graphs:
-        raise EdgemtlError(f"no task could be quantized to int8 for gap9; first: {next(iter(errors.values()))}")
-    ctx.state["int_graphs"] = graphs
-    ctx.manifest.setdefault("passes", {})["quantize_int8"] = {
-        "calibration": f"{data.name}/train, {len(calibration)} images",
-        "metrics": f"{data.name}/{data.split}, {len(data)} samples",
-        "scales": config.scale_method, "weights": "int8 per output channel", "activations": "int8 / uint8 after ReLU",
-        "failed": errors}
+        ctx.manifest["tasks"][task]["artifacts"] = {"intgraph": relative}
+    ctx.state.int_graphs = dict(result.paths)
+
+
+# Per-channel int8 post-training quantization of every task path, calibrated on real training images.
+quantize_step = pass_step("quantize_int8", keep=_keep_graphs)
 
 
 def export_step(ctx: FlowContext) -> None:
@@ -286,11 +261,11 @@ def c_step(ctx: FlowContext) -> None:
         entry["c"] = {"files": sorted(p.name for p in (ctx.bundle / relative).iterdir()),
                       "arena": sources.plan.to_dict() | {"provenance": "static (liveness plan)"},
                       "test_vectors": len(q_inputs)}
-        ctx.state.setdefault("c_vectors", {})[task] = (q_inputs, expected)
+        ctx.state.c_vectors[task] = (q_inputs, expected)
 
 
 def _c_samples(ctx: FlowContext) -> np.ndarray:
-    data = ctx.state.get("data")
+    data = ctx.state.data
     if data is None:
         raise EdgemtlError("the gap9 flow checks its C on real samples: pass --data (see docs/own-model.md)")
     count = min(ctx.options.c_samples, len(data))
@@ -301,7 +276,7 @@ def verify_host_step(ctx: FlowContext) -> None:
     """The host-compiled C against the reference executor, bit for bit; any difference fails the compile."""
     with tempfile.TemporaryDirectory(prefix="edgemtl-c-") as scratch:
         for task, graph in with_progress(ctx, _graphs(ctx).items(), "gcc + run"):
-            q_inputs, expected = ctx.state["c_vectors"][task]
+            q_inputs, expected = ctx.state.c_vectors[task]
             outputs = run_on_host(graph, q_inputs, Path(scratch) / task)
             _check_exact(task, "host gcc", outputs, expected)
             ctx.manifest["tasks"][task]["c"]["host"] = {"samples": len(q_inputs), "bit_exact": True,
@@ -320,7 +295,7 @@ def verify_qemu_step(ctx: FlowContext) -> Skipped | None:
     with tempfile.TemporaryDirectory(prefix="edgemtl-rv32-") as scratch:
         for task, graph in with_progress(ctx, _graphs(ctx).items(), "qemu rv32"):
             entry = ctx.manifest["tasks"][task]["c"]
-            q_inputs, expected = ctx.state["c_vectors"][task]
+            q_inputs, expected = ctx.state.c_vectors[task]
             count = min(ctx.options.qemu_samples, len(q_inputs))
             run = run_on_qemu(graph, q_inputs[:count], Path(scratch) / task, timeout_s=600)
             _check_exact(task, "qemu rv32imac", run.outputs, expected[:count])

@@ -638,10 +638,12 @@ class _Data:
 def _ctx(tmp_path, graph: IntGraph, samples: int = 12):
     from types import SimpleNamespace
 
+    from edgemtl.flow import FlowState
+
     rng = np.random.default_rng(11)
     scale = graph.tensors[graph.input].scale
     images = rng.uniform(-130 * scale, 130 * scale, (samples, *graph.tensors[graph.input].shape))  # real values
-    return SimpleNamespace(bundle=tmp_path, state={"data": _Data(images)}, options=SimpleNamespace(c_samples=samples),
+    return SimpleNamespace(bundle=tmp_path, state=FlowState(data=_Data(images)), options=SimpleNamespace(c_samples=samples),
                            manifest={"tasks": {graph.task: {"artifacts": {}}}})
 
 
@@ -668,7 +670,7 @@ def test_flow_records_the_onnx_check_the_test_folder_and_that_deeploys_c_was_not
     assert ctx.manifest["tasks"]["scene"]["artifacts"]["deeploy_test"] == "tasks/scene/deeploy_test"
     assert (folder / "network.onnx").read_bytes() == path.read_bytes()
     x = np.load(folder / "inputs.npz")["input_0"]
-    q = quantize_input(graph, ctx.state["data"].images[:1])
+    q = quantize_input(graph, ctx.state.data.images[:1])
     _bit_exact(x, q)
     _bit_exact(np.load(folder / "outputs.npz")["output_0"], run_reference(graph, q)["y"])
     assert ("deeployRunner_generic.py -t $BUNDLE/tasks/scene/deeploy_test --toolchain GCC --toolchain-install-dir"

@@ -92,7 +92,7 @@ def test_the_zcu104_flow_records_finns_figures_per_task(fake_venv, tmp_path, mon
 
     import edgemtl.backends.finn as finn
     import edgemtl.flows.fpga_hls4ml as flow
-    from edgemtl.flow import CompileOptions, FlowContext
+    from edgemtl.flow import CompileOptions, FlowContext, FlowState
     from edgemtl.targets import load_target
 
     venv, model = fake_venv
@@ -109,7 +109,7 @@ def test_the_zcu104_flow_records_finns_figures_per_task(fake_venv, tmp_path, mon
     (bundle / "tasks/scene/model.qonnx.onnx").write_bytes(model.read_bytes())
     target = load_target("zcu104")
     ctx = SimpleNamespace(progress=FlowContext.progress, target=target, options=CompileOptions(), bundle=bundle,
-                          state={"tasks": ["scene"]},
+                          state=FlowState(tasks=["scene"]),
                           loaded=SimpleNamespace(model=torch.nn.Identity(), spec=None),
                           manifest={"tasks": {"scene": {"artifacts": {"qonnx": "tasks/scene/model.qonnx.onnx"}}}})
     flow.estimates_step(ctx)
