@@ -640,9 +640,10 @@ def report(
                                          help="profile each ONNX Runtime graph per layer on this host")] = True,
 ) -> None:
     """Compare bundles side by side (latency, memory, model size, metric, energy), every number with its provenance."""
+    from edgemtl.profile.layers import ort_layer_profile
     from edgemtl.report.compare import write_comparison
 
-    html_path, json_path = write_comparison(bundles, output, layer_profile=layers)
+    html_path, json_path = write_comparison(bundles, output, layer_timer=ort_layer_profile if layers else None)
     out.print(f"report: {html_path}")
     out.print(f"json: {json_path}")
 

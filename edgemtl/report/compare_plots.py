@@ -17,7 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from edgemtl.report.plots import _plain, _png, number
+from edgemtl.manifest import provenance_kind
+from edgemtl.report.plots import _plain, _png
+from edgemtl.report.read import number
 
 HATCHES = {"measured": "", "emulated": "xx", "simulated": "..", "estimated": "//", "static": "", "evaluated": ""}
 _COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
@@ -32,7 +34,7 @@ def latency_comparison_plot(document: Mapping[str, Any]) -> bytes | None:
         latency = figures.get("latency")
         if not isinstance(latency, Mapping) or number(latency.get("median")) is None:
             return None
-        kind = str((latency.get("provenance") or {}).get("kind") or "unlabelled")
+        kind = provenance_kind(latency.get("provenance"))
         return number(latency["median"]), kind, kind == "measured" and not latency.get("on_target")
 
     return _grouped(document, pick, "ms per inference (median, log scale)", "Latency per task and target",
@@ -46,7 +48,7 @@ def memory_comparison_plot(document: Mapping[str, Any]) -> bytes | None:
         first = memory[0] if isinstance(memory, list) and memory and isinstance(memory[0], Mapping) else None
         if first is None or number(first.get("value")) is None:
             return None
-        return number(first["value"]) / 1024, str((first.get("provenance") or {}).get("kind") or "unlabelled"), False
+        return number(first["value"]) / 1024, provenance_kind(first.get("provenance")), False
 
     return _grouped(document, pick, "KiB (log scale)", "Memory per task and target: GAP9 static arena, FPGA "
                     "on-chip RAM (est.), CPU peak activations (est.)", lambda v: f"{v:,.0f}")
@@ -58,7 +60,7 @@ def size_comparison_plot(document: Mapping[str, Any]) -> bytes | None:
         size = figures.get("model_size")
         if not isinstance(size, Mapping) or number(size.get("value")) is None:
             return None
-        return number(size["value"]) / 1024, str((size.get("provenance") or {}).get("kind") or "unlabelled"), False
+        return number(size["value"]) / 1024, provenance_kind(size.get("provenance")), False
 
     return _grouped(document, pick, "KiB (log scale)", "Deployed model size per task and target", lambda v: f"{v:,.0f}")
 

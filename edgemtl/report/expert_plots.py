@@ -18,7 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
-from edgemtl.report.plots import _png, _plain, number
+from edgemtl.report.plots import _plain, _png
+from edgemtl.report.read import number
 
 _PANELS_PER_ROW = 3
 _MAX_ANNOTATED_CELLS = 96  # beyond this the numbers would not fit their cells

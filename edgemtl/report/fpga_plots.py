@@ -19,7 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from edgemtl.report.plots import _plain, _png, number, task_entries
+from edgemtl.manifest import provenance_text
+from edgemtl.report.plots import _plain, _png
+from edgemtl.report.read import number, task_entries
 
 RESOURCES: dict[str, str] = {"lut": "LUT", "bram18": "BRAM18", "uram": "URAM", "dsp": "DSP"}
 FIT_LIMITS: dict[str, float] = {"lut": 0.70, "bram18": 0.80, "dsp": 0.80}  # share of the part; URAM: none set
@@ -134,8 +136,8 @@ def _shares(section: Any, totals: Mapping[str, float]) -> dict[str, float]:
 
 def _provenance(section: Any, parent: Mapping[str, Any], default: str) -> str:
     for source in (section, parent):
-        if isinstance(source, Mapping) and isinstance(source.get("provenance"), str) and source["provenance"]:
-            return source["provenance"]
+        if isinstance(source, Mapping) and (text := provenance_text(source.get("provenance"))):
+            return text
     return default
 
 

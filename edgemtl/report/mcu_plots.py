@@ -22,8 +22,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from edgemtl.report.plots import section as _section
-from edgemtl.report.plots import _plain, _png, number, task_entries
+from edgemtl.manifest import provenance_text
+from edgemtl.report.plots import _plain, _png
+from edgemtl.report.read import number, task_entries
+from edgemtl.report.read import section as _section
 
 # (manifest key, legend label, colour) of the L2 parts, stacked in this order
 L2_PARTS: tuple[tuple[str, str, str], ...] = (
@@ -252,8 +254,9 @@ def _index(row: Mapping[str, Any], key: str) -> int | None:
     return int(value) if value is not None and value >= 0 and value.is_integer() else None
 
 
-def _first_text(values: Any) -> str:
-    return next((value for value in values if isinstance(value, str) and value), "")
+def _first_text(provenances: Any) -> str:
+    """The first provenance given, in words."""
+    return next((text for raw in provenances if (text := provenance_text(raw))), "")
 
 
 def _positive(value: float | None) -> bool:

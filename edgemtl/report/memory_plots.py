@@ -17,7 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter
 
-from edgemtl.report.plots import _figure, _png, _task_axis, number
+from edgemtl.report.plots import _figure, _png, _task_axis
+from edgemtl.report.read import number
 
 ORDERS = {"token_major": "token-major", "expert_major": "expert-major"}
 FIELDS = ("peak_on_chip_bytes", "weight_traffic_bytes")

@@ -20,6 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter
 
+from edgemtl.manifest import provenance_text
+from edgemtl.report.read import all_tasks_entry, number, task_entries
+
 ALL_TASKS_LABEL = "all tasks"
 RUNTIME_LABELS = {"latency_ms": "ONNX Runtime", "latency_ms_pytorch": "PyTorch eager"}
 
@@ -30,42 +33,6 @@ _SHARED_COLOR = "#25406B"
 _REFERENCE_COLOR = "#A0A0A0"
 _SERIES_COLORS = {"latency_ms": "#4C72B0", "latency_ms_pytorch": "#DD8452"}
 _LARGEST_TENSOR_COLOR = "#55A868"
-
-
-def number(value: Any) -> float | None:
-    """`value` as a finite float, or None: the manifest is JSON written by other tools, so no type is trusted."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    result = float(value)
-    return result if math.isfinite(result) else None
-
-
-def section(container: Any, key: str) -> Mapping[str, Any]:
-    """`container[key]` when both are mappings, else {}: manifests from other versions must not break a report."""
-    value = container.get(key) if isinstance(container, Mapping) else None
-    return value if isinstance(value, Mapping) else {}
-
-
-def pick(section: Any, keys: tuple[str, ...]) -> dict[str, Any] | None:
-    """The given keys of a mapping that have values, or None when there are none."""
-    if not isinstance(section, Mapping):
-        return None
-    picked = {key: section[key] for key in keys if section.get(key) is not None}
-    return picked or None
-
-
-def task_entries(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The manifest's per-task sections by name, skipping anything that is not a section."""
-    raw = manifest.get("tasks")
-    if not isinstance(raw, Mapping):
-        return {}
-    return {str(name): entry for name, entry in raw.items() if isinstance(entry, Mapping)}
-
-
-def all_tasks_entry(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The whole-model (every head in one graph) section, the reference every task is compared with."""
-    raw = manifest.get("all_tasks")
-    return raw if isinstance(raw, Mapping) else None
 
 
 def shared_params(entry: Mapping[str, Any]) -> float | None:
@@ -79,7 +46,7 @@ def shared_params(entry: Mapping[str, Any]) -> float | None:
 
 def latency_label(latency: Mapping[str, Any]) -> str:
     """'measured on <device>, N runs': how a latency number came about, in the words the plots use."""
-    provenance = str(latency.get("provenance") or "unlabelled")
+    provenance = provenance_text(latency.get("provenance"), "unlabelled")
     text = f"{provenance} on {latency.get('device') or 'an unnamed device'}"
     runs = number(latency.get("runs"))
     return f"{text}, {runs:.0f} runs" if runs is not None else text

@@ -119,7 +119,7 @@ def bundles(tmp_path: Path) -> list[Path]:
 
 
 def test_every_number_carries_its_provenance(bundles: list[Path]) -> None:
-    doc = compare_bundles(bundles, layer_profile=False)
+    doc = compare_bundles(bundles)
     assert [b["label"] for b in doc["bundles"]] == ["host", "arm64", "gap9"]
     host, arm, gap = (doc["tasks"]["scene"][label] for label in ("host", "arm64", "gap9"))
 
@@ -170,7 +170,7 @@ def test_every_number_carries_its_provenance(bundles: list[Path]) -> None:
 
 
 def test_no_speedup_across_provenances_or_devices(bundles: list[Path]) -> None:
-    doc = compare_bundles(bundles, layer_profile=False)
+    doc = compare_bundles(bundles)
     for item in doc["speedups"]:
         assert item["ratio"] >= 1 and item["basis"].startswith("both measured on the same device")
         assert "gap9" not in (item["fast"]["bundle"], item["slow"]["bundle"])
@@ -194,7 +194,7 @@ def test_same_device_measurements_across_bundles_are_compared(tmp_path: Path) ->
     host["profiles"] = {"local": {"device": "local", "description": LOCAL, "provenance": "measured"}}
     arm = _arm64()
     del arm["tasks"]["scene"]["profile"]["rpc_127.0.0.1_9190_arm64"]
-    doc = compare_bundles([_write(tmp_path / "h", host), _write(tmp_path / "a", arm)], layer_profile=False)
+    doc = compare_bundles([_write(tmp_path / "h", host), _write(tmp_path / "a", arm)])
     across = [s for s in doc["speedups"] if s["fast"]["bundle"] != s["slow"]["bundle"]]
     assert across and all(s["device_key"] == f"local: {LOCAL}" for s in across)
     assert {(s["slow"]["bundle"], s["fast"]["bundle"]) for s in across} == {("host", "arm64")}
@@ -206,7 +206,7 @@ def test_html_escapes_names_and_stays_self_contained(tmp_path: Path) -> None:
     host["model"]["path"] = "/m/<b>x</b>.pt"
     host["tasks"][evil]["latency_ms"]["device"] = "<img src=x onerror=alert(1)>"
     folder = _write(tmp_path / "host", host)
-    html = render_comparison(compare_bundles([folder], layer_profile=False))
+    html = render_comparison(compare_bundles([folder]))
     assert evil not in html and "<img src=x" not in html and "<b>x</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "default-src 'none'; img-src data:" in html
@@ -216,21 +216,21 @@ def test_html_escapes_names_and_stays_self_contained(tmp_path: Path) -> None:
 
 def test_write_comparison_html_json_plots_and_atomic_replace(bundles: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    html_path, json_path = write_comparison(bundles, out, layer_profile=False)
+    html_path, json_path = write_comparison(bundles, out)
     doc = json.loads(json_path.read_text())
     assert doc["edgemtl_report"] == "comparison" and len(doc["bundles"]) == 3
     html = html_path.read_text()
     assert len(PNG_DATA_URI.findall(html)) == 3  # latency, memory, model size
     assert "Speed-ups (same device, measured)" in html and "Tasks side by side" in html
     assert "estimated" in html and "measured off the target" in html
-    write_comparison(bundles[:1], out, layer_profile=False)  # an existing comparison is replaced whole
+    write_comparison(bundles[:1], out)  # an existing comparison is replaced whole
     assert len(json.loads(json_path.read_text())["bundles"]) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cmp")]  # no staging left behind
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(EdgemtlError, match="not an edgemtl comparison"):
-        write_comparison(bundles, other, layer_profile=False)
+        write_comparison(bundles, other)
     assert (other / "keep.txt").read_text() == "mine"
 
 
@@ -265,3 +265,43 @@ def test_a_real_tiny_host_bundle(tmp_path: Path, checkpoints: dict[str, Path], c
         assert layers["provenance"]["kind"] == "measured" and "this host" in layers["provenance"]["device"]
         assert sum(row["share"] for row in layers["layers"]) <= 1.0 + 1e-9
     assert (tmp_path / "cmp" / "comparison.html").is_file()
+
+
+def test_per_layer_times_come_from_the_callers_timer(tmp_path: Path) -> None:
+    """The report runs no model: `edgemtl report` hands it ONNX Runtime's profiler (edgemtl.profile.layers)."""
+    folder = _write(tmp_path / "host", _host(), {"tasks/scene/model.onnx": 1000})
+    assert compare_bundles([folder])["tasks"]["scene"]["host"]["layers"] == {
+        "none": "not profiled (layer profiling was turned off)"}
+    calls = []
+
+    def timer(onnx: Path, x: Any, label: str) -> dict[str, Any]:
+        calls.append((onnx, x.shape, label))
+        return {"source": "a fake timer", "layers": [], "provenance": {"kind": "measured", "device": "here"}}
+
+    layers = compare_bundles([folder], layer_timer=timer)["tasks"]["scene"]["host"]["layers"]
+    assert layers["source"] == "a fake timer"
+    assert calls == [(folder / "tasks/scene/model.onnx", (1, 3, 16, 16), "tasks/scene/model.onnx")]
+
+    def broken(onnx: Path, x: Any, label: str) -> dict[str, Any]:
+        raise RuntimeError("no kernel for op Foo\nsecond line")
+
+    layers = compare_bundles([folder], layer_timer=broken)["tasks"]["scene"]["host"]["layers"]
+    assert layers == {"none": "ONNX Runtime could not profile tasks/scene/model.onnx: RuntimeError: no kernel for op Foo"}
+
+
+def test_provenance_objects_read_as_kinds_and_words(tmp_path: Path) -> None:
+    """Bundles now write every provenance as {kind, source, detail, device}; older ones wrote strings: both read."""
+    host = _host()
+    entry = host["tasks"]["scene"]
+    for key in ("latency_ms", "latency_ms_pytorch"):
+        entry[key]["provenance"] = {"kind": "measured", "source": entry[key]["runtime"], "device": HOST_DEVICE}
+    gap = _gap9()
+    gap["tasks"]["scene"]["cycle_estimate"]["provenance"] = {"kind": "estimated", "source": "edgemtl GAP9 model",
+                                                             "detail": "PULP-NN-class kernels"}
+    doc = compare_bundles([_write(tmp_path / "host", host), _write(tmp_path / "gap9", gap)])
+    figures = doc["tasks"]["scene"]
+    assert figures["host"]["latency"]["provenance"]["kind"] == "measured"
+    assert doc["speedups"] and doc["speedups"][0]["ratio"] == pytest.approx(10.0 / 0.43)
+    assert figures["gap9"]["latency"]["provenance"]["detail"] == "estimated (PULP-NN-class kernels; edgemtl GAP9 model)"
+    html = render_comparison(doc)
+    assert "{'kind'" not in html and "{&#x27;kind&#x27;" not in html

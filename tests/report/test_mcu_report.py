@@ -279,10 +279,10 @@ def test_no_plot_without_mcu_data(manifest: dict[str, Any]) -> None:
 
 
 def test_a_deeploy_prefix_run_says_it_covers_only_part_of_the_task():
-    from edgemtl.report.html import _mcu_deeploy
+    from edgemtl.report.sections.mcu import _deeploy_cell
     raw = {"available": True, "ok": True, "scope": "prefix", "prefix_macs_share": 0.732,
            "layers_elsewhere": ["/model/depth/Resize", "/model/depth/fuse/Conv"],
            "memory": {"L1": {"capacity": 128000, "static": 34, "dynamic": 100352, "total": 100386}},
            "fits": {"L1": True}, "reason": "2 layer(s) Deeploy's PULPOpen cannot map"}
-    text = _mcu_deeploy(raw, {"ok": False})
+    text = _deeploy_cell(raw, {"ok": False})
     assert "prefix only, 73% of the task's MACs" in text and "/model/depth/Resize" in text

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from edgemtl.report import write_report
-from edgemtl.report.html import human_bytes, human_count, human_error, human_ms, render_html
+from edgemtl.report.fmt import human_bytes, human_count, human_error, human_ms
+from edgemtl.report.html import render_html
 from edgemtl.report.plots import cost_plot, latency_plot, memory_plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -195,9 +196,9 @@ def test_the_artifact_table_lists_nested_builds_and_the_shipped_runtime() -> Non
 
 def test_wide_tables_scroll_instead_of_overflowing_the_page(manifest: dict[str, Any]) -> None:
     """A table wider than the page (many tasks, long runtime names) scrolls on its own, in every report page."""
-    from edgemtl.report.compare import _PAGE_CSS
+    from edgemtl.report.compare_page import PAGE_CSS
 
-    for css in (render_html(manifest), _PAGE_CSS):
+    for css in (render_html(manifest), PAGE_CSS):
         assert "table{border-collapse:collapse;font-size:13px;display:block;overflow-x:auto;max-width:100%}" in css
 
 
@@ -206,7 +207,7 @@ def test_a_provenance_object_reads_as_words_not_a_dict_repr() -> None:
     provenance = {"kind": "estimated", "source": "edgemtl roofline", "detail": "200 MHz, 8 lanes"}
     html = render_html({"target": {"name": "zcu104", "flow": "fpga-hls4ml"},
                         "tasks": {"scene": {"roofline": {"fps": 120.0, "provenance": provenance}}}})
-    assert "estimated edgemtl roofline, detail 200 MHz, 8 lanes" in html
+    assert "estimated (200 MHz, 8 lanes; edgemtl roofline)" in html  # edgemtl.manifest's provenance_text
     assert "{&#x27;kind&#x27;" not in html and "{'kind'" not in html
 
 
