@@ -11,6 +11,7 @@ from typing import Any
 
 from edgemtl.manifest import KINDS, provenance_kind, provenance_of
 from edgemtl.report.compare_plots import COMPARISON_PLOTS
+from edgemtl.report.figures import text
 from edgemtl.report.fmt import DASH as _DASH
 from edgemtl.report.fmt import e as _e
 from edgemtl.report.fmt import figures_html, human_bytes, human_count, human_ms
@@ -51,7 +52,7 @@ def render_comparison(document: Mapping[str, Any]) -> str:
     escaped, every number with a provenance badge linking to its full description."""
     notes = _Citations()
     bundles = [b for b in document.get("bundles", []) if isinstance(b, Mapping)]
-    labels = [_words(b.get("label")) for b in bundles]
+    labels = [text(b.get("label")) for b in bundles]
     title = "edgemtl comparison: " + " · ".join(labels)
     tasks = _section(document, "tasks")
     parts = [f"<h1>{_e(title)}</h1>",
@@ -89,7 +90,7 @@ def _bundles_section(bundles: list[Mapping[str, Any]]) -> str:
     rows = []
     for b in bundles:
         model, host = _section(b, "model"), _section(b, "compiled_on")
-        sha = _words(model.get("sha256"))
+        sha = text(model.get("sha256"))
         profiles = _section(b, "profiles")
         cores = f", {host['cores']} cores" if host.get("cores") else ""
         profiled = "<br>".join(f"{_e(p.get('device'))} {_badge(provenance_kind(p.get('provenance')))} "
@@ -107,7 +108,7 @@ def _bundles_section(bundles: list[Mapping[str, Any]]) -> str:
             f"</small></td>",
             f"<td>{profiled}</td>",
             f"<td><code>{_e(b.get('path'))}</code><br><small class=\"dim\" title=\"{_e(b.get('manifest_sha256'))}\">"
-            f"manifest sha256 {_e(_words(b.get('manifest_sha256'))[:12])}</small></td>",
+            f"manifest sha256 {_e(text(b.get('manifest_sha256'))[:12])}</small></td>",
         )) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("Column", "Target · flow", "Model", "Compiled on", "Created",
                                                "Profiles", "Bundle"))
@@ -117,7 +118,7 @@ def _bundles_section(bundles: list[Mapping[str, Any]]) -> str:
 def _task_table(task: str, by_bundle: Any, labels: list[str], notes: _Citations) -> str:
     by_bundle = by_bundle if isinstance(by_bundle, Mapping) else {}
     columns = [label for label in labels if isinstance(by_bundle.get(label), Mapping)]
-    metric_name = next((_words(_section(by_bundle[c], "metric").get("name")) for c in columns
+    metric_name = next((text(_section(by_bundle[c], "metric").get("name")) for c in columns
                         if _section(by_bundle[c], "metric")), "")
     higher = next((_section(by_bundle[c], "metric").get("higher_is_better") for c in columns
                    if _section(by_bundle[c], "metric")), None)
@@ -164,7 +165,7 @@ def _deployed_metric_cell(metric: Mapping[str, Any], notes: _Citations) -> str:
         return _DASH
     cell = _figure_cell(deployed, notes, _metric_text)
     change = number(metric.get("relative_change"))
-    precision = _words(metric.get("deployed_precision"))
+    precision = text(metric.get("deployed_precision"))
     extra = f"{precision}" + (f", {change:+.2%} vs float" if change is not None else "")
     return cell + f"<small>{_e(extra)}</small>"
 
@@ -187,7 +188,7 @@ def _latency_cell(latency: Mapping[str, Any], notes: _Citations, headline: bool 
     provenance = latency.get("provenance")
     kind = provenance_kind(provenance)
     p90 = number(latency.get("p90"))
-    text = human_ms(median) + (f" <span class=\"dim\">p90 {human_ms(p90)}</span>" if p90 is not None else "")
+    shown = human_ms(median) + (f" <span class=\"dim\">p90 {human_ms(p90)}</span>" if p90 is not None else "")
     warn = ""
     if kind == "measured" and not latency.get("on_target"):
         warn = "<small class=\"warn\">measured off the target (see device)</small>"
@@ -196,7 +197,7 @@ def _latency_cell(latency: Mapping[str, Any], notes: _Citations, headline: bool 
     if latency.get("check_passed") is False:
         warn += "<small class=\"fail\">output check failed</small>"
     runtime = f"<small>{_e(latency.get('runtime'))}</small>" if headline else ""
-    return f"{text} {_cite(provenance, notes)}{runtime}{_device(provenance)}{warn}"
+    return f"{shown} {_cite(provenance, notes)}{runtime}{_device(provenance)}{warn}"
 
 
 def _other_latencies(figures: Mapping[str, Any], notes: _Citations) -> str:
@@ -344,7 +345,3 @@ def _device(raw: Any) -> str:
 def _num(value: Any, fmt: Any) -> str:
     parsed = number(value)
     return f"<td class=\"n\">{_e(fmt(parsed)) if parsed is not None else _DASH}</td>"
-
-
-def _words(value: Any) -> str:
-    return "" if value is None else str(value)
