@@ -12,9 +12,8 @@ from torch import nn
 
 from edgemtl.analysis.cost import model_cost
 from edgemtl.data.sources import DataSource
-from edgemtl.errors import EdgemtlError
 from edgemtl.flow import FlowContext, Skipped
-from edgemtl.passes.base import report_progress
+from edgemtl.passes.base import no_data, report_progress
 
 T = TypeVar("T")
 ALL_TASKS = "all_tasks"   # the manifest's entry for the whole model (every head)
@@ -41,11 +40,9 @@ def task_model(ctx: FlowContext, task: str) -> nn.Module:
 
 def data_source(ctx: FlowContext, needed_for: str) -> DataSource:
     """The `--data` source of this compile; without one, a one-line error saying what needed it."""
-    source = ctx.state.source
-    if source is None:
-        raise EdgemtlError(f"{needed_for} needs real images: pass --data (a built-in set, an .npz, a folder of images "
-                           "or package.module:function; see docs/own-model.md)")
-    return source
+    if ctx.state.source is None:
+        raise no_data(needed_for)
+    return ctx.state.source
 
 
 def verification_inputs(ctx: FlowContext) -> tuple[np.ndarray, str]:

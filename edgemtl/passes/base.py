@@ -32,6 +32,12 @@ def silent(done: int, total: int, what: str) -> None:  # noqa: ARG001
     """Progress that goes nowhere (outside a flow step)."""
 
 
+def no_data(needed_for: str) -> EdgemtlError:
+    """The one-line error for work that needs real images and has none."""
+    return EdgemtlError(f"{needed_for} needs real images: pass --data (a built-in set, an .npz, a folder of images or "
+                        "package.module:function; see docs/own-model.md)")
+
+
 def report_progress(progress: Progress, items: Iterable[T], what: str) -> Iterator[T]:
     """`items`, one by one, reported to `progress` ("QAT depth", 2 of 5); a pair is labelled by its first element
     (a task name)."""
@@ -86,8 +92,7 @@ class PassInput:
     def need_source(self, needed_for: str) -> DataSource:
         """The data source; without one, a one-line error saying what needed it."""
         if self.source is None:
-            raise EdgemtlError(f"{needed_for} needs real images: pass --data (a built-in set, an .npz, a folder of "
-                               "images or package.module:function; see docs/own-model.md)")
+            raise no_data(needed_for)
         return self.source
 
     def need_held_out(self, needed_for: str) -> TaskData:
