@@ -19,8 +19,9 @@ from edgemtl.bundle import MANIFEST, staged_bundle, write_json
 from edgemtl.data.sources import open_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import CompileOptions, FlowContext, FlowState, Step, run_steps
-from edgemtl.flows import flow_steps
+from edgemtl.flows import flow_manifest_model, flow_steps
 from edgemtl.flows.passes import requested_steps
+from edgemtl.manifest import SCHEMA_VERSION, validate_manifest
 from edgemtl.model.checkpoint import LoadedModel
 from edgemtl.passes.registry import check_request
 from edgemtl.timing import host_cpu_name
@@ -37,6 +38,7 @@ def _host() -> dict[str, Any]:
 def _base_manifest(loaded: LoadedModel, target: Target, tasks: list[str]) -> dict[str, Any]:
     spec = loaded.spec
     return {
+        "schema_version": SCHEMA_VERSION,
         "edgemtl_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": {"name": target.name, "flow": target.flow, "description": target.description, "file": target.source,
@@ -84,6 +86,7 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
     with staged_bundle(out_dir) as staging:
         context = FlowContext(loaded, target, options, staging, manifest, state=state)
         run_steps(steps, context, console)
+        validate_manifest(manifest, flow_manifest_model(target.flow))  # a key no model declares is an edgemtl bug
         write_json(staging / MANIFEST, manifest)
         write_report(manifest, staging)
     for task, step, error in tasks_left_out(manifest) if options.stop_after is None else []:

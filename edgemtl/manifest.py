@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 ProvenanceKind = Literal["measured", "emulated", "simulated", "estimated", "static", "evaluated"]
 
@@ -37,10 +37,10 @@ class Provenance(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: ProvenanceKind
-    source: str | None = None   # the tool or module that produced it (e.g. "ONNX Runtime 1.23", "hls4ml csim")
-    detail: str | None = None   # the conditions: host, samples, assumptions
-    device: str | None = None   # where it ran, when it ran somewhere
+    kind: ProvenanceKind = Field(description="one of the kinds above")
+    source: str | None = Field(None, description="the tool or module that produced it (ONNX Runtime, hls4ml csim...)")
+    detail: str | None = Field(None, description="the conditions: samples, runs, assumptions")
+    device: str | None = Field(None, description="where it ran, when it ran somewhere")
 
     def text(self) -> str:
         """One line for a table cell or a tooltip: `kind (detail; source)`."""
@@ -57,7 +57,7 @@ class Figure(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     value: float
-    unit: str
+    unit: str = Field(description="MAC, B, ms, fps, ...")
     provenance: Provenance
 
 
@@ -111,3 +111,171 @@ def provenance_text(raw: Any, default: str = "") -> str:
     """One readable line for any provenance shape (never a dict repr)."""
     found = provenance_of(raw)
     return found.text() if found else default
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The manifest itself. Sections the flows share are typed here; each flow declares its own task section (a subclass
+# of TaskEntry in its flows/ module) and `manifest_model` joins them. A key no model declares fails validation, so a
+# flow cannot write a figure the docs (docs/manifest.md, generated from these models) do not describe.
+
+SCHEMA_VERSION = 2
+"""1: the untyped manifests before edgemtl.manifest (free-text provenance); 2: typed, one provenance shape."""
+
+
+class Section(BaseModel):
+    """A block of a manifest whose inner fields are the producing tool's own record (kept as written)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    provenance: Provenance | None = None
+
+
+class StepRecord(BaseModel):
+    """One flow step as the runner recorded it (manifest["steps"], in order)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    seconds: float
+    status: Literal["running", "ok", "skipped", "failed"] = Field(description="a bundle only holds ok and skipped")
+    reason: str | None = Field(None, description="why a skipped step had nothing to do")
+
+
+class TargetEntry(BaseModel):
+    """The target file the compile read (manifest["target"])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    flow: str
+    description: str
+    file: str = Field(description="the target TOML the compile read")
+    part: str | None = Field(None, description="FPGA part number (FPGA targets)")
+    fabric: dict[str, int] | None = Field(None, description="FPGA fabric totals: lut, ff, dsp, bram18, uram")
+
+
+class ModelEntry(BaseModel):
+    """The model that was compiled and how it was loaded (manifest["model"])."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    path: str
+    sha256: str
+    arch: str
+    config: dict[str, Any]
+    source: str = Field(description="zoo, state_dict+factory, factory, pickled module (--trust) or onnx")
+    data: str | None = Field(description="the spec's built-in data set, if any")
+    input: dict[str, Any] = Field(description="shape, mean, std: exported graphs take normalised input")
+    tasks: list[str]
+    import_: dict[str, Any] | None = Field(None, alias="import", description="ONNX import record (ONNX models)")
+    total_params: int | None = None
+    verification_data: str | None = Field(None, description="the split whose samples every check ran on")
+
+
+class Latency(BaseModel):
+    """A measured (or emulated) batch latency in milliseconds, with its spread and the machine's load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    median: float = Field(description="ms")
+    p90: float = Field(description="ms")
+    runs: int
+    runtime: str = Field(description="runtime and version")
+    device: str = Field(description="CPU model and threads")
+    threads: int
+    batch: int = 1
+    provenance: Provenance
+    load_average_1min: float | None = Field(None, description="the machine's load when the timing ended")
+    p90_over_median: float | None = Field(None, description="the spread: above 2 the median is flagged noisy")
+    warnings: list[str] = Field(default_factory=list, description="why this number is not plain truth, if it is not")
+
+
+class TaskEntry(BaseModel):
+    """What every flow records per task: the spec's output, the cost analysis and the bundle's files for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    output_shape: list[int]
+    params: int | None = Field(None, description="parameters on the task's path (static: counted, see cost_provenance)")
+    macs: int | None = Field(None, description="multiply-accumulates per image, batch 1 (static: counted)")
+    macs_by_op: dict[str, int] | None = None
+    peak_activation_bytes: int | None = Field(None, description="float32 activation peak, liveness-planned (static)")
+    largest_tensor_bytes: int | None = None
+    shared_params: int | None = None
+    shared_fraction: float | None = None
+    cost_provenance: Provenance | None = Field(None, description="what params / macs / activation bytes are")
+    primary_metric: str | None = None
+    higher_is_better: bool | None = None
+    expert_path: dict[str, Any] | None = Field(None, description="MoE models: the experts this task's path keeps")
+    artifacts: dict[str, Any] = Field(default_factory=dict, description="bundle-relative files for this task")
+    profile: dict[str, dict[str, Any]] | None = Field(None, description="`edgemtl profile` results per device")
+    runtime: str | None = Field(None, description="the runtime the bundle ships for this task")
+    runtime_chosen_by: str | None = None
+    runtime_reason: str | None = None
+
+
+class Manifest(BaseModel):
+    """manifest.json: what was compiled, for which target, every step, and every figure with its provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[2] = Field(SCHEMA_VERSION, description="bumped when a field changes meaning")
+    edgemtl_version: str
+    created: str = Field(description="UTC, ISO 8601")
+    target: TargetEntry
+    model: ModelEntry
+    host: dict[str, Any] = Field(description="the compiling machine: platform, cpu, cores, tool versions")
+    steps: list[StepRecord]
+    tasks: dict[str, TaskEntry]
+    all_tasks: dict[str, Any] = Field(description="the all-task graph: tasks, cost, artifacts, verification")
+    data: dict[str, Any] | None = Field(None, description="the data source every check read (edgemtl.data)")
+    passes: dict[str, dict[str, Any]] = Field(default_factory=dict, description="each pass's record, by pass name")
+    stopped_after: dict[str, Any] | None = Field(None, description="--stop-after: the last step and those not run")
+    profiles: dict[str, Section] | None = Field(None, description="`edgemtl profile` runs, by device")
+    moe: dict[str, Any] | None = Field(None, description="MoE models: expert usage, MoE MACs, memory plan, switching")
+
+
+def manifest_model(task_entry: type[TaskEntry] = TaskEntry, extra: type[BaseModel] | None = None) -> type[Manifest]:
+    """The manifest model for a flow: its task entries and its own top-level fields (`extra`'s fields)."""
+    fields: dict[str, Any] = {"tasks": (dict[str, task_entry], ...)}
+    if extra is not None:
+        fields.update({name: (info.annotation, info) for name, info in extra.model_fields.items()})
+    return create_model(f"Manifest_{task_entry.__name__}", __base__=Manifest, **fields)
+
+
+class ManifestError(Exception):
+    """A flow wrote a manifest its models do not describe: an edgemtl bug (exit 1), never the user's input."""
+
+
+def check_provenances(value: Any, where: str = "manifest") -> None:
+    """Every `provenance` (and `*_provenance`) anywhere in the manifest is one Provenance object."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            path = f"{where}.{key}"
+            if key == "provenance" or str(key).endswith("_provenance"):
+                if not isinstance(item, Mapping):
+                    raise ManifestError(f"{path} is {item!r}: a provenance is an object {{kind, source, detail}}")
+                try:
+                    Provenance.model_validate(item)
+                except ValidationError as exc:
+                    raise ManifestError(f"{path}: {_first_error(exc)}") from None
+            else:
+                check_provenances(item, path)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_provenances(item, f"{where}[{index}]")
+
+
+def validate_manifest(manifest: Mapping[str, Any], model: type[Manifest] = Manifest) -> Manifest:
+    """The manifest checked against its flow's model and the one provenance shape; ManifestError names the key."""
+    check_provenances(manifest)
+    try:
+        return model.model_validate(manifest)
+    except ValidationError as exc:
+        raise ManifestError(f"manifest does not match {model.__name__}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"

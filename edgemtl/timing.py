@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgemtl.manifest import prov
+
 
 NOISY_SPREAD = 2.0  # p90 / median above this: the runs disagree too much for the median to stand alone
 BUSY_LOAD_PER_CPU = 1.0  # 1-min load average per CPU above this: something else competed for the cores
@@ -42,7 +44,9 @@ class Latency:
         return found
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "p90_over_median": self.p90 / self.median if self.median > 0 else None,
+        provenance = prov(self.provenance, source=self.runtime, device=self.device,  # type: ignore[arg-type]
+                          detail=f"median of {self.runs} runs, batch {self.batch}, {self.threads} threads")
+        return {**asdict(self), "provenance": provenance, "p90_over_median": self.p90 / self.median if self.median > 0 else None,
                 "warnings": self.warnings()}
 
 

@@ -31,7 +31,7 @@ def test_a_wide_spread_and_a_busy_machine_are_flagged(monkeypatch):
 def test_an_all_task_median_below_the_slowest_single_task_is_implausible():
     """The all-task graph runs every head: measured faster than its slowest head, the timing was disturbed."""
     manifest = {"tasks": {"a": {"latency_ms": {"median": 2.0}}, "b": {"latency_ms": {"median": 5.0}}},
-                "all_tasks": {"latency_ms": {"median": 1.0, "p90": 1.2, "provenance": "measured", "warnings": []}}}
+                "all_tasks": {"latency_ms": {"median": 1.0, "p90": 1.2, "provenance": {"kind": "measured"}, "warnings": []}}}
     ctx = SimpleNamespace(manifest=manifest, state=FlowState(tasks=["a", "b"]))
     cpu_onnxruntime._cross_check_all_tasks(ctx)
     assert manifest["all_tasks"]["latency_ms"]["warnings"][0].startswith("implausible: below the slowest single task's")

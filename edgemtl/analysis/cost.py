@@ -35,10 +35,13 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._pytree import tree_leaves
 
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import prov
 from edgemtl.model.contract import AllTasks, TaskPath, example_input
 from edgemtl.model.spec import ModelSpec
 
 MAC_KINDS = ("conv", "linear", "matmul", "attention")
+COST_PROVENANCE = prov("static", source="edgemtl analysis (torch.export)",
+                       detail="counted at batch 1; activation bytes float32, liveness-planned")
 
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution"}
 _CONV_TRANSPOSE = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
@@ -73,6 +76,7 @@ class PathCost:
             "peak_activation_bytes": self.peak_activation_bytes,
             "largest_tensor_bytes": self.largest_tensor_bytes,
             "macs_by_op": dict(self.macs_by_op),
+            "cost_provenance": COST_PROVENANCE,
         }
 
 

@@ -41,11 +41,12 @@ from torch import nn
 from edgemtl.analysis.cost import model_cost
 from edgemtl.analysis.memory_plan import on_chip_bytes_of, plan_moe_layer
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import prov
 from edgemtl.model.contract import AllTasks, TaskPath, example_input
 from edgemtl.model.spec import ModelSpec
 from edgemtl.targets import Target
 
-PROVENANCE = "estimated (edgemtl roofline)"
+PROVENANCE = prov("estimated", source="edgemtl roofline (analysis/fpga_cost.py)")
 BRAM18_BYTES = 2304  # 18 Kb
 URAM_BYTES = 36864  # 288 Kb
 
@@ -133,7 +134,10 @@ class RooflineEstimate:
     macs_per_dsp_per_cycle: int
     fabric: FabricSpec
     assumptions: list[str] = field(default_factory=list)
-    provenance: str = PROVENANCE
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        return PROVENANCE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; every figure sits under a dict that carries the provenance."""

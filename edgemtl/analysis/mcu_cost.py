@@ -49,12 +49,13 @@ import numpy as np
 from edgemtl.analysis.arena_plan import _alias_roots, _place, _round_up, liveness, plan_arena, tensor_bytes
 from edgemtl.analysis.l1_tiling import tile_layer
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import prov
 from edgemtl.model.intgraph import INT8_PARAMS, IntGraph, Node
 from edgemtl.targets import Target
 
-PROVENANCE = ("estimated (analytical model: PULP-NN-class int8 kernels on GAP9's 8-core cluster, "
-              "DMA at the target's bandwidths; see analysis/mcu_cost.py)")
-SIM_PROVENANCE = "simulated (qemu rv32imac, one core, no SIMD)"
+PROVENANCE = prov("estimated", source="edgemtl analytical model (analysis/mcu_cost.py)",
+                  detail="PULP-NN-class int8 kernels on GAP9's 8-core cluster, DMA at the target's bandwidths")
+SIM_PROVENANCE = prov("simulated", source="qemu rv32imac", detail="one core, no SIMD")
 
 # -- the allowance for code in L2 ------------------------------------------------------------------------
 # Our kernels.c compiles to ~10.4 KB of rv32imac text at -O2 (riscv64-unknown-elf-gcc 12, picolibc); the
@@ -78,7 +79,8 @@ POWER_MW = 50.0
 # deployed int8 on GAP9: 0.785 s per inference, 44.91 mJ, 57.18 mW average power (measured by its authors).
 TINYMYO = {"model": "TinyMyo (Fasulo et al., arXiv:2512.15729)", "parameters": 3_600_000, "device": "GAP9",
            "latency_s": 0.785, "energy_mj": 44.91, "power_mw": 57.18,
-           "provenance": "measured (published by TinyMyo's authors on GAP9; not this model)"}
+           "provenance": prov("measured", source="published by TinyMyo's authors", device="GAP9",
+                              detail="not this model")}
 
 
 @dataclass(frozen=True)
@@ -439,7 +441,10 @@ class CycleEstimate:
     placement: Placement
     spec: McuSpec
     assumptions: list[str]
-    provenance: str = PROVENANCE
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        return PROVENANCE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: totals, per-layer rows, the placement, the figures used and the published context."""

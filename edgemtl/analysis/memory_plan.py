@@ -35,6 +35,7 @@ from typing import Any, Literal
 from torch import nn
 
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import prov
 from edgemtl.targets import Target
 
 Order = Literal["token-major", "expert-major"]
@@ -110,7 +111,7 @@ class MemoryPlan:
             for key, order in (("token_major", "token-major"), ("expert_major", "expert-major"))
         }
         return {
-            "provenance": "estimated (edgemtl memory-plan arithmetic, see analysis/memory_plan.py)",
+            "provenance": prov("estimated", source="edgemtl memory-plan arithmetic (analysis/memory_plan.py)"),
             "on_chip_bytes": self.on_chip_bytes,
             "weight_bytes_per_value": self.weight_bytes_per_value,
             "activation_bytes_per_value": self.activation_bytes_per_value,

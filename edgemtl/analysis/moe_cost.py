@@ -18,6 +18,7 @@ from torch import nn
 
 from edgemtl.analysis.cost import ModelCost, model_cost, path_cost
 from edgemtl.model.contract import example_input
+from edgemtl.manifest import prov
 from edgemtl.model.spec import ModelSpec
 
 
@@ -56,7 +57,7 @@ def moe_macs(model: nn.Module, spec: ModelSpec, tasks: list[str], cost: ModelCos
                       "dense_vit_single_task_macs": dense_backbone + heads[t],
                       "share_of_dense_vit_all_tasks": cost.tasks[t].macs / dense_all}
                   for t in tasks},
-        "provenance": "counted (edgemtl analysis); dense-ViT figures derived",
+        "provenance": prov("static", source="edgemtl analysis", detail="counted; dense-ViT figures derived"),
         "counting": "batch 1; MoE layers count top-k experts per token plus the router (edgemtl analysis); "
                     "the dense ViT of equal per-token compute is derived (MoE -> MLP of hidden k*h, no router)",
     }

@@ -1,7 +1,7 @@
 """Deeploy (deeploy-pulp) C code generation for the MCU target, with its static memory map at GAP9's sizes.
 
 deeploy-pulp pins numpy<2 and protobuf 4.23, which the main environment cannot share, so it lives in its own venv
-(`.venv-deeploy`, made by `make deeploy-venv`; `EDGEMTL_DEEPLOY_VENV` points elsewhere) and runs as a subprocess:
+(`.venv-deeploy`, made by `edgemtl toolchain install deeploy`; `EDGEMTL_DEEPLOY_VENV` points elsewhere) and runs as a subprocess:
 `deeploy_worker.py` (in this folder, standard library only at import) reads a versioned JSON request and writes a
 JSON result. This module never imports Deeploy.
 
@@ -42,13 +42,14 @@ import numpy as np
 from edgemtl.backends.deeploy_onnx import read_deeploy_metadata
 from edgemtl.backends.venv_worker import last_line, worker_env
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import prov
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DEEPLOY_VENV = Path(os.environ.get("EDGEMTL_DEEPLOY_VENV", REPO_ROOT / ".venv-deeploy"))
 WORKER = Path(__file__).resolve().with_name("deeploy_worker.py")
 PROTOCOL_VERSION = 1
-HOW_TO_CREATE = "make deeploy-venv"
-PROVENANCE = "static (Deeploy's tiling and static allocation at compile time; not measured)"
+HOW_TO_CREATE = "edgemtl toolchain install deeploy"
+PROVENANCE = prov("static", source="Deeploy's tiling and static allocation", detail="at compile time; not measured")
 DEFAULT_L3_BYTES = 64_000_000  # Deeploy's test driver's L3; pass the board's external RAM when it is known
 DEFAULT_N_CORES = 8             # GAP9's and Siracusa's cluster: 8 worker cores
 # Deeploy's PULP GEMM tiling keeps the reduction (input) dimension whole and tiles outputs by 16, double-buffered
@@ -84,7 +85,7 @@ def deeploy_generate(onnx_path: Path, out_dir: Path, l1_bytes: int, l2_bytes: in
                      generic_whole_onnx: Path | None = None) -> dict[str, Any]:
     """Generate Deeploy's C for an integer ONNX into `out_dir` and return its static memory map.
 
-    Returns {"available": False, "how_to_create": "make deeploy-venv", "reason": "Deeploy venv missing: ..."} when
+    Returns {"available": False, "how_to_create": "edgemtl toolchain install deeploy", "reason": "Deeploy venv missing: ..."} when
     the venv is absent; {"available": True, "ok": False, "reason": one line, ...} when Deeploy cannot take the model
     (layers PULPOpen has no mapping for are listed in "unmapped" and Deeploy is not run; tiling failures carry
     "hints" such as fully connected layers too large for L1); otherwise {"available": True, "ok": True, "files",

@@ -1,7 +1,7 @@
 """FINN (finn-plus) resource and throughput estimates of a QONNX model, from FINN's own analytical models.
 
 finn-plus pins numpy, onnx, onnxruntime, protobuf and setuptools versions the main environment cannot
-share, so it lives in its own venv (`.venv-finn`, made by `make finn-venv`) and runs as a subprocess:
+share, so it lives in its own venv (`.venv-finn`, made by `edgemtl toolchain install finn`) and runs as a subprocess:
 `finn_worker.py` (in this folder, standard library only at import) reads a versioned JSON request and
 writes a JSON result. This module never imports FINN.
 
@@ -28,13 +28,14 @@ from typing import Any
 
 from edgemtl.backends.venv_worker import last_line, worker_env
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import prov
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FINN_VENV = Path(os.environ.get("EDGEMTL_FINN_VENV", REPO_ROOT / ".venv-finn"))
 WORKER = Path(__file__).resolve().with_name("finn_worker.py")
 PROTOCOL_VERSION = 1
-PROVENANCE = "estimated (FINN analytical model)"
-HOW_TO_CREATE = "make finn-venv"
+PROVENANCE = prov("estimated", source="FINN analytical model")
+HOW_TO_CREATE = "edgemtl toolchain install finn"
 # A Vivado path FINN can parse; nothing under it is run by an estimate-only build.
 DUMMY_XILINX_VIVADO = "/opt/edgemtl-dummy/Xilinx/Vivado/2024.2"
 
@@ -56,7 +57,7 @@ def finn_estimates(qonnx_path: Path, task: str, part: str, clock_mhz: float, tar
                    logic: dict[str, int] | None = None) -> dict[str, Any]:
     """FINN's estimates of a QONNX model at each target fps.
 
-    Returns {"available": False, "how_to_create": "make finn-venv", ...} when the FINN venv is missing;
+    Returns {"available": False, "how_to_create": "edgemtl toolchain install finn", ...} when the FINN venv is missing;
     {"available": True, "ok": False, "reason": one line} when FINN cannot take the model; otherwise
     {"available": True, "ok": True, "provenance": ..., "by_target_fps": {"<fps>": {lut, bram18, uram, dsp,
     cycles_per_layer, estimated_fps, latency_ms, ...}}}. `task` names the graph output to build when the

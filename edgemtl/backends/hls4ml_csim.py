@@ -17,6 +17,7 @@ import numpy as np
 
 from edgemtl.backends.hls4ml_graph import _one_line, _quiet
 from edgemtl.errors import EdgemtlError, VerificationError
+from edgemtl.manifest import prov
 
 if TYPE_CHECKING:
     from edgemtl.backends.hls4ml_backend import HlsProject
@@ -32,8 +33,9 @@ CONSTANT_FACTOR_FIT = 0.1
 CONSTANT_FACTOR_EXPLAINS = 0.3
 
 
-def csim_provenance(samples: int) -> str:
-    return f"simulated (hls4ml C simulation, bit-accurate: equal to the quantized model on {samples} samples)"
+def csim_provenance(samples: int) -> dict[str, str]:
+    return prov("simulated", source="hls4ml C simulation",
+                detail=f"bit-accurate: equal to the quantized model on {samples} samples")
 
 
 def _per_output(value: Any, outputs: list[str], what: str, task: str) -> dict[str, Any]:

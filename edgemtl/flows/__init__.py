@@ -7,6 +7,7 @@ import importlib
 
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import Step
+from edgemtl.manifest import Manifest
 
 FLOWS: dict[str, str] = {"cpu-onnxruntime": "edgemtl.flows.cpu_onnxruntime", "fpga-hls4ml": "edgemtl.flows.fpga_hls4ml",
                          "mcu-gap9": "edgemtl.flows.mcu_gap9", "cpu-arm64": "edgemtl.flows.cpu_arm64"}
@@ -16,3 +17,10 @@ def flow_steps(name: str) -> list[Step]:
     if name not in FLOWS:
         raise EdgemtlError(f"no flow called {name!r} in this edgemtl; available: {', '.join(FLOWS)}")
     return list(importlib.import_module(FLOWS[name]).STEPS)
+
+
+def flow_manifest_model(name: str) -> type[Manifest]:
+    """The manifest model a flow's bundles validate against (its task entries and top-level sections)."""
+    if name not in FLOWS:
+        raise EdgemtlError(f"no flow called {name!r} in this edgemtl; available: {', '.join(FLOWS)}")
+    return importlib.import_module(FLOWS[name]).MANIFEST

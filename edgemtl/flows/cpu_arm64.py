@@ -28,6 +28,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from pydantic import BaseModel, Field
+
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends import tvm_build
 from edgemtl.model.onnx_export import export_task
@@ -35,6 +37,7 @@ from edgemtl.backends.ort_quantize import OrtQuantConfig, QuantizeResult, quanti
 from edgemtl.data import TaskData
 from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError, VerificationError
+from edgemtl.manifest import Section, TaskEntry, manifest_model, prov
 from edgemtl.evaluate import evaluate
 from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import (analyse, data_source, load_verification_data, task_list, task_model, threads_of,
@@ -156,7 +159,7 @@ def _quantize_task(ctx: FlowContext, task: str, float_path: Path, int8_path: Pat
 
         name, result, agreement, attempts = _search_remedies(ctx, float_path, int8_path, judge, -INT8_MIN_SQNR_DB)
         return {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}", "agreement_with_float": agreement,
-                "agreement_provenance": "evaluated (ONNX Runtime int8 vs PyTorch float, host)",
+                "agreement_provenance": prov("evaluated", source="ONNX Runtime int8", detail="vs PyTorch float, host"),
                 "meets_agreement_target": agreement["sqnr_db_vs_float"] >= INT8_MIN_SQNR_DB,
                 "target_min_sqnr_db": INT8_MIN_SQNR_DB, "remedy": name, "calibration": result.to_dict(),
                 "attempts": attempts, **common}
@@ -354,3 +357,20 @@ STEPS: list[Step] = [
     ("tvm_build", tvm_step),
     ("reference_vectors", reference_step),
 ]
+
+
+class Arm64Task(TaskEntry):
+    """The arm64 flow's task entry: float and int8 ONNX, TVM builds, reference vectors, the shipped runtime."""
+
+    verification: dict[str, Any] | None = None
+    max_abs_error: float | None = None
+    int8: Section | None = Field(None, description="ONNX Runtime static int8: calibration, remedy, metrics, check")
+    tvm: Section | None = Field(None, description="TVM Relax builds per architecture")
+    reference: Section | None = Field(None, description="reference input/outputs shipped for the board-side check")
+
+
+class Arm64Extra(BaseModel):
+    bundle_layout: dict[str, Any] = Field(description="where each artifact lives in the bundle, per task")
+
+
+MANIFEST = manifest_model(Arm64Task, Arm64Extra)

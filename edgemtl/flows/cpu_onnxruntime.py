@@ -7,10 +7,15 @@ when the model has experts; the all-task graph is always the whole model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
+from pydantic import Field
+
 from edgemtl.backends import onnxruntime as ort_backend
+from edgemtl.manifest import Latency, TaskEntry, manifest_model
 from edgemtl.model.onnx_export import export_all_tasks, export_task
 from edgemtl.data import TaskData
 from edgemtl.errors import VerificationError
@@ -147,3 +152,21 @@ STEPS: list[Step] = [
     ("measure_latency", measure_latency),
     ("task_switching", switching_step),
 ]
+
+
+class HostTask(TaskEntry):
+    """The host flow's task entry: ONNX Runtime verification, metrics and latency beside PyTorch's."""
+
+    verification: dict[str, Any] | None = Field(None, description="ORT vs PyTorch on real samples, per graph")
+    max_abs_error: float | None = None
+    metrics: dict[str, float] | None = Field(None, description="with the deployed all-task graph (evaluated)")
+    metrics_pytorch: dict[str, float] | None = None
+    metrics_data: str | None = None
+    metrics_note: str | None = Field(None, description="why a task has no metrics (no labels in the data)")
+    latency_ms: Latency | None = None
+    latency_ms_pytorch: Latency | None = None
+    speedup_vs_pytorch: float | None = None
+    speedup_vs_pytorch_warning: str | None = None
+
+
+MANIFEST = manifest_model(HostTask)

@@ -21,6 +21,7 @@ from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.model.onnx_export import INPUT_NAME
 from edgemtl.backends.switchable import TASK_ID_NAME, export_switchable
 from edgemtl.errors import VerificationError
+from edgemtl.manifest import prov
 from edgemtl.flow import FlowContext, Skipped
 from edgemtl.flows.common import task_list, threads_of, verification_inputs
 from edgemtl.flows.passes import pass_step
@@ -97,6 +98,8 @@ def switching_step(ctx: FlowContext) -> Skipped | None:
         switchable_rss, separate_rss = resident_memory([path]), resident_memory(per_task)
         entry["resident_memory"] = {"switchable_bytes": switchable_rss, "per_task_artifacts_bytes": separate_rss,
                                     "ratio": switchable_rss / separate_rss if separate_rss else None,
-                                    "provenance": "measured (RSS added by loading the ONNX Runtime sessions)"}
+                                    "provenance": prov("measured", source="process RSS (psutil)",
+                                                       detail="resident memory added by loading the ONNX Runtime "
+                                                              "sessions")}
         entry["switch_latency"] = switch_latency(path, spec, tasks, threads=threads_of(ctx))
     ctx.manifest.setdefault("moe", {})["switching"] = entry

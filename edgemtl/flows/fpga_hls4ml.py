@@ -12,15 +12,20 @@ which step needs another toolchain.
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import shutil
 
 import torch
 
+from pydantic import BaseModel, Field
+
 from edgemtl.analysis.fpga_cost import estimate_model
 from edgemtl.flows.op_support import task_support
 from edgemtl.backends.finn import finn_estimates
 from edgemtl.backends.hls4ml_backend import build_hls_project, build_testbench, csim_check
+from edgemtl.manifest import Section, TaskEntry, manifest_model
 from edgemtl.model.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
 from edgemtl.errors import EdgemtlError, VerificationError
@@ -200,3 +205,22 @@ STEPS: list[Step] = [
     ("estimates", estimates_step),
     ("board_kit", board_kit_step),
 ]
+
+
+class FpgaTask(TaskEntry):
+    """The FPGA flow's task entry: QAT, QONNX export, hls4ml project and C simulation, estimates."""
+
+    quantization: Section | None = Field(None, description="brevitas QAT record: precision, steps, metrics")
+    export_check: Section | None = None
+    inference_cost: Section | None = Field(None, description="qonnx inference cost of the QONNX graph")
+    hls4ml: Section | None = Field(None, description="HLS project, C simulation and g++ testbench vs the QAT model")
+    roofline: Section | None = Field(None, description="edgemtl roofline (estimated)")
+    finn: Section | None = Field(None, description="FINN analytical estimates (estimated)")
+
+
+class FpgaExtra(BaseModel):
+    board_kit: dict[str, Any] | None = Field(None, description="the hw/ folder and the next command to run")
+    needs_other_toolchain: list[dict[str, Any]] | None = Field(None, description="steps this flow cannot lower")
+
+
+MANIFEST = manifest_model(FpgaTask, FpgaExtra)

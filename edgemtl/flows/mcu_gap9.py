@@ -17,12 +17,16 @@ other tasks go on; if no task can be quantized the compile stops with the first 
 
 from __future__ import annotations
 
+from typing import Any
+
 import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+
+from pydantic import BaseModel, Field
 
 from edgemtl.analysis.mcu_cost import estimate_cycles, place_in_memory, simulated_instructions
 from edgemtl.backends.c import generate_c, riscv_tools_missing, run_on_host, run_on_qemu
@@ -33,6 +37,7 @@ from edgemtl.backends.deeploy_onnx import (evaluate_standard, export_deeploy_onn
                                            standard_onnx, unmapped_reason)
 from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.errors import EdgemtlError, VerificationError
+from edgemtl.manifest import Section, TaskEntry, manifest_model, prov
 from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import analyse, load_verification_data, with_progress
 from edgemtl.flows.experts import partition_step
@@ -42,7 +47,8 @@ from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
 from edgemtl.resources import HW_DIR
 
 BOARD_KIT = HW_DIR / "gap9"
-QEMU_PROVENANCE = "simulated (qemu-system-riscv32 rv32imac, one core, no SIMD; retired instructions, not cycles)"
+QEMU_PROVENANCE = prov("simulated", source="qemu-system-riscv32 rv32imac",
+                       detail="one core, no SIMD; retired instructions, not cycles")
 
 
 def _memory_bytes(ctx: FlowContext, name: str) -> int:
@@ -192,7 +198,8 @@ def _deeploy_numerics(ctx: FlowContext, task: str, graph: IntGraph, onnx_path: P
             "samples": len(q_inputs), "bit_exact": differing == 0, "values_differing": differing,
             "values": int(sum(e.size for e in expected)), "kernels": str(kernels),
             "compiler": "gcc -std=gnu11 -O1", "against": "edgemtl's int8 reference executor",
-            "provenance": "measured (Deeploy's Generic C with Deeploy's kernels, host gcc)"})
+            "provenance": prov("measured", source="Deeploy's Generic C with Deeploy's kernels",
+                               detail="compiled and run with host gcc")})
     elif generic.get("ok"):
         generic.update(numerics_checked=False, numerics_reason=f"{NUMERICS_REASON}; set "
                        f"EDGEMTL_DEEPLOY_GENERIC_KERNELS to a Deeploy checkout's TargetLibraries/Generic to run it")
@@ -224,9 +231,10 @@ def _onnx_check(task: str, onnx_path: Path, q_inputs: np.ndarray, expected: list
                     "reference executor: checks the export, not Deeploy's code",
             "generic_semantics": {
                 "bit_exact": differing == 0, "values_differing": differing, "values": values,
-                "provenance": "predicted (the same evaluation with Generic's arithmetic: deeploy-pulp 0.2.1's "
-                              "GenericOptimizer does not fuse RequantShift -> Add into RequantizedAdd, so the scaled "
-                              "inputs of an add are clipped to int8 first)"}}
+                "provenance": prov("estimated", source="the same evaluation with Generic's arithmetic",
+                                   detail="predicted: deeploy-pulp 0.2.1's GenericOptimizer does not fuse RequantShift "
+                                          "-> Add into RequantizedAdd, so the scaled inputs of an add are clipped to "
+                                          "int8 first")}}
 
 
 def _runner_rounds_add(onnx_path: Path) -> list[str]:
@@ -259,7 +267,7 @@ def c_step(ctx: FlowContext) -> None:
         entry = ctx.manifest["tasks"][task]
         entry["artifacts"]["c"] = relative
         entry["c"] = {"files": sorted(p.name for p in (ctx.bundle / relative).iterdir()),
-                      "arena": sources.plan.to_dict() | {"provenance": "static (liveness plan)"},
+                      "arena": sources.plan.to_dict() | {"provenance": prov("static", source="edgemtl liveness plan")},
                       "test_vectors": len(q_inputs)}
         ctx.state.c_vectors[task] = (q_inputs, expected)
 
@@ -286,7 +294,8 @@ def verify_host_step(ctx: FlowContext) -> None:
 
 def verify_qemu_step(ctx: FlowContext) -> Skipped | None:
     """The rv32imac build under qemu, bit for bit, with per-layer retired instructions (skipped, said why, without tools)."""
-    missing = riscv_tools_missing()
+    missing = riscv_tools_missing() or ("no qemu samples asked for (qemu_samples=0)"
+                                        if ctx.options.qemu_samples < 1 else None)
     if missing:
         for task in _graphs(ctx):
             ctx.manifest["tasks"][task]["c"]["qemu"] = {"skipped": missing}
@@ -358,3 +367,21 @@ STEPS: list[Step] = [
     ("mcu_estimates", estimates_step),
     ("board_kit", board_kit_step),
 ]
+
+
+class Gap9Task(TaskEntry):
+    """The GAP9 flow's task entry: int8 graph, Deeploy, generated C with its checks, the cost model."""
+
+    int8: Section | None = Field(None, description="int8 quantization record and metrics (or agreement)")
+    deeploy_mappable: Section | None = None
+    deeploy: Section | None = Field(None, description="Deeploy's generated code, tiling and static allocation")
+    c: Section | None = Field(None, description="portable C: files, arena, host and qemu bit-exactness")
+    memory_placement: Section | None = Field(None, description="L1/L2/L3 placement (estimated)")
+    cycle_estimate: Section | None = Field(None, description="GAP9 cycles, latency, energy (estimated)")
+
+
+class Gap9Extra(BaseModel):
+    board_kit: dict[str, Any] | None = Field(None, description="the hw/ folder and the next command to run")
+
+
+MANIFEST = manifest_model(Gap9Task, Gap9Extra)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgemtl.errors import EdgemtlError, first_line
+from edgemtl.manifest import prov
 from edgemtl.model.contract import example_input
 from edgemtl.model.onnx_static import bind_constant_arguments
 from edgemtl.model.spec import ModelSpec
@@ -89,7 +90,8 @@ def load_onnx_model(path: Path, spec: ModelSpec) -> tuple[OnnxTaskModel, dict[st
         "ignored_outputs": [name for k, name in enumerate(outputs) if k not in output_index.values()],
         "constant_folding": "onnxruntime ORT_ENABLE_BASIC",
         "constant_arguments_bound": bound,
-        "check_vs_onnxruntime": {"provenance": "measured (converted PyTorch module vs ONNX Runtime, this host)",
+        "check_vs_onnxruntime": {"provenance": prov("measured", source="converted PyTorch module vs ONNX Runtime",
+                                                                 detail="this host"),
                                  "samples": CHECK_SAMPLES, "input": "seeded standard normal of the spec's shape",
                                  "max_abs_error": {t: e["max_abs"] for t, e in errors.items()}, "rtol": CHECK_RTOL},
     }

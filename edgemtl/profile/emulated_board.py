@@ -5,7 +5,7 @@ TVM RPC like a real board, registered with a tracker under a key, so the whole h
 (tracker, upload, load, run, time) is exercised for real. Its timings are EMULATED: a figure measured
 on it must carry provenance "emulated" and is never a device latency.
 
-    board = board_dir()                       # None when it is not built (make emulated-arm64)
+    board = board_dir()                       # None when it is not built (edgemtl toolchain install emulated-arm64)
     with emulated_server("127.0.0.1", 9190, "arm64-emu") as proc:
         ...                                   # the server is registered with the tracker here
 """
@@ -51,7 +51,7 @@ def board_dir_and_reason() -> tuple[Path | None, str]:
     """(the board, "") when usable, else (None, why not: the sentence a skip or an error should show)."""
     board = default_board_path()
     if not (board / ".built").is_file() or not os.access(board / "bin" / "rpc_server", os.X_OK):
-        return None, f"emulated arm64 board not built at {board} (run: make emulated-arm64)"
+        return None, f"emulated arm64 board not built at {board} (run: edgemtl toolchain install emulated-arm64)"
     if shutil.which("qemu-aarch64-static") is None:
         return None, "qemu-aarch64-static not found (apt-get install qemu-user-static)"
     return board, ""

@@ -22,6 +22,7 @@ from typing import Any
 
 from edgemtl.bundle import file_slug, write_json_atomically
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import check_provenances, prov
 from edgemtl.profile.device import (MANIFEST, RUNTIMES, TVM_TUNED, Bundle, DataReference, Device, DeviceLost,
                                     SkipRuntime, StepCallback, TaskArtifacts, bundle_arch, check_output, read_bundle)
 from edgemtl.profile.local import LocalDevice
@@ -51,7 +52,8 @@ class RuntimeResult:
             return {"skipped": self.skipped, **({"artifact": self.artifact} if self.artifact else {})}
         m = self.measurement
         return {"median_ms": round(m.median_ms, 5), "p90_ms": round(m.p90_ms, 5), "min_ms": round(m.min_ms, 5),
-                "runs": m.runs, "provenance": m.provenance, "artifact": m.artifact, "sha256": m.artifact_sha256,
+                "runs": m.runs, "provenance": prov(m.provenance, source=self.runtime, device=m.device_key),  # type: ignore[arg-type]
+                "artifact": m.artifact, "sha256": m.artifact_sha256,
                 "max_abs_diff": m.max_abs_diff, "check_passed": m.check_passed, "store_id": m.id,
                 "details": m.details}
 
@@ -72,8 +74,13 @@ class ProfileResult:
     reference: dict[str, Any] | None = None  # where the reference vectors came from when not the bundle's own
     timestamp: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
+    def provenance_object(self) -> dict[str, str]:
+        """How the manifest says what these timings are: measured on a device, or emulated (never a device's speed)."""
+        return prov(self.provenance, source="edgemtl profile", device=self.device_key,  # type: ignore[arg-type]
+                    detail=self.description)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device_key, "description": self.description, "provenance": self.provenance,
+        return {"device": self.device_key, "description": self.description, "provenance": self.provenance_object(),
                 "timestamp": self.timestamp, "complete": self.complete, "store": str(self.store),
                 "tasks": {t: {"runtimes": {r: v.to_dict() for r, v in rs.items()}, "fastest_passed": self.chosen.get(t)}
                           for t, rs in self.tasks.items()},
@@ -194,12 +201,12 @@ def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
         target_arch = bundle_arch(manifest)
         manifest.setdefault("profiles", {})[slug] = {
             "file": f"profile/{slug}.json", "device": result.device_key, "description": result.description,
-            "provenance": result.provenance, "timestamp": result.timestamp}
+            "provenance": result.provenance_object(), "timestamp": result.timestamp}
         for name, runtimes in result.tasks.items():
             entry = manifest["tasks"].setdefault(name, {})
             chosen = result.chosen.get(name)
             entry.setdefault("profile", {})[slug] = {
-                "device": result.device_key, "provenance": result.provenance, "timestamp": result.timestamp,
+                "device": result.device_key, "provenance": result.provenance_object(), "timestamp": result.timestamp,
                 "runtimes": {r: v.to_dict() for r, v in runtimes.items()}, "fastest_passed": chosen}
             for runtime, outcome in runtimes.items():  # a tuned build made by this job becomes an artifact
                 if runtime == TVM_TUNED and outcome.measurement is not None:
@@ -219,6 +226,7 @@ def _update_manifest(bundle: Bundle, result: ProfileResult) -> None:
                 entry["runtime_chosen_by"] = {"device": result.device_key, "profile": f"profile/{slug}.json",
                                               "median_ms": {r: v.measurement.median_ms for r, v in runtimes.items()
                                                             if v.measurement is not None}}
+        check_provenances(manifest)  # the profile's figures keep the one provenance shape
         write_json_atomically(bundle.path / MANIFEST, manifest)
     finally:
         os.close(folder)  # releases the lock

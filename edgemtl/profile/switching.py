@@ -24,6 +24,7 @@ from edgemtl.model.onnx_export import INPUT_NAME
 from edgemtl.backends.onnxruntime import make_session
 from edgemtl.backends.switchable import TASK_ID_NAME
 from edgemtl.errors import EdgemtlError
+from edgemtl.manifest import prov
 from edgemtl.model.spec import ModelSpec
 from edgemtl.timing import host_cpu_name
 
@@ -120,6 +121,7 @@ def switch_latency(path: Path, spec: ModelSpec, tasks: list[str], threads: int =
                 steady[task].extend(samples[1:])
     steady_ms = statistics.median(v for t in tasks for v in steady[t])
     first_ms = statistics.median(v for t in tasks for v in first[t])
+    device = f"host CPU ({host_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
     return {
         "steady_ms": steady_ms,
         "first_after_switch_ms": first_ms,
@@ -127,8 +129,9 @@ def switch_latency(path: Path, spec: ModelSpec, tasks: list[str], threads: int =
         "per_task": {t: {"steady_ms": statistics.median(steady[t]),
                          "first_after_switch_ms": statistics.median(first[t])} for t in tasks},
         "runs": rounds * len(tasks) * (1 + repeats),
-        "provenance": "measured",
+        "provenance": prov("measured", source=f"onnxruntime {ort.__version__}", device=device,
+                           detail="median over task switches, the first run after each switch timed apart"),
         "runtime": f"onnxruntime {ort.__version__}",
-        "device": f"host CPU ({host_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})",
+        "device": device,
         "threads": threads,
     }

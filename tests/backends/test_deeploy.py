@@ -306,10 +306,10 @@ def test_generate_refuses_unmapped_layers_without_running_deeploy(tmp_path):
 def test_absent_venv_says_how_to_create_it(tmp_path):
     path = export_deeploy_onnx(tiny_graph(), tmp_path / "net.onnx").path
     out = deeploy_generate(path, tmp_path / "gen", L1, L2, 30, venv=tmp_path / "nope")
-    assert out["available"] is False and out["how_to_create"] == "make deeploy-venv"
-    assert out["reason"].startswith("Deeploy venv missing: run `make deeploy-venv`")
+    assert out["available"] is False and out["how_to_create"] == "edgemtl toolchain install deeploy"
+    assert out["reason"].startswith("Deeploy venv missing: run `edgemtl toolchain install deeploy`")
     assert deeploy_python(tmp_path / "nope") is None
-    assert out["generic"]["ran"] is False and "make deeploy-venv" in out["generic"]["reason"]
+    assert out["generic"]["ran"] is False and "edgemtl toolchain install deeploy" in out["generic"]["reason"]
 
 
 def test_tile_summary_counts_tiles_per_level():
@@ -320,7 +320,7 @@ def test_tile_summary_counts_tiles_per_level():
 
 # ---- the real thing ------------------------------------------------------------------------------------------
 
-without_deeploy = pytest.mark.skipif(deeploy_python() is None, reason="no .venv-deeploy: run `make deeploy-venv`")
+without_deeploy = pytest.mark.skipif(deeploy_python() is None, reason="no .venv-deeploy: run `edgemtl toolchain install deeploy`")
 
 
 @pytest.mark.needs_deeploy
@@ -665,7 +665,7 @@ def test_flow_records_the_onnx_check_the_test_folder_and_that_deeploys_c_was_not
     assert check["evaluator"].startswith("onnxruntime")
     assert "not Deeploy's code" in check["what"]
     assert check["generic_semantics"]["bit_exact"] is False and check["generic_semantics"]["values_differing"] > 0
-    assert check["generic_semantics"]["provenance"].startswith("predicted")
+    assert check["generic_semantics"]["provenance"]["kind"] == "estimated"
     folder = tmp_path / "tasks/scene/deeploy_test"
     assert ctx.manifest["tasks"]["scene"]["artifacts"]["deeploy_test"] == "tasks/scene/deeploy_test"
     assert (folder / "network.onnx").read_bytes() == path.read_bytes()
@@ -695,7 +695,7 @@ def test_flow_runs_deeploys_generic_c_where_its_kernels_are_on_disk(tmp_path):
     _deeploy_numerics(ctx, "scene", graph, path, record)
     numerics = record["generic"]["numerics"]
     assert record["generic"]["numerics_checked"] is True and record["numerics_checked"] is False  # PULPOpen: never
-    assert numerics["samples"] == 12 and numerics["provenance"].startswith("measured")
+    assert numerics["samples"] == 12 and numerics["provenance"]["kind"] == "measured"
     assert numerics["bit_exact"] is False
     assert numerics["values_differing"] == record["onnx_check"]["generic_semantics"]["values_differing"] > 0
 

@@ -20,7 +20,7 @@ ZCU104_LOGIC = load_target("zcu104").fabric.model_dump()
 
 def test_absent_venv_says_how_to_create_it(tmp_path):
     out = finn_estimates(tmp_path / "model.onnx", "scene", PART, 200, [1000], tmp_path / "w", venv=tmp_path / "nope")
-    assert out["available"] is False and out["how_to_create"] == "make finn-venv"
+    assert out["available"] is False and out["how_to_create"] == "edgemtl toolchain install finn"
     assert finn_python(tmp_path / "nope") is None
 
 
@@ -73,7 +73,7 @@ def test_protocol_ok(fake_venv, tmp_path, monkeypatch):
                                   "by_fps": {"1000": RAW}}))
     monkeypatch.setenv("FAKE_FINN_RESULT", str(result))
     out = finn_estimates(model, "scene", PART, 200, [1000], tmp_path / "work", venv=venv, logic=ZCU104_LOGIC)
-    assert out["available"] and out["ok"] and out["provenance"] == PROVENANCE == "estimated (FINN analytical model)"
+    assert out["available"] and out["ok"] and out["provenance"] == PROVENANCE == {"kind": "estimated", "source": "FINN analytical model"}
     assert out["tool"] == "finn-plus 1.6.1" and out["nodes_unmapped"] == ["Transpose_0"]
     assert list(out["by_target_fps"]) == ["1000"]
     assert out["by_target_fps"]["1000"] == expected_entry(RAW)  # every figure is the worker's, none dropped or made up
@@ -102,7 +102,7 @@ def test_the_zcu104_flow_records_finns_figures_per_task(fake_venv, tmp_path, mon
                                   "by_fps": {"1000": RAW, "10000": fast}}))
     monkeypatch.setenv("FAKE_FINN_RESULT", str(result))
     monkeypatch.setattr(flow, "finn_estimates", functools.partial(finn.finn_estimates, venv=venv))
-    roofline = {"provenance": "estimated (edgemtl roofline)", "fps": 1.0}
+    roofline = {"provenance": {"kind": "estimated", "source": "edgemtl roofline"}, "fps": 1.0}
     monkeypatch.setattr(flow, "estimate_model", lambda *args: dict(roofline))
     bundle = tmp_path / "bundle"
     (bundle / "tasks/scene").mkdir(parents=True)
@@ -153,7 +153,7 @@ def test_bad_requests_raise_one_line(fake_venv, tmp_path):
 # ---- the real thing ---------------------------------------------------------------------------------------
 
 needs_finn = pytest.mark.skipif(finn_python(DEFAULT_FINN_VENV) is None,
-                                reason=f"no finn-plus venv at {DEFAULT_FINN_VENV} (make finn-venv)")
+                                reason=f"no finn-plus venv at {DEFAULT_FINN_VENV} (edgemtl toolchain install finn)")
 
 
 def small_cnn(heads: int, path: Path) -> Path:

@@ -18,7 +18,8 @@ from edgemtl.targets import load_target
 
 TARGET = load_target("zcu104")
 CSIM = {"samples": 2, "max_abs_diff_lsb": 0.0, "passed": True, "exact": True,
-        "provenance": "simulated (hls4ml C simulation, bit-accurate: equal to the quantized model on 2 samples)"}
+        "provenance": {"kind": "simulated", "source": "hls4ml C simulation",
+                       "detail": "bit-accurate: equal to the quantized model on 2 samples"}}
 NOT_FOUND = {"built": False, "ran": False, "reason": "g++ not found on PATH"}
 AGREES = {"built": True, "ran": True, "exit_status": 0, "tb_samples": 2, "matches_csim": True}
 
@@ -132,8 +133,8 @@ def test_the_real_scene_path_is_bit_accurate_and_its_testbench_agrees(scene_path
     hls = ctx.manifest["tasks"]["scene"]["hls4ml"]
     csim, bench = hls["csim"], hls["testbench"]
     assert csim["exact"] and csim["max_abs_diff_lsb"] == 0.0 and csim["samples"] == 8
-    assert csim["provenance"] == ("simulated (hls4ml C simulation, bit-accurate: equal to the quantized model "
-                                  "on 8 samples)")
+    assert csim["provenance"] == {"kind": "simulated", "source": "hls4ml C simulation",
+                                  "detail": "bit-accurate: equal to the quantized model on 8 samples"}
     assert bench["built"] and bench["ran"] and bench["exit_status"] == 0, bench
     assert bench["matches_csim"] is True and bench["tb_samples"] == 8 and bench["tb_max_abs_diff"] == 0.0
 

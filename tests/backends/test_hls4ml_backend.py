@@ -117,8 +117,9 @@ def test_two_head_csim_equals_brevitas(two_heads):
     assert result["max_abs_diff_lsb"] == 0.0 and result["bound_lsb"] == 0.0
     assert result["per_sample_max_abs_diff_lsb"] == [0.0, 0.0, 0.0]
     assert all(out["differing_values"] == 0 for out in result["outputs"].values())
-    assert result["provenance"] == csim_provenance(3) == ("simulated (hls4ml C simulation, bit-accurate: equal to "
-                                                          "the quantized model on 3 samples)")
+    assert result["provenance"] == csim_provenance(3) == {
+        "kind": "simulated", "source": "hls4ml C simulation",
+        "detail": "bit-accurate: equal to the quantized model on 3 samples"}
     got = hls_predict(project, x)  # NCHW in, NCHW out, per output name
     for name, ref in reference.items():
         np.testing.assert_array_equal(got[name], ref)  # value for value, not within a tolerance

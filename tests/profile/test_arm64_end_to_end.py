@@ -28,8 +28,8 @@ RUNTIMES = ("onnxruntime-float", "onnxruntime-int8", "tvm")
 pytestmark = [
     pytest.mark.needs_qemu,
     pytest.mark.needs_tvm,
-    pytest.mark.skipif(BOARD is None, reason=f"{WHY_NOT}" if "make emulated-arm64" in WHY_NOT
-                       else f"{WHY_NOT}; run: make emulated-arm64"),
+    pytest.mark.skipif(BOARD is None, reason=f"{WHY_NOT}" if "toolchain install emulated-arm64" in WHY_NOT
+                       else f"{WHY_NOT}; run: edgemtl toolchain install emulated-arm64"),
 ]
 
 
@@ -115,13 +115,13 @@ def _compile_and_profile(capsys, tmp_path, checkpoint, starting, port: int) -> N
     assert all(r.details["timer"] == "board-side perf_counter" and r.details["onnxruntime"] for r in ort_rows)
 
     profile = json.loads((bundle / "profile" / f"{KEY}.json").read_text())
-    assert profile["complete"] and profile["provenance"] == "emulated" and profile["device"] == KEY
+    assert profile["complete"] and profile["provenance"]["kind"] == "emulated" and profile["device"] == KEY
     assert set(profile["tasks"]) == set(TASKS)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["profiles"][KEY]["provenance"] == "emulated"
+    assert manifest["profiles"][KEY]["provenance"]["kind"] == "emulated"
     for task in TASKS:  # emulated timings are recorded but never choose what ships
         entry = manifest["tasks"][task]
-        assert entry["profile"][KEY]["provenance"] == "emulated"
+        assert entry["profile"][KEY]["provenance"]["kind"] == "emulated"
         assert entry["runtime"] == shipped_before[task] and "runtime_chosen_by" not in entry
     assert "do not choose the shipped runtime" in err
 

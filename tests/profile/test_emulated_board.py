@@ -30,8 +30,8 @@ def test_board_dir_is_none_when_not_built(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEMTL_ARM64_BOARD", str(tmp_path / "nowhere"))
     assert emulated_board.board_dir() is None
     board, why = board_dir_and_reason()
-    assert board is None and "make emulated-arm64" in why
-    with pytest.raises(RuntimeError, match="make emulated-arm64"):
+    assert board is None and "toolchain install emulated-arm64" in why
+    with pytest.raises(RuntimeError, match="toolchain install emulated-arm64"):
         start_emulated_server("127.0.0.1", 9190, "arm64-emu")
 
 

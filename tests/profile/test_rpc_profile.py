@@ -226,7 +226,7 @@ def test_profile_local_times_every_runtime_checks_outputs_and_ships_the_fastest(
         assert 0 < row.min_ms <= row.median_ms <= row.p90_ms and row.runs == 10
         assert len(row.artifact_sha256) == 64 and row.bundle == str(bundle.resolve())
     profile = json.loads((bundle / "profile" / "local.json").read_text())
-    assert profile["complete"] and profile["provenance"] == "measured"
+    assert profile["complete"] and profile["provenance"]["kind"] == "measured"
     skipped = profile["tasks"][ONNX_ONLY]["runtimes"]
     assert "int8_onnx" in skipped["onnxruntime-int8"]["skipped"] and "tvm" in skipped["tvm"]["skipped"]
     manifest = _manifest(bundle)
@@ -283,7 +283,7 @@ def test_emulated_timings_are_recorded_as_emulated_and_choose_nothing(bundle, tm
     (row,) = ResultsStore(store).query()
     assert (row.provenance, row.median_ms, row.min_ms, row.device_key) == ("emulated", 2.0, 1.0, "arm64-emu")
     entry = _manifest(bundle)["tasks"][ONNX_ONLY]
-    assert "runtime" not in entry and entry["profile"]["arm64-emu"]["provenance"] == "emulated"
+    assert "runtime" not in entry and entry["profile"]["arm64-emu"]["provenance"]["kind"] == "emulated"
     assert any("do not choose the shipped runtime" in note for note in result.notes)
 
 

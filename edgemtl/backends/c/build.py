@@ -27,7 +27,8 @@ from edgemtl.model.intgraph import RANGES, IntGraph
 HOST_CC = "gcc"
 RISCV_CC = "riscv64-unknown-elf-gcc"
 QEMU = "qemu-system-riscv32"
-RISCV_PACKAGES = "sudo apt-get install gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc"
+RISCV_PACKAGES = ("edgemtl toolchain install riscv, or: sudo apt-get install gcc-riscv64-unknown-elf "
+                  "picolibc-riscv64-unknown-elf qemu-system-misc")
 WARNINGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
 RISCV_ARCH = ["-march=rv32imac", "-mabi=ilp32"]
 RISCV_LINK = ["--specs=picolibc.specs", "--oslib=semihost", "--crt0=semihost", "-DPICOLIBC_INTEGER_PRINTF_SCANF",

@@ -200,7 +200,7 @@ def _deeploy_cell(raw: Any, mappable: Any) -> str:
         return _unmapped(mappable.get("unmapped"), "edgemtl's check: ") if mappable.get("ok") is False else (
             "<span class=\"dim\">edgemtl's check: every layer maps</span>" if mappable.get("ok") is True else DASH)
     if raw.get("available") is False:
-        how = raw.get("how_to_create") or "make deeploy-venv"
+        how = raw.get("how_to_create") or "edgemtl toolchain install deeploy"
         text_ = (f"<span class=\"dim\" title=\"{e(raw.get('reason') or '')}\">Deeploy venv missing: "
                  f"<code>{e(how)}</code></span>")
         if mappable.get("ok") is False:
