@@ -52,7 +52,8 @@ class Provenance(BaseModel):
 
 
 class Figure(BaseModel):
-    """A number with its unit and provenance: the one shape every reported figure has in manifest.json."""
+    """A number with its unit and provenance: every figure of the comparison page (comparison.json) has this shape.
+    In manifest.json a tool's record keeps its own numbers and carries the provenance object beside them."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -197,14 +198,15 @@ class TaskEntry(BaseModel):
 
     kind: str
     output_shape: list[int]
-    params: int | None = Field(None, description="parameters on the task's path (static: counted, see cost_provenance)")
-    macs: int | None = Field(None, description="multiply-accumulates per image, batch 1 (static: counted)")
+    params: int | None = Field(None, description="parameters on the task's path (see cost_provenance)")
+    macs: int | None = Field(None, description="multiply-accumulates per image, batch 1 (see cost_provenance)")
     macs_by_op: dict[str, int] | None = None
-    peak_activation_bytes: int | None = Field(None, description="float32 activation peak, liveness-planned (static)")
+    peak_activation_bytes: int | None = Field(None, description="float32 activation peak (see activation_provenance)")
     largest_tensor_bytes: int | None = None
     shared_params: int | None = None
     shared_fraction: float | None = None
-    cost_provenance: Provenance | None = Field(None, description="what params / macs / activation bytes are")
+    cost_provenance: Provenance | None = Field(None, description="what params, macs and macs_by_op are (static)")
+    activation_provenance: Provenance | None = Field(None, description="what the activation bytes are (estimated)")
     primary_metric: str | None = None
     higher_is_better: bool | None = None
     expert_path: dict[str, Any] | None = Field(None, description="MoE models: the experts this task's path keeps")

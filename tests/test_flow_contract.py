@@ -38,7 +38,8 @@ def test_a_flow_records_every_step_and_writes_a_valid_manifest(flow, tmp_path, c
     assert steps and all(s["status"] in ("ok", "skipped") and s["seconds"] >= 0 for s in steps), steps
     assert all(s.get("reason") for s in steps if s["status"] == "skipped")
     for entry in manifest["tasks"].values():
-        assert entry["cost_provenance"]["kind"] == "static"  # params / MACs / activation bytes say what they are
+        assert entry["cost_provenance"]["kind"] == "static"  # params and MACs are counted
+        assert entry["activation_provenance"]["kind"] == "estimated"  # the activation peak is a liveness plan
 
 
 @pytest.mark.parametrize("flow", sorted(FLOWS))

@@ -40,8 +40,9 @@ from edgemtl.model.contract import AllTasks, TaskPath, example_input
 from edgemtl.model.spec import ModelSpec
 
 MAC_KINDS = ("conv", "linear", "matmul", "attention")
-COST_PROVENANCE = prov("static", source="edgemtl analysis (torch.export)",
-                       detail="counted at batch 1; activation bytes float32, liveness-planned")
+COST_PROVENANCE = prov("static", source="edgemtl analysis (torch.export)", detail="counted from the traced graph, batch 1")
+ACTIVATION_PROVENANCE = prov("estimated", source="edgemtl analysis (torch.export)",
+                             detail="liveness of the traced graph's float32 tensors, not a measured allocation")
 
 _CONV = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution"}
 _CONV_TRANSPOSE = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
@@ -77,6 +78,7 @@ class PathCost:
             "largest_tensor_bytes": self.largest_tensor_bytes,
             "macs_by_op": dict(self.macs_by_op),
             "cost_provenance": COST_PROVENANCE,
+            "activation_provenance": ACTIVATION_PROVENANCE,
         }
 
 
