@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgemtl.cli_tables import history_table, human, metrics_table, moe_table, profile_table
 from edgemtl.errors import EdgemtlError, VerificationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -108,25 +109,6 @@ def _parse_layer_bits(items: list[str]) -> dict[str, tuple[int, int]]:
     return bits
 
 
-def _fmt(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value:g}"
-
-
-def _metrics_table(title: str, metrics: dict[str, dict[str, float]], spec) -> Table:
-    table = Table(title=title)
-    for column in ("task", "kind", "metric", "value", "better", "other metrics"):
-        table.add_column(column)
-    for name, values in metrics.items():
-        task = spec.task(name)
-        others = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != task.metric)
-        table.add_row(name, task.kind, task.metric, f"{values[task.metric]:.4f}",
-                      "higher" if task.higher_is_better else "lower", others)
-    return table
-
-
 @app.command()
 def train(
     arch: Annotated[str, typer.Option(help="zoo architecture: mtl-cnn | m3vit")] = "mtl-cnn",
@@ -182,7 +164,7 @@ def train(
     else:
         save(model, model_spec, output, meta=record)
     name = model_factory or arch
-    out.print(_metrics_table(f"{name} on {data} (val split), {steps} steps in {result.seconds:.0f} s", metrics, model_spec))
+    out.print(metrics_table(f"{name} on {data} (val split), {steps} steps in {result.seconds:.0f} s", metrics, model_spec))
     untrained = [t for t in model_spec.task_names if t not in scored]
     if untrained:
         err.print(f"note: {data} labels no {', '.join(untrained)}: those heads were not trained (no loss without labels)")
@@ -230,7 +212,7 @@ def eval_command(
     if as_json:
         out.print_json(json.dumps({"data": f"{name}/{split}", "samples": len(dataset), "metrics": metrics}))
     else:
-        out.print(_metrics_table(f"{model} on {name}/{split} ({len(dataset)} samples)", metrics, loaded.spec))
+        out.print(metrics_table(f"{model} on {name}/{split} ({len(dataset)} samples)", metrics, loaded.spec))
 
 
 @app.command()
@@ -276,31 +258,18 @@ def inspect(
     for column in ("task", "params", "MACs", "peak activation", "shared params"):
         table.add_column(column, justify="right" if column != "task" else "left")
     for name, entry in cost["tasks"].items():
-        table.add_row(name, _fmt(entry["params"]), _fmt(entry["macs"]), f"{entry['peak_activation_bytes'] / 1024:.1f} KiB",
+        table.add_row(name, human(entry["params"]), human(entry["macs"]), f"{entry['peak_activation_bytes'] / 1024:.1f} KiB",
                       f"{entry['shared_fraction']:.0%}")
     total = cost["all_tasks"]
-    table.add_row("[b]all tasks[/b]", _fmt(total["params"]), _fmt(total["macs"]),
+    table.add_row("[b]all tasks[/b]", human(total["params"]), human(total["macs"]),
                   f"{total['peak_activation_bytes'] / 1024:.1f} KiB", "")
     out.print(table)
     if moe:
-        out.print(_moe_table(moe))
+        out.print(moe_table(moe))
     for name, reason in (support or {}).items():
         out.print(f"{target}: task {name!r}: {'no op refused' if reason is None else reason}")
     if chosen is not None and target_note(loaded.model, chosen):
         out.print(f"{target}: note: {target_note(loaded.model, chosen)}")
-
-
-def _moe_table(moe: dict) -> Table:
-    """Single-task MACs (top-k experts per token + router) beside all tasks and a dense ViT."""
-    table = Table(title="mixture of experts, batch 1: a task runs its own routing (top-k experts per token + router)")
-    for column in ("task", "MACs", "share of all tasks (same model)", "dense ViT, this task", "dense ViT, all tasks (shared encoder)"):
-        table.add_column(column, justify="right" if column != "task" else "left")
-    for name, entry in moe["tasks"].items():
-        table.add_row(name, _fmt(entry["macs"]), f"{entry['share_of_all_tasks']:.1%}", _fmt(entry["dense_vit_single_task_macs"]),
-                      _fmt(moe["dense_vit_all_tasks_macs"]))
-    table.caption = (f"all tasks with this model: {_fmt(moe['all_tasks_same_model_macs'])} MACs (the backbone runs once per task); "
-                     f"router {_fmt(moe['router_macs'])}, experts {_fmt(moe['expert_macs'])} per task; dense ViT figures derived")
-    return table
 
 
 MaxDropOpt = Annotated[list[str], typer.Option(
@@ -356,8 +325,8 @@ def prune(
         if ratio < 1:
             layers.add_row(layer, str(widths[layer]), f"{ratio:.0%}")
     out.print(layers)
-    table = Table(title=f"per-task metric before -> after (MACs {_fmt(record.macs_before)} -> {_fmt(record.macs_after)}, "
-                        f"params {_fmt(record.params_before)} -> {_fmt(record.params_after)})")
+    table = Table(title=f"per-task metric before -> after (MACs {human(record.macs_before)} -> {human(record.macs_after)}, "
+                        f"params {human(record.params_before)} -> {human(record.params_after)})")
     for column in ("task", "metric", "before", "after", "better"):
         table.add_column(column)
     for task in loaded.spec.tasks:
@@ -585,7 +554,7 @@ def profile(
         if as_json:
             out.print_json(json.dumps([r.to_dict() for r in rows], default=str))
             return
-        out.print(_history_table(rows, results.path))
+        out.print(history_table(rows, results.path))
         return
     if bundle is None or device is None:
         raise EdgemtlError("profile needs a BUNDLE and --device local|rpc://HOST:PORT/KEY (or --history)")
@@ -613,7 +582,7 @@ def profile(
     if as_json:
         out.print_json(json.dumps(result.to_dict(), default=str))
     else:
-        out.print(_profile_table(result))
+        out.print(profile_table(result))
         for name, runtimes in result.tasks.items():
             for runtime, outcome in runtimes.items():
                 if outcome.skipped:
@@ -646,37 +615,6 @@ def report(
     html_path, json_path = write_comparison(bundles, output, layer_timer=ort_layer_profile if layers else None)
     out.print(f"report: {html_path}")
     out.print(f"json: {json_path}")
-
-
-def _profile_table(result) -> Table:
-    table = Table(title=f"{result.device_key} ({result.provenance.upper()}): {result.description}")
-    for column in ("task", "runtime", "median ms", "p90 ms", "min ms", "runs", "max |diff|", "output check"):
-        table.add_column(column, justify="right" if column.endswith(("ms", "runs", "|diff|")) else "left")
-    for name, runtimes in result.tasks.items():
-        for runtime, outcome in runtimes.items():
-            m = outcome.measurement
-            if m is None:
-                table.add_row(name, runtime, "", "", "", "", "", "skipped (below)")
-                continue
-            mark = ""
-            if result.chosen.get(name) == runtime:
-                mark = " [b]shipped[/b]" if result.provenance == "measured" else " (fastest)"
-            check = {True: "passed", False: "[red]FAILED[/red]", None: "no reference"}[m.check_passed]
-            table.add_row(name, runtime + mark, f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.min_ms:.3f}", str(m.runs),
-                          "" if m.max_abs_diff is None else f"{m.max_abs_diff:.2g}", check)
-    return table
-
-
-def _history_table(rows, path) -> Table:
-    table = Table(title=f"results store {path} ({len(rows)} rows)")
-    for column in ("id", "time (UTC)", "device", "task", "runtime", "median ms", "p90 ms", "min ms", "runs", "check",
-                   "provenance", "artifact sha256", "bundle"):
-        table.add_column(column, justify="right" if column.endswith(("ms", "runs", "id")) else "left")
-    for r in rows:
-        check = {True: "passed", False: "FAILED", None: "-"}[r.check_passed]
-        table.add_row(str(r.id), r.timestamp.replace("+00:00", ""), r.device_key, r.task, r.runtime, f"{r.median_ms:.3f}",
-                      f"{r.p90_ms:.3f}", f"{r.min_ms:.3f}", str(r.runs), check, r.provenance, r.artifact_sha256[:12], r.bundle)
-    return table
 
 
 def _version(value: bool) -> None:

@@ -19,3 +19,12 @@ def test_no_module_imports_a_layer_above_its_own():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "2 kept, 0 broken" in done.stdout
+
+
+MAX_MODULE_LINES = 700  # past this a module holds more than one job: split it by job (docs/architecture.md)
+
+
+def test_no_module_is_over_700_lines():
+    long = {str(path.relative_to(REPO)): n for path in (REPO / "edgemtl").rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these by job: {long}"

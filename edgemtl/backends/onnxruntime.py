@@ -1,4 +1,5 @@
-"""ONNX Runtime: sessions with a fixed thread count, named outputs, and batch-1 latency."""
+"""ONNX Runtime: sessions with a fixed thread count, named outputs (`model/ort_session.py`, re-exported here), batch-1
+latency, and the whole model exported as given."""
 
 from __future__ import annotations
 
@@ -13,23 +14,11 @@ from edgemtl.bundle import write_file_atomically
 from edgemtl.errors import VerificationError
 from edgemtl.model.contract import AllTasks, example_input
 from edgemtl.model.onnx_export import INPUT_NAME, export_module
+from edgemtl.model.ort_session import make_session, run
 from edgemtl.model.spec import ModelSpec
 from edgemtl.timing import Latency, measure
 
-
-def make_session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run(session: ort.InferenceSession, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Outputs by name for a float32 NCHW batch."""
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})
-    return dict(zip(names, values))
+__all__ = ["export_as_given", "make_session", "run", "time_session"]
 
 
 def time_session(session: ort.InferenceSession, image: np.ndarray, threads: int, runs: int, max_seconds: float) -> Latency:

@@ -1,13 +1,17 @@
-"""Float ONNX -> int8 QDQ ONNX with ONNX Runtime's static quantizer, calibrated on real samples.
+"""The `quantize_int8_qdq` pass: every task path as an int8 QDQ ONNX graph (ONNX Runtime's static quantizer),
+calibrated on real training images and scored against float on the held-out split, with remedies tried in order.
 
-`quant_pre_process` (shape inference + ONNX Runtime graph optimisation, which folds BatchNorm into the
+Per task, the float path is exported (`model/onnx_export.py`), then `quant_pre_process` (shape inference + ONNX Runtime graph optimisation, which folds BatchNorm into the
 convolutions) runs first, then `quantize_static` in QDQ format: weights int8 per output channel (symmetric),
 activations uint8 or int8 (asymmetric by default) with ranges from a `CalibrationDataReader` over real,
 normalised samples. The QDQ file runs on ONNX Runtime anywhere (x86, Arm: its int8 kernels pick the QDQ
 pattern up) and TVM imports it too.
 
 The standard remedies when a task loses accuracy are knobs of `OrtQuantConfig`: more calibration samples,
-percentile calibration instead of min/max, and keeping the task's last layer(s) in float.
+percentile calibration instead of min/max, and keeping the task's last layer(s) in float. `run` tries
+`QdqConfig.remedies` in order until the task's metric stays within `max_relative_loss` of float (a task the data
+does not label: until its SQNR against the float model reaches `min_sqnr_db`), keeps the best attempt and records
+every one. The int8 graphs go into the bundle at `INT8_ONNX`; without data the pass is skipped (float ships).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,14 +29,24 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from edgemtl.model.onnx_export import INPUT_NAME
+import torch
+
+from edgemtl.data import TaskData
+from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
+from edgemtl.evaluate import evaluate
+from edgemtl.manifest import prov
+from edgemtl.model.onnx_export import INPUT_NAME, export_task
+from edgemtl.model.ort_session import make_session, run as run_session
+from edgemtl.model.spec import ModelSpec, TaskSpec
+from edgemtl.passes.base import PassInput, PassResult, no_data
 
 # Ops whose weights are quantized and whose outputs "the last layer" means: the ones that compute.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # No "entropy": ONNX Runtime 1.31's quantize_static runs its entropy calibrator with 128 histogram bins for 128
 # quantized bins, so the KL search has one candidate, the full range: exactly min/max (measured: identical scales).
 METHODS = ("minmax", "percentile")
+INT8_ONNX = "tasks/{task}/model.int8.onnx"   # where `run` writes each task's int8 graph in the bundle
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""The rich tables the command line prints (metrics, MoE MACs, profile results, the results store's history).
+
+Kept apart from cli.py so the command definitions stay a page of parsing and calls; each table takes the library's own
+result objects and adds no logic of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def human(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:g}"
+
+
+def metrics_table(title: str, metrics: dict[str, dict[str, float]], spec: Any) -> Table:
+    table = Table(title=title)
+    for column in ("task", "kind", "metric", "value", "better", "other metrics"):
+        table.add_column(column)
+    for name, values in metrics.items():
+        task = spec.task(name)
+        others = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k != task.metric)
+        table.add_row(name, task.kind, task.metric, f"{values[task.metric]:.4f}",
+                      "higher" if task.higher_is_better else "lower", others)
+    return table
+
+
+def moe_table(moe: dict) -> Table:
+    """Single-task MACs (top-k experts per token + router) beside all tasks and a dense ViT."""
+    table = Table(title="mixture of experts, batch 1: a task runs its own routing (top-k experts per token + router)")
+    for column in ("task", "MACs", "share of all tasks (same model)", "dense ViT, this task", "dense ViT, all tasks (shared encoder)"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+    for name, entry in moe["tasks"].items():
+        table.add_row(name, human(entry["macs"]), f"{entry['share_of_all_tasks']:.1%}", human(entry["dense_vit_single_task_macs"]),
+                      human(moe["dense_vit_all_tasks_macs"]))
+    table.caption = (f"all tasks with this model: {human(moe['all_tasks_same_model_macs'])} MACs (the backbone runs once per task); "
+                     f"router {human(moe['router_macs'])}, experts {human(moe['expert_macs'])} per task; dense ViT figures derived")
+    return table
+
+
+def profile_table(result: Any) -> Table:
+    table = Table(title=f"{result.device_key} ({result.provenance.upper()}): {result.description}")
+    for column in ("task", "runtime", "median ms", "p90 ms", "min ms", "runs", "max |diff|", "output check"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "runs", "|diff|")) else "left")
+    for name, runtimes in result.tasks.items():
+        for runtime, outcome in runtimes.items():
+            m = outcome.measurement
+            if m is None:
+                table.add_row(name, runtime, "", "", "", "", "", "skipped (below)")
+                continue
+            mark = ""
+            if result.chosen.get(name) == runtime:
+                mark = " [b]shipped[/b]" if result.provenance == "measured" else " (fastest)"
+            check = {True: "passed", False: "[red]FAILED[/red]", None: "no reference"}[m.check_passed]
+            table.add_row(name, runtime + mark, f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.min_ms:.3f}", str(m.runs),
+                          "" if m.max_abs_diff is None else f"{m.max_abs_diff:.2g}", check)
+    return table
+
+
+def history_table(rows: Any, path: Any) -> Table:
+    table = Table(title=f"results store {path} ({len(rows)} rows)")
+    for column in ("id", "time (UTC)", "device", "task", "runtime", "median ms", "p90 ms", "min ms", "runs", "check",
+                   "provenance", "artifact sha256", "bundle"):
+        table.add_column(column, justify="right" if column.endswith(("ms", "runs", "id")) else "left")
+    for r in rows:
+        check = {True: "passed", False: "FAILED", None: "-"}[r.check_passed]
+        table.add_row(str(r.id), r.timestamp.replace("+00:00", ""), r.device_key, r.task, r.runtime, f"{r.median_ms:.3f}",
+                      f"{r.p90_ms:.3f}", f"{r.min_ms:.3f}", str(r.runs), check, r.provenance, r.artifact_sha256[:12], r.bundle)
+    return table
