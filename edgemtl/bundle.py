@@ -6,6 +6,7 @@ it was). An existing folder that is not an edgemtl bundle is never overwritten.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -127,3 +128,12 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks: what ties a number in a report to the exact artifact it came from."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

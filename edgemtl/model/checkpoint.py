@@ -14,7 +14,6 @@ unpickling it runs code.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgemtl.bundle import write_file_atomically
+from edgemtl.bundle import file_sha256, write_file_atomically
 from edgemtl.errors import EdgemtlError, first_line
 from edgemtl.model.contract import validate_model
 from edgemtl.model.resize import fit_to_state_dict
@@ -69,14 +68,6 @@ def save_state_dict(model: nn.Module, path: str | Path) -> Path:
 
 def _save_atomically(payload: Any, path: Path) -> Path:
     return write_file_atomically(path, lambda temporary: torch.save(payload, temporary))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load(path: str | Path, *, factory: str | None = None, spec_path: str | Path | None = None,

@@ -20,13 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgemtl.bundle import file_slug, write_json_atomically
+from edgemtl.bundle import file_sha256, file_slug, write_json_atomically
 from edgemtl.errors import EdgemtlError
 from edgemtl.manifest import check_provenances, prov
 from edgemtl.profile.device import (MANIFEST, RUNTIMES, TVM_TUNED, Bundle, DataReference, Device, DeviceLost,
                                     SkipRuntime, StepCallback, TaskArtifacts, bundle_arch, check_output, read_bundle)
 from edgemtl.profile.local import LocalDevice
-from edgemtl.profile.store import Measurement, ResultsStore, sha256_file
+from edgemtl.profile.store import Measurement, ResultsStore
 
 
 def open_device(spec: str, *, timeout: float, retries: int) -> Device:
@@ -167,7 +167,7 @@ def _profile_one(bundle: Bundle, task: TaskArtifacts, runtime: str, dev: Device,
         check = {**check, "input": "seeded noise (no reference input in the bundle)"}
     measurement = Measurement(
         device_key=dev.key, device_description=dev.description, bundle=str(bundle.path), task=task.name,
-        artifact=relative, artifact_sha256=sha256_file(artifact), runtime=runtime, runs=len(timing.samples_ms),
+        artifact=relative, artifact_sha256=file_sha256(artifact), runtime=runtime, runs=len(timing.samples_ms),
         median_ms=median, p90_ms=p90, min_ms=low, provenance=dev.provenance, max_abs_diff=max_diff,
         check_passed=passed, details={**timing.details, **check, "target": bundle.target})
     (row_id,) = store.append(measurement)

@@ -12,7 +12,6 @@ append. The schema version lives in `PRAGMA user_version`; a store written by a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -92,14 +91,6 @@ class Measurement:
 def default_store_path() -> Path:
     env = os.environ.get("EDGEMTL_RESULTS")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "edgemtl" / "results.sqlite"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ResultsStore:

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgemtl.bundle import file_sha256
 from edgemtl.profile.device import ORT_FLOAT, Bundle, SkipRuntime, TaskArtifacts, tvm_missing
-from edgemtl.profile.store import sha256_file
 
 CROSS_CXX = {"aarch64": "aarch64-linux-gnu-g++"}
 BUILD_TIMEOUT_S = 120.0
@@ -67,7 +67,7 @@ def tuned_artifact(bundle: Bundle, task: TaskArtifacts, device: Any, *, trials: 
     work = folder / "tuning" / arch
     output = folder / arch / "model.tuned.so"
     record_path = work / "tuned.json"
-    source = sha256_file(onnx_path)
+    source = file_sha256(onnx_path)
     if output.is_file() and record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("onnx_sha256") == source and record.get("trials", 0) >= trials:

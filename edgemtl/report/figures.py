@@ -6,9 +6,7 @@ runtime and provenance; where a bundle gives a provenance in either shape it is 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from edgemtl.manifest import ProvenanceKind, figure, provenance_of
@@ -89,11 +87,3 @@ def runs_text(timing: Mapping[str, Any]) -> str:
     if batch is not None:
         parts.append(f"batch {batch:.0f}")
     return ", ".join(parts)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from edgemtl.bundle import file_sha256
 from edgemtl.manifest import figure, prov
-from edgemtl.report.figures import (TOP_LAYERS, compile_arch, held_out, metric, metric_figure, metric_name, sha256,
+from edgemtl.report.figures import (TOP_LAYERS, compile_arch, held_out, metric, metric_figure, metric_name,
                                     text)
 from edgemtl.report.read import section, target_flow
 from edgemtl.report.sections import Figures, TaskInput
@@ -111,7 +112,7 @@ def _model_size(task: TaskInput, runtime: str) -> dict[str, Any] | None:
                 "provenance": prov("static", source=f"manifest.json tasks.{task.task}.artifacts",
                                    detail=f"{relative} is listed but missing from the bundle")}
     return figure(float(path.stat().st_size), "B", "static", source=f"the bundle file {relative}",
-                  detail=f"size of {relative} on disk", what="artifact file", artifact=relative, sha256=sha256(path))
+                  detail=f"size of {relative} on disk", what="artifact file", artifact=relative, sha256=file_sha256(path))
 
 
 def _layers(task: TaskInput, runtime: str) -> dict[str, Any]:
