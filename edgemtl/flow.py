@@ -76,7 +76,6 @@ class FlowState:
     int_graphs: dict[str, IntGraph] = field(default_factory=dict)    # quantize_int8: each task's integer graph
     # c_codegen (gap9): each task's quantized inputs and the reference executor's outputs the C must match exactly
     c_vectors: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    calibration: dict[int, np.ndarray] = field(default_factory=dict)  # quantize_int8_qdq (arm64): images by count
 
 
 @dataclass

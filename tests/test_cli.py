@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -420,7 +421,8 @@ def test_compile_for_arm64_without_tvm_says_how_to_add_it_and_tries_every_int8_r
     from edgemtl.flows import cpu_arm64
 
     monkeypatch.setattr(tvm_build, "tvm_missing", lambda: "apache-tvm is not installed (tvm): pip install edgemtl[tvm]")
-    monkeypatch.setattr(cpu_arm64, "INT8_MAX_LOSS", -10.0)  # no int8 graph can meet it: every remedy is tried
+    # no int8 graph can meet it: every remedy is tried
+    monkeypatch.setattr(cpu_arm64, "INT8", dataclasses.replace(cpu_arm64.INT8, max_relative_loss=-10.0))
     bundle = tmp_path / "arm64-notvm"
     code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "arm64", "-o", bundle,
                            "--tasks", "scene", "--threads", "1")
@@ -430,7 +432,7 @@ def test_compile_for_arm64_without_tvm_says_how_to_add_it_and_tries_every_int8_r
     assert entry["tvm"] == {**entry["tvm"], "built": False, "reason": "skipped: pip install edgemtl[tvm]"}
     assert entry["artifacts"]["tvm"] == {} and not (bundle / "tasks/scene/tvm").exists()
     int8 = entry["int8"]
-    assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.REMEDIES]
+    assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.INT8.remedies]
     best = min(int8["attempts"], key=lambda a: a["relative_loss"])
     assert int8["relative_loss"] == best["relative_loss"] and int8["remedy"] == best["remedy"]
     assert not int8["meets_target"] and entry["runtime"] == "onnxruntime-float" and "after every remedy" in entry["runtime_reason"]
@@ -441,19 +443,21 @@ def test_arm64_int8_of_a_task_without_labels_searches_remedies_by_its_agreement_
                                                                                            monkeypatch):
     """Unlabelled (the npz labels nothing): remedies are judged by SQNR against the float model, and a remedy
     ONNX Runtime's quantizer fails on is recorded and skipped, not fatal to the task."""
-    from edgemtl.backends import ort_quantize, tvm_build
+    from edgemtl.backends import tvm_build
     from edgemtl.flows import cpu_arm64
+    from edgemtl.passes import quantize_int8_qdq
 
     monkeypatch.setattr(tvm_build, "tvm_missing", lambda: "apache-tvm is not installed (tvm): pip install edgemtl[tvm]")
-    monkeypatch.setattr(cpu_arm64, "INT8_MIN_SQNR_DB", 1000.0)  # unreachable: every remedy is tried
-    real = ort_quantize.quantize_qdq
+    # unreachable: every remedy is tried
+    monkeypatch.setattr(cpu_arm64, "INT8", dataclasses.replace(cpu_arm64.INT8, min_sqnr_db=1000.0))
+    real = quantize_int8_qdq.quantize_qdq
 
     def percentile_breaks(float_onnx, output, samples, config):
         if config.method == "percentile":
             raise EdgemtlError("ONNX Runtime int8 quantization of model.onnx failed: inhomogeneous shape")
         return real(float_onnx, output, samples, config)
 
-    monkeypatch.setattr(cpu_arm64, "quantize_qdq", percentile_breaks)
+    monkeypatch.setattr(quantize_int8_qdq, "quantize_qdq", percentile_breaks)
     from custom_models import HEADS_SPEC_YAML, regression_and_raw_heads
 
     weights, spec, npz = tmp_path / "w.pt", tmp_path / "spec.yaml", tmp_path / "d.npz"
@@ -465,9 +469,9 @@ def test_arm64_int8_of_a_task_without_labels_searches_remedies_by_its_agreement_
                            "--threads", "1", "--no-latency")
     assert code == 0, err
     int8 = json.loads((tmp_path / "a" / "manifest.json").read_text())["tasks"]["anchors"]["int8"]
-    assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.REMEDIES]
+    assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.INT8.remedies]
     failed = [a["remedy"] for a in int8["attempts"] if "error" in a]
-    assert failed == [name for name, config in cpu_arm64.REMEDIES if config.method == "percentile"]
+    assert failed == [name for name, config in cpu_arm64.INT8.remedies if config.method == "percentile"]
     best = max((a for a in int8["attempts"] if "error" not in a), key=lambda a: a["sqnr_db_vs_float"])
     assert int8["remedy"] == best["remedy"] and int8["agreement_with_float"]["sqnr_db_vs_float"] == best["sqnr_db_vs_float"]
     assert int8["meets_agreement_target"] is False and "no labels" in int8["metrics"]

@@ -6,8 +6,8 @@ tvm_build -> reference_vectors.
 
 Nothing is timed here: latency on the board (and on this host) is `edgemtl profile`'s job, which also decides
 per task whether ONNX Runtime (float / int8) or a (tuned) TVM build ships and rewrites `tasks.<task>.runtime`.
-The compile's default is ONNX Runtime int8 wherever int8 kept the task's metric within `INT8_MAX_LOSS` of float
-and agreed with float on the verification samples; otherwise ONNX Runtime float, with the reason.
+The compile's default is ONNX Runtime int8 wherever int8 kept the task's metric within the int8 pass's target
+(`INT8`) of float and agreed with float on the verification samples; otherwise ONNX Runtime float, with the reason.
 
 Bundle layout per task (also written to `manifest["bundle_layout"]`; the profiler relies on it):
     tasks/<task>/model.onnx                 float32 ONNX, dynamic batch
@@ -22,8 +22,9 @@ Bundle layout per task (also written to `manifest["bundle_layout"]`; the profile
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,38 +34,26 @@ from pydantic import BaseModel, Field
 from edgemtl.backends import onnxruntime as ort_backend
 from edgemtl.backends import tvm_build
 from edgemtl.model.onnx_export import export_task
-from edgemtl.backends.ort_quantize import OrtQuantConfig, QuantizeResult, quantize_qdq
-from edgemtl.data import TaskData
-from edgemtl.data.teacher import teach_missing
-from edgemtl.errors import EdgemtlError, VerificationError
-from edgemtl.manifest import Section, TaskEntry, manifest_model, prov
-from edgemtl.evaluate import evaluate
+from edgemtl.errors import VerificationError
+from edgemtl.manifest import Section, TaskEntry, manifest_model
 from edgemtl.flow import FlowContext, Skipped, Step
-from edgemtl.flows.common import (analyse, data_source, load_verification_data, task_list, task_model, threads_of,
+from edgemtl.flows.common import (analyse, load_verification_data, task_list, task_model, threads_of,
                                   verification_inputs, with_progress)
 from edgemtl.flows.experts import partition_step
+from edgemtl.flows.passes import pass_step
 from edgemtl.model.contract import run_task
+from edgemtl.passes.base import PassResult
+from edgemtl.passes.quantize_int8_qdq import INT8_ONNX, QdqConfig
 from edgemtl.profile.reference import REFERENCE_SAMPLES
 
-INT8_MAX_LOSS = 0.01          # int8 may lose at most 1% of the float metric, relative (issue 7's target)
 INT8_MAX_RELATIVE_RMS = 0.1   # int8 vs float outputs: RMS of the difference <= 10% of the float outputs' RMS
-INT8_MIN_SQNR_DB = -20 * math.log10(INT8_MAX_RELATIVE_RMS)  # the same bound as an SQNR: 20 dB
+# the int8 pass's targets: a task's metric within 1% of float, relative (issue 7's target); a task without labels:
+# its SQNR against float at least the RMS bound above, as an SQNR (20 dB). Its remedies are the pass's REMEDIES.
+INT8 = QdqConfig(max_relative_loss=0.01, min_sqnr_db=-20 * math.log10(INT8_MAX_RELATIVE_RMS))
 TVM_CHECK_SAMPLES = 4
-# Tried in order per task until one keeps the metric within INT8_MAX_LOSS; the first is the default, the rest
-# are the standard remedies. Measured on the default mtl-cnn (scenes, 600 steps): the default met the target on
-# every task (worst: normals +0.80% angular error). uint8 activations are not used: on x86 CPUs without VNNI,
-# ONNX Runtime's u8s8 kernels saturate (up to +93% depth RMSE here); symmetric activations cost up to +175%.
-# No entropy calibration: through quantize_static (ORT 1.31) it gives exactly the min/max ranges.
-REMEDIES: tuple[tuple[str, OrtQuantConfig], ...] = (
-    ("default", OrtQuantConfig()),
-    ("percentile calibration", OrtQuantConfig(method="percentile", percentile=99.99)),
-    ("last layer in float", OrtQuantConfig(exclude_last=1)),
-    ("more calibration samples", OrtQuantConfig(calibration_samples=512)),
-    ("percentile calibration, last layer in float", OrtQuantConfig(method="percentile", percentile=99.99, exclude_last=1)),
-)
 LAYOUT: dict[str, Any] = {
     "onnx": "tasks/{task}/model.onnx",
-    "int8_onnx": "tasks/{task}/model.int8.onnx",
+    "int8_onnx": INT8_ONNX,
     "tvm": {"aarch64": "tasks/{task}/tvm/aarch64/model.so", "x86_64": "tasks/{task}/tvm/x86_64/model.so"},
     "reference": {"input": "tasks/{task}/reference/input.npy", "output_float": "tasks/{task}/reference/output_float.npy",
                   "output_int8": "tasks/{task}/reference/output_int8.npy"},
@@ -86,123 +75,26 @@ def export_onnx(ctx: FlowContext) -> None:
 
 
 # -- int8 ------------------------------------------------------------------------------------------------
-def _calibration(ctx: FlowContext, samples: int) -> np.ndarray:
-    """Normalised training images (never the held-out split the metrics use), generated once per size."""
-    cache = ctx.state.calibration
-    if samples not in cache:
-        train = data_source(ctx, "int8 calibration").load("train", n=samples)
-        cache[samples] = train.normalise(train.images[:samples])
-    return cache[samples]
+def _keep_int8(ctx: FlowContext, result: PassResult[Path]) -> None:
+    """Each task's int8 record in its entry, its int8 graph among its artifacts."""
+    for task, record in result.record.tasks.items():
+        ctx.manifest["tasks"][task]["int8"] = record
+    for task, path in result.paths.items():
+        ctx.manifest["tasks"][task]["artifacts"]["int8_onnx"] = path.relative_to(ctx.bundle).as_posix()
 
 
-def _metrics(path: Path, task: str, ctx: FlowContext, data: TaskData | None = None) -> dict[str, float]:
-    """The task's metrics of an ONNX file in ONNX Runtime on the held-out split (`data`: the same split with the
-    float model's outputs as targets, for a task without labels: SQNR and cosine against it)."""
-    session = ort_backend.make_session(path, threads_of(ctx))
-
-    def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in ort_backend.run(session, images.numpy()).items()}
-
-    return evaluate(predict, [ctx.loaded.spec.task(task)], data or ctx.state.data)[task]
-
-
-def _loss(before: float, after: float, higher_is_better: bool) -> tuple[float, float]:
-    """(relative change, relative loss): change = (after - before) / |before|; loss > 0 means worse."""
-    change = (after - before) / abs(before) if abs(before) > 1e-12 else after - before
-    return change, (-change if higher_is_better else change)
+_quantize_int8 = pass_step("quantize_int8_qdq", config=lambda ctx: replace(INT8, threads=threads_of(ctx)),
+                           keep=_keep_int8)
 
 
 def quantize_step(ctx: FlowContext) -> Skipped | None:
-    """int8 QDQ per task, calibrated on real training images; float vs int8 metrics on the held-out split.
-
-    Each task tries `REMEDIES` in order until its metric stays within INT8_MAX_LOSS of float (a task without
-    labels: until its SQNR against the float model reaches INT8_MIN_SQNR_DB), or keeps the best attempt; every
-    attempt is recorded. Without a data set int8 is skipped (said why).
-    """
-    data: TaskData | None = ctx.state.data
-    if data is None:
-        reason = "skipped: int8 calibration needs real images: pass --data (see docs/own-model.md)"
+    """int8 QDQ per task (the quantize_int8_qdq pass), calibrated on real training images; float vs int8 metrics on
+    the held-out split, `INT8`'s remedies tried in order. Without a data set every task says why it has no int8."""
+    skipped = _quantize_int8(ctx)
+    if skipped is not None:
         for task in task_list(ctx):
-            ctx.manifest["tasks"][task]["int8"] = {"ok": False, "error": reason}
-        ctx.manifest.setdefault("passes", {})["quantize_int8_qdq"] = {"skipped": reason}
-        return Skipped(reason.removeprefix("skipped: "))
-    labelled = set(ctx.state.labelled_tasks)
-    for task in task_list(ctx):
-        entry = ctx.manifest["tasks"][task]
-        float_path = ctx.bundle / entry["artifacts"]["onnx"]
-        relative = _path(ctx, "int8_onnx", task)
-        try:
-            entry["int8"] = _quantize_task(ctx, task, float_path, ctx.bundle / relative, task in labelled)
-        except EdgemtlError as exc:  # an op ONNX Runtime cannot quantize: this task stays float, the others go on
-            (ctx.bundle / relative).unlink(missing_ok=True)
-            entry["int8"] = {"ok": False, "error": str(exc)}
-            continue
-        entry["artifacts"]["int8_onnx"] = relative
-    ctx.manifest.setdefault("passes", {})["quantize_int8_qdq"] = {
-        "tool": "onnxruntime.quantization quant_pre_process + quantize_static (QDQ)",
-        "calibration": f"{data.name}/train (real images, normalised by the spec)", "metrics": f"{data.name}/{data.split} ({len(data)} samples)",
-        "target_max_relative_loss": INT8_MAX_LOSS,
-        "remedies_in_order": [f"{name}: {config.describe()}" for name, config in REMEDIES]}
-
-
-def _quantize_task(ctx: FlowContext, task: str, float_path: Path, int8_path: Path, labelled: bool) -> dict[str, Any]:
-    spec = ctx.loaded.spec.task(task)
-    data = ctx.state.data
-    common = {"metrics_data": f"{data.name}/{data.split} ({len(data)} samples)",
-              "runtime": "onnxruntime (this host, CPUExecutionProvider)"}
-    if not labelled:  # judged by its agreement with the float model on the held-out split
-        taught = teach_missing(data, task_model(ctx, task), [task])
-
-        def judge(path: Path) -> tuple[float, dict[str, Any], dict[str, Any]]:
-            agreement = _metrics(path, task, ctx, taught)
-            return -agreement["sqnr_db_vs_float"], agreement, agreement
-
-        name, result, agreement, attempts = _search_remedies(ctx, float_path, int8_path, judge, -INT8_MIN_SQNR_DB)
-        return {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}", "agreement_with_float": agreement,
-                "agreement_provenance": prov("evaluated", source="ONNX Runtime int8", detail="vs PyTorch float, host"),
-                "meets_agreement_target": agreement["sqnr_db_vs_float"] >= INT8_MIN_SQNR_DB,
-                "target_min_sqnr_db": INT8_MIN_SQNR_DB, "remedy": name, "calibration": result.to_dict(),
-                "attempts": attempts, **common}
-    metric_float = _metrics(float_path, task, ctx)
-
-    def judge(path: Path) -> tuple[float, dict[str, Any], dict[str, Any]]:
-        metric_int8 = _metrics(path, task, ctx)
-        change, loss = _loss(metric_float[spec.metric], metric_int8[spec.metric], spec.higher_is_better)
-        scored = {"relative_change": change, "relative_loss": loss}
-        return loss, {"metric_int8": metric_int8, **scored}, {"metric_int8": metric_int8[spec.metric], **scored}
-
-    name, result, scored, attempts = _search_remedies(ctx, float_path, int8_path, judge, INT8_MAX_LOSS)
-    return {"ok": True, "metric": spec.metric, "higher_is_better": spec.higher_is_better, "metric_float": metric_float,
-            **scored, "meets_target": scored["relative_loss"] <= INT8_MAX_LOSS, "target_max_relative_loss": INT8_MAX_LOSS,
-            "remedy": name, "calibration": result.to_dict(), "attempts": attempts, **common}
-
-
-def _search_remedies(ctx: FlowContext, float_path: Path, int8_path: Path,
-                     judge: Callable[[Path], tuple[float, dict[str, Any], dict[str, Any]]], good_enough: float,
-                     ) -> tuple[str, QuantizeResult, dict[str, Any], list[dict[str, Any]]]:
-    """`REMEDIES` in order until `judge`'s score (lower is better; with its record and its row for `attempts`)
-    reaches `good_enough`; the best attempt is written to `int8_path`. A remedy ONNX Runtime's quantizer fails on
-    is recorded and the next one tried."""
-    attempts: list[dict[str, Any]] = []
-    best: tuple[float, str, QuantizeResult, dict[str, Any]] | None = None
-    scratch = int8_path.with_suffix(".try.onnx")
-    for name, config in REMEDIES:
-        try:
-            result = quantize_qdq(float_path, scratch, _calibration(ctx, config.calibration_samples), config)
-        except EdgemtlError as exc:
-            attempts.append({"remedy": name, "description": config.describe(), "error": str(exc)})
-            continue
-        score, record, row = judge(scratch)
-        attempts.append({"remedy": name, "description": config.describe(), **row})
-        if best is None or score < best[0]:
-            best = (score, name, result, record)
-            scratch.replace(int8_path)
-        if score <= good_enough:
-            break
-    scratch.unlink(missing_ok=True)
-    if best is None:
-        raise EdgemtlError(attempts[0]["error"])
-    return best[1], best[2], best[3], attempts
+            ctx.manifest["tasks"][task]["int8"] = {"ok": False, "error": f"skipped: {skipped.reason}"}
+    return skipped
 
 
 # -- checks ------------------------------------------------------------------------------------------------
@@ -255,10 +147,10 @@ def _default_runtime(ctx: FlowContext, entry: dict[str, Any]) -> tuple[str, str]
         return "onnxruntime-float", f"no int8 graph: {int8.get('error', 'not built')}"
     if int8.get("meets_agreement_target") is False:
         return "onnxruntime-float", (f"int8 reached {int8['agreement_with_float']['sqnr_db_vs_float']:.1f} dB SQNR "
-                                    f"against float (limit {INT8_MIN_SQNR_DB:.0f} dB) after every remedy")
+                                    f"against float (limit {int8['target_min_sqnr_db']:.0f} dB) after every remedy")
     if int8.get("meets_target") is False:
         return "onnxruntime-float", (f"int8 lost {int8['relative_loss']:.2%} of {int8['metric']} (limit "
-                                    f"{INT8_MAX_LOSS:.0%}) after every remedy")
+                                    f"{int8['target_max_relative_loss']:.0%}) after every remedy")
     if not int8.get("verification", {}).get("passed", False):
         return "onnxruntime-float", "int8 outputs differ from float beyond tolerance on the verification samples"
     scored = "metric within target" if "meets_target" in int8 else "no labels, agreement with float within target"

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgemtl.errors import EdgemtlError
+from edgemtl.model.widths import WidthConfig, WidthSpace
 
 TaskKind = Literal["classification", "segmentation", "depth", "normals", "edges", "regression", "raw"]
 
@@ -125,6 +126,8 @@ class ModelSpec(BaseModel):
     arch: str = "custom"
     config: dict[str, Any] = Field(default_factory=dict)
     data: str | None = None  # the built-in data set it was trained on, if any
+    widths: WidthSpace | None = None  # a slimmable model's width space (None: not slimmable; docs/widths.md)
+    sliced_at: WidthConfig | None = None  # a narrow model sliced from a slimmable one: the configuration it was cut at
 
     @field_validator("tasks")
     @classmethod
@@ -133,6 +136,17 @@ class ModelSpec(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
         return tasks
+
+    @model_validator(mode="after")
+    def _a_decoder_per_task(self) -> "ModelSpec":
+        if self.widths is not None and set(self.widths.decoders) != set(self.task_names):
+            raise ValueError(f"the width space's decoders ({', '.join(self.widths.decoders)}) must be its tasks "
+                             f"({', '.join(self.task_names)})")
+        return self
+
+    @property
+    def slimmable(self) -> bool:
+        return self.widths is not None
 
     @property
     def task_names(self) -> list[str]:

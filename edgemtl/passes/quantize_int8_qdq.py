@@ -1,34 +1,25 @@
-"""The `quantize_int8_qdq` pass: every task path as an int8 QDQ ONNX graph (ONNX Runtime's static quantizer),
-calibrated on real training images and scored against float on the held-out split, with remedies tried in order.
-
-Per task, the float path is exported (`model/onnx_export.py`), then `quant_pre_process` (shape inference + ONNX Runtime graph optimisation, which folds BatchNorm into the
-convolutions) runs first, then `quantize_static` in QDQ format: weights int8 per output channel (symmetric),
-activations uint8 or int8 (asymmetric by default) with ranges from a `CalibrationDataReader` over real,
-normalised samples. The QDQ file runs on ONNX Runtime anywhere (x86, Arm: its int8 kernels pick the QDQ
-pattern up) and TVM imports it too.
+"""The `quantize_int8_qdq` pass: every task path as an int8 QDQ ONNX graph (ONNX Runtime's static quantizer,
+`ort_qdq/quantize.py`), calibrated on real training images and scored against float on the held-out split.
 
 The standard remedies when a task loses accuracy are knobs of `OrtQuantConfig`: more calibration samples,
 percentile calibration instead of min/max, and keeping the task's last layer(s) in float. `run` tries
-`QdqConfig.remedies` in order until the task's metric stays within `max_relative_loss` of float (a task the data
-does not label: until its SQNR against the float model reaches `min_sqnr_db`), keeps the best attempt and records
-every one. The int8 graphs go into the bundle at `INT8_ONNX`; without data the pass is skipped (float ships).
+`QdqConfig.remedies` (`ort_qdq/config.py`) in order until the task's metric stays within `max_relative_loss` of
+float (a task the data does not label: until its SQNR against the float model reaches `min_sqnr_db`), keeps the
+best attempt and records every one. The int8 graphs go into the bundle at `INT8_ONNX`; without data the pass is
+skipped (float ships).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
+import functools
+import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import onnx
-
 import torch
 
 from edgemtl.data import TaskData
@@ -36,193 +27,148 @@ from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
 from edgemtl.evaluate import evaluate
 from edgemtl.manifest import prov
-from edgemtl.model.onnx_export import INPUT_NAME, export_task
+from edgemtl.model.onnx_export import export_task
 from edgemtl.model.ort_session import make_session, run as run_session
-from edgemtl.model.spec import ModelSpec, TaskSpec
+from edgemtl.model.spec import TaskSpec
 from edgemtl.passes.base import PassInput, PassResult, no_data
+from edgemtl.passes.ort_qdq.config import METHODS, REMEDIES, OrtQuantConfig, QdqConfig
+from edgemtl.passes.ort_qdq.quantize import QuantizeResult, SampleReader, last_compute_nodes, quantize_qdq
 
-# Ops whose weights are quantized and whose outputs "the last layer" means: the ones that compute.
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# No "entropy": ONNX Runtime 1.31's quantize_static runs its entropy calibrator with 128 histogram bins for 128
-# quantized bins, so the KL search has one candidate, the full range: exactly min/max (measured: identical scales).
-METHODS = ("minmax", "percentile")
+__all__ = ["INT8_ONNX", "METHODS", "REMEDIES", "OrtQuantConfig", "QdqConfig", "QdqPassRecord", "QuantizeResult",
+           "SampleReader", "last_compute_nodes", "quantize_qdq", "run"]
+
 INT8_ONNX = "tasks/{task}/model.int8.onnx"   # where `run` writes each task's int8 graph in the bundle
-
-
-@dataclass(frozen=True)
-class OrtQuantConfig:
-    """How one float graph is quantized (ONNX Runtime `quantize_static`, QDQ format)."""
-
-    calibration_samples: int = 128
-    method: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = 99.999           # method "percentile": the share of |values| the range keeps
-    activations: Literal["uint8", "int8"] = "int8"
-    symmetric_activations: bool = False
-    per_channel: bool = True              # weights: one scale per output channel (always int8, symmetric)
-    exclude_last: int = 0                 # keep this many compute layers (Conv/Gemm/MatMul) nearest the output in float
-    batch_size: int = 16                  # calibration samples per ONNX Runtime call
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise EdgemtlError(f"unknown calibration method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.activations not in ("uint8", "int8"):
-            raise EdgemtlError(f"activations must be uint8 or int8, got {self.activations!r}")
-        if self.calibration_samples < 1 or self.batch_size < 1 or self.exclude_last < 0:
-            raise EdgemtlError("calibration_samples and batch_size must be >= 1 and exclude_last >= 0")
-        if not 50.0 <= self.percentile <= 100.0:
-            raise EdgemtlError(f"the calibration percentile must lie in 50..100, got {self.percentile}")
-
-    def describe(self) -> str:
-        """One short line, e.g. 'minmax, 128 samples, uint8 activations, last layer float'."""
-        method = f"percentile {self.percentile:g}" if self.method == "percentile" else self.method
-        last = {0: "", 1: ", last layer float"}.get(self.exclude_last, f", last {self.exclude_last} layers float")
-        sym = " symmetric" if self.symmetric_activations else ""
-        return f"{method}, {self.calibration_samples} samples, {self.activations}{sym} activations{last}"
+TOOL = "onnxruntime.quantization quant_pre_process + quantize_static (QDQ)"
+RUNTIME = "onnxruntime (this host, CPUExecutionProvider)"
+Judge = Callable[[Path], tuple[float, dict[str, Any], dict[str, Any]]]  # int8 graph -> (score, record, attempt row)
 
 
 @dataclass
-class QuantizeResult:
-    path: Path
-    config: OrtQuantConfig
-    samples: int                          # calibration samples actually used
-    seconds: float
-    quantized_nodes: int                  # QuantizeLinear nodes in the result (activations + weights)
-    excluded_nodes: list[str] = field(default_factory=list)
-    per_channel: bool = True              # what was used (see per_channel_fallback)
-    per_channel_fallback: str | None = None
+class QdqPassRecord:
+    """What quantizing every task path did: the data and targets, and each task's manifest entry (`tasks`)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.config.method, "percentile": self.config.percentile if self.config.method == "percentile" else None,
-                "calibration_samples": self.samples, "activations": self.config.activations,
-                "symmetric_activations": self.config.symmetric_activations,
-                "weights": "int8 symmetric, " + ("per output channel" if self.per_channel else "per tensor"),
-                "per_channel_fallback": self.per_channel_fallback,
-                "format": "QDQ", "excluded_nodes": self.excluded_nodes, "quantize_linear_nodes": self.quantized_nodes,
-                "seconds": round(self.seconds, 3), "description": self.config.describe()}
+    calibration: str
+    metrics: str
+    config: QdqConfig
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> {"ok": ...} as tasks.<task>.int8
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"tool": TOOL, "calibration": self.calibration, "metrics": self.metrics,
+                "target_max_relative_loss": self.config.max_relative_loss,
+                "remedies_in_order": [f"{name}: {remedy.describe()}" for name, remedy in self.config.remedies]}
 
 
-class SampleReader:
-    """ONNX Runtime's CalibrationDataReader over an (N, C, H, W) float32 array, in batches."""
+def run(inputs: PassInput, config: QdqConfig) -> PassResult[Path]:
+    """Every task path in `inputs.tasks` as an int8 QDQ graph in the bundle (`INT8_ONNX`), calibrated on training
+    images, float vs int8 metrics on the held-out split. A task ONNX Runtime's quantizer fails on under every remedy
+    is recorded and the others go on (it stays float). Without data: skipped, said why."""
+    if inputs.source is None:
+        return PassResult.skip(inputs, str(no_data("int8 calibration")))
+    if inputs.bundle is None:
+        raise EdgemtlError("quantize_int8_qdq writes each task's int8 graph into the bundle: it was given none")
+    source, data = inputs.source, inputs.need_held_out("int8 scoring")
 
-    def __init__(self, samples: np.ndarray, batch_size: int) -> None:
-        self.samples = np.ascontiguousarray(samples, dtype=np.float32)
-        self.batch_size = batch_size
-        self._batches: Iterator[dict[str, np.ndarray]] | None = None
+    @functools.cache
+    def calibration(samples: int) -> np.ndarray:
+        """Normalised training images (never the held-out split the metrics use), loaded once per count."""
+        train = source.load("train", n=samples)
+        return train.normalise(train.images[:samples])
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._batches is None:
-            self._batches = iter({INPUT_NAME: self.samples[i:i + self.batch_size]}
-                                 for i in range(0, len(self.samples), self.batch_size))
-        return next(self._batches, None)
-
-    def rewind(self) -> None:
-        self._batches = None
-
-
-def last_compute_nodes(model: onnx.ModelProto, count: int) -> list[str]:
-    """Names of the `count` compute nodes (Conv/Gemm/MatMul) nearest the graph outputs.
-
-    Breadth-first from every graph output back through the producers, so the layer that writes an output
-    comes first; nodes without a name cannot be excluded by ONNX Runtime and are passed over.
-    """
-    producer = {out: node for node in model.graph.node for out in node.output}
-    frontier, seen, found = [o.name for o in model.graph.output], set(), []
-    while frontier and len(found) < count:
-        following = []
-        for tensor in frontier:
-            node = producer.get(tensor)
-            if node is None or id(node) in seen:
-                continue
-            seen.add(id(node))
-            if node.op_type in COMPUTE_OPS and node.name and len(found) < count:
-                found.append(node.name)
-            following.extend(node.input)
-        frontier = following
-    return found
-
-
-def quantize_qdq(float_onnx: Path, output: Path, samples: np.ndarray, config: OrtQuantConfig = OrtQuantConfig()) -> QuantizeResult:
-    """Quantize `float_onnx` to an int8 QDQ graph at `output`, calibrated on `samples` (normalised, NCHW).
-
-    Per-channel weights are tried first; where ONNX Runtime's quantizer fails on them or writes a graph its
-    own session rejects (its MatMul + bias handling in transformer blocks, ONNX Runtime 1.31), the graph is
-    quantized again with per-tensor weights and `per_channel_fallback` says why. Raises EdgemtlError (one
-    line) when ONNX Runtime cannot pre-process or quantize the graph at all.
-    """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if len(samples) == 0:
-        raise EdgemtlError("int8 calibration needs at least one real sample")
-    start = time.perf_counter()
-    used = np.ascontiguousarray(samples[:config.calibration_samples], dtype=np.float32)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fallback = None
-    with tempfile.TemporaryDirectory(prefix="edgemtl-ortq-") as scratch, _quiet():
-        prepared = Path(scratch) / "prepared.onnx"
-        try:
-            with contextlib.chdir(scratch):  # a failed symbolic shape inference saves its model into the cwd
-                quant_pre_process(str(Path(float_onnx).resolve()), str(prepared), skip_symbolic_shape=False)
-        except Exception as exc:
-            raise EdgemtlError(f"ONNX Runtime int8 pre-processing of {float_onnx.name} failed: {_first_line(exc)}") from None
-        excluded = last_compute_nodes(onnx.load(str(prepared)), config.exclude_last)
-        per_channel = config.per_channel
-        try:
-            _quantize_static(prepared, output, used, config, per_channel, excluded)
-            _smoke_test(output, used[:1])
-        except Exception as exc:
-            if not per_channel:
-                raise EdgemtlError(f"ONNX Runtime int8 quantization of {float_onnx.name} failed: {_first_line(exc)}") from None
-            fallback, per_channel = f"per-channel weights failed in ONNX Runtime: {_first_line(exc)}", False
+    record = QdqPassRecord(f"{data.name}/train (real images, normalised by the spec)",
+                           f"{data.name}/{data.split} ({len(data)} samples)", config)
+    paths: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="edgemtl-qdq-") as scratch:
+        for task in inputs.each(inputs.tasks, "int8 QDQ"):
+            int8_path = inputs.bundle / INT8_ONNX.format(task=task)
             try:
-                _quantize_static(prepared, output, used, config, per_channel, excluded)
-                _smoke_test(output, used[:1])
-            except Exception as exc2:
-                raise EdgemtlError(f"ONNX Runtime int8 quantization of {float_onnx.name} failed: {_first_line(exc2)}") from None
-    onnx.checker.check_model(str(output))
-    quantized = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(output)).graph.node)
-    return QuantizeResult(output, config, len(used), time.perf_counter() - start, quantized, excluded,
-                          per_channel=per_channel, per_channel_fallback=fallback)
+                float_path = export_task(inputs.task_model(task), inputs.spec, task, Path(scratch) / f"{task}.onnx")
+                record.tasks[task] = _quantize_task(inputs, config, task, float_path, int8_path, data, calibration,
+                                                    record.metrics)
+            except EdgemtlError as exc:  # an op ONNX Runtime cannot quantize: this task stays float, the others go on
+                int8_path.unlink(missing_ok=True)
+                record.tasks[task] = {"ok": False, "error": str(exc)}
+                continue
+            paths[task] = int8_path
+    return PassResult(inputs.model, inputs.spec, record, paths)
 
 
-def _quantize_static(prepared: Path, output: Path, samples: np.ndarray, config: OrtQuantConfig, per_channel: bool,
-                     excluded: list[str]) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def _quantize_task(inputs: PassInput, config: QdqConfig, task: str, float_path: Path, int8_path: Path, data: TaskData,
+                   calibration: Callable[[int], np.ndarray], scored_on: str) -> dict[str, Any]:
+    spec = inputs.spec.task(task)
+    threads = config.threads or os.cpu_count() or 1
+    common = {"metrics_data": scored_on, "runtime": RUNTIME}
+    if task not in inputs.labelled:  # judged by its agreement with the float model on the held-out split (a raw head
+        # the data labels, whose metric is "none", too: its labels are set aside)
+        unlabelled = replace(data, targets={name: values for name, values in data.targets.items() if name != task})
+        taught = teach_missing(unlabelled, inputs.task_model(task), [task])
 
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[config.method]
-    extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": config.symmetric_activations}
-    if config.method == "percentile":
-        extra["CalibPercentile"] = config.percentile
-    quantize_static(
-        str(prepared), str(output), SampleReader(samples, config.batch_size), quant_format=QuantFormat.QDQ,
-        per_channel=per_channel, activation_type=QuantType.QUInt8 if config.activations == "uint8" else QuantType.QInt8,
-        weight_type=QuantType.QInt8, nodes_to_exclude=excluded or None, calibrate_method=method,
-        extra_options=extra, calibration_providers=["CPUExecutionProvider"],
-    )
+        def agree(path: Path) -> tuple[float, dict[str, Any], dict[str, Any]]:
+            agreement = _metrics(path, spec, taught, threads)
+            return -agreement["sqnr_db_vs_float"], agreement, agreement
+
+        name, result, agreement, attempts = _search_remedies(config.remedies, float_path, int8_path, calibration, agree,
+                                                             -config.min_sqnr_db)
+        return {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}", "agreement_with_float": agreement,
+                "agreement_provenance": prov("evaluated", source="ONNX Runtime int8", detail="vs PyTorch float, host"),
+                "meets_agreement_target": agreement["sqnr_db_vs_float"] >= config.min_sqnr_db,
+                "target_min_sqnr_db": config.min_sqnr_db, "remedy": name, "calibration": result.to_dict(),
+                "attempts": attempts, **common}
+    metric_float = _metrics(float_path, spec, data, threads)
+
+    def score(path: Path) -> tuple[float, dict[str, Any], dict[str, Any]]:
+        metric_int8 = _metrics(path, spec, data, threads)
+        change, loss = _loss(metric_float[spec.metric], metric_int8[spec.metric], spec.higher_is_better)
+        scored = {"relative_change": change, "relative_loss": loss}
+        return loss, {"metric_int8": metric_int8, **scored}, {"metric_int8": metric_int8[spec.metric], **scored}
+
+    name, result, scored, attempts = _search_remedies(config.remedies, float_path, int8_path, calibration, score,
+                                                      config.max_relative_loss)
+    return {"ok": True, "metric": spec.metric, "higher_is_better": spec.higher_is_better, "metric_float": metric_float,
+            **scored, "meets_target": scored["relative_loss"] <= config.max_relative_loss,
+            "target_max_relative_loss": config.max_relative_loss, "remedy": name, "calibration": result.to_dict(),
+            "attempts": attempts, **common}
 
 
-def _smoke_test(path: Path, sample: np.ndarray) -> None:
-    """The quantized graph loads and runs in ONNX Runtime (its quantizer can write graphs its runtime rejects)."""
-    import onnxruntime as ort
+def _search_remedies(remedies: tuple[tuple[str, OrtQuantConfig], ...], float_path: Path, int8_path: Path,
+                     calibration: Callable[[int], np.ndarray], judge: Judge, good_enough: float,
+                     ) -> tuple[str, QuantizeResult, dict[str, Any], list[dict[str, Any]]]:
+    """`remedies` in order until `judge`'s score (lower is better; with its record and its row for `attempts`)
+    reaches `good_enough`; the best attempt is written to `int8_path`. A remedy ONNX Runtime's quantizer fails on
+    is recorded and the next one tried."""
+    attempts: list[dict[str, Any]] = []
+    best: tuple[float, str, QuantizeResult, dict[str, Any]] | None = None
+    trial = int8_path.with_suffix(".try.onnx")
+    for name, remedy in remedies:
+        try:
+            result = quantize_qdq(float_path, trial, calibration(remedy.calibration_samples), remedy)
+        except EdgemtlError as exc:
+            attempts.append({"remedy": name, "description": remedy.describe(), "error": str(exc)})
+            continue
+        score, record, row = judge(trial)
+        attempts.append({"remedy": name, "description": remedy.describe(), **row})
+        if best is None or score < best[0]:
+            best = (score, name, result, record)
+            trial.replace(int8_path)
+        if score <= good_enough:
+            break
+    trial.unlink(missing_ok=True)
+    if best is None:
+        raise EdgemtlError(attempts[0]["error"])
+    return best[1], best[2], best[3], attempts
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    session.run(None, {INPUT_NAME: sample})
+
+def _metrics(path: Path, task: TaskSpec, data: TaskData, threads: int) -> dict[str, float]:
+    """The task's metrics of an ONNX file in ONNX Runtime on `data` (a task without labels: `data` with the float
+    model's outputs as targets, for SQNR and cosine against them)."""
+    session = make_session(path, threads)
+
+    def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in run_session(session, images.numpy()).items()}
+
+    return evaluate(predict, [task], data)[task.name]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ONNX Runtime's quantizer prints and logs hints at WARNING on every call: keep them off the console."""
-    logger, sink = logging.getLogger(), io.StringIO()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            yield
-    finally:
-        logger.setLevel(level)
+def _loss(before: float, after: float, higher_is_better: bool) -> tuple[float, float]:
+    """(relative change, relative loss): change = (after - before) / |before|; loss > 0 means worse."""
+    change = (after - before) / abs(before) if abs(before) > 1e-12 else after - before
+    return change, (-change if higher_is_better else change)

@@ -7,6 +7,7 @@ from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.base import PassInfo, PassRequest
 from edgemtl.passes.brevitas_qat.config import QuantConfig
 from edgemtl.passes.int8.config import Int8Config
+from edgemtl.passes.ort_qdq.config import QdqConfig
 from edgemtl.passes.partition_experts import PartitionConfig
 from edgemtl.passes.prune_pagcp import PAGCPConfig
 
@@ -20,6 +21,8 @@ PASSES: dict[str, PassInfo] = {info.name: info for info in (
              "power-of-two QAT of every task path with brevitas (calibration on real images, then fine-tuning)"),
     PassInfo("quantize_int8", Int8Config, "edgemtl.passes.quantize_int8",
              "int8 post-training quantization of every task path into an integer graph (per-channel weights)"),
+    PassInfo("quantize_int8_qdq", QdqConfig, "edgemtl.passes.quantize_int8_qdq",
+             "int8 QDQ ONNX of every task path (ONNX Runtime static quantization), remedies tried in order until the metric holds"),
 )}
 
 

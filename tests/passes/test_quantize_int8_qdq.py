@@ -1,4 +1,5 @@
-"""ONNX Runtime static int8 quantization (QDQ): a tiny task graph quantized on real samples stays close to float."""
+"""ONNX Runtime static int8 quantization (QDQ, the `quantize_int8_qdq` pass): a tiny task graph quantized on real
+samples stays close to float; the pass without data is skipped, saying why."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import onnx
 import pytest
 import torch
 
-from edgemtl.backends import onnxruntime as ort_backend
-from edgemtl.model.onnx_export import export_task
-from edgemtl.backends.ort_quantize import OrtQuantConfig, SampleReader, last_compute_nodes, quantize_qdq
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
+from edgemtl.model import ort_session
+from edgemtl.model.onnx_export import export_task
+from edgemtl.passes.base import PassInput
+from edgemtl.passes.quantize_int8_qdq import (OrtQuantConfig, QdqConfig, SampleReader, last_compute_nodes, quantize_qdq,
+                                              run)
 
 from conftest import tiny_model
 
@@ -26,7 +29,7 @@ def depth_graph(tmp_path_factory):
 
 
 def _outputs(path, images):
-    return ort_backend.run(ort_backend.make_session(path, 1), images)["depth"]
+    return ort_session.run(ort_session.make_session(path, 1), images)["depth"]
 
 
 def test_quantize_qdq_gives_a_qdq_graph_close_to_float(depth_graph, tmp_path):
@@ -98,14 +101,14 @@ def test_a_transformer_graph_in_int8_stays_close_to_pytorch_float_and_is_repeata
     images = held_out.normalise(held_out.images)
     with torch.no_grad():
         reference = model(torch.from_numpy(images), task="scene")["scene"].numpy().astype(np.float64)
-    got = ort_backend.run(ort_backend.make_session(result.path, 1), images)["scene"].astype(np.float64)
+    got = ort_session.run(ort_session.make_session(result.path, 1), images)["scene"].astype(np.float64)
     assert got.shape == reference.shape == (32, *spec.task("scene").output_shape)
     relative_rms = np.sqrt(np.mean((got - reference) ** 2)) / np.sqrt(np.mean(reference ** 2))
     assert relative_rms < RELATIVE_RMS_BOUND, relative_rms
     assert (got.argmax(axis=1) == reference.argmax(axis=1)).mean() >= ARGMAX_AGREEMENT
     assert relative_rms > 1e-4  # the int8 graph is not plain float: its error is well above float32 rounding
     # a second, fresh session on the same samples gives the same numbers bit for bit
-    again = ort_backend.run(ort_backend.make_session(result.path, 1), images)["scene"].astype(np.float64)
+    again = ort_session.run(ort_session.make_session(result.path, 1), images)["scene"].astype(np.float64)
     assert np.array_equal(again, got)
 
 
@@ -129,3 +132,11 @@ def test_a_failed_symbolic_shape_inference_leaves_nothing_in_the_working_folder(
     path, samples = depth_graph
     quantize_qdq(path, tmp_path / "depth.int8.onnx", samples, OrtQuantConfig(calibration_samples=4))
     assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_the_pass_without_data_is_skipped_and_says_why():
+    model, spec = tiny_model("mtl-cnn")
+    result = run(PassInput(model, spec, ["depth"]), QdqConfig())
+    assert result.skipped.startswith("int8 calibration needs real images: pass --data") and result.paths == {}
+    with pytest.raises(EdgemtlError, match="at least one remedy"):
+        QdqConfig(remedies=())

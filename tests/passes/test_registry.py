@@ -15,6 +15,7 @@ from edgemtl.manifest import Provenance
 from edgemtl.passes.base import PassInput, PassRequest, PassResult
 from edgemtl.passes.brevitas_qat.config import QuantConfig
 from edgemtl.passes.int8.config import Int8Config
+from edgemtl.passes.ort_qdq.config import OrtQuantConfig, QdqConfig
 from edgemtl.passes.partition_experts import PartitionConfig
 from edgemtl.passes.prune_pagcp import PAGCPConfig
 from edgemtl.passes.registry import PASSES, check_request, pass_info
@@ -40,6 +41,8 @@ CASES = {
     "quantize_brevitas": ("mtl-cnn", "scenes", QuantConfig(qat_steps=1, batch_size=8, calibration_samples=8), ["depth"], None),
     "quantize_int8": ("mtl-cnn", "scenes", Int8Config(calibration_samples=8, values_per_tensor=20_000), ["depth", "scene"],
                       ["depth"]),  # "scene" is judged by its agreement with float, as a task without labels
+    "quantize_int8_qdq": ("mtl-cnn", "scenes", QdqConfig(remedies=(("default", OrtQuantConfig(calibration_samples=8)),),
+                                                         threads=1), ["depth", "scene"], ["depth"]),
 }
 
 

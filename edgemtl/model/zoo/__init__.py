@@ -8,6 +8,7 @@ from torch import nn
 
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import InputSpec, ModelSpec, TaskSpec
+from edgemtl.model.widths import DEFAULT_MULTIPLIERS, WidthSpace
 from edgemtl.model.zoo import m3vit, mtl_cnn
 
 _BUILDERS: dict[str, tuple[Callable[[ModelSpec, dict[str, Any]], nn.Module], dict[str, Any]]] = {
@@ -15,6 +16,8 @@ _BUILDERS: dict[str, tuple[Callable[[ModelSpec, dict[str, Any]], nn.Module], dic
     "m3vit": (m3vit.build, m3vit.DEFAULT_CONFIG),
 }
 ARCHS = tuple(_BUILDERS)
+# The architectures that know their slimmable width space (docs/widths.md): spec -> WidthSpace.
+_WIDTH_SPACES: dict[str, Callable[[ModelSpec, tuple[float, ...]], WidthSpace]] = {"mtl-cnn": mtl_cnn.width_space}
 # Config keys any architecture accepts: records of passes (e.g. the widths a pruned model was saved at).
 RECORD_KEYS = ("widths",)
 
@@ -49,3 +52,13 @@ def zoo_spec(arch: str, input_spec: InputSpec, tasks: list[TaskSpec], overrides:
              data: str | None = None) -> ModelSpec:
     """The spec of a zoo architecture for the given input and tasks (e.g. a built-in data set's)."""
     return ModelSpec(input=input_spec, tasks=tasks, arch=arch, config=full_config(arch, overrides), data=data)
+
+
+def slimmable_spec(spec: ModelSpec, multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS) -> ModelSpec:
+    """`spec` with its architecture's width space: what a slimmable checkpoint carries (never switched on by itself:
+    a model trained at one width is not slimmable)."""
+    derive = _WIDTH_SPACES.get(spec.arch)
+    if derive is None:
+        raise EdgemtlError(f"architecture {spec.arch!r} has no width space; slimmable zoo architectures: "
+                           f"{', '.join(_WIDTH_SPACES)} (a model of your own declares `widths` in its spec file)")
+    return spec.model_copy(update={"widths": derive(spec, multipliers)})

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgemtl.model.spec import DENSE_KINDS, ModelSpec, TaskSpec
+from edgemtl.model.widths import DEFAULT_MULTIPLIERS, WidthOptions, WidthSpace
 
 DEFAULT_CONFIG: dict[str, Any] = {"width": 16, "blocks": [1, 1, 1], "head_width": 16}
 
@@ -117,3 +118,19 @@ class MultiTaskCNN(nn.Module):
 
 def build(spec: ModelSpec, config: dict[str, Any]) -> MultiTaskCNN:
     return MultiTaskCNN(spec, int(config["width"]), [int(b) for b in config["blocks"]], int(config["head_width"]))
+
+
+def width_space(spec: ModelSpec, multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS) -> WidthSpace:
+    """The slimmable width space of this architecture for `spec`: one stage per residual stage (the stem joins stage 0,
+    whose identity shortcut adds the stem's output: one coupled width) and one decoder per task (a dense head's
+    reduce and fuse layers; a global head is a single linear layer with no width of its own, so only 1.0)."""
+    config = {**DEFAULT_CONFIG, **spec.config}
+    width, blocks, head_width = int(config["width"]), list(config["blocks"]), int(config["head_width"])
+    stages = {f"stage{i}": WidthOptions(channels=width * 2**i, multipliers=multipliers,
+                                        modules=(("encoder.stem",) if i == 0 else ()) + (f"encoder.stages.{i}",))
+              for i in range(len(blocks))}
+    decoders = {t.name: WidthOptions(channels=head_width, multipliers=multipliers,
+                                     modules=(f"heads.{t.name}.reduce", f"heads.{t.name}.fuse"))
+                if t.kind in DENSE_KINDS else WidthOptions(channels=0, multipliers=(1.0,))
+                for t in spec.tasks}
+    return WidthSpace(stages=stages, decoders=decoders)
