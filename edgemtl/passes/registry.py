@@ -10,11 +10,14 @@ from edgemtl.passes.int8.config import Int8Config
 from edgemtl.passes.ort_qdq.config import QdqConfig
 from edgemtl.passes.partition_experts import PartitionConfig
 from edgemtl.passes.prune_pagcp import PAGCPConfig
+from edgemtl.passes.slice_widths import SliceConfig
 
 PASSES: dict[str, PassInfo] = {info.name: info for info in (
     PassInfo("prune_pagcp", PAGCPConfig, "edgemtl.passes.prune_pagcp",
              "PAGCP channel pruning to a MACs target, every task's loss guarded; later steps see the pruned model",
              needs_data="pruning needs real images for its loss oracle and fine-tuning"),
+    PassInfo("slice_widths", SliceConfig, "edgemtl.passes.slice_widths",
+             "slimmable models: the narrow model at one width configuration (--widths); later steps see it"),
     PassInfo("partition_experts", PartitionConfig, "edgemtl.passes.partition_experts",
              "MoE models: each task's expert path, keeping the experts that carry its routing (skipped otherwise)"),
     PassInfo("quantize_brevitas", QuantConfig, "edgemtl.passes.quantize_brevitas",

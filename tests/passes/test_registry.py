@@ -12,6 +12,8 @@ from conftest import tiny_model
 from edgemtl.data import TaskData, load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.manifest import Provenance
+from edgemtl.model.widths import WidthConfig
+from edgemtl.model.zoo import slimmable_spec
 from edgemtl.passes.base import PassInput, PassRequest, PassResult
 from edgemtl.passes.brevitas_qat.config import QuantConfig
 from edgemtl.passes.int8.config import Int8Config
@@ -19,6 +21,7 @@ from edgemtl.passes.ort_qdq.config import OrtQuantConfig, QdqConfig
 from edgemtl.passes.partition_experts import PartitionConfig
 from edgemtl.passes.prune_pagcp import PAGCPConfig
 from edgemtl.passes.registry import PASSES, check_request, pass_info
+from edgemtl.passes.slice_widths import SliceConfig
 
 
 class SmallSource:
@@ -37,6 +40,9 @@ CASES = {
     "prune_pagcp": ("mtl-cnn", "digits", PAGCPConfig(flops_target=0.9, default_max_drop=5.0, finetune_steps=1,
                                            final_finetune_steps=0, batch_size=8, oracle_samples=8, max_rounds=1,
                                            bn_recalibration_samples=8, ratio_step=0.5, max_ratio=0.5), None, None),
+    "slice_widths": ("mtl-cnn", "scenes", SliceConfig(WidthConfig(  # on the model made slimmable (SLIMMABLE)
+        encoder={"stage0": 0.5, "stage1": 0.75, "stage2": 0.5},
+        decoders={"segmentation": 0.5, "depth": 0.25, "normals": 0.5, "edges": 0.5, "scene": 1.0})), None, None),
     "partition_experts": ("m3vit", "scenes", PartitionConfig(calibration_samples=8), ["depth", "scene"], None),
     "quantize_brevitas": ("mtl-cnn", "scenes", QuantConfig(qat_steps=1, batch_size=8, calibration_samples=8), ["depth"], None),
     "quantize_int8": ("mtl-cnn", "scenes", Int8Config(calibration_samples=8, values_per_tensor=20_000), ["depth", "scene"],
@@ -44,6 +50,8 @@ CASES = {
     "quantize_int8_qdq": ("mtl-cnn", "scenes", QdqConfig(remedies=(("default", OrtQuantConfig(calibration_samples=8)),),
                                                          threads=1), ["depth", "scene"], ["depth"]),
 }
+SLIMMABLE = {"slice_widths"}                   # passes run on the model with its width space (zoo.slimmable_spec)
+WHOLE_MODEL = {"prune_pagcp", "slice_widths"}  # passes that return a new model, whose checkpoint joins the bundle
 
 
 def test_every_registered_pass_has_a_case_here_and_a_frozen_typed_config():
@@ -58,6 +66,7 @@ def test_every_registered_pass_has_a_case_here_and_a_frozen_typed_config():
 def test_every_pass_returns_a_pass_result_with_a_json_manifest_entry(name, tmp_path):
     arch, data, config, tasks, labelled = CASES[name]
     model, spec = tiny_model(arch, data)
+    spec = slimmable_spec(spec) if name in SLIMMABLE else spec
     source = SmallSource(data)
     tasks = tasks or spec.task_names
     inputs = PassInput(model, spec, tasks, source=source, held_out=source.load("val"),
@@ -68,7 +77,7 @@ def test_every_pass_returns_a_pass_result_with_a_json_manifest_entry(name, tmp_p
     json.dumps(entry)
     assert all(Provenance.model_validate(value) for key, value in entry.items() if key.endswith("provenance"))
     assert set(result.paths) <= set(tasks)
-    if name == "prune_pagcp":  # a whole-model pass: a new model and spec, its checkpoint in the bundle
+    if name in WHOLE_MODEL:  # a whole-model pass: a new model and spec, its checkpoint in the bundle
         assert result.model is not model and (tmp_path / entry["artifacts"]["checkpoint"]).is_file()
     else:  # a per-task pass: the model stays, each task gets what the pass built for it
         assert result.model is model and result.spec is spec and set(result.paths) == set(tasks)
