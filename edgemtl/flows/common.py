@@ -11,9 +11,8 @@ import numpy as np
 from torch import nn
 
 from edgemtl.analysis.cost import model_cost
-from edgemtl.data.sources import DataSource
 from edgemtl.flow import FlowContext, Skipped
-from edgemtl.passes.base import no_data, report_progress
+from edgemtl.passes.base import report_progress
 
 T = TypeVar("T")
 ALL_TASKS = "all_tasks"   # the manifest's entry for the whole model (every head)
@@ -36,13 +35,6 @@ def threads_of(ctx: FlowContext) -> int:
 def task_model(ctx: FlowContext, task: str) -> nn.Module:
     """The model deployed for one task: its expert path when one was built, else the whole model."""
     return ctx.state.task_models.get(task, ctx.loaded.model)
-
-
-def data_source(ctx: FlowContext, needed_for: str) -> DataSource:
-    """The `--data` source of this compile; without one, a one-line error saying what needed it."""
-    if ctx.state.source is None:
-        raise no_data(needed_for)
-    return ctx.state.source
 
 
 def verification_inputs(ctx: FlowContext) -> tuple[np.ndarray, str]:

@@ -128,7 +128,7 @@ class PassInfo:
     costs seconds to import), a one-line description, and why it needs data, if it does."""
 
     name: str
-    config: type
+    config: type[PassConfig]
     module: str
     description: str
     needs_data: str | None = None         # e.g. "pruning needs real images for ..." (a compile without data stops early)
