@@ -11,7 +11,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.table import Table
 
 from edgemtl.cli_tables import history_table, human, metrics_table, moe_table, profile_table
 from edgemtl.errors import EdgemtlError, VerificationError
+
+if TYPE_CHECKING:
+    from edgemtl.passes.base import PassRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -458,6 +461,24 @@ def toolchain_list(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
+def _pass_requests(widths: Path | None, prune_flops: float | None, max_drop: list[str],
+                   read: bool = True) -> tuple[PassRequest, ...]:
+    """The passes compile flags ask for, in the order they run: --widths slices (slice_widths), then --prune-flops
+    prunes (prune_pagcp). `read=False` (--list-steps) names them without reading the --widths file."""
+    from edgemtl.model.widths import read_width_config
+    from edgemtl.passes.base import PassRequest
+    from edgemtl.passes.prune_pagcp import PAGCPConfig
+    from edgemtl.passes.slice_widths import SliceConfig
+
+    passes = []
+    if widths is not None:
+        config = SliceConfig(read_width_config(widths), f"width configuration {widths}") if read else SliceConfig()
+        passes.append(PassRequest("slice_widths", config))
+    if prune_flops is not None:
+        passes.append(PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))))
+    return tuple(passes)
+
+
 @app.command(name="compile")
 def compile_command(
     model: Annotated[Optional[Path], typer.Argument(
@@ -471,6 +492,8 @@ def compile_command(
     threads: Annotated[int, typer.Option(min=0, help="CPU threads for timing (0 = all cores)")] = 0,
     runs: Annotated[int, typer.Option(min=5, help="timed runs per latency measurement")] = 100,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="measure latency")] = True,
+    widths: Annotated[Optional[Path], typer.Option(
+        help="slimmable models: compile the width configuration in this JSON file (docs/widths.md)")] = None,
     prune_flops: Annotated[Optional[float], typer.Option(help="run PAGCP first, keeping this fraction of the MACs")] = None,
     max_drop: MaxDropOpt = [],
     expert_coverage: Annotated[float, typer.Option(
@@ -484,19 +507,17 @@ def compile_command(
         help="run the flow up to this step and write that partial bundle (see --list-steps)")] = None,
     list_steps: Annotated[bool, typer.Option("--list-steps", help="print the target's steps in order and exit")] = False,
 ) -> None:
-    """(Optionally prune,) validate, export per-task ONNX graphs, verify them against PyTorch, time them, write the bundle."""
+    """(Optionally slice to a width configuration, prune,) validate, export per-task ONNX graphs, verify them against
+    PyTorch, time them, write the bundle."""
     from edgemtl.compile import compile_model, compile_steps
     from edgemtl.flow import CompileOptions
     from edgemtl.targets import load_target
 
-    from edgemtl.passes.base import PassRequest
     from edgemtl.passes.partition_experts import PartitionConfig
-    from edgemtl.passes.prune_pagcp import PAGCPConfig
 
     chosen = load_target(target)  # an unknown target fails before any work
     if list_steps:
-        options = CompileOptions(passes=() if prune_flops is None else (
-            PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops)),))
+        options = CompileOptions(passes=_pass_requests(widths, prune_flops, max_drop, read=False))
         for index, (name, step) in enumerate(compile_steps(chosen, options), 1):
             out.print(f"{index:2d}  {name:<20s} {(step.__doc__ or '').strip().splitlines()[0] if step.__doc__ else ''}")
         return
@@ -506,8 +527,7 @@ def compile_command(
         raise EdgemtlError(f"target {target} supports precisions {', '.join(chosen.precisions)}, not {precision!r}")
     experts = PartitionConfig(coverage=expert_coverage)
     experts.check()
-    passes = () if prune_flops is None else (
-        PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))),)
+    passes = _pass_requests(widths, prune_flops, max_drop)  # a bad --widths file fails before the model loads
     loaded = _load(model, model_factory, spec, trust)
     destination = output or Path("build") / f"{model.stem}-{target}"
     options = CompileOptions(tasks=_split_tasks(tasks), data=data, resize=resize,
