@@ -350,7 +350,8 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
         decisions=decisions, rounds=rounds, seconds=time.perf_counter() - start_time,
         oracle_samples=len(oracle.images),
     )
-    pruned_spec = spec.model_copy(update={"config": {**spec.config, "widths": widths_after}})
+    # a pruned model is not slimmable any more: its leading channels are no longer the ones slimmable training shared
+    pruned_spec = spec.model_copy(update={"config": {**spec.config, "widths": widths_after}, "widths": None})
     return current, pruned_spec, record
 
 

@@ -183,3 +183,19 @@ def test_a_width_space_that_breaks_a_coupling_or_names_no_layer_is_one_line():
         **spec.widths.decoders, "normals": WidthOptions(channels=4, modules=("heads.normals",))}})})
     with pytest.raises(EdgemtlError, match=r"slicing changed task 'normals'.s output to \[2, 64, 64\]: .* output layers"):
         slice_model(model, head, NARROW.model_copy(update={"decoders": {**NARROW.decoders, "normals": 0.5}}))
+
+
+def test_a_pruned_slimmable_model_is_not_slimmable_any_more():
+    """Pruning removes the least salient channels anywhere: the leading channels no longer are the ones slimmable
+    training shared, so slicing the pruned model would silently compute something else."""
+    from edgemtl.data import load_data
+    from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
+
+    model, spec = tiny_model("mtl-cnn", "digits")
+    quick = PAGCPConfig(flops_target=0.9, default_max_drop=5.0, finetune_steps=0, final_finetune_steps=0, batch_size=8,
+                        oracle_samples=8, max_rounds=1, bn_recalibration_samples=0, ratio_step=0.5, max_ratio=0.5)
+    data = load_data("digits", "val", n=8)
+    _, pruned_spec, _ = prune_pagcp(model, slimmable_spec(spec), data, data, quick, show_progress=False)
+    assert pruned_spec.widths is None
+    with pytest.raises(EdgemtlError, match="needs a slimmable model"):
+        SliceConfig(NARROW).check(pruned_spec)
