@@ -1,6 +1,7 @@
 """Multi-task training: every task's loss, weighted by its spec, on one shared optimiser.
 
-Used by `edgemtl train` (and by later passes to fine-tune after pruning or quantization).
+Used by `edgemtl train` (and by later passes to fine-tune after pruning or quantization); `edgemtl train
+--slimmable` trains every width of a slimmable model (`edgemtl.training.slimmable`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,19 @@ def _batches_forever(data: TaskData, batch_size: int, seed: int):
         epoch += 1
 
 
+def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a linear warm-up and a cosine decay over `config.steps`."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+
+
 def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig = TrainConfig(),
           show_progress: bool = True, teacher: nn.Module | None = None) -> TrainResult:
     """Train in place with AdamW and a warm-up + cosine schedule; returns the closing per-task losses.
@@ -53,15 +67,7 @@ def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig
         teacher.eval()
     torch.manual_seed(config.seed)
     model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    def lr_factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    optimiser, schedule = _optimiser(model, config)
     tail = max(1, config.steps // 10)
     sums = {t.name: 0.0 for t in spec.tasks}
     batches = _batches_forever(data, config.batch_size, config.seed)

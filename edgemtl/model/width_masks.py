@@ -1,0 +1,233 @@
+"""Run a slimmable model at any configuration of its width space without rebuilding it (docs/widths.md).
+
+Slimmable training visits several width configurations per step; building a narrow model for each (what the
+slice_widths pass does for one configuration) would copy every weight each time. `WidthMasks` instead hooks the
+full model: at a configuration, every conv / linear layer the width space names, and every layer coupled with it
+(the BatchNorms after it, the other side of a residual add), outputs zeros in its trailing channels, keeping the
+LEADING `channels_at(full, multiplier)` as slicing does. A zero channel contributes nothing to the next layer, to a
+residual add, to an upsampling, a concatenation or a pooling, so the masked forward computes exactly what the sliced
+model computes (tested against slice_widths). Which layers are coupled comes from torch-pruning's dependency graph,
+the same graph slicing prunes with.
+
+BatchNorm running statistics at a configuration (the narrow activations differ from the wide ones) are kept in one
+of two ways (`bn`):
+- "recalibrate" (post-hoc recalibration, the default): only the widest configuration updates the running statistics
+  during training (they are the checkpoint's own); a narrow configuration gets its statistics afterwards from a few
+  batches of training data (`edgemtl.training.recalibrate_batchnorm`, which slicing runs on the narrow model).
+- "switchable": separate running statistics per BatchNorm and per width of that BatchNorm (one set per multiplier of
+  the stage or decoder it belongs to); the full width's set is the module's own buffers.
+In both, the trailing channels of a masked BatchNorm keep their statistics (a zeroed channel's would decay to 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Iterator
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.contract import example_input
+from edgemtl.model.spec import ModelSpec
+from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at
+
+BN_MODES = ("recalibrate", "switchable")
+_MASKED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+class WidthMasks:
+    """Forward hooks that run `model` at a width configuration of `spec.widths`: `with masks.at(config): model(x)`.
+
+    Outside `at(...)` the model runs at full width, untouched. `remove()` takes the hooks off."""
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, bn: str = "recalibrate") -> None:
+        if spec.widths is None:
+            raise EdgemtlError(f"this {spec.arch} model's spec has no width space: it is not slimmable")
+        if bn not in BN_MODES:
+            raise EdgemtlError(f"unknown BatchNorm statistics mode {bn!r}; choose {' or '.join(BN_MODES)}")
+        self.model, self.space, self.bn = model, spec.widths, bn
+        self.names = {module: name for name, module in model.named_modules()}
+        self.targets = _targets(model, self.space)        # layer name -> (group kind, group name)
+        self._graph = _graph(model, spec)
+        self._cache: dict[tuple[str, int], dict[nn.Module, torch.Tensor]] = {}
+        self.active: dict[nn.Module, torch.Tensor] = {}     # module -> channel mask (1 kept, 0 silenced)
+        self.widest = True
+        self.switchable: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (bn, kept) -> (mean, var)
+        self._saved: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles = []
+        for module in self.names:
+            _OWNERS[module] = self
+            if isinstance(module, _MASKED):
+                self._handles.append(module.register_forward_hook(_output_hook))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                self._handles.append(module.register_forward_pre_hook(_norm_hook))
+
+    # --- configurations -------------------------------------------------------------------------------------------
+    def masks(self, config: WidthConfig) -> dict[nn.Module, torch.Tensor]:
+        """Every masked module at `config` -> its channel mask (modules at full width are left out)."""
+        config = self.space.check(config)
+        masks: dict[nn.Module, torch.Tensor] = {}
+        for name, (kind, group) in self.targets.items():
+            multiplier = (config.encoder if kind == "stage" else config.decoders)[group]
+            layer = self.model.get_submodule(name)
+            full = _out_channels(layer)
+            keep = channels_at(full, multiplier)
+            if keep < full:
+                for module, mask in self._group_masks(name, layer, keep, full).items():
+                    masks[module] = masks[module] * mask if module in masks else mask
+        return masks
+
+    def _group_masks(self, name: str, layer: nn.Module, keep: int, full: int) -> dict[nn.Module, torch.Tensor]:
+        key = (name, keep)
+        if key not in self._cache:
+            pruner = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+            group = self._graph.get_pruning_group(layer, pruner, idxs=list(range(keep, full)))
+            found: dict[nn.Module, torch.Tensor] = {}
+            for dep, idxs in group:
+                module = dep.target.module
+                if isinstance(module, _MASKED) and "out" in getattr(dep.handler, "__name__", ""):
+                    mask = torch.ones(_out_channels(module))
+                    mask[[int(i) for i in idxs]] = 0
+                    found[module] = mask
+            self._cache[key] = found
+        return self._cache[key]
+
+    @contextlib.contextmanager
+    def at(self, config: WidthConfig) -> Iterator[None]:
+        """Run the model at `config` inside the block."""
+        previous, previous_widest = self.active, self.widest
+        self.active = self.masks(config)
+        self.widest = not self.active
+        try:
+            yield
+        finally:
+            self.active, self.widest = previous, previous_widest
+
+    def kept(self, module: nn.Module) -> int:
+        """Output channels `module` keeps at the active configuration."""
+        mask = self.active.get(module)
+        return _out_channels(module) if mask is None else int(mask.sum())
+
+    def statistics(self, config: WidthConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each BatchNorm's running statistics at `config`, over its kept channels (the shapes the sliced model has):
+        the switchable set, or the module's own (after `recalibrate_batchnorm` under `at(config)`)."""
+        result = {}
+        with self.at(config):
+            for module, name in self.names.items():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                    mask = self.active.get(module)
+                    mean, var = self._stored(module)
+                    keep = slice(None) if mask is None else mask.bool()
+                    result[name] = (mean[keep].clone(), var[keep].clone())
+        return result
+
+    def _stored(self, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = self.active.get(norm)
+        if self.bn == "switchable" and mask is not None:
+            return self.switchable.get((self.names[norm], int(mask.sum())), (norm.running_mean, norm.running_var))
+        return norm.running_mean, norm.running_var
+
+    # --- hooks ----------------------------------------------------------------------------------------------------
+    def _mask_output(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module in self._saved:
+            self._after_norm(module)
+        mask = self.active.get(module)
+        if mask is None:
+            return None
+        return output * mask.to(output.dtype).view(1, -1, *([1] * (output.dim() - 2)))
+
+    def _before_norm(self, norm: nn.Module, inputs: tuple) -> None:
+        """At a narrow configuration: swap in this width's statistics (switchable), or remember the module's own so
+        that a training step leaves them as they were (recalibrate)."""
+        if self.widest:
+            return
+        mask = self.active.get(norm)
+        if self.bn == "switchable":
+            if mask is None:
+                return   # a full-width BatchNorm: its own buffers are its full-width set
+            self._saved[norm] = (norm.running_mean, norm.running_var)
+            mean, var = self._stored(norm)
+            norm.running_mean, norm.running_var = mean.clone(), var.clone()
+        elif norm.training:
+            self._saved[norm] = (norm.running_mean, norm.running_var)
+            norm.running_mean, norm.running_var = norm.running_mean.clone(), norm.running_var.clone()
+
+    def _after_norm(self, norm: nn.Module) -> None:
+        own_mean, own_var = self._saved.pop(norm)
+        mask = self.active.get(norm)
+        if self.bn == "switchable":
+            self.switchable[(self.names[norm], int(mask.sum()))] = (norm.running_mean, norm.running_var)
+        elif self._recalibrating:
+            if mask is None:
+                return
+            keep = mask.bool()   # the kept channels learn, the silenced ones keep their statistics
+            own_mean = torch.where(keep, norm.running_mean, own_mean)
+            own_var = torch.where(keep, norm.running_var, own_var)
+        # new tensors, not in-place copies: autograd may hold the ones the forward used (replacing a buffer is safe)
+        norm.running_mean, norm.running_var = own_mean, own_var
+
+    _recalibrating = False
+
+    @contextlib.contextmanager
+    def recalibrating(self) -> Iterator[None]:
+        """Inside, a narrow configuration's forward in train mode updates the running statistics of its kept
+        channels (post-hoc recalibration); outside, only the widest configuration does."""
+        self._recalibrating = True
+        try:
+            yield
+        finally:
+            self._recalibrating = False
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for module in self.names:
+            if _OWNERS.get(module) is self:
+                del _OWNERS[module]
+
+
+# The hooks are plain functions that find their masks here, so that a deep copy of a hooked model (slice_widths
+# copies before slicing) copies no masks: its modules are not in this table, and the hooks do nothing there.
+_OWNERS: "weakref.WeakKeyDictionary[nn.Module, WidthMasks]" = weakref.WeakKeyDictionary()
+
+
+def _output_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    owner = _OWNERS.get(module)
+    return None if owner is None else owner._mask_output(module, inputs, output)
+
+
+def _norm_hook(module: nn.Module, inputs: tuple) -> None:
+    owner = _OWNERS.get(module)
+    if owner is not None:
+        owner._before_norm(module, inputs)
+
+
+def _targets(model: nn.Module, space: WidthSpace) -> dict[str, tuple[str, str]]:
+    layers = {name for name, module in model.named_modules() if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))}
+    groups = [("stage", n, o) for n, o in space.stages.items()] + [("decoder", n, o) for n, o in space.decoders.items()]
+    targets: dict[str, tuple[str, str]] = {}
+    for kind, group, options in groups:
+        for prefix in options.modules:
+            matched = [name for name in layers if name == prefix or name.startswith(prefix + ".")]
+            if not matched:
+                raise EdgemtlError(f"the width space's {kind} {group!r} names {prefix!r}, which holds no conv or linear "
+                                   "layer of this model: its convs cannot be sliced")
+            targets.update({name: (kind, group) for name in matched})
+    return targets
+
+
+def _graph(model: nn.Module, spec: ModelSpec) -> tp.DependencyGraph:
+    with torch.enable_grad():  # torch-pruning traces through autograd
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(spec, batch=1))
+
+
+def _out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    return module.out_channels
