@@ -128,16 +128,21 @@ def train(
     model_factory: Annotated[Optional[str], typer.Option(
         "--model-factory", help="package.module:function building YOUR module (trained from its initial weights)")] = None,
     spec: SpecOpt = None,
+    slimmable: Annotated[bool, typer.Option("--slimmable", help="train every width of its width space (docs/widths.md)")] = False,
+    random_configs: Annotated[int, typer.Option(min=0, help="--slimmable: random configurations per step")] = 2,
+    distill_weight: Annotated[float, typer.Option(min=0, help="--slimmable: weight of the feature distillation")] = 1.0,
 ) -> None:
     """Train a zoo model on a built-in data set (an edgemtl checkpoint), or your own module from --model-factory
-    on any --data (a plain state_dict, as --model-factory reads it)."""
+    on any --data (a plain state_dict, as --model-factory reads it); --slimmable: at every width of its width space."""
     import torch
 
     from edgemtl.data.sources import open_data
     from edgemtl.evaluate import evaluate, torch_predictor
     from edgemtl.model.checkpoint import save, save_state_dict
-    from edgemtl.model.zoo import build_model, zoo_spec
+    from edgemtl.model.width_masks import WidthMasks
+    from edgemtl.model.zoo import build_model, slimmable_spec, zoo_spec
     from edgemtl.training import TrainConfig, train as run_training
+    from edgemtl.training.slimmable import SlimmableConfig, configured, train_slimmable
 
     torch.manual_seed(seed)
     if model_factory is not None:
@@ -157,11 +162,24 @@ def train(
         model = build_model(model_spec)
         train_set, val_set = load_data(data, "train", n=train_samples, seed=seed), load_data(data, "val")
         scored = model_spec.task_names
+    if slimmable:  # before any training: a model whose convs cannot be sliced is one line
+        model_spec = model_spec if model_spec.widths is not None else slimmable_spec(model_spec)
+        masks = WidthMasks(model, model_spec)   # BatchNorm statistics per width: recalibrated when sliced
     trained_spec = model_spec.model_copy(update={"tasks": [model_spec.task(t) for t in scored]})  # losses need labels
-    result = run_training(model, trained_spec, train_set, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+    settings = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    if slimmable:
+        slim = SlimmableConfig(random_configs=random_configs, distill_weight=distill_weight)
+        result, _ = train_slimmable(model, trained_spec, train_set, settings, slim, masks=masks)
+    else:
+        result = run_training(model, trained_spec, train_set, settings)
     metrics = evaluate(torch_predictor(model), [model_spec.task(t) for t in scored], val_set)
     record = {"train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": data,
                         "seconds": round(result.seconds, 1)}, "val_metrics": metrics}
+    if slimmable:
+        with configured(model, masks, model_spec.widths.narrowest(), train_set, batch_size=batch_size):
+            narrowest = evaluate(torch_predictor(model), [model_spec.task(t) for t in scored], val_set)
+        record["train"]["slimmable"] = result.record(narrowest)
+        out.print(result.summary())
     if model_factory is not None:
         save_state_dict(model, output)
     else:

@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgemtl.analysis.cost import model_cost
+from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.manifest import prov
 from edgemtl.model.checkpoint import save
@@ -29,9 +30,11 @@ from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
 from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at
 from edgemtl.passes.base import PassInput, PassResult
+from edgemtl.training.slimmable import recalibrate_batchnorm
 
 SLICED_CHECKPOINT = "model/sliced.pt"   # where `run` writes the narrow model in a bundle
 Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]   # BatchNorm path -> (running_mean, running_var)
+RECALIBRATION_BATCHES, RECALIBRATION_BATCH_SIZE = 16, 32      # training images a narrow width's statistics come from
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class SliceRecord:
     params_before: int
     params_after: int
     channels: dict[str, list[int]]        # layer -> [output channels before, after] (the coupled layers too)
-    batchnorm_statistics: str             # "sliced" (the full model's, leading channels) or "per-width"
+    batchnorm_statistics: str             # "sliced" (the full model's, leading channels) or "per-width" (recalibrated)
     seconds: float
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -80,22 +83,34 @@ def slimmable_space(spec: ModelSpec, source: str = "the width configuration") ->
                        "(train it with --slimmable, or declare `widths` in its spec; see docs/widths.md)")
 
 
-def per_width_statistics(model: nn.Module, spec: ModelSpec, widths: WidthConfig) -> Statistics | None:
-    """BatchNorm statistics measured at this configuration, where the checkpoint has them, else None.
+def per_width_statistics(narrow: nn.Module, spec: ModelSpec, widths: WidthConfig,
+                         data: TaskData | None = None) -> Statistics | None:
+    """BatchNorm statistics of this configuration's own activations, or None to keep the leading channels of the full
+    model's.
 
-    The hook for slimmable checkpoints that keep BatchNorm statistics per configuration (switchable BN, or statistics
-    recalibrated per width): a narrow model's activations differ from the full model's, so their statistics do too.
-    No checkpoint stores them yet, so slicing keeps the leading channels of the full model's statistics."""
-    return None
+    A narrow configuration's activations differ from the full model's, so their statistics do too. Slimmable training
+    (`edgemtl train --slimmable`) keeps the full model's statistics for the widest configuration only and leaves the
+    others to post-hoc recalibration (measured against switchable BatchNorm in docs/widths.md): with training `data`,
+    a copy of the narrow model re-estimates them from `RECALIBRATION_BATCHES` batches (BatchNorms in train mode,
+    nothing else changes). Without data, or at the widest configuration, None."""
+    if data is None or len(data) == 0 or widths == slimmable_space(spec).widest():
+        return None
+    probe = copy.deepcopy(narrow)
+    recalibrate_batchnorm(probe, data, batches=RECALIBRATION_BATCHES, batch_size=RECALIBRATION_BATCH_SIZE)
+    return {name: (module.running_mean.clone(), module.running_var.clone()) for name, module in probe.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats}
 
 
-def slice_model(model: nn.Module, spec: ModelSpec, widths: WidthConfig) -> tuple[nn.Module, ModelSpec]:
-    """A narrow copy of `model` at `widths` (checked against the spec's space) and its spec; `model` is untouched."""
-    narrow, narrow_spec, _ = _slice(model, spec, widths)
+def slice_model(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
+                data: TaskData | None = None) -> tuple[nn.Module, ModelSpec]:
+    """A narrow copy of `model` at `widths` (checked against the spec's space) and its spec; `model` is untouched.
+    With training `data`, its BatchNorm statistics are recalibrated at that width (`per_width_statistics`)."""
+    narrow, narrow_spec, _ = _slice(model, spec, widths, data)
     return narrow, narrow_spec
 
 
-def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig) -> tuple[nn.Module, ModelSpec, str]:
+def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
+           data: TaskData | None = None) -> tuple[nn.Module, ModelSpec, str]:
     """`slice_model`, and which BatchNorm statistics the narrow model carries ("sliced" or "per-width")."""
     space = slimmable_space(spec)
     widths = space.check(widths)
@@ -112,7 +127,7 @@ def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig) -> tuple[nn.M
                                    "of its channels")
             group.prune()
     _check_coupling(narrow, targets)
-    statistics = per_width_statistics(model, spec, widths)
+    statistics = per_width_statistics(narrow, spec, widths, data)
     if statistics is not None:
         _load_statistics(narrow, statistics)
     _check_outputs(narrow, spec)
@@ -125,7 +140,10 @@ def run(inputs: PassInput, config: SliceConfig) -> PassResult[nn.Module]:
     started = time.perf_counter()
     space = slimmable_space(inputs.spec, config.source)
     widths = space.check(config.widths, config.source) if config.widths is not None else space.widest()
-    narrow, spec, statistics = _slice(inputs.model, inputs.spec, widths)
+    data = None
+    if inputs.source is not None and widths != space.widest():   # this width's own BatchNorm statistics
+        data = inputs.source.load("train", n=RECALIBRATION_BATCHES * RECALIBRATION_BATCH_SIZE)
+    narrow, spec, statistics = _slice(inputs.model, inputs.spec, widths, data)
     before = inputs.cost if inputs.cost is not None else model_cost(inputs.model, inputs.spec)
     after = model_cost(narrow, spec)
     widths_before, widths_after = layer_widths(inputs.model), layer_widths(narrow)

@@ -122,7 +122,7 @@ def test_the_pass_records_the_configuration_and_its_checkpoint_reloads_narrow(tm
 def test_per_width_batchnorm_statistics_replace_the_sliced_ones_where_a_checkpoint_has_them(monkeypatch):
     model, spec = slimmable()
     stored = {"encoder.stem.1": (torch.full((2,), 0.25), torch.full((2,), 3.0))}
-    monkeypatch.setattr(slice_widths, "per_width_statistics", lambda _model, _spec, widths: stored)
+    monkeypatch.setattr(slice_widths, "per_width_statistics", lambda _model, _spec, widths, data=None: stored)
     result = slice_widths.run(PassInput(model, spec, spec.task_names), SliceConfig(NARROW))
     norm = result.model.get_submodule("encoder.stem.1")
     assert torch.equal(norm.running_mean, stored["encoder.stem.1"][0]) and torch.equal(norm.running_var, stored["encoder.stem.1"][1])

@@ -168,3 +168,20 @@ def test_configured_restores_the_model_and_switchable_statistics_differ_per_widt
     with configured(model, masks, spec.widths.narrowest(), train_set, batches=1, batch_size=8):
         pass
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_slicing_with_training_data_gives_the_configuration_its_recalibrated_statistics(train_set):
+    """What a compile does (slice_widths with the compile's data): the narrow model's BatchNorm statistics are the
+    ones recalibrating the masked model at that configuration gives, not the full model's leading channels."""
+    model, spec = slimmable()
+    masks = WidthMasks(model, spec)
+    plain, _ = slice_model(model, spec, NARROW)
+    narrow, narrow_spec = slice_model(model, spec, NARROW, train_set)
+    recalibrate_batchnorm(model, train_set, batches=16, batch_size=32, masks=masks, widths=NARROW)
+    expected = masks.statistics(NARROW)
+    layers = dict(narrow.named_modules())
+    for name, (mean, var) in expected.items():
+        torch.testing.assert_close(layers[name].running_mean, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layers[name].running_var, var, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(dict(plain.named_modules())["encoder.stem.1"].running_mean, layers["encoder.stem.1"].running_mean)
+    assert narrow_spec.sliced_at == NARROW
