@@ -12,11 +12,10 @@ configuration; prints a table and writes benchmarks/results/slimmable_bn.json.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
+from common import start_run, write_results
 
 from edgemtl.data import data_spec, load_data
 from edgemtl.evaluate import evaluate, torch_predictor
@@ -38,6 +37,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    run = start_run()
     torch.set_num_threads(args.threads)   # on a shared machine, more threads than free cores is many times slower
     torch.manual_seed(0)
     input_spec, tasks = data_spec("scenes")
@@ -67,9 +67,8 @@ def main() -> None:
         for task, metrics in modes["switchable"].items():
             for metric, value in metrics.items():
                 print(f"{label:10} {task:13} {metric:10} {value:11.4f} {modes['recalibrate'][task][metric]:12.4f}")
-    RESULTS.write_text(json.dumps({"args": vars(args), "train_seconds": round(result.seconds, 1),
-                                   "configuration_losses": result.configuration_losses, "metrics": rows,
-                                   "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+    write_results(RESULTS, {"args": vars(args), "train_seconds": round(result.seconds, 1),
+                            "configuration_losses": result.configuration_losses, "metrics": rows}, run)
     print(f"trained {args.steps} steps in {result.seconds:.0f} s; {RESULTS}")
 
 
