@@ -13,7 +13,8 @@ BatchNorm running statistics at a configuration (the narrow activations differ f
 of two ways (`bn`):
 - "recalibrate" (post-hoc recalibration, the default): only the widest configuration updates the running statistics
   during training (they are the checkpoint's own); a narrow configuration gets its statistics afterwards from a few
-  batches of training data (`edgemtl.training.recalibrate_batchnorm`, which slicing runs on the narrow model).
+  batches of training data (`edgemtl.training.slimmable.recalibrate_batchnorm`, which slicing runs on the narrow
+  model).
 - "switchable": separate running statistics per BatchNorm and per width of that BatchNorm (one set per multiplier of
   the stage or decoder it belongs to); the full width's set is the module's own buffers.
 In both, the trailing channels of a masked BatchNorm keep their statistics (a zeroed channel's would decay to 0).
