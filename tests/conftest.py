@@ -11,7 +11,7 @@ import torch
 from edgemtl.data import data_spec
 from edgemtl.model.checkpoint import save
 from edgemtl.model.spec import ModelSpec
-from edgemtl.model.zoo import build_model, zoo_spec
+from edgemtl.model.zoo import build_model, slimmable_spec, zoo_spec
 
 TINY_CONFIG = {
     "mtl-cnn": {"width": 4, "blocks": [1, 1, 1], "head_width": 4},
@@ -24,6 +24,19 @@ def tiny_model(arch: str, data: str = "scenes", seed: int = 0) -> tuple[torch.nn
     spec = zoo_spec(arch, input_spec, tasks, TINY_CONFIG[arch], data=data)
     torch.manual_seed(seed)
     return build_model(spec).eval(), spec
+
+
+def tiny_slimmable_model(seed: int = 0) -> tuple[torch.nn.Module, ModelSpec]:
+    """A tiny slimmable mtl-cnn whose BatchNorms hold non-trivial statistics and affine terms (a random init's
+    identity BatchNorms would hide a channel sliced or masked on one side of a coupling and not the other)."""
+    model, spec = tiny_model("mtl-cnn", seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            for tensor, low, high in ((norm.running_mean, -1, 1), (norm.running_var, 0.5, 2),
+                                      (norm.weight.data, 0.5, 1.5), (norm.bias.data, -0.5, 0.5)):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    return model, slimmable_spec(spec)
 
 
 @pytest.fixture(scope="session")

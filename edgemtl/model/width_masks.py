@@ -51,7 +51,7 @@ class WidthMasks:
             raise EdgemtlError(f"unknown BatchNorm statistics mode {bn!r}; choose {' or '.join(BN_MODES)}")
         self.model, self.space, self.bn = model, spec.widths, bn
         self.names = {module: name for name, module in model.named_modules()}
-        self.targets = _targets(model, self.space)        # layer name -> (group kind, group name)
+        self.targets = space_layers(model, self.space)        # layer name -> (group kind, group name)
         self._graph = _graph(model, spec)
         self._cache: dict[tuple[str, int], dict[nn.Module, torch.Tensor]] = {}
         self.active: dict[nn.Module, torch.Tensor] = {}     # module -> channel mask (1 kept, 0 silenced)
@@ -207,17 +207,24 @@ def _norm_hook(module: nn.Module, inputs: tuple) -> None:
         owner._before_norm(module, inputs)
 
 
-def _targets(model: nn.Module, space: WidthSpace) -> dict[str, tuple[str, str]]:
+def space_layers(model: nn.Module, space: WidthSpace) -> dict[str, tuple[str, str]]:
+    """Every conv / linear layer the width space names -> ("stage" or "decoder", its group's name): the one reading of
+    the space's module prefixes, so masking (training) and slicing (compile) act on the same layers."""
     layers = {name for name, module in model.named_modules() if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))}
     groups = [("stage", n, o) for n, o in space.stages.items()] + [("decoder", n, o) for n, o in space.decoders.items()]
     targets: dict[str, tuple[str, str]] = {}
     for kind, group, options in groups:
+        owner = f"{'encoder stage' if kind == 'stage' else 'decoder'} {group!r}"
         for prefix in options.modules:
             matched = [name for name in layers if name == prefix or name.startswith(prefix + ".")]
             if not matched:
-                raise EdgemtlError(f"the width space's {kind} {group!r} names {prefix!r}, which holds no conv or linear "
-                                   "layer of this model: its convs cannot be sliced")
-            targets.update({name: (kind, group) for name in matched})
+                raise EdgemtlError(f"the width space's {owner} names {prefix!r}, which holds no conv or linear layer "
+                                   "of this model: its convs cannot be sliced")
+            for name in matched:
+                if name in targets and targets[name] != (kind, group):
+                    raise EdgemtlError(f"layer {name} belongs to two groups of the width space ({targets[name][1]!r} "
+                                       f"and {group!r})")
+                targets[name] = (kind, group)
     return targets
 
 

@@ -28,6 +28,7 @@ from edgemtl.model.checkpoint import save
 from edgemtl.model.contract import example_input
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
+from edgemtl.model.width_masks import space_layers
 from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at
 from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.training.slimmable import recalibrate_batchnorm
@@ -162,22 +163,11 @@ def run(inputs: PassInput, config: SliceConfig) -> PassResult[nn.Module]:
 
 def _layer_targets(model: nn.Module, space: WidthSpace, widths: WidthConfig) -> dict[str, tuple[str, int]]:
     """Every conv / linear layer the space names -> (its stage or decoder, the output channels it keeps)."""
-    layers = {name: module for name, module in model.named_modules() if isinstance(module, (nn.modules.conv._ConvNd,
-                                                                                            nn.Linear))}
-    groups = [(f"encoder stage {n!r}", o, widths.encoder[n]) for n, o in space.stages.items()]
-    groups += [(f"decoder {n!r}", o, widths.decoders[n]) for n, o in space.decoders.items()]
-    targets: dict[str, tuple[str, int]] = {}
-    for owner, options, multiplier in groups:
-        for prefix in options.modules:
-            matched = [name for name in layers if name == prefix or name.startswith(prefix + ".")]
-            if not matched:
-                raise EdgemtlError(f"the width space's {owner} names {prefix!r}, which holds no conv or linear layer of "
-                                   "this model")
-            for name in matched:
-                if name in targets and targets[name][0] != owner:
-                    raise EdgemtlError(f"layer {name} belongs to both the {targets[name][0]} and the {owner} of the "
-                                       "width space")
-                targets[name] = (owner, channels_at(_out_channels(layers[name]), multiplier))
+    targets = {}
+    for name, (kind, group) in space_layers(model, space).items():
+        multiplier = widths.encoder[group] if kind == "stage" else widths.decoders[group]
+        owner = f"encoder stage {group!r}" if kind == "stage" else f"decoder {group!r}"
+        targets[name] = (owner, channels_at(_out_channels(model.get_submodule(name)), multiplier))
     return targets
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, tiny_slimmable_model
 from torch import nn
 
 import edgemtl
@@ -29,26 +29,13 @@ NARROW = WidthConfig(encoder={"stage0": 0.5, "stage1": 0.75, "stage2": 0.25},
                      decoders={"segmentation": 0.5, "depth": 0.25, "normals": 1.0, "edges": 0.75, "scene": 1.0})
 
 
-def slimmable(seed: int = 0) -> tuple[nn.Module, object]:
-    """A tiny slimmable mtl-cnn whose BatchNorms hold non-trivial statistics and affine terms (a random init's
-    identity BatchNorms would hide a channel sliced on one side of a coupling and not the other)."""
-    model, spec = tiny_model("mtl-cnn", seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    for norm in model.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            for tensor, low, high in ((norm.running_mean, -1, 1), (norm.running_var, 0.5, 2),
-                                      (norm.weight.data, 0.5, 1.5), (norm.bias.data, -0.5, 0.5)):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
-    return model, slimmable_spec(spec)
-
-
 def outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return model(x)
 
 
 def test_the_widest_configuration_reproduces_the_model_exactly():
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     full, full_spec = slice_model(model, spec, spec.widths.widest())
     x = torch.randn(2, *spec.input.shape)
     expected, got = outputs(model, x), outputs(full, x)
@@ -59,7 +46,7 @@ def test_the_widest_configuration_reproduces_the_model_exactly():
 def test_a_narrow_configuration_equals_the_wide_model_with_its_trailing_channels_silenced():
     """Zeroing the affine terms of a BatchNorm's trailing channels makes them output 0 after it (and after the ReLU,
     the residual add, the upsampling, the concatenation and the pooling): the sliced model must compute exactly that."""
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     narrow, narrow_spec = slice_model(model, spec, NARROW)
     reference = copy.deepcopy(model)
     sliced = dict(narrow.named_modules())
@@ -77,7 +64,7 @@ def test_a_narrow_configuration_equals_the_wide_model_with_its_trailing_channels
 
 
 def test_slicing_keeps_the_leading_channels_and_couples_the_residual_adds_and_concatenations():
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     narrow, _ = slice_model(model, spec, NARROW)
     layers = dict(narrow.named_modules())
     stem, stage0 = layers["encoder.stem.0"], layers["encoder.stages.0.0"]
@@ -95,7 +82,7 @@ def test_slicing_keeps_the_leading_channels_and_couples_the_residual_adds_and_co
 
 
 def test_params_and_macs_fall_as_the_configuration_narrows():
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     costs = [model_cost(*slice_model(model, spec, config)) for config in (spec.widths.narrowest(), NARROW,
                                                                           spec.widths.widest())]
     assert costs[0].all_tasks.macs < costs[1].all_tasks.macs < costs[2].all_tasks.macs
@@ -104,7 +91,7 @@ def test_params_and_macs_fall_as_the_configuration_narrows():
 
 
 def test_the_pass_records_the_configuration_and_its_checkpoint_reloads_narrow(tmp_path):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     result = slice_widths.run(PassInput(model, spec, spec.task_names, bundle=tmp_path), SliceConfig(NARROW, "w.json"))
     entry = json.loads(json.dumps(result.record.to_manifest()))
     assert entry["widths"] == NARROW.model_dump() and entry["source"] == "w.json"
@@ -120,7 +107,7 @@ def test_the_pass_records_the_configuration_and_its_checkpoint_reloads_narrow(tm
 
 
 def test_per_width_batchnorm_statistics_replace_the_sliced_ones_where_a_checkpoint_has_them(monkeypatch):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     stored = {"encoder.stem.1": (torch.full((2,), 0.25), torch.full((2,), 3.0))}
     monkeypatch.setattr(slice_widths, "per_width_statistics", lambda _model, _spec, widths, data=None: stored)
     result = slice_widths.run(PassInput(model, spec, spec.task_names), SliceConfig(NARROW))
@@ -133,7 +120,7 @@ def test_per_width_batchnorm_statistics_replace_the_sliced_ones_where_a_checkpoi
 
 
 def test_the_narrow_model_exports_to_onnx_and_compiles_for_the_host(tmp_path):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     narrow, narrow_spec = slice_model(model, spec, NARROW)
     onnx_path = export_all_tasks(narrow, narrow_spec, narrow_spec.task_names, tmp_path / "narrow.onnx")
     assert onnx_path.is_file()
@@ -154,7 +141,7 @@ def test_a_model_that_is_not_slimmable_or_already_sliced_is_refused_in_one_line(
     model, spec = tiny_model("mtl-cnn")
     with pytest.raises(EdgemtlError, match="w.json needs a slimmable model: this mtl-cnn model's spec has no width space"):
         check_request(PassRequest("slice_widths", SliceConfig(NARROW, "w.json")), spec, has_data=False)
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     _, narrow_spec = slice_model(model, spec, NARROW)
     with pytest.raises(EdgemtlError, match="already sliced to one configuration"):
         SliceConfig(NARROW).check(narrow_spec)
@@ -168,7 +155,7 @@ def _with_stages(spec, stages: dict[str, WidthOptions]):
 
 
 def test_a_width_space_that_breaks_a_coupling_or_names_no_layer_is_one_line():
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     split = _with_stages(spec, {  # the stem apart from stage 0, whose identity shortcut adds the stem's output
         "stem": WidthOptions(channels=4, modules=("encoder.stem",)),
         "stage0": WidthOptions(channels=4, modules=("encoder.stages.0",)),

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
-from torch import nn
+from conftest import tiny_model, tiny_slimmable_model
 
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
@@ -35,21 +34,9 @@ def train_set():
     return load_data("scenes", "train", n=32, seed=0)
 
 
-def slimmable(seed: int = 0):
-    """A tiny slimmable mtl-cnn with non-trivial BatchNorm statistics and affine terms."""
-    model, spec = tiny_model("mtl-cnn", seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    for norm in model.modules():
-        if isinstance(norm, nn.BatchNorm2d):
-            for tensor, low, high in ((norm.running_mean, -1, 1), (norm.running_var, 0.5, 2),
-                                      (norm.weight.data, 0.5, 1.5), (norm.bias.data, -0.5, 0.5)):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
-    return model, slimmable_spec(spec)
-
-
 @pytest.mark.parametrize("which", ["narrow", "narrowest", "widest"])
 def test_the_masked_forward_equals_the_sliced_model(which):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     widths = {"narrow": NARROW, "narrowest": spec.widths.narrowest(), "widest": spec.widths.widest()}[which]
     masks = WidthMasks(model, spec)
     narrow, _ = slice_model(model, spec, widths)   # a deep copy of a hooked model carries no masks
@@ -64,7 +51,7 @@ def test_the_masked_forward_equals_the_sliced_model(which):
 
 
 def test_training_masked_keeps_the_full_statistics_and_matches_the_sliced_model_after(train_set):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     masks = WidthMasks(model, spec)
     result, _ = train_slimmable(model, spec, train_set, TrainConfig(steps=2, batch_size=8), show_progress=False,
                                 masks=masks)
@@ -80,7 +67,7 @@ def test_training_masked_keeps_the_full_statistics_and_matches_the_sliced_model_
 
 
 def test_the_sandwich_rule_visits_the_widest_and_the_narrowest_every_step(train_set):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     seen: list[tuple[int, str, WidthConfig, dict]] = []
     train_slimmable(model, spec, train_set, TrainConfig(steps=3, batch_size=8), SlimmableConfig(random_configs=3),
                     show_progress=False, observe=lambda *event: seen.append(event))
@@ -93,7 +80,7 @@ def test_the_sandwich_rule_visits_the_widest_and_the_narrowest_every_step(train_
 
 
 def test_distillation_is_zero_at_the_widest_configuration_and_positive_narrower(train_set):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     seen = []
     result, _ = train_slimmable(model, spec, train_set, TrainConfig(steps=2, batch_size=8), show_progress=False,
                                 observe=lambda *event: seen.append(event))
@@ -131,7 +118,7 @@ def _narrow_loss(model, masks, spec, widths, data):
 def test_recalibration_changes_the_statistics_and_does_not_worsen_the_narrow_loss(train_set):
     """Toy case: the full model's statistics are off (random); recalibrating at the narrowest configuration gives it
     statistics of its own activations, which changes them and lowers (or keeps) its loss on the same data."""
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     masks = WidthMasks(model, spec)
     narrowest = spec.widths.narrowest()
     before_stats = masks.statistics(narrowest)
@@ -154,7 +141,7 @@ def test_recalibration_changes_the_statistics_and_does_not_worsen_the_narrow_los
 
 
 def test_configured_restores_the_model_and_switchable_statistics_differ_per_width(train_set):
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     masks = WidthMasks(model, spec, bn="switchable")
     train_slimmable(model, spec, train_set, TrainConfig(steps=2, batch_size=8), SlimmableConfig(bn="switchable"),
                     show_progress=False, masks=masks)
@@ -173,7 +160,7 @@ def test_configured_restores_the_model_and_switchable_statistics_differ_per_widt
 def test_slicing_with_training_data_gives_the_configuration_its_recalibrated_statistics(train_set):
     """What a compile does (slice_widths with the compile's data): the narrow model's BatchNorm statistics are the
     ones recalibrating the masked model at that configuration gives, not the full model's leading channels."""
-    model, spec = slimmable()
+    model, spec = tiny_slimmable_model()
     masks = WidthMasks(model, spec)
     plain, _ = slice_model(model, spec, NARROW)
     narrow, narrow_spec = slice_model(model, spec, NARROW, train_set)
