@@ -50,19 +50,23 @@ def test_the_masked_forward_equals_the_sliced_model(which):
     assert (which == "widest") == all(torch.equal(full[t], masked[t]) for t in spec.task_names)
 
 
-def test_training_masked_keeps_the_full_statistics_and_matches_the_sliced_model_after(train_set):
-    model, spec = tiny_slimmable_model()
-    masks = WidthMasks(model, spec)
-    result, _ = train_slimmable(model, spec, train_set, TrainConfig(steps=2, batch_size=8), show_progress=False,
-                                masks=masks)
+
+def assert_masked_equals_sliced(model, masks, narrow, config, spec) -> None:
+    """The full model masked at `config` computes what the sliced narrow model computes, task by task."""
     x = torch.randn(2, *spec.input.shape)
-    narrow, _ = slice_model(model, spec, NARROW)
-    with torch.no_grad(), masks.at(NARROW):
+    with torch.no_grad(), masks.at(config):
         masked = model(x)
     with torch.no_grad():
         sliced = narrow(x)
     for task in spec.task_names:
         torch.testing.assert_close(masked[task], sliced[task], rtol=1e-5, atol=1e-6)
+
+def test_training_masked_keeps_the_full_statistics_and_matches_the_sliced_model_after(train_set):
+    model, spec = tiny_slimmable_model()
+    masks = WidthMasks(model, spec)
+    result, _ = train_slimmable(model, spec, train_set, TrainConfig(steps=2, batch_size=8), show_progress=False,
+                                masks=masks)
+    assert_masked_equals_sliced(model, masks, slice_model(model, spec, NARROW)[0], NARROW, spec)
     assert set(result.configuration_losses) == {"widest", "narrowest", "random"}
 
 
@@ -131,13 +135,7 @@ def test_recalibration_changes_the_statistics_and_does_not_worsen_the_narrow_los
     # the statistics slicing loads make the narrow model compute the recalibrated masked forward
     narrow, _ = slice_model(model, spec, narrowest)
     _load_statistics(narrow, after_stats)
-    x = torch.randn(2, *spec.input.shape)
-    with torch.no_grad(), masks.at(narrowest):
-        masked = model(x)
-    with torch.no_grad():
-        sliced = narrow(x)
-    for task in spec.task_names:
-        torch.testing.assert_close(masked[task], sliced[task], rtol=1e-5, atol=1e-6)
+    assert_masked_equals_sliced(model, masks, narrow, narrowest, spec)
 
 
 def test_configured_restores_the_model_and_switchable_statistics_differ_per_width(train_set):
