@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgemtl.cli_tables import history_table, human, metrics_table, moe_table, profile_table
+from edgemtl.cli_tables import history_table, human, metrics_table, moe_table, profile_table, widths_json, widths_table
 from edgemtl.errors import EdgemtlError, VerificationError
 
 if TYPE_CHECKING:
@@ -245,8 +245,8 @@ def inspect(
     as_json: JsonOpt = False,
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
 ) -> None:
-    """Per task: parameters, MACs, peak activation memory of its path, and the shared fraction; with --target,
-    the ops that target cannot take (seconds, before any compile)."""
+    """Per task: parameters, MACs, peak activation memory of its path, and the shared fraction; a slimmable model's
+    width space; with --target, the ops that target cannot take (seconds, before any compile)."""
     from edgemtl.analysis.cost import model_cost
 
     from edgemtl.analysis.moe_cost import moe_macs
@@ -273,7 +273,7 @@ def inspect(
         checked = {} if support is None else {"target": {"name": target, "note": target_note(loaded.model, chosen), "tasks": {
             t: {"supported": reason is None, **({"reason": reason} if reason else {})} for t, reason in support.items()}}}
         out.print_json(json.dumps({"model": str(model), "arch": loaded.spec.arch, **cost, **({"moe": moe} if moe else {}),
-                                   **checked}))
+                                   **widths_json(loaded.spec), **checked}))
         return
     table = Table(title=f"{model} ({loaded.spec.arch}), batch 1, MACs of conv/linear/matmul/attention")
     for column in ("task", "params", "MACs", "peak activation", "shared params"):
@@ -287,6 +287,8 @@ def inspect(
     out.print(table)
     if moe:
         out.print(moe_table(moe))
+    if (space := widths_table(loaded.spec)) is not None:   # a slimmable model's width space, or where it was sliced
+        out.print(space)
     for name, reason in (support or {}).items():
         out.print(f"{target}: task {name!r}: {'no op refused' if reason is None else reason}")
     if chosen is not None and target_note(loaded.model, chosen):

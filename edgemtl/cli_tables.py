@@ -1,4 +1,5 @@
-"""The rich tables the command line prints (metrics, MoE MACs, profile results, the results store's history).
+"""The rich tables the command line prints (metrics, MoE MACs, a width space, profile results, the results store's
+history).
 
 Kept apart from cli.py so the command definitions stay a page of parsing and calls; each table takes the library's own
 result objects and adds no logic of its own."""
@@ -71,3 +72,40 @@ def history_table(rows: Any, path: Any) -> Table:
         table.add_row(str(r.id), r.timestamp.replace("+00:00", ""), r.device_key, r.task, r.runtime, f"{r.median_ms:.3f}",
                       f"{r.p90_ms:.3f}", f"{r.min_ms:.3f}", str(r.runs), check, r.provenance, r.artifact_sha256[:12], r.bundle)
     return table
+
+
+def widths_table(spec: Any) -> Table | None:
+    """A slimmable model's width space (each encoder stage and task decoder: full channels, the multipliers it allows
+    and the channels each keeps, its modules), or the configuration a sliced model was cut at; None for neither."""
+    from edgemtl.model.widths import channels_at
+
+    if spec.widths is not None:
+        space = spec.widths
+        table = Table(title=f"width space: {space.size():,} configurations (docs/widths.md)")
+        for column in ("part", "name", "full channels", "multipliers", "channels kept", "modules"):
+            table.add_column(column, justify="right" if column == "full channels" else "left")
+        for part, options in (("encoder stage", space.stages), ("decoder", space.decoders)):
+            for name, option in options.items():
+                kept = " / ".join(str(channels_at(option.channels, m)) for m in option.multipliers) \
+                    if option.channels else "-"
+                table.add_row(part, name, str(option.channels), ", ".join(f"{m:g}" for m in option.multipliers), kept,
+                              ", ".join(option.modules) or "-")
+        return table
+    if spec.sliced_at is not None:
+        table = Table(title="sliced at this width configuration (not slimmable any more)")
+        for column in ("part", "name", "multiplier"):
+            table.add_column(column)
+        for part, chosen in (("encoder stage", spec.sliced_at.encoder), ("decoder", spec.sliced_at.decoders)):
+            for name, multiplier in chosen.items():
+                table.add_row(part, name, f"{multiplier:g}")
+        return table
+    return None
+
+
+def widths_json(spec: Any) -> dict[str, Any]:
+    """`inspect --json`'s part for the same: {"width_space": {...the space, "size": N}} or {"sliced_at": {...}}."""
+    if spec.widths is not None:
+        return {"width_space": {**spec.widths.model_dump(), "size": spec.widths.size()}}
+    if spec.sliced_at is not None:
+        return {"sliced_at": spec.sliced_at.model_dump()}
+    return {}
