@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgemtl.cli_tune import tune_app
 from edgemtl.cli_tables import history_table, human, metrics_table, moe_table, profile_table, widths_json, widths_table
 from edgemtl.errors import EdgemtlError, VerificationError
 
@@ -444,6 +445,7 @@ def doctor(
 toolchain_app = typer.Typer(no_args_is_help=True, help="Install the optional toolchains (apt packages, venvs, the "
                             "emulated arm64 board); list them.")
 app.add_typer(toolchain_app, name="toolchain")
+app.add_typer(tune_app)  # `edgemtl tune` (edgemtl/cli_tune.py)
 
 
 @toolchain_app.command(name="install")
@@ -484,15 +486,14 @@ def toolchain_list(as_json: JsonOpt = False) -> None:
 def _pass_requests(widths: Path | None, prune_flops: float | None, max_drop: list[str],
                    read: bool = True) -> tuple[PassRequest, ...]:
     """The passes compile flags ask for, in the order they run: --widths slices (slice_widths), then --prune-flops
-    prunes (prune_pagcp). `read=False` (--list-steps) names them without reading the --widths file."""
-    from edgemtl.model.widths import read_width_config
+    prunes (prune_pagcp). `read=False` (--list-steps) names them without reading the --widths file (or its front)."""
     from edgemtl.passes.base import PassRequest
     from edgemtl.passes.prune_pagcp import PAGCPConfig
-    from edgemtl.passes.slice_widths import SliceConfig
+    from edgemtl.passes.slice_widths import SliceConfig, read_slice_config
 
     passes = []
     if widths is not None:
-        config = SliceConfig(read_width_config(widths), f"width configuration {widths}") if read else SliceConfig()
+        config = read_slice_config(widths) if read else SliceConfig()
         passes.append(PassRequest("slice_widths", config))
     if prune_flops is not None:
         passes.append(PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))))

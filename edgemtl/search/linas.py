@@ -1,0 +1,169 @@
+"""The LINAS loop (DyNAS-T's lightweight iterative NAS): few real evaluations, many predicted ones.
+
+1. A random population (and the widest and narrowest configurations) is evaluated for real.
+2. Each round: one predictor per objective is fitted on every real evaluation so far (`predictors`); NSGA-II
+   (optuna's NSGAIISampler) runs on the predictors alone for many generations (the inner loop, milliseconds per
+   configuration); configurations from its final front, spread over the cost range, are evaluated for real
+   (the outer loop).
+3. The last inner front is kept as predicted points beside the real ones, each said to be which.
+
+`nsga2_real` is the same NSGA-II with every configuration evaluated for real: the baseline LINAS is measured against
+(benchmarks/controllable.py).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume   # optuna's own WFG hypervolume (no public alias in 5.x)
+
+from edgemtl.model.widths import WidthConfig, WidthSpace
+from edgemtl.search.controller import Point, relative
+from edgemtl.search.evaluate import Evaluation
+from edgemtl.search.predictors import Predictor, fit_predictor
+from edgemtl.search.study import RealEvaluations, config_key, from_params, param_names
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    initial: int = 16        # random configurations evaluated first (besides the widest and the narrowest)
+    rounds: int = 3          # outer iterations
+    per_round: int = 8       # configurations of each round's predicted front evaluated for real
+    population: int = 32     # NSGA-II population of the inner loop
+    generations: int = 20    # NSGA-II generations of the inner loop
+    seed: int = 0
+
+    @property
+    def real_evaluations(self) -> int:
+        return 2 + self.initial + self.rounds * self.per_round
+
+
+@dataclass
+class SearchOutcome:
+    evaluated: list[Point]
+    predicted: list[Point]            # the last inner front, minus what was evaluated
+    predictors: dict[str, Predictor]  # "cost" and each task
+
+
+def directions(tasks: list[str], higher_is_better: dict[str, bool]) -> list[str]:
+    return ["minimize"] + ["maximize" if higher_is_better[t] else "minimize" for t in tasks]
+
+
+def evaluated_points(real: RealEvaluations) -> list[Point]:
+    return [Point(widths, values[0], dict(zip(real.tasks, values[1:])), evaluated=True)
+            for widths, values, _ in real.completed()]
+
+
+def fit_predictors(space: WidthSpace, points: list[Point], tasks: list[str], seed: int) -> dict[str, Predictor]:
+    configs = [p.widths for p in points]
+    fitted = {"cost": fit_predictor("cost", space, configs, [p.cost for p in points], seed)}
+    for task in tasks:
+        fitted[task] = fit_predictor(task, space, configs, [p.metrics[task] for p in points], seed)
+    return fitted
+
+
+def predicted_front(space: WidthSpace, predictors: dict[str, Predictor], tasks: list[str], senses: list[str],
+                    settings: SearchSettings, seed: int) -> list[Point]:
+    """NSGA-II on the predictors alone; the non-dominated configurations of its run, predicted."""
+    names = param_names(space)
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        widths = from_params({n: trial.suggest_categorical(n, list(c)) for n, c in names.items()})
+        return [float(predictors[o].predict([widths])[0]) for o in ("cost", *tasks)]
+
+    sampler = optuna.samplers.NSGAIISampler(population_size=settings.population, seed=seed)
+    study = optuna.create_study(directions=senses, sampler=sampler)
+    study.optimize(objective, n_trials=settings.population * settings.generations)
+    unique = {config_key(from_params(t.params)): t for t in study.best_trials}
+    return [Point(from_params(t.params), t.values[0], dict(zip(tasks, t.values[1:])), evaluated=False)
+            for t in unique.values()]
+
+
+def spread_by_cost(points: list[Point], count: int) -> list[Point]:
+    """`count` points spread evenly over the cost range (the front's ends included)."""
+    ordered = sorted(points, key=lambda p: p.cost)
+    if len(ordered) <= count:
+        return ordered
+    picks = np.unique(np.round(np.linspace(0, len(ordered) - 1, count)).astype(int))
+    return [ordered[i] for i in picks]
+
+
+def linas(space: WidthSpace, real: RealEvaluations, evaluate: Callable[[WidthConfig], Evaluation],
+          higher_is_better: dict[str, bool], settings: SearchSettings = SearchSettings(),
+          progress: Callable[[str, int, int], None] | None = None) -> SearchOutcome:
+    """Run the loop; real evaluations go through `real` (and any workers attached to its study)."""
+    tasks, senses = real.tasks, directions(real.tasks, higher_is_better)
+    rng = random.Random(settings.seed)
+    first = [space.widest(), space.narrowest()]
+    keys = {config_key(c) for c in first}
+    for _ in range(50 * (settings.initial + 1)):
+        if len(first) >= 2 + min(settings.initial, space.size() - 2):
+            break
+        sample = space.sample(rng)
+        if config_key(sample) not in keys:
+            keys.add(config_key(sample))
+            first.append(sample)
+    _evaluate(real, first, evaluate, "random population", progress)
+    for round_index in range(settings.rounds):
+        points = evaluated_points(real)
+        predictors = fit_predictors(space, points, tasks, settings.seed)
+        front = predicted_front(space, predictors, tasks, senses, settings, settings.seed + round_index)
+        seen = {config_key(p.widths) for p in points}
+        fresh = [p for p in front if config_key(p.widths) not in seen]
+        _evaluate(real, [p.widths for p in spread_by_cost(fresh, settings.per_round)], evaluate,
+                  f"round {round_index + 1}/{settings.rounds}", progress)
+    points = evaluated_points(real)
+    predictors = fit_predictors(space, points, tasks, settings.seed)
+    seen = {config_key(p.widths) for p in points}
+    front = predicted_front(space, predictors, tasks, senses, settings, settings.seed + settings.rounds)
+    return SearchOutcome(points, [p for p in front if config_key(p.widths) not in seen], predictors)
+
+
+def _evaluate(real: RealEvaluations, configs: list[WidthConfig], evaluate: Callable[[WidthConfig], Evaluation],
+              label: str, progress: Callable[[str, int, int], None] | None) -> None:
+    real.evaluate(configs, evaluate, None if progress is None else lambda done: progress(label, done, len(configs)))
+
+
+def nsga2_real(space: WidthSpace, evaluate: Callable[[WidthConfig], Evaluation], tasks: list[str],
+               higher_is_better: dict[str, bool], trials: int, population: int, seed: int = 0) -> list[Point]:
+    """Plain NSGA-II with every configuration evaluated for real (the baseline), in evaluation order."""
+    names = param_names(space)
+    points: list[Point] = []
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        result = evaluate(from_params({n: trial.suggest_categorical(n, list(c)) for n, c in names.items()}))
+        points.append(Point(result.widths, result.cost, result.metrics, evaluated=True))
+        return [result.cost] + [result.metrics[t] for t in tasks]
+
+    study = optuna.create_study(directions=directions(tasks, higher_is_better),
+                                sampler=optuna.samplers.NSGAIISampler(population_size=population, seed=seed))
+    study.optimize(objective, n_trials=trials)
+    return points
+
+
+def pareto(points: list[Point], higher_is_better: dict[str, bool]) -> list[Point]:
+    """The non-dominated points (cost down, every task's metric its own way)."""
+    def vector(p: Point) -> np.ndarray:
+        return np.array([p.cost] + [-v if higher_is_better[t] else v for t, v in p.metrics.items()])
+
+    vectors = [vector(p) for p in points]
+    return [p for i, p in enumerate(points)
+            if not any(np.all(w <= vectors[i]) and np.any(w < vectors[i]) for j, w in enumerate(vectors) if j != i)]
+
+
+def hypervolume(points: list[Point], reference: Point, higher_is_better: dict[str, bool],
+                bounds: tuple[float, dict[str, float]]) -> float:
+    """Hypervolume of `points` in (cost / widest cost, each task's performance relative to the widest), dominated
+    up to `bounds` = (the largest normalised cost, the lowest relative performance per task) that counts."""
+    worst_cost, worst_relative = bounds
+    rows = []
+    for p in points:
+        rel = relative(p.metrics, reference.metrics, higher_is_better)
+        rows.append([p.cost / reference.cost] + [-rel[t] for t in worst_relative])
+    ref = np.array([worst_cost] + [-worst_relative[t] for t in worst_relative])
+    inside = np.array([r for r in rows if np.all(np.asarray(r) < ref)])
+    return float(compute_hypervolume(inside, ref)) if len(inside) else 0.0
