@@ -52,10 +52,11 @@ def test_committed_notebooks_carry_no_outputs(path: Path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_runs_and_loads_nothing_from_the_network(path: Path, tmp_path: Path):
+def test_notebook_runs_and_loads_nothing_from_the_network(path: Path, tmp_path: Path, monkeypatch):
     notebook = nbformat.read(path, as_version=4)
     work = tmp_path / "work"
     work.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # what a notebook writes to a temporary folder goes with tmp_path
     client = NotebookClient(notebook, km=_kernel(tmp_path / "kernels"), timeout=300, allow_errors=False,
                             resources={"metadata": {"path": str(work)}})
     client.execute()  # a failing cell raises CellExecutionError with its traceback
