@@ -13,6 +13,7 @@ import onnx
 import onnxruntime
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from edgemtl import __version__
 from edgemtl.bundle import MANIFEST, staged_bundle, write_json
@@ -91,6 +92,9 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
         write_report(manifest, staging)
     for task, step, error in tasks_left_out(manifest) if options.stop_after is None else []:
         console.print(f"[yellow]warning:[/yellow] task {task!r} has no {step} artifact in this bundle: {error}")
+    for name, entry in manifest.get("passes", {}).items():   # e.g. a width search front for another model
+        for warning in entry.get("warnings", []) if isinstance(entry, dict) else []:
+            console.print(f"[yellow]warning:[/yellow] {name}: {escape(str(warning))}")
     return out_dir.resolve()
 
 

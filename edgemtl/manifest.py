@@ -217,6 +217,92 @@ class TaskEntry(BaseModel):
     runtime_reason: str | None = None
 
 
+class FrontPointEntry(BaseModel):
+    """One configuration of a width search's front, as the report plots it: its cost and each task's metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cost: float = Field(description="in the front's cost unit (`cost_unit`)")
+    metrics: dict[str, float] = Field(description="each task's metric (`tasks` names it and its direction)")
+    source: Literal["evaluated", "predicted"] = Field(description="really run, or the search's predictors")
+    pareto: bool = Field(description="on the Pareto front of the points of its own source")
+
+
+class FrontTaskEntry(BaseModel):
+    """A task the search scored: its metric, the metric's direction, and the user's preference for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    higher_is_better: bool
+    preference: float = Field(description="normalised: the preferences sum to 1")
+
+
+class WidthFrontEntry(BaseModel):
+    """Where the compiled width configuration sits on the front `edgemtl tune` wrote beside its file
+    (`config.front.json`; docs/widths.md). Recorded only when the front's model_sha256 is the compiled checkpoint's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="the front file's name, beside the --widths file")
+    target: str = Field(description="the target the search ran for (its cost is that target's)")
+    budget: str = Field(description="the budget as the user gave it, e.g. macs=0.5")
+    cost_kind: Literal["macs", "latency_ms", "memory_kib"]
+    cost_unit: str
+    cost_limit: float = Field(description="the budget in the cost unit")
+    tasks: dict[str, FrontTaskEntry]
+    evaluated: int = Field(description="points the search evaluated for real")
+    predicted: int = Field(description="points only its predictors scored")
+    evaluated_cost_provenance: Provenance | None = None
+    evaluated_metrics_provenance: Provenance | None = None
+    predicted_cost_provenance: Provenance | None = None
+    predicted_metrics_provenance: Provenance | None = None
+    reference: FrontPointEntry = Field(description="the widest configuration, evaluated: relative metrics divide by it")
+    chosen: FrontPointEntry = Field(description="the configuration the search chose (evaluated, within the budget)")
+    chosen_widths: dict[str, dict[str, float]] = Field(description="its configuration: encoder, decoders")
+    chosen_relative: dict[str, float] = Field(description="its metrics relative to the widest (1 = as good)")
+    compiled_is_chosen: bool = Field(description="the compiled configuration is the chosen one")
+    compiled_on_front: bool = Field(description="the compiled configuration is an evaluated point on the Pareto front")
+    compiled: FrontPointEntry | None = Field(None, description="the compiled configuration's point (an evaluated one "
+                                        "first); none when the front does not hold it")
+    points: list[FrontPointEntry] = Field(description="what the plot draws: every evaluated point, every Pareto point, "
+                                     "an even sample of the other predicted ones")
+    points_left_out: int = Field(0, description="points not in `points` (the sample's rest, non-finite numbers)")
+
+
+class SliceWidthsEntry(BaseModel):
+    """passes.slice_widths: the width configuration a slimmable model was cut to (`compile --widths`; docs/widths.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    widths: dict[str, dict[str, float]] = Field(description="the configuration: encoder {stage: multiplier}, "
+                                                "decoders {task: multiplier}")
+    source: str = Field(description="where it came from (the --widths file)")
+    macs_before: int = Field(description="all tasks, batch 1 (see cost_provenance)")
+    macs_after: int
+    params_before: int = Field(description="see cost_provenance")
+    params_after: int
+    part_channels: dict[str, dict[str, list[int]]] = Field(
+        description="encoder {stage: [full, kept]}, decoders {task: [full, kept]} output channels (0: none of its own)")
+    channels: dict[str, list[int]] = Field(description="every layer whose width changed: [before, after]")
+    batchnorm_statistics: Literal["sliced", "per-width"] = Field(
+        description="the full model's (leading channels) or recalibrated at this width")
+    seconds: float
+    artifacts: dict[str, str] = Field(default_factory=dict, description="the narrow checkpoint (model/sliced.pt)")
+    cost_provenance: Provenance = Field(description="what the MACs and parameters are (static)")
+    front: WidthFrontEntry | None = Field(None, description="where the configuration sits on the search's front")
+    warnings: list[str] = Field(default_factory=list, description="a front beside the file that was left out, and why")
+
+
+class Passes(BaseModel):
+    """manifest["passes"]: each pass's record, by pass name. The records typed here are checked key by key; the
+    others are their pass's own record (`to_manifest()`), kept as written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    slice_widths: SliceWidthsEntry | None = Field(None, description="`compile --widths`: the configuration compiled")
+
+
 class Manifest(BaseModel):
     """manifest.json: what was compiled, for which target, every step, and every figure with its provenance."""
 
@@ -232,7 +318,7 @@ class Manifest(BaseModel):
     tasks: dict[str, TaskEntry]
     all_tasks: dict[str, Any] = Field(description="the all-task graph: tasks, cost, artifacts, verification")
     data: dict[str, Any] | None = Field(None, description="the data source every check read (edgemtl.data)")
-    passes: dict[str, dict[str, Any]] = Field(default_factory=dict, description="each pass's record, by pass name")
+    passes: Passes = Field(default_factory=Passes, description="each pass's record, by pass name")
     stopped_after: dict[str, Any] | None = Field(None, description="--stop-after: the last step and those not run")
     profiles: dict[str, Section] | None = Field(None, description="`edgemtl profile` runs, by device")
     moe: dict[str, Any] | None = Field(None, description="MoE models: expert usage, MoE MACs, memory plan, switching")

@@ -13,10 +13,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from edgemtl.flows import FLOWS, flow_manifest_model
-from edgemtl.manifest import (KINDS, SCHEMA_VERSION, Figure, Latency, Manifest, ModelEntry, Provenance, Section,
-                              StepRecord, TargetEntry, TaskEntry)
+from edgemtl.manifest import (KINDS, SCHEMA_VERSION, Figure, FrontPointEntry, FrontTaskEntry, Latency, Manifest,
+                              ModelEntry, Passes, Provenance, Section, SliceWidthsEntry, StepRecord, TargetEntry,
+                              TaskEntry, WidthFrontEntry)
 
-_SHARED_MODELS: tuple[type[BaseModel], ...] = (Provenance, Figure, Latency, Section, StepRecord, TargetEntry, ModelEntry)
+_SHARED_MODELS: tuple[type[BaseModel], ...] = (Provenance, Figure, Latency, Section, StepRecord, TargetEntry, ModelEntry,
+                                               Passes, SliceWidthsEntry, WidthFrontEntry, FrontPointEntry,
+                                               FrontTaskEntry)
 
 
 def _type_name(annotation: Any) -> str:

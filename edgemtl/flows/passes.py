@@ -23,7 +23,7 @@ def pass_input(ctx: FlowContext, tasks: list[str]) -> PassInput:
     state = ctx.state
     return PassInput(ctx.loaded.model, ctx.loaded.spec, tasks, task_models=state.task_models, source=state.source,
                      held_out=state.data, labelled=state.labelled_tasks, cost=state.cost, bundle=ctx.bundle,
-                     progress=ctx.progress)
+                     model_sha256=ctx.loaded.sha256, progress=ctx.progress)
 
 
 def requested_config(options: CompileOptions, name: str) -> Any:

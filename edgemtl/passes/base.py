@@ -83,6 +83,7 @@ class PassInput:
     labelled: list[str] = field(default_factory=list)  # tasks `held_out` labels (and that have a metric)
     cost: ModelCost | None = None         # `model_cost(model, spec, tasks)` when the flow has it
     bundle: Path | None = None            # the only place a pass may write its artifacts (None: nowhere)
+    model_sha256: str | None = None       # the sha256 of the file the compile loaded the model from (LoadedModel)
     progress: Progress = silent
 
     def task_model(self, task: str) -> nn.Module:

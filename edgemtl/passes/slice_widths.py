@@ -7,13 +7,18 @@ DependencyGraph removes the trailing ones from every coupled layer with them: th
 layers' inputs, the other side of a residual add, the right offsets of a concatenation, the heads reading the encoder.
 The result is an ordinary model of the same module types, so every target flow compiles it unchanged; its spec drops
 the width space (it is no longer slimmable) and records the configuration in `sliced_at`.
+
+A configuration file written by `edgemtl tune` has its search front beside it (`config.front.json`): when that front is
+for the compiled checkpoint (its model_sha256), the record says where the configuration sits on it (`front`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -23,27 +28,33 @@ from torch import nn
 from edgemtl.analysis.cost import model_cost
 from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
-from edgemtl.manifest import prov
+from edgemtl.manifest import FrontPointEntry, WidthFrontEntry, prov
 from edgemtl.model.checkpoint import save
 from edgemtl.model.contract import example_input
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
+from edgemtl.model.width_front import FrontPoint, TuneFront, front_path, read_front
 from edgemtl.model.width_masks import space_layers
-from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at
+from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at, read_width_config
 from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.training.slimmable import recalibrate_batchnorm
 
 SLICED_CHECKPOINT = "model/sliced.pt"   # where `run` writes the narrow model in a bundle
 Statistics = dict[str, tuple[torch.Tensor, torch.Tensor]]   # BatchNorm path -> (running_mean, running_var)
 RECALIBRATION_BATCHES, RECALIBRATION_BATCH_SIZE = 16, 32      # training images a narrow width's statistics come from
+FRONT_POINTS = 400   # most points of a search front the manifest keeps for its plot (evaluated and Pareto ones first)
 
 
 @dataclass(frozen=True)
 class SliceConfig:
-    """Which configuration to cut: `widths` (None: the widest, i.e. the full model) and where it came from."""
+    """Which configuration to cut: `widths` (None: the widest, i.e. the full model) and where it came from; the search
+    front found beside its file (`read_slice_config`), or why a front there was left out."""
 
     widths: WidthConfig | None = None
     source: str = "the width configuration"   # named in errors: "width configuration config.json"
+    front: TuneFront | None = None            # `edgemtl tune`'s front beside the file (recorded if for this model)
+    front_file: str | None = None             # its file name
+    front_warning: str | None = None          # a front beside the file that could not be read
 
     def check(self, spec: ModelSpec) -> None:
         space = slimmable_space(spec, self.source)
@@ -61,16 +72,35 @@ class SliceRecord:
     macs_after: int
     params_before: int
     params_after: int
+    part_channels: dict[str, dict[str, list[int]]]   # encoder {stage: [full, kept]}, decoders {task: [full, kept]}
     channels: dict[str, list[int]]        # layer -> [output channels before, after] (the coupled layers too)
     batchnorm_statistics: str             # "sliced" (the full model's, leading channels) or "per-width" (recalibrated)
     seconds: float
     artifacts: dict[str, str] = field(default_factory=dict)
+    front: dict[str, Any] | None = None   # where the configuration sits on the search's front (`place_on_front`)
+    warnings: list[str] = field(default_factory=list)   # a front left out, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_manifest(self) -> dict[str, Any]:
-        return {**self.to_dict(), "cost_provenance": prov("static", source="edgemtl analysis", detail="counted, batch 1")}
+        found = {key: value for key, value in self.to_dict().items() if value is not None}
+        return {**found, "cost_provenance": prov("static", source="edgemtl analysis", detail="counted, batch 1")}
+
+
+def read_slice_config(path: Path) -> SliceConfig:
+    """The configuration file `compile --widths` names (one-line errors: see `read_width_config`) and the search
+    front beside it, if there is one. A front that cannot be read does not stop the compile (the configuration alone
+    decides the model; the front only places it): it is left out with a warning in the pass's record."""
+    widths = read_width_config(path)
+    beside = front_path(path)
+    front, warning = None, None
+    if beside.is_file():
+        try:
+            front = read_front(beside)
+        except EdgemtlError as exc:
+            warning = f"{exc} (left out; the configuration compiles without it)"
+    return SliceConfig(widths, f"width configuration {path}", front=front, front_file=beside.name, front_warning=warning)
 
 
 def slimmable_space(spec: ModelSpec, source: str = "the width configuration") -> WidthSpace:
@@ -148,17 +178,97 @@ def run(inputs: PassInput, config: SliceConfig) -> PassResult[nn.Module]:
     before = inputs.cost if inputs.cost is not None else model_cost(inputs.model, inputs.spec)
     after = model_cost(narrow, spec)
     widths_before, widths_after = layer_widths(inputs.model), layer_widths(narrow)
+    front, warnings = _front(config, widths, inputs.model_sha256)
     record = SliceRecord(
         widths=widths.model_dump(), source=config.source,
         macs_before=before.all_tasks.macs, macs_after=after.all_tasks.macs,
         params_before=before.total_params, params_after=after.total_params,
+        part_channels=_part_channels(space, widths),
         channels={name: [width, widths_after[name]] for name, width in widths_before.items()
                   if widths_after[name] != width},
         batchnorm_statistics=statistics, seconds=time.perf_counter() - started,
-        artifacts={} if inputs.bundle is None else {"checkpoint": SLICED_CHECKPOINT})
+        artifacts={} if inputs.bundle is None else {"checkpoint": SLICED_CHECKPOINT}, front=front, warnings=warnings)
     if inputs.bundle is not None:
-        save(narrow, spec, inputs.bundle / SLICED_CHECKPOINT, meta={"slice_widths": record.to_dict()})
+        meta = {key: value for key, value in record.to_dict().items() if key != "front"}   # the front stays in the manifest
+        save(narrow, spec, inputs.bundle / SLICED_CHECKPOINT, meta={"slice_widths": meta})
     return PassResult(narrow, spec, record)
+
+
+def _part_channels(space: WidthSpace, widths: WidthConfig) -> dict[str, dict[str, list[int]]]:
+    """Each encoder stage's and task decoder's output channels: [full, kept at this configuration] ([0, 0]: a decoder
+    with no hidden layer of its own)."""
+    def kept(options: Any, multiplier: float) -> list[int]:
+        return [options.channels, channels_at(options.channels, multiplier) if options.channels else 0]
+
+    return {"encoder": {name: kept(space.stages[name], m) for name, m in widths.encoder.items()},
+            "decoders": {name: kept(space.decoders[name], m) for name, m in widths.decoders.items()}}
+
+
+def _front(config: SliceConfig, widths: WidthConfig, model_sha256: str | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The `front` entry of the record and its warnings: a front for another checkpoint (or one that could not be read)
+    is left out with a warning, never an error: the configuration file alone decides what is compiled."""
+    if config.front_warning is not None:
+        return None, [config.front_warning]
+    if config.front is None:
+        return None, []
+    name = config.front_file or "the search front"
+    if config.front.model_sha256 != model_sha256:
+        theirs, ours = config.front.model_sha256[:12], (model_sha256 or "unknown")[:12]
+        return None, [f"the search front {name} is for another model (sha256 {theirs}..., this checkpoint's is "
+                      f"{ours}...): where the configuration sits on it is not recorded"]
+    return place_on_front(config.front, widths, name), []
+
+
+def place_on_front(front: TuneFront, widths: WidthConfig, file: str) -> dict[str, Any]:
+    """Where configuration `widths` sits on a search front, as the manifest records it (`WidthFrontEntry`): the
+    search's target, budget and chosen point, whether `widths` is that point and whether it is on the evaluated Pareto
+    front, and the points a plot needs (every evaluated and every Pareto point, an even sample of the other predicted
+    ones: at most FRONT_POINTS)."""
+    matches = [p for p in (front.chosen, front.reference, *front.points) if _same(p.widths, widths)]
+    compiled = next((p for p in matches if p.source == "evaluated"), matches[0] if matches else None)
+    drawn = [p for p in front.points if _finite(p)]
+    keep = [p for p in drawn if p.source == "evaluated" or p.pareto]
+    rest = sorted((p for p in drawn if p.source == "predicted" and not p.pareto), key=lambda p: p.cost)
+    room = max(0, FRONT_POINTS - len(keep))
+    if len(rest) > room:
+        rest = [rest[round(i * (len(rest) - 1) / max(1, room - 1))] for i in range(room)] if room else []
+    counts = {source: sum(p.source == source for p in front.points) for source in ("evaluated", "predicted")}
+    provenances = {f"{source}_{what}_provenance": found.model_dump(exclude_none=True)
+                   for source in counts for what in ("cost", "metrics")
+                   if (found := next((p.provenance[what] for p in front.points
+                                      if p.source == source and what in p.provenance), None)) is not None}
+    entry = WidthFrontEntry(
+        file=file, target=front.target, budget=front.cost.budget, cost_kind=front.cost.kind, cost_unit=front.cost.unit,
+        cost_limit=front.cost.limit,
+        tasks={task: objective.model_dump() for task, objective in front.tasks.items()},
+        **counts, **provenances,
+        reference=_entry(front.reference), chosen=_entry(front.chosen), chosen_widths=front.chosen.widths.model_dump(),
+        chosen_relative={task: value for task, value in front.relative.items() if math.isfinite(value)},
+        compiled_is_chosen=_same(front.chosen.widths, widths),
+        compiled_on_front=any(p.source == "evaluated" and p.pareto for p in matches),
+        compiled=_entry(compiled) if compiled is not None else None,
+        points=[_entry(p) for p in (*keep, *rest)], points_left_out=len(front.points) - len(keep) - len(rest))
+    return entry.model_dump(exclude_none=True)
+
+
+def _same(a: WidthConfig, b: WidthConfig) -> bool:
+    return all(set(x) == set(y) and all(math.isclose(x[k], y[k], abs_tol=1e-9) for k in x)
+               for x, y in ((a.encoder, b.encoder), (a.decoders, b.decoders)))
+
+
+def _finite(point: FrontPoint) -> bool:
+    return all(math.isfinite(v) for v in (point.cost, *point.metrics.values()))
+
+
+def _entry(point: FrontPoint) -> FrontPointEntry:
+    """A front point as the manifest keeps it: six significant digits (a plot's worth), non-finite metrics left out."""
+    return FrontPointEntry(cost=_short(point.cost),
+                           metrics={t: _short(v) for t, v in point.metrics.items() if math.isfinite(v)},
+                           source=point.source, pareto=point.pareto)
+
+
+def _short(value: float) -> float:
+    return float(f"{value:.6g}")
 
 
 def _layer_targets(model: nn.Module, space: WidthSpace, widths: WidthConfig) -> dict[str, tuple[str, int]]:
