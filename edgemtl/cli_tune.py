@@ -38,7 +38,7 @@ def tune_command(
     initial: Annotated[int, typer.Option(min=2, help="random configurations evaluated first")] = 16,
     rounds: Annotated[int, typer.Option(min=0, help="LINAS rounds (predict, then evaluate the predicted front)")] = 3,
     per_round: Annotated[int, typer.Option(min=1, help="configurations evaluated per round")] = 8,
-    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads for a measured latency")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="PyTorch and ONNX Runtime threads (per process)")] = 1,
     seed: int = 0,
     model_factory: Annotated[Optional[str], typer.Option(help="package.module:function returning the nn.Module")] = None,
     spec: Annotated[Optional[Path], typer.Option(help="YAML/TOML spec for non-zoo models")] = None,

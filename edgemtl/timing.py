@@ -10,9 +10,11 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
 from edgemtl.manifest import prov
 
@@ -82,6 +84,18 @@ def measure(run: Callable[[], object], *, runtime: str, threads: int, warmup: in
     device = f"host CPU ({host_cpu_name()}, {threads} thread{'s' if threads != 1 else ''})"
     return Latency(float(np.median(values)), float(np.percentile(values, 90)), len(samples), runtime, device, threads, batch,
                    load_average_1min=load_average_1min())
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to `count` inside, restored after: on a shared machine more threads than free
+    cores make small convolutions many times slower (a width search runs thousands of them)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def load_average_1min() -> float | None:

@@ -144,6 +144,12 @@ def model_cost(model: nn.Module, spec: ModelSpec, tasks: list[str] | None = None
     )
 
 
+def all_tasks_cost(model: nn.Module, spec: ModelSpec) -> PathCost:
+    """The cost of every task run together, one trace (a search costs many configurations and needs only this)."""
+    with _eval_mode(model):
+        return _strip_prefix(_trace_cost(AllTasks(model, spec.task_names), example_input(spec), "the model"))
+
+
 @contextmanager
 def _eval_mode(module: nn.Module) -> Iterator[None]:
     """Eval mode for the analysis, then every submodule's own flag back (some may have been frozen apart)."""

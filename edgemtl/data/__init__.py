@@ -12,7 +12,7 @@ the set expects, and `TaskData.batches` yields normalised tensors ready for `for
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,13 @@ class TaskData:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def in_memory(self) -> "TaskData":
+        """The same split with every image and target decoded once into arrays: for code that reads it many times
+        (a width search recalibrates and scores on the same batches for every configuration)."""
+        every = np.arange(len(self))
+        return replace(self, images=np.asarray(self.images[every]),
+                       targets={name: np.asarray(target[every]) for name, target in self.targets.items()})
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """(x - mean) / std per channel, for (C, H, W) or (N, C, H, W) images in [0, 1]."""

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import optuna
 
 from edgemtl.model.widths import WidthConfig, WidthSpace
-from edgemtl.search.predictors import Predictor
-from edgemtl.search.study import from_params, param_names
+from edgemtl.search.predictors import Predictor, ask_and_predict
+from edgemtl.search.study import config_key
 
-FOCUSED_TRIALS = 300   # trials of the predictor-only search aimed at one (budget, preference)
+FOCUSED_TRIALS, FOCUSED_BATCH = 200, 10   # trials of the predictor-only search aimed at one (budget, preference)
+FOCUSED_KEPT = 3                          # its best configurations offered to the controller
 
 
 @dataclass(frozen=True)
@@ -64,31 +64,20 @@ def focused_candidates(space: WidthSpace, predictors: dict[str, Predictor], task
                        seed: int = 0, trials: int = FOCUSED_TRIALS) -> list[Point]:
     """Predicted points from a search on the predictors alone that maximises this preference's score under the
     budget (optuna's TPE with the budget as a constraint); the best few, best first."""
-    names = param_names(space)
-
-    def predicted(trial: optuna.Trial) -> Point:
-        widths = from_params({n: trial.suggest_categorical(n, list(c)) for n, c in names.items()})
-        cost = float(predictors["cost"].predict([widths])[0])
-        metrics = {t: float(predictors[t].predict([widths])[0]) for t in tasks}
-        trial.set_user_attr("cost", cost)
-        trial.set_constraint("budget", cost - limit)   # feasible at or below zero
-        return Point(widths, cost, metrics, evaluated=False)
-
-    def objective(trial: optuna.Trial) -> float:
-        return score(predicted(trial), preference, reference, higher_is_better)
-
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.optimize(objective, n_trials=trials)
-    feasible = [t for t in study.trials if t.user_attrs.get("cost", np.inf) <= limit and t.value is not None]
-    feasible.sort(key=lambda t: -t.value)
+    objectives = ("cost", *tasks)
+    found = []
+    for _ in range(trials // FOCUSED_BATCH):
+        for trial, widths, values in ask_and_predict(study, space, predictors, objectives, FOCUSED_BATCH):
+            point = Point(widths, values[0], dict(zip(tasks, values[1:])), evaluated=False)
+            trial.set_constraint("budget", point.cost - limit)   # feasible at or below zero
+            study.tell(trial, score(point, preference, reference, higher_is_better))
+            if point.cost <= limit:
+                found.append(point)
+    found.sort(key=lambda p: -score(p, preference, reference, higher_is_better))
     seen, out = set(), []
-    for trial in feasible:
-        widths = from_params(trial.params)
-        key = widths.model_dump_json()
-        if key not in seen:
-            seen.add(key)
-            out.append(Point(widths, trial.user_attrs["cost"],
-                             {t: float(predictors[t].predict([widths])[0]) for t in tasks}, evaluated=False))
-        if len(out) == 3:
-            break
-    return out
+    for point in found:
+        if config_key(point.widths) not in seen:
+            seen.add(config_key(point.widths))
+            out.append(point)
+    return out[:FOCUSED_KEPT]

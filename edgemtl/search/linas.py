@@ -24,7 +24,7 @@ from optuna._hypervolume import compute_hypervolume   # optuna's own WFG hypervo
 from edgemtl.model.widths import WidthConfig, WidthSpace
 from edgemtl.search.controller import Point, relative
 from edgemtl.search.evaluate import Evaluation
-from edgemtl.search.predictors import Predictor, fit_predictor
+from edgemtl.search.predictors import Predictor, ask_and_predict, fit_predictor
 from edgemtl.search.study import RealEvaluations, config_key, from_params, param_names
 
 
@@ -69,15 +69,11 @@ def fit_predictors(space: WidthSpace, points: list[Point], tasks: list[str], see
 def predicted_front(space: WidthSpace, predictors: dict[str, Predictor], tasks: list[str], senses: list[str],
                     settings: SearchSettings, seed: int) -> list[Point]:
     """NSGA-II on the predictors alone; the non-dominated configurations of its run, predicted."""
-    names = param_names(space)
-
-    def objective(trial: optuna.Trial) -> list[float]:
-        widths = from_params({n: trial.suggest_categorical(n, list(c)) for n, c in names.items()})
-        return [float(predictors[o].predict([widths])[0]) for o in ("cost", *tasks)]
-
     sampler = optuna.samplers.NSGAIISampler(population_size=settings.population, seed=seed)
     study = optuna.create_study(directions=senses, sampler=sampler)
-    study.optimize(objective, n_trials=settings.population * settings.generations)
+    for _ in range(settings.generations):   # a generation at a time: one predictor call per objective per generation
+        for trial, _, values in ask_and_predict(study, space, predictors, ("cost", *tasks), settings.population):
+            study.tell(trial, values)
     unique = {config_key(from_params(t.params)): t for t in study.best_trials}
     return [Point(from_params(t.params), t.values[0], dict(zip(tasks, t.values[1:])), evaluated=False)
             for t in unique.values()]

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from edgemtl.analysis.cost import model_cost
+from edgemtl.analysis.cost import all_tasks_cost
 from edgemtl.analysis.fpga_cost import estimate_model, precision_bits
 from edgemtl.errors import EdgemtlError
 from edgemtl.manifest import prov
@@ -110,7 +110,7 @@ class CostMeter:
 
     def __call__(self, model: nn.Module, spec: ModelSpec) -> tuple[float, dict[str, Any]]:
         if self.kind == "macs":
-            return float(model_cost(model, spec).all_tasks.macs), prov(
+            return float(all_tasks_cost(model, spec).macs), prov(
                 "static", source="edgemtl analysis", detail="MACs counted from the traced graph, all tasks, batch 1")
         if self.kind == "memory_kib":
             return self._memory(model, spec)
@@ -136,9 +136,9 @@ class CostMeter:
         precision = self.target.precisions[0]
         weight_bits, act_bits = (32, 32) if precision == "fp32" else (8, 8) if precision == "int8" \
             else precision_bits(precision)
-        cost = model_cost(model, spec)
-        weights = cost.total_params * weight_bits / 8
-        activations = cost.all_tasks.peak_activation_bytes * act_bits / 32   # traced in float32
+        cost = all_tasks_cost(model, spec)
+        weights = cost.params * weight_bits / 8
+        activations = cost.peak_activation_bytes * act_bits / 32   # traced in float32
         return (weights + activations) / 1024, prov(
             "estimated", source="edgemtl analysis", device=self.target.name,
             detail=f"weights at {weight_bits} bits + peak live activations at {act_bits} bits (traced-graph liveness)")

@@ -14,6 +14,7 @@ from itertools import combinations_with_replacement
 from typing import Any
 
 import numpy as np
+import optuna
 from scipy.stats import kendalltau
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.linear_model import RidgeCV
@@ -23,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 
 from edgemtl.model.widths import WidthConfig, WidthSpace
+from edgemtl.search.study import from_params, param_names
 
 MIN_POINTS = 4   # fewer evaluated configurations than this cannot be cross-validated
 
@@ -85,3 +87,14 @@ def fit_predictor(objective: str, space: WidthSpace, configs: list[WidthConfig],
     regressor = _candidates()[kind].fit(x, y)
     return Predictor(objective, kind, scored[kind][0], scored[kind][1], {k: v[0] for k, v in scored.items()},
                      len(configs), regressor, space)
+
+
+def ask_and_predict(study: optuna.Study, space: WidthSpace, predictors: dict[str, Predictor], objectives: tuple[str, ...],
+                    count: int) -> list[tuple[optuna.Trial, WidthConfig, list[float]]]:
+    """Ask `count` trials of a predictor-only study and predict their objectives in one call per predictor (a call
+    per trial would cost more than the search itself); the caller tells them."""
+    names = param_names(space)
+    trials = [study.ask() for _ in range(count)]
+    configs = [from_params({n: t.suggest_categorical(n, list(c)) for n, c in names.items()}) for t in trials]
+    values = np.column_stack([predictors[o].predict(configs) for o in objectives]).tolist()
+    return list(zip(trials, configs, values))

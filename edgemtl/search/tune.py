@@ -29,6 +29,7 @@ from edgemtl.search.linas import SearchSettings, evaluated_points, linas, pareto
 from edgemtl.search.objectives import Budget, CostMeter, parse_preference
 from edgemtl.search.study import RealEvaluations, config_key, open_storage, redact, work
 from edgemtl.targets import load_target
+from edgemtl.timing import torch_threads
 
 CONTROLLER_TRIES = 3    # predicted winners evaluated for real before the best real point is taken
 
@@ -46,7 +47,7 @@ class EvaluationSettings:
     holdout: tuple[float, float] = DEFAULT_HOLDOUT
     held_out: int = 256              # validation samples each configuration is scored on
     recalibration_batches: int = 8   # training batches a configuration's BatchNorm statistics come from
-    threads: int = 1                 # ONNX Runtime threads when the cost is a measured latency
+    threads: int = 1                 # PyTorch and ONNX Runtime threads (more than free cores is many times slower)
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class TuneRequest:
 def evaluator_for(loaded: LoadedModel, settings: EvaluationSettings) -> ConfigEvaluator:
     slimmable_space(loaded.spec, "tune")
     source = open_data(settings.data, loaded.spec, resize=settings.resize, holdout=settings.holdout)
-    train = source.load("train", n=settings.recalibration_batches * RECALIBRATION_BATCH_SIZE)
-    held_out = source.load("val", n=settings.held_out)
+    train = source.load("train", n=settings.recalibration_batches * RECALIBRATION_BATCH_SIZE).in_memory()
+    held_out = source.load("val", n=settings.held_out).in_memory()   # read for every configuration: decode once
     meter = CostMeter(settings.cost, load_target(settings.target), threads=settings.threads)
     return ConfigEvaluator(loaded.model, loaded.spec, train, held_out, meter, settings.recalibration_batches)
 
@@ -78,6 +79,12 @@ def default_study(sha256: str, settings: EvaluationSettings) -> str:
 def tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, request: TuneRequest, output: Path,
          progress: Progress | None = None) -> TuneFront:
     """Search, choose, and return the front (nothing written but the study: `write_outputs` writes the files)."""
+    with torch_threads(settings.threads):
+        return _tune(loaded, model_path, settings, request, output, progress)
+
+
+def _tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, request: TuneRequest, output: Path,
+          progress: Progress | None) -> TuneFront:
     started = time.perf_counter()
     evaluator = evaluator_for(loaded, settings)
     space = evaluator.space
@@ -199,4 +206,6 @@ def run_worker(loaded: LoadedModel, model_path: Path, storage: str, study: str |
                            "every worker the same checkpoint file")
     fields = {k: stored[k] for k in EvaluationSettings.__dataclass_fields__}
     fields["holdout"] = tuple(fields["holdout"])
-    return work(real, evaluator_for(loaded, EvaluationSettings(**fields)), on_done)
+    settings = EvaluationSettings(**fields)
+    with torch_threads(settings.threads):
+        return work(real, evaluator_for(loaded, settings), on_done)

@@ -1,0 +1,95 @@
+"""The search's pieces on constructed data: budgets and preferences, predictors, the controller, the front."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from edgemtl.errors import EdgemtlError
+from edgemtl.model.widths import WidthOptions, WidthSpace
+from edgemtl.search.controller import Point, choose, relative
+from edgemtl.search.linas import hypervolume, pareto, spread_by_cost
+from edgemtl.search.objectives import Budget, parse_preference
+from edgemtl.search.predictors import fit_predictor
+
+SPACE = WidthSpace(stages={"s0": WidthOptions(channels=8, modules=("a",)), "s1": WidthOptions(channels=8, modules=("b",))},
+                   decoders={"x": WidthOptions(channels=8, modules=("c",)), "y": WidthOptions(channels=8, modules=("d",))})
+HIGHER = {"x": True, "y": False}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("macs", "expected macs=FRACTION"), ("flops=0.5", "expected macs=FRACTION"), ("macs=half", "not a number"),
+    ("macs=0", "a fraction in (0, 1]"), ("macs=1.5", "a fraction in (0, 1]"), ("latency_ms=-2", "a positive number"),
+])
+def test_bad_budgets_are_one_line(text, message):
+    with pytest.raises(EdgemtlError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        Budget.parse(text)
+
+
+def test_budget_outside_the_reachable_range_says_the_range():
+    Budget.parse("memory_kib=50").check_reachable(narrowest_cost=10, widest_cost=100)
+    with pytest.raises(EdgemtlError, match="reachable range 10-100 KiB"):
+        Budget.parse("memory_kib=5").check_reachable(10, 100)
+    with pytest.raises(EdgemtlError, match="reachable range 10-100 KiB"):
+        Budget.parse("memory_kib=500").check_reachable(10, 100)
+    with pytest.raises(EdgemtlError, match=r"reachable range 0\.2-1"):
+        Budget.parse("macs=0.1").check_reachable(20, 100)
+
+
+def test_preferences_are_normalised_and_checked():
+    assert parse_preference("x=3", ["x", "y"]) == {"x": 0.75, "y": 0.25}
+    assert parse_preference(None, ["x", "y"]) == {"x": 0.5, "y": 0.5}
+    for text, message in (("z=1", "unknown task 'z'"), ("x=0", "must be positive"), ("x=-1", "must be positive"),
+                          ("x=a", "with a number")):
+        with pytest.raises(EdgemtlError, match=message):
+            parse_preference(text, ["x", "y"])
+
+
+def test_predictor_learns_a_product_cost_and_ranks_it():
+    """A MACs-like cost (products of neighbouring widths) is what ridge on the pairwise features fits exactly."""
+    rng = random.Random(0)
+    configs = [SPACE.sample(rng) for _ in range(30)]
+
+    def macs(c):
+        return 100 * c.encoder["s0"] * c.encoder["s1"] + 50 * c.encoder["s1"] * (c.decoders["x"] + c.decoders["y"])
+
+    predictor = fit_predictor("cost", SPACE, configs, [macs(c) for c in configs])
+    assert predictor.kind in ("ridge", "svr") and set(predictor.candidates_mape) == {"ridge", "svr"}
+    assert predictor.mape < 0.05 and predictor.kendall_tau > 0.9
+    fresh = [SPACE.sample(rng) for _ in range(10)]
+    assert all(abs(p - macs(c)) / macs(c) < 0.1 for p, c in zip(predictor.predict(fresh), fresh))
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_predictor("cost", SPACE, configs[:3], [1.0, 2.0, 3.0])
+
+
+def _point(cost, x, y, evaluated=True, seed=0):
+    return Point(SPACE.sample(random.Random(seed)), cost, {"x": x, "y": y}, evaluated)
+
+
+def test_relative_performance_reads_each_metric_its_own_way():
+    assert relative({"x": 0.5, "y": 4.0}, {"x": 1.0, "y": 2.0}, HIGHER) == {"x": 0.5, "y": 0.5}
+
+
+def test_controller_stays_within_the_budget_and_follows_the_preference():
+    reference = {"x": 1.0, "y": 1.0}
+    good_x, good_y, too_costly = _point(5, 0.9, 2.0), _point(5, 0.5, 1.1), _point(50, 1.0, 1.0)
+    points = [good_x, good_y, too_costly]
+    assert choose(points, 10, {"x": 0.9, "y": 0.1}, reference, HIGHER) is good_x
+    assert choose(points, 10, {"x": 0.1, "y": 0.9}, reference, HIGHER) is good_y
+    assert choose(points, 100, {"x": 0.5, "y": 0.5}, reference, HIGHER) is too_costly
+    assert choose(points, 1, {"x": 0.5, "y": 0.5}, reference, HIGHER) is None
+    predicted = _point(5, 1.0, 1.0, evaluated=False)
+    assert choose(points + [predicted], 10, {"x": 0.5, "y": 0.5}, reference, HIGHER) is predicted
+    assert choose(points + [predicted], 10, {"x": 0.5, "y": 0.5}, reference, HIGHER, evaluated_only=True) is not predicted
+
+
+def test_pareto_and_hypervolume():
+    reference = _point(10, 1.0, 1.0)
+    a, b, dominated = _point(2, 0.8, 1.5), _point(6, 0.95, 1.1), _point(7, 0.7, 2.0)
+    assert pareto([a, b, dominated], HIGHER) == [a, b]
+    bounds = (1.1, {"x": 0.5, "y": 0.4})
+    both, one = hypervolume([a, b], reference, HIGHER, bounds), hypervolume([a], reference, HIGHER, bounds)
+    assert both > one > 0
+    assert hypervolume([a, b, dominated], reference, HIGHER, bounds) == pytest.approx(both)
+    assert spread_by_cost([a, b, dominated, reference], 2) == [a, reference]
