@@ -299,6 +299,7 @@ class Passes(BaseModel):
     others are their pass's own record (`to_manifest()`), kept as written."""
 
     model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)   # every other pass's record is an object
 
     slice_widths: SliceWidthsEntry | None = Field(None, description="`compile --widths`: the configuration compiled")
 

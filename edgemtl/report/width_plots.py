@@ -115,7 +115,7 @@ def _panel(ax: Axes, task: str, higher: bool, points: list[Point], reference: Po
                  fontsize=9)
     unit = front.get("cost_unit") if isinstance(front.get("cost_unit"), str) else ""
     label = _COST_LABELS.get(str(front.get("cost_kind")), "cost")
-    ax.set_xlabel(_plain(f"{label} ({unit})" if unit else label), fontsize=8)
+    ax.set_xlabel(_plain(f"{label} ({unit})" if unit and front.get("cost_kind") != "macs" else label), fontsize=8)
     ax.set_ylabel("relative to the widest", fontsize=8)
     if front.get("cost_kind") == "macs":
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
