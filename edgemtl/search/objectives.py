@@ -28,8 +28,8 @@ from edgemtl.targets import Target
 from edgemtl.timing import measure
 
 COST_UNITS = {"macs": "MACs", "latency_ms": "ms", "memory_kib": "KiB"}
-CPU_FLOWS = ("cpu_onnxruntime", "cpu_arm64")
-FPGA_FLOWS = ("fpga_hls4ml",)
+CPU_FLOWS = ("cpu-onnxruntime", "cpu-arm64")
+FPGA_FLOWS = ("fpga-hls4ml",)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class CostMeter:
             feed = {session.get_inputs()[0].name: example_input(spec, batch=1).numpy()}
             latency = measure(lambda: session.run(None, feed), runtime="onnxruntime", threads=self.threads,
                               warmup=3, runs=self.runs, max_seconds=2.0)
-        note = "" if self.target.flow == "cpu_onnxruntime" else f"; this host, not the {self.target.name} board"
+        note = "" if self.target.flow == "cpu-onnxruntime" else f"; this host, not the {self.target.name} board"
         return latency.median, prov("measured", source="onnxruntime", device=latency.device,
                                     detail=f"median of {latency.runs} runs, all tasks, batch 1{note}")
 

@@ -103,15 +103,15 @@ def _tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, r
                                   {"model_sha256": sha256, "tasks": evaluator.task_names, **_settings_dict(settings)})
     try:
         outcome = linas(space, real, evaluator, evaluator.higher_is_better(), request.search, progress)
-        chosen = _control(real, outcome, evaluator, limit, preference, progress)
+        chosen = control(real, outcome, evaluator, limit, preference, progress)
     finally:
         real.finish()
     return _front(real, outcome, chosen, evaluator, request, settings, preference, limit, sha256, storage_url, name,
                   time.perf_counter() - started)
 
 
-def _control(real: RealEvaluations, outcome: Any, evaluator: ConfigEvaluator, limit: float,
-             preference: dict[str, float], progress: Progress | None) -> Point:
+def control(real: RealEvaluations, outcome: Any, evaluator: ConfigEvaluator, limit: float,
+            preference: dict[str, float], progress: Progress | None) -> Point:
     """The controller's pick, evaluated for real and within the budget."""
     higher = evaluator.higher_is_better()
     space = evaluator.space
@@ -158,8 +158,9 @@ def _front(real: RealEvaluations, outcome: Any, chosen: Point, evaluator: Config
     def point(p: Point) -> FrontPoint:
         key = config_key(p.widths)
         provenance = {k: Provenance.model_validate(v) for k, v in provenances.get(key, {}).items()} if p.evaluated \
-            else {"cost": Provenance(kind="estimated", source="edgemtl tune predictor",
-                                     detail=f"{outcome.predictors['cost'].kind}, not evaluated")}
+            else {name: Provenance(kind="estimated", source="edgemtl tune predictor",
+                                   detail=f"{outcome.predictors[key].kind} on the evaluated points, not evaluated")
+                  for name, key in (("cost", "cost"), ("metrics", evaluator.task_names[0]))}
         return FrontPoint(widths=p.widths, cost=p.cost, metrics=p.metrics,
                           source="evaluated" if p.evaluated else "predicted",
                           pareto=key in (on_front if p.evaluated else on_predicted_front), provenance=provenance)

@@ -8,7 +8,8 @@ import pytest
 
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.widths import WidthOptions, WidthSpace
-from edgemtl.search.controller import Point, choose, relative
+from edgemtl.model.width_front import CostObjective, FrontPoint, TaskObjective, TuneFront
+from edgemtl.search.controller import Point, choose, choose_on_front, front_points, relative
 from edgemtl.search.linas import hypervolume, pareto, spread_by_cost
 from edgemtl.search.objectives import Budget, parse_preference
 from edgemtl.search.predictors import fit_predictor
@@ -84,6 +85,25 @@ def test_controller_stays_within_the_budget_and_follows_the_preference():
     assert choose(points + [predicted], 10, {"x": 0.5, "y": 0.5}, reference, HIGHER, evaluated_only=True) is not predicted
 
 
+def test_a_finished_front_answers_another_budget_and_preference_without_evaluating():
+    def point(cost, x, y, source="evaluated", seed=0):
+        return FrontPoint(widths=SPACE.sample(random.Random(seed)), cost=cost, metrics={"x": x, "y": y}, source=source)
+
+    widest, good_x, good_y, guess = point(10, 1.0, 1.0), point(5, 0.9, 2.0, seed=1), point(5, 0.5, 1.1, seed=2), \
+        point(4, 1.0, 1.0, "predicted", seed=3)
+    front = TuneFront(model_sha256="0" * 64, target="host", cost=CostObjective(kind="macs", unit="MACs", limit=6,
+                                                                                 budget="macs=0.6"),
+                      tasks={"x": TaskObjective(metric="miou", higher_is_better=True, preference=0.5),
+                             "y": TaskObjective(metric="rmse", higher_is_better=False, preference=0.5)},
+                      reference=widest, points=[widest, good_x, good_y, guess], chosen=good_x, relative={})
+    assert [(p.cost, p.evaluated) for p in front_points(front)] == [(10, True), (5, True), (5, True), (4, False)]
+    assert choose_on_front(front, 6, {"x": 9, "y": 1}).widths == good_x.widths      # weights on any scale
+    assert choose_on_front(front, 6, {"x": 1, "y": 9}).widths == good_y.widths
+    assert choose_on_front(front, 10, {"x": 1, "y": 1}).widths == widest.widths
+    assert choose_on_front(front, 4.5, {"x": 1, "y": 1}) is None
+    assert not choose_on_front(front, 4.5, {"x": 1, "y": 1}, evaluated_only=False).evaluated
+
+
 def test_pareto_and_hypervolume():
     reference = _point(10, 1.0, 1.0)
     a, b, dominated = _point(2, 0.8, 1.5), _point(6, 0.95, 1.1), _point(7, 0.7, 2.0)
@@ -93,3 +113,31 @@ def test_pareto_and_hypervolume():
     assert both > one > 0
     assert hypervolume([a, b, dominated], reference, HIGHER, bounds) == pytest.approx(both)
     assert spread_by_cost([a, b, dominated, reference], 2) == [a, reference]
+
+
+@pytest.mark.parametrize("target, kind, provenance", [
+    ("host", "latency_ms", "measured"), ("zcu104", "latency_ms", "estimated"), ("gap9", "memory_kib", "estimated"),
+    ("arm64", "macs", "static"),
+])
+def test_each_target_gives_its_cost_with_provenance(target, kind, provenance):
+    from conftest import tiny_slimmable_model
+
+    from edgemtl.passes.slice_widths import slice_model
+    from edgemtl.search.objectives import CostMeter
+    from edgemtl.targets import load_target
+
+    model, spec = tiny_slimmable_model()
+    meter = CostMeter(kind, load_target(target), runs=5)
+    wide, _ = meter(model, spec)
+    narrow, label = meter(*slice_model(model, spec, spec.widths.narrowest()))
+    assert label["kind"] == provenance and narrow > 0 and wide > 0
+    if provenance != "measured":           # a timing on a shared machine may not order two tiny models
+        assert narrow < wide
+
+
+def test_gap9_latency_is_refused_with_what_to_do():
+    from edgemtl.search.objectives import CostMeter
+    from edgemtl.targets import load_target
+
+    with pytest.raises(EdgemtlError, match="budget macs or memory_kib instead"):
+        CostMeter("latency_ms", load_target("gap9"))
