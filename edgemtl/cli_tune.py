@@ -38,6 +38,8 @@ def tune_command(
     initial: Annotated[int, typer.Option(min=2, help="random configurations evaluated first")] = 16,
     rounds: Annotated[int, typer.Option(min=0, help="LINAS rounds (predict, then evaluate the predicted front)")] = 3,
     per_round: Annotated[int, typer.Option(min=1, help="configurations evaluated per round")] = 8,
+    device: Annotated[Optional[str], typer.Option(
+        help="latency_ms budgets: time on this board, rpc://TRACKER:PORT/KEY (as `edgemtl profile --device`)")] = None,
     threads: Annotated[int, typer.Option(min=1, help="PyTorch and ONNX Runtime threads (per process)")] = 1,
     seed: int = 0,
     model_factory: Annotated[Optional[str], typer.Option(help="package.module:function returning the nn.Module")] = None,
@@ -72,7 +74,7 @@ def tune_command(
     if name is None:
         raise EdgemtlError("this model does not say which data it was trained on: pass --data (see docs/own-model.md)")
     settings = EvaluationSettings(target=target, cost=parsed.kind, data=name, resize=resize, held_out=held_out,
-                                  threads=threads)
+                                  threads=threads, device=device)
     request = TuneRequest(parsed, prefer, storage, study,
                           SearchSettings(initial=initial, rounds=rounds, per_round=per_round, seed=seed))
     with _progress() as bar:

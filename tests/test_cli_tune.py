@@ -107,3 +107,11 @@ def test_a_model_that_is_not_slimmable_is_one_line(capsys, tmp_path):
     code, _, err = run_cli(capsys, "tune", checkpoint, "--budget", "macs=0.5", "-o", tmp_path / "out" / "w.json")
     assert_one_line_error(code, err, "needs a slimmable model")
     assert not (tmp_path / "out").exists()
+
+
+def test_device_needs_a_latency_budget_on_a_cpu_target(capsys, tmp_path, slimmable):
+    for args, message in ((("--budget", "macs=0.5", "--device", "rpc://127.0.0.1:9190/x"), "needs --budget latency_ms"),
+                          (("--budget", "latency_ms=1", "--device", "nonsense"), "unknown device 'nonsense'")):
+        code, _, err = run_cli(capsys, "tune", slimmable, "-o", tmp_path / "out" / "w.json", *args)
+        assert_one_line_error(code, err, message)
+        assert not (tmp_path / "out").exists()

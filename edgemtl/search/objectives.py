@@ -2,7 +2,9 @@
 
 The cost is the one the user's budget names (`--budget macs=0.5 | latency_ms=X | memory_kib=X`) and is obtained as
 the target can give it: MACs counted from the traced graph (static, every target); latency measured with ONNX Runtime
-on this host (host and arm64: the host's number, not the board's) or the FPGA roofline's estimate (zcu104); memory
+on a device through the profiler's TVM RPC client (`--device rpc://TRACKER:PORT/KEY`: a real board, or the emulated
+one, whose numbers say `emulated`), or on this host (host and arm64 without a device: the host's number, not the
+board's), or the FPGA roofline's estimate (zcu104); memory
 as weights plus the peak of live activations at the target's precision (estimated, from the traced graph's
 liveness). A target whose cost cannot be obtained per configuration says so in one line.
 """
@@ -24,6 +26,8 @@ from edgemtl.model.contract import example_input
 from edgemtl.model.onnx_export import export_all_tasks
 from edgemtl.model.ort_session import make_session
 from edgemtl.model.spec import ModelSpec
+from edgemtl.profile.device import ORT_FLOAT, SkipRuntime, TaskArtifacts
+from edgemtl.profile.rpc import RpcDevice, parse_device
 from edgemtl.targets import Target
 from edgemtl.timing import measure
 
@@ -96,13 +100,17 @@ def parse_preference(text: str | None, tasks: list[str]) -> dict[str, float]:
 class CostMeter:
     """Obtains one cost of a narrow model on a target, with the provenance of the number."""
 
-    def __init__(self, kind: str, target: Target, threads: int = 1, runs: int = 30) -> None:
+    def __init__(self, kind: str, target: Target, threads: int = 1, runs: int = 30, device: str | None = None) -> None:
         if kind not in COST_UNITS:
             raise EdgemtlError(f"unknown cost {kind!r}; choose {', '.join(COST_UNITS)}")
         if kind == "latency_ms" and target.flow not in CPU_FLOWS + FPGA_FLOWS:
             raise EdgemtlError(f"--budget latency_ms on {target.name}: its latency needs a quantized graph per "
                                "configuration (cycle estimate); budget macs or memory_kib instead")
+        if device is not None and (kind != "latency_ms" or target.flow not in CPU_FLOWS):
+            raise EdgemtlError(f"--device measures latency on a CPU board: it needs --budget latency_ms and a CPU "
+                               f"target (host, arm64), not {kind} on {target.name}")
         self.kind, self.target, self.threads, self.runs = kind, target, threads, runs
+        self.device = None if device is None else RpcDevice(parse_device(device))
 
     @property
     def unit(self) -> str:
@@ -119,7 +127,24 @@ class CostMeter:
             return float(estimate["latency_ms"]), prov(
                 "estimated", source="edgemtl FPGA roofline", device=self.target.name,
                 detail=f"all tasks, {estimate['precision']}, the target's fabric (assumptions in docs/zcu104.md)")
-        return self._host_latency(model, spec)
+        return self._host_latency(model, spec) if self.device is None else self._device_latency(model, spec)
+
+    def _device_latency(self, model: nn.Module, spec: ModelSpec) -> tuple[float, dict[str, Any]]:
+        """ONNX Runtime on the board, timed board-side by the profiler's runner (docs/arm64.md)."""
+        with tempfile.TemporaryDirectory(prefix="edgemtl-tune-") as folder:
+            path = export_all_tasks(model, spec, spec.task_names, Path(folder) / "model.onnx")
+            task = TaskArtifacts(name="all-tasks", entry={}, bundle=Path(folder))
+            try:   # the session stays open for the next configuration; the runner frees each model
+                timing = self.device.run(task, ORT_FLOAT, path, example_input(spec, batch=1).numpy(), self.runs, 5.0)
+            except SkipRuntime as exc:
+                raise EdgemtlError(f"cannot time on {self.device.key}: {exc}") from None
+        median, _, _ = timing.stats()
+        return median, prov(self.device.provenance, source="onnxruntime over TVM RPC", device=self.device.description,
+                            detail=f"median of {len(timing.samples_ms)} board-side runs, all tasks, batch 1")
+
+    def close(self) -> None:
+        if self.device is not None:
+            self.device.close()
 
     def _host_latency(self, model: nn.Module, spec: ModelSpec) -> tuple[float, dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="edgemtl-tune-") as folder:

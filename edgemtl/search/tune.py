@@ -48,6 +48,7 @@ class EvaluationSettings:
     held_out: int = 256              # validation samples each configuration is scored on
     recalibration_batches: int = 8   # training batches a configuration's BatchNorm statistics come from
     threads: int = 1                 # PyTorch and ONNX Runtime threads (more than free cores is many times slower)
+    device: str | None = None        # rpc://TRACKER:PORT/KEY: latency measured on that board (profiler's RPC client)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def evaluator_for(loaded: LoadedModel, settings: EvaluationSettings) -> ConfigEv
     source = open_data(settings.data, loaded.spec, resize=settings.resize, holdout=settings.holdout)
     train = source.load("train", n=settings.recalibration_batches * RECALIBRATION_BATCH_SIZE).in_memory()
     held_out = source.load("val", n=settings.held_out).in_memory()   # read for every configuration: decode once
-    meter = CostMeter(settings.cost, load_target(settings.target), threads=settings.threads)
+    meter = CostMeter(settings.cost, load_target(settings.target), threads=settings.threads, device=settings.device)
     return ConfigEvaluator(loaded.model, loaded.spec, train, held_out, meter, settings.recalibration_batches)
 
 
@@ -106,6 +107,7 @@ def _tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, r
         chosen = control(real, outcome, evaluator, limit, preference, progress)
     finally:
         real.finish()
+        evaluator.meter.close()
     return _front(real, outcome, chosen, evaluator, request, settings, preference, limit, sha256, storage_url, name,
                   time.perf_counter() - started)
 
@@ -209,4 +211,8 @@ def run_worker(loaded: LoadedModel, model_path: Path, storage: str, study: str |
     fields["holdout"] = tuple(fields["holdout"])
     settings = EvaluationSettings(**fields)
     with torch_threads(settings.threads):
-        return work(real, evaluator_for(loaded, settings), on_done)
+        evaluator = evaluator_for(loaded, settings)
+        try:
+            return work(real, evaluator, on_done)
+        finally:
+            evaluator.meter.close()

@@ -130,3 +130,28 @@ def _compile_and_profile(capsys, tmp_path, checkpoint, starting, port: int) -> N
     assert code == 0
     history = json.loads(out)
     assert len(history) == len(TASKS) * len(RUNTIMES) and {h["provenance"] for h in history} == {"emulated"}
+
+
+@pytest.mark.slow
+def test_tune_times_configurations_on_the_emulated_board(tracker):
+    """`edgemtl tune --device`: a configuration's latency timed board-side through the profiler's RPC client; the
+    emulated board's numbers say `emulated`."""
+    from conftest import tiny_slimmable_model
+
+    from edgemtl.passes.slice_widths import slice_model
+    from edgemtl.search.objectives import CostMeter
+    from edgemtl.targets import load_target
+
+    model, spec = tiny_slimmable_model()
+    server = start_emulated_server("127.0.0.1", tracker.port, KEY)
+    try:
+        meter = CostMeter("latency_ms", load_target("arm64"), runs=5, device=f"rpc://127.0.0.1:{tracker.port}/{KEY}")
+        try:
+            narrow, provenance = meter(*slice_model(model, spec, spec.widths.narrowest()))
+            wide, _ = meter(model, spec)
+        finally:
+            meter.close()
+    finally:
+        stop_emulated_server(server)
+    assert provenance["kind"] == "emulated" and "board-side" in provenance["detail"]
+    assert narrow > 0 and wide > 0
