@@ -148,6 +148,22 @@ def op_rows(document: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def width_rows(manifest: Mapping[str, Any]) -> list[Row]:
+    """Per encoder stage and task decoder of a bundle compiled at one width configuration (`compile --widths`, the
+    manifest's `passes.slice_widths`): its multiplier and its output channels at full width and as kept (None for a
+    decoder with no hidden layer of its own); [] for a bundle compiled at full width."""
+    record = section(section(manifest, "passes"), "slice_widths")
+    widths, channels = section(record, "widths"), section(record, "part_channels")
+    rows = []
+    for kind, part in (("encoder", "encoder stage"), ("decoders", "decoder")):
+        for name, multiplier in section(widths, kind).items():
+            pair = section(channels, kind).get(name)
+            full, kept = (number(pair[0]), number(pair[1])) if isinstance(pair, list) and len(pair) == 2 else (None, None)
+            rows.append({"part": part, "name": name, "multiplier": number(multiplier),
+                         "channels_full": full or None, "channels_kept": kept if full else None})
+    return rows
+
+
 def html_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """`rows` as one HTML table (escaped), the columns in `columns` order (default: every key, first seen first);
     numbers in human units by their column's name (`*_bytes`, `*_ms`, params / MACs / cycles, shares and ratios)."""

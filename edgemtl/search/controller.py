@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from edgemtl.model.width_front import TuneFront
 from edgemtl.model.widths import WidthConfig, WidthSpace
 from edgemtl.search.predictors import Predictor, ask_and_predict
 from edgemtl.search.study import config_key
@@ -57,6 +58,20 @@ def choose(points: list[Point], limit: float, preference: dict[str, float], refe
     if not fitting:
         return None
     return max(fitting, key=lambda p: (score(p, preference, reference, higher_is_better), p.evaluated))
+
+
+def front_points(front: TuneFront) -> list[Point]:
+    """A tune front's points (evaluated and predicted) as the controller takes them."""
+    return [Point(p.widths, p.cost, p.metrics, p.source == "evaluated") for p in front.points]
+
+
+def choose_on_front(front: TuneFront, limit: float, preference: dict[str, float],
+                    evaluated_only: bool = True) -> Point | None:
+    """The controller's choice among a finished search's points for another budget (`limit`, in the front's cost
+    unit) and preference (task -> weight, any positive scale), with no new evaluation: the front's widest point is the
+    reference. `evaluated_only=False` lets a predicted point win (its numbers are the predictors', not measured)."""
+    higher = {task: objective.higher_is_better for task, objective in front.tasks.items()}
+    return choose(front_points(front), limit, preference, front.reference.metrics, higher, evaluated_only)
 
 
 def focused_candidates(space: WidthSpace, predictors: dict[str, Predictor], tasks: list[str], limit: float,

@@ -8,7 +8,7 @@ from typing import Any
 
 from edgemtl.report.compare import compare_bundles
 from edgemtl.report.rows import (ALL_TASKS, bundle_rows, comparison_rows, html_table, latency_rows, layer_rows, op_rows,
-                                 speedup_rows, task_rows)
+                                 speedup_rows, task_rows, width_rows)
 
 DEVICE = "host CPU (AMD EPYC, 1 thread)"
 
@@ -88,3 +88,13 @@ def test_html_table_escapes_and_writes_human_units() -> None:
     for shown in ("2 M", "2 KiB", "50 µs", "25%", "3.00×", "—"):
         assert shown in page, shown
     assert html_table([{"a": 1, "b": 2}], ["b"]).count("<th>") == 1
+
+
+def test_width_rows_read_the_configuration_a_bundle_was_cut_to() -> None:
+    record = {"widths": {"encoder": {"stage0": 0.5}, "decoders": {"depth": 0.25, "scene": 1.0}},
+              "part_channels": {"encoder": {"stage0": [8, 4]}, "decoders": {"depth": [4, 1], "scene": [0, 0]}}}
+    assert width_rows({"passes": {"slice_widths": record}}) == [
+        {"part": "encoder stage", "name": "stage0", "multiplier": 0.5, "channels_full": 8, "channels_kept": 4},
+        {"part": "decoder", "name": "depth", "multiplier": 0.25, "channels_full": 4, "channels_kept": 1},
+        {"part": "decoder", "name": "scene", "multiplier": 1.0, "channels_full": None, "channels_kept": None}]
+    assert width_rows({"passes": {}}) == [] == width_rows({"passes": {"slice_widths": {"widths": "bad"}}})
