@@ -25,7 +25,7 @@ from edgemtl.model.widths import WidthConfig
 from edgemtl.passes.slice_widths import RECALIBRATION_BATCH_SIZE, slimmable_space
 from edgemtl.search.controller import Point, choose, focused_candidates, relative
 from edgemtl.search.evaluate import ConfigEvaluator
-from edgemtl.search.linas import SearchSettings, evaluated_points, linas, pareto
+from edgemtl.search.linas import SearchOutcome, SearchSettings, evaluated_points, linas, pareto
 from edgemtl.search.objectives import Budget, CostMeter, parse_preference
 from edgemtl.search.study import RealEvaluations, config_key, open_storage, redact, work
 from edgemtl.targets import load_target
@@ -112,7 +112,7 @@ def _tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, r
                   time.perf_counter() - started)
 
 
-def control(real: RealEvaluations, outcome: Any, evaluator: ConfigEvaluator, limit: float,
+def control(real: RealEvaluations, outcome: SearchOutcome, evaluator: ConfigEvaluator, limit: float,
             preference: dict[str, float], progress: Progress | None) -> Point:
     """The controller's pick, evaluated for real and within the budget."""
     higher = evaluator.higher_is_better()
@@ -148,7 +148,7 @@ def _settings_dict(settings: EvaluationSettings) -> dict[str, Any]:
     return values
 
 
-def _front(real: RealEvaluations, outcome: Any, chosen: Point, evaluator: ConfigEvaluator, request: TuneRequest,
+def _front(real: RealEvaluations, outcome: SearchOutcome, chosen: Point, evaluator: ConfigEvaluator, request: TuneRequest,
            settings: EvaluationSettings, preference: dict[str, float], limit: float, sha256: str, storage: str,
            name: str, seconds: float) -> TuneFront:
     higher = evaluator.higher_is_better()
