@@ -1,10 +1,13 @@
 """The LINAS loop (DyNAS-T's lightweight iterative NAS): few real evaluations, many predicted ones.
 
-1. A random population (and the widest and narrowest configurations) is evaluated for real.
+1. The uniform configurations (one multiplier everywhere, the widest and narrowest among them) and a random
+   population are evaluated for real.
 2. Each round: one predictor per objective is fitted on every real evaluation so far (`predictors`); NSGA-II
    (optuna's NSGAIISampler) runs on the predictors alone for many generations (the inner loop, milliseconds per
-   configuration); configurations from its final front, spread over the cost range, are evaluated for real
-   (the outer loop).
+   configuration); from its final front, the configurations that add most to the evaluated front's hypervolume
+   (by their predicted objectives, greedily, a Monte Carlo estimate) are evaluated for real (the outer loop). With
+   six objectives almost every point is non-dominated, so which of them is evaluated decides how fast the real
+   front grows.
 3. The last inner front is kept as predicted points beside the real ones, each said to be which.
 
 `nsga2_real` is the same NSGA-II with every configuration evaluated for real: the baseline LINAS is measured against
@@ -30,16 +33,15 @@ from edgemtl.search.study import RealEvaluations, config_key, from_params, param
 
 @dataclass(frozen=True)
 class SearchSettings:
-    initial: int = 16        # random configurations evaluated first (besides the widest and the narrowest)
+    initial: int = 16        # random configurations evaluated first (besides the uniform ones: widest, narrowest...)
     rounds: int = 3          # outer iterations
     per_round: int = 8       # configurations of each round's predicted front evaluated for real
     population: int = 32     # NSGA-II population of the inner loop
     generations: int = 20    # NSGA-II generations of the inner loop
     seed: int = 0
 
-    @property
-    def real_evaluations(self) -> int:
-        return 2 + self.initial + self.rounds * self.per_round
+    def real_evaluations(self, space: WidthSpace) -> int:
+        return len(uniform_configurations(space)) + self.initial + self.rounds * self.per_round
 
 
 @dataclass
@@ -47,6 +49,21 @@ class SearchOutcome:
     evaluated: list[Point]
     predicted: list[Point]            # the last inner front, minus what was evaluated
     predictors: dict[str, Predictor]  # "cost" and each task
+
+
+def uniform_configurations(space: WidthSpace) -> list[WidthConfig]:
+    """The widest, the narrowest and every configuration with one multiplier everywhere (a decoder that allows only
+    1.0 keeps it): the uniform shrinks a user would try first, evaluated before any random one."""
+    groups = [o for o in (*space.stages.values(), *space.decoders.values()) if len(o.multipliers) > 1]
+    common = set.intersection(*(set(o.multipliers) for o in groups)) if groups else set()
+    configs = [space.widest(), space.narrowest()]
+    for multiplier in sorted(common, reverse=True):
+        config = WidthConfig(encoder={n: multiplier if len(o.multipliers) > 1 else 1.0 for n, o in space.stages.items()},
+                             decoders={n: multiplier if len(o.multipliers) > 1 else 1.0
+                                       for n, o in space.decoders.items()})
+        if all(config_key(config) != config_key(c) for c in configs):
+            configs.append(config)
+    return configs
 
 
 def directions(tasks: list[str], higher_is_better: dict[str, bool]) -> list[str]:
@@ -79,13 +96,40 @@ def predicted_front(space: WidthSpace, predictors: dict[str, Predictor], tasks: 
             for t in unique.values()]
 
 
-def spread_by_cost(points: list[Point], count: int) -> list[Point]:
-    """`count` points spread evenly over the cost range (the front's ends included)."""
-    ordered = sorted(points, key=lambda p: p.cost)
-    if len(ordered) <= count:
-        return ordered
-    picks = np.unique(np.round(np.linspace(0, len(ordered) - 1, count)).astype(int))
-    return [ordered[i] for i in picks]
+def most_contributing(candidates: list[Point], evaluated: list[Point], count: int, higher_is_better: dict[str, bool],
+                      seed: int = 0, samples: int = 20000) -> list[Point]:
+    """Greedily, the `count` candidates whose (predicted) objectives add most hypervolume to the evaluated points'.
+
+    Objectives as in `hypervolume` (cost over the widest's, each task relative to the widest, all minimised); the
+    volume is estimated on `samples` uniform points of the box the candidates and evaluated points span (an exact
+    six-objective hypervolume per candidate would cost seconds each)."""
+    if len(candidates) <= count:
+        return list(candidates)
+    widest = max(evaluated, key=lambda p: p.cost)
+    tasks = list(widest.metrics)
+
+    def vector(point: Point) -> list[float]:
+        rel = relative(point.metrics, widest.metrics, higher_is_better)
+        return [point.cost / widest.cost] + [-rel[t] for t in tasks]
+
+    known = np.array([vector(p) for p in pareto(evaluated, higher_is_better)])
+    offered = np.array([vector(p) for p in candidates])
+    everything = np.vstack([known, offered])
+    low, high = everything.min(axis=0), everything.max(axis=0)
+    high = high + 0.1 * (high - low) + 1e-9   # the reference point: past the worst, so the extremes add volume too
+    box = np.random.default_rng(seed).uniform(low, high, size=(samples, len(low)))
+    covered = np.zeros(samples, dtype=bool)
+    for point in known:
+        covered |= np.all(box >= point, axis=1)
+    dominates = np.stack([np.all(box >= point, axis=1) for point in offered])   # candidate x sample
+    chosen: list[int] = []
+    for _ in range(count):
+        gains = (dominates & ~covered).sum(axis=1)
+        gains[chosen] = -1
+        best = int(np.argmax(gains))
+        chosen.append(best)
+        covered |= dominates[best]
+    return [candidates[i] for i in chosen]
 
 
 def linas(space: WidthSpace, real: RealEvaluations, evaluate: Callable[[WidthConfig], Evaluation],
@@ -94,10 +138,11 @@ def linas(space: WidthSpace, real: RealEvaluations, evaluate: Callable[[WidthCon
     """Run the loop; real evaluations go through `real` (and any workers attached to its study)."""
     tasks, senses = real.tasks, directions(real.tasks, higher_is_better)
     rng = random.Random(settings.seed)
-    first = [space.widest(), space.narrowest()]
+    first = uniform_configurations(space)
     keys = {config_key(c) for c in first}
+    wanted = len(first) + min(settings.initial, space.size() - len(first))
     for _ in range(50 * (settings.initial + 1)):
-        if len(first) >= 2 + min(settings.initial, space.size() - 2):
+        if len(first) >= wanted:
             break
         sample = space.sample(rng)
         if config_key(sample) not in keys:
@@ -110,8 +155,8 @@ def linas(space: WidthSpace, real: RealEvaluations, evaluate: Callable[[WidthCon
         front = predicted_front(space, predictors, tasks, senses, settings, settings.seed + round_index)
         seen = {config_key(p.widths) for p in points}
         fresh = [p for p in front if config_key(p.widths) not in seen]
-        _evaluate(real, [p.widths for p in spread_by_cost(fresh, settings.per_round)], evaluate,
-                  f"round {round_index + 1}/{settings.rounds}", progress)
+        picks = most_contributing(fresh, points, settings.per_round, higher_is_better, settings.seed + round_index)
+        _evaluate(real, [p.widths for p in picks], evaluate, f"round {round_index + 1}/{settings.rounds}", progress)
     points = evaluated_points(real)
     predictors = fit_predictors(space, points, tasks, settings.seed)
     seen = {config_key(p.widths) for p in points}

@@ -10,7 +10,7 @@ from edgemtl.errors import EdgemtlError
 from edgemtl.model.widths import WidthOptions, WidthSpace
 from edgemtl.model.width_front import CostObjective, FrontPoint, TaskObjective, TuneFront
 from edgemtl.search.controller import Point, choose, choose_on_front, front_points, relative
-from edgemtl.search.linas import hypervolume, pareto, spread_by_cost
+from edgemtl.search.linas import hypervolume, most_contributing, pareto, uniform_configurations
 from edgemtl.search.objectives import Budget, parse_preference
 from edgemtl.search.predictors import fit_predictor
 
@@ -112,7 +112,22 @@ def test_pareto_and_hypervolume():
     both, one = hypervolume([a, b], reference, HIGHER, bounds), hypervolume([a], reference, HIGHER, bounds)
     assert both > one > 0
     assert hypervolume([a, b, dominated], reference, HIGHER, bounds) == pytest.approx(both)
-    assert spread_by_cost([a, b, dominated, reference], 2) == [a, reference]
+
+
+def test_the_candidates_that_add_most_hypervolume_are_evaluated_first():
+    reference, known = _point(10, 1.0, 1.0), _point(5, 0.8, 1.5)
+    inside, gap, cheap = _point(6, 0.7, 1.6), _point(2, 0.9, 1.2), _point(1.5, 0.6, 1.8)
+    picked = most_contributing([inside, gap, cheap], [reference, known], 1, HIGHER)
+    assert picked == [gap]                          # dominates the most of what the known points leave open
+    assert most_contributing([inside, gap, cheap], [reference, known], 2, HIGHER)[1] is cheap  # inside adds nothing
+    assert most_contributing([gap], [reference, known], 3, HIGHER) == [gap]
+
+
+def test_uniform_configurations_come_first():
+    configs = uniform_configurations(SPACE)
+    assert configs[0] == SPACE.widest() and configs[1] == SPACE.narrowest()
+    assert [c.encoder["s0"] for c in configs[2:]] == [0.75, 0.5]
+    assert all(len(set(c.encoder.values()) | set(c.decoders.values())) == 1 for c in configs)
 
 
 @pytest.mark.parametrize("target, kind, provenance", [
