@@ -62,10 +62,10 @@ class TuneRequest:
 
 def evaluator_for(loaded: LoadedModel, settings: EvaluationSettings) -> ConfigEvaluator:
     slimmable_space(loaded.spec, "tune")
+    meter = CostMeter(settings.cost, load_target(settings.target), threads=settings.threads, device=settings.device)
     source = open_data(settings.data, loaded.spec, resize=settings.resize, holdout=settings.holdout)
     train = source.load("train", n=settings.recalibration_batches * RECALIBRATION_BATCH_SIZE).in_memory()
     held_out = source.load("val", n=settings.held_out).in_memory()   # read for every configuration: decode once
-    meter = CostMeter(settings.cost, load_target(settings.target), threads=settings.threads, device=settings.device)
     return ConfigEvaluator(loaded.model, loaded.spec, train, held_out, meter, settings.recalibration_batches)
 
 
