@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=8)
     parser.add_argument("--random-preferences", type=int, default=3)
+    parser.add_argument("--distill-weight", type=float, default=SlimmableConfig().distill_weight)
     parser.add_argument("--skip-tune-timing", action="store_true")
     args = parser.parse_args()
     run = start_run()
@@ -76,7 +77,8 @@ def main() -> None:
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     started = time.perf_counter()
     masks = WidthMasks(model, spec)
-    train_slimmable(model, spec, train_set, steps, SlimmableConfig(), show_progress=False, masks=masks)
+    train_slimmable(model, spec, train_set, steps, SlimmableConfig(distill_weight=args.distill_weight),
+                    show_progress=False, masks=masks)
     slimmable_seconds = time.perf_counter() - started
     quality = slimmable_quality(model, spec, masks, initial, train_set, val_set, steps)
     print_quality(quality)

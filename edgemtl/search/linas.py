@@ -114,6 +114,8 @@ def most_contributing(candidates: list[Point], evaluated: list[Point], count: in
 
     known = np.array([vector(p) for p in pareto(evaluated, higher_is_better)])
     offered = np.array([vector(p) for p in candidates])
+    if not np.all(np.isfinite(offered)) or not np.all(np.isfinite(known)):
+        raise ValueError("objectives must be finite to compare hypervolume contributions")
     everything = np.vstack([known, offered])
     low, high = everything.min(axis=0), everything.max(axis=0)
     high = high + 0.1 * (high - low) + 1e-9   # the reference point: past the worst, so the extremes add volume too

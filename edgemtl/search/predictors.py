@@ -26,7 +26,8 @@ from sklearn.svm import SVR
 from edgemtl.model.widths import WidthConfig, WidthSpace
 from edgemtl.search.study import from_params, param_names
 
-MIN_POINTS = 4   # fewer evaluated configurations than this cannot be cross-validated
+MIN_POINTS = 4        # fewer evaluated configurations than this cannot be cross-validated
+EXTRAPOLATION = 0.25  # how far past the evaluated range (a share of it) a prediction may go
 
 
 def features(space: WidthSpace, configs: list[WidthConfig]) -> np.ndarray:
@@ -62,9 +63,12 @@ class Predictor:
     points: int
     regressor: Any
     space: WidthSpace
+    bounds: tuple[float, float]    # what the evaluated values span, widened by EXTRAPOLATION on each side
 
     def predict(self, configs: list[WidthConfig]) -> np.ndarray:
-        return self.regressor.predict(features(self.space, configs))
+        """Predictions held within the evaluated range (widened): a regressor extrapolating far past what was
+        evaluated (a negative RMSE, a MAC count below zero) would only mislead the search."""
+        return np.clip(self.regressor.predict(features(self.space, configs)), *self.bounds)
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.kind, "mape": self.mape, "kendall_tau": self.kendall_tau,
@@ -85,8 +89,12 @@ def fit_predictor(objective: str, space: WidthSpace, configs: list[WidthConfig],
         scored[kind] = (mape(y, predicted), float(np.nan_to_num(tau)))
     kind = min(scored, key=lambda name: scored[name][0])
     regressor = _candidates()[kind].fit(x, y)
+    span = float(np.ptp(y)) or abs(float(y[0])) or 1.0
+    low, high = float(y.min()) - EXTRAPOLATION * span, float(y.max()) + EXTRAPOLATION * span
+    if y.min() > 0:   # costs and most metrics are positive: keep predictions so
+        low = max(low, float(y.min()) / 2)
     return Predictor(objective, kind, scored[kind][0], scored[kind][1], {k: v[0] for k, v in scored.items()},
-                     len(configs), regressor, space)
+                     len(configs), regressor, space, (low, high))
 
 
 def ask_and_predict(study: optuna.Study, space: WidthSpace, predictors: dict[str, Predictor], objectives: tuple[str, ...],

@@ -156,3 +156,14 @@ def test_gap9_latency_is_refused_with_what_to_do():
 
     with pytest.raises(EdgemtlError, match="budget macs or memory_kib instead"):
         CostMeter("latency_ms", load_target("gap9"))
+
+
+def test_predictions_stay_near_the_evaluated_range():
+    """A linear fit extrapolates an RMSE below zero at the edge of the space; the search must never see one."""
+    rng = random.Random(1)
+    configs = [SPACE.sample(rng) for _ in range(12)]
+    values = [1.0 + 2 * (1 - c.encoder["s0"]) for c in configs]
+    predictor = fit_predictor("depth", SPACE, configs, values)
+    low, high = predictor.bounds
+    assert 0 < low <= min(values) and high >= max(values)
+    assert all(low <= p <= high for p in predictor.predict([SPACE.sample(rng) for _ in range(50)]))
