@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from edgemtl.errors import validation_line
+
 ProvenanceKind = Literal["measured", "emulated", "simulated", "estimated", "static", "evaluated"]
 
 KINDS: dict[str, str] = {
@@ -348,7 +350,7 @@ def check_provenances(value: Any, where: str = "manifest") -> None:
                 try:
                     Provenance.model_validate(item)
                 except ValidationError as exc:
-                    raise ManifestError(f"{path}: {_first_error(exc)}") from None
+                    raise ManifestError(f"{path}: {validation_line(exc)}") from None
             else:
                 check_provenances(item, path)
     elif isinstance(value, list):
@@ -362,9 +364,5 @@ def validate_manifest(manifest: Mapping[str, Any], model: type[Manifest] = Manif
     try:
         return model.model_validate(manifest)
     except ValidationError as exc:
-        raise ManifestError(f"manifest does not match {model.__name__}: {_first_error(exc)}") from None
+        raise ManifestError(f"manifest does not match {model.__name__}: {validation_line(exc)}") from None
 
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, validation_line
 from edgemtl.resources import TARGETS_DIR
 
 BUILTIN_TARGETS_DIR = TARGETS_DIR  # package data: an installed wheel has them too
@@ -106,9 +106,7 @@ def read_target(path: Path) -> Target:
     except tomllib.TOMLDecodeError as exc:
         raise EdgemtlError(f"target file {path} is not valid TOML: {exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise EdgemtlError(f"target file {path} is invalid: {where}: {first['msg']}") from None
+        raise EdgemtlError(f"target file {path} is invalid: {validation_line(exc)}") from None
 
 
 def available_targets() -> dict[str, Path]:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgemtl.errors import EdgemtlError
+from edgemtl.errors import EdgemtlError, validation_line
 from edgemtl.model.widths import WidthConfig, WidthSpace
 
 TaskKind = Literal["classification", "segmentation", "depth", "normals", "edges", "regression", "raw"]
@@ -169,9 +169,7 @@ def parse_model_spec(raw: dict[str, Any], source: str) -> ModelSpec:
     try:
         return ModelSpec.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "spec"
-        raise EdgemtlError(f"invalid model spec in {source}: {where}: {first['msg']}") from None
+        raise EdgemtlError(f"invalid model spec in {source}: {validation_line(exc, 'spec')}") from None
 
 
 def read_spec_file(path: Path) -> ModelSpec:

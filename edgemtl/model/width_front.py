@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgemtl.errors import EdgemtlError, first_line
+from edgemtl.errors import EdgemtlError, first_line, validation_line
 from edgemtl.manifest import Provenance
 from edgemtl.model.widths import WidthConfig
 
@@ -89,6 +89,4 @@ def read_front(path: Path) -> TuneFront:
     try:
         return TuneFront.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "front"
-        raise EdgemtlError(f"{path} is not an edgemtl tune front: {where}: {error['msg']}") from None
+        raise EdgemtlError(f"{path} is not an edgemtl tune front: {validation_line(exc, 'front')}") from None

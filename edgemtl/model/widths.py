@@ -18,7 +18,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgemtl.errors import EdgemtlError, first_line
+from edgemtl.errors import EdgemtlError, first_line, validation_line
 
 DEFAULT_MULTIPLIERS = (0.25, 0.5, 0.75, 1.0)
 _CLOSE = 1e-9
@@ -86,9 +86,7 @@ class WidthConfig(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            where = ".".join(str(p) for p in error["loc"]) or "configuration"
-            raise EdgemtlError(f"{source} is not a width configuration: {where}: {error['msg']} "
+            raise EdgemtlError(f"{source} is not a width configuration: {validation_line(exc, 'configuration')} "
                                "(expected {\"encoder\": {stage: multiplier}, \"decoders\": {task: multiplier}}; "
                                "see docs/widths.md)") from None
 
