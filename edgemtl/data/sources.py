@@ -26,9 +26,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgemtl.data import DATASETS, SPLITS, TaskData, load_data
+from edgemtl.data import DATASETS, SCENES_DEFAULT_N, SPLITS, TaskData, load_data
 from edgemtl.data.labels import check_labels, target_layout
 from edgemtl.data.samples import ImageView, SampleReader, TargetView
+from edgemtl.data.scenes import scene_sample
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import DENSE_KINDS, ModelSpec, TaskSpec
 from edgemtl.user_code import call_user, import_callable
@@ -173,6 +174,14 @@ def _builtin(name: str, spec: ModelSpec, seed: int, resize: bool) -> DataSource:
 
     def split(part: str) -> Callable[[], _Split]:
         def make() -> _Split:
+            if name == "scenes":   # each sample has its own generator: render only the samples read
+                count, size = SCENES_DEFAULT_N[part], data_input.shape[-1]
+
+                def render(i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                    sample = scene_sample(seed, part, i, size)
+                    return sample.image, {t: getattr(sample, t) for t in labelled}
+
+                return _Split(SampleReader(count, render), np.arange(count))
             data = load_data(name, part, seed=seed)
             return _Split(_array_reader(data.images, {t: data.targets[t] for t in labelled}), np.arange(len(data)))
         return make
