@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from edgemtl.data import load_data
+from edgemtl.data import data_spec, load_data
 from edgemtl.data.sources import open_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec
+from edgemtl.model.zoo import zoo_spec
 
 
 def _spec(**input_changes) -> ModelSpec:
@@ -195,3 +197,18 @@ def test_a_csv_missing_a_cell_names_the_row(tmp_path):
     (tmp_path / "folder" / "labels.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(EdgemtlError, match="row 3: task 'level' needs a label"):
         open_data(folder, _spec())
+
+
+def test_built_in_scenes_render_only_what_is_read_and_the_same_samples():
+    """The built-in source renders scenes sample by sample: describing it renders none, and what it loads is what
+    load_data generates for the whole split."""
+    spec = zoo_spec("mtl-cnn", *data_spec("scenes"), {}, data="scenes")
+    source = open_data("scenes", spec)
+    started = time.perf_counter()
+    assert source.describe()["split_sizes"] == {"train": 2000, "val": 256, "test": 256}
+    assert time.perf_counter() - started < 1.0          # rendering 2,512 scenes takes seconds
+    loaded, whole = source.load("val", n=8), load_data("scenes", "val")
+    every = np.arange(8)
+    assert np.array_equal(loaded.images[every], whole.images[:8])
+    for task in loaded.targets:
+        assert np.array_equal(np.asarray(loaded.targets[task][every]), whole.targets[task][:8])
