@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=8)
     parser.add_argument("--random-preferences", type=int, default=3)
     parser.add_argument("--distill-weight", type=float, default=SlimmableConfig().distill_weight)
+    parser.add_argument("--ablate-distill", default="1.0", help="other feature distillation weights to measure "
+                        "slimmable quality at (comma-separated; empty: none)")
     parser.add_argument("--skip-tune-timing", action="store_true")
     args = parser.parse_args()
     run = start_run()
@@ -73,15 +75,18 @@ def main() -> None:
     steps = TrainConfig(steps=args.steps, batch_size=args.batch_size)
 
     torch.manual_seed(0)
-    model = build_model(spec)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    started = time.perf_counter()
-    masks = WidthMasks(model, spec)
-    train_slimmable(model, spec, train_set, steps, SlimmableConfig(distill_weight=args.distill_weight),
-                    show_progress=False, masks=masks)
-    slimmable_seconds = time.perf_counter() - started
-    quality = slimmable_quality(model, spec, masks, initial, train_set, val_set, steps)
+    initial = build_model(spec).state_dict()
+    fixed = fixed_width_metrics(spec, initial, train_set, val_set, steps)
+    ablation = {}
+    for weight in [float(w) for w in args.ablate_distill.split(",") if w.strip()]:
+        other, other_masks, _ = train_slimmable_from(spec, initial, train_set, steps, weight)
+        ablation[f"{weight:g}"] = slimmable_quality(other, spec, other_masks, fixed, train_set, val_set)
+    model, masks, slimmable_seconds = train_slimmable_from(spec, initial, train_set, steps, args.distill_weight)
+    quality = slimmable_quality(model, spec, masks, fixed, train_set, val_set)
     print_quality(quality)
+    for weight, rows in ablation.items():
+        print(f"feature distillation weight {weight} instead of {args.distill_weight:g}:")
+        print_quality(rows)
 
     evaluator = ConfigEvaluator(model, spec, train_set, val_set, CostMeter("macs", load_target("host")))
     higher = evaluator.higher_is_better()
@@ -129,26 +134,45 @@ def main() -> None:
     write_results(RESULTS, {"args": vars(args), "model": {"arch": "mtl-cnn", "config": "default (width 16)",
                                                           "space_size": spec.widths.size()},
                             "slimmable_train_seconds": round(slimmable_seconds, 1), "slimmable_quality": quality,
+                            "slimmable_quality_other_distill_weights": ablation,
                             "search_efficiency": efficiency, "controllability": controllability,
                             "tune_timing": timing, "targets": met(targets)}, run)
     print(RESULTS)
 
 
-def slimmable_quality(model, spec, masks, initial, train_set, val_set, steps) -> dict:
-    """Each task's metric at the widest / narrowest configuration: slimmable vs a fixed-width model of those widths
-    (same initial weights, sliced, trained alone for the same steps). degradation > 0: the slimmable one is worse."""
+def train_slimmable_from(spec, initial, train_set, steps, distill_weight: float):
+    model = build_model(spec)
+    model.load_state_dict(initial)
+    masks = WidthMasks(model, spec)
+    started = time.perf_counter()
+    train_slimmable(model, spec, train_set, steps, SlimmableConfig(distill_weight=distill_weight),
+                    show_progress=False, masks=masks)
+    return model, masks, time.perf_counter() - started
+
+
+def fixed_width_metrics(spec, initial, train_set, val_set, steps) -> dict:
+    """Fixed-width models at the widest and the narrowest widths: the same initial weights, sliced, trained alone
+    for the same steps."""
     out = {}
     for label, widths in (("widest", spec.widths.widest()), ("narrowest", spec.widths.narrowest())):
-        with configured(model, masks, widths, train_set):
-            slim = evaluate(torch_predictor(model), spec.tasks, val_set)
         fixed_model = build_model(spec)
         fixed_model.load_state_dict(initial)
         fixed_model, fixed_spec = slice_model(fixed_model, spec, widths)
         train(fixed_model, fixed_spec, train_set, steps, show_progress=False)
-        fixed = evaluate(torch_predictor(fixed_model), fixed_spec.tasks, val_set)
+        out[label] = evaluate(torch_predictor(fixed_model), fixed_spec.tasks, val_set)
+    return out
+
+
+def slimmable_quality(model, spec, masks, fixed, train_set, val_set) -> dict:
+    """Each task's metric at the widest / narrowest configuration, slimmable vs fixed-width: degradation > 0 means
+    the slimmable one is worse."""
+    out = {}
+    for label, widths in (("widest", spec.widths.widest()), ("narrowest", spec.widths.narrowest())):
+        with configured(model, masks, widths, train_set):
+            slim = evaluate(torch_predictor(model), spec.tasks, val_set)
         rows = {}
         for task in spec.tasks:
-            s, f = slim[task.name][task.metric], fixed[task.name][task.metric]
+            s, f = slim[task.name][task.metric], fixed[label][task.name][task.metric]
             degradation = (f - s) / abs(f) if task.higher_is_better else (s - f) / abs(f)
             rows[task.name] = {"metric": task.metric, "slimmable": s, "fixed": f, "degradation": degradation}
         out[label] = rows

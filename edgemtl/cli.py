@@ -131,7 +131,7 @@ def train(
     spec: SpecOpt = None,
     slimmable: Annotated[bool, typer.Option("--slimmable", help="train every width of its width space (docs/widths.md)")] = False,
     random_configs: Annotated[int, typer.Option(min=0, help="--slimmable: random configurations per step")] = 2,
-    distill_weight: Annotated[float, typer.Option(min=0, help="--slimmable: weight of the feature distillation")] = 1.0,
+    distill_weight: Annotated[float, typer.Option(min=0, help="--slimmable: weight of the feature distillation")] = 0.1,
 ) -> None:
     """Train a zoo model on a built-in data set (an edgemtl checkpoint), or your own module from --model-factory
     on any --data (a plain state_dict, as --model-factory reads it); --slimmable: at every width of its width space."""

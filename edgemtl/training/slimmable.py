@@ -45,7 +45,7 @@ Observer = Callable[[int, str, WidthConfig, dict[str, float]], None]   # step, l
 @dataclass(frozen=True)
 class SlimmableConfig:
     random_configs: int = 2         # the sandwich rule's random members per step
-    distill_weight: float = 1.0     # weight of the feature distillation at every narrower configuration
+    distill_weight: float = 0.1     # weight of the feature distillation (1.0 cost the widest 5-30%: docs/widths.md)
     bn: str = "recalibrate"         # per-width BatchNorm statistics: "recalibrate" | "switchable"
 
 
