@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -11,6 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgemtl.errors import EdgemtlError
+
+if TYPE_CHECKING:
+    from edgemtl.model.width_front import TuneFront
 
 tune_app = typer.Typer()
 out = Console() if Console().is_terminal else Console(width=400)
@@ -99,7 +102,7 @@ def _progress() -> Progress:
                     console=err, transient=True)
 
 
-def _chosen_table(front) -> Table:  # noqa: ANN001 - a TuneFront (imported lazily)
+def _chosen_table(front: TuneFront) -> Table:
     chosen = front.chosen
     table = Table(title=f"chosen for {front.cost.budget} on {front.target}: {front.cost.kind} "
                         f"{chosen.cost:.4g} {front.cost.unit} ({chosen.cost / front.reference.cost:.0%} of the widest; "
