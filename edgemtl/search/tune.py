@@ -23,7 +23,7 @@ from edgemtl.model.checkpoint import LoadedModel
 from edgemtl.model.width_front import CostObjective, FrontPoint, TaskObjective, TuneFront, front_path
 from edgemtl.model.widths import WidthConfig
 from edgemtl.passes.slice_widths import RECALIBRATION_BATCH_SIZE, slimmable_space
-from edgemtl.search.controller import Point, choose, focused_candidates, relative
+from edgemtl.search.controller import Point, choose, focused_candidates, ranges_of, relative
 from edgemtl.search.evaluate import ConfigEvaluator
 from edgemtl.search.linas import SearchOutcome, SearchSettings, evaluated_points, linas, pareto
 from edgemtl.search.objectives import Budget, CostMeter, parse_preference
@@ -120,8 +120,10 @@ def control(real: RealEvaluations, outcome: SearchOutcome, evaluator: ConfigEval
     for attempt in range(CONTROLLER_TRIES):
         evaluated = evaluated_points(real)
         reference = _widest(evaluated, space.widest()).metrics
+        within = [p for p in evaluated if p.cost <= limit] or evaluated
         candidates = evaluated + outcome.predicted + focused_candidates(
-            space, outcome.predictors, real.tasks, limit, preference, reference, higher, seed=attempt)
+            space, outcome.predictors, real.tasks, limit, preference, reference, higher,
+            ranges_of(within, reference, higher), seed=attempt)
         seen = {config_key(p.widths) for p in evaluated}
         candidates = evaluated + [p for p in candidates[len(evaluated):] if config_key(p.widths) not in seen]
         pick = choose(candidates, limit, preference, reference, higher)

@@ -167,3 +167,12 @@ def test_predictions_stay_near_the_evaluated_range():
     low, high = predictor.bounds
     assert 0 < low <= min(values) and high >= max(values)
     assert all(low <= p <= high for p in predictor.predict([SPACE.sample(rng) for _ in range(50)]))
+
+
+def test_a_preference_for_a_task_whose_metric_moves_little_still_decides():
+    """x moves a few percent across the candidates, y (lower is better) triples: without taking each task's range
+    within the budget, y would decide whatever the preference."""
+    reference = {"x": 1.0, "y": 1.0}
+    good_x, good_y = _point(5, 0.98, 3.0), _point(5, 0.94, 1.2)
+    assert choose([good_x, good_y], 10, {"x": 0.8, "y": 0.2}, reference, HIGHER) is good_x
+    assert choose([good_x, good_y], 10, {"x": 0.2, "y": 0.8}, reference, HIGHER) is good_y
