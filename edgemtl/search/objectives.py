@@ -63,9 +63,6 @@ class Budget:
         """The budget in the cost objective's own unit."""
         return self.value * widest_cost if self.kind == "macs" else self.value
 
-    def describe(self) -> str:
-        return f"{self.value:g} of the widest MACs" if self.kind == "macs" else f"{self.value:g} {COST_UNITS[self.kind]}"
-
     def check_reachable(self, narrowest_cost: float, widest_cost: float) -> None:
         """One line when no configuration can meet the budget, or every one does (the budget decides nothing)."""
         limit = self.limit(widest_cost)
