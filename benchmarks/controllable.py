@@ -57,9 +57,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-samples", type=int, default=2048)
     parser.add_argument("--val-samples", type=int, default=256)
-    parser.add_argument("--initial", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--per-round", type=int, default=8)
+    parser.add_argument("--initial", type=int, default=SearchSettings().initial)
+    parser.add_argument("--rounds", type=int, default=SearchSettings().rounds)
+    parser.add_argument("--per-round", type=int, default=SearchSettings().per_round)
     parser.add_argument("--random-preferences", type=int, default=3)
     parser.add_argument("--distill-weight", type=float, default=SlimmableConfig().distill_weight)
     parser.add_argument("--ablate-distill", default="1.0", help="other feature distillation weights to measure "
@@ -322,7 +322,7 @@ def tune_timing(model, spec) -> dict:
             if done.returncode != 0:
                 raise SystemExit(f"tune failed: {done.stderr}")
             out[kind] = {"budget": budget, "seconds": round(seconds, 1), "command": f"edgemtl tune MODEL --budget "
-                         f"{budget} -o OUT (defaults: 256 held-out, 16 + 2 random, 3 rounds x 8)"}
+                         f"{budget} -o OUT (its defaults)"}
             print(f"tune --budget {budget}: {seconds:.0f} s")
     return out
 

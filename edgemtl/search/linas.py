@@ -33,9 +33,9 @@ from edgemtl.search.study import RealEvaluations, config_key, from_params, param
 
 @dataclass(frozen=True)
 class SearchSettings:
-    initial: int = 16        # random configurations evaluated first (besides the uniform ones: widest, narrowest...)
-    rounds: int = 3          # outer iterations
-    per_round: int = 8       # configurations of each round's predicted front evaluated for real
+    initial: int = 12        # random configurations evaluated first (besides the uniform ones: widest, narrowest...)
+    rounds: int = 6          # outer iterations: the predictors are refitted after every few real evaluations
+    per_round: int = 4       # configurations of each round's predicted front evaluated for real
     population: int = 32     # NSGA-II population of the inner loop
     generations: int = 20    # NSGA-II generations of the inner loop
     seed: int = 0
