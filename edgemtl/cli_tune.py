@@ -32,6 +32,8 @@ def tune_command(
     storage: Annotated[Optional[str], typer.Option(
         help="optuna storage URL (sqlite:///f.db, postgresql://...); default: SQLite beside --output")] = None,
     study: Annotated[Optional[str], typer.Option(help="study name (default: derived from model, target and cost)")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="wait (up to 10 min) for this many --worker processes to "
+                                         "attach before the first evaluation")] = 0,
     worker: Annotated[bool, typer.Option("--worker", help="evaluate the queued configurations of a study in "
                                          "--storage until its search finishes (run on each extra machine)")] = False,
     data: Annotated[Optional[str], typer.Option(help="held-out data: scenes | digits | FILE.npz | FOLDER | "
@@ -79,7 +81,7 @@ def tune_command(
     settings = EvaluationSettings(target=target, cost=parsed.kind, data=name, resize=resize, held_out=held_out,
                                   threads=threads, device=device)
     request = TuneRequest(parsed, prefer, storage, study,
-                          SearchSettings(initial=initial, rounds=rounds, per_round=per_round, seed=seed))
+                          SearchSettings(initial=initial, rounds=rounds, per_round=per_round, seed=seed), workers)
     with _progress() as bar:
         tasks: dict[str, int] = {}
 

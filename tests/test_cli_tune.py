@@ -61,13 +61,13 @@ def test_a_restarted_search_reuses_the_study(capsys, tmp_path, slimmable):
 
 @pytest.mark.slow
 def test_two_processes_share_one_sqlite_study(tmp_path, slimmable):
-    """A worker started first attaches to the searcher's study and takes part of its queue; no configuration is
-    evaluated twice."""
+    """The searcher waits for the worker to attach (--workers 1), then both take configurations from its queue; no
+    configuration is evaluated twice."""
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     worker = subprocess.Popen([sys.executable, "-m", "edgemtl", "tune", str(slimmable), "--storage", storage,
                                "--worker"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     searcher = subprocess.run([sys.executable, "-m", "edgemtl", "tune", str(slimmable), "--storage", storage,
-                               "--budget", "macs=0.7", "-o", str(tmp_path / "w.json"), "--held-out", "16",
+                               "--budget", "macs=0.7", "-o", str(tmp_path / "w.json"), "--held-out", "16", "--workers", "1",
                                "--initial", "12", "--rounds", "1", "--per-round", "4"],
                               capture_output=True, text=True, timeout=600)
     assert searcher.returncode == 0, searcher.stderr

@@ -26,6 +26,7 @@ from edgemtl.search.evaluate import Evaluation
 
 FINISHED_ATTR = "edgemtl_finished"      # set when the searching process is done: workers stop
 SETTINGS_ATTR = "edgemtl_settings"      # what a worker needs to evaluate as the searcher does
+WORKER_PREFIX = "edgemtl_worker:"       # one user attribute per attached worker (host:pid -> when)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -111,6 +112,21 @@ class RealEvaluations:
                 raise EdgemtlError(f"no {wanted} in this storage after {wait_s:g} s: start `edgemtl tune` (without "
                                    "--worker) on the same storage first")
             time.sleep(1.0)
+
+    def register_worker(self) -> None:
+        """Say this process is ready to evaluate (after loading its model and data: a searcher waiting for workers
+        must not start before they can take a configuration)."""
+        self.study.set_user_attr(f"{WORKER_PREFIX}{socket.gethostname()}:{os.getpid()}", time.time())
+
+    def wait_for_workers(self, count: int, wait_s: float) -> None:
+        """Block until `count` workers have attached (each registers itself), so a search started with them shares
+        its first evaluations; a one-line error after `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while sum(key.startswith(WORKER_PREFIX) for key in self.study.user_attrs) < count:
+            if time.monotonic() > deadline:
+                raise EdgemtlError(f"{count} worker(s) did not attach to study {self.study.study_name!r} within "
+                                   f"{wait_s:g} s: start `edgemtl tune MODEL --storage URL --worker` on each")
+            time.sleep(0.5)
 
     @property
     def settings(self) -> dict[str, Any]:

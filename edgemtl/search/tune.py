@@ -31,6 +31,7 @@ from edgemtl.search.study import RealEvaluations, config_key, open_storage, reda
 from edgemtl.targets import load_target
 from edgemtl.timing import torch_threads
 
+WORKERS_WAIT_S = 600.0  # how long a search waits for the workers it was told to expect
 CONTROLLER_TRIES = 3    # predicted winners evaluated for real before the best real point is taken
 
 Progress = Callable[[str, int, int], None]
@@ -58,6 +59,7 @@ class TuneRequest:
     storage: str | None = None       # optuna RDB URL; default: SQLite beside the output
     study: str | None = None
     search: SearchSettings = field(default_factory=SearchSettings)
+    workers: int = 0                 # wait for this many `--worker` processes to attach before evaluating
 
 
 def evaluator_for(loaded: LoadedModel, settings: EvaluationSettings) -> ConfigEvaluator:
@@ -103,6 +105,7 @@ def _tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, r
                                   evaluator.higher_is_better(),
                                   {"model_sha256": sha256, "tasks": evaluator.task_names, **_settings_dict(settings)})
     try:
+        real.wait_for_workers(request.workers, WORKERS_WAIT_S)
         outcome = linas(space, real, evaluator, evaluator.higher_is_better(), request.search, progress)
         chosen = control(real, outcome, evaluator, limit, preference, progress)
     finally:
@@ -214,6 +217,7 @@ def run_worker(loaded: LoadedModel, model_path: Path, storage: str, study: str |
     settings = EvaluationSettings(**fields)
     with torch_threads(settings.threads):
         evaluator = evaluator_for(loaded, settings)
+        real.register_worker()
         try:
             return work(real, evaluator, on_done)
         finally:
