@@ -3,8 +3,7 @@
 Each predictor maps a configuration (its multipliers, stages then decoders, and their pairwise products: MACs grow
 with the product of a layer's input and output widths) to one objective. Two candidates, ridge regression and an
 RBF support-vector regressor, are scored by k-fold cross-validation on the configurations evaluated so far; the one
-with the lowest mean absolute percentage error is kept and refitted on all of them (for a positive objective both
-are also tried on its logarithm). Its cross-validated MAPE and
+with the lower mean absolute percentage error is kept and refitted on all of them. Its cross-validated MAPE and
 Kendall tau (does it rank configurations as the real evaluations do?) are reported with the search.
 """
 
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 import optuna
 from scipy.stats import kendalltau
-from sklearn.base import clone
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
@@ -40,17 +38,12 @@ def features(space: WidthSpace, configs: list[WidthConfig]) -> np.ndarray:
     return np.column_stack([raw, *pairs])
 
 
-def _candidates(positive: bool) -> dict[str, Any]:
-    """Ridge and RBF-SVR; for a positive objective each also on its logarithm (MACs and an RMSE grow by factors
-    across the space, not by steps)."""
-    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 3, 15)))
-    svr = TransformedTargetRegressor(make_pipeline(StandardScaler(), SVR(kernel="rbf", C=10.0, gamma="scale")),
-                                     transformer=StandardScaler())
-    found: dict[str, Any] = {"ridge": ridge, "svr": svr}
-    if positive:
-        found["ridge-log"] = TransformedTargetRegressor(clone(ridge), func=np.log, inverse_func=np.exp)
-        found["svr-log"] = TransformedTargetRegressor(clone(svr), func=np.log, inverse_func=np.exp)
-    return found
+def _candidates() -> dict[str, Any]:
+    return {
+        "ridge": make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 3, 15))),
+        "svr": TransformedTargetRegressor(make_pipeline(StandardScaler(), SVR(kernel="rbf", C=10.0, gamma="scale")),
+                                          transformer=StandardScaler()),
+    }
 
 
 def mape(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -63,7 +56,7 @@ class Predictor:
     """The kept regressor for one objective and how well it did in cross-validation."""
 
     objective: str
-    kind: str                      # "ridge" or "svr", "-log" when fitted on the logarithm
+    kind: str                      # "ridge" or "svr"
     mape: float                    # cross-validated, the kept candidate
     kendall_tau: float             # cross-validated rank agreement with the real evaluations
     candidates_mape: dict[str, float]
@@ -84,20 +77,18 @@ class Predictor:
 
 def fit_predictor(objective: str, space: WidthSpace, configs: list[WidthConfig], values: list[float],
                   seed: int = 0) -> Predictor:
-    """Cross-validate ridge and RBF-SVR (and, for a positive objective, both on its logarithm) on (configs, values),
-    keep the one with the lowest MAPE, refit it on everything."""
+    """Cross-validate ridge and RBF-SVR on (configs, values), keep the better, refit it on everything."""
     if len(configs) < MIN_POINTS:
         raise ValueError(f"a predictor needs at least {MIN_POINTS} evaluated configurations, got {len(configs)}")
     x, y = features(space, configs), np.asarray(values, dtype=np.float64)
     folds = KFold(n_splits=min(5, len(configs)), shuffle=True, random_state=seed)
     scored = {}
-    positive = bool(np.all(y > 0))
-    for kind, regressor in _candidates(positive).items():
+    for kind, regressor in _candidates().items():
         predicted = cross_val_predict(regressor, x, y, cv=folds)
         tau = kendalltau(y, predicted).statistic if np.ptp(y) > 0 else 1.0
         scored[kind] = (mape(y, predicted), float(np.nan_to_num(tau)))
     kind = min(scored, key=lambda name: scored[name][0])
-    regressor = _candidates(positive)[kind].fit(x, y)
+    regressor = _candidates()[kind].fit(x, y)
     span = float(np.ptp(y)) or abs(float(y[0])) or 1.0
     low, high = float(y.min()) - EXTRAPOLATION * span, float(y.max()) + EXTRAPOLATION * span
     if y.min() > 0:   # costs and most metrics are positive: keep predictions so

@@ -56,8 +56,7 @@ def test_predictor_learns_a_product_cost_and_ranks_it():
         return 100 * c.encoder["s0"] * c.encoder["s1"] + 50 * c.encoder["s1"] * (c.decoders["x"] + c.decoders["y"])
 
     predictor = fit_predictor("cost", SPACE, configs, [macs(c) for c in configs])
-    assert set(predictor.candidates_mape) == {"ridge", "svr", "ridge-log", "svr-log"}   # a positive cost
-    assert predictor.kind in predictor.candidates_mape
+    assert predictor.kind in ("ridge", "svr") and set(predictor.candidates_mape) == {"ridge", "svr"}
     assert predictor.mape < 0.05 and predictor.kendall_tau > 0.9
     fresh = [SPACE.sample(rng) for _ in range(10)]
     assert all(abs(p - macs(c)) / macs(c) < 0.1 for p, c in zip(predictor.predict(fresh), fresh))
