@@ -10,6 +10,7 @@ a search restarted on the same storage evaluates nothing twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -159,17 +160,27 @@ class RealEvaluations:
                 continue
         return None
 
-    def run_one(self, trial: optuna.Trial, evaluate: Callable[[WidthConfig], Evaluation]) -> None:
-        widths = WidthConfig.model_validate(from_params(
-            {name: trial.suggest_categorical(name, list(choices)) for name, choices in param_names(self.space).items()}))
+    def run_one(self, trial: optuna.Trial, evaluate: Callable[[WidthConfig], Evaluation]) -> bool:
+        """Evaluate a claimed trial and tell it; False when another process finished it first (SQLite has no row
+        locks, so two processes can now and then claim the same waiting trial: the second result is dropped)."""
+        try:
+            widths = WidthConfig.model_validate(from_params(
+                {name: trial.suggest_categorical(name, list(c)) for name, c in param_names(self.space).items()}))
+        except UpdateFinishedTrialError:
+            return False
         try:
             result = evaluate(widths)
         except BaseException:
-            self.study.tell(trial, state=TrialState.FAIL)
+            with contextlib.suppress(UpdateFinishedTrialError):
+                self.study.tell(trial, state=TrialState.FAIL)
             raise
-        trial.set_user_attr("provenance", result.provenance)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        self.study.tell(trial, [result.cost] + [result.metrics[t] for t in self.tasks])
+        try:
+            trial.set_user_attr("provenance", result.provenance)
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+            self.study.tell(trial, [result.cost] + [result.metrics[t] for t in self.tasks])
+        except UpdateFinishedTrialError:
+            return False
+        return True
 
     def evaluate(self, configs: list[WidthConfig], evaluate: Callable[[WidthConfig], Evaluation],
                  progress: Callable[[int], None] | None = None, poll_s: float = 0.5) -> None:
@@ -201,10 +212,10 @@ def work(evaluations: RealEvaluations, evaluate: Callable[[WidthConfig], Evaluat
     while True:
         trial = evaluations.claim()
         if trial is not None:
-            evaluations.run_one(trial, evaluate)
-            count += 1
-            if on_done is not None:
-                on_done()
+            if evaluations.run_one(trial, evaluate):
+                count += 1
+                if on_done is not None:
+                    on_done()
         elif evaluations.finished():
             return count
         else:

@@ -176,3 +176,25 @@ def test_a_preference_for_a_task_whose_metric_moves_little_still_decides():
     good_x, good_y = _point(5, 0.98, 3.0), _point(5, 0.94, 1.2)
     assert choose([good_x, good_y], 10, {"x": 0.8, "y": 0.2}, reference, HIGHER) is good_x
     assert choose([good_x, good_y], 10, {"x": 0.2, "y": 0.8}, reference, HIGHER) is good_y
+
+
+def test_a_trial_another_process_finished_first_is_dropped_not_fatal(tmp_path):
+    """SQLite has no row locks: two processes may claim the same waiting trial; the slower one's result is dropped."""
+    import optuna
+
+    from edgemtl.search.evaluate import Evaluation
+    from edgemtl.search.study import RealEvaluations, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    real = RealEvaluations.create(storage, "race", SPACE, ["x", "y"], HIGHER,
+                                  {"model_sha256": "0" * 64, "tasks": ["x", "y"], "cost": "macs"})
+    real.enqueue([SPACE.widest()])
+    mine = real.claim()
+    other = optuna.load_study(study_name="race", storage=storage)
+    other.tell(mine.number, [1.0, 0.5, 0.5])            # the other process finished it first
+
+    def evaluate(widths):
+        return Evaluation(widths, {"x": 0.4, "y": 0.6}, 2.0)
+
+    assert real.run_one(mine, evaluate) is False
+    assert [values for _, values, _ in real.completed()] == [[1.0, 0.5, 0.5]]
