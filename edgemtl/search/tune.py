@@ -83,13 +83,16 @@ def tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, re
          progress: Progress | None = None) -> TuneFront:
     """Search, choose, and return the front (nothing written but the study: `write_outputs` writes the files)."""
     with torch_threads(settings.threads):
-        return _tune(loaded, model_path, settings, request, output, progress)
+        started = time.perf_counter()
+        evaluator = evaluator_for(loaded, settings)
+        try:   # the cost meter may hold a board's RPC session
+            return _tune(evaluator, model_path, settings, request, output, progress, started)
+        finally:
+            evaluator.meter.close()
 
 
-def _tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, request: TuneRequest, output: Path,
-          progress: Progress | None) -> TuneFront:
-    started = time.perf_counter()
-    evaluator = evaluator_for(loaded, settings)
+def _tune(evaluator: ConfigEvaluator, model_path: Path, settings: EvaluationSettings, request: TuneRequest,
+          output: Path, progress: Progress | None, started: float) -> TuneFront:
     space = evaluator.space
     preference = parse_preference(request.preference, evaluator.task_names)
     widest_cost, _ = evaluator.cost(space.widest())
@@ -110,7 +113,6 @@ def _tune(loaded: LoadedModel, model_path: Path, settings: EvaluationSettings, r
         chosen = control(real, outcome, evaluator, limit, preference, progress)
     finally:
         real.finish()
-        evaluator.meter.close()
     return _front(real, outcome, chosen, evaluator, request, settings, preference, limit, sha256, storage_url, name,
                   time.perf_counter() - started)
 
