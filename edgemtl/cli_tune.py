@@ -40,8 +40,8 @@ def tune_command(
                                                 "package.module:function (default: the model's built-in set)")] = None,
     resize: Annotated[bool, typer.Option("--resize", help="resize the data's images to the model's input")] = False,
     held_out: Annotated[int, typer.Option(min=8, help="validation samples each configuration is scored on")] = 256,
-    initial: Annotated[int, typer.Option(min=2, help="random configurations evaluated first")] = 12,
-    rounds: Annotated[int, typer.Option(min=0, help="LINAS rounds (predict, then evaluate the predicted front)")] = 6,
+    initial: Annotated[int, typer.Option(min=2, help="random configurations evaluated first")] = 8,
+    rounds: Annotated[int, typer.Option(min=0, help="LINAS rounds (predict, then evaluate the predicted front)")] = 7,
     per_round: Annotated[int, typer.Option(min=1, help="configurations evaluated per round")] = 4,
     device: Annotated[Optional[str], typer.Option(
         help="latency_ms budgets: time on this board, rpc://TRACKER:PORT/KEY (as `edgemtl profile --device`)")] = None,

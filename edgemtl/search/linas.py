@@ -33,8 +33,8 @@ from edgemtl.search.study import RealEvaluations, config_key, from_params, param
 
 @dataclass(frozen=True)
 class SearchSettings:
-    initial: int = 12        # random configurations evaluated first (besides the uniform ones: widest, narrowest...)
-    rounds: int = 6          # outer iterations: the predictors are refitted after every few real evaluations
+    initial: int = 8         # random configurations evaluated first (besides the uniform ones: widest, narrowest...)
+    rounds: int = 7          # outer iterations: the predictors are refitted after every few real evaluations
     per_round: int = 4       # configurations of each round's predicted front evaluated for real
     population: int = 32     # NSGA-II population of the inner loop
     generations: int = 20    # NSGA-II generations of the inner loop
