@@ -361,8 +361,9 @@ def prune(
                           "higher" if metric != task.metric or task.higher_is_better else "lower")
     out.print(table)
     if not record.target_reached:
-        err.print(f"note: the FLOPs target {flops_target} was not reached within every task's budget "
-                  f"(kept {record.macs_after / record.macs_before:.0%} of the MACs); raise --max-drop to go further")
+        stoppers = ", ".join(f"{t} ({n} groups)" for t, n in record.stopped_by.items()) or "none (nothing left to cut)"
+        err.print(f"note: the FLOPs target {flops_target} was not reached (kept {record.macs_after / record.macs_before:.0%}"
+                  f" of the MACs); the last round's cuts were stopped by the loss budget of: {stoppers}; raise --max-drop")
     if from_onnx:
         worst = max(export_errors.values())
         out.print(f"pruned ONNX: {output} (ONNX Runtime vs PyTorch max |diff| {worst:.2g}; load it with the same --spec)")

@@ -224,6 +224,17 @@ def test_prune_cli_writes_a_pruned_checkpoint(capsys, tmp_path, checkpoints):
     assert torch.load(pruned, weights_only=True)["meta"]["pagcp"]["macs_after"] > 0
 
 
+def test_prune_cli_says_which_task_budgets_stopped_it(capsys, tmp_path, checkpoints):
+    budgets = [arg for task in ("segmentation", "depth", "normals", "edges", "scene") for arg in ("--max-drop", f"{task}=0.0001")]
+    code, _, err = run_cli(capsys, "prune", checkpoints["mtl-cnn"], "--flops-target", "0.3", *budgets, "--finetune-steps",
+                           "0", "--final-finetune-steps", "0", "--oracle-samples", "8", "-o", tmp_path / "pruned.pt")
+    assert code == 0, err
+    note = " ".join(err.split())
+    assert "the FLOPs target 0.3 was not reached" in note
+    stoppers = note.split("stopped by the loss budget of: ")[1]
+    assert any(f"{task} (" in stoppers for task in ("segmentation", "depth", "normals", "edges", "scene")), note
+
+
 def test_compile_runs_the_pruning_pass_first(tmp_path, checkpoints):
     from edgemtl.compile import compile_model
     from edgemtl.flow import CompileOptions

@@ -9,13 +9,15 @@ Written from the paper's description. One round:
    ratio at which ANY task's held-out loss exceeds its allowance stops the search, and the previous ratio
    is kept. The allowance at the i-th group is the round-start loss times prod_{j<=i}(1 + t_j): the
    thresholds compound along the order, so budget a group leaves unused carries over to later groups.
+   With the cumulative guard (the default, the paper's per-task constraint) they compound to (1 + budget)
+   times the ORIGINAL model's loss, in every round: losses cannot compound from round to round.
    A task the data does not label is judged by its distance to the unpruned model, from a floor
    (`DISTILLED_LOSS_FLOOR`) since that distance starts at 0.
    Channels are removed lowest saliency first; the saliency is the L2 norm of each channel's weights
    summed over every layer of its coupled group (torch-pruning's GroupMagnitudeImportance), the paper's
    first-order approximation of the joint effect across layers.
 3. Thresholds grow along the visiting order, t_i = t0 * lambda**i, with lambda solved so that
-   prod(1 + t_i) = 1 + budget: the budget is the loss increase a task may take in one round.
+   prod(1 + t_i) = 1 + the round's headroom (`allowances`).
 4. Filter: only the `keep_fraction` of pruned groups with the smallest loss increase per MAC removed are
    kept, and of those only as many as the round's share of the MACs needs (the MACs fall geometrically
    over `planned_rounds`, so that one round cannot spend the whole reduction before any fine-tuning; an
@@ -61,6 +63,7 @@ from edgemtl.training import TrainConfig, train
 # from at least 0.01, an SQNR of 20 dB, so the default budget of +50% lets one round go to ~18 dB before fine-tuning.
 DISTILLED_LOSS_FLOOR = 0.01
 PRUNED_CHECKPOINT = "model/pruned.pt"   # where `run` writes the pruned model in a bundle
+GUARDS = ("cumulative", "per-round")
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,12 @@ class PAGCPConfig:
     """How hard to prune and how carefully. Defaults suit the zoo's mtl-cnn on `scenes`."""
 
     flops_target: float = 0.35            # keep this fraction of the original MACs (0.35 = remove 65%)
-    max_drop: dict[str, float] = field(default_factory=dict)  # per-task loss-increase budget per round
+    max_drop: dict[str, float] = field(default_factory=dict)  # per-task loss-increase budget (see `guard`)
     default_max_drop: float = 0.5         # budget for tasks not named in max_drop (relative, 0.5 = +50%)
+    guard: str = "cumulative"             # "cumulative": no candidate may take a task's oracle loss above (1 + budget)
+                                          # times the ORIGINAL model's, in any round (the paper's per-task constraint);
+                                          # "per-round": (1 + budget) times the round's starting loss, which lets
+                                          # losses compound round after round (the pass before 2026-12-05)
     initial_threshold: float = 0.0        # t0 of the schedule; 0 = budget / (2 * groups)
     ratio_step: float = 0.05
     max_ratio: float = 0.95
@@ -104,6 +111,8 @@ class PAGCPConfig:
             raise EdgemtlError(f"keep_fraction must lie in (0, 1], got {self.keep_fraction}")
         if self.distill_weight < 0:
             raise EdgemtlError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if self.guard not in GUARDS:
+            raise EdgemtlError(f"unknown guard {self.guard!r}; choose {' or '.join(GUARDS)}")
 
     def finetuning(self, steps: int, seed: int) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=self.batch_size, lr=self.finetune_lr, warmup_steps=5, seed=seed,
@@ -148,6 +157,8 @@ class PruneRecord:
     rounds: int
     seconds: float
     oracle_samples: int
+    # task -> channel groups whose pruning that task's allowance stopped in the last round (why a target was missed)
+    stopped_by: dict[str, int] = field(default_factory=dict)
     data: str = ""                         # which splits fine-tuned and which judged (set by `run`)
     artifacts: dict[str, str] = field(default_factory=dict)  # bundle-relative files `run` wrote
 
@@ -180,6 +191,26 @@ def threshold_schedule(budget: float, count: int, initial: float = 0.0) -> list[
         mid = (low + high) / 2
         low, high = (mid, high) if total(mid) < target else (low, mid)
     return [t0 * high**i for i in range(count)]
+
+
+def allowances(start: dict[str, float], reference: dict[str, float], budgets: dict[str, float], count: int,
+               guard: str, initial_threshold: float = 0.0) -> dict[str, list[float]]:
+    """Each task's highest acceptable oracle loss after each of `count` groups of a round.
+
+    The allowance grows along the visiting order by the compounding thresholds (`threshold_schedule`). "per-round":
+    from the round's starting loss to (1 + budget) times it. "cumulative": from the round's starting loss to
+    (1 + budget) times the ORIGINAL model's loss (`reference`); a task already at that limit allows no increase,
+    so a round can only take what fine-tuning has won back."""
+    result = {}
+    for task, budget in budgets.items():
+        limit = start[task] * (1 + budget) if guard == "per-round" else reference[task] * (1 + budget)
+        headroom = limit / max(start[task], 1e-12) - 1
+        if headroom <= 0:
+            result[task] = [start[task]] * count
+            continue
+        steps = threshold_schedule(headroom, count, initial_threshold)
+        result[task] = [start[task] * factor for factor in itertools.accumulate((1 + x for x in steps), operator.mul)]
+    return result
 
 
 class LossOracle:
@@ -317,15 +348,19 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
     teacher = copy.deepcopy(original) if config.distill_weight else None
 
     current, decisions, rounds = original, [], 0
+    reference = oracle(original)
+    stopped_by: dict[str, int] = {}
     columns = (TextColumn("PAGCP round {task.fields[round]}"), BarColumn(), TextColumn("{task.completed}/{task.total} groups"),
                TextColumn("MACs {task.fields[macs]:.1%}"), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress) as progress:
         bar = progress.add_task("prune", total=1, round=0, macs=1.0)
         while _macs(current, surgeon.example) > target_macs and rounds < config.max_rounds:
             rounds += 1
+            stopped_by = {}
             round_decisions = _greedy_round(current, surgeon, oracle, budgets, config, target_macs, rounds,
                                             lambda done, total, macs: progress.update(
-                                                bar, completed=done, total=total, round=rounds, macs=macs / macs_original))
+                                                bar, completed=done, total=total, round=rounds, macs=macs / macs_original),
+                                            reference, stopped_by)
             if not round_decisions:
                 break  # nothing can go without breaking a task's budget: more fine-tuning will not change that
             quota = _macs(current, surgeon.example) - round_target(macs_original, rounds, config)
@@ -348,7 +383,7 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
         metrics_before=metrics_before, metrics_after=evaluate(torch_predictor(current), spec.tasks, val_data),
         kept_ratios={name: widths_after[name] / widths_before[name] for name in widths_before},
         decisions=decisions, rounds=rounds, seconds=time.perf_counter() - start_time,
-        oracle_samples=len(oracle.images),
+        oracle_samples=len(oracle.images), stopped_by=stopped_by,
     )
     # a pruned model is not slimmable any more: its leading channels are no longer the ones slimmable training shared
     pruned_spec = spec.model_copy(update={"config": {**spec.config, "widths": widths_after}, "widths": None})
@@ -371,8 +406,11 @@ def run(inputs: PassInput, config: PAGCPConfig) -> PassResult[nn.Module]:
 
 def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budgets: dict[str, float],
                   config: PAGCPConfig, target_macs: float, round_no: int,
-                  report: Callable[[int, int, float], None]) -> list[LayerDecision]:
-    """One sequential greedy pass over the groups, largest MAC saving first; returns what it removed."""
+                  report: Callable[[int, int, float], None], reference: dict[str, float] | None = None,
+                  stopped_by: dict[str, int] | None = None) -> list[LayerDecision]:
+    """One sequential greedy pass over the groups, largest MAC saving first; returns what it removed. `reference`:
+    the original model's oracle losses (the cumulative guard's base; default: this round's start). `stopped_by`, if
+    given, counts per task the groups whose removal that task's allowance stopped."""
     macs_now = _macs(start, surgeon.example)
     savings = {}
     for root in surgeon.prunable_groups(start):
@@ -381,12 +419,12 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
         if trial is not None:
             savings[root] = macs_now - _macs(trial, surgeon.example)
     order = sorted(savings, key=lambda r: -savings[r])
-    thresholds = {t: threshold_schedule(b, len(order), config.initial_threshold) for t, b in budgets.items()}
-    allowance = {t: list(itertools.accumulate((1 + x for x in ts), operator.mul)) for t, ts in thresholds.items()}
     steps = [round(config.ratio_step * i, 6) for i in range(1, int(config.max_ratio / config.ratio_step + 1e-9) + 1)]
     model, decisions = start, []
     previous = round_start = oracle(start)
-    baseline = oracle.allowance_base(round_start)
+    start_base = oracle.allowance_base(round_start)
+    allowance = allowances(start_base, oracle.allowance_base(reference or round_start), budgets, len(order),
+                           config.guard, config.initial_threshold)
     for index, root in enumerate(order):
         width = _out_channels(model.get_submodule(root))
         ranking = surgeon.saliency_order(model, root)
@@ -400,8 +438,12 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
                 break
             losses = oracle(trial)
             loss_ratios = {t: losses[t] / max(previous[t], 1e-12) for t in losses}
-            if any(losses[t] > allowance[t][index] * baseline[t] for t in losses):
-                break  # the first ratio that breaks any task's allowance ends this group: keep the previous one
+            broken = [t for t in losses if losses[t] > allowance[t][index]]
+            if broken:  # the first ratio that breaks any task's allowance ends this group: keep the previous one
+                if stopped_by is not None:
+                    for task in broken:
+                        stopped_by[task] = stopped_by.get(task, 0) + 1
+                break
             accepted, removed = (trial, losses, loss_ratios), count
             if _macs(trial, surgeon.example) <= target_macs:
                 break

@@ -226,3 +226,68 @@ def test_round_targets_fall_geometrically_to_the_flops_target():
     config = PAGCPConfig(flops_target=0.25, planned_rounds=2)
     assert [round_target(100.0, r, config) for r in (1, 2, 3)] == pytest.approx([50.0, 25.0, 25.0])
     assert round_target(100.0, 1, PAGCPConfig(flops_target=0.25, planned_rounds=0)) == pytest.approx(25.0)
+
+
+class SummedChannels(nn.Module):
+    """Task `a` is the sum of 8 trunk channels of growing weight: every removal costs `a` more loss than the last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Conv2d(1, 8, 1, bias=False)
+        self.a, self.b = nn.Linear(8, 1, bias=False), nn.Linear(8, 1)
+        with torch.no_grad():
+            self.trunk.weight.copy_(torch.arange(1, 9, dtype=torch.float32).view(8, 1, 1, 1) / 10)
+            self.a.weight.fill_(1.0)
+            self.b.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.trunk(x).mean(dim=(2, 3))
+        return {"a": self.a(pooled), "b": self.b(pooled)}
+
+
+def _summed_channels_run(guard: str):
+    model = SummedChannels()
+    spec = ModelSpec.model_validate({"input": {"shape": [1, 4, 4]}, "tasks": [
+        {"name": "a", "kind": "regression", "output_shape": [1]},
+        {"name": "b", "kind": "regression", "output_shape": [1]}]})
+    generator = np.random.default_rng(0)
+    images = generator.uniform(0, 1, (32, 1, 4, 4)).astype(np.float32)
+    with torch.no_grad():
+        clean = model(torch.from_numpy(images))["a"].numpy()
+    targets = {"a": (clean + generator.standard_normal((32, 1))).astype(np.float32),   # loss ~1 before pruning
+               "b": generator.standard_normal((32, 1)).astype(np.float32)}
+    data = TaskData("synthetic", "val", images, targets, spec.input, spec.tasks)
+    config = PAGCPConfig(flops_target=0.05, default_max_drop=0.3, guard=guard, keep_fraction=1.0, planned_rounds=0,
+                         max_rounds=3, finetune_steps=0, final_finetune_steps=0, min_channels=1, channel_multiple=1,
+                         bn_recalibration_samples=0)
+    pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
+    return pruned, record, data, spec
+
+
+def _loss(model: nn.Module, data: TaskData) -> float:
+    with torch.no_grad():
+        prediction = model(torch.from_numpy(data.images))["a"]
+    return float(torch.mean((prediction - torch.from_numpy(data.targets["a"])) ** 2))
+
+
+def test_the_cumulative_guard_stops_where_the_per_round_one_would_not():
+    """Without fine-tuning to win loss back, a per-round allowance lets every round add its +30% on top of the last;
+    the cumulative one holds task `a` within +30% of the ORIGINAL model, so it stops after the first round."""
+    original = _loss(SummedChannels(), _summed_channels_run("cumulative")[2])
+    per_round, per_round_record, data, _ = _summed_channels_run("per-round")
+    cumulative, cumulative_record, _, _ = _summed_channels_run("cumulative")
+    assert cumulative.trunk.out_channels > per_round.trunk.out_channels
+    assert _loss(cumulative, data) <= 1.3 * original < _loss(per_round, data)
+    assert {d.round for d in per_round_record.decisions} > {1}            # the per-round guard pruned again later
+    assert {d.round for d in cumulative_record.decisions} == {1}
+    assert cumulative_record.stopped_by == {"a": 1}                      # and the record says which task stopped it
+
+
+def test_a_task_at_its_cumulative_limit_allows_no_increase():
+    from edgemtl.passes.prune_pagcp import allowances
+    start, reference = {"a": 1.5, "b": 1.0}, {"a": 1.0, "b": 1.0}
+    result = allowances(start, reference, {"a": 0.5, "b": 0.5}, 3, "cumulative")
+    assert result["a"] == [1.5, 1.5, 1.5]
+    assert result["b"][-1] == pytest.approx(1.5) and result["b"][0] < result["b"][1] < result["b"][2]
+    per_round = allowances(start, reference, {"a": 0.5, "b": 0.5}, 3, "per-round")
+    assert per_round["a"][-1] == pytest.approx(2.25)
