@@ -56,6 +56,7 @@ from edgemtl.model.losses import supervised_loss
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.base import PassInput, PassResult
+from edgemtl.passes.group_sparsity import group_sparsity_regulariser
 from edgemtl.training import TrainConfig, train
 
 
@@ -88,6 +89,8 @@ class PAGCPConfig:
     oracle_samples: int = 32              # held-out samples the loss oracle uses (benchmarks/pagcp.py: trade-off)
     bn_recalibration_samples: int = 64    # training images that re-estimate BatchNorm statistics before every oracle
                                           # call (adaptive BN); 0 = the paper's plain oracle
+    sparsity_steps: int = 0               # group-sparsity training before the first round (passes/group_sparsity.py)
+    sparsity_strength: float = 1e-3       # the group-norm regulariser's coefficient in that phase
     finetune_steps: int = 60              # per round, all tasks' losses
     final_finetune_steps: int = 300
     finetune_lr: float = 1e-3
@@ -105,6 +108,8 @@ class PAGCPConfig:
             raise EdgemtlError(f"the FLOPs target must lie strictly between 0 and 1, got {self.flops_target}")
         if any(v <= 0 for v in self.max_drop.values()) or self.default_max_drop <= 0:
             raise EdgemtlError("--max-drop budgets must be positive (relative loss increase, e.g. 0.1)")
+        if self.sparsity_steps < 0 or self.sparsity_strength < 0:
+            raise EdgemtlError("sparsity_steps and sparsity_strength must be >= 0")
         if self.planned_rounds < 0:
             raise EdgemtlError(f"planned_rounds must be >= 0, got {self.planned_rounds}")
         if not 0 < self.keep_fraction <= 1:
@@ -348,6 +353,11 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
     teacher = copy.deepcopy(original) if config.distill_weight else None
 
     current, decisions, rounds = original, [], 0
+    if config.sparsity_steps:   # the original stays the reference the guard and the metrics compare with
+        current = copy.deepcopy(original)
+        regulariser = group_sparsity_regulariser(current, spec, surgeon.prunable_groups(current), config.sparsity_strength)
+        train(current, spec, train_data, config.finetuning(config.sparsity_steps, config.seed), show_progress=False,
+              teacher=teacher, after_backward=regulariser)
     reference = oracle(original)
     stopped_by: dict[str, int] = {}
     columns = (TextColumn("PAGCP round {task.fields[round]}"), BarColumn(), TextColumn("{task.completed}/{task.total} groups"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -58,11 +59,14 @@ def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optim
 
 
 def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig = TrainConfig(),
-          show_progress: bool = True, teacher: nn.Module | None = None) -> TrainResult:
+          show_progress: bool = True, teacher: nn.Module | None = None,
+          after_backward: Callable[[nn.Module], None] | None = None) -> TrainResult:
     """Train in place with AdamW and a warm-up + cosine schedule; returns the closing per-task losses.
 
     With a `teacher` (e.g. the unpruned model while a pruned one is fine-tuned), every task's loss also gets
-    `distill_weight` times the distillation loss to the teacher's output for that task."""
+    `distill_weight` times the distillation loss to the teacher's output for that task. `after_backward(model)` runs
+    between the backward pass and the optimiser step (a regulariser that edits the gradients, as pruning's
+    sparsity phase does)."""
     if teacher is not None:
         teacher.eval()
     torch.manual_seed(config.seed)
@@ -91,6 +95,8 @@ def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig
                 total = total + auxiliary()
             optimiser.zero_grad(set_to_none=True)
             total.backward()
+            if after_backward is not None:
+                after_backward(model)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimiser.step()
             schedule.step()

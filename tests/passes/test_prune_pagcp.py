@@ -180,6 +180,8 @@ def test_pruned_zoo_checkpoint_round_trip(tmp_path):
     ({"flops_target": 0.0}, "strictly between 0 and 1"),
     ({"max_drop": {"depth": -1}}, "must be positive"),
     ({"distill_weight": -0.5}, "distill_weight must be >= 0"),
+    ({"guard": "loose"}, "unknown guard 'loose'"),
+    ({"sparsity_steps": -1}, "sparsity_steps and sparsity_strength must be >= 0"),
 ])
 def test_bad_configs(kwargs, message):
     with pytest.raises(EdgemtlError, match=message):
