@@ -3,11 +3,12 @@
 Written from the paper's description. One round:
 
 1. Every prunable channel group (torch-pruning's DependencyGraph couples the channels of residual adds,
-   BatchNorms, concatenations and head inputs) is scored by the MACs a trial removal ratio saves, and the
-   groups are visited largest saving first.
-2. Sequential greedy: for each group, on the model pruned so far, removal ratios grow in steps; the first
-   ratio at which ANY task's held-out loss exceeds its allowance stops the search, and the previous ratio
-   is kept. The allowance at the i-th group is the round-start loss times prod_{j<=i}(1 + t_j): the
+   BatchNorms, concatenations and head inputs; attention heads and stacked experts' hidden channels are units
+   of `prune_units`) is scored by the MACs a trial removal ratio saves, and the groups are visited largest
+   saving first.
+2. Sequential greedy: for each group, on the model pruned so far, the largest removal ratio of a grid at
+   which no task's held-out loss exceeds its allowance is kept (found by bisection; the paper sweeps upwards
+   to the first refusal, the same ratio where the loss grows with the ratio). The allowance at the i-th group is the round-start loss times prod_{j<=i}(1 + t_j): the
    thresholds compound along the order, so budget a group leaves unused carries over to later groups.
    With the cumulative guard (the default, the paper's per-task constraint) they compound to (1 + budget)
    times the ORIGINAL model's loss, in every round: losses cannot compound from round to round.
@@ -35,6 +36,7 @@ import itertools
 import math
 import operator
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -43,6 +45,7 @@ import torch
 import torch_pruning as tp
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from edgemtl.analysis.cost import model_cost
 from edgemtl.data import TaskData
@@ -55,6 +58,7 @@ from edgemtl.model.contract import example_input
 from edgemtl.model.losses import supervised_loss
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
+from edgemtl.passes import prune_units
 from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.passes.group_sparsity import group_sparsity_regulariser
 from edgemtl.training import TrainConfig, train
@@ -157,7 +161,7 @@ class PruneRecord:
     params_after: int
     metrics_before: dict[str, dict[str, float]]
     metrics_after: dict[str, dict[str, float]]
-    kept_ratios: dict[str, float]          # conv/linear layer -> output channels kept / original
+    kept_ratios: dict[str, float]          # conv/linear layer (or custom unit) -> channels (heads) kept / original
     decisions: list[LayerDecision]
     rounds: int
     seconds: float
@@ -271,8 +275,14 @@ def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: in
 
 
 def _macs(model: nn.Module, example: torch.Tensor) -> float:
-    macs, _ = tp.utils.count_ops_and_params(model, example)
-    return float(macs)
+    """Multiply-accumulates of one forward, counted at the operator level (convolutions, matmuls, attention), so
+    attention and stacked experts count too (torch-pruning's layer hooks miss both)."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(example)
+    model.train(was_training)
+    return counter.get_total_flops() / 2
 
 
 def _pruner(module: nn.Module) -> Callable:
@@ -284,7 +294,8 @@ def _out_channels(module: nn.Module) -> int:
 
 
 class Surgeon:
-    """Removes channels with torch-pruning on copies of a model, keeping coupled channels consistent."""
+    """Removes channels with torch-pruning on copies of a model, keeping coupled channels consistent; attention heads
+    and stacked experts' hidden channels, which torch-pruning has no pruner for, through `prune_units`."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -293,30 +304,47 @@ class Surgeon:
 
     def graph(self, model: nn.Module) -> tp.DependencyGraph:
         model.eval()
-        with torch.enable_grad():  # torch-pruning traces through autograd
+        with torch.enable_grad(), warnings.catch_warnings():  # torch-pruning traces through autograd
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")  # left alone: see prunable_groups
             return tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
 
     def prunable_groups(self, model: nn.Module) -> list[str]:
-        """Root layers of the channel groups whose removal leaves every task's output shape intact."""
+        """The units whose removal of one channel (head) leaves the model running with every task's output shape
+        intact: torch-pruning's groups, by root layer, except those that would cut a bare parameter (torch-pruning
+        guesses its axis) or the inside of a custom unit; then the custom units (`prune_units`)."""
         graph = self.graph(model)
         names = {module: name for name, module in model.named_modules()}
+        customs = prune_units.custom_units(model)
+        inside = tuple(prune_units.module_path(unit) + "." for unit in customs)
         roots = []
         for group in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear]):
             root = group[0].dep.target.module
-            if root not in names or _out_channels(root) < 2:
+            if root not in names or names[root].startswith(inside) or _out_channels(root) < 2:
                 continue
             trial = self.remove(model, names[root], 1)
-            if trial is not None and self._shapes_intact(trial):
+            if trial is not None and _bare_shapes(trial) == _bare_shapes(model) and self._shapes_intact(trial):
                 roots.append(names[root])
+        for unit in customs:
+            if prune_units.width(model, unit) >= 2 and self._shapes_intact(self.remove(model, unit, 1)):
+                roots.append(unit)
         return roots
 
     def _shapes_intact(self, model: nn.Module) -> bool:
-        with torch.no_grad():
-            outputs = model(self.example)
+        try:
+            with torch.no_grad():
+                outputs = model(self.example)
+        except (RuntimeError, IndexError, ValueError):   # a unit whose module cannot run narrower
+            return False
         return all(list(outputs[t.name].shape[1:]) == t.output_shape for t in self.spec.tasks)
+
+    def width(self, model: nn.Module, unit: str) -> int:
+        """Channels (heads) the unit has now."""
+        return prune_units.width(model, unit) if prune_units.is_custom(unit) else _out_channels(model.get_submodule(unit))
 
     def saliency_order(self, model: nn.Module, root_name: str) -> list[int]:
         """The group's channels from least to most salient (group L2 norm over all coupled layers)."""
+        if prune_units.is_custom(root_name):
+            return torch.argsort(prune_units.saliency(model, root_name)).tolist()
         graph = self.graph(model)
         root = model.get_submodule(root_name)
         group = graph.get_pruning_group(root, _pruner(root), idxs=list(range(_out_channels(root))))
@@ -325,6 +353,8 @@ class Surgeon:
     def remove(self, model: nn.Module, root_name: str, count: int, idxs: list[int] | None = None) -> nn.Module | None:
         """A copy of `model` without the channels `idxs` (default: the `count` least salient) of a group."""
         idxs = sorted(idxs if idxs is not None else self.saliency_order(model, root_name)[:count])
+        if prune_units.is_custom(root_name):
+            return prune_units.remove(model, root_name, idxs)
         trial = copy.deepcopy(model)
         graph = self.graph(trial)
         root = trial.get_submodule(root_name)
@@ -333,6 +363,13 @@ class Surgeon:
             return None
         group.prune()
         return trial
+
+
+def _bare_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shapes of the parameters that belong to no conv, linear or norm layer (position embeddings, stacked experts)."""
+    layers = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    return {f"{path}.{name}": tuple(parameter.shape) for path, module in model.named_modules()
+            if not isinstance(module, layers) for name, parameter in module.named_parameters(recurse=False)}
 
 
 def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_data: TaskData,
@@ -384,7 +421,8 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
               show_progress=show_progress, teacher=teacher)
     current.eval()
     cost_after = model_cost(current, spec)
-    widths_before, widths_after = layer_widths(original), layer_widths(current)
+    widths_before = layer_widths(original) | prune_units.unit_widths(original)
+    widths_after = layer_widths(current) | prune_units.unit_widths(current)
     record = PruneRecord(
         flops_target=config.flops_target,
         target_reached=_macs(current, surgeon.example) <= target_macs * 1.0001,
@@ -396,7 +434,7 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
         oracle_samples=len(oracle.images), stopped_by=stopped_by,
     )
     # a pruned model is not slimmable any more: its leading channels are no longer the ones slimmable training shared
-    pruned_spec = spec.model_copy(update={"config": {**spec.config, "widths": widths_after}, "widths": None})
+    pruned_spec = spec.model_copy(update={"config": {**spec.config, "widths": layer_widths(current)}, "widths": None})
     return current, pruned_spec, record
 
 
@@ -424,7 +462,7 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
     macs_now = _macs(start, surgeon.example)
     savings = {}
     for root in surgeon.prunable_groups(start):
-        width = _out_channels(start.get_submodule(root))
+        width = surgeon.width(start, root)
         trial = surgeon.remove(start, root, max(1, int(config.trial_ratio * width)))
         if trial is not None:
             savings[root] = macs_now - _macs(trial, surgeon.example)
@@ -436,27 +474,32 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
     allowance = allowances(start_base, oracle.allowance_base(reference or round_start), budgets, len(order),
                            config.guard, config.initial_threshold)
     for index, root in enumerate(order):
-        width = _out_channels(model.get_submodule(root))
+        width = surgeon.width(model, root)
         ranking = surgeon.saliency_order(model, root)
-        accepted, removed = None, 0
-        for ratio in steps:
-            count = removable(width, ratio, config)
-            if count <= removed:
-                continue
+        # bisection over the removal counts of the ratio grid: the largest count no task's allowance refuses (the
+        # paper's linear sweep from the smallest finds the same count when the loss grows with the count removed)
+        counts = sorted({count for count in (removable(width, ratio, config) for ratio in steps) if count > 0})
+        accepted, removed, refused_by = None, 0, []
+        low, high = 0, len(counts)   # counts[:low] accepted (largest tried so far), counts[high:] refused
+        while low < high:
+            middle = (low + high) // 2
+            count = counts[middle]
             trial = surgeon.remove(model, root, count, idxs=ranking[:count])
             if trial is None:
-                break
+                high = middle
+                continue
             losses = oracle(trial)
-            loss_ratios = {t: losses[t] / max(previous[t], 1e-12) for t in losses}
             broken = [t for t in losses if losses[t] > allowance[t][index]]
-            if broken:  # the first ratio that breaks any task's allowance ends this group: keep the previous one
-                if stopped_by is not None:
-                    for task in broken:
-                        stopped_by[task] = stopped_by.get(task, 0) + 1
-                break
-            accepted, removed = (trial, losses, loss_ratios), count
+            if broken:
+                high, refused_by = middle, broken
+                continue
+            accepted, removed = (trial, losses, {t: losses[t] / max(previous[t], 1e-12) for t in losses}), count
+            low = middle + 1
             if _macs(trial, surgeon.example) <= target_macs:
-                break
+                break   # enough for the whole target: cut no more
+        if refused_by and stopped_by is not None and removed < (counts[-1] if counts else 0):
+            for task in refused_by:
+                stopped_by[task] = stopped_by.get(task, 0) + 1
         if accepted is not None:
             trial, losses, loss_ratios = accepted
             macs_after = _macs(trial, surgeon.example)

@@ -45,3 +45,16 @@ def test_pagcp_sparsifies_a_copy_and_still_guards_against_the_original():
     pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
     assert all(torch.equal(value, model.state_dict()[name]) for name, value in before.items())  # input untouched
     assert record.macs_after < record.macs_before
+
+
+def test_the_regulariser_accepts_a_vit_whose_units_include_heads_and_experts():
+    """The first benchmark smoke run stopped here: `blocks.0.attn#heads` is no module; those units are left to the
+    loss (torch-pruning's regulariser knows no heads) and the ViT's torch-pruning groups are regularised."""
+    model, spec = tiny_model("m3vit")
+    units = Surgeon(spec).prunable_groups(model)
+    assert any("#" in unit for unit in units)
+    data = load_data("scenes", "train", n=16)
+    before = copy.deepcopy(model)
+    train(model, spec, data, TrainConfig(steps=2, batch_size=8, warmup_steps=1), show_progress=False,
+          after_backward=group_sparsity_regulariser(model, spec, units, strength=1.0))
+    assert not torch.equal(before.blocks[0].mlp.fc1.weight, model.blocks[0].mlp.fc1.weight)

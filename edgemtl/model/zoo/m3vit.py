@@ -46,17 +46,24 @@ def _tracing() -> bool:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention. The head count follows the qkv layer's width (`heads`), so a model whose heads
+    were pruned (passes/prune_units.py) and a pruned checkpoint resized on load run unchanged."""
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.heads = heads
+        self.head_dim = dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
+    @property
+    def heads(self) -> int:
+        return self.qkv.out_features // (3 * self.head_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return self.proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
 class MLP(nn.Module):
