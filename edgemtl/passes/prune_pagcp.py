@@ -8,8 +8,9 @@ Written from the paper's description. One round:
    saving first.
 2. Sequential greedy: for each group, on the model pruned so far, the largest removal ratio of a grid at
    which no task's held-out loss exceeds its allowance is kept (found by bisection; the paper sweeps upwards
-   to the first refusal, the same ratio where the loss grows with the ratio). The allowance at the i-th group is the round-start loss times prod_{j<=i}(1 + t_j): the
-   thresholds compound along the order, so budget a group leaves unused carries over to later groups.
+   to the first refusal, the same ratio where the loss grows with the ratio). The allowance at the i-th group
+   is the round-start loss times prod_{j<=i}(1 + t_j): the thresholds compound along the order, so budget a
+   group leaves unused carries over to later groups.
    With the cumulative guard (the default, the paper's per-task constraint) they compound to (1 + budget)
    times the ORIGINAL model's loss, in every round: losses cannot compound from round to round.
    A task the data does not label is judged by its distance to the unpruned model, from a floor
