@@ -60,16 +60,25 @@ console = Console(width=200)
 
 
 def match_macs(prune_at, target_macs: float, example: torch.Tensor, step: float = 0.025):
-    """The removal ratio (on a grid) whose pruned model's MACs are closest to the target. A grid, not a
-    bisection: with widths rounded to multiples of 8 the MACs are a step function of the ratio."""
-    best = None
-    for index in range(int(0.95 / step) + 1):
-        ratio = index * step
-        model = prune_at(ratio)
-        gap = abs(_macs(model, example) - target_macs)
-        if best is None or gap < best[0]:
-            best = (gap, ratio, model)
-    return best[1], best[2]
+    """The removal ratio (on a grid) whose pruned model's MACs are closest to the target. A grid, not a continuous
+    search: with widths rounded to multiples of 8 the MACs are a step function of the ratio. The MACs never grow
+    with the ratio, so the grid is bisected for the first ratio at or under the target, and it is compared with the
+    ratio before it."""
+    ratios = [index * step for index in range(int(0.95 / step) + 1)]
+    tried: dict[int, tuple[float, torch.nn.Module]] = {}
+
+    def at(index: int) -> tuple[float, torch.nn.Module]:
+        if index not in tried:
+            model = prune_at(ratios[index])
+            tried[index] = (_macs(model, example), model)
+        return tried[index]
+
+    low, high = 0, len(ratios) - 1
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if at(middle)[0] > target_macs else (low, middle)
+    best = min({low, max(low - 1, 0)}, key=lambda index: abs(at(index)[0] - target_macs))
+    return ratios[best], at(best)[1]
 
 
 def uniform_l1(model: torch.nn.Module, spec: ModelSpec, ratio: float, units: list[str] | None = None) -> torch.nn.Module:

@@ -51,3 +51,17 @@ def test_uniform_l1_removes_channels(model_and_spec):
     model, spec = model_and_spec
     bench, example = _benchmark(), Surgeon(spec).example
     assert _macs(bench.uniform_l1(model, spec, 0.5), example) < 0.6 * _macs(model, example)
+
+
+def test_match_macs_finds_the_grid_ratio_closest_to_the_target_in_few_prunings():
+    """A linear layer whose width shrinks with the ratio: MACs = 8 x width, a step function of the ratio."""
+    calls = []
+
+    def prune_at(ratio: float) -> torch.nn.Module:
+        calls.append(ratio)
+        return torch.nn.Linear(8, max(1, 64 - int(ratio * 64) // 8 * 8))
+
+    ratio, model = _benchmark().match_macs(prune_at, target_macs=8 * 30, example=torch.zeros(1, 8))
+    assert model.out_features in (24, 32)      # 30 channels lie between the 24 and 32 the grid can give
+    assert abs(8 * model.out_features - 240) == min(abs(8 * w - 240) for w in (24, 32))
+    assert len(set(calls)) <= 8 and 0.45 <= ratio <= 0.65    # bisected, not the 39-point sweep
