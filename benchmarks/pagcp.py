@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--budget", type=float, default=0.5, help="PAGCP loss-increase budget of every task")
     parser.add_argument("--sparsity-steps", type=int, default=PAGCPConfig.sparsity_steps)
+    parser.add_argument("--min-share", type=float, default=PAGCPConfig.min_share)
     parser.add_argument("--max-rounds", type=int, default=8)
     parser.add_argument("--finetune-steps", type=int, default=PAGCPConfig.finetune_steps)
     parser.add_argument("--final-finetune-steps", type=int, default=300)
@@ -229,7 +230,7 @@ def main() -> None:
 def pagcp_config(arch: str, args, **overrides) -> PAGCPConfig:
     settings = dict(flops_target=ARCHS[arch]["flops_target"], default_max_drop=args.budget, max_rounds=args.max_rounds,
                     finetune_steps=args.finetune_steps, final_finetune_steps=args.final_finetune_steps,
-                    sparsity_steps=args.sparsity_steps)
+                    sparsity_steps=args.sparsity_steps, min_share=args.min_share)
     return PAGCPConfig(**(settings | overrides))
 
 
@@ -360,7 +361,7 @@ def _trained_base(arch: str, spec: ModelSpec, args) -> torch.nn.Module:
 
 
 def _print(spec, rows, tradeoff, targets, record, budget, threads) -> None:
-    table = Table(title=f"mtl-cnn / scenes test, equal MACs, {budget} fine-tuning steps each; latency ratio measured (ORT, {threads} thread)")
+    table = Table(title=f"{spec.arch} / scenes test, equal MACs, {budget} fine-tuning steps each; latency ratio measured (ORT, {threads} thread)")
     for column in ["model", "MACs", "params", "latency", *[f"{t.name} {t.metric}" for t in spec.tasks], "worst task"]:
         table.add_column(column)
     for name, row in rows.items():

@@ -104,6 +104,7 @@ class PAGCPConfig:
     batch_size: int = 32
     max_rounds: int = 12
     min_channels: int = 2                 # never prune a group below this many channels
+    min_share: float = 0.0                # nor below this share of its original width (the dense tasks' floor)
     channel_multiple: int = 8             # kept widths are multiples of this (or the original width), because
                                           # odd widths fall off the vectorised kernels (ORT's NCHWc blocks are 8/16)
     seed: int = 0
@@ -113,6 +114,8 @@ class PAGCPConfig:
             raise EdgemtlError(f"the FLOPs target must lie strictly between 0 and 1, got {self.flops_target}")
         if any(v <= 0 for v in self.max_drop.values()) or self.default_max_drop <= 0:
             raise EdgemtlError("--max-drop budgets must be positive (relative loss increase, e.g. 0.1)")
+        if not 0 <= self.min_share < 1:
+            raise EdgemtlError(f"min_share must lie in [0, 1), got {self.min_share}")
         if self.sparsity_steps < 0 or self.sparsity_strength < 0:
             raise EdgemtlError("sparsity_steps and sparsity_strength must be >= 0")
         if self.planned_rounds < 0:
@@ -397,6 +400,7 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
         train(current, spec, train_data, config.finetuning(config.sparsity_steps, config.seed), show_progress=False,
               teacher=teacher, after_backward=regulariser)
     reference = oracle(original)
+    original_widths = layer_widths(original) | prune_units.unit_widths(original)
     stopped_by: dict[str, int] = {}
     columns = (TextColumn("PAGCP round {task.fields[round]}"), BarColumn(), TextColumn("{task.completed}/{task.total} groups"),
                TextColumn("MACs {task.fields[macs]:.1%}"), TimeElapsedColumn())
@@ -408,7 +412,7 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
             round_decisions = _greedy_round(current, surgeon, oracle, budgets, config, target_macs, rounds,
                                             lambda done, total, macs: progress.update(
                                                 bar, completed=done, total=total, round=rounds, macs=macs / macs_original),
-                                            reference, stopped_by)
+                                            reference, stopped_by, original_widths)
             if not round_decisions:
                 break  # nothing can go without breaking a task's budget: more fine-tuning will not change that
             quota = _macs(current, surgeon.example) - round_target(macs_original, rounds, config)
@@ -456,7 +460,8 @@ def run(inputs: PassInput, config: PAGCPConfig) -> PassResult[nn.Module]:
 def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budgets: dict[str, float],
                   config: PAGCPConfig, target_macs: float, round_no: int,
                   report: Callable[[int, int, float], None], reference: dict[str, float] | None = None,
-                  stopped_by: dict[str, int] | None = None) -> list[LayerDecision]:
+                  stopped_by: dict[str, int] | None = None,
+                  original_widths: dict[str, int] | None = None) -> list[LayerDecision]:
     """One sequential greedy pass over the groups, largest MAC saving first; returns what it removed. `reference`:
     the original model's oracle losses (the cumulative guard's base; default: this round's start). `stopped_by`, if
     given, counts per task the groups whose removal that task's allowance stopped."""
@@ -479,7 +484,9 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
         ranking = surgeon.saliency_order(model, root)
         # bisection over the removal counts of the ratio grid: the largest count no task's allowance refuses (the
         # paper's linear sweep from the smallest finds the same count when the loss grows with the count removed)
-        counts = sorted({count for count in (removable(width, ratio, config) for ratio in steps) if count > 0})
+        floor = math.ceil(config.min_share * (original_widths or {}).get(root, width))
+        counts = sorted({count for count in (removable(width, ratio, config) for ratio in steps)
+                         if 0 < count <= width - floor})
         accepted, removed, refused_by = None, 0, []
         low, high = 0, len(counts)   # counts[:low] accepted (largest tried so far), counts[high:] refused
         while low < high:

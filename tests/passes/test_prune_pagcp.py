@@ -182,6 +182,7 @@ def test_pruned_zoo_checkpoint_round_trip(tmp_path):
     ({"distill_weight": -0.5}, "distill_weight must be >= 0"),
     ({"guard": "loose"}, "unknown guard 'loose'"),
     ({"sparsity_steps": -1}, "sparsity_steps and sparsity_strength must be >= 0"),
+    ({"min_share": 1.0}, "min_share must lie in"),
 ])
 def test_bad_configs(kwargs, message):
     with pytest.raises(EdgemtlError, match=message):
@@ -247,7 +248,7 @@ class SummedChannels(nn.Module):
         return {"a": self.a(pooled), "b": self.b(pooled)}
 
 
-def _summed_channels_run(guard: str):
+def _summed_channels_run(guard: str, **overrides):
     model = SummedChannels()
     spec = ModelSpec.model_validate({"input": {"shape": [1, 4, 4]}, "tasks": [
         {"name": "a", "kind": "regression", "output_shape": [1]},
@@ -259,9 +260,9 @@ def _summed_channels_run(guard: str):
     targets = {"a": (clean + generator.standard_normal((32, 1))).astype(np.float32),   # loss ~1 before pruning
                "b": generator.standard_normal((32, 1)).astype(np.float32)}
     data = TaskData("synthetic", "val", images, targets, spec.input, spec.tasks)
-    config = PAGCPConfig(flops_target=0.05, default_max_drop=0.3, guard=guard, keep_fraction=1.0, planned_rounds=0,
-                         max_rounds=3, finetune_steps=0, final_finetune_steps=0, min_channels=1, channel_multiple=1,
-                         bn_recalibration_samples=0)
+    config = PAGCPConfig(**{**dict(flops_target=0.05, default_max_drop=0.3, guard=guard, keep_fraction=1.0,
+                                   planned_rounds=0, max_rounds=3, finetune_steps=0, final_finetune_steps=0,
+                                   min_channels=1, channel_multiple=1, bn_recalibration_samples=0), **overrides})
     pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
     return pruned, record, data, spec
 
@@ -293,3 +294,9 @@ def test_a_task_at_its_cumulative_limit_allows_no_increase():
     assert result["b"][-1] == pytest.approx(1.5) and result["b"][0] < result["b"][1] < result["b"][2]
     per_round = allowances(start, reference, {"a": 0.5, "b": 0.5}, 3, "per-round")
     assert per_round["a"][-1] == pytest.approx(2.25)
+
+
+def test_min_share_keeps_a_floor_of_every_group_whatever_the_budget():
+    free = _summed_channels_run("cumulative", default_max_drop=1e6)[0]
+    floored = _summed_channels_run("cumulative", default_max_drop=1e6, min_share=0.5)[0]
+    assert free.trunk.out_channels < 4 and floored.trunk.out_channels == 4
