@@ -297,7 +297,7 @@ def inspect(
 
 
 MaxDropOpt = Annotated[list[str], typer.Option(
-    "--max-drop", help="task=budget: relative loss increase the task may take per pruning round (repeatable)")]
+    "--max-drop", help="task=budget: relative loss increase over the original model the task may take (repeatable)")]
 
 
 @app.command()
