@@ -325,11 +325,11 @@ class Surgeon:
             root = group[0].dep.target.module
             if root not in names or names[root].startswith(inside) or _out_channels(root) < 2:
                 continue
-            trial = self.remove(model, names[root], 1)
+            trial = self.remove(model, names[root], 1, idxs=[0])  # any one channel tells; no ranking needed
             if trial is not None and _bare_shapes(trial) == _bare_shapes(model) and self._shapes_intact(trial):
                 roots.append(names[root])
         for unit in customs:
-            if prune_units.width(model, unit) >= 2 and self._shapes_intact(self.remove(model, unit, 1)):
+            if prune_units.width(model, unit) >= 2 and self._shapes_intact(self.remove(model, unit, 1, idxs=[0])):
                 roots.append(unit)
         return roots
 
