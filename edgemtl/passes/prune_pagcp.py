@@ -283,7 +283,7 @@ def _macs(model: nn.Module, example: torch.Tensor) -> float:
     attention and stacked experts count too (torch-pruning's layer hooks miss both)."""
     was_training = model.training
     model.eval()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:   # not under no_grad: its module tracker needs autograd
         model(example)
     model.train(was_training)
     return counter.get_total_flops() / 2
@@ -426,8 +426,7 @@ def prune_pagcp(model: nn.Module, spec: ModelSpec, train_data: TaskData, val_dat
               show_progress=show_progress, teacher=teacher)
     current.eval()
     cost_after = model_cost(current, spec)
-    widths_before = layer_widths(original) | prune_units.unit_widths(original)
-    widths_after = layer_widths(current) | prune_units.unit_widths(current)
+    widths_before, widths_after = original_widths, layer_widths(current) | prune_units.unit_widths(current)
     record = PruneRecord(
         flops_target=config.flops_target,
         target_reached=_macs(current, surgeon.example) <= target_macs * 1.0001,
@@ -505,7 +504,7 @@ def _greedy_round(start: nn.Module, surgeon: Surgeon, oracle: LossOracle, budget
             low = middle + 1
             if _macs(trial, surgeon.example) <= target_macs:
                 break   # enough for the whole target: cut no more
-        if refused_by and stopped_by is not None and removed < (counts[-1] if counts else 0):
+        if refused_by and stopped_by is not None:
             for task in refused_by:
                 stopped_by[task] = stopped_by.get(task, 0) + 1
         if accepted is not None:
