@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgemtl.cli_tune import tune_app
-from edgemtl.cli_tables import history_table, human, metrics_table, moe_table, profile_table, widths_json, widths_table
+from edgemtl.cli_tables import (history_table, human, metrics_table, moe_table, profile_table, prune_tables, widths_json,
+                                widths_table)
 from edgemtl.errors import EdgemtlError, VerificationError
 
 if TYPE_CHECKING:
@@ -311,6 +312,7 @@ def prune(
     finetune_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps after each round")] = 100,
     final_finetune_steps: Annotated[int, typer.Option(min=0)] = 300,
     oracle_samples: Annotated[int, typer.Option(min=1, help="held-out samples of the loss oracle")] = 64,
+    sparsity_steps: Annotated[int, typer.Option(min=0, help="group-sparsity training steps before the first round (0: off)")] = 400,
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="pruned model to write: a checkpoint (.pt), or .onnx for a model read from ONNX "
                                "(default pruned.pt / pruned.onnx)")] = None,
@@ -323,7 +325,8 @@ def prune(
     from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
 
     config = PAGCPConfig(flops_target=flops_target, max_drop=_parse_max_drop(max_drop), finetune_steps=finetune_steps,
-                         final_finetune_steps=final_finetune_steps, oracle_samples=oracle_samples)
+                         final_finetune_steps=final_finetune_steps, oracle_samples=oracle_samples,
+                         sparsity_steps=sparsity_steps)
     from_onnx = model.suffix.lower() == ".onnx"
     output = output or Path("pruned.onnx" if from_onnx else "pruned.pt")
     if from_onnx != (output.suffix.lower() == ".onnx"):
@@ -341,25 +344,8 @@ def prune(
         export_errors = export_as_given(pruned, pruned_spec, output)
     else:
         save(pruned, pruned_spec, output, meta={"pagcp": record.to_dict(), "pruned_from": str(model)})
-    layers = Table(title=f"kept channels per layer (PAGCP, {record.rounds} rounds, {record.seconds:.0f} s)")
-    for column in ("layer", "channels", "kept"):
-        layers.add_column(column)
-    widths = pruned_spec.config["widths"]
-    for layer, ratio in record.kept_ratios.items():
-        if ratio < 1:
-            layers.add_row(layer, str(widths[layer]), f"{ratio:.0%}")
-    out.print(layers)
-    table = Table(title=f"per-task metric before -> after (MACs {human(record.macs_before)} -> {human(record.macs_after)}, "
-                        f"params {human(record.params_before)} -> {human(record.params_after)})")
-    for column in ("task", "metric", "before", "after", "better"):
-        table.add_column(column)
-    for task in loaded.spec.tasks:
-        before, after = record.metrics_before.get(task.name, {}), record.metrics_after.get(task.name, {})
-        metric = task.metric if task.metric in before else "sqnr_db_vs_float"  # no labels: agreement with the float model
-        if metric in before:
-            table.add_row(task.name, metric, f"{before[metric]:.4f}", f"{after[metric]:.4f}",
-                          "higher" if metric != task.metric or task.higher_is_better else "lower")
-    out.print(table)
+    for table in prune_tables(record, loaded.spec, pruned_spec):
+        out.print(table)
     if not record.target_reached:
         stoppers = ", ".join(f"{t} ({n} groups)" for t, n in record.stopped_by.items()) or "none (nothing left to cut)"
         err.print(f"note: the FLOPs target {flops_target} was not reached (kept {record.macs_after / record.macs_before:.0%}"

@@ -1,4 +1,4 @@
-"""The rich tables the command line prints (metrics, MoE MACs, a width space, profile results, the results store's
+"""The rich tables the command line prints (metrics, pruning, MoE MACs, a width space, profile results, the results store's
 history).
 
 Kept apart from cli.py so the command definitions stay a page of parsing and calls; each table takes the library's own
@@ -28,6 +28,28 @@ def metrics_table(title: str, metrics: dict[str, dict[str, float]], spec: Any) -
         table.add_row(name, task.kind, task.metric, f"{values[task.metric]:.4f}",
                       "higher" if task.higher_is_better else "lower", others)
     return table
+
+
+def prune_tables(record: Any, spec: Any, pruned_spec: Any) -> list[Table]:
+    """`edgemtl prune`'s two tables: the layers it narrowed, and every task's metric before and after."""
+    layers = Table(title=f"kept channels per layer (PAGCP, {record.rounds} rounds, {record.seconds:.0f} s)")
+    for column in ("layer", "channels", "kept"):
+        layers.add_column(column)
+    widths = pruned_spec.config["widths"]
+    for layer, ratio in record.kept_ratios.items():
+        if ratio < 1:
+            layers.add_row(layer, str(widths[layer]), f"{ratio:.0%}")
+    table = Table(title=f"per-task metric before -> after (MACs {human(record.macs_before)} -> {human(record.macs_after)}, "
+                        f"params {human(record.params_before)} -> {human(record.params_after)})")
+    for column in ("task", "metric", "before", "after", "better"):
+        table.add_column(column)
+    for task in spec.tasks:
+        before, after = record.metrics_before.get(task.name, {}), record.metrics_after.get(task.name, {})
+        metric = task.metric if task.metric in before else "sqnr_db_vs_float"  # no labels: agreement with the float model
+        if metric in before:
+            table.add_row(task.name, metric, f"{before[metric]:.4f}", f"{after[metric]:.4f}",
+                          "higher" if metric != task.metric or task.higher_is_better else "lower")
+    return [layers, table]
 
 
 def moe_table(moe: dict) -> Table:

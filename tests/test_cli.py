@@ -218,7 +218,7 @@ def test_prune_cli_writes_a_pruned_checkpoint(capsys, tmp_path, checkpoints):
     pruned = tmp_path / "pruned.pt"
     budgets = [arg for task in ("segmentation", "depth", "normals", "edges", "scene") for arg in ("--max-drop", f"{task}=5")]
     code, out, err = run_cli(capsys, "prune", checkpoints["mtl-cnn"], "--flops-target", "0.9", *budgets,
-                             "--finetune-steps", "1", "--final-finetune-steps", "0", "--oracle-samples", "8", "-o", pruned)
+                             "--finetune-steps", "1", "--final-finetune-steps", "0", "--oracle-samples", "8", "--sparsity-steps", "0", "-o", pruned)
     assert code == 0, err
     assert "per-task metric before -> after" in out and "kept channels per layer" in out
     assert torch.load(pruned, weights_only=True)["meta"]["pagcp"]["macs_after"] > 0
@@ -227,7 +227,7 @@ def test_prune_cli_writes_a_pruned_checkpoint(capsys, tmp_path, checkpoints):
 def test_prune_cli_says_which_task_budgets_stopped_it(capsys, tmp_path, checkpoints):
     budgets = [arg for task in ("segmentation", "depth", "normals", "edges", "scene") for arg in ("--max-drop", f"{task}=0.0001")]
     code, _, err = run_cli(capsys, "prune", checkpoints["mtl-cnn"], "--flops-target", "0.3", *budgets, "--finetune-steps",
-                           "0", "--final-finetune-steps", "0", "--oracle-samples", "8", "-o", tmp_path / "pruned.pt")
+                           "0", "--final-finetune-steps", "0", "--oracle-samples", "8", "--sparsity-steps", "0", "-o", tmp_path / "pruned.pt")
     assert code == 0, err
     note = " ".join(err.split())
     assert "the FLOPs target 0.3 was not reached" in note
@@ -242,7 +242,7 @@ def test_compile_runs_the_pruning_pass_first(tmp_path, checkpoints):
     from edgemtl.passes.prune_pagcp import PAGCPConfig
 
     quick = PAGCPConfig(flops_target=0.9, default_max_drop=5.0, finetune_steps=1, final_finetune_steps=0,
-                        oracle_samples=8, max_rounds=2)
+                        oracle_samples=8, max_rounds=2, sparsity_steps=0)
     bundle = compile_model(edgemtl.load(checkpoints["mtl-cnn"]), "host", tmp_path / "bundle",
                            CompileOptions(passes=(PassRequest("prune_pagcp", quick),), measure_latency=False))
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -73,7 +73,7 @@ def test_eval_and_prune_take_an_npz_or_a_folder(capsys, tmp_path, kind):
     code, out, err = run_cli(capsys, "eval", *_own_model(tmp_path), "--data", data, "--holdout", "0.25,0.25", "--json")
     assert code == 0 and json.loads(out)["samples"] == 10, err  # a quarter of 40 images
     code, out, err = run_cli(capsys, "prune", *_own_model(tmp_path), "--data", data, "--flops-target", "0.9",
-                             "--finetune-steps", "1", "--final-finetune-steps", "1", "--oracle-samples", "4",
+                             "--finetune-steps", "1", "--final-finetune-steps", "1", "--oracle-samples", "4", "--sparsity-steps", "0",
                              "-o", tmp_path / "pruned.pt")
     assert code == 0, err
     assert (tmp_path / "pruned.pt").is_file() and "sqnr_db_vs_float" in out  # seg has no labels: judged against float
@@ -240,7 +240,8 @@ def test_a_folder_and_a_dataset_factory_through_train_prune_and_every_quantizing
                            "-o", tmp_path / "trained.pt")
     assert code == 0, err
     code, out, err = run_cli(capsys, "prune", *model, "--data", data, "--flops-target", "0.9", "--finetune-steps", "1",
-                             "--final-finetune-steps", "1", "--oracle-samples", "4", "-o", tmp_path / "pruned.pt")
+                             "--final-finetune-steps", "1", "--oracle-samples", "4", "--sparsity-steps", "0",
+                             "-o", tmp_path / "pruned.pt")
     assert code == 0 and "sqnr_db_vs_float" in out, err
     expected_kind = "folder" if kind == "folder" else "factory"
     for target, extra in (("gap9", []), ("zcu104", ["--qat-steps", "2"]), ("arm64", ["--threads", "1"])):

@@ -139,7 +139,7 @@ def test_prune_an_onnx_model_gives_an_onnx_model_the_same_spec_loads(capsys, tmp
     npz = tmp_path / "own.npz"
     np.savez(npz, images=rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8),
              depth=rng.uniform(0.5, 5, (40, 1, 32, 32)).astype(np.float32))
-    quick = ["--finetune-steps", "2", "--final-finetune-steps", "2", "--oracle-samples", "8"]
+    quick = ["--finetune-steps", "2", "--final-finetune-steps", "2", "--oracle-samples", "8", "--sparsity-steps", "0"]
     code, _, err = run_cli(capsys, "prune", path, "--spec", spec, "--data", npz, *quick, "-o", tmp_path / "p.pt")
     assert_one_line_error(code, err, "a model read from ONNX is pruned to an .onnx file")
     code, out, err = run_cli(capsys, "prune", path, "--spec", spec, "--data", npz, "--flops-target", "0.6", *quick,

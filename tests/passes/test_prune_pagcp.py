@@ -19,7 +19,7 @@ from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.prune_pagcp import PAGCPConfig, Surgeon, prune_pagcp, threshold_schedule
 
-QUICK = dict(finetune_steps=2, final_finetune_steps=0, batch_size=8, oracle_samples=16, max_rounds=2)
+QUICK = dict(finetune_steps=2, final_finetune_steps=0, batch_size=8, oracle_samples=16, max_rounds=2, sparsity_steps=0)
 
 
 @pytest.mark.parametrize("budget, count", [(0.1, 14), (1.0, 5), (0.02, 2)])
@@ -94,7 +94,8 @@ def test_greedy_stops_before_the_channels_one_task_needs():
         {"name": "b", "kind": "regression", "output_shape": [1]}]})
     data = _regression_data(model, spec)
     config = PAGCPConfig(flops_target=0.1, default_max_drop=0.05, keep_fraction=1.0, max_rounds=1,
-                         finetune_steps=0, final_finetune_steps=0, oracle_samples=32, min_channels=1, channel_multiple=1)
+                         finetune_steps=0, final_finetune_steps=0, oracle_samples=32, min_channels=1, channel_multiple=1,
+                         sparsity_steps=0, min_share=0.0)
     pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
     kept = pruned.trunk.weight.view(-1)
     assert pruned.trunk.out_channels == 6  # the two weakest (unused) channels went ...
@@ -155,7 +156,7 @@ def test_a_task_without_labels_is_guarded_not_frozen():
     scenes = load_data("scenes", "val", n=48, image_size=32)
     data = TaskData("own", "val", scenes.images, {"value": np.random.default_rng(0).normal(size=(48, 1)).astype(np.float32)},
                     spec.input, [spec.task("value")])
-    config = PAGCPConfig(flops_target=0.6, default_max_drop=0.5, channel_multiple=1, **QUICK)
+    config = PAGCPConfig(flops_target=0.6, default_max_drop=0.5, channel_multiple=1, min_share=0.0, **QUICK)
     pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
     assert record.macs_after < 0.9 * record.macs_before
     assert record.metrics_after["dense"]["sqnr_db_vs_float"] > 10  # still close to the unpruned model
@@ -262,7 +263,8 @@ def _summed_channels_run(guard: str, **overrides):
     data = TaskData("synthetic", "val", images, targets, spec.input, spec.tasks)
     config = PAGCPConfig(**{**dict(flops_target=0.05, default_max_drop=0.3, guard=guard, keep_fraction=1.0,
                                    planned_rounds=0, max_rounds=3, finetune_steps=0, final_finetune_steps=0,
-                                   min_channels=1, channel_multiple=1, bn_recalibration_samples=0), **overrides})
+                                   min_channels=1, channel_multiple=1, bn_recalibration_samples=0, sparsity_steps=0,
+                                   min_share=0.0), **overrides})
     pruned, _, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
     return pruned, record, data, spec
 

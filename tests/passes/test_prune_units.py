@@ -69,7 +69,7 @@ def test_pagcp_prunes_the_m3vit_and_the_result_loads_and_exports(tmp_path):
     data = load_data("scenes", "val", n=16)
     config = PAGCPConfig(flops_target=0.7, default_max_drop=50.0, finetune_steps=0, final_finetune_steps=0,
                          oracle_samples=8, max_rounds=1, keep_fraction=1.0, planned_rounds=0, min_channels=1,
-                         bn_recalibration_samples=0)
+                         bn_recalibration_samples=0, sparsity_steps=0, min_share=0.0)
     pruned, pruned_spec, record = prune_pagcp(model, spec, data, data, config, show_progress=False)
     assert record.kept_ratios["blocks.1.mlp#hidden"] < 1 or record.kept_ratios["blocks.0.attn#heads"] < 1
     assert record.macs_after < record.macs_before

@@ -39,7 +39,7 @@ class SmallSource:
 CASES = {
     "prune_pagcp": ("mtl-cnn", "digits", PAGCPConfig(flops_target=0.9, default_max_drop=5.0, finetune_steps=1,
                                            final_finetune_steps=0, batch_size=8, oracle_samples=8, max_rounds=1,
-                                           bn_recalibration_samples=8, ratio_step=0.5, max_ratio=0.5), None, None),
+                                           bn_recalibration_samples=8, ratio_step=0.5, max_ratio=0.5, sparsity_steps=0), None, None),
     "slice_widths": ("mtl-cnn", "scenes", SliceConfig(WidthConfig(  # on the model made slimmable (SLIMMABLE)
         encoder={"stage0": 0.5, "stage1": 0.75, "stage2": 0.5},
         decoders={"segmentation": 0.5, "depth": 0.25, "normals": 0.5, "edges": 0.5, "scene": 1.0})), None, None),

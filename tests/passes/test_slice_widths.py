@@ -180,7 +180,8 @@ def test_a_pruned_slimmable_model_is_not_slimmable_any_more():
 
     model, spec = tiny_model("mtl-cnn", "digits")
     quick = PAGCPConfig(flops_target=0.9, default_max_drop=5.0, finetune_steps=0, final_finetune_steps=0, batch_size=8,
-                        oracle_samples=8, max_rounds=1, bn_recalibration_samples=0, ratio_step=0.5, max_ratio=0.5)
+                        oracle_samples=8, max_rounds=1, bn_recalibration_samples=0, ratio_step=0.5, max_ratio=0.5,
+                        sparsity_steps=0)
     data = load_data("digits", "val", n=8)
     _, pruned_spec, _ = prune_pagcp(model, slimmable_spec(spec), data, data, quick, show_progress=False)
     assert pruned_spec.widths is None
