@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgemtl.cli_tune import tune_app
-from edgemtl.cli_tables import (history_table, human, metrics_table, moe_table, profile_table, prune_tables, widths_json,
+from edgemtl.cli_tables import (expert_usage_table, history_table, human, metrics_table, moe_table, profile_table, prune_tables, widths_json,
                                 widths_table)
 from edgemtl.errors import EdgemtlError, VerificationError
 
@@ -174,9 +174,12 @@ def train(
         result, _ = train_slimmable(model, trained_spec, train_set, settings, slim, masks=masks)
     else:
         result = run_training(model, trained_spec, train_set, settings)
+        if result.expert_usage:   # a mixture-of-experts model: do its tasks specialise?
+            out.print(expert_usage_table(result.expert_usage))
     metrics = evaluate(torch_predictor(model), [model_spec.task(t) for t in scored], val_set)
     record = {"train": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "data": data,
-                        "seconds": round(result.seconds, 1)}, "val_metrics": metrics}
+                        "seconds": round(result.seconds, 1), "expert_usage": getattr(result, "expert_usage", {})},
+              "val_metrics": metrics}
     if slimmable:
         with configured(model, masks, model_spec.widths.narrowest(), train_set, batch_size=batch_size):
             narrowest = evaluate(torch_predictor(model), [model_spec.task(t) for t in scored], val_set)

@@ -52,6 +52,21 @@ def prune_tables(record: Any, spec: Any, pruned_spec: Any) -> list[Table]:
     return [layers, table]
 
 
+def expert_usage_table(usage: dict[str, dict[str, list[float]]], coverage: float = 0.95) -> Table:
+    """Per MoE layer and task, how few experts take `coverage` of the task's tokens in training's closing steps (the
+    experts a task path would keep at that coverage)."""
+    table = Table(title=f"expert use in the last 10% of training steps (experts taking {coverage:.0%} of a task's tokens)")
+    for column in ("layer", "task", "experts", "largest shares"):
+        table.add_column(column)
+    for layer, tasks in usage.items():
+        for task, shares in tasks.items():
+            ranked = sorted(enumerate(shares), key=lambda pair: -pair[1])
+            needed = next((i + 1 for i in range(len(ranked)) if sum(s for _, s in ranked[: i + 1]) >= coverage - 1e-9),
+                          len(ranked))
+            table.add_row(layer, task, f"{needed} of {len(shares)}", ", ".join(f"e{e} {s:.0%}" for e, s in ranked[:4]))
+    return table
+
+
 def moe_table(moe: dict) -> Table:
     """Single-task MACs (top-k experts per token + router) beside all tasks and a dense ViT."""
     table = Table(title="mixture of experts, batch 1: a task runs its own routing (top-k experts per token + router)")

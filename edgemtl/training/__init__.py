@@ -36,6 +36,8 @@ class TrainResult:
     steps: int
     seconds: float
     final_losses: dict[str, float] = field(default_factory=dict)  # mean of each task's loss over the last 10% of steps
+    # a mixture-of-experts model's routing over the last 10% of steps: MoE layer -> task -> share of tokens per expert
+    expert_usage: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
 
 def _batches_forever(data: TaskData, batch_size: int, seed: int):
@@ -75,6 +77,9 @@ def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig
     tail = max(1, config.steps // 10)
     sums = {t.name: 0.0 for t in spec.tasks}
     batches = _batches_forever(data, config.batch_size, config.seed)
+    usage = getattr(model, "expert_usage", None)
+    usage = usage if callable(usage) else (lambda reset: {})
+    usage(reset=True)   # nothing from before this training
     start = time.perf_counter()
     columns = (TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -100,9 +105,12 @@ def train(model: nn.Module, spec: ModelSpec, data: TaskData, config: TrainConfig
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimiser.step()
             schedule.step()
+            if step == config.steps - tail - 1:
+                usage(reset=True)   # the record covers the same closing steps as the losses
             if step >= config.steps - tail:
                 for name, value in losses.items():
                     sums[name] += value.item()
             progress.update(bar, advance=1, loss=total.item())
     model.eval()
-    return TrainResult(config.steps, time.perf_counter() - start, {k: v / tail for k, v in sums.items()})
+    return TrainResult(config.steps, time.perf_counter() - start, {k: v / tail for k, v in sums.items()},
+                       usage(reset=True))

@@ -36,9 +36,15 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "task_dim": 16,
     "capacity_factor": 2.0,
     "head_width": 16,
-    "aux_loss_weight": 0.01,
+    "aux_loss_weight": 0.01,     # weight of the Switch load-balancing loss (routing_loss "switch")
+    "routing_loss": "switch",    # "switch": balance expert use over all tokens; "mi": Mod-Squad's task-expert mutual
+                                 # information, which concentrates each task on a few experts (routing_loss below)
+    "mi_loss_weight": 0.005,     # weight of the mutual-information loss (routing_loss "mi"; Mod-Squad's value)
     "moe_every": 2,          # every n-th block's MLP is a MoE layer (blocks n-1, 2n-1 ...); 0: a plain ViT
 }
+
+
+ROUTING_LOSSES = ("switch", "mi")
 
 
 def _tracing() -> bool:
@@ -105,6 +111,10 @@ class MoELayer(nn.Module):
         self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim).uniform_(-scale2, scale2))
         self.b2 = nn.Parameter(torch.zeros(num_experts, 1, dim))
         self.aux_loss = torch.zeros(())
+        self.routing_loss = "switch"
+        self.task = 0                                          # the task whose routing runs now (set by M3ViT)
+        self.task_probs: dict[int, list[torch.Tensor]] = {}   # training, "mi": each task's mean router probabilities
+        self.usage: dict[int, torch.Tensor] = {}               # training: tokens routed to each expert, per task
         self.tokens_routed = 0
         self.tokens_dropped = 0
         # static shapes for torch.export-based cost analysis: ceil(k*T/E) tokens per expert, i.e. exactly
@@ -163,14 +173,27 @@ class MoELayer(nn.Module):
         return out
 
     def _record(self, probs: torch.Tensor, combine: torch.Tensor, capacity: int) -> None:
-        """Load-balancing loss (Switch Transformer) and the tokens lost to expert overflow."""
+        """The routing loss's terms, each task's expert use and the tokens lost to expert overflow."""
         routed = combine > 0
         per_expert = routed.sum(dim=1)  # (B,E)
         self.tokens_routed += int(routed.sum())
         self.tokens_dropped += int((per_expert - capacity).clamp(min=0).sum())
         if self.training:
-            top1 = F.one_hot(probs.argmax(-1), self.num_experts).float().mean(dim=(0, 1))
-            self.aux_loss = self.aux_loss + self.num_experts * (top1 * probs.mean(dim=(0, 1))).sum()
+            self.usage[self.task] = self.usage.get(self.task, 0) + per_expert.sum(dim=0).detach()
+            if self.routing_loss == "mi":
+                self.task_probs.setdefault(self.task, []).append(probs.mean(dim=(0, 1)))
+            else:
+                top1 = F.one_hot(probs.argmax(-1), self.num_experts).float().mean(dim=(0, 1))
+                self.aux_loss = self.aux_loss + self.num_experts * (top1 * probs.mean(dim=(0, 1))).sum()
+
+    def take_routing_loss(self) -> torch.Tensor:
+        """The unweighted routing loss of the forward passes since the last call; resets it."""
+        if self.routing_loss == "mi":
+            per_task = [torch.stack(means).mean(dim=0) for means in self.task_probs.values()]
+            self.task_probs = {}
+            return mutual_information_loss(torch.stack(per_task)) if per_task else torch.zeros(())
+        loss, self.aux_loss = self.aux_loss, torch.zeros(())
+        return loss
 
     def forward_reference(self, x: torch.Tensor, task_vector: torch.Tensor) -> torch.Tensor:
         """Token-major reference: every token through each of its top-k experts (no capacity limit)."""
@@ -244,7 +267,12 @@ class M3ViT(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dim)
         self.heads = nn.ModuleDict({t.name: self._head(t, dim, int(cfg["head_width"])) for t in spec.tasks})
-        self.aux_loss_weight = float(cfg["aux_loss_weight"])
+        self.routing_loss = str(cfg["routing_loss"])
+        if self.routing_loss not in ROUTING_LOSSES:
+            raise ValueError(f"routing_loss must be one of {', '.join(ROUTING_LOSSES)}, got {self.routing_loss!r}")
+        self.aux_loss_weight = float(cfg["mi_loss_weight" if self.routing_loss == "mi" else "aux_loss_weight"])
+        for layer in self.moe_layers():
+            layer.routing_loss = self.routing_loss
 
     @staticmethod
     def _head(task: TaskSpec, dim: int, width: int) -> nn.Module:
@@ -259,6 +287,8 @@ class M3ViT(nn.Module):
         """Token features (B, D, h, w) under `task`'s routing."""
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
         task_vector = self.task_embed[self.task_index[task]]
+        for layer in self.moe_layers():
+            layer.task = self.task_index[task]
         for block in self.blocks:
             tokens = block(tokens, task_vector)
         tokens = self.norm(tokens)
@@ -269,11 +299,31 @@ class M3ViT(nn.Module):
         return {name: self.heads[name](self.backbone(x, name)) for name in names}
 
     def auxiliary_loss(self) -> torch.Tensor:
-        """Load-balancing loss accumulated since the last call (all MoE layers, all tasks), weighted; resets it."""
-        total = torch.zeros(())
-        for layer in self.moe_layers():
-            total, layer.aux_loss = total + layer.aux_loss, torch.zeros(())
-        return self.aux_loss_weight * total
+        """The routing loss accumulated since the last call (all MoE layers, all tasks), weighted; resets it."""
+        return self.aux_loss_weight * sum((layer.take_routing_loss() for layer in self.moe_layers()), torch.zeros(()))
+
+    def expert_usage(self, reset: bool = False) -> dict[str, dict[str, list[float]]]:
+        """Per MoE layer and task: the share of the task's routed tokens each expert took in training since the last
+        reset (what training logs, to show whether tasks specialise)."""
+        names = list(self.task_index)
+        usage = {}
+        for index, block in enumerate(self.blocks):
+            if isinstance(block.mlp, MoELayer):
+                usage[f"blocks.{index}"] = {names[t]: (counts / counts.sum().clamp(min=1)).tolist()
+                                            for t, counts in sorted(block.mlp.usage.items())}
+                if reset:
+                    block.mlp.usage = {}
+        return usage
+
+
+def mutual_information_loss(task_probs: torch.Tensor) -> torch.Tensor:
+    """-I(task; expert), Mod-Squad's loss (Chen et al., CVPR 2023): L = -sum_{t,e} P(t,e) log(P(t,e) / (P(t) P(e))),
+    with P(t,e) = P(t) x task t's mean router probability of expert e (`task_probs`, T x E) and every task equally
+    likely. Minimising it concentrates each task on few experts (H(E|T) falls) while keeping all experts used
+    overall (H(E) rises): per-task balancing would force every task onto every expert instead."""
+    joint = task_probs / task_probs.sum(dim=1, keepdim=True) / task_probs.shape[0]
+    independent = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
+    return -(joint * (joint.clamp(min=1e-12).log() - independent.clamp(min=1e-12).log())).sum()
 
 
 def build(spec: ModelSpec, config: dict[str, Any]) -> M3ViT:
