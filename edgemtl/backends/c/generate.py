@@ -50,11 +50,24 @@ class CSources:
     output_elements: int
 
 
-def check_supported(graph: IntGraph) -> None:
-    """Raise, naming op, layer and task, for the first node the C backend has no kernel for."""
+def check_supported(graph: IntGraph, backend: str = "C backend") -> None:
+    """Raise, naming op, layer and task, for the first node the backend (the C or the HLS C++ one: the same ops) has no
+    kernel for."""
     for node in graph.nodes:
         if node.op not in SUPPORTED_OPS:
-            raise EdgemtlError(f"task {graph.task!r}: layer {node.name!r} has op {node.op!r}, which the C backend lacks")
+            raise EdgemtlError(f"task {graph.task!r}: layer {node.name!r} has op {node.op!r}, which the {backend} lacks"
+                               f" (it has: {', '.join(SUPPORTED_OPS)})")
+
+
+def check_graph(graph: IntGraph, backend: str = "C backend") -> None:
+    """Everything a code generator relies on, before it writes a file: known ops, a valid graph, re-derived shapes
+    (a wrong shape would be a silent buffer overrun in the generated code)."""
+    check_supported(graph, backend)
+    graph.validate()
+    if not graph.nodes:
+        raise EdgemtlError(f"task {graph.task!r}: the integer graph has no nodes, nothing to generate")
+    for node in graph.nodes:
+        _check_node(graph, node)
 
 
 # -- shape checks: a wrong shape would be a silent buffer overrun in C, so every node is re-derived --------
@@ -206,12 +219,12 @@ def _c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _c_int(value: int) -> str:
+def c_int(value: int) -> str:
     return "(-2147483647 - 1)" if value == -(2**31) else str(value)
 
 
 def _c_array(ctype: str, name: str, values: np.ndarray, per_line: int = 24) -> str:
-    flat = [_c_int(int(v)) for v in values.reshape(-1)]
+    flat = [c_int(int(v)) for v in values.reshape(-1)]
     lines = [", ".join(flat[i:i + per_line]) for i in range(0, len(flat), per_line)]
     return f"const {ctype} {name}[{len(flat)}] = {{\n    " + ",\n    ".join(lines) + "\n};\n"
 
@@ -464,12 +477,7 @@ def _weights(graph: IntGraph, prefix: str) -> tuple[str, str]:
 def generate_c(graph: IntGraph, folder: Path, prefix: str = "network", alignment: int = 4) -> CSources:
     """Write the C sources for `graph` into `folder` (created) and return what was written."""
     _check_prefix(prefix)
-    check_supported(graph)
-    graph.validate()
-    if not graph.nodes:
-        raise EdgemtlError(f"task {graph.task!r}: the integer graph has no nodes, nothing to generate")
-    for node in graph.nodes:
-        _check_node(graph, node)
+    check_graph(graph)
     plan = plan_arena(graph, alignment=alignment)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
