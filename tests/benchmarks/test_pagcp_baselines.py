@@ -65,3 +65,19 @@ def test_match_macs_finds_the_grid_ratio_closest_to_the_target_in_few_prunings()
     assert model.out_features in (24, 32)      # 30 channels lie between the 24 and 32 the grid can give
     assert abs(8 * model.out_features - 240) == min(abs(8 * w - 240) for w in (24, 32))
     assert len(set(calls)) <= 8 and 0.45 <= ratio <= 0.65    # bisected, not the 39-point sweep
+
+
+def test_a_baseline_takes_finer_widths_when_multiples_of_8_cannot_match_pagcps_macs():
+    """The 2026-12-05 run: uniform L1 on 32-wide layers could only reach 56% of the MACs where PAGCP kept 60%, so the
+    'matched within 3 points' comparison failed. Widths in multiples of 1 then take over; multiples of 8 stay where
+    they match (they are what runs fast)."""
+    def prune_at(ratio: float, multiple: int) -> torch.nn.Module:
+        keep = 32 - int(ratio * 32)
+        return torch.nn.Linear(8, -(-keep // multiple) * multiple)
+
+    bench, example = _benchmark(), torch.zeros(1, 8)
+    base = 8 * 32
+    _, model, multiple = bench.matched(prune_at, target_macs=0.6 * base, base_macs=base, example=example)
+    assert multiple == 1 and abs(8 * model.out_features - 0.6 * base) <= 0.03 * base
+    _, model, multiple = bench.matched(prune_at, target_macs=0.75 * base, base_macs=base, example=example)
+    assert multiple == 8 and model.out_features == 24
