@@ -45,7 +45,7 @@ from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.model.checkpoint import load
 from edgemtl.model.losses import task_loss
 from edgemtl.model.spec import ModelSpec
-from edgemtl.model.zoo import zoo_spec
+from edgemtl.model.zoo import full_config, zoo_spec
 from edgemtl.passes import prune_units
 from edgemtl.passes.prune_pagcp import (LossOracle, PAGCPConfig, Surgeon, _greedy_round, _macs, _out_channels,
                                         prune_pagcp, removable)
@@ -386,7 +386,7 @@ def _trained_base(arch: str, spec: ModelSpec, args) -> torch.nn.Module:
     path = args.checkpoint_dir / f"{arch}.pt" if args.checkpoint_dir else None
     steps = args.train_steps or ARCHS[arch]["train_steps"]
     loaded = load(trained_checkpoint(path, steps, spec.config, console, arch=arch))
-    if loaded.spec.config != spec.config:
+    if full_config(arch, loaded.spec.config) != spec.config:   # a key added since it was saved takes its default
         raise SystemExit(f"{path} holds config {loaded.spec.config}, the benchmark asks for {spec.config}")
     return loaded.model
 
