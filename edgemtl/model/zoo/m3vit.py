@@ -40,6 +40,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "routing_loss": "switch",    # "switch": balance expert use over all tokens; "mi": Mod-Squad's task-expert mutual
                                  # information, which concentrates each task on a few experts (routing_loss below)
     "mi_loss_weight": 0.005,     # weight of the mutual-information loss (routing_loss "mi"; Mod-Squad's value)
+    "task_embed_std": 0.02,      # initial spread of the task embeddings the router reads; the MI loss needs ~1.0: with
+                                 # 0.02 every task starts with the same routing, where the MI loss has no gradient
     "moe_every": 2,          # every n-th block's MLP is a MoE layer (blocks n-1, 2n-1 ...); 0: a plain ViT
 }
 
@@ -253,7 +255,7 @@ class M3ViT(nn.Module):
         self.task_index = {t.name: i for i, t in enumerate(spec.tasks)}
         self.patch_embed = nn.Conv2d(channels, dim, patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], dim) * 0.02)
-        self.task_embed = nn.Parameter(torch.randn(len(spec.tasks), int(cfg["task_dim"])) * 0.02)
+        self.task_embed = nn.Parameter(torch.randn(len(spec.tasks), int(cfg["task_dim"])) * float(cfg["task_embed_std"]))
         hidden = int(dim * float(cfg["mlp_ratio"]))
         blocks = []
         every = int(cfg["moe_every"])
@@ -320,7 +322,10 @@ def mutual_information_loss(task_probs: torch.Tensor) -> torch.Tensor:
     """-I(task; expert), Mod-Squad's loss (Chen et al., CVPR 2023): L = -sum_{t,e} P(t,e) log(P(t,e) / (P(t) P(e))),
     with P(t,e) = P(t) x task t's mean router probability of expert e (`task_probs`, T x E) and every task equally
     likely. Minimising it concentrates each task on few experts (H(E|T) falls) while keeping all experts used
-    overall (H(E) rises): per-task balancing would force every task onto every expert instead."""
+    overall (H(E) rises): per-task balancing would force every task onto every expert instead. Where every task routes
+    alike, I = 0 is a stationary point (the gradient vanishes there), so the tasks' routing must start apart: the
+    `task_embed_std` config (measured on scenes, 800 steps, weight 0.05: at 0.02 every task kept 7 and 5 of 8 experts
+    at 95% coverage, as without the loss; at 1.0, 1-5)."""
     joint = task_probs / task_probs.sum(dim=1, keepdim=True) / task_probs.shape[0]
     independent = joint.sum(dim=1, keepdim=True) * joint.sum(dim=0, keepdim=True)
     return -(joint * (joint.clamp(min=1e-12).log() - independent.clamp(min=1e-12).log())).sum()
