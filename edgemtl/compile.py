@@ -20,7 +20,7 @@ from edgemtl.bundle import MANIFEST, staged_bundle, write_json
 from edgemtl.data.sources import open_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.flow import CompileOptions, FlowContext, FlowState, Step, run_steps
-from edgemtl.flows import flow_manifest_model, flow_steps
+from edgemtl.flows import check_flow_options, flow_manifest_model, flow_steps
 from edgemtl.flows.passes import requested_steps
 from edgemtl.manifest import SCHEMA_VERSION, validate_manifest
 from edgemtl.model.checkpoint import LoadedModel
@@ -76,6 +76,7 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
     for request in options.passes:  # bad settings fail before any work
         check_request(request, loaded.spec, has_data=reference is not None)
     steps = compile_steps(target, options)
+    check_flow_options(target, loaded, options)
     manifest = _base_manifest(loaded, target, tasks)
     if options.stop_after is not None:
         manifest["stopped_after"] = {"step": options.stop_after, "steps_not_run": [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -318,16 +319,29 @@ def test_compile_for_zcu104_leaves_out_a_task_with_an_op_hls4ml_lacks_before_qat
     assert "warning: task 'up' has no hls4ml artifact" in " ".join(err.split())
 
 
-def test_compile_for_zcu104_says_which_step_an_moe_model_needs_elsewhere(capsys, tmp_path, checkpoints):
+@pytest.mark.needs_hls4ml
+def test_compile_for_zcu104_turns_an_moe_model_into_c_simulated_hls_cpp(capsys, tmp_path, checkpoints):
+    """hls4ml cannot express the expert dispatch: its steps skip, saying so; the task's expert path goes to int8 and
+    edgemtl's HLS C++, bit-exact with the integer reference in g++'s C simulation (tests/flows/test_zcu104_moe.py)."""
+    pytest.importorskip("hls4ml")  # the C simulation's ap_int.h headers
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not on PATH (sudo apt-get install g++)")
     bundle = tmp_path / "zcu104-moe"
     code, _, err = run_cli(capsys, "compile", checkpoints["m3vit"], "--target", "zcu104", "-o", bundle, "--tasks", "depth",
                            "--no-latency")
-    assert code == 0, err
+    assert code == 0 and "warning:" not in err, err
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert "custom expert-major kernel" in manifest["passes"]["quantize_brevitas"]["skipped"]
-    assert manifest["needs_other_toolchain"][0]["step"] == "quantize + HLS"
+    assert "needs_other_toolchain" not in manifest
+    assert "expert dispatch" in manifest["passes"]["quantize_brevitas"]["skipped"]
     entry = manifest["tasks"]["depth"]
-    assert (bundle / entry["artifacts"]["onnx"]).is_file() and entry["roofline"]["provenance"]["kind"] == "estimated"
+    assert entry["int8"]["ok"] and entry["hls_cpp"]["csim"]["exact"] and entry["hls_cpp"]["csim"]["samples"] == 4
+    assert (bundle / entry["artifacts"]["hls_cpp"] / "build_prj.tcl").is_file()
+    assert entry["roofline"]["provenance"]["kind"] == "estimated" and entry["roofline"]["precision"] == "w8a8"
+    code, _, err = run_cli(capsys, "compile", checkpoints["m3vit"], "--target", "zcu104", "-o", tmp_path / "w4",
+                           "--tasks", "depth", "--precision", "w4a4")
+    assert_one_line_error(code, err, "--precision sets the hls4ml path's quantizers; an MoE model on zcu104 is quantized "
+                                     "to int8 (w8a8)")
+    assert not (tmp_path / "w4").exists()
 
 
 def test_compile_for_gap9_verifies_the_c_bit_exact_and_estimates(capsys, tmp_path, checkpoints):
@@ -408,8 +422,10 @@ def test_inspect_target_names_the_op_each_task_path_cannot_take(capsys, tmp_path
 
 def test_inspect_target_on_an_moe_model_for_the_fpga_says_what_the_compile_leaves_out(capsys, checkpoints):
     code, out, err = run_cli(capsys, "inspect", checkpoints["m3vit"], "--target", "zcu104", "--tasks", "depth", "--json")
-    assert code == 0, err  # compile writes float ONNX and the roofline estimate: not an error
-    assert "expert dispatch" in json.loads(out)["target"]["note"]
+    assert code == 0, err  # compile takes another path (int8 + edgemtl's HLS C++): not an error
+    checked = json.loads(out)["target"]
+    assert "expert dispatch" in checked["note"] and "Vitis HLS C++" in checked["note"]
+    assert checked["tasks"]["depth"] == {"supported": True}  # the int8 converter's checks: one integer moe node
     code, out, err = run_cli(capsys, "inspect", checkpoints["m3vit"], "--target", "gap9", "--tasks", "depth")
     assert code == 0 and "gap9: task 'depth': no op refused" in " ".join(out.split()), err  # one integer moe node
 
@@ -580,6 +596,8 @@ def test_list_steps_and_stop_after_a_step(capsys, tmp_path, checkpoints):
     code, out, _ = run_cli(capsys, "compile", "--target", "zcu104", "--list-steps")
     names = [line.split()[1] for line in out.splitlines() if line.strip()]
     assert code == 0 and names[:3] == ["load_data", "analyse", "partition_experts"] and "hls4ml_csim" in names
+    assert names[names.index("hls4ml_csim") + 1:][:2] == ["quantize_int8", "hls_cpp_csim"]  # MoE models' path
+    assert "(skipped for MoE models)" in out and "(skipped otherwise)" in out
     code, out, _ = run_cli(capsys, "compile", "--target", "host", "--list-steps", "--prune-flops", "0.5")
     assert out.split()[1] == "prune_pagcp"
     bundle = tmp_path / "partial"

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 
 from edgemtl.errors import EdgemtlError
-from edgemtl.flow import Step
+from edgemtl.flow import CompileOptions, Step
 from edgemtl.manifest import Manifest
+from edgemtl.model.checkpoint import LoadedModel
+from edgemtl.targets import Target
 
 FLOWS: dict[str, str] = {"cpu-onnxruntime": "edgemtl.flows.cpu_onnxruntime", "fpga-hls4ml": "edgemtl.flows.fpga_hls4ml",
                          "mcu-gap9": "edgemtl.flows.mcu_gap9", "cpu-arm64": "edgemtl.flows.cpu_arm64"}
@@ -24,3 +26,11 @@ def flow_manifest_model(name: str) -> type[Manifest]:
     if name not in FLOWS:
         raise EdgemtlError(f"no flow called {name!r} in this edgemtl; available: {', '.join(FLOWS)}")
     return importlib.import_module(FLOWS[name]).MANIFEST
+
+
+def check_flow_options(target: Target, loaded: LoadedModel, options: CompileOptions) -> None:
+    """One-line errors, before any work, for options the target's flow cannot honour for this model: a flow module's
+    optional `check_options(model, target, options)`."""
+    check = getattr(importlib.import_module(FLOWS[target.flow]), "check_options", None)
+    if check is not None:
+        check(loaded.model, target, options)

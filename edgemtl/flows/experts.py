@@ -10,6 +10,7 @@ why they did nothing and the compile goes on.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from edgemtl.errors import VerificationError
 from edgemtl.manifest import prov
 from edgemtl.flow import FlowContext, Skipped
 from edgemtl.flows.common import task_list, threads_of, verification_inputs
-from edgemtl.flows.passes import pass_step
+from edgemtl.flows.passes import StepFn, pass_step
 from edgemtl.passes.base import PassResult
 from edgemtl.passes.partition_experts import PartitionConfig, TaskExpertPath, has_experts
 from edgemtl.profile.switching import resident_memory, switch_latency
@@ -32,14 +33,15 @@ from edgemtl.profile.switching import resident_memory, switch_latency
 SWITCHABLE = "switchable/model.onnx"
 
 
-def _keep_paths(ctx: FlowContext, result: PassResult[TaskExpertPath]) -> None:
-    """The expert paths for later steps; the MoE MAC accounting, the memory plan and each task's path in the manifest."""
+def _keep_paths(ctx: FlowContext, result: PassResult[TaskExpertPath], precision: str) -> None:
+    """The expert paths for later steps; the MoE MAC accounting, the memory plan (at the precision the flow deploys)
+    and each task's path in the manifest."""
     model, spec, tasks, record = ctx.loaded.model, ctx.loaded.spec, task_list(ctx), result.record
     ctx.state.task_models = dict(result.paths)
     ctx.manifest["moe"] = {
         "expert_usage": record.usage.to_dict(),
         "macs": moe_macs(model, spec, tasks, ctx.state.cost),
-        "memory_plan": _memory_plans(ctx, result.paths, record.usage),
+        "memory_plan": _memory_plans(ctx, result.paths, record.usage, precision),
     }
     for task, entry in record.tasks.items():
         ctx.manifest["tasks"][task]["expert_path"] = {
@@ -47,9 +49,15 @@ def _keep_paths(ctx: FlowContext, result: PassResult[TaskExpertPath]) -> None:
             "metric": entry.metric, "metric_before": entry.metric_before, "metric_after": entry.metric_after}
 
 
-# Expert usage, per-task expert paths, MoE MACs and the memory plan (skipped without experts or without data).
-partition_step = pass_step("partition_experts", config=lambda ctx: ctx.options.experts or PartitionConfig(),
-                           keep=_keep_paths)
+def partition_step_at(precision: Callable[[FlowContext], str]) -> StepFn:
+    """The partition step of a flow whose MoE models deploy at `precision(ctx)` (the memory plan's bytes per value)."""
+    return pass_step("partition_experts", config=lambda ctx: ctx.options.experts or PartitionConfig(),
+                     keep=lambda ctx, result: _keep_paths(ctx, result, precision(ctx)))
+
+
+# Expert usage, per-task expert paths, MoE MACs and the memory plan at the target's first precision (skipped without
+# experts or without data).
+partition_step = partition_step_at(lambda ctx: ctx.target.precisions[0])
 
 
 def path_memory_plan(path: TaskExpertPath, usage: ExpertUsage, on_chip_bytes: int, weight_bytes: float,
@@ -61,9 +69,8 @@ def path_memory_plan(path: TaskExpertPath, usage: ExpertUsage, on_chip_bytes: in
                           tokens_per_expert=per_image)
 
 
-def _memory_plans(ctx: FlowContext, paths: dict[str, TaskExpertPath], usage: ExpertUsage) -> dict:
-    """Token-major vs expert-major plan of each task's path, at the target's memory and first precision."""
-    precision = ctx.target.precisions[0]
+def _memory_plans(ctx: FlowContext, paths: dict[str, TaskExpertPath], usage: ExpertUsage, precision: str) -> dict:
+    """Token-major vs expert-major plan of each task's path, at the target's memory and `precision`."""
     weight_bytes, activation_bytes = precision_bytes(precision)
     on_chip = on_chip_bytes_of(ctx.target)
     return {task: path_memory_plan(path, usage, on_chip, weight_bytes, activation_bytes).to_dict()

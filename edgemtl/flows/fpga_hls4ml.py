@@ -1,13 +1,14 @@
-"""The FPGA flow (zcu104): power-of-two QAT per task, QONNX, hls4ml C simulation, FINN and roofline estimates.
+"""The FPGA flow (zcu104): power-of-two QAT per task, QONNX, hls4ml C simulation, FINN and roofline estimates; for a
+mixture-of-experts model, int8 integer graphs and edgemtl's own HLS C++ instead (flows/fpga_hls_cpp.py).
 
 Steps: load_data -> analyse -> partition_experts -> hls4ml_op_check -> quantize_brevitas -> export_qonnx ->
-hls4ml_csim -> estimates -> board_kit. Everything up to synthesis runs here; synthesis, the bitstream and the board need
-Vitis/Vivado and a ZCU104 (the bundle's hw/README.md gives the exact commands). A task hls4ml cannot map
-is recorded with the op that stopped it and the other tasks go on; a C simulation that differs from
-the quantized model in any value, or a g++ testbench whose run differs from the C simulation, fails the
-compile (without g++ the manifest says the testbench was not built, and why). A mixture-of-experts model
-(data-dependent expert dispatch) gets float ONNX graphs and the roofline estimate, and the manifest says
-which step needs another toolchain.
+hls4ml_csim -> quantize_int8 -> hls_cpp_csim -> estimates -> board_kit. The hls4ml steps skip an MoE model (hls4ml
+cannot express its data-dependent expert dispatch) and the two int8 / HLS C++ steps skip any other, each saying why.
+Everything up to synthesis runs here; synthesis, the bitstream and the board need Vitis/Vivado and a ZCU104 (the
+bundle's hw/README.md gives the exact commands). A task hls4ml cannot map is recorded with the op that stopped it and
+the other tasks go on; a C simulation that differs from the quantized model in any value (HLS C++: by more than 1 LSB
+from the integer reference), or a g++ testbench whose run differs from the C simulation, fails the compile (without
+g++ the manifest says the testbench or C simulation was not built, and why).
 """
 
 from __future__ import annotations
@@ -29,33 +30,38 @@ from edgemtl.manifest import Section, TaskEntry, manifest_model
 from edgemtl.model.onnx_export import export_task
 from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qonnx, inference_cost
 from edgemtl.errors import EdgemtlError, VerificationError
-from edgemtl.flow import FlowContext, Step
+from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import analyse, load_verification_data, task_list, task_model, with_progress
-from edgemtl.flows.experts import partition_step
+from edgemtl.flows.experts import partition_step_at
+from edgemtl.flows.fpga_hls_cpp import (PRECISION as MOE_PRECISION, hls_cpp_step, quantize_step as int8_quantize_step,
+                                        takes_model)
+from edgemtl.flows.fpga_hls_cpp import check_options  # noqa: F401 - this flow's options check (flows.check_flow_options)
 from edgemtl.flows.passes import pass_step
 from edgemtl.passes.base import PassResult
-from edgemtl.passes.partition_experts import has_experts
 from edgemtl.passes.quantize_brevitas import QuantConfig, QuantTaskPath, grid_align, output_lsb
 from edgemtl.resources import HW_DIR
 
 BOARD_KIT = HW_DIR / "zcu104"
-MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / ScatterElements) has no hls4ml or "
-            "FINN layer: quantization and HLS need a custom expert-major kernel (e.g. Vitis HLS by hand); "
-            "this bundle holds float ONNX per task and the roofline estimate")
+HLS4ML_SKIP = ("mixture-of-experts model: hls4ml and FINN cannot express its data-dependent expert dispatch; "
+               "quantize_int8 and hls_cpp_csim compile it instead")
 
 
 def _precision(ctx: FlowContext) -> str:
-    return ctx.options.precision or ctx.target.precisions[0]
+    """The precision deployed: the hls4ml path's (--precision, else the target's first), int8 for an MoE model."""
+    return MOE_PRECISION if takes_model(ctx) else ctx.options.precision or ctx.target.precisions[0]
 
 
 def _fabric_clock_mhz(ctx: FlowContext) -> float:
     return next(c.clock_mhz for c in ctx.target.compute if c.kind == "fpga-fabric")
 
 
-def op_check_step(ctx: FlowContext) -> None:
-    """Each task's float graph against hls4ml's ONNX handlers, before QAT: a task with an op hls4ml lacks is
-    recorded with that op and left out of QAT and HLS (its float ONNX and roofline estimate stay); if every task
-    has one, the compile stops here with the first."""
+def op_check_step(ctx: FlowContext) -> Skipped | None:
+    """Each task's float graph against hls4ml's ONNX handlers, before QAT (skipped for MoE models).
+
+    A task with an op hls4ml lacks is recorded with that op and left out of QAT and HLS (its float ONNX and roofline
+    estimate stay); if every task has one, the compile stops here with the first."""
+    if takes_model(ctx):
+        return Skipped(HLS4ML_SKIP)
     support = task_support(ctx.loaded.model, ctx.loaded.spec, ctx.target, task_list(ctx))
     refused = {task: reason for task, reason in support.items() if reason is not None}
     for task, reason in refused.items():
@@ -63,6 +69,7 @@ def op_check_step(ctx: FlowContext) -> None:
     if refused and len(refused) == len(task_list(ctx)):
         raise EdgemtlError(next(iter(refused.values())))
     ctx.state.hls4ml_refused = refused
+    return None
 
 
 def _qat_config(ctx: FlowContext) -> QuantConfig:
@@ -82,7 +89,8 @@ def _keep_quantized(ctx: FlowContext, result: PassResult[QuantTaskPath]) -> None
 quantize_step = pass_step(
     "quantize_brevitas", config=_qat_config, keep=_keep_quantized,
     tasks=lambda ctx: [t for t in task_list(ctx) if t not in ctx.state.hls4ml_refused],
-    skip=lambda ctx: MOE_NOTE if has_experts(ctx.loaded.model) else None)
+    skip=lambda ctx: HLS4ML_SKIP if takes_model(ctx) else None)
+quantize_step.__doc__ = f"{quantize_step.__doc__} (skipped for MoE models)"
 
 
 def _grid_samples(ctx: FlowContext, qmodel: torch.nn.Module, count: int) -> torch.Tensor:
@@ -92,8 +100,12 @@ def _grid_samples(ctx: FlowContext, qmodel: torch.nn.Module, count: int) -> torc
     return grid_align(qmodel, torch.from_numpy(data.normalise(data.images[:count])))
 
 
-def export_step(ctx: FlowContext) -> None:
-    """QONNX + QCDQ per task, both checked against brevitas; qonnx's inference cost (MoE: float ONNX)."""
+def export_step(ctx: FlowContext) -> Skipped | None:
+    """QONNX + QCDQ per task, checked against brevitas; qonnx's inference cost (skipped for MoE models).
+
+    A task hls4ml refused gets its float ONNX instead."""
+    if takes_model(ctx):
+        return Skipped(HLS4ML_SKIP)
     for task in task_list(ctx):
         entry = ctx.manifest["tasks"][task]
         if task not in ctx.state.quantized:
@@ -109,10 +121,15 @@ def export_step(ctx: FlowContext) -> None:
         entry["export_check"] = check_exports(qmodel, ctx.bundle / qonnx, ctx.bundle / qcdq,
                                               _grid_samples(ctx, qmodel, ctx.options.verify_samples))
         entry["inference_cost"] = inference_cost(ctx.bundle / qonnx)
+    return None
 
 
-def hls4ml_step(ctx: FlowContext) -> None:
-    """hls4ml project per task, C-simulated against the quantized model; unmappable tasks recorded, not fatal."""
+def hls4ml_step(ctx: FlowContext) -> Skipped | None:
+    """hls4ml project per task, C-simulated against the quantized model (skipped for MoE models).
+
+    A task hls4ml cannot map is recorded, not fatal."""
+    if takes_model(ctx):
+        return Skipped(HLS4ML_SKIP)
     clock_ns = 1000.0 / _fabric_clock_mhz(ctx)
     failed = []
     for task, path in with_progress(ctx, ctx.state.quantized.items(), "hls4ml project + C simulation"):
@@ -139,6 +156,7 @@ def hls4ml_step(ctx: FlowContext) -> None:
         (ctx.bundle / relative / "io.json").write_text(json.dumps(io, indent=2))
     if failed and len(failed) == len(ctx.state.quantized):
         raise EdgemtlError(f"hls4ml could map none of the tasks; first: {ctx.manifest['tasks'][failed[0]]['hls4ml']['error']}")
+    return None
 
 
 def _require_agreement(task: str, where: str, testbench: dict) -> None:
@@ -173,7 +191,7 @@ def _io_description(project, spec, task: str, output_shape: list[int], host_resi
 
 
 def estimates_step(ctx: FlowContext) -> None:
-    """FINN's estimates (its own venv, when present) and edgemtl's roofline, per task, side by side."""
+    """FINN's estimates (its own venv, when present) and edgemtl's roofline at the deployed precision, per task."""
     precision = _precision(ctx)
     for task in with_progress(ctx, task_list(ctx), "FINN and roofline"):
         entry = ctx.manifest["tasks"][task]
@@ -183,8 +201,6 @@ def estimates_step(ctx: FlowContext) -> None:
                                            _fabric_clock_mhz(ctx), ctx.target.target_fps, ctx.bundle / "work" / "finn" / task,
                                            logic=ctx.target.fabric.model_dump() if ctx.target.fabric else None)
     shutil.rmtree(ctx.bundle / "work", ignore_errors=True)
-    if has_experts(ctx.loaded.model):
-        ctx.manifest.setdefault("needs_other_toolchain", []).append({"step": "quantize + HLS", "why": MOE_NOTE})
 
 
 def board_kit_step(ctx: FlowContext) -> None:
@@ -192,35 +208,46 @@ def board_kit_step(ctx: FlowContext) -> None:
     shutil.copytree(BOARD_KIT, ctx.bundle / "hw", dirs_exist_ok=True)
     ctx.manifest["board_kit"] = {"folder": "hw", "readme": "hw/README.md",
                                  "next": "vitis_hls -f build_prj.tcl in each tasks/<task>/hls4ml, then hw/README.md"}
+    if takes_model(ctx):  # the kit's block design and driver take hls4ml's AXI-stream IP, not the HLS C++ top
+        ctx.manifest["board_kit"].update(
+            next="cd tasks/<task>/hls && vitis_hls -f build_prj.tcl (Vitis 2024.1+: vitis-run --mode hls --tcl "
+                 "build_prj.tcl); see docs/zcu104.md",
+            note="hw/'s block design and PYNQ driver are for hls4ml's AXI-stream IP; the HLS C++ top has m_axi data "
+                 "ports and an s_axilite control port, whose block design is not generated")
 
 
 STEPS: list[Step] = [
     ("load_data", load_verification_data),
     ("analyse", analyse),
-    ("partition_experts", partition_step),
+    ("partition_experts", partition_step_at(_precision)),
     ("hls4ml_op_check", op_check_step),
     ("quantize_brevitas", quantize_step),
     ("export_qonnx", export_step),
     ("hls4ml_csim", hls4ml_step),
+    ("quantize_int8", int8_quantize_step),
+    ("hls_cpp_csim", hls_cpp_step),
     ("estimates", estimates_step),
     ("board_kit", board_kit_step),
 ]
 
 
 class FpgaTask(TaskEntry):
-    """The FPGA flow's task entry: QAT, QONNX export, hls4ml project and C simulation, estimates."""
+    """The FPGA flow's task entry: QAT, QONNX export, hls4ml project and C simulation, estimates; for an MoE model
+    the int8 record and the HLS C++ project with its C simulation instead of the first three."""
 
     quantization: Section | None = Field(None, description="brevitas QAT record: precision, steps, metrics")
     export_check: Section | None = None
     inference_cost: Section | None = Field(None, description="qonnx inference cost of the QONNX graph")
     hls4ml: Section | None = Field(None, description="HLS project, C simulation and g++ testbench vs the QAT model")
+    int8: Section | None = Field(None, description="MoE models: int8 quantization record and metrics (or agreement)")
+    hls_cpp: Section | None = Field(None, description="MoE models: HLS C++ project, MoE on-chip bytes vs the plan, "
+                                                      "g++ C simulation vs the int8 reference")
     roofline: Section | None = Field(None, description="edgemtl roofline (estimated)")
     finn: Section | None = Field(None, description="FINN analytical estimates (estimated)")
 
 
 class FpgaExtra(BaseModel):
     board_kit: dict[str, Any] | None = Field(None, description="the hw/ folder and the next command to run")
-    needs_other_toolchain: list[dict[str, Any]] | None = Field(None, description="steps this flow cannot lower")
 
 
 MANIFEST = manifest_model(FpgaTask, FpgaExtra)

@@ -41,8 +41,7 @@ from edgemtl.manifest import Section, TaskEntry, manifest_model, prov
 from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import analyse, load_verification_data, with_progress
 from edgemtl.flows.experts import partition_step
-from edgemtl.flows.passes import pass_step
-from edgemtl.passes.base import PassResult
+from edgemtl.flows.int8 import int8_step
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
 from edgemtl.resources import HW_DIR
 
@@ -63,19 +62,8 @@ def _graphs(ctx: FlowContext) -> dict[str, IntGraph]:
     return ctx.state.int_graphs
 
 
-def _keep_graphs(ctx: FlowContext, result: PassResult[IntGraph]) -> None:
-    """Each task's int8 record in its entry; the integer graphs saved in the bundle and kept for the later steps."""
-    for task, record in result.record.tasks.items():
-        ctx.manifest["tasks"][task]["int8"] = record
-    for task, graph in result.paths.items():
-        relative = f"tasks/{task}/intgraph"
-        graph.save(ctx.bundle / relative)
-        ctx.manifest["tasks"][task]["artifacts"] = {"intgraph": relative}
-    ctx.state.int_graphs = dict(result.paths)
-
-
 # Per-channel int8 post-training quantization of every task path, calibrated on real training images.
-quantize_step = pass_step("quantize_int8", keep=_keep_graphs)
+quantize_step = int8_step()
 
 
 def export_step(ctx: FlowContext) -> None:

@@ -1,7 +1,8 @@
 """Which task paths a target can take, answered before any long step runs (`edgemtl inspect --target T`).
 
 Each task's float graph (the one every flow starts from: BatchNorm and shape arithmetic folded) is put through the
-checks of the target's own lowering: the int8 converter's for the GAP9, hls4ml's ONNX handlers for the ZCU104. The
+checks of the target's own lowering: the int8 converter's for the GAP9 and for an MoE model on the ZCU104 (its HLS
+C++ starts from the integer graph), hls4ml's ONNX handlers for any other model on the ZCU104. The
 CPU targets run any graph the exporter writes (ONNX Runtime, TVM), so they refuse nothing here. The same checks run
 inside `compile`, which records a refused task and compiles the others.
 """
@@ -27,8 +28,7 @@ def task_support(model: nn.Module, spec: ModelSpec, target: Target, tasks: list[
     from edgemtl.passes.partition_experts import has_experts
     from edgemtl.passes.quantize_int8 import float_graph
 
-    if target.flow == "fpga-hls4ml" and has_experts(model):
-        return dict.fromkeys(tasks)  # no HLS step to refuse anything: see target_note
+    lowering = "int8" if target.flow == "mcu-gap9" or has_experts(model) else "hls4ml"  # MoE on the FPGA: HLS C++
     support: dict[str, str | None] = {}
     for task in tasks:
         with tempfile.TemporaryDirectory(prefix="edgemtl-ops-") as folder:
@@ -37,12 +37,12 @@ def task_support(model: nn.Module, spec: ModelSpec, target: Target, tasks: list[
             except Exception:  # noqa: BLE001 - only an early answer: the lowering itself still checks later
                 support[task] = None
                 continue
-        support[task] = _reason(graph, task, target.flow)
+        support[task] = _reason(graph, task, lowering)
     return support
 
 
-def _reason(graph, task: str, flow: str) -> str | None:
-    if flow == "fpga-hls4ml":
+def _reason(graph, task: str, lowering: str) -> str | None:
+    if lowering == "hls4ml":
         from edgemtl.backends.hls4ml_backend import float_graph_refusal
 
         refusal = float_graph_refusal(graph, task)
@@ -57,11 +57,11 @@ def _reason(graph, task: str, flow: str) -> str | None:
 
 
 def target_note(model: nn.Module, target: Target) -> str | None:
-    """What a compile for this target will leave out for the model as a whole (the FPGA flow and an MoE model)."""
+    """What a compile for this target does differently for the model as a whole (the FPGA flow and an MoE model)."""
     from edgemtl.passes.partition_experts import has_experts
 
     if target.flow == "fpga-hls4ml" and has_experts(model):
-        from edgemtl.flows.fpga_hls4ml import MOE_NOTE
+        from edgemtl.flows.fpga_hls_cpp import MOE_NOTE
 
         return MOE_NOTE
     return None

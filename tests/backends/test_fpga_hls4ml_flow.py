@@ -28,7 +28,7 @@ def fake_ctx(tmp_path: Path) -> SimpleNamespace:
     path = SimpleNamespace(fabric=lambda x: torch.zeros(len(x), 3), host_resize=None, host_softmax=None)
     return SimpleNamespace(progress=FlowContext.progress, target=TARGET, options=CompileOptions(csim_samples=2),
                            bundle=tmp_path,
-                           loaded=SimpleNamespace(spec=None), state=FlowState(quantized={"scene": path}),
+                           loaded=SimpleNamespace(spec=None, model=None), state=FlowState(quantized={"scene": path}),
                            manifest={"tasks": {"scene": {"artifacts": {"qonnx": "tasks/scene/model.qonnx.onnx"}}}})
 
 
@@ -117,7 +117,7 @@ def real_ctx(scene_path, bundle: Path, samples: int) -> SimpleNamespace:
     (bundle / "tasks/scene/model.qonnx.onnx").write_bytes(qonnx.read_bytes())
     return SimpleNamespace(progress=FlowContext.progress, target=TARGET,
                            options=CompileOptions(csim_samples=samples), bundle=bundle,
-                           loaded=SimpleNamespace(spec=spec), state=FlowState(quantized={"scene": qmodel}, data=val),
+                           loaded=SimpleNamespace(spec=spec, model=None), state=FlowState(quantized={"scene": qmodel}, data=val),
                            manifest={"tasks": {"scene": {"artifacts": {"qonnx": "tasks/scene/model.qonnx.onnx"}}}})
 
 

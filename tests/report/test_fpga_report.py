@@ -146,3 +146,38 @@ def test_finn_without_an_estimate_says_why() -> None:
     html = render_html(manifest)
     assert "no estimate</span>: step_convert_to_hw: no FINN hardware layer for Resize" in html
     assert fpga_resource_plot(manifest).startswith(PNG_MAGIC)  # the roofline is still drawn
+
+
+def _moe_manifest() -> dict[str, Any]:
+    """A zcu104 bundle of an MoE model: int8 and edgemtl's HLS C++ per task (one task refused, one not simulated)."""
+    csim = {"ran": True, "samples": 4, "max_lsb_difference": 0, "exact": True,
+            "provenance": {"kind": "simulated", "source": "g++ C simulation of the generated HLS C++"}}
+    roofline = {**_roofline(), "precision": "w8a8"}
+    return {"target": {"name": "zcu104", "flow": "fpga-hls4ml", "fabric": ZCU104_FABRIC}, "tasks": {
+        "depth": {"primary_metric": "rmse", "int8": {"ok": True, "metric_float": {"rmse": 0.4}, "metric_int8": {"rmse": 0.41}},
+                  "hls_cpp": {"ok": True, "project": "tasks/depth/hls", "csim": csim}, "roofline": roofline},
+        "scene": {"int8": {"ok": True, "metric_float": {"top1": 0.8}, "metric_int8": {"top1": 0.8}},
+                  "hls_cpp": {"ok": True, "project": "tasks/scene/hls",
+                              "csim": {"built": False, "ran": False, "reason": "g++ not found on PATH"}}, "roofline": roofline},
+        "edges": {"hls_cpp": {"ok": False, "error": "layer 'x' has op 'argmax'"}, "roofline": roofline}}}
+
+
+def test_an_moe_model_shows_its_int8_metric_and_hls_cpp_c_simulation() -> None:
+    from edgemtl.report.sections.fpga import compare_figures
+    from edgemtl.report.sections import TaskInput
+
+    manifest = _moe_manifest()
+    html = render_html(manifest)
+    section = html[html.index(SECTION):html.index("<h2>Plots</h2>")]
+    section = section[:section.index("<figure")]  # the tables (the resource figure's caption names FINN)
+    assert "w8a8 <span class=\"dim\">int8 integer graph, no QAT</span>" in section
+    assert "rmse 0.4 → 0.41" in section and "top1 0.8 → 0.8" in section
+    assert "<code>tasks/depth/hls</code>" in section and "0 LSB <span class=\"ok\">✓</span>" in section
+    assert "on 4 samples" in section and "prov-simulated" in section
+    assert "not run: g++ not found on PATH" in section and "layer &#x27;x&#x27; has op &#x27;argmax&#x27;" in section
+    assert "hls4ml" not in section and "FINN" not in section and "Needs another toolchain" not in section
+    found = compare_figures(TaskInput(None, manifest, "depth", manifest["tasks"]["depth"], None, None))
+    assert found["runtime"]["text"] == "edgemtl HLS C++ IP on the FPGA fabric (int8)"
+    metric = found["metric"]
+    assert metric["deployed_precision"] == "int8" and metric["deployed"]["value"] == 0.41
+    assert metric["deployed"]["provenance"]["source"] == "manifest.json tasks.depth.int8.metric_int8.rmse"

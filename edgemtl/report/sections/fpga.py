@@ -1,5 +1,6 @@
 """FPGA targets (the fpga-hls4ml flow): per task the precision, the metric before and after quantization, the
-exported graphs' and the HLS C simulation's agreement, FINN's and edgemtl's roofline estimates, and the board kit;
+exported graphs' and the HLS C simulation's agreement, FINN's and edgemtl's roofline estimates, and the board kit
+(an MoE model: its int8 metric and edgemtl's HLS C++ with its C simulation instead of QAT, QONNX, hls4ml and FINN);
 on the comparison page the quantized metric, the roofline's latency, throughput, on-chip RAM, weights and layers."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edgemtl.report.sections import Figures, TaskInput
 FLOW = "fpga-hls4ml"
 RUNTIME = "fpga-dataflow"
 _RUNTIME_TEXT = "hls4ml dataflow IP on the FPGA fabric (quantized)"
+_HLS_CPP_TEXT = "edgemtl HLS C++ IP on the FPGA fabric (int8)"
 _BRAM18_BYTES, _URAM_BYTES = 18 * 1024 / 8, 288 * 1024 / 8
 PLOTS = (("FPGA resources per task as % of the ZCU104 (XCZU7EV), estimated by FINN at each target fps and by edgemtl's "
           "roofline (not synthesised; its MAC array spans every DSP by design); dashed: fit limits LUT 70 %, "
@@ -37,14 +39,19 @@ def render(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
     for name, entry in tasks:
         quant, check = section(entry, "quantization"), section(entry, "export_check")
         roofline = section(entry, "roofline")
-        rows = [("Precision", e(quant.get("precision") or roofline.get("precision") or DASH)
-                 + (f" <span class=\"dim\">QAT {steps:.0f} steps</span>"
-                    if (steps := number(quant.get("qat_steps"))) is not None else "")),
-                ("Metric, float → quantized", _metric_cell(entry, quant)),
-                ("Exported graphs vs brevitas, max diff (QONNX / QCDQ in ONNX Runtime)", _lsb_pair(check)),
-                *_hls_rows(section(entry, "hls4ml"), entry.get("hls4ml")),
-                *_finn_rows(entry.get("finn"), part_totals(manifest).get("lut")),
-                ("edgemtl roofline", _roofline_cell(roofline))]
+        if isinstance(entry.get("hls_cpp"), Mapping):  # an MoE model: int8 and edgemtl's HLS C++, not hls4ml
+            rows = [("Precision", e(roofline.get("precision") or DASH) + " <span class=\"dim\">int8 integer graph, no QAT</span>"),
+                    ("Metric, float → int8", _metric_cell(entry, _int8_metrics(entry))),
+                    *_hls_cpp_rows(section(entry, "hls_cpp")), ("edgemtl roofline", _roofline_cell(roofline))]
+        else:
+            rows = [("Precision", e(quant.get("precision") or roofline.get("precision") or DASH)
+                     + (f" <span class=\"dim\">QAT {steps:.0f} steps</span>"
+                        if (steps := number(quant.get("qat_steps"))) is not None else "")),
+                    ("Metric, float → quantized", _metric_cell(entry, quant)),
+                    ("Exported graphs vs brevitas, max diff (QONNX / QCDQ in ONNX Runtime)", _lsb_pair(check)),
+                    *_hls_rows(section(entry, "hls4ml"), entry.get("hls4ml")),
+                    *_finn_rows(entry.get("finn"), part_totals(manifest).get("lut")),
+                    ("edgemtl roofline", _roofline_cell(roofline))]
         body = "".join(f"<tr><td>{e(label)}</td><td>{value}</td></tr>" for label, value in rows)
         parts.append(f"<h3>{e(name)}</h3>\n<table><thead><tr><th>Quantity</th><th>Value</th></tr></thead>"
                      f"<tbody>{body}</tbody></table>")
@@ -70,7 +77,9 @@ def compare_figures(task: TaskInput) -> Figures:
     entry, name = task.entry, task.task
     runtime = task.runtime or RUNTIME
     roofline = section(entry, "roofline")
-    found: Figures = {"runtime": {"value": runtime, "text": _RUNTIME_TEXT if runtime == RUNTIME else runtime,
+    own_hls = isinstance(entry.get("hls_cpp"), Mapping)
+    found: Figures = {"runtime": {"value": runtime, "text": runtime if runtime != RUNTIME else
+                                  _HLS_CPP_TEXT if own_hls else _RUNTIME_TEXT,
                                   "chosen_by": "the zcu104 flow's only deployment path"},
                       "latencies": _latencies(name, entry), "memory": _memory(name, entry),
                       "layers": _layers(name, entry)}
@@ -107,6 +116,28 @@ def _metric_cell(entry: Mapping[str, Any], quant: Mapping[str, Any]) -> str:
     if old is None or new is None:
         return shown
     return shown + f" <span class=\"dim\">({f'Δ {new - old:+.3g}' if new != old else 'unchanged'})</span>"
+
+
+def _int8_metrics(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The int8 record's metrics under the quantization record's names (`_metric_cell` reads either)."""
+    int8 = section(entry, "int8")
+    return {"metric_float": int8.get("metric_float"), "metric_quant": int8.get("metric_int8")}
+
+
+def _hls_cpp_rows(hls: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if hls.get("ok") is not True:
+        return [("HLS C++ (edgemtl)", f"<span class=\"fail\">failed</span>: {e(hls.get('error') or 'no reason recorded')}")]
+    csim = section(hls, "csim")
+    diff, samples = number(csim.get("max_lsb_difference")), number(csim.get("samples"))
+    if diff is None:
+        result = f"<span class=\"dim\">not run: {e(csim.get('reason') or 'no record')}</span>"
+    else:
+        result = (f"{diff:.0f} LSB <span class=\"{'ok' if diff <= 1 else 'fail'}\">{'✓' if diff <= 1 else '✗'}</span>"
+                  + (f" <span class=\"dim\">on {samples:.0f} samples</span>" if samples is not None else "")
+                  + " " + prov_words(csim.get("provenance"), "simulated"))
+    project = f" <code>{e(hls['project'])}</code>" if isinstance(hls.get("project"), str) else ""
+    return [("HLS C++ (edgemtl)", f"<span class=\"ok\">ok</span>{project}"),
+            ("C simulation vs int8 reference, max diff", result)]
 
 
 def _lsb_pair(check: Mapping[str, Any]) -> str:
@@ -189,15 +220,18 @@ def _roofline_cell(roofline: Mapping[str, Any]) -> str:
 
 def _metric(task: TaskInput) -> dict[str, Any] | None:
     quant = section(task.entry, "quantization")
-    before, after = section(quant, "metric_float"), section(quant, "metric_quant")
+    key, after_key, runtime, label = "quantization", "metric_quant", "brevitas quantized model (QAT)", text(quant.get("precision"))
+    if not quant:  # an MoE model: the int8 integer graph's metric
+        quant = section(task.entry, "int8")
+        key, after_key, runtime, label = "int8", "metric_int8", "edgemtl int8 reference executor", "int8"
+    before, after = section(quant, "metric_float"), section(quant, after_key)
     name, higher = metric_name(task.entry)
     name = name if name in before else next(iter(before), None)
     if not quant or name is None:
         return None
-    base, data = f"manifest.json tasks.{task.task}.quantization", held_out(task.manifest)
+    base, data = f"manifest.json tasks.{task.task}.{key}", held_out(task.manifest)
     return metric(name, higher, metric_figure(before.get(name), "PyTorch float", data, f"{base}.metric_float.{name}"),
-                  metric_figure(after.get(name), "brevitas quantized model (QAT)", data, f"{base}.metric_quant.{name}"),
-                  text(quant.get("precision")) or "quantized")
+                  metric_figure(after.get(name), runtime, data, f"{base}.{after_key}.{name}"), label or "quantized")
 
 
 def _latencies(name: str, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
