@@ -26,6 +26,7 @@ from edgemtl.targets import load_target
 HLS4ML_STEPS = ("hls4ml_op_check", "quantize_brevitas", "export_qonnx", "hls4ml_csim")
 
 
+@pytest.mark.slow          # ~20 s; the default suite compiles one task through the CLI (tests/test_cli.py)
 @pytest.mark.needs_hls4ml
 def test_compile_writes_c_simulated_hls_cpp_for_every_task(tmp_path, checkpoints):
     pytest.importorskip("hls4ml")  # the C simulation's ap_int.h headers
