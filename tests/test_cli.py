@@ -336,6 +336,9 @@ def test_compile_for_zcu104_turns_an_moe_model_into_c_simulated_hls_cpp(capsys, 
     entry = manifest["tasks"]["depth"]
     assert entry["int8"]["ok"] and entry["hls_cpp"]["csim"]["exact"] and entry["hls_cpp"]["csim"]["samples"] == 4
     assert (bundle / entry["artifacts"]["hls_cpp"] / "build_prj.tcl").is_file()
+    iterations, estimate = entry["hls_cpp"]["csim"]["pipelined_iterations"], entry["hls_cpp"]["estimate"]
+    assert len(iterations) == 4 and min(iterations) > 0 and estimate["cycles_per_sample"] == iterations
+    assert estimate["fits"] and estimate["latency_ms"] > 0 and estimate["provenance"]["kind"] == "estimated"
     assert entry["roofline"]["provenance"]["kind"] == "estimated" and entry["roofline"]["precision"] == "w8a8"
     code, _, err = run_cli(capsys, "compile", checkpoints["m3vit"], "--target", "zcu104", "-o", tmp_path / "w4",
                            "--tasks", "depth", "--precision", "w4a4")

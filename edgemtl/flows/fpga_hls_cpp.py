@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from edgemtl.analysis.fpga_cost import fabric_from_target
 from edgemtl.backends.hls_cpp import csim
+from edgemtl.backends.hls_cpp.estimate import cycles_from_log, estimate_design
 from edgemtl.backends.hls_cpp.generate import HlsSources, MoeMemory, generate_hls
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import CompileOptions, FlowContext, Skipped
@@ -172,13 +174,15 @@ def hls_cpp_step(ctx: FlowContext) -> Skipped | None:
         csim.write_tb_data(sources, *vectors[task])
     missing = _simulator_missing()
     if missing is not None:  # as the hls4ml testbench without g++: said why, the compile goes on
-        for task in projects:
-            ctx.manifest["tasks"][task]["hls_cpp"]["csim"] = {"built": False, "ran": False, "reason": missing}
-            _label_int8_metric(ctx.manifest["tasks"][task], None)
-        return None
-    for task, record in _simulate(ctx, projects, vectors, source).items():
-        ctx.manifest["tasks"][task]["hls_cpp"]["csim"] = record
-        _label_int8_metric(ctx.manifest["tasks"][task], record)
+        records = {task: {"built": False, "ran": False, "reason": missing} for task in projects}
+    else:
+        records = _simulate(ctx, projects, vectors, source)
+    fabric = fabric_from_target(ctx.target)
+    for task, record in records.items():
+        entry = ctx.manifest["tasks"][task]
+        entry["hls_cpp"]["csim"] = record
+        entry["hls_cpp"]["estimate"] = estimate_design(graphs[task], fabric, record.get("pipelined_iterations")).to_dict()
+        _label_int8_metric(entry, record if record["ran"] else None)
     return None
 
 
@@ -189,17 +193,18 @@ def _simulate(ctx: FlowContext, projects: dict[str, HlsSources], vectors: dict[s
     records = {}
     with tempfile.TemporaryDirectory(prefix="edgemtl-hls-csim-") as scratch:
         start = time.perf_counter()
-        exe = csim.build_csim_batch(list(projects.values()), Path(scratch) / "bin")
+        exe = csim.build_csim_batch(list(projects.values()), Path(scratch) / "bin", defines=["EMH_CYCLES"])
         built = {"build_seconds": round(time.perf_counter() - start, 3),
                  "build": f"one g++ translation unit for the {len(projects)} task project(s) of this bundle", **_compiler()}
         for task, sources in with_progress(ctx, projects.items(), "HLS C simulation"):
             q_inputs, expected = vectors[task]
             start = time.perf_counter()
-            got, _ = csim.run_binary(sources, exe, q_inputs, Path(scratch) / task, batched=True)
+            got, log = csim.run_binary(sources, exe, q_inputs, Path(scratch) / task, batched=True)
             seconds = round(time.perf_counter() - start, 3)
             worst = _check(task, f"tasks/{task}/hls", got, expected)
             records[task] = {"ran": True, "samples": len(q_inputs), "data": source, "max_lsb_difference": worst,
                              "exact": worst == 0, "seconds": seconds, **built,
+                             "pipelined_iterations": cycles_from_log(log),
                              "against": "edgemtl's int8 reference executor (run_reference)",
                              "provenance": prov("simulated", source="g++ C simulation of the generated HLS C++",
                                                 detail=f"{'bit-exact' if worst == 0 else f'within {worst} LSB'}: the int8 "

@@ -18,12 +18,15 @@ import pytest
 from conftest import tiny_model
 from edgemtl.backends.c.generate import fits_int32
 from edgemtl.backends.hls_cpp import csim
+from edgemtl.analysis.fpga_cost import fabric_from_target
 from edgemtl.backends.hls_cpp.csim import build_csim, build_csim_batch, run_binary, run_csim, write_tb_data
+from edgemtl.backends.hls_cpp.estimate import bram18_blocks, cycles_from_log, estimate_design
 from edgemtl.backends.hls_cpp.generate import HlsSources, generate_hls, node_widths
 from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.intgraph import IntGraph, Node, TensorInfo, moe_route, quantize_input, run_reference
 from edgemtl.passes.quantize_int8 import build_int_graph
+from edgemtl.targets import load_target
 
 sys.path.insert(0, str(Path(__file__).parent))  # the C backend's test graphs (tests/backends is not on sys.path)
 from test_c_backend import (CASES, _extreme_inputs, _single, assert_bit_exact, ceil_pool_graph,  # noqa: E402
@@ -182,6 +185,39 @@ def test_moe_is_bit_exact_expert_major_and_double_buffered(tmp_path: Path) -> No
         routed = _routed(sample, node)
         assert routed.sum() == 12 * 2
         assert_expert_major_double_buffered(events, routed)
+
+
+def test_cycle_count_is_the_pipelined_iterations_a_gemm_and_the_moe_run(tmp_path: Path) -> None:
+    """EMH_CYCLES counts one cycle per pipelined iteration: a gemm's multiply-accumulates plus the input and output
+    copies; the MoE layer's routing, every expert's weight load, and per expert only its routed tokens' work."""
+    gemm, moe = _single("gemm_rows", "int8"), moe_graph()
+    projects = [generate_hls(gemm, tmp_path / "gemm", "gemm"), generate_hls(moe, tmp_path / "moe", "moe")]
+    exe = build_csim_batch(projects, tmp_path / "bin", defines=["EMH_CYCLES"])
+    rows, c = gemm.tensors[gemm.input].shape
+    k = gemm.nodes[-1].params["weight"].shape[0]
+    _, log = run_binary(projects[0], exe, random_inputs(gemm, 2, seed=3), tmp_path / "g", batched=True)
+    assert cycles_from_log(log) == [rows * c + rows * k * c + rows * k] * 2
+    node = moe.nodes[0]
+    experts, hidden, d = node.params["fc1"].shape
+    tokens = moe.tensors[moe.input].shape[0]
+    inputs = random_inputs(moe, 3, seed=5)
+    _, log = run_binary(projects[1], exe, inputs, tmp_path / "m", batched=True)
+    fixed = tokens * d * 4 + tokens * experts * d + experts * (2 * hidden * d + hidden + d)   # copies, zero, output, route, loads
+    assert cycles_from_log(log) == [fixed + int(_routed(x, node).sum()) * (d + 2 * hidden * d) for x in inputs]
+
+
+def test_design_estimate_counts_what_the_generated_design_declares() -> None:
+    """Resources grow with the experts a path keeps; arrays up to 1 Kbit are LUTRAM, larger ones BRAM18 at the
+    block's aspect ratio; every figure is labelled estimated, with its assumptions."""
+    fabric = fabric_from_target(load_target("zcu104"))
+    assert (bram18_blocks(128, 8), bram18_blocks(2048, 8), bram18_blocks(2049, 8), bram18_blocks(600, 32),
+            bram18_blocks(512, 48)) == (0, 1, 2, 2, 2)
+    few, many = (estimate_design(moe_variant(e, 1), fabric, [1000, 2000]) for e in (1, 5))
+    assert many.bram18 > few.bram18 and many.array_bits > few.array_bits and many.kernels == few.kernels
+    assert few.latency_ms == pytest.approx(2000 / 200e3) and few.fits(0.7)
+    record = few.to_dict()
+    assert record["provenance"]["kind"] == "estimated" and record["fps"] == pytest.approx(1e3 / few.latency_ms)
+    assert any("synthesis report" in a for a in record["assumptions"])
 
 
 def moe_variant(experts: int, top_k: int) -> IntGraph:

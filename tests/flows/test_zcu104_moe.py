@@ -90,7 +90,7 @@ def context(tmp_path: Path, graphs: dict[str, IntGraph], arch: str = "m3vit", **
 def simulated(monkeypatch):
     """g++ faked: the build returns a path, the run returns the reference's outputs plus what the test sets."""
     offset = {}
-    monkeypatch.setattr(flow.csim, "build_csim_batch", lambda projects, folder: folder / "batch")
+    monkeypatch.setattr(flow.csim, "build_csim_batch", lambda projects, folder, **_: folder / "batch")
     monkeypatch.setattr(flow, "_compiler", lambda: {"compiler": "g++ 0.0", "flags": "-O2"})
 
     def run_binary(sources, exe, q_inputs, workdir, batched):
@@ -136,6 +136,7 @@ def test_without_gxx_the_projects_are_written_and_the_record_says_why(tmp_path, 
     assert flow.hls_cpp_step(ctx) is None
     scene, depth = ctx.manifest["tasks"]["scene"], ctx.manifest["tasks"]["depth"]
     assert scene["hls_cpp"]["csim"] == {"built": False, "ran": False, "reason": "g++ not found on PATH"}
+    assert scene["hls_cpp"]["estimate"]["latency_ms"] is None and scene["hls_cpp"]["estimate"]["bram18"] > 0
     assert scene["int8"]["metric_int8_source"].endswith("the HLS C simulation was not run")
     assert (tmp_path / "tasks/scene/hls/tb_data/expected.bin").is_file()
     assert depth["hls_cpp"] == {"ok": False, "error": "task 'depth': layer 'x' has op 'argmax', which the HLS C++ "

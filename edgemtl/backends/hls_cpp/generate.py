@@ -394,6 +394,9 @@ def _test_bench(graph: IntGraph, top: str) -> str:
 #include <cstring>
 
 #include "firmware/{top}.h"
+#ifdef EMH_CYCLES
+#include "firmware/kernels.h"   // the pipelined-iteration counter
+#endif
 
 static int {top}_test(int argc, char **argv) {{
     static unsigned char raw_in[{big}_INPUT_ELEMENTS], raw_out[{big}_OUTPUT_ELEMENTS], expected[{big}_OUTPUT_ELEMENTS];
@@ -418,7 +421,13 @@ static int {top}_test(int argc, char **argv) {{
 #ifdef EMH_MOE_TRACE
         std::fprintf(stderr, "sample %ld\\n", samples);
 #endif
+#ifdef EMH_CYCLES
+        emh::pipelined_iterations = 0;
+#endif
         {top}(input, output);
+#ifdef EMH_CYCLES
+        std::fprintf(stderr, "EMH_CYCLES %ld %llu\\n", samples, emh::pipelined_iterations);
+#endif
         for (int i = 0; i < {big}_OUTPUT_ELEMENTS; i++) {{
             raw_out[i] = (unsigned char)(output[i].to_int() & 0xFF);
         }}

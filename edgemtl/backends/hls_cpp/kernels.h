@@ -29,6 +29,18 @@
 #define EMH_TRACE(...) ((void)0)
 #endif
 
+/* Define EMH_CYCLES in a C simulation to count the iterations of every pipelined loop (II = 1: one cycle each at
+ * best); the test bench prints the count per sample. Loop entry, pipeline fill and the unpipelined control loops
+ * are not counted, and loads the ping-pong buffers would overlap are counted in full. */
+#if defined(EMH_CYCLES) && !defined(__SYNTHESIS__)
+namespace emh {
+static unsigned long long pipelined_iterations = 0;
+}
+#define EMH_TICK() (++emh::pipelined_iterations)
+#else
+#define EMH_TICK() ((void)0)
+#endif
+
 namespace emh {
 
 typedef ap_int<8> s8_t;
@@ -80,6 +92,7 @@ void copy(const X_T x[N], Y_T y[N]) {
 COPY:
     for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         y[i] = x[i];
     }
 }
@@ -90,6 +103,7 @@ void copy_to(const T x[N], T y[TOTAL]) {
 COPY_TO:
     for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         y[OFFSET + i] = x[i];
     }
 }
@@ -102,6 +116,7 @@ SLICE_O:
     SLICE_I:
         for (int i = 0; i < (STOP - START) * INNER; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             y[o * (STOP - START) * INNER + i] = x[(o * N + START) * INNER + i];
         }
     }
@@ -129,6 +144,7 @@ void transpose(const T x[D0 * D1 * D2 * D3 * D4 * D5 * D6 * D7], T y[D0 * D1 * D
 TRANSPOSE:
     for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         int offset = 0;
         for (int a = 0; a < 8; a++) {
             offset += index[a] * out_stride[a];
@@ -153,6 +169,7 @@ NEAREST_C:
         NEAREST_X:
             for (int ox = 0; ox < W * F; ox++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 y[(c * H * F + oy) * W * F + ox] = x[(c * H + oy / F) * W + ox / F];
             }
         }
@@ -175,6 +192,7 @@ MAXPOOL_C:
                 MAXPOOL_KX:
                     for (int kx = 0; kx < KW; kx++) {
 #pragma HLS PIPELINE II = 1
+                        EMH_TICK();
                         const int iy = oy * SH - PT + ky, ix = ox * SW - PL + kx;
                         if (iy >= 0 && iy < H && ix >= 0 && ix < W && x[(c * H + iy) * W + ix] > best) {
                             best = x[(c * H + iy) * W + ix];
@@ -196,6 +214,7 @@ LUT_C:
     LUT_I:
         for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             y[c * N + i] = Y_T(table[(TABLES == 1 ? 0 : c) * 256 + table_index(x[c * N + i])]);
         }
     }
@@ -223,6 +242,7 @@ CONV_K:
                     CONV_KX:
                         for (int kx = 0; kx < KW; kx++) {
 #pragma HLS PIPELINE II = 1
+                            EMH_TICK();
                             const int iy = oy * SH - PT + ky, ix = ox * SW - PL + kx;
                             if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
                                 const ap_int<8> weight = w[((k * CG + ch) * KH + ky) * KW + kx];
@@ -253,6 +273,7 @@ CONVT_K:
             CONVT_C:
                 for (int c = 0; c < C; c++) {
 #pragma HLS PIPELINE II = 1
+                    EMH_TICK();
                     acc += x[(c * H + iy) * W + ix] * ap_int<8>(w[((k * C + c) * KH + a) * KW + b]);
                 }
                 y[(k * H * KH + oy) * W * KW + ox] = rq<RQ_W, Y_T>(acc, mul[k], add[k], SHIFT);
@@ -272,6 +293,7 @@ GEMM_R:
         GEMM_C:
             for (int c = 0; c < C; c++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 acc += x[r * C + c] * ap_int<8>(w[k * C + c]);
             }
             y[r * K + k] = rq<RQ_W, Y_T>(acc, mul[k], add[k], SHIFT);
@@ -287,6 +309,7 @@ ADD_C:
     ADD_I:
         for (int i = 0; i < HW; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             const ap_int<ACC_W> acc = a[c * HW + i] * ap_int<32>(MUL_A) + b[c * HW + i] * ap_int<32>(MUL_B);
             y[c * HW + i] = rq<RQ_W, Y_T>(acc, mul[c], add[c], SHIFT);
         }
@@ -300,6 +323,7 @@ REQUANT_C:
     REQUANT_I:
         for (int i = 0; i < HW; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             y[c * HW + i] = rq<RQ_W, Y_T>(ap_int<ACC_W>(x[c * HW + i]), mul[c], add[c], SHIFT);
         }
     }
@@ -313,6 +337,7 @@ GAP_C:
     GAP_I:
         for (int i = 0; i < HW; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             acc += x[c * HW + i];
         }
         y[c] = rq<RQ_W, Y_T>(acc, mul[c], add[c], SHIFT);
@@ -335,6 +360,7 @@ AVGPOOL_C:
                 AVGPOOL_KX:
                     for (int kx = 0; kx < KW; kx++) {
 #pragma HLS PIPELINE II = 1
+                        EMH_TICK();
                         const int iy = oy * SH - PT + ky, ix = ox * SW - PL + kx;
                         if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
                             acc += x[(c * H + iy) * W + ix];
@@ -360,6 +386,7 @@ BILINEAR_C:
         BILINEAR_X:
             for (int ox = 0; ox < W * F; ox++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 const int nx = 2 * ox + 1 - F > 0 ? 2 * ox + 1 - F : 0;
                 const int x0 = nx / (2 * F), fx = nx % (2 * F), x1 = x0 + 1 < W ? x0 + 1 : W - 1;
                 const ap_int<ACC_W> left = (2 * F - fy) * x[(c * H + y0) * W + x0] + fy * x[(c * H + y1) * W + x0];
@@ -382,6 +409,7 @@ REDUCE_O:
         REDUCE_I:
             for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 acc += x[(o * N + i) * INNER + j];
             }
             y[o * INNER + j] = rq<RQ_W, Y_T>(acc, mul[0], add[0], SHIFT);
@@ -395,6 +423,7 @@ void add_const(const X_T x[N], const int32_t constant[N], const int32_t mul[1], 
 ADD_CONST:
     for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         const ap_int<ACC_W> acc = x[i] * ap_int<32>(MUL_A) + ap_int<32>(constant[i]);
         y[i] = rq<RQ_W, Y_T>(acc, mul[0], add[0], SHIFT);
     }
@@ -414,6 +443,7 @@ MATMUL_B:
             MATMUL_L:
                 for (int l = 0; l < KD; l++) {
 #pragma HLS PIPELINE II = 1
+                    EMH_TICK();
                     acc += a[(t * M + i) * KD + l] * b[(t * KD + l) * N + j];
                 }
                 y[(t * M + i) * N + j] = rq<RQ_W, Y_T>(acc, mul[0], add[0], SHIFT);
@@ -449,18 +479,21 @@ SOFTMAX_O:
         SOFTMAX_MAX:
             for (int i = 1; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 top = x[base + i * INNER] > top ? x[base + i * INNER] : top;
             }
             ap_uint<48> sum = 0;
         SOFTMAX_SUM:
             for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 sum += ap_uint<17>(exp_table[(top - x[base + i * INNER]).to_int()]);
             }
             const ap_uint<56> m = softmax_scale<P>(sum);
         SOFTMAX_OUT:
             for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 y[base + i * INNER] = softmax_value(ap_uint<17>(exp_table[(top - x[base + i * INNER]).to_int()]), m);
             }
         }
@@ -474,6 +507,7 @@ inline ap_uint<32> isqrt64(ap_uint<64> v) {
 ISQRT:
     for (int i = 0; i < 32; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         if (v >= root + bit) {
             v -= root + bit;
             root = (root >> 1) + bit;
@@ -497,12 +531,14 @@ LAYERNORM_R:
     LAYERNORM_SUM:
         for (int i = 0; i < D; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             sum += x[r * D + i];
         }
         ap_uint<64> total = EPS;
     LAYERNORM_VAR:
         for (int i = 0; i < D; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             const ap_int<24> c = D * x[r * D + i] - sum;
             total += ap_uint<48>(c * c);
         }
@@ -518,6 +554,7 @@ LAYERNORM_R:
     LAYERNORM_OUT:
         for (int i = 0; i < D; i++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             const ap_int<24> c = D * x[r * D + i] - sum;
             const ap_int<58> scaled = c * inv + (ap_int<58>(1) << (shift - 1));
             const ap_int<ACC_W> z = scaled >> shift;
@@ -550,22 +587,26 @@ void moe_load(int e, int slot, const int8_t fc1[E * H * D], const int32_t fc1_mu
 MOE_LOAD_FC1:
     for (int i = 0; i < H * D; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         buf.fc1[i] = fc1[e * H * D + i];
     }
 MOE_LOAD_FC2:
     for (int i = 0; i < D * H; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         buf.fc2[i] = fc2[e * D * H + i];
     }
 MOE_LOAD_RQ1:
     for (int i = 0; i < H; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         buf.fc1_mul[i] = fc1_mul[e * H + i];
         buf.fc1_add[i] = fc1_add[e * H + i];
     }
 MOE_LOAD_RQ2:
     for (int i = 0; i < D; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         buf.fc2_mul[i] = fc2_mul[e * D + i];
         buf.fc2_add[i] = fc2_add[e * D + i];
     }
@@ -596,6 +637,7 @@ MOE_ROUTE_T:
         MOE_LOGITS_D:
             for (int i = 0; i < D; i++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 acc += x[t * D + i] * ap_int<8>(router[e * D + i]);
             }
             logits[e] = rq<R_RQ_W, s8_t>(acc, router_mul[e], router_add[e], ROUTER_SHIFT);
@@ -647,6 +689,7 @@ MOE_TILE:
     MOE_TILE_D:
         for (int d = 0; d < D; d++) {
 #pragma HLS PIPELINE II = 1
+            EMH_TICK();
             tile[i * D + d] = x[tokens[e][i].to_int() * D + d];
         }
     }
@@ -659,6 +702,7 @@ MOE_FC1:
         MOE_FC1_D:
             for (int d = 0; d < D; d++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 a += tile[i * D + d] * ap_int<8>(buf.fc1[h * D + d]);
             }
             const s8_t pre = rq<F1_RQ_W, s8_t>(a, buf.fc1_mul[h], buf.fc1_add[h], buf.fc1_shift);
@@ -674,6 +718,7 @@ MOE_FC2:
         MOE_FC2_H:
             for (int h = 0; h < H; h++) {
 #pragma HLS PIPELINE II = 1
+                EMH_TICK();
                 a += hidden[i * H + h] * ap_int<8>(buf.fc2[o * H + h]);
             }
             const s8_t out = rq<F2_RQ_W, s8_t>(a, buf.fc2_mul[o], buf.fc2_add[o], buf.fc2_shift);
@@ -719,6 +764,7 @@ void moe(const s8_t x[T * D], const int8_t router[E * D], const int32_t router_m
 MOE_ACC_ZERO:
     for (int i = 0; i < T * D; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         acc[i] = 0;
     }
     moe_load<D, H, E>(0, 0, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add, fc2_shift, ping);
@@ -743,6 +789,7 @@ MOE_EXPERTS:
 MOE_OUT:
     for (int i = 0; i < T * D; i++) {
 #pragma HLS PIPELINE II = 1
+        EMH_TICK();
         y[i] = rq<RQ_W, Y_T>(acc[i], mul[0], add[0], SHIFT);
     }
 }
