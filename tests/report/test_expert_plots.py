@@ -47,3 +47,13 @@ def test_heatmap_skips_malformed_tasks(usage: dict[str, Any]) -> None:
 )
 def test_heatmap_without_a_usable_section_is_none(manifest: dict[str, Any]) -> None:
     assert expert_usage_heatmap(manifest) is None
+
+
+def test_the_experts_section_names_each_tasks_kept_experts_and_what_they_save() -> None:
+    from edgemtl.report.sections import experts
+
+    task = {"experts_kept": [[0, 2, 5], [4]], "experts_kept_count": [3, 1], "params_before": 400_000,
+            "params_after": 220_000, "macs_after": 15e6, "metric": "rmse", "metric_before": 0.5, "metric_after": 0.501}
+    html = experts.render({"passes": {"partition_experts": {"coverage": 0.95, "tasks": {"depth": task}}}}, None)
+    assert "coverage 95%" in html and "3 / 1 <span class=\"dim\">(0 2 5 | 4)</span>" in html
+    assert "180 k (45.0%)" in html   # params saved against the task's path through every expert

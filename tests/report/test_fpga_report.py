@@ -155,7 +155,11 @@ def _moe_manifest() -> dict[str, Any]:
     roofline = {**_roofline(), "precision": "w8a8"}
     return {"target": {"name": "zcu104", "flow": "fpga-hls4ml", "fabric": ZCU104_FABRIC}, "tasks": {
         "depth": {"primary_metric": "rmse", "int8": {"ok": True, "metric_float": {"rmse": 0.4}, "metric_int8": {"rmse": 0.41}},
-                  "hls_cpp": {"ok": True, "project": "tasks/depth/hls", "csim": csim}, "roofline": roofline},
+                  "hls_cpp": {"ok": True, "project": "tasks/depth/hls", "csim": csim, "estimate": {
+                      "lut": 71000, "dsp": 334, "bram18": 604, "latency_ms": 83.4, "fits": True,
+                      "utilisation": {"lut": 0.308, "dsp": 0.193, "bram18": 0.968},
+                      "provenance": {"kind": "estimated", "source": "edgemtl HLS C++ design estimate"}}},
+                  "roofline": roofline},
         "scene": {"int8": {"ok": True, "metric_float": {"top1": 0.8}, "metric_int8": {"top1": 0.8}},
                   "hls_cpp": {"ok": True, "project": "tasks/scene/hls",
                               "csim": {"built": False, "ran": False, "reason": "g++ not found on PATH"}}, "roofline": roofline},
@@ -174,6 +178,7 @@ def test_an_moe_model_shows_its_int8_metric_and_hls_cpp_c_simulation() -> None:
     assert "rmse 0.4 → 0.41" in section and "top1 0.8 → 0.8" in section
     assert "<code>tasks/depth/hls</code>" in section and "0 LSB <span class=\"ok\">✓</span>" in section
     assert "on 4 samples" in section and "prov-simulated" in section
+    assert "LUT 71 k (30.8%), DSP 334 (19.3%), BRAM18 604 (96.8%); 83.4 ms per inference" in section
     assert "not run: g++ not found on PATH" in section and "layer &#x27;x&#x27; has op &#x27;argmax&#x27;" in section
     assert "hls4ml" not in section and "FINN" not in section and "Needs another toolchain" not in section
     found = compare_figures(TaskInput(None, manifest, "depth", manifest["tasks"]["depth"], None, None))

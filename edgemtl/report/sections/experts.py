@@ -38,13 +38,16 @@ def render(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
     for name, entry in section(partition, "tasks").items():
         if not isinstance(entry, Mapping):
             continue
-        kept = entry.get("experts_kept_count")
+        kept, ids = entry.get("experts_kept_count"), entry.get("experts_kept")
+        before, after = number(entry.get("params_before")), number(entry.get("params_after"))
         task_macs = section(section(macs, "tasks"), name)
         totals = section(section(plans, name), "totals")
         rows.append("<tr>" + "".join((
             f"<td>{e(name)}</td>",
-            f"<td>{e(' / '.join(str(k) for k in kept)) if isinstance(kept, list) else DASH}</td>",
-            number_cell(entry.get("params_after"), human_count),
+            f"<td>{_kept(kept, ids)}</td>",
+            number_cell(after, human_count),
+            f"<td>{human_count(before - after)} ({(before - after) / before:.1%})</td>" if before and after is not None
+            else f"<td>{DASH}</td>",
             number_cell(entry.get("macs_after"), human_count),
             number_cell(task_macs.get("share_of_all_tasks"), lambda v: f"{v:.1%}"),
             number_cell(task_macs.get("dense_vit_single_task_macs"), human_count),
@@ -56,13 +59,23 @@ def render(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
         )) + "</tr>")
     coverage = number(partition.get("coverage"))
     title = "Expert paths" + (f" (coverage {coverage:.0%} of each task's routing mass)" if coverage is not None else "")
-    parts = [table(title, ("Task", "Experts kept per MoE layer", "Params", "MACs", "Share of all tasks' MACs",
+    parts = [table(title, ("Task", "Experts kept per MoE layer", "Params", "Params saved (vs every expert)", "MACs", "Share of all tasks' MACs",
                            "Dense ViT MACs (derived)", "Metric", "Before", "After", "Peak on-chip, token-major",
                            "Peak on-chip, expert-major"), rows)]
     items = _switching(moe)
     if any(value for _, value in items):
         parts.append(definitions(items))
     return "\n".join(parts + figures_html(PLOTS, manifest))
+
+
+def _kept(counts: Any, ids: Any) -> str:
+    """'3 / 1 (0 2 5 | 4)': experts kept per MoE layer, then which."""
+    if not isinstance(counts, list):
+        return DASH
+    text = e(" / ".join(str(k) for k in counts))
+    if isinstance(ids, list) and all(isinstance(layer, list) for layer in ids):
+        text += f" <span class=\"dim\">({e(' | '.join(' '.join(str(i) for i in layer) for layer in ids))})</span>"
+    return text
 
 
 def summary(manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from edgemtl.manifest import figure, prov, provenance_text
 from edgemtl.report.figures import TOP_LAYERS, held_out, latency, metric, metric_figure, metric_name, text
-from edgemtl.report.fmt import DASH, artifact_link, e, figures_html, human_ms, human_seconds, prov_words
+from edgemtl.report.fmt import DASH, artifact_link, e, figures_html, human_count, human_ms, human_seconds, prov_words
 from edgemtl.report.fpga_plots import fpga_resource_plot, part_totals
 from edgemtl.report.read import number, section, target_flow, task_entries
 from edgemtl.report.sections import Figures, TaskInput
@@ -137,7 +137,23 @@ def _hls_cpp_rows(hls: Mapping[str, Any]) -> list[tuple[str, str]]:
                   + " " + prov_words(csim.get("provenance"), "simulated"))
     project = f" <code>{e(hls['project'])}</code>" if isinstance(hls.get("project"), str) else ""
     return [("HLS C++ (edgemtl)", f"<span class=\"ok\">ok</span>{project}"),
-            ("C simulation vs int8 reference, max diff", result)]
+            ("C simulation vs int8 reference, max diff", result),
+            ("HLS C++ design, resources and latency", _design_estimate(section(hls, "estimate")))]
+
+
+def _design_estimate(estimate: Mapping[str, Any]) -> str:
+    """The generated design's estimated LUT / DSP / BRAM18 (share of the part) and latency per inference."""
+    share = section(estimate, "utilisation")
+    parts = [f"{label} {human_count(value)} ({number(share.get(key)):.1%})" for label, key in
+             (("LUT", "lut"), ("DSP", "dsp"), ("BRAM18", "bram18"))
+             if (value := number(estimate.get(key))) is not None and number(share.get(key)) is not None]
+    if not parts:
+        return DASH
+    latency = number(estimate.get("latency_ms"))
+    fits = estimate.get("fits")
+    return (", ".join(parts) + (f"; {latency:.3g} ms per inference" if latency is not None else "")
+            + ("" if fits is None else f" <span class=\"{'ok' if fits else 'fail'}\">{'fits' if fits else 'does not fit'}</span>")
+            + " " + prov_words(estimate.get("provenance"), "estimated"))
 
 
 def _lsb_pair(check: Mapping[str, Any]) -> str:
