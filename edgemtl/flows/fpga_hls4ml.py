@@ -203,17 +203,29 @@ def estimates_step(ctx: FlowContext) -> None:
     shutil.rmtree(ctx.bundle / "work", ignore_errors=True)
 
 
+def hls_cpp_board_commands(task: str, top: str) -> list[str]:
+    """From a task's HLS C++ project to outputs on the board, run from the bundle: the IP (Vitis HLS), the block
+    design and bitstream (hw/hls_cpp_design.tcl), the PYNQ driver (hw/hls_cpp_driver.py); hw/README.md explains."""
+    project = f"tasks/{task}/hls"
+    return [f"(cd {project} && vitis_hls -f build_prj.tcl)",
+            f"vivado -mode batch -source hw/hls_cpp_design.tcl -tclargs {project}/{top}_prj/solution1/impl/ip {top}",
+            "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy"]
+
+
 def board_kit_step(ctx: FlowContext) -> None:
     """The block design, PYNQ driver and README for the user with Vivado and a board (io.json: per project)."""
     shutil.copytree(BOARD_KIT, ctx.bundle / "hw", dirs_exist_ok=True)
     ctx.manifest["board_kit"] = {"folder": "hw", "readme": "hw/README.md",
                                  "next": "vitis_hls -f build_prj.tcl in each tasks/<task>/hls4ml, then hw/README.md"}
-    if takes_model(ctx):  # the kit's block design and driver take hls4ml's AXI-stream IP, not the HLS C++ top
+    if takes_model(ctx):  # the HLS C++ tops: hw/hls_cpp_design.tcl and hw/hls_cpp_driver.py, not the hls4ml kit
+        build, design, run = hls_cpp_board_commands("<task>", "<top>")
+        tops = {task: entry["hls_cpp"]["top"] for task, entry in ctx.manifest["tasks"].items()
+                if isinstance(entry.get("hls_cpp"), dict) and entry["hls_cpp"].get("ok")}
         ctx.manifest["board_kit"].update(
-            next="cd tasks/<task>/hls && vitis_hls -f build_prj.tcl (Vitis 2024.1+: vitis-run --mode hls --tcl "
-                 "build_prj.tcl); see docs/zcu104.md",
-            note="hw/'s block design and PYNQ driver are for hls4ml's AXI-stream IP; the HLS C++ top has m_axi data "
-                 "ports and an s_axilite control port, whose block design is not generated")
+            next=f"{build} (Vitis 2024.1+: vitis-run --mode hls --tcl build_prj.tcl); then {design}; then on the board, "
+                 f"with overlay/edgemtl.bit + .hwh, hw/hls_cpp_driver.py and tasks/<task>/hls/io.json: {run} "
+                 "(<top>: the task's hls_cpp.top; see hw/README.md)",
+            commands={task: hls_cpp_board_commands(task, top) for task, top in tops.items()})
 
 
 STEPS: list[Step] = [

@@ -18,6 +18,7 @@ from edgemtl.data import load_data
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import CompileOptions, FlowContext, FlowState, Skipped
 from edgemtl.flows import check_flow_options
+from edgemtl.flows.fpga_hls4ml import board_kit_step
 from edgemtl.model.checkpoint import LoadedModel, load
 from edgemtl.model.intgraph import IntGraph, quantize_input, run_reference
 from edgemtl.passes.quantize_int8 import build_int_graph
@@ -67,7 +68,11 @@ def test_compile_writes_c_simulated_hls_cpp_for_every_task(tmp_path, checkpoints
         assert moe["weight_bytes"] >= moe["plan_expert_major"]["weight_bytes_on_chip"] > 0
         assert entry["roofline"]["precision"] == "w8a8" and entry["roofline"]["provenance"]["kind"] == "estimated"
         assert manifest["moe"]["memory_plan"][task]["precision"] == "w8a8"
+        assert json.loads((project / "io.json").read_text())["top"] == hls["top"]   # what hw/hls_cpp_driver.py reads
+        assert manifest["board_kit"]["commands"][task][1].endswith(f"{project.relative_to(bundle)}/{hls['top']}_prj/"
+                                                                   f"solution1/impl/ip {hls['top']}")
     assert (bundle / "hw" / "README.md").is_file() and "tasks/<task>/hls" in manifest["board_kit"]["next"]
+    assert (bundle / "hw" / "hls_cpp_design.tcl").is_file() and "hw/hls_cpp_design.tcl" in manifest["board_kit"]["next"]
 
 
 # -- the step with the simulator faked at its boundary ---------------------------------------------------------------
@@ -161,6 +166,26 @@ def test_hls4ml_quantizer_options_for_an_moe_model_are_a_one_line_error(tmp_path
     check_flow_options(ctx.target, ctx.loaded, CompileOptions(precision="w8a8"))  # what it gets anyway
     mtl_cnn = context(tmp_path, {}, arch="mtl-cnn", **options)
     check_flow_options(mtl_cnn.target, mtl_cnn.loaded, mtl_cnn.options)  # the hls4ml path takes them
+
+
+def test_board_kit_gives_the_hls_cpp_design_and_driver_commands(tmp_path):
+    """An MoE bundle's next steps: the IP, hw/hls_cpp_design.tcl on it, hw/hls_cpp_driver.py on the board; per task
+    with its top; a task the backend refused gets none."""
+    ctx = context(tmp_path, {})
+    ctx.manifest["tasks"]["scene"]["hls_cpp"] = {"ok": True, "top": "edgemtl_scene"}
+    ctx.manifest["tasks"]["depth"]["hls_cpp"] = {"ok": False, "error": "refused"}
+    board_kit_step(ctx)
+    kit = ctx.manifest["board_kit"]
+    assert "note" not in kit and "not generated" not in json.dumps(kit)
+    assert (tmp_path / "hw" / "hls_cpp_design.tcl").is_file() and (tmp_path / "hw" / "hls_cpp_driver.py").is_file()
+    for command in ("(cd tasks/<task>/hls && vitis_hls -f build_prj.tcl)",
+                    "vivado -mode batch -source hw/hls_cpp_design.tcl -tclargs tasks/<task>/hls/<top>_prj/solution1/impl/ip "
+                    "<top>", "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy"):
+        assert command in kit["next"], command
+    assert kit["commands"] == {"scene": [
+        "(cd tasks/scene/hls && vitis_hls -f build_prj.tcl)",
+        "vivado -mode batch -source hw/hls_cpp_design.tcl -tclargs tasks/scene/hls/edgemtl_scene_prj/solution1/impl/ip "
+        "edgemtl_scene", "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy"]}
 
 
 def test_top_names_are_distinct_cpp_identifiers():

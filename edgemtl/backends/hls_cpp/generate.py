@@ -15,7 +15,9 @@ Files written into `folder` (a Vitis HLS project; the C simulation builds it wit
 - `firmware/kernels.h`: the kernel templates (package data, copied verbatim);
 - `<top>_test.cpp`: the test bench, `main(argc, argv)` with argv[1] = raw input bytes of n samples, argv[2] = the
   raw output bytes it writes, optional argv[3] = expected outputs (then it exits 1 on any difference);
-- `build_prj.tcl`: the Vitis HLS script (C simulation on tb_data/, synthesis at 200 MHz, IP export).
+- `build_prj.tcl`: the Vitis HLS script (C simulation on tb_data/, synthesis at 200 MHz, IP export);
+- `io.json`: the top's name, the input and output tensors (shape, dtype, scale) and how a float input becomes the
+  integer input: what the board kit's hls_cpp_design.tcl and hls_cpp_driver.py read, so they need no edgemtl.
 
 Bit widths: each node's accumulator and requantisation widths are derived from its worst-case accumulator
 (intgraph.worst_case_accumulator, the bound intgraph.check_int32 and the C backend's fits_int32 also use), so they
@@ -24,11 +26,13 @@ are exact by construction and no wider than the data needs.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -499,6 +503,23 @@ exit
 """
 
 
+def _tensor_io(graph: IntGraph, name: str) -> dict[str, Any]:
+    info = graph.tensors[name]
+    return {"shape": [int(s) for s in info.shape], "dtype": info.dtype, "scale": float(info.scale)}
+
+
+def _io_json(graph: IntGraph, top: str) -> str:
+    """The facts a board driver needs without edgemtl: the top's I/O tensors and the input quantisation, stated as
+    intgraph.quantize_input computes it (the driver replicates it, so its inputs are bit for bit the reference's)."""
+    lo, hi = RANGES[graph.tensors[graph.input].dtype]
+    rule = (f"q = clip(rint(x / input.scale), {lo}, {hi}) with numpy: x one float input sample (its shape, normalised as the model "
+            f"takes it) divided by the scale in x's own float dtype, rounded half to even (np.rint), saturated to "
+            f"{graph.tensors[graph.input].dtype}")
+    io = {"top": top, "task": graph.task, "input": _tensor_io(graph, graph.input),
+          "output": _tensor_io(graph, graph.output), "quantize": rule}
+    return json.dumps(io, indent=1) + "\n"
+
+
 def generate_hls(graph: IntGraph, folder: Path, top: str = "edgemtl_task") -> HlsSources:
     """Write the Vitis HLS project for `graph` into `folder` (created) and return what was written."""
     _check_top(top)
@@ -511,7 +532,7 @@ def generate_hls(graph: IntGraph, folder: Path, top: str = "edgemtl_task") -> Hl
     source, moe = _source(graph, top)
     texts = {f"firmware/{top}.h": _header(graph, top), f"firmware/{top}.cpp": source,
              f"firmware/{top}_weights.h": _weights(graph, top), f"{top}_test.cpp": _test_bench(graph, top),
-             "build_prj.tcl": _tcl(graph, top)}
+             "build_prj.tcl": _tcl(graph, top), "io.json": _io_json(graph, top)}
     files = []
     for name, text in texts.items():
         (folder / name).write_text(text)
