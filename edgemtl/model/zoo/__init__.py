@@ -20,6 +20,8 @@ ARCHS = tuple(_BUILDERS)
 _WIDTH_SPACES: dict[str, Callable[[ModelSpec, tuple[float, ...]], WidthSpace]] = {"mtl-cnn": mtl_cnn.width_space}
 # Config keys any architecture accepts: records of passes (e.g. the widths a pruned model was saved at).
 RECORD_KEYS = ("widths",)
+# Keys whose default changed: a saved config without the key was trained under the old value, which it keeps.
+_LEGACY: dict[str, dict[str, Any]] = {"mtl-cnn": {}, "m3vit": m3vit.LEGACY_DEFAULTS}
 
 
 def full_config(arch: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -31,13 +33,19 @@ def full_config(arch: str, overrides: dict[str, Any] | None = None) -> dict[str,
     return {**defaults, **(overrides or {})}
 
 
+def saved_config(arch: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The full config a spec's (possibly older) config stands for: a key it lacks takes its legacy value where the
+    default changed since (what the model was trained with), else the default."""
+    return full_config(arch, {**_LEGACY.get(arch, {}), **config})
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """Instantiate `spec.arch` with `spec.config` (weights random until a state_dict is loaded)."""
     builder, _ = _BUILDERS.get(spec.arch, (None, None))
     if builder is None:
         raise EdgemtlError(f"unknown architecture {spec.arch!r}; the zoo has {', '.join(ARCHS)}")
     try:
-        return builder(spec, full_config(spec.arch, spec.config))
+        return builder(spec, saved_config(spec.arch, spec.config))
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgemtlError(f"cannot build {spec.arch} from its config {spec.config}: {exc}") from None
 

@@ -37,16 +37,19 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "capacity_factor": 2.0,
     "head_width": 16,
     "aux_loss_weight": 0.01,     # weight of the Switch load-balancing loss (routing_loss "switch")
-    "routing_loss": "switch",    # "switch": balance expert use over all tokens; "mi": Mod-Squad's task-expert mutual
-                                 # information, which concentrates each task on a few experts (routing_loss below)
-    "mi_loss_weight": 0.005,     # weight of the mutual-information loss (routing_loss "mi"; Mod-Squad's value)
-    "task_embed_std": 0.02,      # initial spread of the task embeddings the router reads; the MI loss needs ~1.0: with
-                                 # 0.02 every task starts with the same routing, where the MI loss has no gradient
+    "routing_loss": "mi",        # "mi": Mod-Squad's task-expert mutual information, which concentrates each task on a
+                                 # few experts (task paths that shrink); "switch": balance expert use over all tokens
+                                 # (every task then uses every expert). docs/experts.md has the measurements
+    "mi_loss_weight": 0.05,      # weight of the mutual-information loss (Mod-Squad: 0.005, too weak here: docs/experts.md)
+    "task_embed_std": 1.0,       # initial spread of the task embeddings the router reads: the MI loss has no gradient
+                                 # where every task routes alike (0.02, the usual ViT init, left the tasks unseparated)
     "moe_every": 2,          # every n-th block's MLP is a MoE layer (blocks n-1, 2n-1 ...); 0: a plain ViT
 }
 
 
 ROUTING_LOSSES = ("switch", "mi")
+# a config saved before routing_loss existed (2026-12-05) was trained with Switch balancing
+LEGACY_DEFAULTS: dict[str, Any] = {"routing_loss": "switch"}
 
 
 def _tracing() -> bool:
