@@ -77,7 +77,8 @@ from common import interleaved_latencies_ms, met, relative_change, start_run, wr
 
 RESULTS = Path(__file__).parent / "results" / "moe.json"
 # the two routing losses compared at equal steps; everything after the comparison runs on the MI-trained model
-ROUTINGS = {"switch": {"routing_loss": "switch"},
+# (Switch as it was the default until 2026-12-05: task embeddings at the usual 0.02 init; its MI weight is unused)
+ROUTINGS = {"switch": {"routing_loss": "switch", "task_embed_std": 0.02, "mi_loss_weight": 0.005},
             "mi": {"routing_loss": "mi", "mi_loss_weight": 0.05, "task_embed_std": 1.0}}
 PAPER = {"single_task_flops_reduction_vs_encoder_focused_mtl": 0.88, "memory_reduction": 2.4}
 # the expert path against (a) the dense ViT of equal per-token compute and (b) its shared-encoder all-task pass
