@@ -168,7 +168,8 @@ class MoELayer(nn.Module):
         return expert_major(x, combine, self.w1, self.b1, self.w2, self.b2)
 
     def forward_capacity(self, x: torch.Tensor, task_vector: torch.Tensor, capacity: int | None = None) -> torch.Tensor:
-        """Training dispatch with a fixed per-expert capacity: static shapes, one batched matmul."""
+        """Training dispatch with a per-expert capacity: one batched matmul. Switch training: the balanced capacity
+        (tokens past it are dropped); MI training: the batch's busiest expert's load (none dropped)."""
         b, t, d = x.shape
         probs, combine = self.gates(x, task_vector)
         if capacity is None:
