@@ -75,6 +75,8 @@ def taylor(model: nn.Module, unit: str) -> torch.Tensor:
     if unit.endswith(HEADS):
         heads, size = width(model, unit), module.head_dim
         rows = score(module.qkv.weight).view(3, heads, size, -1).sum(dim=(0, 2, 3))
+        if module.qkv.bias is not None:   # a head's q / k / v biases leave with it (`remove`)
+            rows = rows + score(module.qkv.bias).view(3, heads, size).sum(dim=(0, 2))
         columns = score(module.proj.weight).view(module.proj.out_features, heads, size).sum(dim=(0, 2))
         return rows + columns
     return score(module.w1).sum(dim=(0, 1)) + score(module.w2).sum(dim=(0, 2)) + score(module.b1).sum(dim=(0, 1))

@@ -81,3 +81,17 @@ def test_pagcp_prunes_the_m3vit_and_the_result_loads_and_exports(tmp_path):
     onnx_outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     for name, value in zip([o.name for o in session.get_outputs()], onnx_outputs):
         np.testing.assert_allclose(value, expected[name].numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_taylor_counts_every_parameter_of_a_head_its_qkv_biases_too():
+    """A head whose only gradient is on its q/k/v biases still scores (the biases leave with the head in `remove`)."""
+    model, _ = tiny_model("m3vit")
+    attention = model.blocks[0].attn
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    size = attention.head_dim
+    attention.qkv.bias.grad.view(3, -1, size)[2, 1] = 1.0     # v bias of head 1 only
+    with torch.no_grad():
+        attention.qkv.bias.fill_(0.5)
+    scores = prune_units.taylor(model, "blocks.0.attn#heads")
+    assert scores[1] == pytest.approx(0.5 * size) and scores[0] == 0
