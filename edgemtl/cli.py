@@ -11,7 +11,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -21,6 +21,7 @@ from rich.table import Table
 from edgemtl.cli_tune import tune_app
 from edgemtl.cli_tables import (expert_usage_table, history_table, human, metrics_table, moe_table, profile_table, prune_tables, widths_json,
                                 widths_table)
+from edgemtl.cli_parse import parse_holdout, parse_layer_bits, parse_overrides, parse_task_values, split_tasks
 from edgemtl.errors import EdgemtlError, VerificationError
 
 if TYPE_CHECKING:
@@ -46,72 +47,10 @@ HoldoutOpt = Annotated[Optional[str], typer.Option(
     "--holdout", help="VAL,TEST: fractions held out when the data names no split (default 0.15,0.15; seeded; recorded)")]
 
 
-def _parse_holdout(text: str | None) -> tuple[float, float]:
-    from edgemtl.data.sources import DEFAULT_HOLDOUT
-
-    if text is None:
-        return DEFAULT_HOLDOUT
-    try:
-        val, test = (float(v) for v in text.split(","))
-    except ValueError:
-        raise EdgemtlError(f"--holdout takes VAL,TEST fractions such as 0.15,0.15, got {text!r}") from None
-    return val, test
-
-
 def _load(path: Path, factory: str | None, spec: Path | None, trust: bool):
     from edgemtl.model.checkpoint import load
 
     return load(path, factory=factory, spec_path=spec, trust=trust)
-
-
-def _split_tasks(tasks: str | None) -> list[str] | None:
-    if tasks is None:
-        return None
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    if not names:
-        raise EdgemtlError("--tasks is empty: name one or more tasks, comma-separated, or leave it out for all")
-    return names
-
-
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`key=value` pairs; values parsed as JSON when they can be (numbers, lists, null)."""
-    parsed: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise EdgemtlError(f"--config takes key=value, got {item!r}")
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
-def _parse_max_drop(items: list[str]) -> dict[str, float]:
-    """`task=value` pairs for --max-drop."""
-    budgets = {}
-    for item in items:
-        task, sep, value = item.partition("=")
-        try:
-            budgets[task] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not task:
-            raise EdgemtlError(f"--max-drop takes task=value (a relative loss increase such as 0.5), got {item!r}")
-    return budgets
-
-
-def _parse_layer_bits(items: list[str]) -> dict[str, tuple[int, int]]:
-    """`layer=w,a` pairs for --layer-bits."""
-    bits = {}
-    for item in items:
-        layer, _, value = item.partition("=")
-        try:
-            weight, act = (int(v) for v in value.split(","))
-        except ValueError:
-            raise EdgemtlError(f"--layer-bits takes LAYER=W,A (e.g. first=8,8 or heads.depth.predict=8,8), got {item!r}") from None
-        bits[layer] = (weight, act)
-    return bits
 
 
 @app.command()
@@ -149,7 +88,7 @@ def train(
     torch.manual_seed(seed)
     if model_factory is not None:
         model, model_spec = _factory_for_training(model_factory, spec)
-        source = open_data(data, model_spec, seed=seed, resize=resize, holdout=_parse_holdout(holdout))
+        source = open_data(data, model_spec, seed=seed, resize=resize, holdout=parse_holdout(holdout))
         if not source.labelled:
             raise EdgemtlError(f"data {data!r} labels none of the tasks {', '.join(model_spec.task_names)}: "
                                "nothing to train on")
@@ -160,7 +99,7 @@ def train(
         from edgemtl.data import data_spec, load_data
 
         input_spec, tasks = data_spec(data)  # a zoo model trains on a built-in set (its tasks come from it)
-        model_spec = zoo_spec(arch, input_spec, tasks, _parse_overrides(config), data=data)
+        model_spec = zoo_spec(arch, input_spec, tasks, parse_overrides(config), data=data)
         model = build_model(model_spec)
         train_set, val_set = load_data(data, "train", n=train_samples, seed=seed), load_data(data, "val")
         scored = model_spec.task_names
@@ -230,7 +169,7 @@ def eval_command(
     name = data or loaded.spec.data
     if name is None:
         raise EdgemtlError("this model does not say which data it was trained on: pass --data (see docs/own-model.md)")
-    source = open_data(name, loaded.spec, resize=resize, holdout=_parse_holdout(holdout))
+    source = open_data(name, loaded.spec, resize=resize, holdout=parse_holdout(holdout))
     if not source.labelled:
         raise EdgemtlError(f"data {name!r} labels none of the tasks {', '.join(loaded.spec.task_names)}: nothing to score")
     dataset = source.load(split, n=samples)
@@ -263,7 +202,7 @@ def inspect(
 
         chosen = load_target(target)  # an unknown target fails before the model is read
     loaded = _load(model, model_factory, spec, trust)
-    names = [t.name for t in loaded.spec.select(_split_tasks(tasks))]
+    names = [t.name for t in loaded.spec.select(split_tasks(tasks))]
     support = None
     if chosen is not None:
         from edgemtl.flows.op_support import target_note, task_support
@@ -302,6 +241,12 @@ def inspect(
 
 MaxDropOpt = Annotated[list[str], typer.Option(
     "--max-drop", help="task=budget: relative loss increase over the original model the task may take (repeatable)")]
+PruneMaxDropOpt = Annotated[list[str], typer.Option(
+    "--prune-max-drop", help="with --prune-flops: task=budget, PAGCP's allowed relative loss increase (repeatable)")]
+
+
+def _prune_budgets(items: list[str], option: str = "--max-drop") -> dict[str, float]:
+    return parse_task_values(items, option, "a relative loss increase such as 0.5")
 
 
 @app.command()
@@ -327,7 +272,7 @@ def prune(
     from edgemtl.model.checkpoint import save
     from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
 
-    config = PAGCPConfig(flops_target=flops_target, max_drop=_parse_max_drop(max_drop), finetune_steps=finetune_steps,
+    config = PAGCPConfig(flops_target=flops_target, max_drop=_prune_budgets(max_drop), finetune_steps=finetune_steps,
                          final_finetune_steps=final_finetune_steps, oracle_samples=oracle_samples,
                          sparsity_steps=sparsity_steps)
     from_onnx = model.suffix.lower() == ".onnx"
@@ -341,7 +286,7 @@ def prune(
     name = data or loaded.spec.data
     if name is None:
         raise EdgemtlError("pruning needs real images for its loss oracle and fine-tuning: pass --data (see docs/own-model.md)")
-    source = open_data(name, loaded.spec, resize=resize, holdout=_parse_holdout(holdout))
+    source = open_data(name, loaded.spec, resize=resize, holdout=parse_holdout(holdout))
     pruned, pruned_spec, record = prune_pagcp(loaded.model, loaded.spec, source.load("train"), source.load("val"), config)
     if from_onnx:  # the graph is the user's: hand back a graph, not a checkpoint only edgemtl could rebuild
         export_errors = export_as_given(pruned, pruned_spec, output)
@@ -473,7 +418,7 @@ def toolchain_list(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
-def _pass_requests(widths: Path | None, prune_flops: float | None, max_drop: list[str],
+def _pass_requests(widths: Path | None, prune_flops: float | None, prune_max_drop: list[str],
                    read: bool = True) -> tuple[PassRequest, ...]:
     """The passes compile flags ask for, in the order they run: --widths slices (slice_widths), then --prune-flops
     prunes (prune_pagcp). `read=False` (--list-steps) names them without reading the --widths file (or its front)."""
@@ -486,7 +431,7 @@ def _pass_requests(widths: Path | None, prune_flops: float | None, max_drop: lis
         config = read_slice_config(widths) if read else SliceConfig()
         passes.append(PassRequest("slice_widths", config))
     if prune_flops is not None:
-        passes.append(PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops, max_drop=_parse_max_drop(max_drop))))
+        passes.append(PassRequest("prune_pagcp", PAGCPConfig(flops_target=prune_flops, max_drop=_prune_budgets(prune_max_drop, "--prune-max-drop"))))
     return tuple(passes)
 
 
@@ -506,13 +451,20 @@ def compile_command(
     widths: Annotated[Optional[Path], typer.Option(
         help="slimmable models: compile the width configuration in this JSON file (docs/widths.md)")] = None,
     prune_flops: Annotated[Optional[float], typer.Option(help="run PAGCP first, keeping this fraction of the MACs")] = None,
-    max_drop: MaxDropOpt = [],
+    prune_max_drop: PruneMaxDropOpt = [],
+    max_drop: Annotated[list[str], typer.Option(
+        "--max-drop", help="quantized targets: task=budget, the relative metric loss a task may take (0.02 = 2%; a "
+                           "bare value sets every task; default: the target's, see `edgemtl targets`)")] = [],
+    allow_over_budget: Annotated[bool, typer.Option(
+        "--allow-over-budget", help="ship a task over its budget (the report says so) instead of failing")] = False,
     expert_coverage: Annotated[float, typer.Option(
         help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1]")] = 1.0,
     precision: Annotated[Optional[str], typer.Option(help="quantized targets: w4a4 | w8a8 (default: the target's first)")] = None,
-    qat_steps: Annotated[int, typer.Option(min=0, help="quantized targets: QAT steps per task")] = 300,
+    qat_steps: Annotated[int, typer.Option(min=0, help="quantized targets: QAT steps per task (at most: stops early "
+                                                        "once the task is within its budget)")] = 300,
     layer_bits: Annotated[list[str], typer.Option(
-        help="quantized FPGA targets: LAYER=W,A bit widths of one layer (repeatable); LAYER may be first or last")] = [],
+        help="quantized FPGA targets: LAYER=W,A bit widths of one layer (repeatable; LAYER may be first or last), or "
+             "a bundle's layer_bits.json to pin every task's widths")] = [],
     model_factory: FactoryOpt = None, spec: SpecOpt = None, trust: TrustOpt = False,
     stop_after: Annotated[Optional[str], typer.Option(
         help="run the flow up to this step and write that partial bundle (see --list-steps)")] = None,
@@ -524,11 +476,12 @@ def compile_command(
     from edgemtl.flow import CompileOptions
     from edgemtl.targets import load_target
 
+    from edgemtl.passes.layer_bits import read_layer_bits
     from edgemtl.passes.partition_experts import PartitionConfig
 
     chosen = load_target(target)  # an unknown target fails before any work
     if list_steps:
-        options = CompileOptions(passes=_pass_requests(widths, prune_flops, max_drop, read=False))
+        options = CompileOptions(passes=_pass_requests(widths, prune_flops, prune_max_drop, read=False))
         for index, (name, step) in enumerate(compile_steps(chosen, options), 1):
             out.print(f"{index:2d}  {name:<20s} {(step.__doc__ or '').strip().splitlines()[0] if step.__doc__ else ''}")
         return
@@ -538,13 +491,17 @@ def compile_command(
         raise EdgemtlError(f"target {target} supports precisions {', '.join(chosen.precisions)}, not {precision!r}")
     experts = PartitionConfig(coverage=expert_coverage)
     experts.check()
-    passes = _pass_requests(widths, prune_flops, max_drop)  # a bad --widths file fails before the model loads
+    passes = _pass_requests(widths, prune_flops, prune_max_drop)  # a bad --widths file fails before the model loads
+    budgets = parse_task_values(max_drop, "--max-drop", "a relative metric loss such as 0.02", every_task=True)
+    pinned, bits_file = parse_layer_bits(layer_bits)
     loaded = _load(model, model_factory, spec, trust)
+    task_bits = read_layer_bits(bits_file, loaded.model, loaded.spec) if bits_file is not None else {}
     destination = output or Path("build") / f"{model.stem}-{target}"
-    options = CompileOptions(tasks=_split_tasks(tasks), data=data, resize=resize,
-                             holdout=_parse_holdout(holdout), threads=threads, latency_runs=runs,
+    options = CompileOptions(tasks=split_tasks(tasks), data=data, resize=resize,
+                             holdout=parse_holdout(holdout), threads=threads, latency_runs=runs,
                              measure_latency=latency, passes=passes, experts=experts, precision=precision,
-                             qat_steps=qat_steps, layer_bits=_parse_layer_bits(layer_bits), stop_after=stop_after)
+                             qat_steps=qat_steps, layer_bits=pinned, task_layer_bits=task_bits, max_drop=budgets,
+                             allow_over_budget=allow_over_budget, stop_after=stop_after)
     bundle = compile_model(loaded, target, destination, options, console=err)
     out.print(f"bundle: {bundle}")
     out.print(f"report: {bundle / 'report.html'}")
@@ -594,8 +551,8 @@ def profile(
     from edgemtl.profile.device import DataReference, read_bundle
     from edgemtl.profile.job import profile_bundle
 
-    selected = _split_tasks(tasks)
-    images = None if data is None else DataReference(data, resize, _parse_holdout(holdout))
+    selected = split_tasks(tasks)
+    images = None if data is None else DataReference(data, resize, parse_holdout(holdout))
     count = len(selected or read_bundle(bundle).tasks) * (3 + (1 if tune else 0))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True) as progress:

@@ -24,6 +24,8 @@ from edgemtl.flows import check_flow_options, flow_manifest_model, flow_steps
 from edgemtl.flows.passes import requested_steps
 from edgemtl.manifest import SCHEMA_VERSION, validate_manifest
 from edgemtl.model.checkpoint import LoadedModel
+from edgemtl.passes.budget import resolve as resolve_budget
+from edgemtl.passes.layer_bits import BITS_RANGE
 from edgemtl.passes.registry import check_request
 from edgemtl.timing import host_cpu_name
 from edgemtl.report import write_report
@@ -54,6 +56,19 @@ def _base_manifest(loaded: LoadedModel, target: Target, tasks: list[str]) -> dic
     }
 
 
+def check_layer_bits(target: Target, options: CompileOptions) -> None:
+    """--layer-bits sets the FPGA flow's brevitas quantizers: another target, or bits they do not take, is an error."""
+    if not (options.layer_bits or options.task_layer_bits):
+        return
+    if target.flow != "fpga-hls4ml":
+        raise EdgemtlError(f"--layer-bits sets the FPGA flow's per-layer widths; {target.name} quantizes every layer to "
+                           "int8: leave --layer-bits out")
+    low, high = BITS_RANGE
+    for layer, pair in options.layer_bits.items():
+        if not all(low <= bits <= high for bits in pair):
+            raise EdgemtlError(f"--layer-bits {layer}={pair[0]},{pair[1]}: {target.name} takes {low}..{high} bits")
+
+
 def compile_steps(target: Target, options: CompileOptions = CompileOptions()) -> list[Step]:
     """The steps a compile for `target` runs with these options, in order (`edgemtl compile --list-steps`)."""
     steps = [*requested_steps(options), *flow_steps(target.flow)]
@@ -77,6 +92,11 @@ def compile_model(loaded: LoadedModel, target_name: str, out_dir: Path, options:
         check_request(request, loaded.spec, has_data=reference is not None)
     steps = compile_steps(target, options)
     check_flow_options(target, loaded, options)
+    if target.max_drop is not None or options.max_drop:  # a bad accuracy budget fails before any work
+        if target.max_drop is None:
+            raise EdgemtlError(f"--max-drop is an accuracy budget for quantizing targets; {target.name} does not quantize")
+        resolve_budget(options.max_drop, tasks, target.max_drop, target.name)
+    check_layer_bits(target, options)
     manifest = _base_manifest(loaded, target, tasks)
     if options.stop_after is not None:
         manifest["stopped_after"] = {"step": options.stop_after, "steps_not_run": [

@@ -52,8 +52,11 @@ class CompileOptions:
     passes: tuple[PassRequest, ...] = ()  # passes run before the flow, in order (--prune-flops: prune_pagcp)
     experts: "PartitionConfig | None" = None  # expert-path policy for MoE models (default: coverage 1.0)
     precision: str | None = None          # quantized targets: e.g. w4a4, w8a8 (default: the target's first)
-    qat_steps: int = 300                  # quantization-aware fine-tuning steps per task
+    qat_steps: int = 300                  # quantization-aware fine-tuning steps per task (at most: early stopping)
     layer_bits: dict[str, tuple[int, int]] = field(default_factory=dict)  # per-layer (weight, act) bits; first / last allowed
+    task_layer_bits: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)  # --layer-bits FILE: per task
+    max_drop: dict[str, float] = field(default_factory=dict)  # accuracy budget per task ("*": every task), over the target's
+    allow_over_budget: bool = False       # ship a task over its budget (said so) instead of failing the compile
     stop_after: str | None = None  # the last step to run (FINN's stop_step): a partial bundle, said so in its manifest
     csim_samples: int = 4                 # samples run through the HLS C simulation per task
     c_samples: int = 32                   # MCU: real samples the generated C must match bit for bit on the host

@@ -212,6 +212,8 @@ class TaskEntry(BaseModel):
     primary_metric: str | None = None
     higher_is_better: bool | None = None
     expert_path: dict[str, Any] | None = Field(None, description="MoE models: the experts this task's path keeps")
+    budget: dict[str, Any] | None = Field(None, description="quantizing targets: the accuracy budget, the remedies "
+                                                           "tried in order with their cost, what ships (flows/budget.py)")
     artifacts: dict[str, Any] = Field(default_factory=dict, description="bundle-relative files for this task")
     profile: dict[str, dict[str, Any]] | None = Field(None, description="`edgemtl profile` results per device")
     runtime: str | None = Field(None, description="the runtime the bundle ships for this task")
@@ -325,6 +327,8 @@ class Manifest(BaseModel):
     stopped_after: dict[str, Any] | None = Field(None, description="--stop-after: the last step and those not run")
     profiles: dict[str, Section] | None = Field(None, description="`edgemtl profile` runs, by device")
     moe: dict[str, Any] | None = Field(None, description="MoE models: expert usage, MoE MACs, memory plan, switching")
+    quant_budget: dict[str, Any] | None = Field(None, description="quantizing targets: the budget asked for, who set it, "
+                                                                 "the tasks over it (flows/budget.py)")
 
 
 def manifest_model(task_entry: type[TaskEntry] = TaskEntry, extra: type[BaseModel] | None = None) -> type[Manifest]:

@@ -69,6 +69,8 @@ class Target(BaseModel):
     part: str = ""  # FPGA part number or SoC name
     fabric: FabricLogic | None = None  # an FPGA part's logic: the one place its resource totals are written
     target_fps: list[float] = Field(default_factory=list)  # throughputs estimates are asked for (FPGA folding)
+    # accuracy budget of a quantizing target: the relative metric loss a task may take by default (--max-drop overrides)
+    max_drop: float | None = Field(None, gt=0, lt=1)
     source: str = ""  # the file it was read from (filled on load)
 
     @model_validator(mode="after")
@@ -81,7 +83,8 @@ class Target(BaseModel):
         """One line of key facts for `edgemtl targets`."""
         units = ", ".join(f"{c.count or 'n'}x {c.name}" + (f" @{c.clock_mhz:g} MHz" if c.clock_mhz else "") for c in self.compute)
         memories = ", ".join(f"{m.name} {_size(m.size_bytes)}" for m in self.memory)
-        return f"{units}; {memories or 'memory n/a'}; {'/'.join(self.precisions)}; flow {self.flow}"
+        budget = f"; max drop {self.max_drop:.0%}" if self.max_drop is not None else ""
+        return f"{units}; {memories or 'memory n/a'}; {'/'.join(self.precisions)}{budget}; flow {self.flow}"
 
 
 def _size(n: int) -> str:

@@ -453,8 +453,9 @@ def test_compile_for_arm64_without_tvm_says_how_to_add_it_and_tries_every_int8_r
     from edgemtl.flows import cpu_arm64
 
     monkeypatch.setattr(tvm_build, "tvm_missing", lambda: "apache-tvm is not installed (tvm): pip install edgemtl[tvm]")
-    # no int8 graph can meet it: every remedy is tried
-    monkeypatch.setattr(cpu_arm64, "INT8", dataclasses.replace(cpu_arm64.INT8, max_relative_loss=-10.0))
+    # no int8 graph can meet it: every remedy is tried (a budget no user can give: --max-drop takes (0, 1))
+    real_config = cpu_arm64._int8_config
+    monkeypatch.setattr(cpu_arm64, "_int8_config", lambda ctx: dataclasses.replace(real_config(ctx), budgets={"scene": -10.0}))
     bundle = tmp_path / "arm64-notvm"
     code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "arm64", "-o", bundle,
                            "--tasks", "scene", "--threads", "1")
@@ -469,11 +470,16 @@ def test_compile_for_arm64_without_tvm_says_how_to_add_it_and_tries_every_int8_r
     assert int8["relative_loss"] == best["relative_loss"] and int8["remedy"] == best["remedy"]
     assert not int8["meets_target"] and entry["runtime"] == "onnxruntime-float" and "after every remedy" in entry["runtime_reason"]
     assert (bundle / entry["artifacts"]["int8_onnx"]).is_file() and not list(bundle.rglob("*.try.onnx"))
+    # the budget record: every remedy with its measured latency, then arm64's last remedy, the task in float
+    budget = entry["budget"]
+    assert [r["name"] for r in budget["remedies"]] == [*(a["remedy"] for a in int8["attempts"]), "task in float"]
+    assert all(r["cost"]["latency_ms"] > 0 and r["cost"]["provenance"]["kind"] == "measured" for r in budget["remedies"])
+    assert budget["within"] and budget["shipped"] == "task in float" and budget["relative_loss"] == 0.0
 
 
 def test_arm64_int8_of_a_task_without_labels_searches_remedies_by_its_agreement_with_float(capsys, tmp_path,
                                                                                            monkeypatch):
-    """Unlabelled (the npz labels nothing): remedies are judged by SQNR against the float model, and a remedy
+    """Unlabelled (the npz labels nothing): remedies are judged by 1 - cosine against the float model, and a remedy
     ONNX Runtime's quantizer fails on is recorded and skipped, not fatal to the task."""
     from edgemtl.backends import tvm_build
     from edgemtl.flows import cpu_arm64
@@ -481,7 +487,8 @@ def test_arm64_int8_of_a_task_without_labels_searches_remedies_by_its_agreement_
 
     monkeypatch.setattr(tvm_build, "tvm_missing", lambda: "apache-tvm is not installed (tvm): pip install edgemtl[tvm]")
     # unreachable: every remedy is tried
-    monkeypatch.setattr(cpu_arm64, "INT8", dataclasses.replace(cpu_arm64.INT8, min_sqnr_db=1000.0))
+    real_config = cpu_arm64._int8_config
+    monkeypatch.setattr(cpu_arm64, "_int8_config", lambda ctx: dataclasses.replace(real_config(ctx), budgets={"anchors": -1.0}))
     real = quantize_int8_qdq.quantize_qdq
 
     def percentile_breaks(float_onnx, output, samples, config):
@@ -504,9 +511,10 @@ def test_arm64_int8_of_a_task_without_labels_searches_remedies_by_its_agreement_
     assert [a["remedy"] for a in int8["attempts"]] == [name for name, _ in cpu_arm64.INT8.remedies]
     failed = [a["remedy"] for a in int8["attempts"] if "error" in a]
     assert failed == [name for name, config in cpu_arm64.INT8.remedies if config.method == "percentile"]
-    best = max((a for a in int8["attempts"] if "error" not in a), key=lambda a: a["sqnr_db_vs_float"])
-    assert int8["remedy"] == best["remedy"] and int8["agreement_with_float"]["sqnr_db_vs_float"] == best["sqnr_db_vs_float"]
-    assert int8["meets_agreement_target"] is False and "no labels" in int8["metrics"]
+    best = min((a for a in int8["attempts"] if "error" not in a), key=lambda a: a["relative_loss"])
+    assert best["relative_loss"] == pytest.approx(1 - best["cosine_vs_float"])
+    assert int8["remedy"] == best["remedy"] and int8["agreement_with_float"]["cosine_vs_float"] == best["cosine_vs_float"]
+    assert int8["meets_target"] is False and "no labels" in int8["metrics"]
 
 
 @pytest.mark.needs_tvm
@@ -615,7 +623,8 @@ def test_list_steps_and_stop_after_a_step(capsys, tmp_path, checkpoints):
     code, out, _ = run_cli(capsys, "compile", "--target", "zcu104", "--list-steps")
     names = [line.split()[1] for line in out.splitlines() if line.strip()]
     assert code == 0 and names[:3] == ["load_data", "analyse", "partition_experts"] and "hls4ml_csim" in names
-    assert names[names.index("hls4ml_csim") + 1:][:2] == ["quantize_int8", "hls_cpp_csim"]  # MoE models' path
+    assert names[names.index("hls4ml_csim") + 1:][:3] == ["quantize_int8", "check_int8_budget", "hls_cpp_csim"]  # MoE models' path
+    assert names[names.index("quantize_brevitas") + 1] == "check_budget"
     assert "(skipped for MoE models)" in out and "(skipped otherwise)" in out
     code, out, _ = run_cli(capsys, "compile", "--target", "host", "--list-steps", "--prune-flops", "0.5")
     assert out.split()[1] == "prune_pagcp"

@@ -1,8 +1,9 @@
 """The FPGA flow (zcu104): power-of-two QAT per task, QONNX, hls4ml C simulation, FINN and roofline estimates; for a
 mixture-of-experts model, int8 integer graphs and edgemtl's own HLS C++ instead (flows/fpga_hls_cpp.py).
 
-Steps: load_data -> analyse -> partition_experts -> hls4ml_op_check -> quantize_brevitas -> export_qonnx ->
-hls4ml_csim -> quantize_int8 -> hls_cpp_csim -> estimates -> board_kit. The hls4ml steps skip an MoE model (hls4ml
+Steps: load_data -> analyse -> partition_experts -> hls4ml_op_check -> quantize_brevitas -> check_budget ->
+export_qonnx -> hls4ml_csim -> quantize_int8 -> check_int8_budget -> hls_cpp_csim -> estimates -> board_kit. QAT climbs the mixed-precision
+ladder (passes/brevitas_qat/ladder.py) until each task is within its accuracy budget (flows/budget.py). The hls4ml steps skip an MoE model (hls4ml
 cannot express its data-dependent expert dispatch) and the two int8 / HLS C++ steps skip any other, each saying why.
 Everything up to synthesis runs here; synthesis, the bitstream and the board need Vitis/Vivado and a ZCU104 (the
 bundle's hw/README.md gives the exact commands). A task hls4ml cannot map is recorded with the op that stopped it and
@@ -32,16 +33,19 @@ from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qon
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import analyse, load_verification_data, task_list, task_model, with_progress
+from edgemtl.flows.budget import budget_record, check_budget, compile_budget
 from edgemtl.flows.experts import partition_step_at
-from edgemtl.flows.fpga_hls_cpp import (PRECISION as MOE_PRECISION, hls_cpp_step, quantize_step as int8_quantize_step,
-                                        takes_model)
+from edgemtl.flows.fpga_hls_cpp import (NOT_MOE, PRECISION as MOE_PRECISION, hls_cpp_step,
+                                        quantize_step as int8_quantize_step, takes_model)
 from edgemtl.flows.fpga_hls_cpp import check_options  # noqa: F401 - this flow's options check (flows.check_flow_options)
 from edgemtl.flows.passes import pass_step
 from edgemtl.passes.base import PassResult
+from edgemtl.passes.layer_bits import write_layer_bits
 from edgemtl.passes.quantize_brevitas import QuantConfig, QuantTaskPath, grid_align, output_lsb
 from edgemtl.resources import HW_DIR
 
 BOARD_KIT = HW_DIR / "zcu104"
+LAYER_BITS = "layer_bits.json"   # every task's shipped widths, as --layer-bits FILE.json reads them back
 HLS4ML_SKIP = ("mixture-of-experts model: hls4ml and FINN cannot express its data-dependent expert dispatch; "
                "quantize_int8 and hls_cpp_csim compile it instead")
 
@@ -73,16 +77,38 @@ def op_check_step(ctx: FlowContext) -> Skipped | None:
 
 
 def _qat_config(ctx: FlowContext) -> QuantConfig:
-    """The target precision, with the rewrites hls4ml and the board's PS need (nearest upsampling in the PL, a
-    final resize / softmax on the PS)."""
+    """The target precision as the mixed-precision ladder's start, the compile's accuracy budget, widths pinned by a
+    --layer-bits file, and the rewrites hls4ml and the board's PS need (nearest upsampling in the PL, a final resize /
+    softmax on the PS)."""
+    budget = compile_budget(ctx)
     return QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
-                       nearest_upsampling=True, host_resize=True, host_softmax=True)
+                       max_relative_loss=budget.default, budgets={t: budget.of(t) for t in task_list(ctx)},
+                       pinned=ctx.options.task_layer_bits, nearest_upsampling=True, host_resize=True, host_softmax=True)
+
+
+NEXT_TRY = {"w4a4": "--precision w8a8 or more --qat-steps", "w8a8": "more --qat-steps"}
 
 
 def _keep_quantized(ctx: FlowContext, result: PassResult[QuantTaskPath]) -> None:
+    """Each task's QAT record and budget record; the widths every task shipped with in layer_bits.json (what
+    --layer-bits FILE.json pins)."""
     ctx.state.quantized = dict(result.paths)
+    budget = compile_budget(ctx)
     for task, record in result.record.tasks.items():
-        ctx.manifest["tasks"][task]["quantization"] = record.to_dict()
+        entry = ctx.manifest["tasks"][task]
+        entry["quantization"] = record.to_dict()
+        spec = ctx.loaded.spec.task(task)
+        labelled = spec.metric in record.metric_quant
+        entry["budget"] = budget_record(
+            budget, task, metric=spec.metric if labelled else None, higher_is_better=spec.higher_is_better,
+            metric_float=record.metric_float[spec.metric] if labelled else None,
+            metric_quant=record.metric_quant[spec.metric] if labelled else None, loss=record.relative_loss,
+            remedies=[{"name": row["rung"], **{k: v for k, v in row.items() if k != "rung"}} for row in record.rungs],
+            shipped=next((row["rung"] for row in record.rungs if row["shipped"]), record.precision),
+            next_try="more --qat-steps" if ctx.options.task_layer_bits.get(task) else NEXT_TRY[record.precision])
+    write_layer_bits(ctx.bundle / LAYER_BITS, ctx.loaded.model, ctx.loaded.spec, {
+        task: {"precision": record.precision, "layers": record.overrides} for task, record in result.record.tasks.items()})
+    ctx.manifest["layer_bits"] = {"file": LAYER_BITS, "pin_with": f"edgemtl compile ... --layer-bits {LAYER_BITS}"}
 
 
 # brevitas QAT of every task path hls4ml accepted, at the target precision (skipped for MoE models, said why)
@@ -203,6 +229,11 @@ def estimates_step(ctx: FlowContext) -> None:
     shutil.rmtree(ctx.bundle / "work", ignore_errors=True)
 
 
+def check_int8_budget(ctx: FlowContext) -> Skipped | None:
+    """MoE models: every task's int8 path within its accuracy budget, as check_budget (skipped otherwise)."""
+    return check_budget(ctx) if takes_model(ctx) else Skipped(NOT_MOE)
+
+
 def hls_cpp_board_commands(task: str, top: str) -> list[str]:
     """From a task's HLS C++ project to outputs on the board, run from the bundle: the IP (Vitis HLS), the block
     design and bitstream (hw/hls_cpp_design.tcl), the PYNQ driver (hw/hls_cpp_driver.py); hw/README.md explains."""
@@ -234,9 +265,11 @@ STEPS: list[Step] = [
     ("partition_experts", partition_step_at(_precision)),
     ("hls4ml_op_check", op_check_step),
     ("quantize_brevitas", quantize_step),
+    ("check_budget", check_budget),
     ("export_qonnx", export_step),
     ("hls4ml_csim", hls4ml_step),
     ("quantize_int8", int8_quantize_step),
+    ("check_int8_budget", check_int8_budget),
     ("hls_cpp_csim", hls_cpp_step),
     ("estimates", estimates_step),
     ("board_kit", board_kit_step),
@@ -247,7 +280,7 @@ class FpgaTask(TaskEntry):
     """The FPGA flow's task entry: QAT, QONNX export, hls4ml project and C simulation, estimates; for an MoE model
     the int8 record and the HLS C++ project with its C simulation instead of the first three."""
 
-    quantization: Section | None = Field(None, description="brevitas QAT record: precision, steps, metrics")
+    quantization: Section | None = Field(None, description="brevitas QAT record: precision, steps, metrics, rungs")
     export_check: Section | None = None
     inference_cost: Section | None = Field(None, description="qonnx inference cost of the QONNX graph")
     hls4ml: Section | None = Field(None, description="HLS project, C simulation and g++ testbench vs the QAT model")
@@ -260,6 +293,7 @@ class FpgaTask(TaskEntry):
 
 class FpgaExtra(BaseModel):
     board_kit: dict[str, Any] | None = Field(None, description="the hw/ folder and the next command to run")
+    layer_bits: dict[str, Any] | None = Field(None, description="layer_bits.json: every task's shipped widths")
 
 
 MANIFEST = manifest_model(FpgaTask, FpgaExtra)

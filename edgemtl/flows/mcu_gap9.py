@@ -1,7 +1,8 @@
 """The MCU flow (gap9): int8 integer graphs per task, Deeploy's tiled code, our portable C checked bit for bit.
 
-Steps: load_data -> analyse -> quantize_int8 -> export_int8_onnx -> deeploy_codegen -> c_codegen ->
-verify_c_host -> verify_c_qemu -> mcu_estimates -> board_kit.
+Steps: load_data -> analyse -> partition_experts -> quantize_int8 -> check_budget -> export_int8_onnx ->
+deeploy_codegen -> c_codegen -> verify_c_host -> verify_c_qemu -> mcu_estimates -> board_kit. quantize_int8 tries its
+calibration remedies until each task is within its accuracy budget (flows/budget.py), or the compile fails.
 
 The numpy reference executor of each task's integer graph is the ground truth: the generated C must give
 exactly its integers on real samples, compiled with the host gcc (a mismatch fails the compile) and, when the
@@ -39,6 +40,7 @@ from edgemtl.backends.deeploy_split import describe_split, mappable_prefix
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.manifest import Section, TaskEntry, manifest_model, prov
 from edgemtl.flow import FlowContext, Skipped, Step
+from edgemtl.flows.budget import check_budget
 from edgemtl.flows.common import analyse, load_verification_data, with_progress
 from edgemtl.flows.experts import partition_step
 from edgemtl.flows.int8 import int8_step
@@ -347,6 +349,7 @@ STEPS: list[Step] = [
     ("analyse", analyse),
     ("partition_experts", partition_step),
     ("quantize_int8", quantize_step),
+    ("check_budget", check_budget),
     ("export_int8_onnx", export_step),
     ("deeploy_codegen", deeploy_step),
     ("c_codegen", c_step),

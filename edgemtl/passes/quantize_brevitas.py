@@ -28,7 +28,7 @@ non-power-of-two scale made one head wrong by a constant factor.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -43,10 +43,10 @@ from edgemtl.model.spec import ModelSpec, TaskSpec
 from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.passes.brevitas_qat.config import PRECISIONS, QuantConfig
 from edgemtl.passes.brevitas_qat.graph import COMPUTE_LAYERS
+from edgemtl.passes.brevitas_qat.ladder import Ladder, climb
 from edgemtl.passes.brevitas_qat.path import (PRELU_SLOPE_BITS, FixedPointPReLU, QuantTaskPath, grid_align,
                                               output_lsb)
-from edgemtl.passes.brevitas_qat.quantizers import build_quant_graph, layer_bit_widths, layer_name, quantizer_scales
-from edgemtl.passes.brevitas_qat.training import calibrate, check_quantized_path_runs, qat, task_images
+from edgemtl.passes.brevitas_qat.quantizers import layer_bit_widths, layer_name, quantizer_scales
 
 __all__ = ["PRECISIONS", "PRELU_SLOPE_BITS", "FixedPointPReLU", "QatRecord", "QuantConfig", "QuantRecord",
            "QuantTaskPath", "grid_align", "layer_bit_widths", "output_lsb", "quantize_task", "quantizer_scales", "run"]
@@ -74,15 +74,20 @@ class QuantRecord:
     output_bits: int
     metric_float: dict[str, float]
     metric_quant: dict[str, float]
-    qat_steps: int
+    qat_steps: int                  # the steps the shipped path was trained (early stopping may end it before the cap)
     calibration_samples: int
     seconds: float                  # the whole pass (build, calibration, QAT, both evaluations)
-    qat_seconds: float
+    qat_seconds: float              # build, calibration and QAT of every rung
     layers: dict[str, dict[str, int]]  # compute layer -> {"weight_bits", "act_bits"} (act: its output's quantizer)
     output_lsb: float
     host_resize: dict[str, Any] | None = None  # F.interpolate arguments of the resize left to the host
     host_softmax: dict[str, int] | None = None  # {"dim": d} of the softmax left to the host (d counts the batch)
     fixed_point_prelus: list[str] = field(default_factory=list)  # PReLUs whose slopes are on the 2^-8 grid
+    overrides: dict[str, list[int]] = field(default_factory=dict)  # layer -> [weight, act] bits set apart from precision
+    relative_loss: float | None = None     # the budget's measure of the shipped path (metric, or 1 - cosine)
+    max_relative_loss: float | None = None  # the task's budget (None: no budget, one run of qat_steps)
+    rungs: list[dict[str, Any]] = field(default_factory=list)  # the ladder's rungs in order (ladder.climb)
+    sensitivity: dict[str, float] = field(default_factory=dict)  # 4-bit layer -> loss with it alone at 8 bits
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -154,43 +159,36 @@ def _resolve_edge_layers(model: nn.Module, spec: ModelSpec, task: str,
 
 def quantize_task(model: nn.Module, spec: ModelSpec, task: str, train_data: TaskData, val_data: TaskData,
                   config: QuantConfig = QuantConfig()) -> tuple[QuantTaskPath, QuantRecord]:
-    """Quantize one task path: calibrate on real images, then QAT on that task's loss; returns the path."""
+    """Quantize one task path: calibrate on real images, then QAT on that task's loss; returns the path. With an
+    accuracy budget (`config.budget(task)`), the mixed-precision ladder's rungs until the path is within it."""
     if task not in spec.task_names:
         raise EdgemtlError(f"unknown task {task!r}: this model has {', '.join(spec.task_names)}")
-    config = replace(config, overrides=_resolve_edge_layers(model, spec, task, config.overrides))
     all_layers = {n for n, m in model.named_modules() if isinstance(m, COMPUTE_LAYERS)}
-    unknown = sorted(set(config.overrides) - all_layers)
+    unknown = sorted(set(_resolve_edge_layers(model, spec, task, config.overrides)) - all_layers)
     if unknown:
         raise EdgemtlError(f"bit-width overrides name unknown layer(s) {', '.join(unknown)}")
     task_spec = spec.task(task)
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-
-    float_path = TaskPath(model, task).eval()
-    metric_float = _metric(float_path, task_spec, val_data)
-
-    graph, host_resize, host_softmax = build_quant_graph(model, spec, task, config)
-    qmodel = QuantTaskPath(graph, task, host_resize, host_softmax)
-
-    calibration = task_images(train_data, min(config.calibration_samples, len(train_data)), config.seed)
-    calibrate(qmodel, calibration, config.batch_size)
-    check_quantized_path_runs(qmodel, calibration[:2])
-
-    qat_start = time.perf_counter()
-    if config.qat_steps:
-        qat(qmodel, task_spec, train_data, config)
-    qat_seconds = time.perf_counter() - qat_start
-    qmodel.eval()
-
-    metric_quant = _metric(qmodel, task_spec, val_data)
+    metric_float = _metric(TaskPath(model, task).eval(), task_spec, val_data)
+    budget = config.budget(task)
+    ladder = Ladder(model, spec, task, train_data, val_data, config, lambda q: _metric(q, task_spec, val_data),
+                    metric_float, budget, lambda overrides: _resolve_edge_layers(model, spec, task, overrides))
+    rungs: list[dict[str, Any]] = []
+    sensitivity: dict[str, float] = {}
+    if budget is None:
+        shipped = ladder.attempt(config.precision, config.precision, dict(config.overrides))
+    else:
+        shipped, rungs, sensitivity = climb(ladder, config.pinned.get(task))
+    qmodel, graph = shipped.qmodel, shipped.qmodel.graph_module
     record = QuantRecord(
-        task=task, precision=config.precision, input_bits=config.input_bits, output_bits=config.output_bits,
-        metric_float=metric_float, metric_quant=metric_quant, qat_steps=config.qat_steps,
-        calibration_samples=int(len(calibration)), seconds=time.perf_counter() - start, qat_seconds=qat_seconds,
-        layers=layer_bit_widths(qmodel), output_lsb=output_lsb(qmodel), host_resize=host_resize,
-        host_softmax=host_softmax, fixed_point_prelus=[layer_name(name) for name, module in graph.named_modules()
-                                                       if isinstance(module, FixedPointPReLU)],
-    )
+        task=task, precision=shipped.precision, input_bits=config.input_bits, output_bits=config.output_bits,
+        metric_float=metric_float, metric_quant=shipped.metric, qat_steps=shipped.qat_steps,
+        calibration_samples=int(len(ladder.calibration)), seconds=time.perf_counter() - start,
+        qat_seconds=sum(row["seconds"] for row in rungs) if rungs else shipped.seconds,
+        layers=layer_bit_widths(qmodel), output_lsb=output_lsb(qmodel), host_resize=qmodel.host_resize,
+        host_softmax=qmodel.host_softmax, fixed_point_prelus=[layer_name(name) for name, module in graph.named_modules()
+                                                              if isinstance(module, FixedPointPReLU)],
+        overrides={name: list(bits) for name, bits in ladder.resolve(shipped.overrides).items()},
+        relative_loss=shipped.loss, max_relative_loss=budget, rungs=rungs, sensitivity=sensitivity)
     return qmodel, record
-
-

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from edgemtl.model.contract import run_task
 from edgemtl.model.intgraph import IntGraph, check_int32, dequantize, quantize_input, run_reference
 from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.base import PassInput, PassResult
+from edgemtl.passes.budget import agreement_loss, relative_loss
 from edgemtl.passes.int8.build import Builder, choose_requant, mul_bits
 from edgemtl.passes.int8.calibration import calibration_values, choose_scale, layer_sqnr
 from edgemtl.passes.int8.config import SCALE_METHODS, Int8Config
@@ -98,37 +99,70 @@ class Int8PassRecord:
 
 def run(inputs: PassInput, config: Int8Config) -> PassResult[IntGraph]:
     """Every task path in `inputs.tasks` as an integer graph, calibrated on training images; float vs int8 metrics on
-    the held-out split (a task the data does not label: its agreement with the float model). A task with an op the
-    int8 backends lack is recorded and the others go on; if none can be quantized, the first reason is raised."""
+    the held-out split (a task the data does not label: its agreement with the float model). With a budget, each
+    task's remedies (`config.remedies`) in order until it is within it, the best kept and every one recorded. A task
+    with an op the int8 backends lack is recorded and the others go on; if none can be quantized, the first reason is
+    raised."""
     source = inputs.need_source("quantize_int8 (int8 calibration)")
-    data, labelled, spec = inputs.need_held_out("quantize_int8"), set(inputs.labelled), inputs.spec
-    calibration = source.load("train", n=config.calibration_samples)
+    data, spec = inputs.need_held_out("quantize_int8"), inputs.spec
+    remedies = config.remedies if config.max_relative_loss is not None or config.budgets else config.remedies[:1]
+    samples = max(replace(config, **changes).calibration_samples for _, changes in remedies)
+    calibration = source.load("train", n=samples)
     scored_on = f"{data.name}/{data.split}, {len(data)} samples"
-    record = Int8PassRecord(f"{data.name}/train, {len(calibration)} images", scored_on, config.scale_method)
+    record = Int8PassRecord(f"{data.name}/train, up to {len(calibration)} images", scored_on, config.scale_method)
     graphs: dict[str, IntGraph] = {}
     for task in inputs.each(inputs.tasks, "int8 calibration"):
-        model = inputs.task_model(task)
         try:
-            if task in labelled:
-                graph, task_record = quantize_int8(model, spec, task, calibration, data, config)
-                record.tasks[task] = {"ok": True, **task_record.to_dict(), "metrics_data": scored_on}
-            else:  # no labels for this task in the data: quantized, and judged by its agreement with the float model
-                graph = build_int_graph(model, spec, task, calibration, config)
-                taught = teach_missing(data, model, [task])
-                record.tasks[task] = {
-                    "ok": True, "metrics": f"no labels for task {task!r} in {data.name}",
-                    "agreement_with_float": evaluate(int8_predictor(graph), [spec.task(task)], taught)[task],
-                    "agreement_provenance": prov("evaluated", source="edgemtl int8 reference executor",
-                                                 detail="vs PyTorch float, host"),
-                    "metrics_data": scored_on}
+            graph, record.tasks[task] = _quantize_to_budget(inputs, task, calibration, data, config, remedies)
         except EdgemtlError as exc:  # an op the int8 backends lack: this task stops here, the others go on
             record.tasks[task] = {"ok": False, "error": str(exc)}
             record.failed[task] = str(exc)
             continue
+        record.tasks[task]["metrics_data"] = scored_on
         graphs[task] = graph
     if not graphs:
         raise EdgemtlError(f"no task could be quantized to int8; first: {next(iter(record.failed.values()))}")
     return PassResult(inputs.model, spec, record, graphs)
+
+
+def _quantize_to_budget(inputs: PassInput, task: str, calibration: TaskData, data: TaskData, config: Int8Config,
+                        remedies: tuple[tuple[str, dict[str, Any]], ...]) -> tuple[IntGraph, dict[str, Any]]:
+    """The task's remedies in order until its loss (its metric's relative loss, or 1 - cosine against float for a
+    task the data does not label) is within `config.budget(task)`; the best attempt ships."""
+    model, spec, budget = inputs.task_model(task), inputs.spec, config.budget(task)
+    labelled = task in set(inputs.labelled)
+    # a task judged by its agreement with float: any labels it has (a raw head's, whose metric is "none") set aside
+    unlabelled = replace(data, targets={name: values for name, values in data.targets.items() if name != task})
+    taught = None if labelled else teach_missing(unlabelled, model, [task])
+    attempts: list[dict[str, Any]] = []
+    best: tuple[float, IntGraph, dict[str, Any]] | None = None
+    for name, changes in remedies:
+        chosen = replace(config, **changes)
+        if labelled:
+            graph, task_record = quantize_int8(model, spec, task, calibration, data, chosen)
+            entry = {"ok": True, **task_record.to_dict()}
+            loss = relative_loss(task_record.metric_float[task_record.metric], task_record.metric_int8[task_record.metric],
+                                 task_record.higher_is_better)[1]
+        else:  # no labels for this task in the data: judged by its agreement with the float model
+            graph = build_int_graph(model, spec, task, calibration, chosen)
+            agreement = evaluate(int8_predictor(graph), [spec.task(task)], taught)[task]
+            entry = {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}", "agreement_with_float": agreement,
+                     "agreement_provenance": prov("evaluated", source="edgemtl int8 reference executor",
+                                                  detail="vs PyTorch float, host")}
+            loss = agreement_loss(agreement)
+        attempts.append({"remedy": name, "scale_method": chosen.scale_method,
+                         "calibration_samples": chosen.calibration_samples, "relative_loss": loss,
+                         "cost": {"weight_bytes": graph.weight_bytes(), "note": "scales only: ops, weights and cycles "
+                                                                               "are those of every other remedy"}})
+        if best is None or loss < best[0]:
+            best = (loss, graph, {**entry, "relative_loss": loss, "remedy": name})
+        if budget is None or loss <= budget:
+            break
+    assert best is not None
+    loss, graph, entry = best
+    if budget is not None:
+        entry.update(target_max_relative_loss=budget, meets_target=loss <= budget, attempts=attempts)
+    return graph, entry
 
 
 def int8_predictor(graph: IntGraph) -> Predictor:

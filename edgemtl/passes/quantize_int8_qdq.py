@@ -3,10 +3,10 @@
 
 The standard remedies when a task loses accuracy are knobs of `OrtQuantConfig`: more calibration samples,
 percentile calibration instead of min/max, and keeping the task's last layer(s) in float. `run` tries
-`QdqConfig.remedies` (`ort_qdq/config.py`) in order until the task's metric stays within `max_relative_loss` of
-float (a task the data does not label: until its SQNR against the float model reaches `min_sqnr_db`), keeps the
-best attempt and records every one. The int8 graphs go into the bundle at `INT8_ONNX`; without data the pass is
-skipped (float ships).
+`QdqConfig.remedies` (`ort_qdq/config.py`) in order until the task's metric stays within its accuracy budget
+(edgemtl.passes.budget; a task the data does not label: 1 - cosine against the float model), keeps the best attempt
+and records every one with its measured host latency (the remedy's cost). The int8 graphs go into the bundle at
+`INT8_ONNX`; without data the pass is skipped (float ships).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from edgemtl.manifest import prov
 from edgemtl.model.onnx_export import export_task
 from edgemtl.model.ort_session import make_session, run as run_session
 from edgemtl.model.spec import TaskSpec
+from edgemtl.timing import measure
 from edgemtl.passes.base import PassInput, PassResult, no_data
+from edgemtl.passes.budget import agreement_loss, relative_loss
 from edgemtl.passes.ort_qdq.config import METHODS, REMEDIES, OrtQuantConfig, QdqConfig
 from edgemtl.passes.ort_qdq.quantize import QuantizeResult, SampleReader, last_compute_nodes, quantize_qdq
 
@@ -54,7 +56,7 @@ class QdqPassRecord:
 
     def to_manifest(self) -> dict[str, Any]:
         return {"tool": TOOL, "calibration": self.calibration, "metrics": self.metrics,
-                "target_max_relative_loss": self.config.max_relative_loss,
+                "target_max_relative_loss": {"default": self.config.max_relative_loss, **self.config.budgets},
                 "remedies_in_order": [f"{name}: {remedy.describe()}" for name, remedy in self.config.remedies]}
 
 
@@ -94,9 +96,14 @@ def run(inputs: PassInput, config: QdqConfig) -> PassResult[Path]:
 
 def _quantize_task(inputs: PassInput, config: QdqConfig, task: str, float_path: Path, int8_path: Path, data: TaskData,
                    calibration: Callable[[int], np.ndarray], scored_on: str) -> dict[str, Any]:
+    """The task's remedies in order until its int8 graph is within its budget (`config.budget(task)`): a labelled
+    task by its metric's relative loss, a task the data does not label by 1 - cosine against the float model."""
     spec = inputs.spec.task(task)
     threads = config.threads or os.cpu_count() or 1
-    common = {"metrics_data": scored_on, "runtime": RUNTIME}
+    budget = config.budget(task)
+    timer = functools.partial(_latency_ms, image=calibration(1)[:1], threads=threads, runs=config.latency_runs)
+    common = {"metrics_data": scored_on, "runtime": RUNTIME, "target_max_relative_loss": budget,
+              "float_cost": timer(float_path)}
     if task not in inputs.labelled:  # judged by its agreement with the float model on the held-out split (a raw head
         # the data labels, whose metric is "none", too: its labels are set aside)
         unlabelled = replace(data, targets={name: values for name, values in data.targets.items() if name != task})
@@ -104,37 +111,45 @@ def _quantize_task(inputs: PassInput, config: QdqConfig, task: str, float_path: 
 
         def agree(path: Path) -> tuple[float, dict[str, Any], dict[str, Any]]:
             agreement = _metrics(path, spec, taught, threads)
-            return -agreement["sqnr_db_vs_float"], agreement, agreement
+            loss = agreement_loss(agreement)
+            return loss, {"agreement_with_float": agreement, "relative_loss": loss}, {**agreement, "relative_loss": loss}
 
-        name, result, agreement, attempts = _search_remedies(config.remedies, float_path, int8_path, calibration, agree,
-                                                             -config.min_sqnr_db)
-        return {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}", "agreement_with_float": agreement,
+        name, result, scored, attempts = _search_remedies(config.remedies, float_path, int8_path, calibration, agree,
+                                                          budget, timer)
+        return {"ok": True, "metrics": f"no labels for task {task!r} in {data.name}", **scored,
                 "agreement_provenance": prov("evaluated", source="ONNX Runtime int8", detail="vs PyTorch float, host"),
-                "meets_agreement_target": agreement["sqnr_db_vs_float"] >= config.min_sqnr_db,
-                "target_min_sqnr_db": config.min_sqnr_db, "remedy": name, "calibration": result.to_dict(),
+                "meets_target": scored["relative_loss"] <= budget, "remedy": name, "calibration": result.to_dict(),
                 "attempts": attempts, **common}
     metric_float = _metrics(float_path, spec, data, threads)
 
     def score(path: Path) -> tuple[float, dict[str, Any], dict[str, Any]]:
         metric_int8 = _metrics(path, spec, data, threads)
-        change, loss = _loss(metric_float[spec.metric], metric_int8[spec.metric], spec.higher_is_better)
+        change, loss = relative_loss(metric_float[spec.metric], metric_int8[spec.metric], spec.higher_is_better)
         scored = {"relative_change": change, "relative_loss": loss}
         return loss, {"metric_int8": metric_int8, **scored}, {"metric_int8": metric_int8[spec.metric], **scored}
 
     name, result, scored, attempts = _search_remedies(config.remedies, float_path, int8_path, calibration, score,
-                                                      config.max_relative_loss)
+                                                      budget, timer)
     return {"ok": True, "metric": spec.metric, "higher_is_better": spec.higher_is_better, "metric_float": metric_float,
-            **scored, "meets_target": scored["relative_loss"] <= config.max_relative_loss,
-            "target_max_relative_loss": config.max_relative_loss, "remedy": name, "calibration": result.to_dict(),
-            "attempts": attempts, **common}
+            **scored, "meets_target": scored["relative_loss"] <= budget, "remedy": name,
+            "calibration": result.to_dict(), "attempts": attempts, **common}
+
+
+def _latency_ms(path: Path, image: np.ndarray, threads: int, runs: int) -> dict[str, Any]:
+    """What an attempt costs: its median ONNX Runtime latency on this host at batch 1 (measured, `runs` runs)."""
+    session = make_session(path, threads)
+    latency = measure(lambda: run_session(session, image), runtime="onnxruntime", threads=threads, warmup=3, runs=runs,
+                      max_seconds=2.0)
+    return {"latency_ms": latency.median, "latency_runs": latency.runs,
+            "provenance": prov("measured", source="ONNX Runtime, this host", detail=f"median of {latency.runs} runs, batch 1")}
 
 
 def _search_remedies(remedies: tuple[tuple[str, OrtQuantConfig], ...], float_path: Path, int8_path: Path,
                      calibration: Callable[[int], np.ndarray], judge: Judge, good_enough: float,
-                     ) -> tuple[str, QuantizeResult, dict[str, Any], list[dict[str, Any]]]:
+                     cost: Callable[[Path], dict[str, Any]]) -> tuple[str, QuantizeResult, dict[str, Any], list[dict[str, Any]]]:
     """`remedies` in order until `judge`'s score (lower is better; with its record and its row for `attempts`)
-    reaches `good_enough`; the best attempt is written to `int8_path`. A remedy ONNX Runtime's quantizer fails on
-    is recorded and the next one tried."""
+    reaches `good_enough`; the best attempt is written to `int8_path`. Each row carries its `cost`. A remedy ONNX
+    Runtime's quantizer fails on is recorded and the next one tried."""
     attempts: list[dict[str, Any]] = []
     best: tuple[float, str, QuantizeResult, dict[str, Any]] | None = None
     trial = int8_path.with_suffix(".try.onnx")
@@ -145,7 +160,7 @@ def _search_remedies(remedies: tuple[tuple[str, OrtQuantConfig], ...], float_pat
             attempts.append({"remedy": name, "description": remedy.describe(), "error": str(exc)})
             continue
         score, record, row = judge(trial)
-        attempts.append({"remedy": name, "description": remedy.describe(), **row})
+        attempts.append({"remedy": name, "description": remedy.describe(), **row, "cost": cost(trial)})
         if best is None or score < best[0]:
             best = (score, name, result, record)
             trial.replace(int8_path)
@@ -166,9 +181,3 @@ def _metrics(path: Path, task: TaskSpec, data: TaskData, threads: int) -> dict[s
         return {k: torch.from_numpy(v) for k, v in run_session(session, images.numpy()).items()}
 
     return evaluate(predict, [task], data)[task.name]
-
-
-def _loss(before: float, after: float, higher_is_better: bool) -> tuple[float, float]:
-    """(relative change, relative loss): change = (after - before) / |before|; loss > 0 means worse."""
-    change = (after - before) / abs(before) if abs(before) > 1e-12 else after - before
-    return change, (-change if higher_is_better else change)

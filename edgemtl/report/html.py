@@ -16,12 +16,12 @@ from typing import Any
 
 from edgemtl.bundle import write_text_atomically
 from edgemtl.report.fmt import e, jsonable
-from edgemtl.report.sections import (Section, artifacts, cpu, experts, fpga, header, mcu, plots, profile,
+from edgemtl.report.sections import (Section, artifacts, budget, cpu, experts, fpga, header, mcu, plots, profile,
                                      provenance, steps, tasks, widths)
 from edgemtl.report.sections.artifacts import REPORT_JSON
 
-SECTIONS: tuple[Section, ...] = (header, steps, widths, tasks, fpga, mcu, cpu, experts, profile, plots, artifacts,
-                                 provenance)
+SECTIONS: tuple[Section, ...] = (header, steps, widths, tasks, budget, fpga, mcu, cpu, experts, profile, plots,
+                                 artifacts, provenance)
 REPORT_HTML = "report.html"
 
 CSS = """

@@ -407,3 +407,31 @@ def test_ceil_mode_max_pools_get_end_padding_that_never_wins(data):
         want = F.max_pool2d(x, 3 if node is pools[0] else 2, 2, ceil_mode=True).numpy()
         assert np.array_equal(values[node.output], want.astype(values[node.output].dtype))
         assert (values[node.inputs[0]] < 0).any()
+
+
+@pytest.mark.parametrize("budget, expected", [(-2.0, 4), (1e6, 1)])
+def test_calibration_remedies_are_tried_in_order_until_the_task_is_within_its_budget(budget, expected):
+    """A budget below any loss: every remedy, the best shipped. A loose one: the first only."""
+    from edgemtl.passes.base import PassInput
+    from edgemtl.passes.quantize_int8 import run
+
+    class SmallSource:
+        reference = "scenes"
+
+        def load(self, split, n=None):
+            return load_data("scenes", split, n=min(n or 16, 16))
+
+    model, spec = tiny_model("mtl-cnn")
+    source = SmallSource()
+    config = Int8Config(calibration_samples=8, max_relative_loss=budget,
+                        remedies=tuple((name, {**changes, "calibration_samples": 8} if "calibration_samples" in changes
+                                        else changes) for name, changes in Int8Config().remedies))
+    inputs = PassInput(model, spec, ["depth", "scene"], source=source, held_out=source.load("val"), labelled=["depth"])
+    entries = run(inputs, config).record.tasks
+    for task in ("depth", "scene"):  # scene unlabelled here: judged by 1 - cosine against float
+        entry = entries[task]
+        attempts = entry["attempts"]
+        assert [a["remedy"] for a in attempts] == [name for name, _ in config.remedies][:expected]
+        assert entry["relative_loss"] == min(a["relative_loss"] for a in attempts)
+        assert entry["meets_target"] == (budget > 0)
+    assert "agreement_with_float" in entries["scene"] and entries["depth"]["metric"] == "rmse"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec
@@ -38,6 +40,15 @@ class QuantConfig:
     # a softmax that ends the path (class scores) runs on the host too: hls4ml's table-based Softmax is not
     # bit-accurate, and the argmax a classifier reports does not depend on it (QuantTaskPath.host_softmax)
     host_softmax: bool = False
+    # the accuracy budget (edgemtl.passes.budget): with one, each task climbs the mixed-precision ladder
+    # (brevitas_qat/ladder.py) until within it, QAT checked every `check_every` steps and stopped once it is
+    max_relative_loss: float | None = None
+    budgets: Mapping[str, float] = field(default_factory=dict)   # per task, over max_relative_loss
+    pinned: Mapping[str, Any] = field(default_factory=dict)       # task -> {"precision", "layers"} (--layer-bits FILE)
+    check_every: int = 50
+
+    def budget(self, task: str) -> float | None:
+        return self.budgets.get(task, self.max_relative_loss)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -48,8 +59,8 @@ class QuantConfig:
         for layer, pair in self.overrides.items():
             if len(tuple(pair)) != 2 or not all(2 <= int(b) <= 16 for b in pair):
                 raise EdgemtlError(f"the override of layer {layer!r} must be (weight bits, act bits) in 2..16, got {pair}")
-        if self.qat_steps < 0 or self.batch_size < 1 or self.calibration_samples < 1:
-            raise EdgemtlError("qat_steps must be >= 0, batch_size and calibration_samples >= 1")
+        if self.qat_steps < 0 or self.batch_size < 1 or self.calibration_samples < 1 or self.check_every < 0:
+            raise EdgemtlError("qat_steps and check_every must be >= 0, batch_size and calibration_samples >= 1")
 
     @property
     def weight_bits(self) -> int:

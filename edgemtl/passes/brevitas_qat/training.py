@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -64,9 +64,11 @@ def calibrate(qmodel: QuantTaskPath, images: torch.Tensor, batch_size: int) -> N
     qmodel.eval()
 
 
-def qat(qmodel: QuantTaskPath, task_spec: TaskSpec, data: TaskData, config: QuantConfig) -> None:
+def qat(qmodel: QuantTaskPath, task_spec: TaskSpec, data: TaskData, config: QuantConfig,
+        stop: Callable[[int], bool] | None = None) -> int:
     """AdamW on weights (weight decay 1e-4) and on the learned log2 scales (no weight decay: decay would
-    pull every scale towards 1); cosine-decayed learning rate."""
+    pull every scale towards 1); cosine-decayed learning rate. Every `config.check_every` steps `stop(step)` (in eval
+    mode) may end it early; returns the steps run."""
     decay, no_decay = [], []
     for name, param in qmodel.named_parameters():
         (no_decay if "_quant" in name else decay).append(param)
@@ -76,7 +78,7 @@ def qat(qmodel: QuantTaskPath, task_spec: TaskSpec, data: TaskData, config: Quan
         optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, config.qat_steps)))))
     batches = _batches_forever(data, config.batch_size, config.seed)
     qmodel.train()
-    for _ in range(config.qat_steps):
+    for step in range(1, config.qat_steps + 1):
         images, targets = next(batches)
         loss = supervised_loss(task_spec, qmodel(images), targets[task_spec.name], task_spec.name in data.distilled)
         optimiser.zero_grad(set_to_none=True)
@@ -84,6 +86,12 @@ def qat(qmodel: QuantTaskPath, task_spec: TaskSpec, data: TaskData, config: Quan
         torch.nn.utils.clip_grad_norm_(qmodel.parameters(), 5.0)
         optimiser.step()
         schedule.step()
+        if stop is not None and config.check_every and step % config.check_every == 0 and step < config.qat_steps:
+            qmodel.eval()
+            if stop(step):
+                return step
+            qmodel.train()
     qmodel.eval()
+    return config.qat_steps
 
 

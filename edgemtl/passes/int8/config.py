@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.spec import ModelSpec
 
 ScaleMethod = Literal["mse", "percentile", "max"]
 SCALE_METHODS = ("mse", "percentile", "max")
+# Tried in order per task until it is within its accuracy budget (the first is the default): only activation scales
+# change, so the integer graph's ops, weights and cycles stay the same from one remedy to the next.
+REMEDIES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("default (MSE-optimal scales)", {}),
+    ("percentile scales", {"scale_method": "percentile"}),
+    ("max scales (no clipping)", {"scale_method": "max"}),
+    ("more calibration samples", {"calibration_samples": 256}),
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,13 @@ class Int8Config:
     values_per_tensor: int = 1 << 18
     seed: int = 0
     eval_batch_size: int = 64
+    # the accuracy budget (edgemtl.passes.budget): with one, `remedies` are tried in order until a task is within it
+    max_relative_loss: float | None = None
+    budgets: Mapping[str, float] = field(default_factory=dict)   # per task, over max_relative_loss
+    remedies: tuple[tuple[str, dict[str, Any]], ...] = REMEDIES
+
+    def budget(self, task: str) -> float | None:
+        return self.budgets.get(task, self.max_relative_loss)
 
     def __post_init__(self) -> None:
         if self.scale_method not in SCALE_METHODS:

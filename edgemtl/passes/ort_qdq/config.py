@@ -4,7 +4,8 @@ targets)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from edgemtl.errors import EdgemtlError
@@ -62,18 +63,22 @@ REMEDIES: tuple[tuple[str, OrtQuantConfig], ...] = (
 @dataclass(frozen=True)
 class QdqConfig:
     """The pass: the remedies each task tries, in order (`OrtQuantConfig` each), and when its int8 graph is good
-    enough."""
+    enough: its accuracy budget (edgemtl.passes.budget), `budgets[task]` where given, else `max_relative_loss`."""
 
     remedies: tuple[tuple[str, OrtQuantConfig], ...] = REMEDIES
-    max_relative_loss: float = 0.01   # a labelled task: int8 may lose at most this share of its float metric
-    min_sqnr_db: float = 20.0         # a task without labels: its int8 outputs reach this SQNR against float
+    max_relative_loss: float = 0.01   # int8 may lose at most this share of the task's float metric (no labels: 1 - cosine)
+    budgets: Mapping[str, float] = field(default_factory=dict)  # per task, over max_relative_loss
     threads: int | None = None        # ONNX Runtime threads scoring each attempt (None: every core)
+    latency_runs: int = 30            # host ONNX Runtime runs timing each attempt (its cost), batch 1
 
     def __post_init__(self) -> None:
         if not self.remedies:
             raise EdgemtlError("quantize_int8_qdq needs at least one remedy (the first is the default)")
         if self.threads is not None and self.threads < 1:
             raise EdgemtlError(f"threads must be >= 1, got {self.threads}")
+
+    def budget(self, task: str) -> float:
+        return self.budgets.get(task, self.max_relative_loss)
 
     def check(self, spec: ModelSpec) -> None:
         """Nothing here depends on the model: every field was checked when the config was made."""
