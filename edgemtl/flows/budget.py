@@ -4,7 +4,9 @@ over its budget (one line: the task, its best result, the next thing to try) unl
 
 Record: max_relative_loss and who set it, what the task is judged by (its metric, or 1 - cosine against float for
 a task the data does not label), float -> quantized, relative_loss, within, every remedy tried in order with its
-loss and its cost, the one shipped, and for a task over budget `next` (what to try) and `over_budget_allowed`.
+loss and its cost, the one shipped, and for a task over budget `next` (what to try) and `over_budget_allowed`. The
+remedy decisions are taken on the held-out split the budget is judged on; `unseen` gives the shipped path's loss on
+the test split, which none of them saw, so the user can tell the budget's number from a selected one.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ def compile_budget(ctx: FlowContext) -> Budget:
 
 def budget_record(budget: Budget, task: str, *, metric: str | None, higher_is_better: bool | None,
                   metric_float: float | None, metric_quant: float | None, loss: float,
-                  remedies: list[dict[str, Any]], shipped: str, next_try: str) -> dict[str, Any]:
-    """One task's budget record. `metric` None: judged by agreement with float (`loss` = 1 - cosine)."""
+                  remedies: list[dict[str, Any]], shipped: str, next_try: str,
+                  unseen: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One task's budget record. `metric` None: judged by agreement with float (`loss` = 1 - cosine). `unseen`: the
+    shipped path on the test split no decision saw (passes.budget.unseen_check), reported beside, not judged."""
     allowed = budget.of(task)
     within = loss <= allowed
     record: dict[str, Any] = {
@@ -34,7 +38,7 @@ def budget_record(budget: Budget, task: str, *, metric: str | None, higher_is_be
         "judged_by": (f"{metric} ({'higher' if higher_is_better else 'lower'} is better), relative to float"
                       if metric else f"1 - {AGREEMENT_METRIC} (no labels: agreement with the float model)"),
         "metric": metric, "float": metric_float, "quantized": metric_quant, "relative_loss": loss,
-        "within": within, "remedies": remedies, "shipped": shipped}
+        "within": within, "remedies": remedies, "shipped": shipped, "unseen": unseen}
     if not within:
         record.update(next=next_try, over_budget_allowed=budget.allow_over)
     return record

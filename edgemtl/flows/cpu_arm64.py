@@ -104,7 +104,8 @@ def _budget_entry(budget: Budget, task: str, int8: dict[str, Any]) -> dict[str, 
         quantized = int8["metric_float"][metric] if metric else None
     return budget_record(budget, task, metric=metric, higher_is_better=int8.get("higher_is_better"),
                          metric_float=int8["metric_float"][metric] if metric else None, metric_quant=quantized,
-                         loss=loss, remedies=remedies, shipped=shipped, next_try="")
+                         loss=loss, remedies=remedies, shipped=shipped, next_try="",
+                         unseen=int8.get("unseen") if int8["meets_target"] else None)
 
 
 def _int8_config(ctx: FlowContext) -> QdqConfig:

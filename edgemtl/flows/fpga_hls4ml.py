@@ -105,7 +105,8 @@ def _keep_quantized(ctx: FlowContext, result: PassResult[QuantTaskPath]) -> None
             metric_quant=record.metric_quant[spec.metric] if labelled else None, loss=record.relative_loss,
             remedies=[{"name": row["rung"], **{k: v for k, v in row.items() if k != "rung"}} for row in record.rungs],
             shipped=next((row["rung"] for row in record.rungs if row["shipped"]), record.precision),
-            next_try="more --qat-steps" if ctx.options.task_layer_bits.get(task) else NEXT_TRY[record.precision])
+            next_try="more --qat-steps" if ctx.options.task_layer_bits.get(task) else NEXT_TRY[record.precision],
+            unseen=record.unseen)
     write_layer_bits(ctx.bundle / LAYER_BITS, ctx.loaded.model, ctx.loaded.spec, {
         task: {"precision": record.precision, "layers": record.overrides} for task, record in result.record.tasks.items()})
     ctx.manifest["layer_bits"] = {"file": LAYER_BITS, "pin_with": f"edgemtl compile ... --layer-bits {LAYER_BITS}"}

@@ -41,7 +41,7 @@ def keep_int_graphs(ctx: FlowContext, result: PassResult[IntGraph]) -> None:
                 metric_float=record["metric_float"][metric] if metric else None,
                 metric_quant=record["metric_int8"][metric] if metric else None, loss=record["relative_loss"],
                 remedies=[{"name": a["remedy"], **{k: v for k, v in a.items() if k != "remedy"}} for a in record["attempts"]],
-                shipped=record["remedy"], next_try=NEXT_TRY)
+                shipped=record["remedy"], next_try=NEXT_TRY, unseen=record.get("unseen"))
     for task, graph in result.paths.items():
         relative = f"tasks/{task}/intgraph"
         graph.save(ctx.bundle / relative)

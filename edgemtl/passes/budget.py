@@ -10,9 +10,16 @@ number means the same share for both kinds of task.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+from torch import nn
+
+from edgemtl.data import TaskData
+from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
+from edgemtl.evaluate import Predictor, evaluate
+from edgemtl.model.spec import TaskSpec
 
 AGREEMENT_METRIC = "cosine_vs_float"   # what an unlabelled task is judged by (evaluate's agreement metrics)
 
@@ -68,3 +75,33 @@ def relative_loss(before: float, after: float, higher_is_better: bool) -> tuple[
 def agreement_loss(agreement: Mapping[str, float]) -> float:
     """An unlabelled task's loss: 1 - cosine similarity of its quantized and float outputs."""
     return 1.0 - float(agreement[AGREEMENT_METRIC])
+
+
+UNSEEN_SPLIT = "test"   # scored once at the end, never by a remedy decision: the budget's numbers on unseen data
+
+
+def load_unseen(source: Any, samples: int) -> TaskData | None:
+    """The data source's test split (its first `samples`), or None where it has none."""
+    try:
+        data = source.load(UNSEEN_SPLIT, n=samples)
+    except EdgemtlError:
+        return None
+    return data if len(data) else None
+
+
+def unseen_check(task: TaskSpec, data: TaskData | None, labelled: bool, float_model: nn.Module,
+                 float_predict: Predictor, quant_predict: Predictor) -> dict[str, Any]:
+    """The shipped quantized path against float on the test split, which no remedy decision saw: the decisions (which
+    remedy ships, when QAT stops) are taken on the held-out split the budget is judged on, so that split's loss is
+    the one they optimised; this one is not. A task the data does not label: 1 - cosine against `float_model`."""
+    if data is None:
+        return {"split": None, "reason": f"the data has no {UNSEEN_SPLIT} split"}
+    out: dict[str, Any] = {"split": f"{data.name}/{data.split}", "samples": len(data)}
+    if labelled and task.name in data.targets:
+        before = evaluate(float_predict, [task], data)[task.name][task.metric]
+        after = evaluate(quant_predict, [task], data)[task.name][task.metric]
+        return {**out, "metric": task.metric, "float": before, "quantized": after,
+                "relative_loss": relative_loss(before, after, bool(task.higher_is_better))[1]}
+    unlabelled = replace(data, targets={name: values for name, values in data.targets.items() if name != task.name})
+    agreement = evaluate(quant_predict, [task], teach_missing(unlabelled, float_model, [task.name]))[task.name]
+    return {**out, "metric": None, AGREEMENT_METRIC: agreement[AGREEMENT_METRIC], "relative_loss": agreement_loss(agreement)}

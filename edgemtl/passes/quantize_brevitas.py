@@ -41,6 +41,7 @@ from edgemtl.evaluate import evaluate
 from edgemtl.model.contract import TaskPath, example_input
 from edgemtl.model.spec import ModelSpec, TaskSpec
 from edgemtl.passes.base import PassInput, PassResult
+from edgemtl.passes.budget import load_unseen, unseen_check
 from edgemtl.passes.brevitas_qat.config import PRECISIONS, QuantConfig
 from edgemtl.passes.brevitas_qat.graph import COMPUTE_LAYERS
 from edgemtl.passes.brevitas_qat.ladder import Ladder, climb
@@ -88,6 +89,7 @@ class QuantRecord:
     max_relative_loss: float | None = None  # the task's budget (None: no budget, one run of qat_steps)
     rungs: list[dict[str, Any]] = field(default_factory=list)  # the ladder's rungs in order (ladder.climb)
     sensitivity: dict[str, float] = field(default_factory=dict)  # 4-bit layer -> loss with it alone at 8 bits
+    unseen: dict[str, Any] = field(default_factory=dict)  # the shipped path on the test split (budget.unseen_check)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -123,18 +125,26 @@ def run(inputs: PassInput, config: QuantConfig) -> PassResult[QuantTaskPath]:
     val = teach_missing(inputs.need_held_out("quantize_brevitas"), inputs.model, inputs.tasks)
     record = QatRecord(config.precision, config.qat_steps, rewrites(config),
                        f"{source.reference}/train (calibration, QAT), {source.reference}/val (metrics)")
+    unseen = load_unseen(source, len(val))
     paths = {}
     for task in inputs.each(inputs.tasks, "QAT"):
         paths[task], record.tasks[task] = quantize_task(inputs.model, inputs.spec, task, train, val, config)
+        record.tasks[task].unseen = unseen_check(inputs.spec.task(task), unseen, task in inputs.labelled, inputs.model,
+                                                 _predictor(TaskPath(inputs.model, task).eval(), task),
+                                                 _predictor(paths[task], task))
     return PassResult(inputs.model, inputs.spec, record, paths)
 
 
-def _metric(predict_one: Callable[[torch.Tensor], torch.Tensor], task_spec: TaskSpec, data: TaskData) -> dict[str, float]:
+def _predictor(path: nn.Module, task: str) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
     def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return {task_spec.name: predict_one(images)}
+            return {task: path(images)}
 
-    return evaluate(predict, [task_spec], data)[task_spec.name]
+    return predict
+
+
+def _metric(predict_one: Callable[[torch.Tensor], torch.Tensor], task_spec: TaskSpec, data: TaskData) -> dict[str, float]:
+    return evaluate(_predictor(predict_one, task_spec.name), [task_spec], data)[task_spec.name]
 
 
 def _resolve_edge_layers(model: nn.Module, spec: ModelSpec, task: str,

@@ -41,7 +41,7 @@ from edgemtl.model.contract import run_task
 from edgemtl.model.intgraph import IntGraph, check_int32, dequantize, quantize_input, run_reference
 from edgemtl.model.spec import ModelSpec
 from edgemtl.passes.base import PassInput, PassResult
-from edgemtl.passes.budget import agreement_loss, relative_loss
+from edgemtl.passes.budget import agreement_loss, load_unseen, relative_loss, unseen_check
 from edgemtl.passes.int8.build import Builder, choose_requant, mul_bits
 from edgemtl.passes.int8.calibration import calibration_values, choose_scale, layer_sqnr
 from edgemtl.passes.int8.config import SCALE_METHODS, Int8Config
@@ -111,6 +111,7 @@ def run(inputs: PassInput, config: Int8Config) -> PassResult[IntGraph]:
     scored_on = f"{data.name}/{data.split}, {len(data)} samples"
     record = Int8PassRecord(f"{data.name}/train, up to {len(calibration)} images", scored_on, config.scale_method)
     graphs: dict[str, IntGraph] = {}
+    unseen = load_unseen(source, len(data))
     for task in inputs.each(inputs.tasks, "int8 calibration"):
         try:
             graph, record.tasks[task] = _quantize_to_budget(inputs, task, calibration, data, config, remedies)
@@ -118,7 +119,9 @@ def run(inputs: PassInput, config: Int8Config) -> PassResult[IntGraph]:
             record.tasks[task] = {"ok": False, "error": str(exc)}
             record.failed[task] = str(exc)
             continue
-        record.tasks[task]["metrics_data"] = scored_on
+        model = inputs.task_model(task)
+        record.tasks[task].update(metrics_data=scored_on, unseen=unseen_check(
+            spec.task(task), unseen, task in inputs.labelled, model, _float_predictor(model, task), int8_predictor(graph)))
         graphs[task] = graph
     if not graphs:
         raise EdgemtlError(f"no task could be quantized to int8; first: {next(iter(record.failed.values()))}")
@@ -176,6 +179,14 @@ def int8_predictor(graph: IntGraph) -> Predictor:
     return predict
 
 
+def _float_predictor(model: nn.Module, task: str) -> Predictor:
+    def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {task: run_task(model, images, task)}
+
+    return predict
+
+
 def check_int8_ops(graph: onnx.ModelProto, task: str) -> None:
     """Raise, naming op, node and task, where the task's float graph has a layer the int8 path cannot take: the
     same checks as `build_int_graph`'s first pass, without calibrating anything (an early answer)."""
@@ -218,11 +229,7 @@ def quantize_int8(model: nn.Module, spec: ModelSpec, task: str, calibration: Tas
     graph, onnx_model = _build(model, spec, task, calibration, config)
     sqnr = layer_sqnr(onnx_model, graph, val.normalise(val.images[:SQNR_SAMPLES]))
 
-    def float_predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return {task: run_task(model, images, task)}
-
-    metric_float = evaluate(float_predict, [task_spec], val, config.eval_batch_size)[task]
+    metric_float = evaluate(_float_predictor(model, task), [task_spec], val, config.eval_batch_size)[task]
     metric_int8 = evaluate(int8_predictor(graph), [task_spec], val, config.eval_batch_size)[task]
     layers = {}
     for node in graph.nodes:

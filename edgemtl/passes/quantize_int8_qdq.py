@@ -25,14 +25,14 @@ import torch
 from edgemtl.data import TaskData
 from edgemtl.data.teacher import teach_missing
 from edgemtl.errors import EdgemtlError
-from edgemtl.evaluate import evaluate
+from edgemtl.evaluate import Predictor, evaluate
 from edgemtl.manifest import prov
 from edgemtl.model.onnx_export import export_task
 from edgemtl.model.ort_session import make_session, run as run_session
 from edgemtl.model.spec import TaskSpec
 from edgemtl.timing import measure
 from edgemtl.passes.base import PassInput, PassResult, no_data
-from edgemtl.passes.budget import agreement_loss, relative_loss
+from edgemtl.passes.budget import agreement_loss, load_unseen, relative_loss, unseen_check
 from edgemtl.passes.ort_qdq.config import METHODS, REMEDIES, OrtQuantConfig, QdqConfig
 from edgemtl.passes.ort_qdq.quantize import QuantizeResult, SampleReader, last_compute_nodes, quantize_qdq
 
@@ -78,6 +78,7 @@ def run(inputs: PassInput, config: QdqConfig) -> PassResult[Path]:
 
     record = QdqPassRecord(f"{data.name}/train (real images, normalised by the spec)",
                            f"{data.name}/{data.split} ({len(data)} samples)", config)
+    unseen = load_unseen(source, len(data))
     paths: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="edgemtl-qdq-") as scratch:
         for task in inputs.each(inputs.tasks, "int8 QDQ"):
@@ -86,6 +87,10 @@ def run(inputs: PassInput, config: QdqConfig) -> PassResult[Path]:
                 float_path = export_task(inputs.task_model(task), inputs.spec, task, Path(scratch) / f"{task}.onnx")
                 record.tasks[task] = _quantize_task(inputs, config, task, float_path, int8_path, data, calibration,
                                                     record.metrics)
+                threads = config.threads or os.cpu_count() or 1
+                record.tasks[task]["unseen"] = unseen_check(
+                    inputs.spec.task(task), unseen, task in inputs.labelled, inputs.task_model(task),
+                    _ort_predictor(float_path, threads), _ort_predictor(int8_path, threads))
             except EdgemtlError as exc:  # an op ONNX Runtime cannot quantize: this task stays float, the others go on
                 int8_path.unlink(missing_ok=True)
                 record.tasks[task] = {"ok": False, "error": str(exc)}
@@ -175,9 +180,13 @@ def _search_remedies(remedies: tuple[tuple[str, OrtQuantConfig], ...], float_pat
 def _metrics(path: Path, task: TaskSpec, data: TaskData, threads: int) -> dict[str, float]:
     """The task's metrics of an ONNX file in ONNX Runtime on `data` (a task without labels: `data` with the float
     model's outputs as targets, for SQNR and cosine against them)."""
+    return evaluate(_ort_predictor(path, threads), [task], data)[task.name]
+
+
+def _ort_predictor(path: Path, threads: int) -> Predictor:
     session = make_session(path, threads)
 
     def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v) for k, v in run_session(session, images.numpy()).items()}
 
-    return evaluate(predict, [task], data)[task.name]
+    return predict

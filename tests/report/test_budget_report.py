@@ -124,3 +124,15 @@ def test_summary_and_its_place_on_the_page() -> None:
     assert report["quant_budget"]["over_budget"] == ["normals"] and report["tasks"]["normals"]["within"] is False
     page = html.render_html(manifest)
     assert page.index("<h2>Tasks</h2>") < page.index("<h2>Accuracy budget</h2>")
+
+
+def test_the_unseen_test_split_is_shown_beside_the_decision_split():
+    from edgemtl.report.sections import budget
+
+    record = {"max_relative_loss": 0.02, "set_by": "target gap9", "judged_by": "rmse", "metric": "rmse", "float": 0.4,
+              "quantized": 0.401, "relative_loss": 0.0025, "within": True, "shipped": "default", "remedies": [],
+              "unseen": {"split": "scenes/test", "samples": 256, "metric": "rmse", "relative_loss": 0.0133}}
+    missing = {**record, "unseen": {"split": None, "reason": "the data has no test split"}}
+    html = budget.render({"tasks": {"depth": {"budget": record}, "seg": {"budget": missing}}}, None)
+    assert "+1.33 % <span class=\"dim\">(scenes/test, 256 samples)</span>" in html
+    assert "the data has no test split" in html and "Unseen test split" in html

@@ -41,8 +41,10 @@ def render(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
     line = _default_line(section(manifest, "quant_budget"))
     if line:
         parts.append(f"<p>{line}</p>")
-    parts.append(_table(("Task", "Budget", "Judged by", "Float → quantized", "Relative loss", "Status", "Shipped"),
-                        [_task_row(name, record) for name, record in records]))
+    parts.append(_table(("Task", "Budget", "Judged by", "Float → quantized", "Relative loss", "Status", "Shipped",
+                         "Unseen test split"), [_task_row(name, record) for name, record in records]))
+    parts.append("<p class=\"dim\">Relative loss: on the held-out split every remedy decision (which remedy ships, "
+                 "when QAT stops) was taken on. Unseen test split: the shipped path on data none of them saw.</p>")
     for name, record in records:
         parts.extend(_remedies(name, record))
     return "\n".join(parts + figures_html(PLOTS, manifest))
@@ -109,7 +111,19 @@ def _task_row(name: str, record: Mapping[str, Any]) -> str:
         f"<td class=\"n\">{_signed(record.get('relative_loss'))}</td>",
         f"<td>{_status(record)}</td>",
         f"<td>{e(record.get('shipped') or DASH)}</td>",
+        f"<td>{_unseen(record.get('unseen'))}</td>",
     )) + "</tr>"
+
+
+def _unseen(unseen: Any) -> str:
+    """'+1.33 % (scenes/test, 256 samples)', or why there is none."""
+    if not isinstance(unseen, Mapping):
+        return DASH
+    if number(unseen.get("relative_loss")) is None:
+        return f"<span class=\"dim\">{e(unseen.get('reason') or DASH)}</span>"
+    samples = number(unseen.get("samples"))
+    where = ", ".join(part for part in (e(unseen.get("split") or ""), f"{samples:.0f} samples" if samples else "") if part)
+    return f"{_signed(unseen['relative_loss'])} <span class=\"dim\">({where})</span>"
 
 
 def _status(record: Mapping[str, Any]) -> str:
