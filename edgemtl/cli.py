@@ -342,7 +342,8 @@ def targets(as_json: JsonOpt = False) -> None:
     found = {name: (read_target(path), path) for name, path in sorted(available_targets().items())}
     if as_json:
         print(json.dumps([{"name": name, "description": target.description, "flow": target.flow,
-                           "facts": target.summary(), "file": str(path)} for name, (target, path) in found.items()],
+                           "max_drop": target.max_drop, "facts": target.summary(), "file": str(path)}
+                          for name, (target, path) in found.items()],
                          indent=2))
         return
     table = Table(title="edgemtl targets")

@@ -46,6 +46,8 @@ def test_targets_state_their_default_budget(capsys):
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
     assert "max drop 3%" in lines["zcu104"] and "max drop 2%" in lines["gap9"] and "max drop 1%" in lines["arm64"]
     assert "max drop" not in lines["host"]
+    code, out, _ = run_cli(capsys, "targets", "--json")
+    assert {t["name"]: t["max_drop"] for t in json.loads(out)} == {"arm64": 0.01, "gap9": 0.02, "host": None, "zcu104": 0.03}
 
 
 def test_a_task_over_its_budget_fails_the_compile_unless_allowed_and_then_the_report_says_so(capsys, tmp_path,
@@ -68,3 +70,24 @@ def test_a_task_over_its_budget_fails_the_compile_unless_allowed_and_then_the_re
     assert not budget["within"] and budget["over_budget_allowed"] and budget["set_by"] == "--max-drop"
     assert [r["name"] for r in budget["remedies"]] == [name for name, _ in Int8Config().remedies]
     assert "OVER BUDGET" in (tmp_path / "b" / "report.html").read_text()
+
+
+@pytest.mark.needs_hls4ml
+def test_a_bundles_layer_bits_file_pins_every_tasks_widths(capsys, tmp_path, checkpoints):
+    """What the zcu104 flow writes (layer_bits.json) is what --layer-bits FILE.json reads: one rung at those widths."""
+    pytest.importorskip("brevitas")
+    from edgemtl.model.checkpoint import load
+
+    loaded = load(checkpoints["mtl-cnn"])
+    pinned = {"depth": {"precision": "w8a8", "layers": {"heads.depth.predict": (4, 8)}}}
+    write_layer_bits(tmp_path / "bits.json", loaded.model, loaded.spec, pinned)
+    code, _, err = run_cli(capsys, "compile", checkpoints["mtl-cnn"], "--target", "zcu104", "--tasks", "depth",
+                           "--layer-bits", tmp_path / "bits.json", "--qat-steps", "2", "--stop-after", "check_budget",
+                           "-o", tmp_path / "b")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    quantization = manifest["tasks"]["depth"]["quantization"]
+    assert [row["rung"] for row in quantization["rungs"]] == ["pinned widths (--layer-bits file)"]
+    assert quantization["precision"] == "w8a8" and quantization["overrides"] == {"heads.depth.predict": [4, 8]}
+    written = json.loads((tmp_path / "b" / manifest["layer_bits"]["file"]).read_text())
+    assert written["tasks"] == {"depth": {"precision": "w8a8", "layers": {"heads.depth.predict": [4, 8]}}}

@@ -61,8 +61,9 @@ def percent(share: float) -> str:
 
 
 def check_budget(ctx: FlowContext) -> Skipped | None:
-    """Every quantized task within its accuracy budget, or the compile fails naming the first one over it (unless
-    --allow-over-budget: then its record and the report say so)."""
+    """Every quantized task within its accuracy budget, or the compile fails naming the first one over it.
+
+    With --allow-over-budget a task over it ships, and its record and the report say so."""
     records = {task: entry["budget"] for task, entry in ctx.manifest["tasks"].items() if "budget" in entry}
     if not records:
         return Skipped("no task was quantized")

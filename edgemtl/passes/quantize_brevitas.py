@@ -20,6 +20,9 @@ builds that path as a brevitas model with brevitas' own graph tools:
    scale: a power of two too).
 5. Activation ranges are calibrated on real images (`calibration_mode`), then the path is fine-tuned
    (QAT) on that task's loss with AdamW.
+6. With an accuracy budget (passes/budget.py), steps 1-5 are one rung of the mixed-precision ladder
+   (brevitas_qat/ladder.py): rungs with more layers at 8 bits until the task is within it, QAT stopped early once it
+   is; the shipped path is then scored once more on the unseen test split.
 
 Why power-of-two: hls4ml (and FINN's thresholding) is only exact with power-of-two scales; a
 non-power-of-two scale made one head wrong by a constant factor.

@@ -1,5 +1,7 @@
 """Mixed precision to a budget: the rungs the FPGA flow climbs, per task, until the quantized path is within the
-task's accuracy budget (edgemtl.passes.budget), each rung's QAT stopping early once it is.
+task's accuracy budget (edgemtl.passes.budget). Each rung's QAT is checked before its first step and every
+`check_every` steps: it stops once the task is within the budget and keeps the best state it saw (measured: on the
+100 training faces of the MTCNN example, 300 QAT steps took a w8a8 path from 1.4% to 10% loss).
 
 Rungs, cheapest in logic first (the default precision w4a4; --precision w8a8 starts at the third):
 1. w4a4 with the first and last compute layers at w8a8 (the usual start for low-bit networks);
@@ -13,8 +15,9 @@ A task whose widths are pinned (--layer-bits FILE.json) runs one rung at those w
 and cost (estimated bit operations and weight memory, from the path's MACs and widths) are recorded, so the trade is
 visible; the best rung ships when none is within the budget.
 
-The decisions (when QAT stops, which rung ships) are taken on the held-out split the metric is reported on, as the
-arm64 flow's remedy search does: the reported loss is the one the decision saw, not an unseen test split's.
+The decisions (when QAT stops, which state and rung ship) are taken on the held-out split the metric is reported on,
+as the arm64 flow's remedy search does: that loss is the one the decisions saw; the pass scores the shipped path on
+the unseen test split too (budget.unseen_check).
 """
 
 from __future__ import annotations
@@ -109,19 +112,32 @@ class Ladder:
         return qmodel
 
     def train_to_budget(self, qmodel: QuantTaskPath, steps: int, lr: float) -> tuple[int, dict[str, float]]:
-        """QAT for at most `steps`, checking the held-out loss every `check_every` steps: stops once within budget."""
-        state: dict[str, Any] = {}
+        """QAT for at most `steps`, the held-out loss checked before the first step and every `check_every` steps:
+        stops once within budget, and ends on the best state it saw (QAT on a small data set can make a path worse
+        than calibration alone left it). Returns (the steps of the state kept, its metric)."""
+        if self.budget is None or not self.config.check_every:
+            run = qat(qmodel, self.task_spec, self.train, replace(self.config, qat_steps=steps, lr=lr))
+            return run, self.metric(qmodel)
+        best: dict[str, Any] = {}
 
         def within(step: int) -> bool:
-            state["metric"] = self.metric(qmodel)
-            state["step"] = step
-            return self.loss(state["metric"]) <= self.budget  # type: ignore[operator]  (a budget is set: see `stop`)
+            metric = self.metric(qmodel)
+            loss = self.loss(metric)
+            if not best or loss < best["loss"]:
+                best.update(loss=loss, metric=metric, step=step,
+                            state={k: v.detach().clone() for k, v in qmodel.state_dict().items()})
+            return loss <= self.budget  # type: ignore[operator]  (checked above)
 
-        run = qat(qmodel, self.task_spec, self.train, replace(self.config, qat_steps=steps, lr=lr),
-                  stop=within if self.config.check_every and self.budget is not None else None)
-        if state.get("step") != run:
-            state["metric"] = self.metric(qmodel)
-        return run, state["metric"]
+        qmodel.eval()
+        if within(0) or not steps:
+            return 0, best["metric"]
+        run = qat(qmodel, self.task_spec, self.train, replace(self.config, qat_steps=steps, lr=lr), stop=within)
+        if run == steps and best["step"] != run:  # the last step was not checked by `stop`
+            within(run)
+        if best["step"] != run:
+            qmodel.load_state_dict(best["state"])
+            qmodel.eval()
+        return best["step"], best["metric"]
 
     def attempt(self, name: str, precision: str, overrides: dict[str, tuple[int, int]]) -> Attempt:
         start = time.perf_counter()
