@@ -232,6 +232,21 @@ def _figure(groups: int, panels: int) -> Figure:
     return fig
 
 
+def panel_grid(panels: int, per_row: int, panel_inches: tuple[float, float], margin_inches: float,
+               max_width: float) -> tuple[Figure, list[Axes]]:
+    """One small axes per panel, `per_row` to a row; the grid's unused axes hidden (a task per panel keeps its own
+    scale and reference line)."""
+    columns = min(panels, per_row)
+    rows = math.ceil(panels / columns)
+    fig = Figure(figsize=(min(max_width, margin_inches + panel_inches[0] * columns), 0.9 + panel_inches[1] * rows),
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, axes[:panels]
+
+
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)

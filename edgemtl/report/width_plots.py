@@ -11,18 +11,15 @@ malformed: the manifest is untrusted JSON.
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Mapping
 from typing import Any
 
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter
 
-from edgemtl.report.plots import _plain, _png
+from edgemtl.report.plots import _plain, _png, panel_grid
 from edgemtl.report.read import number, section
 
 _PANELS_PER_ROW = 3
@@ -56,17 +53,11 @@ def width_front_plot(manifest: Mapping[str, Any]) -> bytes | None:
         if isinstance(front.get("points"), list) else []
     if reference is None or not tasks or not points:
         return None
-    cols = min(len(tasks), _PANELS_PER_ROW)
-    rows = math.ceil(len(tasks) / cols)
-    fig = Figure(figsize=(min(15.0, 1.0 + 4.4 * cols), 0.9 + 3.2 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = panel_grid(len(tasks), _PANELS_PER_ROW, (4.4, 3.2), 1.0, 15.0)
     marks = {"compiled": _point(front.get("compiled")), "chosen": _point(front.get("chosen"))}
     limit = number(front.get("cost_limit"))
     for ax, (task, higher) in zip(axes, tasks.items()):
         _panel(ax, task, higher, points, reference, marks, limit, front)
-    for ax in axes[len(tasks):]:
-        ax.set_visible(False)
     fig.legend(handles=_legend(marks, limit), loc="outside lower center", ncols=4, fontsize=8, frameon=False)
     title = f"Width search front for {front.get('target') or 'an unnamed target'}"
     if isinstance(front.get("budget"), str):

@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from edgemtl.report.fmt import DASH, e, figures_html, human_bytes, human_count, human_ms, prov_badge, short
-from edgemtl.report.plots import _plain, _png
+from edgemtl.report.plots import _plain, _png, panel_grid
 from edgemtl.report.read import number, section, task_entries
 from edgemtl.report.sections import Figures, TaskInput
 
@@ -228,15 +226,9 @@ def budget_plot(manifest: Mapping[str, Any]) -> bytes | None:
               if any(not math.isnan(loss) for loss, _ in losses)]
     if not series:
         return None
-    columns = min(len(series), _COLUMNS)
-    rows = math.ceil(len(series) / columns)
-    fig = Figure(figsize=(min(14.0, 1.2 + 3.6 * columns), 0.9 + 2.4 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    fig, axes = panel_grid(len(series), _COLUMNS, (3.6, 2.4), 1.2, 14.0)
     for ax, (name, budget, losses) in zip(axes, series):
         _panel(ax, name, budget, losses)
-    for ax in axes[len(series):]:
-        ax.set_visible(False)
     handles = [Line2D([], [], color=_LINE_COLOR, marker="o", markerfacecolor=_WITHIN_COLOR, label="within budget"),
                Line2D([], [], color=_LINE_COLOR, marker="o", markerfacecolor=_OVER_COLOR, label="over budget"),
                Line2D([], [], linestyle="none", marker="o", markersize=11, markerfacecolor="none",
