@@ -114,6 +114,7 @@ def _int8_config(ctx: FlowContext) -> QdqConfig:
                    budgets={task: budget.of(task) for task in task_list(ctx)})
 
 
+# looked up at each call (not bound here), so a test can swap _int8_config for one with budgets no user can give
 _quantize_int8 = pass_step("quantize_int8_qdq", config=lambda ctx: _int8_config(ctx), keep=_keep_int8)
 
 

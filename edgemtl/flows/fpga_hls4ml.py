@@ -2,9 +2,10 @@
 mixture-of-experts model, int8 integer graphs and edgemtl's own HLS C++ instead (flows/fpga_hls_cpp.py).
 
 Steps: load_data -> analyse -> partition_experts -> hls4ml_op_check -> quantize_brevitas -> check_budget ->
-export_qonnx -> hls4ml_csim -> quantize_int8 -> check_int8_budget -> hls_cpp_csim -> estimates -> board_kit. QAT climbs the mixed-precision
-ladder (passes/brevitas_qat/ladder.py) until each task is within its accuracy budget (flows/budget.py). The hls4ml steps skip an MoE model (hls4ml
-cannot express its data-dependent expert dispatch) and the two int8 / HLS C++ steps skip any other, each saying why.
+export_qonnx -> hls4ml_csim -> quantize_int8 -> check_int8_budget -> hls_cpp_csim -> estimates -> board_kit. QAT
+climbs the mixed-precision ladder (passes/brevitas_qat/ladder.py) until each task is within its accuracy budget
+(flows/budget.py). The hls4ml steps skip an MoE model (hls4ml cannot express its data-dependent expert dispatch) and
+the int8 / HLS C++ steps skip any other, each saying why.
 Everything up to synthesis runs here; synthesis, the bitstream and the board need Vitis/Vivado and a ZCU104 (the
 bundle's hw/README.md gives the exact commands). A task hls4ml cannot map is recorded with the op that stopped it and
 the other tasks go on; a C simulation that differs from the quantized model in any value (HLS C++: by more than 1 LSB
@@ -86,7 +87,9 @@ def _qat_config(ctx: FlowContext) -> QuantConfig:
                        pinned=ctx.options.task_layer_bits, nearest_upsampling=True, host_resize=True, host_softmax=True)
 
 
-NEXT_TRY = {"w4a4": "--precision w8a8 or more --qat-steps", "w8a8": "more --qat-steps"}
+# what a task over its budget after the whole ladder (every rung up to w8a8 with more QAT) can try next
+NEXT_TRY = "more --qat-steps (each rung's cap)"
+NEXT_TRY_PINNED = "more 8-bit layers in the --layer-bits file, or more --qat-steps"
 
 
 def _keep_quantized(ctx: FlowContext, result: PassResult[QuantTaskPath]) -> None:
@@ -105,7 +108,7 @@ def _keep_quantized(ctx: FlowContext, result: PassResult[QuantTaskPath]) -> None
             metric_quant=record.metric_quant[spec.metric] if labelled else None, loss=record.relative_loss,
             remedies=[{"name": row["rung"], **{k: v for k, v in row.items() if k != "rung"}} for row in record.rungs],
             shipped=next((row["rung"] for row in record.rungs if row["shipped"]), record.precision),
-            next_try="more --qat-steps" if ctx.options.task_layer_bits.get(task) else NEXT_TRY[record.precision],
+            next_try=NEXT_TRY_PINNED if ctx.options.task_layer_bits.get(task) else NEXT_TRY,
             unseen=record.unseen)
     write_layer_bits(ctx.bundle / LAYER_BITS, ctx.loaded.model, ctx.loaded.spec, {
         task: {"precision": record.precision, "layers": record.overrides} for task, record in result.record.tasks.items()})
