@@ -55,7 +55,8 @@ def check_options(model: nn.Module, target: Target, options: CompileOptions) -> 
     if not has_experts(model):
         return
     asked = [flag for flag, given in (("--precision", options.precision not in (None, PRECISION)),
-                                      ("--layer-bits", bool(options.layer_bits))) if given]
+                                      ("--layer-bits", bool(options.layer_bits or options.task_layer_bits)))
+             if given]
     if asked:
         flags = " and ".join(asked)
         raise EdgemtlError(f"{flags} {'sets' if len(asked) == 1 else 'set'} the hls4ml path's quantizers; an MoE model on "

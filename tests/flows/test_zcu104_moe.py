@@ -157,7 +157,9 @@ def test_a_model_without_experts_takes_the_hls4ml_path(tmp_path):
 
 
 @pytest.mark.parametrize(("options", "flags"), [({"precision": "w4a4"}, "--precision"),
-                                                ({"layer_bits": {"first": (8, 8)}}, "--layer-bits")])
+                                                ({"layer_bits": {"first": (8, 8)}}, "--layer-bits"),
+                                                ({"task_layer_bits": {"depth": {"precision": "w4a4", "layers": {}}}},
+                                                 "--layer-bits")])
 def test_hls4ml_quantizer_options_for_an_moe_model_are_a_one_line_error(tmp_path, options, flags):
     ctx = context(tmp_path, {}, **options)
     with pytest.raises(EdgemtlError, match=f"^{flags} sets the hls4ml path's quantizers; an MoE model on zcu104 is "
