@@ -53,4 +53,4 @@ def int8_step(skip: Callable[[FlowContext], str | None] | None = None) -> StepFn
     """The `quantize_int8` step: per-channel int8 post-training quantization of every task path, calibrated on real
     training images and scored float vs int8 on the held-out split, remedies in order until within budget; `skip`
     says why a flow leaves it out for a model."""
-    return pass_step("quantize_int8", config=int8_config, keep=keep_int_graphs, skip=skip)
+    return pass_step("quantize_int8", config=lambda ctx: int8_config(ctx), keep=keep_int_graphs, skip=skip)
