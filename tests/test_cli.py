@@ -385,6 +385,7 @@ def test_compile_the_moe_vit_for_gap9_deploys_each_task_s_expert_path_bit_exact(
         assert any(u["op"] == "moe" for u in entry["deeploy_mappable"]["unmapped"])
 
 
+@pytest.mark.slow  # ~15 s: the whole gap9 flow (qemu included) for the task that compiles
 def test_compile_for_gap9_records_a_task_with_an_unsupported_op_and_compiles_the_others(capsys, tmp_path):
     weights, spec = tmp_path / "weights.pt", tmp_path / "spec.yaml"
     torch.save(unet_two_heads().state_dict(), weights)
