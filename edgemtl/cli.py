@@ -459,7 +459,8 @@ def compile_command(
     allow_over_budget: Annotated[bool, typer.Option(
         "--allow-over-budget", help="ship a task over its budget (the report says so) instead of failing")] = False,
     expert_coverage: Annotated[float, typer.Option(
-        help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1]")] = 1.0,
+        help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1]; a task whose held-out "
+             "metric would move by more than 1% keeps every expert it uses")] = 0.95,
     precision: Annotated[Optional[str], typer.Option(help="quantized targets: w4a4 | w8a8 (default: the target's first)")] = None,
     qat_steps: Annotated[int, typer.Option(min=0, help="quantized targets: QAT steps per task (at most: stops early "
                                                         "once the task is within its budget)")] = 300,

@@ -50,7 +50,7 @@ class CompileOptions:
     threads: int = 0                      # 0 = all cores of this machine
     measure_latency: bool = True
     passes: tuple[PassRequest, ...] = ()  # passes run before the flow, in order (--prune-flops: prune_pagcp)
-    experts: "PartitionConfig | None" = None  # expert-path policy for MoE models (default: coverage 1.0)
+    experts: "PartitionConfig | None" = None  # expert-path policy for MoE models (default: PartitionConfig())
     precision: str | None = None          # quantized targets: e.g. w4a4, w8a8 (default: the target's first)
     qat_steps: int = 300                  # quantization-aware fine-tuning steps per task (at most: early stopping)
     layer_bits: dict[str, tuple[int, int]] = field(default_factory=dict)  # per-layer (weight, act) bits; first / last allowed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -31,7 +33,7 @@ def trained_router_model():
 
 def test_full_coverage_path_equals_the_model_on_the_calibration_samples(trained_router_model, calibration):
     model, spec = trained_router_model
-    paths, record, usage = partition_experts(model, spec, calibration, None, spec.task_names)
+    paths, record, usage = partition_experts(model, spec, calibration, None, spec.task_names, PartitionConfig(coverage=1.0))
     images = torch.from_numpy(calibration.normalise(calibration.images))
     with torch.no_grad():
         for task in spec.task_names:
@@ -59,6 +61,23 @@ def test_lower_coverage_keeps_fewer_experts_and_reroutes_among_them(calibration)
         # every token still gets min(k, kept) experts, with weights renormalised to 1
         assert torch.allclose(combine.sum(-1), torch.ones(2, 5)) and int((combine[0, 0] > 0).sum()) == min(2, len(kept))
     assert torch.isfinite(path(images)["depth"]).all()
+
+
+def test_a_task_a_lower_coverage_would_hurt_keeps_every_expert_it_uses(calibration):
+    """The default coverage (0.95) drops experts only where the held-out loss stays within max_metric_change; here
+    depth has no labels, so it is judged by 1 - cosine against the full model, which re-routing always raises."""
+    model, spec = tiny_model("m3vit", seed=2)
+    unlabelled = dataclasses.replace(calibration, targets={k: v for k, v in calibration.targets.items() if k != "depth"},
+                                     tasks=[t for t in calibration.tasks if t.name != "depth"])
+    lenient = partition_experts(model, spec, calibration, unlabelled, ["depth"],
+                                PartitionConfig(coverage=0.5, max_metric_change=1.0))[1].tasks["depth"]
+    assert lenient.coverage == 0.5 and lenient.fallback is None and any(len(k) < 4 for k in lenient.experts_kept)
+    strict = partition_experts(model, spec, calibration, unlabelled, ["depth"],
+                               PartitionConfig(coverage=0.5, max_metric_change=0.0))[1].tasks["depth"]
+    full = partition_experts(model, spec, calibration, None, ["depth"], PartitionConfig(coverage=1.0))[1].tasks["depth"]
+    assert strict.coverage == 1.0 and strict.experts_kept == full.experts_kept
+    assert strict.fallback.startswith("at coverage 0.5 the path lost") and "1 - cosine" in strict.fallback
+    assert PartitionConfig().coverage == 0.95 and PartitionConfig().max_metric_change == 0.01
 
 
 def test_expert_path_exports_to_onnx_and_matches(trained_router_model, calibration, tmp_path):

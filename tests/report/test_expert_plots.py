@@ -57,3 +57,12 @@ def test_the_experts_section_names_each_tasks_kept_experts_and_what_they_save() 
     html = experts.render({"passes": {"partition_experts": {"coverage": 0.95, "tasks": {"depth": task}}}}, None)
     assert "coverage 95%" in html and "3 / 1 <span class=\"dim\">(0 2 5 | 4)</span>" in html
     assert "180 k (45.0%)" in html   # params saved against the task's path through every expert
+
+
+def test_the_experts_section_says_why_a_task_keeps_every_expert_it_uses() -> None:
+    from edgemtl.report.sections import experts
+
+    task = {"experts_kept": [[0, 1, 2, 3]], "experts_kept_count": [4], "params_before": 400_000, "params_after": 400_000,
+            "coverage": 1.0, "fallback": "at coverage 0.95 the path lost 2.10% (rmse), more than 1%"}
+    html = experts.render({"passes": {"partition_experts": {"coverage": 0.95, "tasks": {"depth": task}}}}, None)
+    assert "every expert it uses: at coverage 0.95 the path lost 2.10% (rmse), more than 1%" in html

@@ -44,7 +44,7 @@ def render(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
         totals = section(section(plans, name), "totals")
         rows.append("<tr>" + "".join((
             f"<td>{e(name)}</td>",
-            f"<td>{_kept(kept, ids)}</td>",
+            f"<td>{_kept(kept, ids)}{_fallback(entry)}</td>",
             number_cell(after, human_count),
             f"<td>{human_count(before - after)} ({(before - after) / before:.1%})</td>" if before and after is not None
             else f"<td>{DASH}</td>",
@@ -76,6 +76,12 @@ def _kept(counts: Any, ids: Any) -> str:
     if isinstance(ids, list) and all(isinstance(layer, list) for layer in ids):
         text += f" <span class=\"dim\">({e(' | '.join(' '.join(str(i) for i in layer) for layer in ids))})</span>"
     return text
+
+
+def _fallback(entry: Mapping[str, Any]) -> str:
+    """Why a task keeps every expert it uses instead of the asked coverage (its held-out loss would be too high)."""
+    reason = entry.get("fallback")
+    return f"<br><span class=\"dim\">every expert it uses: {e(reason)}</span>" if isinstance(reason, str) and reason else ""
 
 
 def summary(manifest: Mapping[str, Any]) -> dict[str, Any]:
