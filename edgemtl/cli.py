@@ -458,9 +458,9 @@ def compile_command(
                            "bare value sets every task; default: the target's, see `edgemtl targets`)")] = [],
     allow_over_budget: Annotated[bool, typer.Option(
         "--allow-over-budget", help="ship a task over its budget (the report says so) instead of failing")] = False,
-    expert_coverage: Annotated[float, typer.Option(
-        help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1]; a task whose held-out "
-             "metric would move by more than 1% keeps every expert it uses")] = 0.95,
+    expert_coverage: Annotated[Optional[float], typer.Option(
+        help="MoE models: share of each task's routing mass its expert path keeps, in (0, 1], cut as asked (default "
+             "0.95, where a task whose held-out metric would move by more than 1% keeps every expert it uses)")] = None,
     precision: Annotated[Optional[str], typer.Option(help="quantized targets: w4a4 | w8a8 (default: the target's first)")] = None,
     qat_steps: Annotated[int, typer.Option(min=0, help="quantized targets: QAT steps per task (at most: stops early "
                                                         "once the task is within its budget)")] = 300,
@@ -491,7 +491,8 @@ def compile_command(
         raise EdgemtlError("compile needs a MODEL (or --list-steps to see the target's steps)")
     if precision is not None and precision not in chosen.precisions:
         raise EdgemtlError(f"target {target} supports precisions {', '.join(chosen.precisions)}, not {precision!r}")
-    experts = PartitionConfig(coverage=expert_coverage)
+    experts = PartitionConfig() if expert_coverage is None else PartitionConfig(coverage=expert_coverage,
+                                                                                 max_metric_change=None)
     experts.check()
     passes = _pass_requests(widths, prune_flops, prune_max_drop)  # a bad --widths file fails before the model loads
     budgets = parse_task_values(max_drop, "--max-drop", "a relative metric loss such as 0.02", every_task=True)

@@ -38,19 +38,20 @@ class PartitionConfig:
 
     Below 1.0 a path drops experts a few of its tokens use, and they are re-routed: a task whose held-out loss
     (its metric's relative change, or 1 - cosine against the full model without labels) would exceed
-    `max_metric_change` keeps every expert it uses instead (coverage 1.0), and its record says so. 0.95 by default:
-    measured on the MI-routed m3vit (docs/experts.md), it keeps 1-3 of 8 experts per layer at most 0.35% off."""
+    `max_metric_change` keeps every expert it uses instead (coverage 1.0), and its record says so; None cuts as asked
+    (a coverage the user chose). 0.95 by default: measured on the MI-routed m3vit (docs/experts.md), it keeps 1-3 of 8
+    experts per layer at most 0.35% off."""
 
     coverage: float = 0.95
     calibration_samples: int = 64
-    max_metric_change: float = 0.01
+    max_metric_change: float | None = 0.01
 
     def check(self, spec: ModelSpec | None = None) -> None:  # noqa: ARG002 (nothing here depends on the model)
         if not 0.0 < self.coverage <= 1.0:
             raise EdgemtlError(f"expert coverage must lie in (0, 1], got {self.coverage:g} (1.0 keeps every expert a task uses)")
         if self.calibration_samples < 1:
             raise EdgemtlError(f"calibration samples must be at least 1, got {self.calibration_samples}")
-        if self.max_metric_change < 0:
+        if self.max_metric_change is not None and self.max_metric_change < 0:
             raise EdgemtlError(f"the allowed metric change must be >= 0, got {self.max_metric_change:g}")
 
 
@@ -178,8 +179,9 @@ def partition_experts(model: nn.Module, spec: ModelSpec, calibration: TaskData, 
     paths = {}
     for task in tasks:
         entry, path = _cut(model, spec, task, usage, config.coverage, layers, full_cost, held_out, labelled, held_usage)
-        loss = _path_loss(model, path, spec.task(task), entry, held_out) if config.coverage < 1.0 else None
-        if loss is not None and loss > config.max_metric_change:
+        guarded = config.coverage < 1.0 and config.max_metric_change is not None
+        loss = _path_loss(model, path, spec.task(task), entry, held_out) if guarded else None
+        if loss is not None and loss > config.max_metric_change:  # type: ignore[operator]  (guarded)
             reason = (f"at coverage {config.coverage:g} the path lost {loss:.2%} "
                       f"({entry.metric or '1 - cosine against the full model'}), more than {config.max_metric_change:.0%}")
             entry, path = _cut(model, spec, task, usage, 1.0, layers, full_cost, held_out, labelled, held_usage)

@@ -76,6 +76,9 @@ def test_a_task_a_lower_coverage_would_hurt_keeps_every_expert_it_uses(calibrati
                                PartitionConfig(coverage=0.5, max_metric_change=0.0))[1].tasks["depth"]
     full = partition_experts(model, spec, calibration, None, ["depth"], PartitionConfig(coverage=1.0))[1].tasks["depth"]
     assert strict.coverage == 1.0 and strict.experts_kept == full.experts_kept
+    asked = partition_experts(model, spec, calibration, unlabelled, ["depth"],   # a coverage the user chose: as asked
+                              PartitionConfig(coverage=0.5, max_metric_change=None))[1].tasks["depth"]
+    assert asked.coverage == 0.5 and asked.fallback is None and asked.experts_kept == lenient.experts_kept
     assert strict.fallback.startswith("at coverage 0.5 the path lost") and "1 - cosine" in strict.fallback
     assert PartitionConfig().coverage == 0.95 and PartitionConfig().max_metric_change == 0.01
 
