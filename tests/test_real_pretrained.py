@@ -82,10 +82,11 @@ def test_centerface_compiles_for_the_host_on_real_photos(capsys, tmp_path, cente
 def test_centerface_compiles_for_the_gap9_bit_exact(capsys, tmp_path, centerface):
     """Its decoder upsamples with ConvTranspose (kernel 2, stride 2) and its heat map ends in a Sigmoid: an int8
     transposed convolution and a sigmoid table, C bit-exact on the host and under qemu rv32; Deeploy's PULPOpen
-    has neither layer, so they are listed as unmapped."""
+    has neither layer, so they are listed as unmapped. Its int8 heads are above gap9's default 2% budget (1 - cosine
+    against float): this test is about the ops and the C, so it allows what it checks below (cosine > 0.9)."""
     model, spec, photos = centerface
     code, _, err = run_cli(capsys, "compile", model, "--spec", spec, "--data", photos, "--resize", "--target", "gap9",
-                           "-o", tmp_path / "gap9")
+                           "-o", tmp_path / "gap9", "--max-drop", "0.1")
     assert code == 0 and "warning:" not in err, err
     tasks = json.loads((tmp_path / "gap9" / "manifest.json").read_text())["tasks"]
     for name, entry in tasks.items():
