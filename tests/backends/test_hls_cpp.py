@@ -174,7 +174,7 @@ def test_moe_is_bit_exact_expert_major_and_double_buffered(tmp_path: Path) -> No
     graph = moe_graph()
     node = graph.nodes[0]
     sources = generate_hls(graph, tmp_path / "moe", "moe")
-    assert "emh::moe<12, 8, 6, 4, 2, 10, " in (sources.folder / "firmware" / "moe.cpp").read_text()
+    assert "emh::moe<12, 8, 6, 4, 4, 2, 10, " in (sources.folder / "firmware" / "moe.cpp").read_text()
     exe = build_csim(sources, defines=["EMH_MOE_TRACE"])
     inputs = np.concatenate([_inputs(graph), random_inputs(graph, 8, seed=9)])
     got, log = run_binary(sources, exe, inputs, tmp_path / "run")

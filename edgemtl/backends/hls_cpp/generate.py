@@ -47,6 +47,9 @@ CLOCK_PERIOD_NS = 5              # 200 MHz
 AP_TYPE = {"int8": "ap_int<8>", "uint8": "ap_uint<8>"}
 C_TYPE = {"int8": "int8_t", "uint8": "uint8_t"}
 MAX_BITS = 64                    # the reference evaluates in int64: a wider bound would overflow there
+SHORT = {"weight": "w", "constant": "const"}   # a parameter's array name in <top>_weights.h: <short>_<node index>
+MOE_ARRAYS = ("router", "router_mul", "router_add", "exp", "fc1", "fc1_mul", "fc1_add", "fc1_shift", "gelu", "fc2",
+              "fc2_mul", "fc2_add", "fc2_shift", "mul", "add")   # the moe kernel's table arguments, in order
 
 
 @dataclass
@@ -207,6 +210,10 @@ class _Emitter:
         self.declarations.append(f"    static {AP_TYPE[info.dtype]} {array}[{info.elements}];   "
                                  f"// {_comment(name)}: {info.shape} {info.dtype}")
 
+    def param(self, index: int, key: str) -> str:
+        """The expression a kernel call passes for node `index`'s parameter `key`."""
+        return f"W::{SHORT.get(key, key)}_{index}"
+
     def output_array(self, index: int, node: Node) -> str:
         if node.op == "flatten":   # the same row-major values: reuse the input's array
             self.arrays[node.output] = self.arrays[node.inputs[0]]
@@ -220,12 +227,12 @@ class _Emitter:
         g, op = self.graph, node.op
         x, out = g.tensors[node.inputs[0]], g.tensors[node.output]
         xa, y = self.arrays[node.inputs[0]], self.output_array(index, node)
-        w = f"W::w_{index}, " if "weight" in node.params else ""
+        w = f"{self.param(index, 'weight')}, " if "weight" in node.params else ""
         if "mul" in node.params and op != "moe":
             acc_bits, rq_bits = node_widths(g, node)
             widths = f"{acc_bits}, {rq_bits}, {int(node.attrs['shift'])}"
             note = f"acc {acc_bits} bits, requantisation {rq_bits} bits (int32-safe: {fits_int32(node, g)})"
-            rq = f"W::mul_{index}, W::add_{index}, "
+            rq = f"{self.param(index, 'mul')}, {self.param(index, 'add')}, "
         else:
             widths, note, rq = "", "", ""
         if op == "conv":
@@ -244,14 +251,14 @@ class _Emitter:
             dims = [int(np.prod(x.shape[:-2])), x.shape[-2], x.shape[-1], b.shape[-1]]
             return [f"emh::matmul<{', '.join(map(str, dims))}, {widths}>({xa}, {self.arrays[node.inputs[1]]}, {rq}{y});"], note
         if op == "add_const":
-            return [f"emh::add_const<{x.elements}, {c_int(int(node.attrs['mul_a']))}, {widths}>({xa}, W::const_{index}, "
+            return [f"emh::add_const<{x.elements}, {c_int(int(node.attrs['mul_a']))}, {widths}>({xa}, {self.param(index, 'constant')}, "
                     f"{rq}{y});"], note
         if op in ("softmax", "slice"):
             axis = int(node.attrs["axis"])
             outer, n, inner = int(np.prod(x.shape[:axis])), x.shape[axis], int(np.prod(x.shape[axis + 1:]))
             if op == "slice":
                 return [f"emh::slice<{outer}, {n}, {inner}, {int(node.attrs['start'])}, {int(node.attrs['stop'])}>({xa}, {y});"], ""
-            return [f"emh::softmax<{outer}, {n}, {inner}, {int(node.attrs['p'])}LL>({xa}, W::exp_{index}, {y});"], ""
+            return [f"emh::softmax<{outer}, {n}, {inner}, {int(node.attrs['p'])}LL>({xa}, {self.param(index, 'exp')}, {y});"], ""
         if op == "layernorm":
             d = x.shape[-1]
             return [f"emh::layernorm<{x.elements // d}, {d}, {int(node.attrs['eps'])}LL, {widths}>({xa}, {rq}{y});"], note
@@ -265,7 +272,7 @@ class _Emitter:
             return self._moe(index, node, xa, y)
         if op == "lut":
             tables = x.shape[0] if node.params["table"].ndim == 2 else 1
-            return [f"emh::lut<{tables}, {x.elements // tables}, {tables}>({xa}, W::table_{index}, {y});"], ""
+            return [f"emh::lut<{tables}, {x.elements // tables}, {tables}>({xa}, {self.param(index, 'table')}, {y});"], ""
         if op == "flatten":
             return [], "reuses its input's array"
         if op == "concat":
@@ -301,16 +308,15 @@ class _Emitter:
         widths = moe_widths(self.graph, node)
         memory = _moe_memory(self.graph, node, widths[-2])
         self.moe.append(memory)
-        dims = [tokens, d, hidden, experts, int(node.attrs["top_k"]), int(node.attrs["router_shift"])]
-        arrays = ", ".join(f"W::{key}_{index}" for key in ("router", "router_mul", "router_add", "exp", "fc1", "fc1_mul",
-                                                           "fc1_add", "fc1_shift", "gelu", "fc2", "fc2_mul", "fc2_add",
-                                                           "fc2_shift", "mul", "add"))
+        top_k = int(node.attrs["top_k"])
+        dims = [tokens, d, hidden, experts, experts, top_k, int(node.attrs["router_shift"])]
+        arrays = ", ".join(self.param(index, key) for key in ("ids", *MOE_ARRAYS))
         plan = memory.plan.expert_major
         note = (f"expert-major, double-buffered; on chip {memory.weight_bytes:,} B of weights and "
                 f"{memory.activation_bytes:,} B of activations (memory_plan expert-major at 1 B/value: "
                 f"{plan.weight_bytes_on_chip:,.0f} B and {plan.activation_bytes_on_chip:,.0f} B); widths {widths}")
         return [f"emh::moe<{', '.join(map(str, dims))}, {int(node.attrs['p'])}LL, {', '.join(map(str, widths))}, "
-                f"{int(node.attrs['shift'])}>({xa}, {arrays}, {y});"], note
+                f"{int(node.attrs['shift'])}>({xa}, {experts}, {top_k}, {arrays}, {y});"], note
 
 
 # -- the files ---------------------------------------------------------------------------------------------------
@@ -322,10 +328,14 @@ def _weights(graph: IntGraph, top: str) -> str:
         keys = [("weight", "w"), ("mul", "mul"), ("add", "add"), ("constant", "const"), ("exp", "exp"), ("table", "table")]
         if node.op == "moe":
             keys += [(key, key) for key in MOE_PARAMS]
+        params = dict(node.params)
+        if node.op == "moe":   # a one-task design runs its experts in order: expert e at row e of the tables
+            params["ids"] = np.arange(len(node.params["fc1"]), dtype=np.int32)
+            keys.append(("ids", "ids"))
         for key, short in keys:
-            if key not in node.params:
+            if key not in params:
                 continue
-            values = node.params[key]
+            values = params[key]
             if key == "table":
                 ctype = C_TYPE[graph.tensors[node.output].dtype]
             else:

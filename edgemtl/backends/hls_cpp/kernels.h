@@ -575,26 +575,28 @@ struct expert_buffer {
     int fc1_shift, fc2_shift;
 };
 
-/* Copies expert e's weights from the layer's arrays of all experts into an on-chip buffer: sequential, burst-friendly
- * reads. In a DDR design those arrays sit behind an m_axi port; the generated top passes its weight ROMs (its
- * interface carries only the input and output), so the buffers model the schedule and the on-chip working set. */
-template <int D, int H, int E>
-void moe_load(int e, int slot, const int8_t fc1[E * H * D], const int32_t fc1_mul[E * H], const int32_t fc1_add[E * H],
-              const int32_t fc1_shift[E], const int8_t fc2[E * D * H], const int32_t fc2_mul[E * D],
-              const int32_t fc2_add[E * D], const int32_t fc2_shift[E], expert_buffer<D, H> &buf) {
+/* Copies expert e's weights (row `row` of the weight tables) and its requantisation (entry e of this path's tables)
+ * into an on-chip buffer: sequential, burst-friendly reads. In a DDR design those arrays sit behind an m_axi port;
+ * the generated top passes its weight ROMs (its interface carries only the input and output), so the buffers model
+ * the schedule and the on-chip working set. */
+template <int D, int H, int E, int ROWS>
+void moe_load(int e, int row, int slot, const int8_t fc1[ROWS * H * D], const int32_t fc1_mul[E * H],
+              const int32_t fc1_add[E * H], const int32_t fc1_shift[E], const int8_t fc2[ROWS * D * H],
+              const int32_t fc2_mul[E * D], const int32_t fc2_add[E * D], const int32_t fc2_shift[E],
+              expert_buffer<D, H> &buf) {
     (void)slot;   /* names the buffer in EMH_MOE_TRACE's log only */
     EMH_TRACE("moe load %d %d\n", e, slot);
 MOE_LOAD_FC1:
     for (int i = 0; i < H * D; i++) {
 #pragma HLS PIPELINE II = 1
         EMH_TICK();
-        buf.fc1[i] = fc1[e * H * D + i];
+        buf.fc1[i] = fc1[row * H * D + i];
     }
 MOE_LOAD_FC2:
     for (int i = 0; i < D * H; i++) {
 #pragma HLS PIPELINE II = 1
         EMH_TICK();
-        buf.fc2[i] = fc2[e * D * H + i];
+        buf.fc2[i] = fc2[row * D * H + i];
     }
 MOE_LOAD_RQ1:
     for (int i = 0; i < H; i++) {
@@ -614,13 +616,14 @@ MOE_LOAD_RQ2:
     buf.fc2_shift = fc2_shift[e];
 }
 
-/* Routing, token by token: int8 logits = requant(x @ router^T); the TOP_K largest (ties: the lower expert index,
- * a strict > scanning upwards); their softmax as uint8 gates. Then the gather: per expert, the ascending list of
- * the tokens routed to it and their gates (each token at most once per expert: its k experts differ). */
-template <int T, int D, int E, int TOP_K, int ROUTER_SHIFT, long long P, int R_ACC_W, int R_RQ_W>
-void moe_route(const s8_t x[T * D], const int8_t router[E * D], const int32_t router_mul[E],
-               const int32_t router_add[E], const int32_t exp_table[256], ap_uint<index_bits(T)> tokens[E][T],
-               u8_t token_gates[E][T], ap_uint<index_bits(T + 1)> count[E]) {
+/* Routing, token by token, over the path's `experts` experts (expert e's router row: row ids[e] of `router`): int8
+ * logits = requant(x @ router^T); the `top_k` largest (ties: the lower expert index, a strict > scanning upwards);
+ * their softmax as uint8 gates. Then the gather: per expert, the ascending list of the tokens routed to it and their
+ * gates (each token at most once per expert: its k experts differ). */
+template <int T, int D, int E, int ROWS, int TOP_K, int ROUTER_SHIFT, long long P, int R_ACC_W, int R_RQ_W>
+void moe_route(const s8_t x[T * D], int experts, int top_k, const int32_t ids[E], const int8_t router[ROWS * D],
+               const int32_t router_mul[E], const int32_t router_add[E], const int32_t exp_table[256],
+               ap_uint<index_bits(T)> tokens[E][T], u8_t token_gates[E][T], ap_uint<index_bits(T + 1)> count[E]) {
     s8_t logits[E];
     bool taken[E];
     ap_uint<8> chosen[TOP_K];
@@ -632,22 +635,26 @@ MOE_COUNT_ZERO:
 MOE_ROUTE_T:
     for (int t = 0; t < T; t++) {
     MOE_LOGITS:
-        for (int e = 0; e < E; e++) {
+        for (int e = 0; e < experts; e++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = E
             ap_int<R_ACC_W> acc = 0;
+            const int row = ids[e];
         MOE_LOGITS_D:
             for (int i = 0; i < D; i++) {
 #pragma HLS PIPELINE II = 1
                 EMH_TICK();
-                acc += x[t * D + i] * ap_int<8>(router[e * D + i]);
+                acc += x[t * D + i] * ap_int<8>(router[row * D + i]);
             }
             logits[e] = rq<R_RQ_W, s8_t>(acc, router_mul[e], router_add[e], ROUTER_SHIFT);
             taken[e] = false;
         }
     MOE_TOPK:
-        for (int j = 0; j < TOP_K; j++) {
+        for (int j = 0; j < top_k; j++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = TOP_K
             int best = -1;
         MOE_TOPK_E:
-            for (int e = 0; e < E; e++) {
+            for (int e = 0; e < experts; e++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = E
                 if (!taken[e] && (best < 0 || logits[e] > logits[best])) {
                     best = e;
                 }
@@ -657,12 +664,14 @@ MOE_ROUTE_T:
         }
         ap_uint<48> sum = 0;   /* the gates: the softmax of the k logits, chosen[0] holds the largest */
     MOE_GATE_SUM:
-        for (int j = 0; j < TOP_K; j++) {
+        for (int j = 0; j < top_k; j++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = TOP_K
             sum += ap_uint<17>(exp_table[(logits[chosen[0]] - logits[chosen[j]]).to_int()]);
         }
         const ap_uint<56> m = softmax_scale<P>(sum);
     MOE_GATHER:
-        for (int j = 0; j < TOP_K; j++) {
+        for (int j = 0; j < top_k; j++) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = TOP_K
             const int e = chosen[j];
             tokens[e][count[e]] = t;
             const ap_uint<17> numerator = exp_table[(logits[chosen[0]] - logits[e]).to_int()];
@@ -732,6 +741,12 @@ MOE_FC2:
  * weights once and run them on its tokens only, scatter-adding gate * output into per-token accumulators; one
  * requantisation of the accumulators at the end.
  *
+ * One task's path through the layer: `experts` (<= E) experts, expert e's router row and weights at row ids[e] of
+ * the ROWS-row tables `router`, `fc1`, `fc2`, its requantisation at entry e of the path's own tables; `top_k` (<=
+ * TOP_K) experts per token. A one-task design passes its experts in order (ids = 0 .. E - 1); the design serving every
+ * task (multitask.py) passes the running task's path: the tables hold every task's experts once, and switching
+ * tasks changes only which rows are read.
+ *
  * Double buffering (ping-pong): expert e computes from buffer e % 2 while expert e + 1 is loaded into buffer
  * (e + 1) % 2. The expert loop is unrolled by two so each call names a fixed buffer, and a load and a compute in the
  * same iteration touch different buffers, so HLS may run them concurrently; the C simulation runs them one after
@@ -746,40 +761,44 @@ MOE_FC2:
  *                 routed to one expert (the plan's largest expert batch M <= T; HLS needs the static bound)
  *                 + the token lists E T (index + gate).
  * generate.py writes these byte counts next to each moe call, with the plan's. */
-template <int T, int D, int H, int E, int TOP_K, int ROUTER_SHIFT, long long P, int R_ACC_W, int R_RQ_W, int F1_ACC_W,
-          int F1_RQ_W, int F2_ACC_W, int F2_RQ_W, int ACC_W, int RQ_W, int SHIFT, typename Y_T>
-void moe(const s8_t x[T * D], const int8_t router[E * D], const int32_t router_mul[E], const int32_t router_add[E],
-         const int32_t exp_table[256], const int8_t fc1[E * H * D], const int32_t fc1_mul[E * H],
-         const int32_t fc1_add[E * H], const int32_t fc1_shift[E], const int8_t gelu[256], const int8_t fc2[E * D * H],
-         const int32_t fc2_mul[E * D], const int32_t fc2_add[E * D], const int32_t fc2_shift[E], const int32_t mul[1],
-         const int32_t add[1], Y_T y[T * D]) {
+template <int T, int D, int H, int E, int ROWS, int TOP_K, int ROUTER_SHIFT, long long P, int R_ACC_W, int R_RQ_W,
+          int F1_ACC_W, int F1_RQ_W, int F2_ACC_W, int F2_RQ_W, int ACC_W, int RQ_W, int SHIFT, typename Y_T>
+void moe(const s8_t x[T * D], int experts, int top_k, const int32_t ids[E], const int8_t router[ROWS * D],
+         const int32_t router_mul[E], const int32_t router_add[E], const int32_t exp_table[256],
+         const int8_t fc1[ROWS * H * D], const int32_t fc1_mul[E * H], const int32_t fc1_add[E * H],
+         const int32_t fc1_shift[E], const int8_t gelu[256], const int8_t fc2[ROWS * D * H], const int32_t fc2_mul[E * D],
+         const int32_t fc2_add[E * D], const int32_t fc2_shift[E], const int32_t mul[1], const int32_t add[1],
+         Y_T y[T * D]) {
     static ap_uint<index_bits(T)> tokens[E][T];
     static u8_t token_gates[E][T];
     static ap_uint<index_bits(T + 1)> count[E];
     static ap_int<ACC_W> acc[T * D];
     static expert_buffer<D, H> ping, pong;
-    EMH_TRACE("moe begin %d %d %d\n", E, T, TOP_K);
-    moe_route<T, D, E, TOP_K, ROUTER_SHIFT, P, R_ACC_W, R_RQ_W>(x, router, router_mul, router_add, exp_table, tokens,
-                                                                token_gates, count);
+    EMH_TRACE("moe begin %d %d %d\n", experts, T, top_k);
+    moe_route<T, D, E, ROWS, TOP_K, ROUTER_SHIFT, P, R_ACC_W, R_RQ_W>(x, experts, top_k, ids, router, router_mul,
+                                                                      router_add, exp_table, tokens, token_gates, count);
 MOE_ACC_ZERO:
     for (int i = 0; i < T * D; i++) {
 #pragma HLS PIPELINE II = 1
         EMH_TICK();
         acc[i] = 0;
     }
-    moe_load<D, H, E>(0, 0, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add, fc2_shift, ping);
+    moe_load<D, H, E, ROWS>(0, ids[0], 0, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add, fc2_shift, ping);
 MOE_EXPERTS:
-    for (int e = 0; e < E; e += 2) {
+    for (int e = 0; e < experts; e += 2) {
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = (E + 1) / 2
         /* ping holds expert e: fill pong with e + 1 while ping computes */
-        if (e + 1 < E) {
-            moe_load<D, H, E>(e + 1, 1, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add, fc2_shift, pong);
+        if (e + 1 < experts) {
+            moe_load<D, H, E, ROWS>(e + 1, ids[e + 1], 1, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add,
+                                    fc2_shift, pong);
         }
         moe_expert<T, D, H, E, F1_ACC_W, F1_RQ_W, F2_ACC_W, F2_RQ_W, ACC_W>(e, 0, ping, x, gelu, tokens, token_gates,
                                                                             count[e].to_int(), acc);
-        if (e + 1 < E) {
+        if (e + 1 < experts) {
             /* pong holds expert e + 1: refill ping with e + 2 while pong computes */
-            if (e + 2 < E) {
-                moe_load<D, H, E>(e + 2, 0, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add, fc2_shift, ping);
+            if (e + 2 < experts) {
+                moe_load<D, H, E, ROWS>(e + 2, ids[e + 2], 0, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add,
+                                        fc2_shift, ping);
             }
             moe_expert<T, D, H, E, F1_ACC_W, F1_RQ_W, F2_ACC_W, F2_RQ_W, ACC_W>(e + 1, 1, pong, x, gelu, tokens,
                                                                                 token_gates, count[e + 1].to_int(),
