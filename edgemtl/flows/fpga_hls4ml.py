@@ -2,7 +2,8 @@
 mixture-of-experts model, int8 integer graphs and edgemtl's own HLS C++ instead (flows/fpga_hls_cpp.py).
 
 Steps: load_data -> analyse -> partition_experts -> hls4ml_op_check -> quantize_brevitas -> check_budget ->
-export_qonnx -> hls4ml_csim -> quantize_int8 -> check_int8_budget -> hls_cpp_csim -> estimates -> board_kit. QAT
+export_qonnx -> hls4ml_csim -> quantize_int8 -> check_int8_budget -> hls_cpp_csim -> hls_cpp_switchable -> estimates ->
+board_kit. QAT
 climbs the mixed-precision ladder (passes/brevitas_qat/ladder.py) until each task is within its accuracy budget
 (flows/budget.py). The hls4ml steps skip an MoE model (hls4ml cannot express its data-dependent expert dispatch) and
 the int8 / HLS C++ steps skip any other, each saying why.
@@ -37,7 +38,7 @@ from edgemtl.flows.common import analyse, load_verification_data, task_list, tas
 from edgemtl.flows.budget import budget_record, check_budget, compile_budget
 from edgemtl.flows.experts import partition_step_at
 from edgemtl.flows.fpga_hls_cpp import (NOT_MOE, PRECISION as MOE_PRECISION, hls_cpp_step,
-                                        quantize_step as int8_quantize_step, takes_model)
+                                        quantize_step as int8_quantize_step, switchable_hls_step, takes_model)
 from edgemtl.flows.fpga_hls_cpp import check_options  # noqa: F401 - this flow's options check (flows.check_flow_options)
 from edgemtl.flows.passes import pass_step
 from edgemtl.passes.base import PassResult
@@ -275,6 +276,7 @@ STEPS: list[Step] = [
     ("quantize_int8", int8_quantize_step),
     ("check_int8_budget", check_int8_budget),
     ("hls_cpp_csim", hls_cpp_step),
+    ("hls_cpp_switchable", switchable_hls_step),
     ("estimates", estimates_step),
     ("board_kit", board_kit_step),
 ]

@@ -24,7 +24,8 @@ from torch import nn
 
 from edgemtl.analysis.fpga_cost import fabric_from_target
 from edgemtl.backends.hls_cpp import csim
-from edgemtl.backends.hls_cpp.estimate import cycles_from_log, estimate_design
+from edgemtl.backends.hls_cpp import multitask
+from edgemtl.backends.hls_cpp.estimate import cycles_from_log, estimate_design, estimate_multitask
 from edgemtl.backends.hls_cpp.generate import HlsSources, MoeMemory, generate_hls
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import CompileOptions, FlowContext, Skipped
@@ -43,6 +44,8 @@ MOE_NOTE = ("the MoE ViT's data-dependent expert dispatch (NonZero / Gather / Sc
             "FINN estimate")
 NOT_MOE = "no mixture-of-experts layer: the brevitas / QONNX / hls4ml path compiles this model"
 NOT_VERIFIED = "C synthesis, co-simulation, timing and FPGA resources: they need Vitis HLS (see next)"
+SWITCHABLE_HLS = "switchable/hls"   # the design serving every task
+SWITCHABLE_TOP = "edgemtl_tasks"
 
 
 def takes_model(ctx: FlowContext) -> bool:
@@ -222,3 +225,107 @@ def _label_int8_metric(entry: dict, record: dict | None) -> None:
     matched = (f"; the HLS C simulation matches it {'bit for bit' if record['exact'] else 'within 1 LSB'} on "
                f"{record['samples']} samples" if record else "; the HLS C simulation was not run")
     int8["metric_int8_source"] = f"edgemtl's int8 reference executor on {int8.get('metrics_data', '?')}{matched}"
+
+
+def switchable_hls_step(ctx: FlowContext) -> Skipped | None:
+    """MoE models: one HLS C++ design serving every task (the task id, an s_axilite register, selects the task's
+    router rows, expert set, requantisation tables and head), C-simulated for every task on the same samples.
+
+    The samples run interleaved (each task in turn on a sample: every run right after a task switch), then task by
+    task (steady state), so the record has the first inference after a switch next to steady state for the same
+    sample and task, and a value that leaked from one task into the next would show as a mismatch. Every output must
+    equal the task's int8 reference (ALLOWED_LSB) or the compile fails. The per-task designs stay: a design that
+    cannot serve every task (tasks that quantize the input differently) is recorded as not built."""
+    if not takes_model(ctx):
+        return Skipped(NOT_MOE)
+    graphs = {task: graph for task, graph in ctx.state.int_graphs.items()
+              if (ctx.manifest["tasks"][task].get("hls_cpp") or {}).get("ok")}
+    if len(graphs) < 2:
+        return Skipped("one task: its own design (tasks/<task>/hls) is the design")
+    images, source = _held_out(ctx)
+    folder = ctx.bundle / SWITCHABLE_HLS
+    try:
+        sources = multitask.generate_multitask_hls(graphs, folder, SWITCHABLE_TOP)
+    except EdgemtlError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        ctx.manifest.setdefault("moe", {})["switchable_hls"] = {"ok": False, "error": str(exc)}
+        return None
+    tasks = sources.tasks
+    q_inputs = quantize_input(graphs[tasks[0]], images)
+    expected = {task: run_reference(graph, q_inputs)[graph.output] for task, graph in graphs.items()}
+    samples = range(len(q_inputs))   # every task in turn on each sample, then each task twice on each sample
+    runs = [(t, s) for s in samples for t in tasks] + [(t, s) for t in tasks for s in samples for _ in range(2)]
+    multitask.write_tb_data(sources, q_inputs[[s for _, s in runs]], [t for t, _ in runs],
+                            [expected[t][s] for t, s in runs])
+    record: dict[str, Any] = {
+        "ok": True, "project": SWITCHABLE_HLS, "top": SWITCHABLE_TOP, "task_ids": {t: k for k, t in enumerate(tasks)},
+        "task_register": "task (s_axilite)", "shared_nodes": len(sources.shared), "switched_nodes": sources.switched,
+        "task_only_nodes": {t: len(v) for t, v in sources.task_only.items()},
+        "expert_rows": {layer: {"stored": len({r for rows in ids.values() for r in rows}),
+                                "per_task": {t: len(rows) for t, rows in ids.items()}}
+                        for layer, ids in sources.moe_rows.items()},
+        "rom_bytes": sum(n * bits for n, bits in sources.rom_bits) // 8,
+        "per_task_designs_rom_bytes": sum(g.weight_bytes() for g in graphs.values()),
+        "next": f"cd {SWITCHABLE_HLS} && vitis_hls -f build_prj.tcl (Vitis 2024.1+: vitis-run --mode hls --tcl "
+                "build_prj.tcl)",
+        "not_verified": NOT_VERIFIED}
+    missing = _simulator_missing()
+    cycles: list[int] = []
+    if missing is not None:
+        record["csim"] = {"built": False, "ran": False, "reason": missing}
+    else:
+        record["csim"], cycles = _simulate_switchable(sources, q_inputs, runs, expected, source)
+        record["switching"] = switch_cycles(runs, cycles)
+    record["estimate"] = estimate_multitask(sources, fabric_from_target(ctx.target), cycles).to_dict()
+    ctx.manifest.setdefault("moe", {})["switchable_hls"] = record
+    return None
+
+
+def _simulate_switchable(sources: multitask.MultiTaskSources, q_inputs: np.ndarray, runs: list[tuple[str, int]],
+                         expected: dict[str, np.ndarray], source: str) -> tuple[dict[str, Any], list[int]]:
+    """Build and run the design's C simulation on `runs` (task, sample); check every output: its record, cycles."""
+    with tempfile.TemporaryDirectory(prefix="edgemtl-hls-switch-") as scratch:
+        start = time.perf_counter()
+        exe = csim.build_csim(sources, defines=["EMH_CYCLES"])
+        built = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        outputs, log = csim.run_multitask_binary(sources, exe, q_inputs[[s for _, s in runs]], [t for t, _ in runs],
+                                                 Path(scratch))
+        seconds = round(time.perf_counter() - start, 3)
+    worst = {}
+    for task in sources.tasks:
+        got = np.stack([out for out, (t, _) in zip(outputs, runs) if t == task])
+        want = np.stack([expected[task][s] for t, s in runs if t == task])
+        worst[task] = _check(task, SWITCHABLE_HLS, got, want)
+    exact = all(w == 0 for w in worst.values())
+    record = {"ran": True, "runs": len(runs), "samples": len(q_inputs), "data": source, "max_lsb_difference": worst,
+              "exact": exact, "build_seconds": built, "seconds": seconds, **_compiler(),
+              "order": "each sample under every task in turn (each run right after a switch), then each task twice on "
+                       "each sample (the second run in steady state)",
+              "against": "edgemtl's int8 reference executor (run_reference), per task",
+              "provenance": prov("simulated", source="g++ C simulation of the generated HLS C++",
+                                 detail=f"{'bit-exact' if exact else 'within 1 LSB'}: every task's int8 reference "
+                                        f"outputs on {len(q_inputs)} real samples, interleaved across tasks")}
+    return record, cycles_from_log(log)
+
+
+def switch_cycles(runs: list[tuple[str, int]], cycles: list[int]) -> dict[str, Any]:
+    """Per task, the C simulation's cycles of a run right after another task against the same sample right after
+    itself (steady state): the FPGA's first-inference-after-switch cost."""
+    after: dict[tuple[str, int], int] = {}
+    steady: dict[tuple[str, int], int] = {}
+    for index, ((task, sample), count) in enumerate(zip(runs, cycles)):
+        previous = runs[index - 1][0] if index else None
+        (steady if previous == task else after).setdefault((task, sample), count)
+    pairs = [(key, after[key], steady[key]) for key in after if key in steady]
+    per_task = {}
+    for task in dict.fromkeys(t for t, _ in runs):
+        ratios = [a / s for (t, _), a, s in pairs if t == task]
+        if ratios:
+            per_task[task] = {"pairs": len(ratios), "max_ratio": max(ratios),
+                              "after_switch_cycles": [a for (t, _), a, _ in pairs if t == task],
+                              "steady_cycles": [s for (t, _), _, s in pairs if t == task]}
+    return {"per_task": per_task, "max_ratio": max((v["max_ratio"] for v in per_task.values()), default=None),
+            "definition": "C simulation cycles (pipelined loop iterations) of a task's run right after another "
+                          "task's, over the same task on the same sample right after itself",
+            "provenance": prov("simulated", source="g++ C simulation of the generated HLS C++ (EMH_CYCLES)")}

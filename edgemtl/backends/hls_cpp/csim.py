@@ -13,6 +13,7 @@ import importlib.util
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from edgemtl.backends.c.build import _run
 from edgemtl.backends.hls_cpp.generate import HlsSources
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.model.intgraph import RANGES
+
+if TYPE_CHECKING:
+    from edgemtl.backends.hls_cpp.multitask import MultiTaskSources
 
 COMPILER = "g++"
 # HLS style g++ would flag: pragmas, loop labels (HLS names loops by them) and ap_private's default constructor, whose
@@ -138,3 +142,31 @@ def run_csim(sources: HlsSources, q_inputs: np.ndarray, workdir: Path, timeout_s
     """Build (unless `exe` is given) and run the C simulation: outputs as int64 (N, *output shape)."""
     exe = exe if exe is not None else build_csim(sources, timeout_s)
     return run_binary(sources, exe, q_inputs, workdir, timeout_s)[0]
+
+
+def run_multitask_binary(sources: "MultiTaskSources", exe: Path, q_inputs: np.ndarray, tasks: Sequence[str],
+                         workdir: Path, timeout_s: float = 600) -> tuple[list[np.ndarray], str]:
+    """Run a built C simulation of a design serving every task (multitask.py): sample i as task tasks[i]. Returns
+    each sample's output as int64 in its task's shape, and the stderr."""
+    from edgemtl.backends.hls_cpp.multitask import as_input_bytes
+
+    if len(tasks) != len(q_inputs) or any(t not in sources.tasks for t in tasks):
+        raise EdgemtlError(f"{sources.top}: one task of {sources.tasks} per sample, got {list(tasks)}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs, ids, outputs = workdir / "inputs.bin", workdir / "tasks.bin", workdir / "outputs.bin"
+    inputs.write_bytes(as_input_bytes(sources, q_inputs))
+    ids.write_bytes(bytes(sources.tasks.index(t) for t in tasks))
+    done = _run([str(exe), str(inputs), str(ids), str(outputs)], timeout_s, f"C simulation of {sources.top}")
+    complaints = [line for line in done.stderr.splitlines() if line.startswith(("WARNING:", "ERROR:"))]
+    if complaints:
+        raise VerificationError(f"{sources.top}: the ap_types complained during C simulation: {complaints[0]}")
+    raw, results, offset = outputs.read_bytes(), [], 0
+    for task in tasks:
+        size = sources.output_elements(task)
+        values = np.frombuffer(raw[offset:offset + size], dtype=NUMPY_TYPE[sources.output_dtypes[task]])
+        if values.size != size:
+            raise EdgemtlError(f"{sources.top}: the C simulation wrote fewer values than {len(tasks)} samples need")
+        results.append(values.astype(np.int64).reshape(sources.output_shapes[task]))
+        offset += size
+    return results, done.stderr

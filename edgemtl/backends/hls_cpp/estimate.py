@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from edgemtl.analysis.fpga_cost import FabricSpec
 from edgemtl.backends.hls_cpp.generate import CLOCK_PERIOD_NS, moe_widths, node_widths
 from edgemtl.manifest import prov
 from edgemtl.model.intgraph import INT8_PARAMS, IntGraph, Node
+
+if TYPE_CHECKING:
+    from edgemtl.backends.hls_cpp.multitask import MultiTaskSources
 
 PROVENANCE = prov("estimated", source="edgemtl HLS C++ design estimate (backends/hls_cpp/estimate.py)")
 MAC_OPS = ("conv", "conv_transpose", "gemm", "matmul")
@@ -91,11 +94,11 @@ def _arrays(graph: IntGraph) -> list[tuple[int, int]]:
         for key, values in node.params.items():
             arrays.append((int(np.asarray(values).size), 8 if key in INT8_PARAMS else 32))
         if node.op == "moe":
-            arrays += _moe_arrays(graph, node)
+            arrays += moe_arrays(graph, node)
     return arrays
 
 
-def _moe_arrays(graph: IntGraph, node: Node) -> list[tuple[int, int]]:
+def moe_arrays(graph: IntGraph, node: Node) -> list[tuple[int, int]]:
     """The moe kernel's own arrays (kernels.h): token lists and gates, accumulators, the token and hidden tiles, two
     expert buffers."""
     experts, hidden, d = node.params["fc1"].shape
@@ -132,12 +135,18 @@ def _kernel_cost(graph: IntGraph, node: Node) -> tuple[int, int, int]:
 def estimate_design(graph: IntGraph, fabric: FabricSpec, cycles_per_sample: list[int] | None = None) -> DesignEstimate:
     """The generated design of `graph` on `fabric` (resources from the graph; cycles from an EMH_CYCLES C simulation
     when given)."""
+    return estimate_calls([(graph, node) for node in graph.nodes], _arrays(graph), fabric, cycles_per_sample)
+
+
+def estimate_calls(calls: list[tuple[IntGraph, Node]], arrays: list[tuple[int, int]], fabric: FabricSpec,
+                   cycles_per_sample: list[int] | None = None, copies: int = 2) -> DesignEstimate:
+    """A design of the kernel `calls` (each a node of a graph, as generate.py emits it) and the `arrays` it declares,
+    (elements, bits) each; `copies`: its input and output copy kernels."""
     kernels = dsp = requants = 0
-    for node in graph.nodes:
+    for graph, node in calls:
         k, d, r = _kernel_cost(graph, node)
         kernels, dsp, requants = kernels + k, dsp + d, requants + r
-    kernels += 2   # the input and output copies
-    arrays = _arrays(graph)
+    kernels += copies
     bram18 = sum(bram18_blocks(n, bits) for n, bits in arrays)
     lutram = sum(math.ceil(n * bits / 64) for n, bits in arrays if n * bits <= LUTRAM_MAX_BITS)
     lut = kernels * LUT_PER_KERNEL + requants * LUT_PER_REQUANT + lutram + LUT_INTERFACES
@@ -160,6 +169,14 @@ def estimate_design(graph: IntGraph, fabric: FabricSpec, cycles_per_sample: list
             "for the AXI interfaces: rough figures; Vitis HLS's synthesis report replaces them",
         ],
     )
+
+
+def estimate_multitask(sources: "MultiTaskSources", fabric: FabricSpec,
+                       cycles_per_sample: list[int] | None = None) -> DesignEstimate:
+    """The design serving every task (multitask.py): its kernel calls (a call under `switch (task)` counts once per
+    form), its ROMs, tensors and MoE engines; one input copy and one output copy per task."""
+    arrays = sources.rom_bits + sources.activation_bits + sources.engine_bits
+    return estimate_calls(sources.calls, arrays, fabric, cycles_per_sample, copies=1 + len(sources.tasks))
 
 
 def cycles_from_log(log: str) -> list[int]:

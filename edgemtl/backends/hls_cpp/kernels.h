@@ -301,16 +301,19 @@ GEMM_R:
     }
 }
 
-/* acc = a * MUL_A + b * MUL_B, requantised per channel (mul is 1 there; the scales live in MUL_A / MUL_B). */
-template <int C, int HW, int MUL_A, int MUL_B, int ACC_W, int RQ_W, int SHIFT, typename A_T, typename B_T, typename Y_T>
-void add(const A_T a[C * HW], const B_T b[C * HW], const int32_t mul[C], const int32_t add[C], Y_T y[C * HW]) {
+/* acc = a * mul_a + b * mul_b, requantised per channel (mul is 1 there; the scales live in mul_a / mul_b). The
+ * multipliers are arguments, not template parameters, so that one call serves tasks whose scales differ (a one-task
+ * design passes constants, which HLS propagates). */
+template <int C, int HW, int ACC_W, int RQ_W, int SHIFT, typename A_T, typename B_T, typename Y_T>
+void add(const A_T a[C * HW], const B_T b[C * HW], int32_t mul_a, int32_t mul_b, const int32_t mul[C],
+         const int32_t add[C], Y_T y[C * HW]) {
 ADD_C:
     for (int c = 0; c < C; c++) {
     ADD_I:
         for (int i = 0; i < HW; i++) {
 #pragma HLS PIPELINE II = 1
             EMH_TICK();
-            const ap_int<ACC_W> acc = a[c * HW + i] * ap_int<32>(MUL_A) + b[c * HW + i] * ap_int<32>(MUL_B);
+            const ap_int<ACC_W> acc = a[c * HW + i] * ap_int<32>(mul_a) + b[c * HW + i] * ap_int<32>(mul_b);
             y[c * HW + i] = rq<RQ_W, Y_T>(acc, mul[c], add[c], SHIFT);
         }
     }
@@ -418,13 +421,14 @@ REDUCE_O:
 }
 
 /* acc = x * MUL_A + constant[i] (one constant per element), one requantisation for the tensor. */
-template <int N, int MUL_A, int ACC_W, int RQ_W, int SHIFT, typename X_T, typename Y_T>
-void add_const(const X_T x[N], const int32_t constant[N], const int32_t mul[1], const int32_t add[1], Y_T y[N]) {
+template <int N, int ACC_W, int RQ_W, int SHIFT, typename X_T, typename Y_T>
+void add_const(const X_T x[N], int32_t mul_a, const int32_t constant[N], const int32_t mul[1], const int32_t add[1],
+               Y_T y[N]) {
 ADD_CONST:
     for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
         EMH_TICK();
-        const ap_int<ACC_W> acc = x[i] * ap_int<32>(MUL_A) + ap_int<32>(constant[i]);
+        const ap_int<ACC_W> acc = x[i] * ap_int<32>(mul_a) + ap_int<32>(constant[i]);
         y[i] = rq<RQ_W, Y_T>(acc, mul[0], add[0], SHIFT);
     }
 }
@@ -453,12 +457,11 @@ MATMUL_B:
 }
 
 /* The integer softmax of n values (intgraph.softmax): e = table[max - x] (0 <= e <= 2^16, checked by the
- * generator), m = (P << 16) / sum e, y = min((e * m + 2^31) >> 32, 255). Widths: sum <= n 2^16, m <= P 2^16 < 2^56,
- * e * m <= P 2^16 (as e <= sum e). */
-template <long long P>
-inline ap_uint<56> softmax_scale(const ap_uint<48> &sum) {
+ * generator), m = (p << 16) / sum e, y = min((e * m + 2^31) >> 32, 255). Widths: sum <= n 2^16, m <= p 2^16 < 2^56,
+ * e * m <= p 2^16 (as e <= sum e). p is an argument: one call serves tasks whose output scales differ. */
+inline ap_uint<56> softmax_scale(long long p, const ap_uint<48> &sum) {
 #pragma HLS INLINE
-    return ap_uint<56>(ap_uint<56>(P) << 16) / sum;
+    return ap_uint<56>(ap_uint<56>(p) << 16) / sum;
 }
 
 inline u8_t softmax_value(const ap_uint<17> &e, const ap_uint<56> &m) {
@@ -468,8 +471,8 @@ inline u8_t softmax_value(const ap_uint<17> &e, const ap_uint<56> &m) {
 }
 
 /* Along the middle axis of x viewed as (OUTER, N, INNER); uint8 probabilities. */
-template <int OUTER, int N, int INNER, long long P, typename X_T>
-void softmax(const X_T x[OUTER * N * INNER], const int32_t exp_table[256], u8_t y[OUTER * N * INNER]) {
+template <int OUTER, int N, int INNER, typename X_T>
+void softmax(const X_T x[OUTER * N * INNER], const int32_t exp_table[256], long long p, u8_t y[OUTER * N * INNER]) {
 SOFTMAX_O:
     for (int o = 0; o < OUTER; o++) {
     SOFTMAX_J:
@@ -489,7 +492,7 @@ SOFTMAX_O:
                 EMH_TICK();
                 sum += ap_uint<17>(exp_table[(top - x[base + i * INNER]).to_int()]);
             }
-            const ap_uint<56> m = softmax_scale<P>(sum);
+            const ap_uint<56> m = softmax_scale(p, sum);
         SOFTMAX_OUT:
             for (int i = 0; i < N; i++) {
 #pragma HLS PIPELINE II = 1
@@ -520,11 +523,11 @@ ISQRT:
 }
 
 /* Layer normalisation over the last axis (D <= 4096 features) of ROWS rows, exact (intgraph.layernorm_z):
- * c = D x - sum x (|c| < 2^22), S = sum c^2 + EPS (< 2^55 with EPS < 2^40), m = (62 - bits(S)) / 2,
+ * c = D x - sum x (|c| < 2^22), S = sum c^2 + eps (< 2^55 with eps < 2^40; an argument: one call serves tasks whose input scales differ), m = (62 - bits(S)) / 2,
  * inv = 2^62 / isqrt(S << 2m) (<= 2^32), z = (c * inv + 2^(45 - m)) >> (46 - m) (|z| <= 2^16 < 2^(ACC_W - 1)),
  * then the per-feature requantisation of z. */
-template <int ROWS, int D, long long EPS, int ACC_W, int RQ_W, int SHIFT, typename X_T, typename Y_T>
-void layernorm(const X_T x[ROWS * D], const int32_t mul[D], const int32_t add[D], Y_T y[ROWS * D]) {
+template <int ROWS, int D, int ACC_W, int RQ_W, int SHIFT, typename X_T, typename Y_T>
+void layernorm(const X_T x[ROWS * D], long long eps, const int32_t mul[D], const int32_t add[D], Y_T y[ROWS * D]) {
 LAYERNORM_R:
     for (int r = 0; r < ROWS; r++) {
         ap_int<24> sum = 0;
@@ -534,7 +537,7 @@ LAYERNORM_R:
             EMH_TICK();
             sum += x[r * D + i];
         }
-        ap_uint<64> total = EPS;
+        ap_uint<64> total = eps;
     LAYERNORM_VAR:
         for (int i = 0; i < D; i++) {
 #pragma HLS PIPELINE II = 1
@@ -668,7 +671,7 @@ MOE_ROUTE_T:
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = TOP_K
             sum += ap_uint<17>(exp_table[(logits[chosen[0]] - logits[chosen[j]]).to_int()]);
         }
-        const ap_uint<56> m = softmax_scale<P>(sum);
+        const ap_uint<56> m = softmax_scale(P, sum);
     MOE_GATHER:
         for (int j = 0; j < top_k; j++) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = TOP_K
