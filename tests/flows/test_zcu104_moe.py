@@ -4,6 +4,7 @@ compiled for real (every task, ~30 s); then the step's checks with the simulator
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -71,6 +72,12 @@ def test_compile_writes_c_simulated_hls_cpp_for_every_task(tmp_path, checkpoints
         assert json.loads((project / "io.json").read_text())["top"] == hls["top"]   # what hw/hls_cpp_driver.py reads
         assert manifest["board_kit"]["commands"][task][1].endswith(f"{project.relative_to(bundle)}/{hls['top']}_prj/"
                                                                    f"solution1/impl/ip {hls['top']}")
+    switchable = manifest["moe"]["switchable_hls"]   # one design serving every task, each run after a task switch
+    assert switchable["ok"] and switchable["task_ids"] == {task: k for k, task in enumerate(manifest["tasks"])}
+    assert switchable["csim"]["exact"] and switchable["csim"]["runs"] == 3 * 4 * len(manifest["tasks"])
+    assert switchable["switching"]["max_ratio"] == 1.0 and switchable["estimate"]["fits"]
+    assert switchable["rom_bytes"] < switchable["per_task_designs_rom_bytes"]
+    assert (bundle / "switchable/hls/firmware/edgemtl_tasks.cpp").is_file()
     assert (bundle / "hw" / "README.md").is_file() and "tasks/<task>/hls" in manifest["board_kit"]["next"]
     assert (bundle / "hw" / "hls_cpp_design.tcl").is_file() and "hw/hls_cpp_design.tcl" in manifest["board_kit"]["next"]
 
@@ -149,10 +156,76 @@ def test_without_gxx_the_projects_are_written_and_the_record_says_why(tmp_path, 
     assert not (tmp_path / "tasks/depth/hls").exists() and "hls_cpp" not in depth.get("artifacts", {})
 
 
+@pytest.fixture()
+def switchable(monkeypatch):
+    """g++ faked for the design serving every task: each run gives its task's reference output (plus what the test
+    sets, at the test's run) and 100 cycles."""
+    change = {}
+    monkeypatch.setattr(flow.csim, "build_csim", lambda sources, **_: sources.folder / "exe")
+    monkeypatch.setattr(flow, "_compiler", lambda: {"compiler": "g++ 0.0", "flags": "-O2"})
+
+    def run(sources, exe, q_inputs, tasks, workdir):
+        graphs = {t: IntGraph.load(sources.folder.parent.parent / f"tasks/{t}/intgraph") for t in set(tasks)}
+        outputs = [run_reference(graphs[t], q[None])[graphs[t].output][0].copy() for t, q in zip(tasks, q_inputs)]
+        if "run" in change:
+            outputs[change["run"]].reshape(-1)[0] += change["by"]
+        return outputs, "".join(f"EMH_CYCLES {i} 100\n" for i in range(len(tasks)))
+
+    monkeypatch.setattr(flow.csim, "run_multitask_binary", run)
+    monkeypatch.setattr(flow, "_simulator_missing", lambda: None)
+    return change
+
+
+def _two_task_context(tmp_path: Path, scene_graph: IntGraph) -> FlowContext:
+    depth = copy.deepcopy(scene_graph)
+    depth.task = "depth"
+    graphs = {"scene": scene_graph, "depth": depth}
+    for task, graph in graphs.items():
+        graph.save(tmp_path / f"tasks/{task}/intgraph")
+    ctx = context(tmp_path, graphs)
+    for task in graphs:
+        ctx.manifest["tasks"][task]["hls_cpp"] = {"ok": True}
+    return ctx
+
+
+def test_one_design_for_every_task_is_checked_run_by_run(tmp_path, scene_graph, switchable):
+    ctx = _two_task_context(tmp_path, scene_graph)
+    assert flow.switchable_hls_step(ctx) is None
+    record = ctx.manifest["moe"]["switchable_hls"]
+    assert record["ok"] and record["task_ids"] == {"scene": 0, "depth": 1} and record["csim"]["runs"] == 3 * 2 + 2 * 3 * 2
+    assert record["csim"]["max_lsb_difference"] == {"scene": 0, "depth": 0} and record["switching"]["max_ratio"] == 1.0
+    assert record["estimate"]["cycles_per_sample"] == [100] * 18 and record["estimate"]["provenance"]["kind"] == "estimated"
+    tb = tmp_path / "switchable/hls/tb_data"
+    assert (tb / "tasks.bin").read_bytes() == bytes([0, 1] * 3 + [0] * 6 + [1] * 6)
+    switchable.update(run=3, by=2)   # the depth run of sample 1, right after a switch from scene
+    with pytest.raises(VerificationError, match=r"^task 'depth': the HLS C simulation of switchable/hls differs .* by 2 LSB"):
+        flow.switchable_hls_step(_two_task_context(tmp_path, scene_graph))
+
+
+def test_one_design_is_written_without_gxx_and_left_out_where_it_cannot_serve(tmp_path, scene_graph, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    ctx = _two_task_context(tmp_path, scene_graph)
+    assert flow.switchable_hls_step(ctx) is None
+    record = ctx.manifest["moe"]["switchable_hls"]
+    assert record["csim"] == {"built": False, "ran": False, "reason": "g++ not found on PATH"}
+    assert "switching" not in record and (tmp_path / "switchable/hls/tb_data/expected.bin").is_file()
+    ctx = _two_task_context(tmp_path, scene_graph)
+    ctx.state.int_graphs["depth"].tensors[ctx.state.int_graphs["depth"].input].scale *= 2
+    assert flow.switchable_hls_step(ctx) is None
+    assert ctx.manifest["moe"]["switchable_hls"] == {"ok": False, "error": (
+        "the task graphs quantize the input differently (shape, dtype or scale); one design takes one input: use the "
+        "per-task designs")}
+    assert not (tmp_path / "switchable/hls").exists()
+    ctx = context(tmp_path, {"scene": scene_graph})
+    ctx.manifest["tasks"]["scene"]["hls_cpp"] = {"ok": True}
+    assert flow.switchable_hls_step(ctx) == Skipped("one task: its own design (tasks/<task>/hls) is the design")
+
+
 def test_a_model_without_experts_takes_the_hls4ml_path(tmp_path):
     ctx = context(tmp_path, {}, arch="mtl-cnn")
     assert flow.hls_cpp_step(ctx) == Skipped(flow.NOT_MOE)
     assert flow.quantize_step(ctx) == Skipped(flow.NOT_MOE)
+    assert flow.switchable_hls_step(ctx) == Skipped(flow.NOT_MOE)
     assert ctx.manifest["passes"]["quantize_int8"] == {"skipped": flow.NOT_MOE}
 
 

@@ -101,17 +101,30 @@ class MultiTaskSources:
         return int(np.prod(self.output_shapes[task]))
 
 
-def _node_key(graphs: dict[str, IntGraph], task: str, node: Node) -> str:
-    """The name a node goes by in the design: its own where every task holding that name computes it alike
-    (op, tensors, output shape and dtype), else its name and task."""
-    for other in graphs.values():
-        for theirs in other.nodes:
-            if theirs.name == node.name and (
-                    theirs.op != node.op or theirs.inputs != node.inputs or theirs.output != node.output
-                    or other.tensors[theirs.output].shape != graphs[task].tensors[node.output].shape
-                    or other.tensors[theirs.output].dtype != graphs[task].tensors[node.output].dtype):
-                return f"{node.name}@{task}"
-    return node.name
+INPUT = "<input>"
+
+
+def _signature(graph: IntGraph, node: Node) -> tuple:
+    """What a node computes, without the tensor names an export gave its path (they differ between paths with
+    different experts): its op, the layers its inputs come from, its output's shape and dtype."""
+    producers = {n.output: n.name for n in graph.nodes}
+    out = graph.tensors[node.output]
+    return node.op, tuple(INPUT if i == graph.input else producers[i] for i in node.inputs), tuple(out.shape), out.dtype
+
+
+def _node_keys(graphs: dict[str, IntGraph]) -> dict[str, list[str]]:
+    """The name each node goes by in the design: its own where every task holding that name computes it alike
+    (`_signature`), else its name and task."""
+    for task, graph in graphs.items():
+        names = [node.name for node in graph.nodes]
+        if len(set(names)) != len(names):
+            raise EdgemtlError(f"task {task!r}: the integer graph names two layers alike; one design needs unique names")
+    signatures: dict[str, set[tuple]] = {}
+    for graph in graphs.values():
+        for node in graph.nodes:
+            signatures.setdefault(node.name, set()).add(_signature(graph, node))
+    return {task: [node.name if len(signatures[node.name]) == 1 else f"{node.name}@{task}" for node in graph.nodes]
+            for task, graph in graphs.items()}
 
 
 def _merged_order(graphs: dict[str, IntGraph], keys: dict[str, list[str]]) -> list[str]:
@@ -212,8 +225,10 @@ class _Design:
 
     def __init__(self, graphs: dict[str, IntGraph]) -> None:
         self.graphs, self.tasks = graphs, list(graphs)
-        self.keys = {task: [_node_key(graphs, task, node) for node in graph.nodes] for task, graph in graphs.items()}
+        self.keys = _node_keys(graphs)
         self.node_keys = {id(node): key for task, graph in graphs.items() for key, node in zip(self.keys[task], graph.nodes)}
+        self.producer = {task: {graph.input: INPUT, **{n.output: key for key, n in zip(self.keys[task], graph.nodes)}}
+                         for task, graph in graphs.items()}   # tensor -> the design's name of the node writing it
         self.order = _merged_order(graphs, self.keys)
         self.index = {key: i for i, key in enumerate(self.order)}
         self.holders: dict[str, dict[str, Node]] = {key: {} for key in self.order}
@@ -222,7 +237,7 @@ class _Design:
                 self.holders[key][task] = node
         self.roms = _Roms(self.tasks)
         self.references: dict[tuple[str, str], str] = {}
-        self.activations: dict[tuple[str, str, int], str] = {}
+        self.activations: dict[tuple[str, str, int], str] = {}   # (layer writing it, dtype, elements) -> array
         self.declarations: list[str] = []
         self.activation_bits: list[tuple[int, int]] = []
         self.moe_calls: dict[str, tuple[list[str], str]] = {}
@@ -238,8 +253,9 @@ class _Design:
         return max(f[0] for f in forms), max(f[1] for f in forms)
 
     def activation(self, graph: IntGraph, tensor: str) -> str:
+        """The array holding `tensor` of `graph`: one per layer that writes it (shared by the tasks running that layer)."""
         info = graph.tensors[tensor]
-        slot = (tensor, info.dtype, info.elements)
+        slot = (self.producer[graph.task][tensor], info.dtype, info.elements)
         if slot not in self.activations:
             name = "a_in" if tensor == graph.input else f"a{len(self.activations)}"
             self.activations[slot] = name
