@@ -239,13 +239,14 @@ def check_int8_budget(ctx: FlowContext) -> Skipped | None:
     return check_budget(ctx) if takes_model(ctx) else Skipped(NOT_MOE)
 
 
-def hls_cpp_board_commands(task: str, top: str) -> list[str]:
-    """From a task's HLS C++ project to outputs on the board, run from the bundle: the IP (Vitis HLS), the block
-    design and bitstream (hw/hls_cpp_design.tcl), the PYNQ driver (hw/hls_cpp_driver.py); hw/README.md explains."""
-    project = f"tasks/{task}/hls"
-    return [f"(cd {project} && vitis_hls -f build_prj.tcl)",
-            f"vivado -mode batch -source hw/hls_cpp_design.tcl -tclargs {project}/{top}_prj/solution1/impl/ip {top}",
-            "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy"]
+def hls_cpp_board_commands(task: str, top: str, project: str | None = None) -> list[str]:
+    """From an HLS C++ project (a task's, or with `project` the design serving every task, run as `task`) to
+    outputs on the board, run from the bundle: the IP (Vitis HLS), the block design and bitstream
+    (hw/hls_cpp_design.tcl), the PYNQ driver (hw/hls_cpp_driver.py); hw/README.md explains."""
+    folder = project or f"tasks/{task}/hls"
+    run = "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy" + (f" --task {task}" if project else "")
+    return [f"(cd {folder} && vitis_hls -f build_prj.tcl)",
+            f"vivado -mode batch -source hw/hls_cpp_design.tcl -tclargs {folder}/{top}_prj/solution1/impl/ip {top}", run]
 
 
 def board_kit_step(ctx: FlowContext) -> None:
@@ -262,6 +263,10 @@ def board_kit_step(ctx: FlowContext) -> None:
                  f"with overlay/edgemtl.bit + .hwh, hw/hls_cpp_driver.py and tasks/<task>/hls/io.json: {run} "
                  "(<top>: the task's hls_cpp.top; see hw/README.md)",
             commands={task: hls_cpp_board_commands(task, top) for task, top in tops.items()})
+        switchable = (ctx.manifest.get("moe") or {}).get("switchable_hls") or {}
+        if switchable.get("ok"):   # one bitstream for every task: --task picks one, select() switches
+            ctx.manifest["board_kit"]["switchable_commands"] = hls_cpp_board_commands(
+                "<task>", switchable["top"], switchable["project"])
 
 
 STEPS: list[Step] = [

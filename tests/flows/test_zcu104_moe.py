@@ -249,6 +249,7 @@ def test_board_kit_gives_the_hls_cpp_design_and_driver_commands(tmp_path):
     ctx = context(tmp_path, {})
     ctx.manifest["tasks"]["scene"]["hls_cpp"] = {"ok": True, "top": "edgemtl_scene"}
     ctx.manifest["tasks"]["depth"]["hls_cpp"] = {"ok": False, "error": "refused"}
+    ctx.manifest["moe"] = {"switchable_hls": {"ok": True, "top": "edgemtl_tasks", "project": "switchable/hls"}}
     board_kit_step(ctx)
     kit = ctx.manifest["board_kit"]
     assert "note" not in kit and "not generated" not in json.dumps(kit)
@@ -261,6 +262,10 @@ def test_board_kit_gives_the_hls_cpp_design_and_driver_commands(tmp_path):
         "(cd tasks/scene/hls && vitis_hls -f build_prj.tcl)",
         "vivado -mode batch -source hw/hls_cpp_design.tcl -tclargs tasks/scene/hls/edgemtl_scene_prj/solution1/impl/ip "
         "edgemtl_scene", "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy"]}
+    assert kit["switchable_commands"] == [
+        "(cd switchable/hls && vitis_hls -f build_prj.tcl)",
+        "vivado -mode batch -source hw/hls_cpp_design.tcl -tclargs switchable/hls/edgemtl_tasks_prj/solution1/impl/ip "
+        "edgemtl_tasks", "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy --task <task>"]
 
 
 def test_top_names_are_distinct_cpp_identifiers():

@@ -6,6 +6,7 @@ under tclsh with Vivado's commands stubbed (skipped without tclsh); the io.json 
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import json
 import shutil
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from edgemtl.backends.hls_cpp.generate import generate_hls
+from edgemtl.backends.hls_cpp.multitask import generate_multitask_hls
 from edgemtl.flows.fpga_hls4ml import hls_cpp_board_commands
 from edgemtl.model.intgraph import RANGES, IntGraph, quantize_input, run_reference
 
@@ -91,7 +93,8 @@ class FakeIP:
             source, target = self.board.memory[self._address("input")], self.board.memory[self._address("output")]
             q = source.ddr.astype(np.int64).reshape(1, *self.graph.tensors[self.graph.input].shape)
             self.board.seen.append(q[0])
-            target.ddr[:] = run_reference(self.graph, q)[self.graph.output].reshape(-1)
+            out = run_reference(self.graph, q)[self.graph.output].reshape(-1)
+            target.ddr[:out.size] = out   # the design serving every task: its largest output's buffer
             self.done = True
 
     def read(self, offset):
@@ -365,3 +368,68 @@ def test_board_commands_name_the_project_ip_and_top():
                       "tasks/seg/hls/edgemtl_seg_prj/solution1/impl/ip edgemtl_seg")
     assert run == "python3 hls_cpp_driver.py run edgemtl.bit io.json inputs.npy"
     assert (KIT / "hls_cpp_design.tcl").is_file() and (KIT / "hls_cpp_driver.py").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (d) the design serving every task: one overlay, the task chosen by a register
+# ---------------------------------------------------------------------------------------------------------
+class FakeTasksIP(FakeIP):
+    """The design serving every task: on ap_start, the task whose id the task register holds."""
+
+    def __init__(self, board, graphs, tasks, register):
+        super().__init__(board, graphs[tasks[0]], "halves", hung=False)
+        self.graphs, self.tasks, self.task_register = graphs, tasks, register
+        if register:
+            object.__setattr__(self.register_map, register, 0)
+
+    def write(self, offset, value):
+        self.graph = self.graphs[self.tasks[getattr(self.register_map, self.task_register)]]
+        super().write(offset, value)
+
+
+def two_tasks() -> dict[str, IntGraph]:
+    """uint8_io_graph and the same trunk without its upsampling (another output size) as two tasks."""
+    seg, small = uint8_io_graph(), copy.deepcopy(uint8_io_graph())
+    seg.task, small.task = "seg", "small"
+    resize = small.nodes.pop()
+    del small.tensors[resize.output]
+    small.output = small.nodes[-1].output
+    return {"seg": seg, "small": small}
+
+
+@pytest.mark.parametrize("register", ["task_r", "task"])
+def test_driver_switches_the_design_serving_every_task_by_its_register(register, monkeypatch, tmp_path):
+    graphs = two_tasks()
+    io_json = generate_multitask_hls(graphs, tmp_path / "switchable" / "hls", "edgemtl_tasks").folder / "io.json"
+    board = FakeBoard(graphs["seg"], "edgemtl_tasks")
+    board.edgemtl_tasks_0 = FakeTasksIP(board, graphs, list(graphs), register)
+    monkeypatch.setitem(sys.modules, "pynq", fake_pynq(board))
+    driver = load_driver()
+    model = driver.HlsCppModel("edgemtl.bit", io_json, task="small")
+    assert board.allocated[1].shape == (graphs["seg"].tensors[graphs["seg"].output].elements,)   # the largest output
+    x = float_inputs(graphs["seg"], 2, seed=7)
+    q = quantize_input(graphs["seg"], x)
+    for task in ("small", "seg", "small"):
+        if task != model.task:
+            model.select(task)
+        model(x)
+        assert np.array_equal(model.raw, run_reference(graphs[task], q)[graphs[task].output]), task
+    assert [c for c in board.calls if c[:2] == ("register", register)] == [("register", register, k) for k in (1, 0, 1)]
+    timing = model.time_switching(x[0], "seg", runs=3)
+    assert timing["to"] == "small" and timing["from"] == "seg" and timing["ratio"] > 0
+    with pytest.raises(ValueError, match=r"serves tasks \['seg', 'small'\]: name one"):
+        driver.HlsCppModel("edgemtl.bit", io_json)
+    with pytest.raises(ValueError, match="unknown task 'depth'"):
+        model.select("depth")
+
+
+def test_a_task_for_a_one_task_design_or_no_task_register_is_named(project, monkeypatch, tmp_path):
+    graph = uint8_io_graph()
+    monkeypatch.setitem(sys.modules, "pynq", fake_pynq(FakeBoard(graph, "edgemtl_t")))
+    with pytest.raises(ValueError, match="one task's design; it takes no task"):
+        load_driver().HlsCppModel("edgemtl.bit", project(graph), task="seg")
+    graphs = two_tasks()
+    io_json = generate_multitask_hls(graphs, tmp_path / "switchable" / "hls", "edgemtl_tasks").folder / "io.json"
+    monkeypatch.setitem(sys.modules, "pynq", fake_pynq(FakeBoard(graphs["seg"], "edgemtl_tasks")))   # a one-task IP
+    with pytest.raises(RuntimeError, match=r"no task register \(task_r / task\)"):
+        load_driver().HlsCppModel("edgemtl.bit", io_json, task="seg")
