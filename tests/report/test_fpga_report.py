@@ -186,3 +186,29 @@ def test_an_moe_model_shows_its_int8_metric_and_hls_cpp_c_simulation() -> None:
     metric = found["metric"]
     assert metric["deployed_precision"] == "int8" and metric["deployed"]["value"] == 0.41
     assert metric["deployed"]["provenance"]["source"] == "manifest.json tasks.depth.int8.metric_int8.rmse"
+
+
+def test_the_design_serving_every_task_shows_what_it_shares_and_its_switch_cost() -> None:
+    manifest = _moe_manifest()
+    manifest["moe"] = {"switchable_hls": {
+        "ok": True, "project": "switchable/hls", "top": "edgemtl_tasks", "task_ids": {"depth": 0, "scene": 1},
+        "shared_nodes": 50, "switched_nodes": {"/blocks.3/Add": 2}, "task_only_nodes": {"depth": 7, "scene": 2},
+        "expert_rows": {"/blocks.1/mlp/TopK": {"stored": 5, "per_task": {"depth": 3, "scene": 2}}},
+        "rom_bytes": 400_000, "per_task_designs_rom_bytes": 1_000_000,
+        "csim": {"ran": True, "runs": 24, "max_lsb_difference": {"depth": 0, "scene": 0},
+                 "provenance": {"kind": "simulated", "source": "g++ C simulation"}},
+        "switching": {"max_ratio": 1.0, "provenance": {"kind": "simulated", "source": "g++ C simulation"}},
+        "estimate": {"lut": 80000, "dsp": 300, "bram18": 500, "latency_ms": 90.0, "fits": True,
+                     "utilisation": {"lut": 0.35, "dsp": 0.17, "bram18": 0.8},
+                     "provenance": {"kind": "estimated", "source": "edgemtl HLS C++ design estimate"}}}}
+    html = render_html(manifest)
+    table = html[html.index("<h3>One design serving every task</h3>"):]
+    table = table[:table.index("</table>")]
+    assert "<code>switchable/hls</code>, top <code>edgemtl_tasks</code>; task register: depth = 0, scene = 1" in table
+    assert "50 shared, 1 with a call per task form (/blocks.3/Add), heads: depth 7, scene 2" in table
+    assert "5 stored once; per task depth 3, scene 2" in table and "400 k / 1 M (0.40x)" in table
+    assert "0 LSB <span class=\"ok\">✓</span> <span class=\"dim\">24 runs</span>" in table and "1.000x" in table
+    assert "LUT 80 k (35.0%)" in table
+    manifest["moe"]["switchable_hls"] = {"ok": False, "error": "the task graphs quantize the input differently"}
+    html = render_html(manifest)
+    assert "not built</span>: the task graphs quantize the input differently" in html

@@ -55,6 +55,11 @@ def render(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
         body = "".join(f"<tr><td>{e(label)}</td><td>{value}</td></tr>" for label, value in rows)
         parts.append(f"<h3>{e(name)}</h3>\n<table><thead><tr><th>Quantity</th><th>Value</th></tr></thead>"
                      f"<tbody>{body}</tbody></table>")
+    switchable = section(section(manifest, "moe"), "switchable_hls")
+    if switchable:
+        body = "".join(f"<tr><td>{e(label)}</td><td>{value}</td></tr>" for label, value in _switchable_rows(switchable))
+        parts.append("<h3>One design serving every task</h3>\n<table><thead><tr><th>Quantity</th><th>Value</th></tr>"
+                     f"</thead><tbody>{body}</tbody></table>")
     needs = manifest.get("needs_other_toolchain")
     for need in needs if isinstance(needs, list) else []:
         step, why = (need.get("step"), need.get("why")) if isinstance(need, Mapping) else (None, need)
@@ -139,6 +144,46 @@ def _hls_cpp_rows(hls: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [("HLS C++ (edgemtl)", f"<span class=\"ok\">ok</span>{project}"),
             ("C simulation vs int8 reference, max diff", result),
             ("HLS C++ design, resources and latency", _design_estimate(section(hls, "estimate")))]
+
+
+def _switchable_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The design serving every task (moe.switchable_hls): what it shares, its C simulation across task switches,
+    the first inference after a switch, its estimate."""
+    if record.get("ok") is not True:
+        return [("HLS C++ (edgemtl)", f"<span class=\"dim\">not built</span>: {e(record.get('error') or 'no reason recorded')}")]
+    ids = section(record, "task_ids")
+    switched = section(record, "switched_nodes")
+    rows = [("HLS C++ (edgemtl)", f"<span class=\"ok\">ok</span> <code>{e(record.get('project') or DASH)}</code>, top "
+                                  f"<code>{e(record.get('top') or DASH)}</code>; task register: "
+                                  + ", ".join(f"{e(t)} = {e(str(k))}" for t, k in ids.items())),
+            ("Layers", f"{e(str(record.get('shared_nodes', DASH)))} shared, "
+                       + (f"{len(switched)} with a call per task form ({', '.join(e(n) for n in switched)})"
+                          if switched else "none with a call per task")
+                       + f", heads: {', '.join(f'{e(t)} {n}' for t, n in section(record, 'task_only_nodes').items())}")]
+    for layer, experts in section(record, "expert_rows").items():
+        per_task = section(experts, "per_task")
+        rows.append((f"Experts of {layer}", f"{e(str(experts.get('stored', DASH)))} stored once; per task "
+                                            + ", ".join(f"{e(t)} {n}" for t, n in per_task.items())))
+    rom, separate = number(record.get("rom_bytes")), number(record.get("per_task_designs_rom_bytes"))
+    if rom is not None and separate:
+        rows.append(("ROM bytes, this design / the per-task designs together",
+                     f"{human_count(rom)} / {human_count(separate)} ({rom / separate:.2f}x)"))
+    csim = section(record, "csim")
+    worst = section(csim, "max_lsb_difference")
+    if worst:
+        diff = max(number(v) or 0 for v in worst.values())
+        rows.append(("C simulation vs every task's int8 reference, tasks interleaved",
+                     f"{diff:.0f} LSB <span class=\"{'ok' if diff <= 1 else 'fail'}\">{'✓' if diff <= 1 else '✗'}</span> "
+                     f"<span class=\"dim\">{number(csim.get('runs')) or 0:.0f} runs</span> "
+                     + prov_words(csim.get("provenance"), "simulated")))
+    else:
+        rows.append(("C simulation", f"<span class=\"dim\">not run: {e(csim.get('reason') or 'no record')}</span>"))
+    ratio = number(section(record, "switching").get("max_ratio"))
+    if ratio is not None:
+        rows.append(("First inference after a task switch / steady state (cycles, worst task)",
+                     f"{ratio:.3f}x " + prov_words(section(record, "switching").get("provenance"), "simulated")))
+    rows.append(("HLS C++ design, resources and latency", _design_estimate(section(record, "estimate"))))
+    return rows
 
 
 def _design_estimate(estimate: Mapping[str, Any]) -> str:

@@ -1,9 +1,10 @@
 """PYNQ driver for an edgemtl HLS C++ overlay on the ZCU104 (runs on the board; needs numpy and pynq there).
 
 The overlay comes from hls_cpp_design.tcl: an HLS C++ top (mixture-of-experts models), cell `<top>_0`, either one
-task's (tasks/<task>/hls) or the design serving every task (switchable/hls), whose input and output live in DDR. The IP reads the input through m_axi_gmem0 and writes the output through
-m_axi_gmem1 at the physical addresses the PS writes into its s_axi_control registers; ap_start (bit 0 of the
-control register at 0x00) starts one sample, ap_done (bit 1) says it finished. No DMA, no stream layout: the
+task's (tasks/<task>/hls) or the design serving every task (switchable/hls), whose input and output live in DDR.
+The IP reads the input through m_axi_gmem0 and writes the output through m_axi_gmem1 at the physical addresses the
+PS writes into its s_axi_control registers; ap_start (bit 0 of the control register at 0x00) starts one sample,
+ap_done (bit 1) says it finished. No DMA, no stream layout: the
 buffers hold the tensors as the C++ arrays do, one int8 / uint8 per value, CHW (row-major) order.
 
 `io.json` (generate_hls writes it into tasks/<task>/hls, generate_multitask_hls into switchable/hls) gives the top's
