@@ -472,12 +472,18 @@ static int {top}_test(int argc, char **argv) {{
         }}
         samples++;
     }}
-    if (got != 0) {{
+""" + test_bench_end(top, ("in",))
+
+
+def test_bench_end(top: str, inputs: tuple[str, ...]) -> str:
+    """The test bench after its sample loop: a partial last sample is an error, the files closed, the counts printed
+    (exit 1 on any mismatching sample), and `main` unless EDGEMTL_TB_NO_MAIN."""
+    closes = "".join(f"    std::fclose({name});\n" for name in inputs)
+    return f"""    if (got != 0) {{
         std::fprintf(stderr, "the input file ends inside sample %ld\\n", samples);
         return 2;
     }}
-    std::fclose(in);
-    if (std::fclose(out) != 0) {{
+{closes}    if (std::fclose(out) != 0) {{
         return 3;
     }}
     std::printf("samples %ld\\n", samples);

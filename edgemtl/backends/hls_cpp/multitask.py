@@ -38,7 +38,7 @@ from edgemtl.backends.c.generate import c_int, check_graph
 from edgemtl.backends.hls_cpp.estimate import moe_arrays
 from edgemtl.backends.hls_cpp.generate import (AP_TYPE, C_TYPE, KERNEL_FILES, MOE_ARRAYS, SHORT, _check_hls, _check_top,
                                                _comment, _Emitter, _io_json, _tcl, moe_widths, node_widths,
-                                               scalar_literal)
+                                               scalar_literal, test_bench_end)
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.intgraph import INT8_PARAMS, RANGES, IntGraph, Node
 
@@ -500,30 +500,7 @@ static int {top}_test(int argc, char **argv) {{
         }}
         samples++;
     }}
-    if (got != 0) {{
-        std::fprintf(stderr, "the input file ends inside sample %ld\\n", samples);
-        return 2;
-    }}
-    std::fclose(in);
-    std::fclose(ids);
-    if (std::fclose(out) != 0) {{
-        return 3;
-    }}
-    std::printf("samples %ld\\n", samples);
-    if (want != NULL) {{
-        std::fclose(want);
-        std::printf("mismatching samples %ld\\n", wrong);
-        return wrong != 0;
-    }}
-    return 0;
-}}
-
-#ifndef EDGEMTL_TB_NO_MAIN
-int main(int argc, char **argv) {{
-    return {top}_test(argc, argv);
-}}
-#endif
-"""
+""" + test_bench_end(top, ("in", "ids"))
 
 
 def _io(design: _Design, top: str) -> str:
