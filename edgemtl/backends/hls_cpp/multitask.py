@@ -244,12 +244,13 @@ class _Design:
         self.moe_rows: dict[str, dict[str, list[int]]] = {}
         self.engine_bits: list[tuple[int, int]] = []
 
-    def key(self, task: str, node: Node) -> str:  # noqa: ARG002 (a node object belongs to one task's graph)
+    def key(self, node: Node) -> str:
+        """The design's name of `node` (a node object belongs to one task's graph)."""
         return self.node_keys[id(node)]
 
     def widths(self, task: str, node: Node) -> tuple[int, int]:
         """The widest (accumulator, requantisation) bits of any task's form of the node: exact for every task."""
-        forms = [node_widths(self.graphs[t], n) for t, n in self.holders[self.key(task, node)].items()]
+        forms = [node_widths(self.graphs[t], n) for t, n in self.holders[self.key(node)].items()]
         return max(f[0] for f in forms), max(f[1] for f in forms)
 
     def activation(self, graph: IntGraph, tensor: str) -> str:
@@ -265,7 +266,7 @@ class _Design:
         return self.activations[slot]
 
     def param(self, task: str, node: Node, key: str) -> str:
-        node_key = self.key(task, node)
+        node_key = self.key(node)
         if (node_key, key) not in self.references:
             graph = self.graphs[task]
             if key == "table":
@@ -279,7 +280,7 @@ class _Design:
 
     def scalar(self, task: str, node: Node, key: str, value: int) -> str:
         """A scalar every task holding the node shares as a constant; else read from a per-task ROM."""
-        node_key = self.key(task, node)
+        node_key = self.key(node)
         values = {t: int(n.attrs[key]) for t, n in self.holders[node_key].items()}
         if len(set(values.values())) == 1:
             return scalar_literal(key, value)
@@ -293,7 +294,7 @@ class _Design:
     def moe_call(self, task: str, node: Node, xa: str, y: str) -> tuple[list[str], str]:
         """One engine for every task's path through this MoE layer: the experts' rows stored once, each task's rows,
         expert count and top-k chosen at run time."""
-        node_key = self.key(task, node)
+        node_key = self.key(node)
         if node_key in self.moe_calls:
             return self.moe_calls[node_key]
         holders = self.holders[node_key]
@@ -323,20 +324,20 @@ class _Design:
 
         refs = {"ids": self.roms.reference(f"ids_{j}", "int32_t", {t: np.array(ids[t] + [0] * (slots - len(ids[t]))) for t in holders},
                                            f"{where}: each task's expert rows"),
-                "router": self.roms.reference(f"router_{j}", "int8_t", {t: np.stack([r[0] for r in rows]) for t in holders},
+                "router": self.roms.reference(f"router_{j}", "int8_t", {"every task": np.stack([r[0] for r in rows])},
                                               f"{where}: router rows of every task's experts"),
-                "fc1": self.roms.reference(f"fc1_{j}", "int8_t", {t: np.stack([r[1] for r in rows]) for t in holders},
+                "fc1": self.roms.reference(f"fc1_{j}", "int8_t", {"every task": np.stack([r[1] for r in rows])},
                                            f"{where}: fc1 of every task's experts"),
-                "fc2": self.roms.reference(f"fc2_{j}", "int8_t", {t: np.stack([r[2] for r in rows]) for t in holders},
+                "fc2": self.roms.reference(f"fc2_{j}", "int8_t", {"every task": np.stack([r[2] for r in rows])},
                                            f"{where}: fc2 of every task's experts")}
         for key in PER_EXPERT:
             refs[key] = self.roms.reference(f"{key}_{j}", "int32_t", {t: padded(t, key) for t in holders}, f"{where}: {key}")
         for key in ("exp", "gelu", "mul", "add"):
             refs[key] = self.roms.reference(f"{key}_{j}", "int8_t" if key in INT8_PARAMS else "int32_t",
                                             {t: n.params[key] for t, n in holders.items()}, f"{where}: {key}")
-        counts = self.roms.reference(f"experts_{j}", "int32_t", {"all": np.array([len(ids.get(t, [0])) for t in self.tasks])},
+        counts = self.roms.reference(f"experts_{j}", "int32_t", {"every task": np.array([len(ids.get(t, [])) for t in self.tasks])},
                                      f"{where}: each task's expert count")
-        ks = self.roms.reference(f"top_k_{j}", "int32_t", {"all": np.array([int(holders[t].attrs["top_k"]) if t in holders
+        ks = self.roms.reference(f"top_k_{j}", "int32_t", {"every task": np.array([int(holders[t].attrs["top_k"]) if t in holders
                                                                                 else 1 for t in self.tasks])},
                                  f"{where}: each task's top-k")
         dims = [tokens, d, hidden, slots, len(rows), top_k, int(node.attrs["router_shift"])]
