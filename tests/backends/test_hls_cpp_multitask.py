@@ -162,6 +162,7 @@ def test_m3vit_paths_share_one_moe_engine_each_task_its_experts(m3vit_paths, tmp
     assert {task: len(ids) for task, ids in rows.items()} == {task: len(k) for task, k in KEPT.items()}
     source = (tmp_path / "prj" / "firmware" / "m3vit_tasks.cpp").read_text()
     assert source.count("emh::moe<") == 1 and "s_axilite port = task" in source
+    assert len(sources.activation_bits) < len(sources.shared) / 4       # arrays reused, heads across tasks too
     runs, log = _run_interleaved(sources, graphs, inputs, tmp_path / "run", defines=("EMH_MOE_TRACE",))
     for (task, _), (calls,) in zip(runs, _schedules(log)):
         computed = [e for kind, e, _, _ in calls if kind == "compute"]

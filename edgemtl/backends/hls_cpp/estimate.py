@@ -5,7 +5,8 @@ size wants to know now whether a task design fits the part and roughly how fast 
 labelled estimated and the assumptions are returned with it.
 
 The design as generated: one kernel call per integer-graph node, each a loop nest pipelined at II = 1 on its
-innermost loop (one multiply-accumulate or one element per cycle), every tensor a static array, the weights ROMs
+innermost loop (one multiply-accumulate or one element per cycle), the tensors in static arrays (each reused once its
+tensor is dead, arrays.py), the weights ROMs
 (the MoE layers' expert weights too: the generated top passes them as ROMs into the ping-pong buffers).
 - latency: the C simulation's count of pipelined loop iterations (kernels.h, EMH_CYCLES) per sample, at the
   project's clock. A lower bound of the schedule Vitis builds (no pipeline fill, loop entry, unpipelined control
@@ -13,9 +14,10 @@ innermost loop (one multiply-accumulate or one element per cycle), every tensor 
 - DSP: each multiplying kernel instance one DSP48E2 for its int8 x int8 product, each requantisation
   (ACC_W-bit accumulator x 32-bit multiplier) ceil(ACC_W / 17) x 2 DSP48E2 (27 x 18 signed multipliers), softmax
   and layernorm a fixed amount for their wide scale products;
-- memory: every array (weights, tables, requantisation multipliers, activations, the MoE layers' buffers and token
-  lists) in BRAM18 blocks at the block's aspect ratio for its word width (2048 x 9, 1024 x 18, 512 x 36; wider words
-  side by side), except arrays of at most LUTRAM_MAX_BITS, which go to LUTRAM (64 bits per LUT);
+- memory: every array (weights, tables, requantisation multipliers, activations (one array per tensor alive at
+  once: arrays.py), the MoE layers' buffers and token lists) in BRAM18 blocks at the block's aspect ratio for its
+  word width (2048 x 9, 1024 x 18, 512 x 36; wider words side by side), except arrays of at most LUTRAM_MAX_BITS,
+  which go to LUTRAM (64 bits per LUT);
 - LUT: a fixed amount per kernel instance (loop counters, address generation, pipeline registers, the FSM), per
   requantisation (rounding, clipping), the LUTRAM above, and the AXI interfaces (two m_axi, one s_axilite).
 """
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgemtl.analysis.fpga_cost import FabricSpec
+from edgemtl.backends.hls_cpp.arrays import array_bits, graph_arrays
 from edgemtl.backends.hls_cpp.generate import CLOCK_PERIOD_NS, moe_widths, node_widths
 from edgemtl.manifest import prov
 from edgemtl.model.intgraph import INT8_PARAMS, IntGraph, Node
@@ -86,11 +89,10 @@ def bram18_blocks(elements: int, bits: int) -> int:
 
 
 def _arrays(graph: IntGraph) -> list[tuple[int, int]]:
-    """(elements, bits) of every array the generated design declares: activations, weights, MoE buffers."""
-    arrays = [(graph.tensors[graph.input].elements, 8)]
+    """(elements, bits) of every array the generated design declares: activations (reused, arrays.py), weights, MoE
+    buffers."""
+    arrays = array_bits(graph_arrays(graph)[1])
     for node in graph.nodes:
-        if node.op != "flatten":
-            arrays.append((graph.tensors[node.output].elements, 8))
         for key, values in node.params.items():
             arrays.append((int(np.asarray(values).size), 8 if key in INT8_PARAMS else 32))
         if node.op == "moe":
@@ -157,7 +159,8 @@ def estimate_calls(calls: list[tuple[IntGraph, Node]], arrays: list[tuple[int, i
         utilisation={"dsp": dsp / fabric.dsp, "lut": lut / fabric.lut, "bram18": bram18 / fabric.bram18},
         cycles_per_sample=list(cycles_per_sample or []),
         assumptions=[
-            "the design as generated: one kernel per node, innermost loops pipelined at II = 1, tensors static arrays, "
+            "the design as generated: one kernel per node, innermost loops pipelined at II = 1, tensors in static "
+            "arrays reused once dead, "
             "weights (the kept experts' too) in on-chip ROM",
             f"latency: the C simulation's pipelined loop iterations at {clock:g} MHz, one cycle each; pipeline fill, "
             "loop entry, unpipelined control loops and m_axi latency not counted, ping-pong loads not overlapped",

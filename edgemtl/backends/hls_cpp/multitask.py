@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from edgemtl.backends.c.generate import c_int, check_graph
+from edgemtl.backends.hls_cpp.arrays import AP_TYPE, Step, array_bits, declarations, plan_arrays
 from edgemtl.backends.hls_cpp.estimate import moe_arrays
-from edgemtl.backends.hls_cpp.generate import (AP_TYPE, C_TYPE, KERNEL_FILES, MOE_ARRAYS, SHORT, _check_hls, _check_top,
+from edgemtl.backends.hls_cpp.generate import (C_TYPE, KERNEL_FILES, MOE_ARRAYS, SHORT, _check_hls, _check_top,
                                                _comment, _Emitter, _io_json, _tcl, moe_widths, node_widths,
                                                scalar_literal, test_bench_end)
 from edgemtl.errors import EdgemtlError
@@ -104,27 +105,30 @@ class MultiTaskSources:
 INPUT = "<input>"
 
 
-def _signature(graph: IntGraph, node: Node) -> tuple:
-    """What a node computes, without the tensor names an export gave its path (they differ between paths with
-    different experts): its op, the layers its inputs come from, its output's shape and dtype."""
-    producers = {n.output: n.name for n in graph.nodes}
-    out = graph.tensors[node.output]
-    return node.op, tuple(INPUT if i == graph.input else producers[i] for i in node.inputs), tuple(out.shape), out.dtype
-
-
 def _node_keys(graphs: dict[str, IntGraph]) -> dict[str, list[str]]:
-    """The name each node goes by in the design: its own where every task holding that name computes it alike
-    (`_signature`), else its name and task."""
+    """The name each node goes by in the design: its own where every task holding that name computes it alike (op,
+    the design's names of the layers its inputs come from, output shape and dtype: not the tensor names an export
+    gave its path, which differ between paths with different experts), else its name and task. A layer that differs
+    makes its readers differ too (they read other arrays), so the names are refined until they hold still."""
     for task, graph in graphs.items():
         names = [node.name for node in graph.nodes]
         if len(set(names)) != len(names):
             raise EdgemtlError(f"task {task!r}: the integer graph names two layers alike; one design needs unique names")
-    signatures: dict[str, set[tuple]] = {}
-    for graph in graphs.values():
-        for node in graph.nodes:
-            signatures.setdefault(node.name, set()).add(_signature(graph, node))
-    return {task: [node.name if len(signatures[node.name]) == 1 else f"{node.name}@{task}" for node in graph.nodes]
-            for task, graph in graphs.items()}
+    split: set[str] = set()
+    while True:
+        keys = {task: [f"{n.name}@{task}" if n.name in split else n.name for n in graph.nodes]
+                for task, graph in graphs.items()}
+        signatures: dict[str, set[tuple]] = {}
+        for task, graph in graphs.items():
+            producer = {graph.input: INPUT, **{n.output: key for key, n in zip(keys[task], graph.nodes)}}
+            for node in graph.nodes:
+                out = graph.tensors[node.output]
+                signature = (node.op, tuple(producer[i] for i in node.inputs), tuple(out.shape), out.dtype)
+                signatures.setdefault(node.name, set()).add(signature)
+        differ = {name for name, found in signatures.items() if len(found) > 1}
+        if differ <= split:
+            return keys
+        split |= differ
 
 
 def _merged_order(graphs: dict[str, IntGraph], keys: dict[str, list[str]]) -> list[str]:
@@ -197,15 +201,8 @@ class _TaskEmitter(_Emitter):
         self.design = design
         super().__init__(graph)
 
-    def _declare(self, name: str, array: str) -> None:  # noqa: ARG002 (the design names its arrays)
-        self.arrays[name] = self.design.activation(self.graph, name)
-
-    def output_array(self, index: int, node: Node) -> str:
-        if node.op == "flatten":
-            self.arrays[node.output] = self.arrays[node.inputs[0]]
-        else:
-            self._declare(node.output, "")
-        return self.arrays[node.output]
+    def plan(self) -> dict[str, str]:
+        return self.design.arrays_for(self.graph.task)
 
     def widths(self, node: Node) -> tuple[int, int]:
         return self.design.widths(self.graph.task, node)
@@ -237,9 +234,7 @@ class _Design:
                 self.holders[key][task] = node
         self.roms = _Roms(self.tasks)
         self.references: dict[tuple[str, str], str] = {}
-        self.activations: dict[tuple[str, str, int], str] = {}   # (layer writing it, dtype, elements) -> array
-        self.declarations: list[str] = []
-        self.activation_bits: list[tuple[int, int]] = []
+        self.array_of, self.arrays = self._plan()   # a layer's output (by its design name) -> its static array
         self.moe_calls: dict[str, tuple[list[str], str]] = {}
         self.moe_rows: dict[str, dict[str, list[int]]] = {}
         self.engine_bits: list[tuple[int, int]] = []
@@ -253,17 +248,23 @@ class _Design:
         forms = [node_widths(self.graphs[t], n) for t, n in self.holders[self.key(node)].items()]
         return max(f[0] for f in forms), max(f[1] for f in forms)
 
-    def activation(self, graph: IntGraph, tensor: str) -> str:
-        """The array holding `tensor` of `graph`: one per layer that writes it (shared by the tasks running that layer)."""
-        info = graph.tensors[tensor]
-        slot = (self.producer[graph.task][tensor], info.dtype, info.elements)
-        if slot not in self.activations:
-            name = "a_in" if tensor == graph.input else f"a{len(self.activations)}"
-            self.activations[slot] = name
-            self.declarations.append(f"    static {AP_TYPE[info.dtype]} {name}[{info.elements}];   "
-                                     f"// {_comment(tensor)}: {info.shape} {info.dtype}")
-            self.activation_bits.append((info.elements, 8))
-        return self.activations[slot]
+    def _plan(self) -> tuple[dict, list]:
+        """The static arrays over the design's run order (arrays.py): a layer's output one array for every task
+        running it, each array reused once no later layer of any task reads it (a task's head after another's)."""
+        steps = []
+        for key in self.order:
+            task, node = next(iter(self.holders[key].items()))
+            info = self.graphs[task].tensors[node.output]
+            reads = tuple(dict.fromkeys(self.producer[t][i] for t, n in self.holders[key].items() for i in n.inputs))
+            steps.append(Step(key, info.dtype, info.elements, reads,
+                              self.producer[task][node.inputs[0]] if node.op == "flatten" else None))
+        graph = self.graphs[self.tasks[0]]
+        x = graph.tensors[graph.input]
+        return plan_arrays(steps, (INPUT, x.dtype, x.elements), {self.producer[t][g.output] for t, g in self.graphs.items()})
+
+    def arrays_for(self, task: str) -> dict[str, str]:
+        """Task `task`'s tensors -> their arrays."""
+        return {tensor: self.array_of[key] for tensor, key in self.producer[task].items()}
 
     def param(self, task: str, node: Node, key: str) -> str:
         node_key = self.key(node)
@@ -384,7 +385,7 @@ void {top}(const {top}_in_t input[{big}_INPUT_ELEMENTS], int task, {out_type} ou
 #pragma HLS INTERFACE s_axilite port = task bundle = control
 #pragma HLS INTERFACE s_axilite port = return bundle = control
     namespace W = {top}_weights;
-{chr(10).join(design.declarations)}
+{chr(10).join(declarations(design.arrays))}
 
     if (task < 0 || task >= {big}_TASKS) {{
         return;
@@ -579,7 +580,7 @@ def generate_multitask_hls(graphs: dict[str, IntGraph], folder: Path, top: str =
         with resources.as_file(library / name) as path:
             shutil.copyfile(path, folder / "firmware" / name)
         sources.files.append(folder / "firmware" / name)
-    sources.rom_bits, sources.activation_bits = list(design.roms.bits), list(design.activation_bits)
+    sources.rom_bits, sources.activation_bits = list(design.roms.bits), array_bits(design.arrays)
     sources.moe_rows, sources.engine_bits = design.moe_rows, list(design.engine_bits)
     return sources
 
