@@ -25,6 +25,12 @@ def compile_budget(ctx: FlowContext) -> Budget:
                    ctx.options.allow_over_budget)
 
 
+def budget_settings(ctx: FlowContext) -> dict[str, Any]:
+    """The budget as every quantizing pass's config takes it: the default and each task's value."""
+    budget = compile_budget(ctx)
+    return {"max_relative_loss": budget.default, "budgets": {task: budget.of(task) for task in task_list(ctx)}}
+
+
 def budget_record(budget: Budget, task: str, *, metric: str | None, higher_is_better: bool | None,
                   metric_float: float | None, metric_quant: float | None, loss: float,
                   remedies: list[dict[str, Any]], shipped: str, next_try: str,

@@ -39,7 +39,7 @@ from edgemtl.manifest import Section, TaskEntry, manifest_model
 from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import (analyse, load_verification_data, task_list, task_model, threads_of,
                                   verification_inputs, with_progress)
-from edgemtl.flows.budget import budget_record, check_budget, compile_budget
+from edgemtl.flows.budget import budget_record, budget_settings, check_budget, compile_budget
 from edgemtl.flows.experts import partition_step
 from edgemtl.flows.passes import pass_step
 from edgemtl.model.contract import run_task
@@ -109,9 +109,7 @@ def _budget_entry(budget: Budget, task: str, int8: dict[str, Any]) -> dict[str, 
 
 
 def _int8_config(ctx: FlowContext) -> QdqConfig:
-    budget = compile_budget(ctx)
-    return replace(INT8, threads=threads_of(ctx), max_relative_loss=budget.default,
-                   budgets={task: budget.of(task) for task in task_list(ctx)})
+    return replace(INT8, threads=threads_of(ctx), **budget_settings(ctx))
 
 
 # looked up at each call (not bound here), so a test can swap _int8_config for one with budgets no user can give

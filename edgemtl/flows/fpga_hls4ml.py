@@ -35,7 +35,7 @@ from edgemtl.backends.qonnx_export import check_exports, export_qcdq, export_qon
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.flow import FlowContext, Skipped, Step
 from edgemtl.flows.common import analyse, load_verification_data, task_list, task_model, with_progress
-from edgemtl.flows.budget import budget_record, check_budget, compile_budget
+from edgemtl.flows.budget import budget_record, budget_settings, check_budget, compile_budget
 from edgemtl.flows.experts import partition_step_at
 from edgemtl.flows.fpga_hls_cpp import (NOT_MOE, PRECISION as MOE_PRECISION, hls_cpp_step,
                                         quantize_step as int8_quantize_step, switchable_hls_step, takes_model)
@@ -82,10 +82,8 @@ def _qat_config(ctx: FlowContext) -> QuantConfig:
     """The target precision as the mixed-precision ladder's start, the compile's accuracy budget, widths pinned by a
     --layer-bits file, and the rewrites hls4ml and the board's PS need (nearest upsampling in the PL, a final resize /
     softmax on the PS)."""
-    budget = compile_budget(ctx)
     return QuantConfig(precision=_precision(ctx), qat_steps=ctx.options.qat_steps, overrides=ctx.options.layer_bits,
-                       max_relative_loss=budget.default, budgets={t: budget.of(t) for t in task_list(ctx)},
-                       pinned=ctx.options.task_layer_bits, nearest_upsampling=True, host_resize=True, host_softmax=True)
+                       **budget_settings(ctx), pinned=ctx.options.task_layer_bits, nearest_upsampling=True, host_resize=True, host_softmax=True)
 
 
 # what a task over its budget after the whole ladder (every rung up to w8a8 with more QAT) can try next

@@ -10,21 +10,19 @@ from dataclasses import replace
 from typing import Callable
 
 from edgemtl.flow import FlowContext
-from edgemtl.flows.budget import budget_record, compile_budget
-from edgemtl.flows.common import task_list
+from edgemtl.flows.budget import budget_record, budget_settings, compile_budget
 from edgemtl.flows.passes import StepFn, pass_step, requested_config
 from edgemtl.model.intgraph import IntGraph
+from edgemtl.passes.int8.config import Int8Config
 from edgemtl.passes.base import PassResult
 
 # what a task over its budget after every calibration remedy can try next (the integer backends take int8 only)
 NEXT_TRY = "a model trained or fine-tuned with quantization in mind (the int8 graph has no wider layers to fall back to)"
 
 
-def int8_config(ctx: FlowContext):
+def int8_config(ctx: FlowContext) -> Int8Config:
     """The pass's config with the compile's accuracy budget."""
-    budget = compile_budget(ctx)
-    return replace(requested_config(ctx.options, "quantize_int8"), max_relative_loss=budget.default,
-                   budgets={task: budget.of(task) for task in task_list(ctx)})
+    return replace(requested_config(ctx.options, "quantize_int8"), **budget_settings(ctx))
 
 
 def keep_int_graphs(ctx: FlowContext, result: PassResult[IntGraph]) -> None:
