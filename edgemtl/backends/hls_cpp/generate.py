@@ -544,6 +544,16 @@ def _io_json(graph: IntGraph, top: str) -> str:
     return json.dumps(io, indent=1) + "\n"
 
 
+def copy_kernels(folder: Path) -> list[Path]:
+    """The kernel headers (package data) into the project's firmware/."""
+    library, copied = resources.files("edgemtl.backends.hls_cpp"), []
+    for name in KERNEL_FILES:
+        with resources.as_file(library / name) as path:
+            shutil.copyfile(path, folder / "firmware" / name)
+        copied.append(folder / "firmware" / name)
+    return copied
+
+
 def generate_hls(graph: IntGraph, folder: Path, top: str = "edgemtl_task") -> HlsSources:
     """Write the Vitis HLS project for `graph` into `folder` (created) and return what was written."""
     _check_top(top)
@@ -561,11 +571,7 @@ def generate_hls(graph: IntGraph, folder: Path, top: str = "edgemtl_task") -> Hl
     for name, text in texts.items():
         (folder / name).write_text(text)
         files.append(folder / name)
-    library = resources.files("edgemtl.backends.hls_cpp")
-    for name in KERNEL_FILES:
-        with resources.as_file(library / name) as path:
-            shutil.copyfile(path, folder / "firmware" / name)
-        files.append(folder / "firmware" / name)
+    files += copy_kernels(folder)
     x, out = graph.tensors[graph.input], graph.tensors[graph.output]
     return HlsSources(folder=folder, top=top, files=files, input_shape=list(x.shape), output_shape=list(out.shape),
                       input_dtype=x.dtype, output_dtype=out.dtype, moe=moe)
