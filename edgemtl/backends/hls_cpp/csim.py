@@ -13,17 +13,14 @@ import importlib.util
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgemtl.backends.c.build import _run
 from edgemtl.backends.hls_cpp.generate import HlsSources
+from edgemtl.backends.hls_cpp.multitask import MultiTaskSources, as_input_bytes
 from edgemtl.errors import EdgemtlError, VerificationError
 from edgemtl.model.intgraph import RANGES
-
-if TYPE_CHECKING:
-    from edgemtl.backends.hls_cpp.multitask import MultiTaskSources
 
 COMPILER = "g++"
 # HLS style g++ would flag: pragmas, loop labels (HLS names loops by them) and ap_private's default constructor, whose
@@ -144,12 +141,10 @@ def run_csim(sources: HlsSources, q_inputs: np.ndarray, workdir: Path, timeout_s
     return run_binary(sources, exe, q_inputs, workdir, timeout_s)[0]
 
 
-def run_multitask_binary(sources: "MultiTaskSources", exe: Path, q_inputs: np.ndarray, tasks: Sequence[str],
+def run_multitask_binary(sources: MultiTaskSources, exe: Path, q_inputs: np.ndarray, tasks: Sequence[str],
                          workdir: Path, timeout_s: float = 600) -> tuple[list[np.ndarray], str]:
     """Run a built C simulation of a design serving every task (multitask.py): sample i as task tasks[i]. Returns
     each sample's output as int64 in its task's shape, and the stderr."""
-    from edgemtl.backends.hls_cpp.multitask import as_input_bytes
-
     if len(tasks) != len(q_inputs) or any(t not in sources.tasks for t in tasks):
         raise EdgemtlError(f"{sources.top}: one task of {sources.tasks} per sample, got {list(tasks)}")
     workdir = Path(workdir)
