@@ -266,6 +266,8 @@ def switchable_hls_step(ctx: FlowContext) -> Skipped | None:
                         for layer, ids in sources.moe_rows.items()},
         "rom_bytes": sum(n * bits for n, bits in sources.rom_bits) // 8,
         "per_task_designs_rom_bytes": sum(g.weight_bytes() for g in graphs.values()),
+        "rom_provenance": prov("static", source="edgemtl HLS C++ generator",
+                               detail="the ROM arrays this design declares, against every task graph's parameters"),
         "next": f"cd {SWITCHABLE_HLS} && vitis_hls -f build_prj.tcl (Vitis 2024.1+: vitis-run --mode hls --tcl "
                 "build_prj.tcl)",
         "not_verified": NOT_VERIFIED}

@@ -195,6 +195,7 @@ def test_one_design_for_every_task_is_checked_run_by_run(tmp_path, scene_graph, 
     assert record["ok"] and record["task_ids"] == {"scene": 0, "depth": 1} and record["csim"]["runs"] == 3 * 2 + 2 * 3 * 2
     assert record["csim"]["max_lsb_difference"] == {"scene": 0, "depth": 0} and record["switching"]["max_ratio"] == 1.0
     assert record["estimate"]["cycles_per_sample"] == [100] * 18 and record["estimate"]["provenance"]["kind"] == "estimated"
+    assert record["rom_provenance"]["kind"] == "static" and record["switching"]["provenance"]["kind"] == "simulated"
     tb = tmp_path / "switchable/hls/tb_data"
     assert (tb / "tasks.bin").read_bytes() == bytes([0, 1] * 3 + [0] * 6 + [1] * 6)
     switchable.update(run=3, by=2)   # the depth run of sample 1, right after a switch from scene

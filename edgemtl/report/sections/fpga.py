@@ -167,7 +167,8 @@ def _switchable_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
     rom, separate = number(record.get("rom_bytes")), number(record.get("per_task_designs_rom_bytes"))
     if rom is not None and separate:
         rows.append(("ROM bytes, this design / the per-task designs together",
-                     f"{human_count(rom)} / {human_count(separate)} ({rom / separate:.2f}x)"))
+                     f"{human_count(rom)} / {human_count(separate)} ({rom / separate:.2f}x) "
+                     + prov_words(record.get("rom_provenance"), "static")))
     csim = section(record, "csim")
     worst = section(csim, "max_lsb_difference")
     if worst:
