@@ -184,7 +184,8 @@ def partition_experts(model: nn.Module, spec: ModelSpec, calibration: TaskData, 
         if loss is not None and loss > config.max_metric_change:  # type: ignore[operator]  (guarded)
             reason = (f"at coverage {config.coverage:g} the path lost {loss:.2%} "
                       f"({entry.metric or '1 - cosine against the full model'}), more than {config.max_metric_change:.0%}")
-            entry, path = _cut(model, spec, task, usage, 1.0, layers, full_cost, held_out, labelled, held_usage)
+            entry, path = _cut(model, spec, task, usage, 1.0, layers, full_cost, held_out, labelled, held_usage,
+                               metric_before=entry.metric_before)
             entry.fallback = reason
         record.tasks[task] = entry
         paths[task] = path
@@ -192,9 +193,10 @@ def partition_experts(model: nn.Module, spec: ModelSpec, calibration: TaskData, 
 
 
 def _cut(model: nn.Module, spec: ModelSpec, task: str, usage: ExpertUsage, coverage: float, layers: int,
-         full_cost: ModelCost, held_out: TaskData | None, labelled: set[str],
-         held_usage: ExpertUsage | None) -> tuple[TaskPartition, TaskExpertPath]:
-    """One task's path at `coverage`, with its cost and held-out metric before and after."""
+         full_cost: ModelCost, held_out: TaskData | None, labelled: set[str], held_usage: ExpertUsage | None,
+         metric_before: float | None = None) -> tuple[TaskPartition, TaskExpertPath]:
+    """One task's path at `coverage`, with its cost and held-out metric before (the full model's: evaluated unless
+    given) and after."""
     kept = [usage.experts_covering(task, i, coverage) for i in range(layers)]
     path = TaskExpertPath(model, task, kept).eval()
     path_cost = model_cost(path, spec, [task])
@@ -204,7 +206,8 @@ def _cut(model: nn.Module, spec: ModelSpec, task: str, usage: ExpertUsage, cover
     if task in labelled:
         task_spec = spec.task(task)
         entry.metric = task_spec.metric
-        entry.metric_before = evaluate(torch_predictor(model), [task_spec], held_out)[task][task_spec.metric]
+        entry.metric_before = (metric_before if metric_before is not None else
+                               evaluate(torch_predictor(model), [task_spec], held_out)[task][task_spec.metric])
         entry.metric_after = evaluate(torch_predictor(path), [task_spec], held_out)[task][task_spec.metric]
     if held_usage is not None:
         entry.rerouted_share = _rerouted_share(held_usage, task, kept)

@@ -113,6 +113,13 @@ def write_tb_data(sources: HlsSources, q_inputs: np.ndarray, expected: np.ndarra
     return folder
 
 
+def _refuse_complaints(top: str, stderr: str) -> None:
+    """The ap_types' WARNING / ERROR lines (a width the generator got wrong) fail the check."""
+    complaints = [line for line in stderr.splitlines() if line.startswith(("WARNING:", "ERROR:"))]
+    if complaints:
+        raise VerificationError(f"{top}: the ap_types complained during C simulation: {complaints[0]}")
+
+
 def run_binary(sources: HlsSources, exe: Path, q_inputs: np.ndarray, workdir: Path, timeout_s: float = 600,
                batched: bool = False) -> tuple[np.ndarray, str]:
     """Run a built C simulation (a `build_csim_batch` one with `batched`) on integer inputs (N, ...): outputs as int64
@@ -124,9 +131,7 @@ def run_binary(sources: HlsSources, exe: Path, q_inputs: np.ndarray, workdir: Pa
     inputs.write_bytes(samples.tobytes())
     done = _run([str(exe), *([sources.top] if batched else []), str(inputs), str(outputs)], timeout_s,
                 f"C simulation of {sources.top}")
-    complaints = [line for line in done.stderr.splitlines() if line.startswith(("WARNING:", "ERROR:"))]
-    if complaints:
-        raise VerificationError(f"{sources.top}: the ap_types complained during C simulation: {complaints[0]}")
+    _refuse_complaints(sources.top, done.stderr)
     values = np.frombuffer(outputs.read_bytes(), dtype=NUMPY_TYPE[sources.output_dtype])
     if values.size != len(samples) * sources.output_elements:
         raise EdgemtlError(f"{sources.top}: the C simulation wrote {values.size} values, expected "
@@ -153,9 +158,7 @@ def run_multitask_binary(sources: MultiTaskSources, exe: Path, q_inputs: np.ndar
     inputs.write_bytes(as_input_bytes(sources, q_inputs))
     ids.write_bytes(bytes(sources.tasks.index(t) for t in tasks))
     done = _run([str(exe), str(inputs), str(ids), str(outputs)], timeout_s, f"C simulation of {sources.top}")
-    complaints = [line for line in done.stderr.splitlines() if line.startswith(("WARNING:", "ERROR:"))]
-    if complaints:
-        raise VerificationError(f"{sources.top}: the ap_types complained during C simulation: {complaints[0]}")
+    _refuse_complaints(sources.top, done.stderr)
     raw, results, offset = outputs.read_bytes(), [], 0
     for task in tasks:
         size = sources.output_elements(task)

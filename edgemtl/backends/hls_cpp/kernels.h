@@ -789,7 +789,7 @@ MOE_ACC_ZERO:
     moe_load<D, H, E, ROWS>(0, ids[0], 0, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add, fc2_shift, ping);
 MOE_EXPERTS:
     for (int e = 0; e < experts; e += 2) {
-#pragma HLS LOOP_TRIPCOUNT min = 1 max = (E + 1) / 2
+#pragma HLS LOOP_TRIPCOUNT min = 1 max = E
         /* ping holds expert e: fill pong with e + 1 while ping computes */
         if (e + 1 < experts) {
             moe_load<D, H, E, ROWS>(e + 1, ids[e + 1], 1, fc1, fc1_mul, fc1_add, fc1_shift, fc2, fc2_mul, fc2_add,
