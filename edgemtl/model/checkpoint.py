@@ -4,7 +4,8 @@ An edgemtl checkpoint is a `.pt` file holding one dict of plain values and tenso
 `torch.load(weights_only=True)` reads it without unpickling any code:
 
     {"format": "edgemtl-checkpoint", "format_version": 1, "spec": ModelSpec as a dict,
-     "arch": str, "config": dict, "state_dict": {name: tensor}, "meta": dict}
+     "arch": str, "config": dict, "state_dict": {name: tensor}, "meta": dict,
+     "width_affine": {key: tensor}}   (a slimmable model's private per-width affines, if it has any)
 
 Models outside the zoo come as a plain state_dict plus a spec file plus `--model-factory
 package.module:function` (the user's own code, imported on purpose), or as `model.onnx` plus a spec file
@@ -27,6 +28,7 @@ from edgemtl.errors import EdgemtlError, first_line
 from edgemtl.model.contract import validate_model
 from edgemtl.model.resize import fit_to_state_dict
 from edgemtl.model.spec import ModelSpec, parse_model_spec, read_spec_file
+from edgemtl.model.width_affine import set_width_affines, width_affines
 from edgemtl.user_code import call_user, import_callable
 from edgemtl.model.zoo import build_model
 
@@ -57,6 +59,7 @@ def save(model: nn.Module, spec: ModelSpec, path: str | Path, meta: dict[str, An
         "config": dict(spec.config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
+        **({"width_affine": width_affines(model)} if width_affines(model) else {}),
     }
     return _save_atomically(payload, path)
 
@@ -151,6 +154,10 @@ def _load_checkpoint(payload: dict[str, Any], path: Path) -> LoadedModel:
     spec = parse_model_spec(payload["spec"], str(path))
     model = build_model(spec)
     _load_state(model, payload["state_dict"], path)
+    affines = payload.get("width_affine", {})
+    if not isinstance(affines, dict) or not all(isinstance(v, torch.Tensor) and v.dim() == 2 for v in affines.values()):
+        raise EdgemtlError(f"{path} is an edgemtl checkpoint with an invalid 'width_affine' entry")
+    set_width_affines(model, affines)
     return _finish(model, spec, path, "checkpoint")
 
 

@@ -18,11 +18,17 @@ of two ways (`bn`):
 - "switchable": separate running statistics per BatchNorm and per width of that BatchNorm (one set per multiplier of
   the stage or decoder it belongs to); the full width's set is the module's own buffers.
 In both, the trailing channels of a masked BatchNorm keep their statistics (a zeroed channel's would decay to 0).
+
+Private per-width affines (`edgemtl.model.width_affine`): a model that carries them (or masks after
+`enable_affine()`, as slimmable training calls it) applies, at a narrower width, each masked BatchNorm's affine for its
+kept channels and each decoder output layer's affine for its decoder's multiplier, as slicing folds them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import weakref
 from typing import Iterator
 
@@ -33,6 +39,7 @@ from torch import nn
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.contract import example_input
 from edgemtl.model.spec import ModelSpec
+from edgemtl.model.width_affine import WidthAffine, apply_affine, norm_key, output_key, width_affines
 from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at
 
 BN_MODES = ("recalibrate", "switchable")
@@ -56,15 +63,20 @@ class WidthMasks:
         self._cache: dict[tuple[str, int], dict[nn.Module, torch.Tensor]] = {}
         self.active: dict[nn.Module, torch.Tensor] = {}     # module -> channel mask (1 kept, 0 silenced)
         self.widest = True
+        self.config: WidthConfig | None = None
+        self.outputs = decoder_outputs(model, self._graph, self.targets)   # layer name -> its decoder
+        self._output_modules = {model.get_submodule(name): (name, group) for name, group in self.outputs.items()}
+        self.affine = WidthAffine(self.affine_shapes(), width_affines(model)) if width_affines(model) else None
         self.switchable: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (bn, kept) -> (mean, var)
         self._saved: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles = []
+        self._token = next(_TOKENS)
         for module in self.names:
             _OWNERS[module] = self
             if isinstance(module, _MASKED):
-                self._handles.append(module.register_forward_hook(_output_hook))
+                self._handles.append(module.register_forward_hook(functools.partial(_output_hook, self._token)))
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-                self._handles.append(module.register_forward_pre_hook(_norm_hook))
+                self._handles.append(module.register_forward_pre_hook(functools.partial(_norm_hook, self._token)))
 
     # --- configurations -------------------------------------------------------------------------------------------
     def masks(self, config: WidthConfig) -> dict[nn.Module, torch.Tensor]:
@@ -99,13 +111,50 @@ class WidthMasks:
     @contextlib.contextmanager
     def at(self, config: WidthConfig) -> Iterator[None]:
         """Run the model at `config` inside the block."""
-        previous, previous_widest = self.active, self.widest
-        self.active = self.masks(config)
+        previous = self.active, self.widest, self.config
+        self.config = self.space.check(config)
+        self.active = self.masks(self.config)
         self.widest = not self.active
         try:
             yield
         finally:
-            self.active, self.widest = previous, previous_widest
+            self.active, self.widest, self.config = previous
+
+    # --- private affines ------------------------------------------------------------------------------------------
+    def affine_shapes(self) -> dict[str, int]:
+        """Every private affine this space can use -> its channels: each masked BatchNorm (with an affine) at each
+        narrower width it takes, each decoder output layer at each narrower multiplier of its decoder."""
+        shapes: dict[str, int] = {}
+        for name, (kind, group) in self.targets.items():
+            options = (self.space.stages if kind == "stage" else self.space.decoders)[group]
+            layer = self.model.get_submodule(name)
+            full = _out_channels(layer)
+            for multiplier in options.multipliers[:-1]:
+                keep = channels_at(full, multiplier)
+                for module, mask in self._group_masks(name, layer, keep, full).items() if keep < full else ():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+                        shapes[norm_key(self.names[module], int(mask.sum()))] = module.num_features
+        for name, group in self.outputs.items():
+            for multiplier in self.space.decoders[group].multipliers[:-1]:
+                shapes[output_key(name, multiplier)] = _out_channels(self.model.get_submodule(name))
+        return shapes
+
+    def enable_affine(self) -> WidthAffine:
+        """Private affines for every narrower width (kept where the model already has them): slimmable training
+        trains them with the model."""
+        if self.affine is None:
+            self.affine = WidthAffine(self.affine_shapes(), width_affines(self.model))
+        return self.affine
+
+    def _affine_for(self, module: nn.Module, mask: torch.Tensor | None) -> torch.Tensor | None:
+        if self.affine is None or self.widest:
+            return None
+        if mask is not None and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return self.affine.get(norm_key(self.names[module], int(mask.sum())))
+        output = self._output_modules.get(module)
+        if output is not None and self.config is not None:
+            return self.affine.get(output_key(output[0], self.config.decoders[output[1]]))
+        return None
 
     def kept(self, module: nn.Module) -> int:
         """Output channels `module` keeps at the active configuration."""
@@ -136,9 +185,12 @@ class WidthMasks:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module in self._saved:
             self._after_norm(module)
         mask = self.active.get(module)
-        if mask is None:
-            return None
-        return output * mask.to(output.dtype).view(1, -1, *([1] * (output.dim() - 2)))
+        affine = self._affine_for(module, mask)
+        if mask is not None:
+            output = output * mask.to(output.dtype).view(1, -1, *([1] * (output.dim() - 2)))
+        if affine is not None:
+            output = apply_affine(output, affine, -1 if isinstance(module, nn.Linear) else 1, mask)
+        return output if mask is not None or affine is not None else None
 
     def _before_norm(self, norm: nn.Module, inputs: tuple) -> None:
         """At a narrow configuration: swap in this width's statistics (switchable), or remember the module's own so
@@ -192,18 +244,21 @@ class WidthMasks:
 
 
 # The hooks are plain functions that find their masks here, so that a deep copy of a hooked model (slice_widths
-# copies before slicing) copies no masks: its modules are not in this table, and the hooks do nothing there.
+# copies before slicing) copies no masks: its modules are not in this table, and the hooks do nothing there. Each
+# hook carries its masks' token: a model hooked twice (masks made again without `remove()`) is run by the newest
+# masks only, once (the private affines are not idempotent as the masks are).
 _OWNERS: "weakref.WeakKeyDictionary[nn.Module, WidthMasks]" = weakref.WeakKeyDictionary()
+_TOKENS = itertools.count()
 
 
-def _output_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+def _output_hook(token: int, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
     owner = _OWNERS.get(module)
-    return None if owner is None else owner._mask_output(module, inputs, output)
+    return None if owner is None or owner._token != token else owner._mask_output(module, inputs, output)
 
 
-def _norm_hook(module: nn.Module, inputs: tuple) -> None:
+def _norm_hook(token: int, module: nn.Module, inputs: tuple) -> None:
     owner = _OWNERS.get(module)
-    if owner is not None:
+    if owner is not None and owner._token == token:
         owner._before_norm(module, inputs)
 
 
@@ -226,6 +281,25 @@ def space_layers(model: nn.Module, space: WidthSpace) -> dict[str, tuple[str, st
                                        f"and {group!r})")
                 targets[name] = (kind, group)
     return targets
+
+
+def decoder_outputs(model: nn.Module, graph: tp.DependencyGraph, targets: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Each decoder's output layers -> the decoder: the conv / linear layers outside the width space that read a
+    decoder layer's channels (a dense head's final conv). Their output width is the task's, never sliced, but what
+    they read shrinks with the decoder."""
+    names = {module: name for name, module in model.named_modules()}
+    found: dict[str, str] = {}
+    for name, (kind, group) in targets.items():
+        if kind != "decoder":
+            continue
+        layer = model.get_submodule(name)
+        pruner = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+        for dep, _ in graph.get_pruning_group(layer, pruner, idxs=[0]):
+            module = dep.target.module
+            readable = isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed)
+            if readable and names.get(module) not in targets and "in_channels" in getattr(dep.handler, "__name__", ""):
+                found[names[module]] = group
+    return found
 
 
 def _graph(model: nn.Module, spec: ModelSpec) -> tp.DependencyGraph:

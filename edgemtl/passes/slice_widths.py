@@ -34,7 +34,8 @@ from edgemtl.model.contract import example_input
 from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
 from edgemtl.model.width_front import FrontPoint, TuneFront, front_path, read_front
-from edgemtl.model.width_masks import space_layers
+from edgemtl.model.width_affine import fold_norm, fold_output, norm_key, output_key, set_width_affines, width_affines
+from edgemtl.model.width_masks import decoder_outputs, space_layers
 from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at, read_width_config
 from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.training.slimmable import recalibrate_batchnorm
@@ -148,6 +149,7 @@ def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
     narrow = copy.deepcopy(model).eval()
     targets = _layer_targets(narrow, space, widths)
     graph = _dependency_graph(narrow, spec)
+    outputs = decoder_outputs(narrow, graph, space_layers(narrow, space))   # found before pruning changes the graph
     for name, (_, keep) in targets.items():
         layer = narrow.get_submodule(name)
         current = _out_channels(layer)
@@ -158,6 +160,7 @@ def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
                                    "of its channels")
             group.prune()
     _check_coupling(narrow, targets)
+    _fold_affines(narrow, widths, outputs)
     statistics = per_width_statistics(narrow, spec, widths, data)
     if statistics is not None:
         _load_statistics(narrow, statistics)
@@ -299,6 +302,22 @@ def _check_outputs(model: nn.Module, spec: ModelSpec) -> None:
         if list(outputs[task.name].shape[1:]) != task.output_shape:
             raise EdgemtlError(f"slicing changed task {task.name!r}'s output to {list(outputs[task.name].shape[1:])}: "
                                "the width space names one of its output layers")
+
+
+def _fold_affines(narrow: nn.Module, widths: WidthConfig, outputs: dict[str, str]) -> None:
+    """Fold the model's private per-width affines (`edgemtl.model.width_affine`) at `widths` into the narrow model's
+    BatchNorms and decoder output layers; the narrow model carries none afterwards."""
+    affines = width_affines(narrow)
+    set_width_affines(narrow, {})
+    if not affines:
+        return
+    for name, module in narrow.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+            if (affine := affines.get(norm_key(name, module.num_features))) is not None:
+                fold_norm(module, affine)
+    for name, decoder in outputs.items():
+        if (affine := affines.get(output_key(name, widths.decoders[decoder]))) is not None:
+            fold_output(narrow.get_submodule(name), affine)
 
 
 def _load_statistics(model: nn.Module, statistics: Statistics) -> None:

@@ -34,6 +34,7 @@ from edgemtl.data import TaskData
 from edgemtl.errors import EdgemtlError
 from edgemtl.model.losses import distillation_loss, supervised_loss
 from edgemtl.model.spec import ModelSpec
+from edgemtl.model.width_affine import set_width_affines
 from edgemtl.model.width_masks import WidthMasks
 from edgemtl.model.widths import WidthConfig, channels_at
 from edgemtl.training import TrainConfig, _batches_forever, _optimiser
@@ -47,6 +48,7 @@ class SlimmableConfig:
     random_configs: int = 2         # the sandwich rule's random members per step
     distill_weight: float = 0.1     # weight of the feature distillation (1.0 cost the widest 5-30%: docs/widths.md)
     bn: str = "recalibrate"         # per-width BatchNorm statistics: "recalibrate" | "switchable"
+    private_affine: bool = True     # a private affine per narrower width (edgemtl.model.width_affine; docs/widths.md)
 
 
 @dataclass
@@ -88,7 +90,8 @@ def train_slimmable(model: nn.Module, spec: ModelSpec, data: TaskData, config: T
     rng = random.Random(config.seed)
     torch.manual_seed(config.seed)
     model.train()
-    optimiser, schedule = _optimiser(model, config)
+    trained = nn.ModuleList([model, masks.enable_affine()] if slim.private_affine else [model])
+    optimiser, schedule = _optimiser(trained, config)
     tail = max(1, config.steps // 10)
     sums: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
@@ -130,12 +133,14 @@ def train_slimmable(model: nn.Module, spec: ModelSpec, data: TaskData, config: T
                         for key, value in values.items():
                             bucket[key] = bucket.get(key, 0.0) + value
                         counts[label] = counts.get(label, 0) + 1
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                torch.nn.utils.clip_grad_norm_(trained.parameters(), 5.0)
                 optimiser.step()
                 schedule.step()
                 progress.update(bar, advance=1, wide=totals["widest"], narrow=totals["narrowest"])
     finally:
         features.remove()
+    if masks.affine is not None:
+        set_width_affines(model, masks.affine.tensors())
     model.eval()
     losses = {label: {k: v / counts[label] for k, v in bucket.items()} for label, bucket in sums.items()}
     return SlimmableResult(config.steps, time.perf_counter() - start, losses, slim), masks
