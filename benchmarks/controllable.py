@@ -2,7 +2,11 @@
 
 One run, on the default mtl-cnn (width 16) made slimmable and trained on `scenes`:
 1. Slimmable quality: the slimmable model at its widest and narrowest configuration against fixed-width models of
-   the same widths trained for the same steps (relative degradation per task, each metric its own way).
+   the same widths trained for the same steps (relative degradation per task, each metric its own way). Paired by
+   seed (one initial model and one batch order for the slimmable and the fixed-width models) and averaged over
+   `--seeds`: at 400 steps, fixed-width models of different seeds alone differed by 5-10% on segmentation, normals and
+   scene (docs/tune.md), more than the 2% the target resolves. The fixed-width models' own spread across seeds is
+   recorded beside it. Seeds train in parallel worker processes, one thread each.
 2. Search efficiency: LINAS (predictors + NSGA-II inner loop) against plain NSGA-II with every configuration
    evaluated for real; hypervolume in (MACs / widest, each task's performance relative to the widest) as real
    evaluations accumulate; how many real evaluations LINAS needs to reach plain NSGA-II's final hypervolume.
@@ -12,12 +16,13 @@ One run, on the default mtl-cnn (width 16) made slimmable and trained on `scenes
    whether the preferred task does better than under uniform shrink.
 4. `edgemtl tune` wall time on this model with the command's defaults (one target, host).
 
-    .venv/bin/python benchmarks/controllable.py [--steps 400]
+    .venv/bin/python benchmarks/controllable.py [--steps 1200] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,7 @@ from scipy.stats import spearmanr
 from edgemtl.data import data_spec, load_data
 from edgemtl.evaluate import evaluate, torch_predictor
 from edgemtl.model.checkpoint import save
+from edgemtl.model.width_affine import set_width_affines, width_affines
 from edgemtl.model.width_masks import WidthMasks
 from edgemtl.model.widths import WidthConfig
 from edgemtl.model.zoo import build_model, slimmable_spec, zoo_spec
@@ -53,7 +59,10 @@ BUDGETS = (0.3, 0.5, 0.7, 0.9)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the slimmable-vs-fixed comparison (the first one's "
+                        "slimmable model is searched)")
+    parser.add_argument("--workers", type=int, default=2, help="processes training seeds in parallel")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-samples", type=int, default=2048)
     parser.add_argument("--val-samples", type=int, default=256)
@@ -62,30 +71,35 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=SearchSettings().per_round)
     parser.add_argument("--random-preferences", type=int, default=3)
     parser.add_argument("--distill-weight", type=float, default=SlimmableConfig().distill_weight)
-    parser.add_argument("--ablate-distill", default="1.0", help="other feature distillation weights to measure "
-                        "slimmable quality at (comma-separated; empty: none)")
+    parser.add_argument("--ablate", default="affine=off", help="slimmable variants to compare on the first seed, comma-separated: "
+                        "distill=W (another feature distillation weight), affine=off (no private affines)")
     parser.add_argument("--skip-tune-timing", action="store_true")
     args = parser.parse_args()
     run = start_run()
     torch.set_num_threads(1)   # on a shared machine, more threads than free cores is many times slower
-    input_spec, tasks = data_spec("scenes")
-    spec = slimmable_spec(zoo_spec("mtl-cnn", input_spec, tasks, {}, data="scenes"))
-    train_set = load_data("scenes", "train", n=args.train_samples, seed=0).in_memory()
-    val_set = load_data("scenes", "val", n=args.val_samples).in_memory()
-    steps = TrainConfig(steps=args.steps, batch_size=args.batch_size)
-
-    torch.manual_seed(0)
-    initial = build_model(spec).state_dict()
-    fixed = fixed_width_metrics(spec, initial, train_set, val_set, steps)
-    ablation = {}
-    for weight in [float(w) for w in args.ablate_distill.split(",") if w.strip()]:
-        other, other_masks, _ = train_slimmable_from(spec, initial, train_set, steps, weight)
-        ablation[f"{weight:g}"] = slimmable_quality(other, spec, other_masks, fixed, train_set, val_set)
-    model, masks, slimmable_seconds = train_slimmable_from(spec, initial, train_set, steps, args.distill_weight)
-    quality = slimmable_quality(model, spec, masks, fixed, train_set, val_set)
+    spec, train_set, val_set = _setting(args)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [("slimmable", seed, SlimmableConfig(distill_weight=args.distill_weight)) for seed in seeds]
+    variants += [(name, seeds[0], slim) for name, slim in _ablations(args)]
+    with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
+        runs = list(pool.map(_seed_run, [args] * len(variants), [seed for _, seed, _ in variants],
+                             [slim for _, _, slim in variants]))
+    per_seed = {str(seed): run_ for (name, seed, _), run_ in zip(variants, runs) if name == "slimmable"}
+    ablation = {name: run_["quality"] for (name, _, _), run_ in zip(variants, runs) if name != "slimmable"}
+    quality = mean_quality([r["quality"] for r in per_seed.values()])
+    spread = fixed_spread([r["fixed"] for r in per_seed.values()], spec)
+    first = per_seed[str(seeds[0])]
+    model = build_model(spec)
+    model.load_state_dict(first["state_dict"])
+    set_width_affines(model, first["affines"])
+    slimmable_seconds = first["seconds"]
+    for seed, run_ in per_seed.items():
+        print(f"seed {seed}:")
+        print_quality(run_["quality"])
+    print(f"mean over seeds {args.seeds}:")
     print_quality(quality)
-    for weight, rows in ablation.items():
-        print(f"feature distillation weight {weight} instead of {args.distill_weight:g}:")
+    for name, rows in ablation.items():
+        print(f"{name} (seed {seeds[0]}):")
         print_quality(rows)
 
     evaluator = ConfigEvaluator(model, spec, train_set, val_set, CostMeter("macs", load_target("host")))
@@ -134,20 +148,71 @@ def main() -> None:
     write_results(RESULTS, {"args": vars(args), "model": {"arch": "mtl-cnn", "config": "default (width 16)",
                                                           "space_size": spec.widths.size()},
                             "slimmable_train_seconds": round(slimmable_seconds, 1), "slimmable_quality": quality,
-                            "slimmable_quality_other_distill_weights": ablation,
+                            "slimmable_quality_per_seed": {seed: r["quality"] for seed, r in per_seed.items()},
+                            "fixed_width_spread_across_seeds": spread, "slimmable_quality_ablation": ablation,
                             "search_efficiency": efficiency, "controllability": controllability,
                             "tune_timing": timing, "targets": met(targets)}, run)
     print(RESULTS)
 
 
-def train_slimmable_from(spec, initial, train_set, steps, distill_weight: float):
+def _setting(args):
+    input_spec, tasks = data_spec("scenes")
+    spec = slimmable_spec(zoo_spec("mtl-cnn", input_spec, tasks, {}, data="scenes"))
+    train_set = load_data("scenes", "train", n=args.train_samples, seed=0).in_memory()
+    val_set = load_data("scenes", "val", n=args.val_samples).in_memory()
+    return spec, train_set, val_set
+
+
+def _ablations(args) -> list[tuple[str, SlimmableConfig]]:
+    out = []
+    for item in filter(None, (part.strip() for part in args.ablate.split(","))):
+        key, _, value = item.partition("=")
+        if key == "distill":
+            out.append((f"distill weight {float(value):g}", SlimmableConfig(distill_weight=float(value))))
+        elif item == "affine=off":
+            out.append(("no private affines", SlimmableConfig(distill_weight=args.distill_weight, private_affine=False)))
+        else:
+            raise SystemExit(f"unknown --ablate item {item!r}: distill=W or affine=off")
+    return out
+
+
+def _seed_run(args, seed: int, slim: SlimmableConfig) -> dict:
+    """One seed (a worker process): fixed-width models and the slimmable model from the same initial weights and the
+    same batch order, and the slimmable one's quality against them."""
+    torch.set_num_threads(1)
+    spec, train_set, val_set = _setting(args)
+    steps = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=seed)
+    torch.manual_seed(seed)
+    initial = build_model(spec).state_dict()
+    fixed = fixed_width_metrics(spec, initial, train_set, val_set, steps)
     model = build_model(spec)
     model.load_state_dict(initial)
     masks = WidthMasks(model, spec)
     started = time.perf_counter()
-    train_slimmable(model, spec, train_set, steps, SlimmableConfig(distill_weight=distill_weight),
-                    show_progress=False, masks=masks)
-    return model, masks, time.perf_counter() - started
+    train_slimmable(model, spec, train_set, steps, slim, show_progress=False, masks=masks)
+    seconds = time.perf_counter() - started
+    quality = slimmable_quality(model, spec, masks, fixed, train_set, val_set)
+    return {"quality": quality, "fixed": fixed, "seconds": round(seconds, 1), "state_dict": model.state_dict(),
+            "affines": width_affines(model)}
+
+
+def mean_quality(runs: list[dict]) -> dict:
+    """Per configuration and task: the mean of each seed's slimmable and fixed metric, and the mean degradation."""
+    out = {}
+    for label, rows in runs[0].items():
+        out[label] = {task: {"metric": row["metric"], **{key: float(np.mean([r[label][task][key] for r in runs]))
+                                                       for key in ("slimmable", "fixed", "degradation")}}
+                      for task, row in rows.items()}
+    return out
+
+
+def fixed_spread(fixed: list[dict], spec) -> dict:
+    """How far apart the fixed-width models of different seeds are, per configuration and task: (max - min) / mean of
+    the metric, the noise the slimmable comparison sits in."""
+    return {label: {task.name: float((max(values) - min(values)) / abs(np.mean(values)))
+                    for task in spec.tasks
+                    for values in [[f[label][task.name][task.metric] for f in fixed]]}
+            for label in fixed[0]}
 
 
 def fixed_width_metrics(spec, initial, train_set, val_set, steps) -> dict:
