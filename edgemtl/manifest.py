@@ -292,6 +292,8 @@ class SliceWidthsEntry(BaseModel):
     batchnorm_statistics: Literal["sliced", "per-width"] = Field(
         description="the full model's (leading channels) or recalibrated at this width")
     seconds: float
+    affines_folded: int = Field(0, description="private per-width affines (BatchNorms, decoder output layers) folded "
+                                               "into the narrow model's weights (docs/widths.md)")
     artifacts: dict[str, str] = Field(default_factory=dict, description="the narrow checkpoint (model/sliced.pt)")
     cost_provenance: Provenance = Field(description="what the MACs and parameters are (static)")
     front: WidthFrontEntry | None = Field(None, description="where the configuration sits on the search's front")

@@ -46,6 +46,7 @@ def test_train_slimmable_writes_a_slimmable_checkpoint_that_compiles_at_a_narrow
     sliced = manifest["passes"]["slice_widths"]
     assert sliced["widths"] == NARROW.model_dump() and sliced["macs_after"] < sliced["macs_before"]
     assert sliced["batchnorm_statistics"] == "per-width"   # recalibrated on the model's training data at this width
+    assert sliced["affines_folded"] > 0   # the trained private per-width affines, folded into the narrow model
 
 
 def test_slimmable_on_a_model_whose_convs_cannot_be_sliced_is_one_line(capsys, tmp_path):

@@ -77,6 +77,7 @@ class SliceRecord:
     channels: dict[str, list[int]]        # layer -> [output channels before, after] (the coupled layers too)
     batchnorm_statistics: str             # "sliced" (the full model's, leading channels) or "per-width" (recalibrated)
     seconds: float
+    affines_folded: int = 0               # private per-width affines folded into the narrow model's layers
     artifacts: dict[str, str] = field(default_factory=dict)
     front: dict[str, Any] | None = None   # where the configuration sits on the search's front (`place_on_front`)
     warnings: list[str] = field(default_factory=list)   # a front left out, and why
@@ -137,13 +138,14 @@ def slice_model(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
                 data: TaskData | None = None) -> tuple[nn.Module, ModelSpec]:
     """A narrow copy of `model` at `widths` (checked against the spec's space) and its spec; `model` is untouched.
     With training `data`, its BatchNorm statistics are recalibrated at that width (`per_width_statistics`)."""
-    narrow, narrow_spec, _ = _slice(model, spec, widths, data)
+    narrow, narrow_spec, _, _ = _slice(model, spec, widths, data)
     return narrow, narrow_spec
 
 
 def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
-           data: TaskData | None = None) -> tuple[nn.Module, ModelSpec, str]:
-    """`slice_model`, and which BatchNorm statistics the narrow model carries ("sliced" or "per-width")."""
+           data: TaskData | None = None) -> tuple[nn.Module, ModelSpec, str, int]:
+    """`slice_model`, which BatchNorm statistics the narrow model carries ("sliced" or "per-width") and how many private
+    affines were folded into it."""
     space = slimmable_space(spec)
     widths = space.check(widths)
     narrow = copy.deepcopy(model).eval()
@@ -160,13 +162,13 @@ def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
                                    "of its channels")
             group.prune()
     _check_coupling(narrow, targets)
-    _fold_affines(narrow, widths, outputs)
+    folded = _fold_affines(narrow, widths, outputs)
     statistics = per_width_statistics(narrow, spec, widths, data)
     if statistics is not None:
         _load_statistics(narrow, statistics)
     _check_outputs(narrow, spec)
     return narrow, spec.model_copy(update={"widths": None, "sliced_at": widths}), \
-        "sliced" if statistics is None else "per-width"
+        "sliced" if statistics is None else "per-width", folded
 
 
 def run(inputs: PassInput, config: SliceConfig) -> PassResult[nn.Module]:
@@ -177,7 +179,7 @@ def run(inputs: PassInput, config: SliceConfig) -> PassResult[nn.Module]:
     data = None
     if inputs.source is not None and widths != space.widest():   # this width's own BatchNorm statistics
         data = inputs.source.load("train", n=RECALIBRATION_BATCHES * RECALIBRATION_BATCH_SIZE)
-    narrow, spec, statistics = _slice(inputs.model, inputs.spec, widths, data)
+    narrow, spec, statistics, folded = _slice(inputs.model, inputs.spec, widths, data)
     before = inputs.cost if inputs.cost is not None else model_cost(inputs.model, inputs.spec)
     after = model_cost(narrow, spec)
     widths_before, widths_after = layer_widths(inputs.model), layer_widths(narrow)
@@ -189,7 +191,7 @@ def run(inputs: PassInput, config: SliceConfig) -> PassResult[nn.Module]:
         part_channels=_part_channels(space, widths),
         channels={name: [width, widths_after[name]] for name, width in widths_before.items()
                   if widths_after[name] != width},
-        batchnorm_statistics=statistics, seconds=time.perf_counter() - started,
+        batchnorm_statistics=statistics, seconds=time.perf_counter() - started, affines_folded=folded,
         artifacts={} if inputs.bundle is None else {"checkpoint": SLICED_CHECKPOINT}, front=front, warnings=warnings)
     if inputs.bundle is not None:
         meta = {key: value for key, value in record.to_dict().items() if key != "front"}   # the front stays in the manifest
@@ -304,20 +306,22 @@ def _check_outputs(model: nn.Module, spec: ModelSpec) -> None:
                                "the width space names one of its output layers")
 
 
-def _fold_affines(narrow: nn.Module, widths: WidthConfig, outputs: dict[str, str]) -> None:
+def _fold_affines(narrow: nn.Module, widths: WidthConfig, outputs: dict[str, str]) -> int:
     """Fold the model's private per-width affines (`edgemtl.model.width_affine`) at `widths` into the narrow model's
-    BatchNorms and decoder output layers; the narrow model carries none afterwards."""
+    BatchNorms and decoder output layers; the narrow model carries none afterwards. Returns how many were folded."""
     affines = width_affines(narrow)
     set_width_affines(narrow, {})
-    if not affines:
-        return
-    for name, module in narrow.named_modules():
+    folded = 0
+    for name, module in narrow.named_modules() if affines else ():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             if (affine := affines.get(norm_key(name, module.num_features))) is not None:
                 fold_norm(module, affine)
-    for name, decoder in outputs.items():
+                folded += 1
+    for name, decoder in outputs.items() if affines else ():
         if (affine := affines.get(output_key(name, widths.decoders[decoder]))) is not None:
             fold_output(narrow.get_submodule(name), affine)
+            folded += 1
+    return folded
 
 
 def _load_statistics(model: nn.Module, statistics: Statistics) -> None:

@@ -47,3 +47,9 @@ def test_relative_metrics_read_as_the_search_scores_them() -> None:
 def test_no_record_no_section() -> None:
     assert not widths.applies({"passes": {"slice_widths": {"skipped": "why"}}}) and not widths.applies({})
     assert "widths" not in summarize({"passes": {"prune_pagcp": {}}})
+
+
+def test_the_folded_private_affines_are_shown_when_there_are_some() -> None:
+    assert "Private per-width affines folded</dt><dd>7" in widths.render(
+        {"passes": {"slice_widths": {**RECORD, "affines_folded": 7}}}, None).replace("\n", "")
+    assert "Private per-width affines" not in widths.render({"passes": {"slice_widths": RECORD}}, None)

@@ -34,6 +34,7 @@ def render(manifest: Mapping[str, Any], bundle_dir: Path | None) -> str:
         ("MACs, all tasks (before → after)", _before_after(record, "macs", badge)),
         ("Parameters (before → after)", _before_after(record, "params", badge)),
         ("BatchNorm statistics", e(_STATISTICS.get(str(statistics), statistics)) if statistics else None),
+        ("Private per-width affines folded", str(record["affines_folded"]) if record.get("affines_folded") else None),
         ("Layers whose width changed", str(len(section(record, "channels")))),
         ("Narrow checkpoint", artifact_link(checkpoint, bundle_dir) if isinstance(checkpoint, str) else None)]))
     parts.append(_parts_table(record))
