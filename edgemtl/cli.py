@@ -23,6 +23,7 @@ from edgemtl.cli_tables import (expert_usage_table, history_table, human, metric
                                 widths_table)
 from edgemtl.cli_parse import parse_holdout, parse_layer_bits, parse_overrides, parse_task_values, split_tasks
 from edgemtl.errors import EdgemtlError, VerificationError
+from edgemtl.passes.prune_pagcp import PAGCPConfig
 
 if TYPE_CHECKING:
     from edgemtl.passes.base import PassRequest
@@ -252,15 +253,16 @@ def _prune_budgets(items: list[str], option: str = "--max-drop") -> dict[str, fl
 @app.command()
 def prune(
     model: ModelPath,
-    flops_target: Annotated[float, typer.Option(help="fraction of the original MACs to keep, in (0, 1)")] = 0.35,
+    flops_target: Annotated[float, typer.Option(help="fraction of the original MACs to keep, in (0, 1)")] = PAGCPConfig.flops_target,
     data: Annotated[Optional[str], typer.Option(help=DATA_HELP)] = None,
     resize: ResizeOpt = False,
     holdout: HoldoutOpt = None,
     max_drop: MaxDropOpt = [],
-    finetune_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps after each round")] = 100,
-    final_finetune_steps: Annotated[int, typer.Option(min=0)] = 300,
-    oracle_samples: Annotated[int, typer.Option(min=1, help="held-out samples of the loss oracle")] = 64,
-    sparsity_steps: Annotated[int, typer.Option(min=0, help="group-sparsity training steps before the first round (0: off)")] = 400,
+    finetune_steps: Annotated[int, typer.Option(min=0, help="fine-tuning steps after each round")] = PAGCPConfig.finetune_steps,
+    final_finetune_steps: Annotated[int, typer.Option(min=0)] = PAGCPConfig.final_finetune_steps,
+    oracle_samples: Annotated[int, typer.Option(min=1, help="held-out samples of the loss oracle")] = PAGCPConfig.oracle_samples,
+    sparsity_steps: Annotated[int, typer.Option(
+        min=0, help="group-sparsity training steps before the first round (0: off)")] = PAGCPConfig.sparsity_steps,
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="pruned model to write: a checkpoint (.pt), or .onnx for a model read from ONNX "
                                "(default pruned.pt / pruned.onnx)")] = None,
@@ -270,7 +272,7 @@ def prune(
     from edgemtl.backends.onnxruntime import export_as_given
     from edgemtl.data.sources import open_data
     from edgemtl.model.checkpoint import save
-    from edgemtl.passes.prune_pagcp import PAGCPConfig, prune_pagcp
+    from edgemtl.passes.prune_pagcp import prune_pagcp
 
     config = PAGCPConfig(flops_target=flops_target, max_drop=_prune_budgets(max_drop), finetune_steps=finetune_steps,
                          final_finetune_steps=final_finetune_steps, oracle_samples=oracle_samples,
@@ -424,7 +426,6 @@ def _pass_requests(widths: Path | None, prune_flops: float | None, prune_max_dro
     """The passes compile flags ask for, in the order they run: --widths slices (slice_widths), then --prune-flops
     prunes (prune_pagcp). `read=False` (--list-steps) names them without reading the --widths file (or its front)."""
     from edgemtl.passes.base import PassRequest
-    from edgemtl.passes.prune_pagcp import PAGCPConfig
     from edgemtl.passes.slice_widths import SliceConfig, read_slice_config
 
     passes = []

@@ -650,3 +650,16 @@ def test_doctor_lists_each_targets_toolchains_with_the_command_that_adds_a_missi
     assert {"gap9", "arm64", "zcu104"} <= {t for row in json.loads(out) for t in row["targets"]}
     code, _, err = run_cli(capsys, "doctor", "--target", "zcu1")
     assert_one_line_error(code, err, "unknown target 'zcu1'")
+
+
+def test_prune_defaults_are_the_pass_defaults():
+    """`edgemtl prune` and `compile --prune-flops` must prune alike: the command used to fine-tune 100 steps per round
+    on a 64-sample oracle while the pass (and the compile flag, and the benchmark) took 60 and 32."""
+    import inspect
+
+    from edgemtl.cli import prune
+    from edgemtl.passes.prune_pagcp import PAGCPConfig
+
+    defaults = {name: parameter.default for name, parameter in inspect.signature(prune).parameters.items()}
+    for option in ("flops_target", "finetune_steps", "final_finetune_steps", "oracle_samples", "sparsity_steps"):
+        assert defaults[option] == getattr(PAGCPConfig, option), option
