@@ -14,7 +14,7 @@ ratios to the unpruned model. Options: `--ablation` (each kept change of the pas
 mtl-cnn), `--cli-check` (`edgemtl prune --flops-target 0.5` on the default model), `--oracle-tradeoff` (how the
 loss oracle's sample count changes round 1's decisions).
 
-    .venv/bin/python benchmarks/pagcp.py [--checkpoint-dir DIR] [--ablation] [--cli-check] [--threads 1]
+    .venv/bin/python benchmarks/pagcp.py [--checkpoint-dir DIR] [--ablation [--workers 2]] [--cli-check] [--threads 1]
 
 PAGCP's oracle and the pass's own record use the validation split; the table's metrics come from a separate,
 larger test split (1,024 samples), so the decisions are not graded on the samples that made them.
@@ -25,6 +25,7 @@ Prints a table per architecture and writes benchmarks/results/pagcp.json.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import subprocess
 import sys
@@ -214,6 +215,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, help="base models' training steps (default: per architecture, ARCHS)")
     parser.add_argument("--test-samples", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="--ablation: processes running its arms in parallel")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--budget", type=float, default=PAGCPConfig.default_max_drop, help="PAGCP loss-increase budget of every task")
     parser.add_argument("--sparsity-steps", type=int, default=PAGCPConfig.sparsity_steps)
@@ -338,31 +340,61 @@ def score_models(models: dict, spec: ModelSpec, test_data) -> dict:
 def ablation(args) -> dict:
     """PAGCP on the mtl-cnn, the full pass and each kept change switched off once: MACs reached and each task's
     degradation against the better of the unpruned model and the unpruned model fine-tuned for as many steps as the
-    full pass can take (sparsity phase + every round + the final fine-tuning: no arm gets more), trained once."""
-    input_spec, tasks = data_spec("scenes")
-    spec = zoo_spec("mtl-cnn", input_spec, tasks, ARCHS["mtl-cnn"]["config"], data="scenes")
-    train_data, val_data = load_data("scenes", "train"), load_data("scenes", "val")
-    test_data = load_data("scenes", "test", n=args.test_samples)
-    base = _trained_base("mtl-cnn", spec, args)
+    full pass can take (sparsity phase + every round + the final fine-tuning: no arm gets more), trained once. The
+    arms run in `--workers` processes of `--threads` threads each."""
+    spec, train_data, _, _ = _ablation_setting(args)
+    base = _trained_base("mtl-cnn", spec, args)   # trained (and cached) once, before the workers start
     full = pagcp_config("mtl-cnn", args)
     most_steps = full.sparsity_steps + full.max_rounds * full.finetune_steps + full.final_finetune_steps
-    console.print(f"ablation: the unpruned reference, {most_steps} fine-tuning steps ...")
-    longer = copy.deepcopy(base)
-    train(longer, spec, train_data, full.finetuning(most_steps, 0), teacher=copy.deepcopy(base))
-    out = {"reference_finetune_steps": most_steps}
-    for name, overrides in {"full pass": {}, **ABLATIONS}.items():
-        config = pagcp_config("mtl-cnn", args, **overrides)
-        if overrides and all(getattr(config, k) == getattr(full, k) for k in overrides):
+    arms = {"full pass": {}}
+    out: dict = {"reference_finetune_steps": most_steps}
+    for name, overrides in ABLATIONS.items():
+        if all(getattr(pagcp_config("mtl-cnn", args, **overrides), k) == getattr(full, k) for k in overrides):
             out[name] = {"skipped": "already off in the full pass"}
-            continue
-        console.print(f"ablation: {name} ...")
-        pruned, _, record = prune_pagcp(base, spec, train_data, val_data, config)
-        rows = score_models({"unpruned": base, "unpruned+ft": longer, "pagcp": pruned}, spec, test_data)
-        out[name] = {"macs_ratio": rows["pagcp"]["macs_ratio"], "degradation": rows["pagcp"]["degradation"],
-                     "worst_task": rows["pagcp"]["worst_task"], "rounds": record.rounds, "stopped_by": record.stopped_by,
-                     "finetune_steps": config.sparsity_steps + record.rounds * config.finetune_steps
-                     + config.final_finetune_steps, "seconds": round(record.seconds, 1)}
+        else:
+            arms[name] = overrides
+    console.print(f"ablation: the unpruned reference ({most_steps} fine-tuning steps) and {len(arms)} arms, "
+                  f"{args.workers} at a time ...")
+    with concurrent.futures.ProcessPoolExecutor(args.workers) as pool:
+        reference = pool.submit(_ablation_reference, args, base, most_steps)
+        pruned = {name: pool.submit(_ablation_arm, args, base, overrides) for name, overrides in arms.items()}
+        longer = reference.result()
+        _, _, _, test_data = _ablation_setting(args)
+        for name, future in pruned.items():
+            model, record, config = future.result()
+            rows = score_models({"unpruned": base, "unpruned+ft": longer, "pagcp": model}, spec, test_data)
+            out[name] = {"macs_ratio": rows["pagcp"]["macs_ratio"], "degradation": rows["pagcp"]["degradation"],
+                         "worst_task": rows["pagcp"]["worst_task"], "rounds": record.rounds, "stopped_by": record.stopped_by,
+                         "finetune_steps": config.sparsity_steps + record.rounds * config.finetune_steps
+                         + config.final_finetune_steps, "seconds": round(record.seconds, 1)}
+            console.print(f"ablation: {name}: {out[name]['macs_ratio']:.1%} of the MACs, worst task "
+                          f"{out[name]['worst_task']} {out[name]['degradation'][out[name]['worst_task']]:+.1%}")
     return out
+
+
+def _ablation_setting(args):
+    input_spec, tasks = data_spec("scenes")
+    spec = zoo_spec("mtl-cnn", input_spec, tasks, ARCHS["mtl-cnn"]["config"], data="scenes")
+    return spec, load_data("scenes", "train"), load_data("scenes", "val"), load_data("scenes", "test", n=args.test_samples)
+
+
+def _ablation_reference(args, base: torch.nn.Module, steps: int) -> torch.nn.Module:
+    """(A worker) the unpruned model fine-tuned for `steps`, as the arms are (task losses + distillation)."""
+    torch.set_num_threads(args.threads)
+    spec, train_data, _, _ = _ablation_setting(args)
+    longer = copy.deepcopy(base)
+    train(longer, spec, train_data, pagcp_config("mtl-cnn", args).finetuning(steps, 0), teacher=copy.deepcopy(base),
+          show_progress=False)
+    return longer
+
+
+def _ablation_arm(args, base: torch.nn.Module, overrides: dict):
+    """(A worker) one arm: PAGCP with `overrides`; the pruned model, its record and its settings."""
+    torch.set_num_threads(args.threads)
+    spec, train_data, val_data, _ = _ablation_setting(args)
+    config = pagcp_config("mtl-cnn", args, **overrides)
+    pruned, _, record = prune_pagcp(base, spec, train_data, val_data, config, show_progress=False)
+    return pruned, record, config
 
 
 def cli_check(args) -> dict:
