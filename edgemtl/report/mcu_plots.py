@@ -42,6 +42,7 @@ _LIMIT_COLOR = "#C44E52"
 _ESTIMATE_COLOR = "#DD8452"
 _SIMULATED_COLOR = "#4C72B0"
 _MAX_LABELLED_LAYERS = 48
+_TICK_CHARACTERS = 30   # longest layer tick label
 
 
 def mcu_placements(manifest: Mapping[str, Any]) -> list[tuple[str, dict[str, float], Mapping[str, Any]]]:
@@ -189,9 +190,10 @@ def mcu_layer_cycles_plot(manifest: Mapping[str, Any]) -> bytes | None:
     fig.legend(handles=handles, loc="outside lower center", ncols=1, fontsize=8, frameon=False)
     estimate = _first_text(_section(entry, "cycle_estimate").get("provenance") for _, entry, _ in tasks)
     simulated = _first_text(_qemu(entry).get("provenance") for _, entry, _ in tasks)
-    lines = ["Per layer: GAP9 cluster cycles (estimated) beside qemu retired instructions (simulated); log scale, "
-             "two different quantities"]
-    lines += [textwrap.fill(textwrap.shorten(text, 220, placeholder="…"), 150 if columns > 1 else 100)
+    characters = int(width * 12)   # what a line of 9-point text holds across the figure (the title was cut)
+    lines = [textwrap.fill("Per layer: GAP9 cluster cycles (estimated) beside qemu retired instructions (simulated); "
+                           "log scale, two different quantities", characters)]
+    lines += [textwrap.fill(textwrap.shorten(text, 220, placeholder="…"), characters)
               for text in (estimate, simulated) if text]
     fig.suptitle(_plain("\n".join(lines)), fontsize=9)
     return _png(fig)
@@ -207,7 +209,7 @@ def _layer_panel(ax: Axes, costs: list[tuple[int, str, float | None, float | Non
             bx, values = zip(*drawn)
             ax.bar(bx, values, width * 0.95, color=color, hatch=hatch, edgecolor="white", linewidth=0)
     ax.set_yscale("log")
-    labels = [_plain(label) for _, label, _, _ in costs]
+    labels = [_tick(_plain(label)) for _, label, _, _ in costs]
     step = max(1, math.ceil(len(costs) / _MAX_LABELLED_LAYERS))
     ax.set_xticks(list(xs)[::step], labels[::step], rotation=45, ha="right", rotation_mode="anchor", fontsize=6)
     ax.set_xlim(-0.6, len(costs) - 0.4)
@@ -215,6 +217,14 @@ def _layer_panel(ax: Axes, costs: list[tuple[int, str, float | None, float | Non
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _count(value)))
     ax.tick_params(axis="y", labelsize=7)
     _style(ax, "y")
+
+
+def _tick(label: str, most: int = _TICK_CHARACTERS) -> str:
+    """A layer's tick label, its end kept (the node name's last parts and the op tell layers apart): ONNX node names
+    such as /model/encoder/stages.1/stages.1.0/shortcut/shortcut.0/Conv, at 45 degrees, took more than a panel's
+    height and collapsed the layout."""
+    index, _, rest = label.partition(" ")
+    return label if len(label) <= most else f"{index} …{rest[-(most - len(index) - 2):]}"
 
 
 def _panel_title(name: str, entry: Mapping[str, Any]) -> str:

@@ -286,3 +286,14 @@ def test_a_deeploy_prefix_run_says_it_covers_only_part_of_the_task():
            "fits": {"L1": True}, "reason": "2 layer(s) Deeploy's PULPOpen cannot map"}
     text = _deeploy_cell(raw, {"ok": False})
     assert "prefix only, 73% of the task's MACs" in text and "/model/depth/Resize" in text
+
+
+def test_long_layer_names_leave_the_panels_room(recwarn) -> None:
+    """Found on the tiny flow bundles: ONNX node names such as /model/encoder/stages.1/.../Conv as 45-degree tick
+    labels took more than the panel's height, and matplotlib gave up the layout ("axes sizes collapsed to zero")."""
+    long = [f"/model/encoder/stages.{i}/stages.{i}.0/shortcut/shortcut.0/Conv" for i in range(18)]
+    manifest = {"tasks": {task: {"cycle_estimate": _estimate(task, [5.0, 6.0, 7.0, 8.0]) | {
+        "layers": [{"index": i, "name": name, "op": "conv", "cycles": 5.0 + i} for i, name in enumerate(long)]}}
+        for task in ("depth", "scene")}}
+    assert mcu_layer_cycles_plot(manifest).startswith(PNG_MAGIC)
+    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
