@@ -73,6 +73,8 @@ def train(
     slimmable: Annotated[bool, typer.Option("--slimmable", help="train every width of its width space (docs/widths.md)")] = False,
     random_configs: Annotated[int, typer.Option(min=0, help="--slimmable: random configurations per step")] = 2,
     distill_weight: Annotated[float, typer.Option(min=0, help="--slimmable: weight of the feature distillation")] = 0.1,
+    private_affine: Annotated[bool, typer.Option(
+        "--private-affine/--no-private-affine", help="--slimmable: a private affine per narrower width (docs/widths.md)")] = True,
 ) -> None:
     """Train a zoo model on a built-in data set (an edgemtl checkpoint), or your own module from --model-factory
     on any --data (a plain state_dict, as --model-factory reads it); --slimmable: at every width of its width space."""
@@ -110,7 +112,7 @@ def train(
     trained_spec = model_spec.model_copy(update={"tasks": [model_spec.task(t) for t in scored]})  # losses need labels
     settings = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     if slimmable:
-        slim = SlimmableConfig(random_configs=random_configs, distill_weight=distill_weight)
+        slim = SlimmableConfig(random_configs=random_configs, distill_weight=distill_weight, private_affine=private_affine)
         result, _ = train_slimmable(model, trained_spec, train_set, settings, slim, masks=masks)
     else:
         result = run_training(model, trained_spec, train_set, settings)

@@ -33,7 +33,8 @@ def test_train_slimmable_writes_a_slimmable_checkpoint_that_compiles_at_a_narrow
     loaded = edgemtl.load(checkpoint)
     assert loaded.spec.widths is not None and list(loaded.spec.widths.stages) == ["stage0", "stage1", "stage2"]
     record = torch.load(checkpoint, weights_only=True)["meta"]["train"]["slimmable"]
-    assert record["random_configs"] == 1 and record["bn"] == "recalibrate"
+    assert record["random_configs"] == 1 and record["bn"] == "recalibrate" and record["private_affine"]
+    assert torch.load(checkpoint, weights_only=True)["width_affine"]   # trained, kept beside the state_dict
     assert set(record["configuration_losses"]) == {"widest", "narrowest", "random"}
     assert record["configuration_losses"]["widest"]["distill"] == 0.0 and "segmentation" in record["val_metrics_narrowest"]
     config = tmp_path / "narrow.json"
@@ -53,3 +54,12 @@ def test_slimmable_on_a_model_whose_convs_cannot_be_sliced_is_one_line(capsys, t
     code, _, err = run_cli(capsys, "train", "--slimmable", "--arch", "m3vit", "--steps", "1", "-o", tmp_path / "m.pt")
     assert_one_line_error(code, err, "architecture 'm3vit' has no width space")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_no_private_affine_trains_without_them(capsys, tmp_path):
+    checkpoint = tmp_path / "plain-slim.pt"
+    code, _, err = run_cli(capsys, "train", "--slimmable", *TINY, "--random-configs", "0", "--no-private-affine",
+                           "-o", checkpoint)
+    assert code == 0, err
+    payload = torch.load(checkpoint, weights_only=True)
+    assert "width_affine" not in payload and payload["meta"]["train"]["slimmable"]["private_affine"] is False
