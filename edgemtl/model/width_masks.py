@@ -30,7 +30,7 @@ import contextlib
 import functools
 import itertools
 import weakref
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch_pruning as tp
@@ -96,8 +96,7 @@ class WidthMasks:
     def _group_masks(self, name: str, layer: nn.Module, keep: int, full: int) -> dict[nn.Module, torch.Tensor]:
         key = (name, keep)
         if key not in self._cache:
-            pruner = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
-            group = self._graph.get_pruning_group(layer, pruner, idxs=list(range(keep, full)))
+            group = self._graph.get_pruning_group(layer, out_pruner(layer), idxs=list(range(keep, full)))
             found: dict[nn.Module, torch.Tensor] = {}
             for dep, idxs in group:
                 module = dep.target.module
@@ -293,13 +292,17 @@ def decoder_outputs(model: nn.Module, graph: tp.DependencyGraph, targets: dict[s
         if kind != "decoder":
             continue
         layer = model.get_submodule(name)
-        pruner = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
-        for dep, _ in graph.get_pruning_group(layer, pruner, idxs=[0]):
+        for dep, _ in graph.get_pruning_group(layer, out_pruner(layer), idxs=[0]):
             module = dep.target.module
             readable = isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed)
             if readable and names.get(module) not in targets and "in_channels" in getattr(dep.handler, "__name__", ""):
                 found[names[module]] = group
     return found
+
+
+def out_pruner(layer: nn.Module) -> Callable:
+    """torch-pruning's handler removing a conv or linear layer's output channels."""
+    return tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
 
 
 def _graph(model: nn.Module, spec: ModelSpec) -> tp.DependencyGraph:

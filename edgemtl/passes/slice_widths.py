@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -35,7 +35,7 @@ from edgemtl.model.resize import layer_widths
 from edgemtl.model.spec import ModelSpec
 from edgemtl.model.width_front import FrontPoint, TuneFront, front_path, read_front
 from edgemtl.model.width_affine import fold_norm, fold_output, norm_key, output_key, set_width_affines, width_affines
-from edgemtl.model.width_masks import decoder_outputs, space_layers
+from edgemtl.model.width_masks import decoder_outputs, out_pruner, space_layers
 from edgemtl.model.widths import WidthConfig, WidthSpace, channels_at, read_width_config
 from edgemtl.passes.base import PassInput, PassResult
 from edgemtl.training.slimmable import recalibrate_batchnorm
@@ -156,7 +156,7 @@ def _slice(model: nn.Module, spec: ModelSpec, widths: WidthConfig,
         layer = narrow.get_submodule(name)
         current = _out_channels(layer)
         if current > keep:
-            group = graph.get_pruning_group(layer, _pruner(layer), idxs=list(range(keep, current)))
+            group = graph.get_pruning_group(layer, out_pruner(layer), idxs=list(range(keep, current)))
             if not graph.check_pruning_group(group):
                 raise EdgemtlError(f"cannot slice {name} to {keep} channels: a layer coupled with it would lose all "
                                    "of its channels")
@@ -336,10 +336,6 @@ def _load_statistics(model: nn.Module, statistics: Statistics) -> None:
 def _dependency_graph(model: nn.Module, spec: ModelSpec) -> tp.DependencyGraph:
     with torch.enable_grad():  # torch-pruning traces through autograd
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(spec, batch=1))
-
-
-def _pruner(module: nn.Module) -> Callable:
-    return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
 
 
 def _out_channels(module: nn.Module) -> int:
